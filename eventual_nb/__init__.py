@@ -1,0 +1,160 @@
+"""eventual-nb: Eventual's model of event-driven services (APIs, events, durable workflows) for Python.
+
+    import eventual_nb as ev
+
+    @ev.activity(retry=ev.RetryPolicy(max_attempts=3))
+    async def charge(order_id: str) -> str: ...
+
+    @ev.workflow
+    async def checkout(order_id: str) -> str:
+        receipt = await charge(order_id)
+        await ev.sleep("1 day")
+        return receipt
+
+The SDK imports without Jupyter, FastAPI or boto3; `ev.aws` loads boto3 only when it is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventual_nb import testing
+from eventual_nb.activities import (
+    Activity,
+    ActivityInfo,
+    activity,
+    activity_info,
+    async_result,
+    heartbeat,
+    heartbeat_sync,
+)
+from eventual_nb.combinators import all, all_settled, any, race
+from eventual_nb.durations import parse_duration
+from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.errors import (
+    ActivityFailed,
+    DeterminismError,
+    EventualError,
+    ExecutionAlreadyExists,
+    ExecutionCancelled,
+    ExecutionFailed,
+    ExecutionNotFound,
+    HeartbeatTimeout,
+    HttpError,
+    InputValidationError,
+    Timeout,
+    WorkflowTimeout,
+)
+from eventual_nb.events import Event, Subscription, publish, subscription
+from eventual_nb.http import api
+from eventual_nb.retry import RetryPolicy
+from eventual_nb.runtime.base import (
+    DeadLetter,
+    Execution,
+    ExecutionHandle,
+    ExecutionPage,
+    ExecutionStatus,
+    HeartbeatResponse,
+    WorkflowInfo,
+    current_runtime,
+    set_default_runtime,
+)
+from eventual_nb.service import Service, current_service
+from eventual_nb.signals import Signal, signal
+from eventual_nb.workflows import (
+    RunningWorkflowInfo,
+    Workflow,
+    condition,
+    now,
+    patched,
+    random,
+    sleep,
+    sleep_until,
+    uuid4,
+    workflow,
+    workflow_info,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activity",
+    "ActivityFailed",
+    "ActivityInfo",
+    "DeadLetter",
+    "DeterminismError",
+    "Event",
+    "EventualError",
+    "Execution",
+    "ExecutionAlreadyExists",
+    "ExecutionCancelled",
+    "ExecutionFailed",
+    "ExecutionHandle",
+    "ExecutionNotFound",
+    "ExecutionPage",
+    "ExecutionStatus",
+    "HeartbeatResponse",
+    "HeartbeatTimeout",
+    "HistoryEvent",
+    "HttpError",
+    "InputValidationError",
+    "LogEntry",
+    "RetryPolicy",
+    "RunningWorkflowInfo",
+    "Service",
+    "Signal",
+    "Subscription",
+    "Timeout",
+    "Workflow",
+    "WorkflowInfo",
+    "WorkflowTimeout",
+    "activity",
+    "activity_info",
+    "all",
+    "all_settled",
+    "any",
+    "api",
+    "async_result",
+    "condition",
+    "current_runtime",
+    "current_service",
+    "heartbeat",
+    "heartbeat_sync",
+    "load_ipython_extension",
+    "now",
+    "parse_duration",
+    "patched",
+    "publish",
+    "race",
+    "random",
+    "set_default_runtime",
+    "signal",
+    "sleep",
+    "sleep_until",
+    "subscription",
+    "testing",
+    "uuid4",
+    "workflow",
+    "workflow_info",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """`ev.aws` loads boto3 only when used; parts that have not landed say which issue brings them."""
+    if name == "aws":
+        import importlib
+
+        return importlib.import_module("eventual_nb.aws")
+    raise AttributeError(f"module 'eventual_nb' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext eventual_nb` delegates to the kernel extension."""
+    try:
+        import kernel_ext
+    except ImportError as exc:
+        raise ImportError(
+            "the notebook extension is not installed yet (it lands with issue 4, 'Kernel extension'); "
+            "install it with `pip install 'eventual-nb[notebook]'` once available"
+        ) from exc
+    kernel_ext.load_ipython_extension(ipython)

@@ -1,0 +1,193 @@
+"""A deterministic asyncio event loop for workflow code.
+
+Workflow code is ordinary asyncio: `gather`, `wait`, `wait_for`, `create_task`, `TaskGroup` and
+`asyncio.sleep` all run on this loop. It has no I/O and no threads; its clock is the history's time;
+every `call_at`/`call_later` becomes a durable timer. The runtime drives it one step at a time
+(`run_until_idle`) from inside whatever loop the runtime itself runs on, by swapping the thread's
+running loop for the duration of the step, because `run_until_complete` cannot nest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from eventual_nb.errors import EventualError
+
+if TYPE_CHECKING:
+    from eventual_nb.engine.executor import WorkflowExecutor
+
+#: a runaway workflow (an endless loop of `sleep(0)`) must not hang the runtime
+MAX_CALLBACKS_PER_STEP = 5_000_000
+
+
+class NonDeterministicOperation(EventualError, RuntimeError):
+    """Workflow code tried to use I/O, threads or real time, which cannot be replayed."""
+
+
+class WorkflowEventLoop(asyncio.AbstractEventLoop):
+    """The loop one workflow execution runs on; owned and stepped by its `WorkflowExecutor`."""
+
+    def __init__(self, executor: WorkflowExecutor) -> None:
+        self.executor = executor
+        self.eventual_log_sink: Callable[[str], None] | None = executor.capture_line
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._time = 0.0
+        self.tasks: list[asyncio.Task[Any]] = []
+        self._exception_handler: Any = None
+
+    # -- stepping ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Make this the thread's running loop while workflow code runs."""
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            yield
+        finally:
+            asyncio.events._set_running_loop(outer)
+
+    def run_until_idle(self) -> None:
+        count = 0
+        ready = self._ready
+        while ready:
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            handle._run()
+            count += 1
+            if count > MAX_CALLBACKS_PER_STEP:
+                raise NonDeterministicOperation(
+                    f"execution '{self.executor.execution_id}' ran {MAX_CALLBACKS_PER_STEP} callbacks without "
+                    "waiting on anything durable (an endless loop of asyncio.sleep(0)?)"
+                )
+
+    def set_time(self, when: float) -> None:
+        self._time = when
+
+    def fire_timer(self, handle: asyncio.TimerHandle) -> None:
+        handle._scheduled = False  # type: ignore[attr-defined]
+        self._ready.append(handle)
+
+    # -- the parts of the loop API that asyncio's own code uses ------------------------------------------
+
+    def time(self) -> float:
+        return self._time
+
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(  # type: ignore[override]
+        self,
+        delay: float,
+        callback: Callable[..., Any],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return self.call_at(self._time + delay, callback, *args, context=context)
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., Any],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, args, self, context)
+        handle._scheduled = True  # type: ignore[attr-defined]
+        self.executor.start_timer(handle)
+        return handle
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self.executor.cancel_timer(handle)
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(  # type: ignore[override]
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=self, name=name, context=context)
+        self.tasks.append(task)
+        return task
+
+    def get_debug(self) -> bool:
+        return False
+
+    def set_debug(self, enabled: bool) -> None:
+        pass
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_exception_handler(self) -> Any:
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: Any) -> None:
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.executor.loop_exception(context)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        self.executor.loop_exception(context)
+
+    # -- everything that would make a workflow non-deterministic ----------------------------------------
+
+    def _refuse(self, what: str) -> Any:
+        raise NonDeterministicOperation(
+            f"{what} is not allowed inside workflow '{self.executor.workflow_name}': workflow code must be "
+            "deterministic; do I/O, threads and real time in an activity"
+        )
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self._refuse("call_soon_threadsafe")
+
+    def run_in_executor(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self._refuse("run_in_executor (and asyncio.to_thread)")
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("network access")
+
+    async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("network access")
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("network access")
+
+    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("subprocesses")
+
+    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("subprocesses")
+
+    def run_forever(self) -> None:
+        self._refuse("run_forever")
+
+    def run_until_complete(self, future: Any) -> Any:
+        return self._refuse("run_until_complete")
+
+    async def shutdown_asyncgens(self) -> None:
+        pass
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        pass

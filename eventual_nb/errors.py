@@ -1,0 +1,207 @@
+"""One exception root, `EventualError`, with errors that carry the facts a user needs.
+
+Every error has an HTTP status (used by the server and restored by the client) and round-trips through
+JSON as `{"error": <type name>, "message": ..., **fields}` so that a `ServiceClient` raises the same
+class a runtime raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+_REGISTRY: dict[str, type[EventualError]] = {}
+
+
+class EventualError(Exception):
+    """Root of every error raised by eventual-nb."""
+
+    status_code: ClassVar[int] = 400
+    #: extra attributes that travel with the error over HTTP
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        for name in self.fields:
+            body[name] = getattr(self, name, None)
+        return body
+
+
+_REGISTRY["EventualError"] = EventualError
+
+
+def error_from_json(body: dict[str, Any]) -> EventualError:
+    """Rebuild the error a server reported; unknown names become a plain `EventualError`."""
+    name = str(body.get("error", "EventualError"))
+    message = str(body.get("message", ""))
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        return EventualError(f"{name}: {message}")
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    for field in cls.fields:
+        setattr(error, field, body.get(field))
+    return error
+
+
+class InputValidationError(EventualError, ValueError):
+    """Input that does not match the declared types; `errors` holds pydantic's details."""
+
+    status_code = 422
+    fields = ("errors",)
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class ActivityFailed(EventualError):
+    """An activity failed for good; `error` is the original exception's type name."""
+
+    fields = ("error", "activity", "seq", "attempts")
+
+    def __init__(
+        self,
+        error: str,
+        message: str = "",
+        *,
+        activity: str | None = None,
+        seq: int | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.activity = activity
+        self.seq = seq
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        where = f"activity '{self.activity}'" if self.activity else "activity"
+        tries = f" after {self.attempts} attempt(s)" if self.attempts and self.attempts > 1 else ""
+        return f"{where} failed{tries}: {self.error}: {self.message}"
+
+
+class Timeout(EventualError, TimeoutError):
+    """Something durable did not finish in time (an activity attempt, an `expect`, a wait)."""
+
+    status_code = 408
+
+
+class HeartbeatTimeout(Timeout):
+    """An activity stopped sending heartbeats within its `heartbeat_timeout`."""
+
+
+class DeterminismError(EventualError):
+    """Workflow code no longer matches the history it recorded."""
+
+    status_code = 409
+    fields = ("execution_id", "seq")
+
+    def __init__(self, message: str, *, execution_id: str | None = None, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.seq = seq
+
+
+class ExecutionAlreadyExists(EventualError):
+    """A start reused an execution name with a different input."""
+
+    status_code = 409
+    fields = ("execution_id",)
+
+    def __init__(self, message: str, *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+class ExecutionNotFound(EventualError, LookupError):
+    """No execution has this id."""
+
+    status_code = 404
+    fields = ("execution_id",)
+
+    def __init__(self, message: str, *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+class ExecutionFailed(EventualError):
+    """An execution ended FAILED; `error` and `message` are what escaped the workflow."""
+
+    status_code = 409
+    fields = ("error", "execution_id")
+
+    def __init__(self, error: str, message: str = "", *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+        self.execution_id = execution_id
+
+    def __str__(self) -> str:
+        where = f"execution '{self.execution_id}'" if self.execution_id else "execution"
+        return f"{where} failed: {self.error}: {self.message}"
+
+
+class WorkflowTimeout(ExecutionFailed, Timeout):
+    """An execution ran past its workflow timeout and was ended FAILED."""
+
+    def __init__(self, message: str = "", *, execution_id: str | None = None, error: str = "") -> None:
+        super().__init__("WorkflowTimeout", message, execution_id=execution_id)
+
+
+class ExecutionCancelled(EventualError):
+    """An execution ended CANCELLED."""
+
+    status_code = 409
+    fields = ("execution_id",)
+
+    def __init__(self, message: str = "", *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+class HttpError(EventualError):
+    """Raise in an API handler to answer with this status and a JSON error body."""
+
+    fields = ("status",)
+
+    def __init__(self, status: int, message: str = "", *, data: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.data = data
+
+    @property
+    def status_code(self) -> int:  # type: ignore[override]
+        return int(self.status)
+
+
+class NotInWorkflow(EventualError, RuntimeError):
+    """A workflow-only function was called outside a workflow (or an activity-only one outside)."""
+
+
+class NoRuntime(EventualError, RuntimeError):
+    """Something needed a runtime and none was set."""
+
+
+def error_type_name(error: BaseException) -> str:
+    """The name reported for an exception escaping user code (activities keep the original)."""
+    if isinstance(error, ActivityFailed):
+        return error.error
+    if isinstance(error, ExecutionFailed) and not isinstance(error, WorkflowTimeout):
+        return error.error
+    return type(error).__name__
+
+
+def error_message(error: BaseException) -> str:
+    if isinstance(error, (ActivityFailed, ExecutionFailed)):
+        return error.message
+    return str(error)

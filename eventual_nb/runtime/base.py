@@ -1,0 +1,264 @@
+"""What every runtime and client shares: the service-client protocol, its shapes, and handles.
+
+Which runtime serves a call: `async with runtime:` makes it current for code in the block (a
+ContextVar) and, if none is set, the process-wide default; code outside any block (FastAPI handlers,
+later notebook cells, other threads) uses that default.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from eventual_nb import errors
+from eventual_nb.engine.history import HistoryEvent, LogEntry
+
+if TYPE_CHECKING:
+    from eventual_nb.signals import Signal
+
+
+class ExecutionStatus(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Execution(BaseModel):
+    """The state of one execution as every runtime and the HTTP API report it."""
+
+    id: str
+    workflow: str
+    status: ExecutionStatus
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    message: str | None = None
+    start_time: datetime
+    end_time: datetime | None = None
+    parent: str | None = None
+
+
+class WorkflowInfo(BaseModel):
+    """A workflow a runtime serves (`list_workflows()`)."""
+
+    name: str
+    service: str | None = None
+    timeout_seconds: float | None = None
+
+
+class ExecutionPage(BaseModel):
+    executions: list[Execution]
+    next_token: str | None = None
+
+
+class HeartbeatResponse(BaseModel):
+    """Answer to a heartbeat: `cancelled` tells a long activity to stop (its execution ended or it timed out)."""
+
+    cancelled: bool = False
+
+
+class DeadLetter(BaseModel):
+    """A subscription delivery that used up its retries; kept, never silently dropped."""
+
+    event: dict[str, Any]
+    subscription: str
+    error: str
+    message: str = ""
+    attempts: int
+    time: datetime
+
+
+class StartResponse(BaseModel):
+    execution_id: str
+    already_running: bool = False
+
+
+@runtime_checkable
+class ServiceClientProtocol(Protocol):
+    """Eventual's service client; implemented by every runtime and by `ServiceClient`."""
+
+    async def list_workflows(self) -> list[WorkflowInfo]: ...
+
+    async def start_execution(
+        self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
+    ) -> ExecutionHandle: ...
+
+    async def get_execution(self, id: str) -> Execution: ...
+
+    async def list_executions(
+        self,
+        workflow: str | None = None,
+        statuses: list[ExecutionStatus] | None = None,
+        next_token: str | None = None,
+        max_results: int = 100,
+        sort: str = "asc",
+    ) -> ExecutionPage: ...
+
+    async def get_execution_history(self, id: str) -> list[HistoryEvent]: ...
+
+    async def get_execution_logs(self, id: str) -> list[LogEntry]: ...
+
+    async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None: ...
+
+    async def publish_events(self, *events: Any) -> None: ...
+
+    async def cancel_execution(self, id: str) -> None: ...
+
+    async def send_activity_success(self, token: str, result: Any = None) -> None: ...
+
+    async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None: ...
+
+    async def send_activity_heartbeat(self, token: str) -> HeartbeatResponse: ...
+
+    async def list_dead_letters(self) -> list[DeadLetter]: ...
+
+
+class RuntimeBase:
+    """Shared behaviour of runtimes: being current, and result waiting for handles."""
+
+    _token: contextvars.Token[Any] | None = None
+    _made_default: bool = False
+
+    async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
+        raise errors.EventualError(f"{type(self).__name__} cannot wait for results")
+
+    def enter_current(self) -> None:
+        global _default_runtime
+        self._token = _current_runtime.set(self)
+        with _default_lock:
+            if _default_runtime is None:
+                _default_runtime = self
+                self._made_default = True
+
+    def exit_current(self) -> None:
+        global _default_runtime
+        if self._token is not None:
+            try:
+                _current_runtime.reset(self._token)
+            except ValueError:  # exited in another context (e.g. a different task): just clear it
+                _current_runtime.set(None)
+            self._token = None
+        with _default_lock:
+            if self._made_default and _default_runtime is self:
+                _default_runtime = None
+            self._made_default = False
+
+
+_current_runtime: contextvars.ContextVar[Any] = contextvars.ContextVar("eventual_runtime", default=None)
+_default_runtime: Any = None
+_default_lock = threading.Lock()
+
+
+def set_default_runtime(runtime: Any) -> None:
+    """Make `runtime` the process-wide default (what `eventual-nb serve` and `%eventual runtime` do)."""
+    global _default_runtime
+    with _default_lock:
+        _default_runtime = runtime
+
+
+def current_runtime(required: bool = True) -> Any:
+    """The runtime for this code: the innermost `async with runtime:`, else the process-wide default."""
+    runtime = _current_runtime.get()
+    if runtime is None:
+        runtime = _default_runtime
+    if runtime is None and required:
+        raise errors.NoRuntime(
+            "no runtime is set: run this inside `async with ev.testing.TestEnvironment():` (tests), "
+            "`async with ev.LocalRuntime():` (scripts), under `eventual-nb serve`, or after "
+            "`%eventual runtime local` in a notebook"
+        )
+    return runtime
+
+
+def execution_id_of(execution: Any) -> str:
+    """Accept an execution id or anything with an `.id` (a handle)."""
+    if isinstance(execution, str):
+        return execution
+    identifier = getattr(execution, "id", None)
+    if isinstance(identifier, str):
+        return identifier
+    raise errors.EventualError(f"expected an execution id or handle, got {execution!r}")
+
+
+def signal_name_of(signal: Any) -> str:
+    if isinstance(signal, str):
+        return signal
+    name = getattr(signal, "name", None)
+    if isinstance(name, str):
+        return name
+    raise errors.EventualError(f"expected a signal or its name, got {signal!r}")
+
+
+class ExecutionHandle:
+    """A reference to one execution, bound to the runtime or client that started or found it."""
+
+    def __init__(self, id: str, workflow: str | None = None, *, runtime: Any = None, already_running: bool = False):
+        self.id = id
+        self.workflow = workflow or id.split("/", 1)[0]
+        self._runtime = runtime
+        self.already_running = already_running
+
+    def __repr__(self) -> str:
+        extra = ", already_running=True" if self.already_running else ""
+        return f"ExecutionHandle({self.id!r}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExecutionHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def runtime(self) -> Any:
+        return self._runtime if self._runtime is not None else current_runtime()
+
+    async def status(self) -> Execution:
+        return await self.runtime.get_execution(self.id)  # type: ignore[no-any-return]
+
+    async def result(self, timeout: Any = None) -> Any:
+        """Wait for the execution to end; return its result or raise why it did not succeed."""
+        from eventual_nb.durations import optional_duration
+
+        limit = optional_duration(timeout, what="timeout")
+        execution = await self.runtime.wait_for_execution(self.id, None if limit is None else limit.total_seconds())
+        return outcome_of(execution)
+
+    async def signal(self, signal: Signal | str, payload: Any = None, id: str | None = None) -> None:
+        await self.runtime.send_signal(self.id, signal, payload, id=id)
+
+    async def cancel(self) -> None:
+        await self.runtime.cancel_execution(self.id)
+
+    async def history(self) -> list[HistoryEvent]:
+        return await self.runtime.get_execution_history(self.id)  # type: ignore[no-any-return]
+
+    async def logs(self) -> list[LogEntry]:
+        return await self.runtime.get_execution_logs(self.id)  # type: ignore[no-any-return]
+
+
+def outcome_of(execution: Execution) -> Any:
+    """The result of an ended execution, typed by its workflow's return annotation when it is known."""
+    if execution.status == ExecutionStatus.SUCCEEDED:
+        from eventual_nb.workflows import find_workflow
+
+        definition = find_workflow(execution.workflow)
+        if definition is None:
+            return execution.result
+        return definition.parse_result(execution.result)
+    if execution.status == ExecutionStatus.CANCELLED:
+        raise errors.ExecutionCancelled(f"execution '{execution.id}' was cancelled", execution_id=execution.id)
+    if execution.status == ExecutionStatus.FAILED:
+        if execution.error == "WorkflowTimeout":
+            raise errors.WorkflowTimeout(execution.message or "", execution_id=execution.id)
+        raise errors.ExecutionFailed(execution.error or "Error", execution.message or "", execution_id=execution.id)
+    raise errors.EventualError(f"execution '{execution.id}' is still {execution.status}")
+
+
+class Timestamped(BaseModel):
+    time: datetime = Field(default_factory=lambda: datetime.now().astimezone())

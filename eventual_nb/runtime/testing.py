@@ -1,0 +1,1156 @@
+"""`TestEnvironment`: the whole runtime in memory on a virtual clock, running the real engine.
+
+Time never passes on its own: only `tick`, `advance`, `tick_until` and `result()` move it. Work that is
+due (workflow steps, activity attempts, timers, retries, signal deliveries, subscription deliveries)
+sits in one queue ordered by due time and arrival, so a test run is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import inspect
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from eventual_nb import errors
+from eventual_nb.activities import Activity, ActivityInfo, find_activity
+from eventual_nb.durations import DurationLike, format_duration, optional_duration, parse_duration
+from eventual_nb.engine import capture
+from eventual_nb.engine.executor import WorkflowExecutor
+from eventual_nb.engine.history import (
+    ActivityFailed,
+    ActivityHeartbeatTimedOut,
+    ActivitySucceeded,
+    ActivityTimedOut,
+    CancelChildWorkflow,
+    CancelRequested,
+    CancelTimer,
+    ChildWorkflowFailed,
+    ChildWorkflowSucceeded,
+    Command,
+    HistoryEvent,
+    LogEntry,
+    PublishEvents,
+    ScheduleActivity,
+    SendSignal,
+    SignalReceived,
+    StartChildWorkflow,
+    StartTimer,
+    TimerCompleted,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowSucceeded,
+)
+from eventual_nb.events import Event, Subscription, envelope, event_name, find_event, source_of
+from eventual_nb.retry import RetryPolicy, exception_type_names
+from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_attempt
+from eventual_nb.runtime.base import (
+    DeadLetter,
+    Execution,
+    ExecutionHandle,
+    ExecutionPage,
+    ExecutionStatus,
+    HeartbeatResponse,
+    RuntimeBase,
+    WorkflowInfo,
+    execution_id_of,
+    signal_name_of,
+)
+from eventual_nb.runtime.ids import ulid
+from eventual_nb.runtime.tokens import TokenSigner
+from eventual_nb.serde import from_json, input_hash, to_json
+from eventual_nb.service import Service, all_services
+from eventual_nb.signals import encode_payload
+from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
+
+DEFAULT_RESULT_TIMEOUT = timedelta(days=3650)
+
+
+class Stuck(errors.EventualError):
+    """`result()` found nothing due or pending that could ever wake the execution."""
+
+    status_code = 409
+
+
+# ------------------------------------------------------------------------------------------------- mocks
+
+
+@dataclass
+class _Behaviour:
+    kind: str  # succeed | fail | invoke | invoke_real | timeout | heartbeat_timeout | async_result
+    value: Any = None
+    message: str = ""
+
+
+class MockActivity:
+    """Replaces an activity's behaviour in a TestEnvironment; `*_once` behaviours are used first, in order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._once: deque[_Behaviour] = deque()
+        self._standing: _Behaviour | None = None
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return f"<mock of activity {self.name!r}>"
+
+    def _set(self, behaviour: _Behaviour, once: bool) -> MockActivity:
+        if once:
+            self._once.append(behaviour)
+        else:
+            self._standing = behaviour
+        return self
+
+    def succeed(self, result: Any = None) -> MockActivity:
+        return self._set(_Behaviour("succeed", result), False)
+
+    def succeed_once(self, result: Any = None) -> MockActivity:
+        return self._set(_Behaviour("succeed", result), True)
+
+    def fail(self, error: BaseException | type[BaseException] | str, message: str = "") -> MockActivity:
+        return self._set(_Behaviour("fail", error, message), False)
+
+    def fail_once(self, error: BaseException | type[BaseException] | str, message: str = "") -> MockActivity:
+        return self._set(_Behaviour("fail", error, message), True)
+
+    def invoke(self, function: Callable[..., Any]) -> MockActivity:
+        return self._set(_Behaviour("invoke", function), False)
+
+    def invoke_once(self, function: Callable[..., Any]) -> MockActivity:
+        return self._set(_Behaviour("invoke", function), True)
+
+    def invoke_real(self) -> MockActivity:
+        return self._set(_Behaviour("invoke_real"), False)
+
+    def invoke_real_once(self) -> MockActivity:
+        return self._set(_Behaviour("invoke_real"), True)
+
+    def timeout(self) -> MockActivity:
+        return self._set(_Behaviour("timeout"), False)
+
+    def timeout_once(self) -> MockActivity:
+        return self._set(_Behaviour("timeout"), True)
+
+    def heartbeat_timeout(self) -> MockActivity:
+        return self._set(_Behaviour("heartbeat_timeout"), False)
+
+    def heartbeat_timeout_once(self) -> MockActivity:
+        return self._set(_Behaviour("heartbeat_timeout"), True)
+
+    def async_result(self, callback: Callable[[str], Any] | None = None) -> MockActivity:
+        return self._set(_Behaviour("async_result", callback), False)
+
+    def async_result_once(self, callback: Callable[[str], Any] | None = None) -> MockActivity:
+        return self._set(_Behaviour("async_result", callback), True)
+
+    def next_behaviour(self) -> _Behaviour | None:
+        self.calls += 1
+        if self._once:
+            return self._once.popleft()
+        return self._standing
+
+
+# ------------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class _ExecutionState:
+    id: str
+    workflow: str
+    input: Any
+    input_hash: str
+    start_time: datetime
+    parent: str | None
+    parent_seq: int | None
+    history: list[HistoryEvent]
+    order: int
+    status: ExecutionStatus = ExecutionStatus.IN_PROGRESS
+    result: Any = None
+    error: str | None = None
+    message: str | None = None
+    end_time: datetime | None = None
+    logs: list[LogEntry] = field(default_factory=list)
+    inbox: list[HistoryEvent] = field(default_factory=list)
+    executor: WorkflowExecutor | None = None
+    first_step_done: bool = False
+    step_scheduled: bool = False
+    determinism_error: errors.DeterminismError | None = None
+    seen_signal_ids: set[str] = field(default_factory=set)
+    children: set[str] = field(default_factory=set)
+    timers: dict[int, _Work] = field(default_factory=dict)
+    service: str | None = None
+
+    def execution(self) -> Execution:
+        return Execution(
+            id=self.id,
+            workflow=self.workflow,
+            status=self.status,
+            input=self.input,
+            result=self.result,
+            error=self.error,
+            message=self.message,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            parent=self.parent,
+        )
+
+
+@dataclass
+class _ActivityState:
+    execution_id: str
+    seq: int
+    name: str
+    input: dict[str, Any]
+    timeout: timedelta | None
+    heartbeat_timeout: timedelta | None
+    retry: RetryPolicy
+    attempt: int = 0
+    status: str = "scheduled"  # scheduled | running | async | backoff | done
+    last_heartbeat: datetime | None = None
+    heartbeat_details: Any = None
+
+
+@dataclass(order=True)
+class _Work:
+    due: datetime
+    order: int
+    run: Callable[[], Awaitable[None]] = field(compare=False)
+    what: str = field(compare=False, default="")
+    cancelled: bool = field(compare=False, default=False)
+
+
+class _TestSubscriber:
+    def __init__(self, env: TestEnvironment, names: tuple[str, ...], events: tuple[Any, ...], handler: Any):
+        self._env = env
+        self.names = names
+        self.events = events
+        self.handler = handler
+        self.disposed = False
+
+    def dispose(self) -> None:
+        self.disposed = True
+        if self in self._env._test_subscribers:
+            self._env._test_subscribers.remove(self)
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+
+class TestEnvironment(RuntimeBase):
+    """In-memory runtime with a virtual clock; implements the whole service-client protocol."""
+
+    __test__ = False
+    #: called with each environment when its `async with` block ends (the test suite replays histories)
+    observers: ClassVar[list[Callable[[TestEnvironment], None]]] = []
+
+    def __init__(
+        self,
+        start: datetime | None = None,
+        *,
+        service: Service | str | None = None,
+        services: list[Service | str] | None = None,
+        always_replay: bool = False,
+    ) -> None:
+        if start is None:
+            start = datetime.now(UTC).replace(microsecond=0)
+        elif start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        self._now = start.astimezone(UTC)
+        restrict = ([service] if service is not None else []) + list(services or [])
+        self._served_names = [s if isinstance(s, str) else s.name for s in restrict] or None
+        self.always_replay = always_replay
+        self._signer = TokenSigner(secrets.token_bytes(32))
+        self._executions: dict[str, _ExecutionState] = {}
+        self._queue: list[_Work] = []
+        self._order = itertools.count()
+        self._activities: dict[tuple[str, int], _ActivityState] = {}
+        self._mocks: dict[str, MockActivity] = {}
+        self._published: list[tuple[dict[str, Any], str | None]] = []
+        self._test_subscribers: list[_TestSubscriber] = []
+        self._subscriptions_enabled = True
+        self._dead_letters: list[DeadLetter] = []
+        self.subscription_logs: list[LogEntry] = []
+        self._version = 0
+        #: statistics: workflow steps run and from-scratch replays done
+        self.steps = 0
+        self.replays = 0
+
+    # -- context -------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TestEnvironment:
+        capture.install()
+        self.enter_current()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.exit_current()
+        for observer in list(self.observers):
+            observer(self)
+
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    # -- services ------------------------------------------------------------------------------------
+
+    def served_services(self) -> list[Service]:
+        services = all_services()
+        if self._served_names is None:
+            return services
+        return [service for service in services if service.name in self._served_names]
+
+    def _workflow(self, name: str) -> Workflow[Any]:
+        found = [(service, service.workflows[name]) for service in self.served_services() if name in service.workflows]
+        if not found:
+            raise errors.ExecutionNotFound(f"no workflow named '{name}' is served by this TestEnvironment")
+        if len(found) > 1:
+            names = " and ".join(f"'{service.name}'" for service, _ in found)
+            raise errors.EventualError(
+                f"workflow '{name}' is defined in services {names}; restrict the TestEnvironment with "
+                "service= or services="
+            )
+        return found[0][1]
+
+    def _activity(self, name: str) -> Activity[Any, Any] | None:
+        return find_activity(name, self.served_services())
+
+    def workflow_definition(self, name: str) -> Workflow[Any]:
+        """The current definition of workflow `name` (used by the test suite's replay check)."""
+        return self._workflow(name)
+
+    # -- the queue -----------------------------------------------------------------------------------
+
+    def _schedule(self, due: datetime, run: Callable[[], Awaitable[None]], what: str) -> _Work:
+        work = _Work(due=max(due, self._now), order=next(self._order), run=run, what=what)
+        heapq.heappush(self._queue, work)
+        self._version += 1
+        return work
+
+    def _next_due(self) -> datetime | None:
+        while self._queue and self._queue[0].cancelled:
+            heapq.heappop(self._queue)
+        return self._queue[0].due if self._queue else None
+
+    async def tick(self) -> None:
+        """Run everything due now, and everything that becomes due now in turn; the clock stays."""
+        while True:
+            due = self._next_due()
+            if due is None or due > self._now:
+                return
+            work = heapq.heappop(self._queue)
+            await work.run()
+            await asyncio.sleep(0)
+
+    async def advance(self, duration: DurationLike) -> None:
+        """Move the clock forward by `duration`, stopping at each due time on the way to tick."""
+        target = self._now + parse_duration(duration, what="advance duration")
+        await self._advance_to(target)
+
+    async def tick_until(self, when: datetime) -> None:
+        """`advance(when - env.now)`; a time in the past does nothing."""
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if when > self._now:
+            await self._advance_to(when)
+        else:
+            await self.tick()
+
+    async def _advance_to(self, target: datetime) -> None:
+        await self.tick()
+        while True:
+            due = self._next_due()
+            if due is None or due > target:
+                break
+            self._now = due
+            await self.tick()
+        self._now = target
+        await self.tick()
+
+    async def _test_loop_progress(self) -> bool:
+        """Let the test's own tasks run; True if they handed the environment new work."""
+        before = self._version
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if self._version != before:
+                return True
+            if not getattr(loop, "_ready", None):
+                break
+        return self._version != before
+
+    async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
+        state = self._state(id)
+        deadline = self._now + (DEFAULT_RESULT_TIMEOUT if timeout is None else timedelta(seconds=timeout))
+        while True:
+            await self.tick()
+            if state.status != ExecutionStatus.IN_PROGRESS:
+                return state.execution()
+            if state.determinism_error is not None and not state.inbox:
+                raise state.determinism_error
+            due = self._next_due()
+            if due is None or due > deadline:
+                if await self._test_loop_progress():
+                    continue
+                if due is None:
+                    raise Stuck(self._stuck_message(state))
+                self._now = deadline
+                await self.tick()
+                if state.status != ExecutionStatus.IN_PROGRESS:
+                    return state.execution()
+                raise errors.Timeout(
+                    f"execution '{id}' did not finish within {format_duration(deadline - state.start_time)} "
+                    "of virtual time"
+                )
+            self._now = due
+
+    def _stuck_message(self, state: _ExecutionState) -> str:
+        return (
+            f"execution '{state.id}' is stuck: nothing due or pending in this TestEnvironment can wake it; "
+            f"it is waiting on {self._describe_waits(state)}"
+        )
+
+    def _describe_waits(self, state: _ExecutionState) -> str:
+        executor = state.executor
+        if executor is None:
+            definition = self._workflow(state.workflow)
+            executor = WorkflowExecutor(
+                definition.code(), state.id, state.history, first_step_done=state.first_step_done
+            )
+            executor.step([])
+        parts = []
+        for kind, detail in executor.waits():
+            if kind == "activity":
+                name, seq = detail
+                activity = self._activities.get((state.id, seq))
+                how = ", async completion" if activity is not None and activity.status == "async" else ""
+                parts.append(f"activity '{name}' (seq {seq}{how})")
+            elif kind == "child":
+                parts.append(f"child '{detail}'")
+            elif kind == "signal":
+                parts.append(f"signal '{detail}'")
+            elif kind == "condition":
+                parts.append("condition")
+            elif kind == "timer":
+                parts.append(f"timer (seq {detail[0]}) until {detail[1].isoformat()}")
+        return ", ".join(parts) or "nothing (it never started running)"
+
+    # -- executions ----------------------------------------------------------------------------------
+
+    def _state(self, id: str) -> _ExecutionState:
+        state = self._executions.get(id)
+        if state is None:
+            raise errors.ExecutionNotFound(f"no execution with id '{id}'", execution_id=id)
+        return state
+
+    async def list_workflows(self) -> list[WorkflowInfo]:
+        found: list[WorkflowInfo] = []
+        for service in self.served_services():
+            for workflow in service.workflows.values():
+                timeout = None if workflow.timeout is None else workflow.timeout.total_seconds()
+                found.append(WorkflowInfo(name=workflow.name, service=service.name, timeout_seconds=timeout))
+        return found
+
+    async def start_execution(
+        self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
+    ) -> ExecutionHandle:
+        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
+        if not isinstance(workflow_name, str):
+            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
+        definition = self._workflow(workflow_name)
+        return self._start(definition, _NO_INPUT if input is None else input, name, timeout, None, None)
+
+    def _start(
+        self,
+        definition: Workflow[Any],
+        value: Any,
+        name: str | None,
+        timeout: Any,
+        parent: str | None,
+        parent_seq: int | None,
+        *,
+        encoded: bool = False,
+    ) -> ExecutionHandle:
+        if encoded:
+            raw_input = value
+        else:
+            raw_input = definition.validate_input(value)
+        if name is None:
+            name = ulid(self._now)
+        elif parent is None:
+            check_execution_name(name)
+        execution_id = f"{definition.name}/{name}"
+        digest = input_hash(raw_input)
+        existing = self._executions.get(execution_id)
+        if existing is not None:
+            if existing.input_hash == digest:
+                return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=True)
+            raise errors.ExecutionAlreadyExists(
+                f"execution '{execution_id}' already exists with a different input", execution_id=execution_id
+            )
+        limit = optional_duration(timeout, what="timeout")
+        if limit is None:
+            limit = definition.timeout
+        timeout_at = None if limit is None else self._now + limit
+        started = WorkflowStarted(
+            timestamp=self._now,
+            workflow=definition.name,
+            input=raw_input,
+            parent=parent,
+            timeout_at=timeout_at,
+        )
+        state = _ExecutionState(
+            id=execution_id,
+            workflow=definition.name,
+            input=raw_input,
+            input_hash=digest,
+            start_time=self._now,
+            parent=parent,
+            parent_seq=parent_seq,
+            history=[started],
+            order=len(self._executions),
+            service=definition.service.name if definition.service else None,
+        )
+        self._executions[execution_id] = state
+        self._schedule_step(state)
+        if timeout_at is not None:
+            assert limit is not None
+            self._schedule(timeout_at, lambda: self._workflow_timed_out(state, limit), f"timeout {execution_id}")
+        return ExecutionHandle(execution_id, definition.name, runtime=self)
+
+    async def _workflow_timed_out(self, state: _ExecutionState, limit: timedelta) -> None:
+        if state.status == ExecutionStatus.IN_PROGRESS:
+            self._deliver(
+                state,
+                WorkflowFailed(
+                    timestamp=self._now,
+                    error="WorkflowTimeout",
+                    message=f"execution '{state.id}' exceeded its timeout of {format_duration(limit)}",
+                ),
+            )
+
+    def _deliver(self, state: _ExecutionState, event: HistoryEvent) -> None:
+        if state.status != ExecutionStatus.IN_PROGRESS:
+            return
+        state.inbox.append(event)
+        self._schedule_step(state)
+
+    def _schedule_step(self, state: _ExecutionState) -> None:
+        if not state.step_scheduled:
+            state.step_scheduled = True
+            self._schedule(self._now, lambda: self._step(state), f"step {state.id}")
+
+    async def _step(self, state: _ExecutionState) -> None:
+        state.step_scheduled = False
+        if state.status != ExecutionStatus.IN_PROGRESS:
+            state.inbox.clear()
+            return
+        events, state.inbox = state.inbox, []
+        try:
+            definition = self._workflow(state.workflow)
+            executor = state.executor
+            if executor is None:
+                executor = WorkflowExecutor(
+                    definition.code(), state.id, state.history, first_step_done=state.first_step_done
+                )
+                if state.first_step_done:
+                    self.replays += 1
+            output = executor.step(events)
+        except errors.DeterminismError as exc:
+            state.determinism_error = exc
+            state.executor = None
+            state.inbox = events + state.inbox
+            return
+        state.determinism_error = None
+        state.first_step_done = True
+        self.steps += 1
+        state.history.extend(output.events)
+        state.logs.extend(output.logs)
+        for command in output.commands:
+            await self._carry_out(state, command)
+        if executor.ended:
+            state.executor = None
+            self._finish(state, executor)
+        elif self.always_replay:
+            state.executor = None
+        else:
+            state.executor = executor
+        if state.inbox:
+            self._schedule_step(state)
+
+    def _finish(self, state: _ExecutionState, executor: WorkflowExecutor) -> None:
+        terminal = executor.terminal
+        state.end_time = self._now
+        if isinstance(terminal, WorkflowSucceeded):
+            state.status = ExecutionStatus.SUCCEEDED
+            state.result = terminal.result
+        elif isinstance(terminal, WorkflowFailed):
+            state.status = ExecutionStatus.FAILED
+            state.error, state.message = terminal.error, terminal.message
+        elif isinstance(terminal, WorkflowCancelled):
+            state.status = ExecutionStatus.CANCELLED
+        for work in state.timers.values():
+            work.cancelled = True
+        state.timers.clear()
+        for child_id in sorted(state.children):
+            child = self._executions.get(child_id)
+            if child is not None and child.status == ExecutionStatus.IN_PROGRESS:
+                self._deliver(child, CancelRequested(timestamp=self._now))
+        if state.parent is not None and state.parent_seq is not None:
+            parent = self._executions.get(state.parent)
+            if parent is not None:
+                parent.children.discard(state.id)
+                if state.status == ExecutionStatus.SUCCEEDED:
+                    event: HistoryEvent = ChildWorkflowSucceeded(
+                        seq=state.parent_seq, timestamp=self._now, result=state.result
+                    )
+                elif state.status == ExecutionStatus.CANCELLED:
+                    event = ChildWorkflowFailed(
+                        seq=state.parent_seq,
+                        timestamp=self._now,
+                        error="ExecutionCancelled",
+                        message=f"child execution '{state.id}' was cancelled",
+                    )
+                else:
+                    event = ChildWorkflowFailed(
+                        seq=state.parent_seq,
+                        timestamp=self._now,
+                        error=state.error or "Error",
+                        message=state.message or "",
+                    )
+                self._deliver(parent, event)
+
+    async def _carry_out(self, state: _ExecutionState, command: Command) -> None:
+        if isinstance(command, ScheduleActivity):
+            activity = _ActivityState(
+                execution_id=state.id,
+                seq=command.seq,
+                name=command.name,
+                input=command.input,
+                timeout=command.timeout,
+                heartbeat_timeout=command.heartbeat_timeout,
+                retry=command.retry,
+            )
+            self._activities[(state.id, command.seq)] = activity
+            self._schedule(self._now, lambda: self._attempt(activity), f"activity {command.name}")
+        elif isinstance(command, StartTimer):
+            seq = command.seq
+            state.timers[seq] = self._schedule(
+                command.until, lambda: self._fire_timer(state, seq), f"timer {state.id} seq {seq}"
+            )
+        elif isinstance(command, CancelTimer):
+            work = state.timers.pop(command.seq, None)
+            if work is not None:
+                work.cancelled = True
+        elif isinstance(command, SendSignal):
+            self._signal_from_workflow(state, command)
+        elif isinstance(command, PublishEvents):
+            self._publish(command.events, state.service)
+        elif isinstance(command, StartChildWorkflow):
+            self._start_child(state, command)
+        elif isinstance(command, CancelChildWorkflow):
+            child = self._executions.get(command.child_id)
+            if child is not None and child.status == ExecutionStatus.IN_PROGRESS:
+                self._deliver(child, CancelRequested(timestamp=self._now))
+
+    async def _fire_timer(self, state: _ExecutionState, seq: int) -> None:
+        if state.timers.pop(seq, None) is not None:
+            self._deliver(state, TimerCompleted(seq=seq, timestamp=self._now))
+
+    def _start_child(self, state: _ExecutionState, command: StartChildWorkflow) -> None:
+        state.children.add(command.child_id)
+        if command.child_id in self._executions:
+            return
+        try:
+            definition = self._workflow(command.workflow)
+            name = command.child_id.split("/", 1)[1]
+            self._start(definition, command.input, name, command.timeout, state.id, command.seq, encoded=True)
+        except errors.EventualError as exc:
+            state.children.discard(command.child_id)
+            self._deliver(
+                state,
+                ChildWorkflowFailed(seq=command.seq, timestamp=self._now, error=type(exc).__name__, message=str(exc)),
+            )
+
+    def _signal_from_workflow(self, state: _ExecutionState, command: SendSignal) -> None:
+        target = self._executions.get(command.target)
+        if target is None:
+            state.logs.append(
+                LogEntry(
+                    time=self._now,
+                    message=f"signal '{command.signal}' to '{command.target}' ignored: no such execution",
+                    source="workflow",
+                )
+            )
+            return
+        if target.status != ExecutionStatus.IN_PROGRESS:
+            state.logs.append(
+                LogEntry(
+                    time=self._now,
+                    message=f"signal '{command.signal}' to '{command.target}' ignored: it is {target.status}",
+                    source="workflow",
+                )
+            )
+            return
+        self._receive_signal(target, command.signal, command.payload, command.id)
+
+    def _receive_signal(self, state: _ExecutionState, signal: str, payload: Any, signal_id: str | None) -> None:
+        if signal_id is not None:
+            if signal_id in state.seen_signal_ids:
+                return
+            state.seen_signal_ids.add(signal_id)
+        self._deliver(state, SignalReceived(timestamp=self._now, signal=signal, payload=payload, id=signal_id))
+
+    async def get_execution(self, id: str) -> Execution:
+        return self._state(id).execution()
+
+    async def list_executions(
+        self,
+        workflow: str | None = None,
+        statuses: list[ExecutionStatus] | None = None,
+        next_token: str | None = None,
+        max_results: int = 100,
+        sort: str = "asc",
+    ) -> ExecutionPage:
+        if sort not in ("asc", "desc"):
+            raise errors.InputValidationError(f"sort must be 'asc' or 'desc', got {sort!r}")
+        if max_results < 1:
+            raise errors.InputValidationError(f"max_results must be at least 1, got {max_results}")
+        wanted = {ExecutionStatus(status) for status in statuses} if statuses else None
+        items = [
+            state
+            for state in self._executions.values()
+            if (workflow is None or state.workflow == workflow) and (wanted is None or state.status in wanted)
+        ]
+        items.sort(key=lambda state: (state.start_time, state.order), reverse=sort == "desc")
+        try:
+            offset = int(next_token) if next_token else 0
+        except ValueError:
+            raise errors.InputValidationError(f"invalid next_token {next_token!r}") from None
+        page = items[offset : offset + max_results]
+        more = offset + max_results < len(items)
+        return ExecutionPage(
+            executions=[state.execution() for state in page],
+            next_token=str(offset + max_results) if more else None,
+        )
+
+    async def get_execution_history(self, id: str) -> list[HistoryEvent]:
+        return list(self._state(id).history)
+
+    async def get_execution_logs(self, id: str) -> list[LogEntry]:
+        return list(self._state(id).logs)
+
+    async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
+        execution_id = execution_id_of(execution)
+        name = signal_name_of(signal)
+        state = self._state(execution_id)
+        if state.status != ExecutionStatus.IN_PROGRESS:
+            raise errors.EventualError(
+                f"cannot send signal '{name}' to execution '{execution_id}': it is {state.status.value}"
+            )
+        self._receive_signal(state, name, encode_payload(signal, payload), id)
+
+    async def publish_events(self, *events: Any) -> None:
+        for event in events:
+            self._publish([envelope(event)], source_of(event))
+
+    async def cancel_execution(self, id: str) -> None:
+        state = self._state(id)
+        if state.status != ExecutionStatus.IN_PROGRESS:
+            raise errors.EventualError(f"cannot cancel execution '{id}': it already ended {state.status.value}")
+        self._deliver(state, CancelRequested(timestamp=self._now))
+
+    # -- activities ----------------------------------------------------------------------------------
+
+    def mock_activity(self, activity: Activity[Any, Any] | str) -> MockActivity:
+        """Replace `activity`'s behaviour (a fresh mock each call); unmocked activities run for real."""
+        name = activity if isinstance(activity, str) else activity.name
+        mock = MockActivity(name)
+        self._mocks[name] = mock
+        return mock
+
+    def reset_mocks(self) -> None:
+        self._mocks.clear()
+
+    def _log_for(self, execution_id: str, source: str) -> Callable[[str], None]:
+        def log_line(line: str) -> None:
+            state = self._executions.get(execution_id)
+            if state is not None:
+                state.logs.append(LogEntry(time=self._now, message=line, source=source))
+
+        return log_line
+
+    async def _attempt(self, activity: _ActivityState) -> None:
+        state = self._executions.get(activity.execution_id)
+        if state is None or state.status != ExecutionStatus.IN_PROGRESS or activity.status == "done":
+            return
+        activity.attempt += 1
+        attempt = activity.attempt
+        activity.status = "running"
+        activity.last_heartbeat = self._now
+        token = self._signer.sign(activity.execution_id, activity.seq, attempt)
+        if activity.timeout is not None:
+            self._schedule(
+                self._now + activity.timeout,
+                lambda: self._attempt_deadline(activity, attempt),
+                f"activity timeout {activity.name}",
+            )
+        if activity.heartbeat_timeout is not None:
+            self._schedule(
+                self._now + activity.heartbeat_timeout,
+                lambda: self._heartbeat_deadline(activity, attempt),
+                f"heartbeat check {activity.name}",
+            )
+        mock = self._mocks.get(activity.name)
+        behaviour = mock.next_behaviour() if mock is not None else None
+        definition = self._activity(activity.name)
+        info = ActivityInfo(
+            execution_id=activity.execution_id,
+            activity=activity.name,
+            seq=activity.seq,
+            attempt=attempt,
+            token=token,
+            idempotency_key=f"{activity.execution_id}/{activity.seq}",
+            heartbeat_details=activity.heartbeat_details,
+        )
+        outcome = await self._run_behaviour(activity, attempt, behaviour, definition, info)
+        if outcome is None:
+            return
+        await self._settle_attempt(activity, attempt, outcome)
+
+    async def _run_behaviour(
+        self,
+        activity: _ActivityState,
+        attempt: int,
+        behaviour: _Behaviour | None,
+        definition: Activity[Any, Any] | None,
+        info: ActivityInfo,
+    ) -> AttemptOutcome | None:
+        kind = behaviour.kind if behaviour is not None else "invoke_real"
+        if kind == "succeed":
+            assert behaviour is not None
+            annotation = definition.shape.return_annotation if definition is not None else Any
+            try:
+                return AttemptOutcome(
+                    kind="succeeded",
+                    result=to_json(
+                        behaviour.value, annotation, what=f"the mocked result of activity '{activity.name}'"
+                    ),
+                )
+            except errors.EventualError as exc:
+                return failure(exc, retryable=False)
+        if kind == "fail":
+            assert behaviour is not None
+            error = behaviour.value
+            if isinstance(error, type) and issubclass(error, BaseException):
+                error = error(behaviour.message) if behaviour.message else error()
+            if isinstance(error, BaseException):
+                return failure(error)
+            return AttemptOutcome(kind="failed", error=str(error), message=behaviour.message, type_names=(str(error),))
+        if kind in ("timeout", "heartbeat_timeout"):
+            limit = activity.timeout if kind == "timeout" else activity.heartbeat_timeout
+            if limit is None:
+                await self._attempt_expired(activity, attempt, heartbeat=kind == "heartbeat_timeout")
+            elif kind == "heartbeat_timeout":
+                # no heartbeat will ever come: the scheduled check fires when the limit allows
+                activity.last_heartbeat = datetime.min.replace(tzinfo=UTC)
+            return None
+        if kind == "async_result":
+            assert behaviour is not None
+            activity.status = "async"
+            if behaviour.value is not None:
+                await _call(behaviour.value, info.token)
+            return None
+        if definition is None:
+            return AttemptOutcome(
+                kind="failed",
+                error="ActivityNotFound",
+                message=f"no activity named '{activity.name}' is served by this TestEnvironment",
+                retryable=False,
+            )
+        invoke = behaviour.value if kind == "invoke" and behaviour is not None else None
+        return await run_attempt(
+            definition,
+            activity.input,
+            info,
+            lambda details: self._heartbeat(activity, attempt, details),
+            self._log_for(activity.execution_id, activity.name),
+            invoke=invoke,
+        )
+
+    async def _settle_attempt(self, activity: _ActivityState, attempt: int, outcome: AttemptOutcome) -> None:
+        if activity.attempt != attempt or activity.status == "done":
+            return
+        if outcome.kind == "succeeded":
+            self._activity_done(
+                activity,
+                ActivitySucceeded(seq=activity.seq, timestamp=self._now, result=outcome.result, attempts=attempt),
+            )
+        elif outcome.kind == "async":
+            activity.status = "async"
+            assert outcome.callback is not None
+            await _call(outcome.callback, self._signer.sign(activity.execution_id, activity.seq, attempt))
+        else:
+            self._attempt_failed(
+                activity,
+                attempt,
+                "failed",
+                outcome.error,
+                outcome.message,
+                outcome.type_names,
+                outcome.retryable,
+            )
+
+    def _attempt_failed(
+        self,
+        activity: _ActivityState,
+        attempt: int,
+        kind: str,
+        error: str,
+        message: str,
+        type_names: tuple[str, ...],
+        retryable: bool = True,
+    ) -> None:
+        if activity.attempt != attempt or activity.status == "done":
+            return
+        if retryable and activity.retry.retries(attempt, type_names):
+            activity.status = "backoff"
+            self._schedule(
+                self._now + activity.retry.delay_after(attempt),
+                lambda: self._attempt(activity),
+                f"retry {activity.name}",
+            )
+            return
+        event: HistoryEvent
+        if kind == "timeout":
+            event = ActivityTimedOut(seq=activity.seq, timestamp=self._now, message=message, attempts=attempt)
+        elif kind == "heartbeat":
+            event = ActivityHeartbeatTimedOut(seq=activity.seq, timestamp=self._now, message=message, attempts=attempt)
+        else:
+            event = ActivityFailed(
+                seq=activity.seq, timestamp=self._now, error=error, message=message, attempts=attempt
+            )
+        self._activity_done(activity, event)
+
+    def _activity_done(self, activity: _ActivityState, event: HistoryEvent) -> None:
+        activity.status = "done"
+        state = self._executions.get(activity.execution_id)
+        if state is not None:
+            self._deliver(state, event)
+
+    async def _attempt_deadline(self, activity: _ActivityState, attempt: int) -> None:
+        if activity.attempt == attempt and activity.status in ("running", "async"):
+            await self._attempt_expired(activity, attempt, heartbeat=False)
+
+    async def _heartbeat_deadline(self, activity: _ActivityState, attempt: int) -> None:
+        if activity.attempt != attempt or activity.status not in ("running", "async"):
+            return
+        assert activity.heartbeat_timeout is not None and activity.last_heartbeat is not None
+        expires = activity.last_heartbeat + activity.heartbeat_timeout
+        if expires <= self._now:
+            await self._attempt_expired(activity, attempt, heartbeat=True)
+        else:
+            self._schedule(
+                expires,
+                lambda: self._heartbeat_deadline(activity, attempt),
+                f"heartbeat check {activity.name}",
+            )
+
+    async def _attempt_expired(self, activity: _ActivityState, attempt: int, *, heartbeat: bool) -> None:
+        if heartbeat:
+            limit = activity.heartbeat_timeout
+            error: errors.Timeout = errors.HeartbeatTimeout(
+                f"no heartbeat within {format_duration(limit) if limit else 'its heartbeat timeout'}"
+            )
+        else:
+            limit = activity.timeout
+            error = errors.Timeout(
+                f"attempt {attempt} exceeded its timeout of {format_duration(limit) if limit else '0s'}"
+            )
+        self._attempt_failed(
+            activity,
+            attempt,
+            "heartbeat" if heartbeat else "timeout",
+            type(error).__name__,
+            str(error),
+            exception_type_names(error),
+        )
+
+    async def _heartbeat(self, activity: _ActivityState, attempt: int, details: Any) -> HeartbeatResponse:
+        state = self._executions.get(activity.execution_id)
+        alive = (
+            state is not None
+            and state.status == ExecutionStatus.IN_PROGRESS
+            and activity.attempt == attempt
+            and activity.status in ("running", "async")
+        )
+        if alive:
+            activity.last_heartbeat = self._now
+            if details is not None:
+                activity.heartbeat_details = to_json(details, what="heartbeat details")
+        return HeartbeatResponse(cancelled=not alive)
+
+    def _pending_activity(self, token: str) -> tuple[_ActivityState, int]:
+        execution_id, seq, attempt = self._signer.verify(token)
+        activity = self._activities.get((execution_id, seq))
+        state = self._executions.get(execution_id)
+        if (
+            activity is None
+            or activity.attempt != attempt
+            or activity.status not in ("running", "async")
+            or state is None
+            or state.status != ExecutionStatus.IN_PROGRESS
+        ):
+            raise errors.EventualError(
+                f"activity token for '{execution_id}' seq {seq} attempt {attempt} is no longer pending "
+                "(it completed, timed out, was retried, or its execution ended)"
+            )
+        return activity, attempt
+
+    async def send_activity_success(self, token: str, result: Any = None) -> None:
+        activity, attempt = self._pending_activity(token)
+        definition = self._activity(activity.name)
+        annotation = definition.shape.return_annotation if definition is not None else Any
+        encoded = to_json(
+            from_json(
+                to_json(result, what="activity result"),
+                annotation,
+                what=f"result of activity '{activity.name}'",
+            ),
+            annotation,
+            what=f"result of activity '{activity.name}'",
+        )
+        await self._settle_attempt(activity, attempt, AttemptOutcome(kind="succeeded", result=encoded))
+
+    async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
+        activity, attempt = self._pending_activity(token)
+        self._attempt_failed(activity, attempt, "failed", str(error), message or "", (str(error),))
+
+    async def send_activity_heartbeat(self, token: str) -> HeartbeatResponse:
+        execution_id, seq, attempt = self._signer.verify(token)
+        activity = self._activities.get((execution_id, seq))
+        if activity is None:
+            return HeartbeatResponse(cancelled=True)
+        return await self._heartbeat(activity, attempt, None)
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def _publish(self, envelopes: list[dict[str, Any]], source: str | None) -> None:
+        for item in envelopes:
+            self._published.append((item, source))
+            if self._subscriptions_enabled:
+                for service in self.served_services():
+                    for subscription in service.subscriptions.values():
+                        if subscription.matches(item["name"], source):
+                            self._schedule_delivery(subscription, item, 1)
+            for subscriber in list(self._test_subscribers):
+                if item["name"] in subscriber.names:
+                    self._schedule(
+                        self._now, functools.partial(self._deliver_to_test, subscriber, item), "test subscriber"
+                    )
+
+    def _schedule_delivery(self, subscription: Subscription, item: dict[str, Any], attempt: int) -> None:
+        self._schedule(
+            self._now,
+            lambda: self._deliver_event(subscription, item, attempt),
+            f"subscription {subscription.name}",
+        )
+
+    async def _deliver_event(self, subscription: Subscription, item: dict[str, Any], attempt: int) -> None:
+        def log_line(line: str) -> None:
+            self.subscription_logs.append(LogEntry(time=self._now, message=line, source=subscription.name))
+
+        token = capture.log_sink.set(log_line)
+        try:
+            value = subscription.handler(subscription.decode(item))
+            if inspect.isawaitable(value):
+                await value
+        except Exception as exc:
+            if subscription.retry.retries(attempt, exception_type_names(exc)):
+                self._schedule(
+                    self._now + subscription.retry.delay_after(attempt),
+                    lambda: self._deliver_event(subscription, item, attempt + 1),
+                    f"subscription retry {subscription.name}",
+                )
+            else:
+                self._dead_letters.append(
+                    DeadLetter(
+                        event=item,
+                        subscription=subscription.name,
+                        error=errors.error_type_name(exc),
+                        message=errors.error_message(exc),
+                        attempts=attempt,
+                        time=self._now,
+                    )
+                )
+        finally:
+            capture.flush_sink(log_line)
+            capture.log_sink.reset(token)
+
+    async def _deliver_to_test(self, subscriber: _TestSubscriber, item: dict[str, Any]) -> None:
+        if subscriber.disposed:
+            return
+        value: Any = item["event"]
+        for event in subscriber.events:
+            if isinstance(event, type) and issubclass(event, Event) and event_name(event) == item["name"]:
+                value = event.model_validate(item["event"])
+        await _call(subscriber.handler, value)
+
+    def published(self, event: type[Event] | str) -> list[Any]:
+        """Events of this type published so far, in order (instances when the class is known)."""
+        name = event_name(event)
+        cls = event if isinstance(event, type) else find_event(name)
+        found = []
+        for item, _source in self._published:
+            if item["name"] == name:
+                found.append(cls.model_validate(item["event"]) if cls is not None else item["event"])
+        return found
+
+    def subscribe(self, *events: type[Event] | str, handler: Callable[[Any], Any] | None = None) -> Any:
+        """Test-only subscriber: `env.subscribe(EventType, handler)` (sync or async); returns `.dispose()`-able.
+
+        The handler may also be passed as the last positional argument.
+        """
+        items = list(events)
+        if handler is None and items and callable(items[-1]) and not isinstance(items[-1], type):
+            handler = items.pop()
+        if handler is None or not items:
+            raise errors.EventualError("env.subscribe needs event classes (or names) and a handler")
+        subscriber = _TestSubscriber(self, tuple(event_name(e) for e in items), tuple(items), handler)
+        self._test_subscribers.append(subscriber)
+        return subscriber
+
+    def disable_subscriptions(self) -> None:
+        self._subscriptions_enabled = False
+
+    def enable_subscriptions(self) -> None:
+        self._subscriptions_enabled = True
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(self._dead_letters)
+
+    async def list_dead_letters(self) -> list[DeadLetter]:
+        return list(self._dead_letters)
+
+    # -- introspection for tests ---------------------------------------------------------------------
+
+    def executions(self) -> list[str]:
+        """Ids of every execution this environment has started, oldest first."""
+        return list(self._executions)
+
+    def history_of(self, id: str) -> list[HistoryEvent]:
+        return list(self._state(id).history)
+
+
+async def _call(function: Callable[..., Any], *args: Any) -> Any:
+    value = function(*args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value

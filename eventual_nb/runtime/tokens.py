@@ -1,0 +1,52 @@
+"""HMAC-signed activity tokens, so a token for async completion cannot be forged or altered.
+
+A token names (execution id, seq, attempt) and carries an HMAC-SHA256 over them; it is checked with
+`hmac.compare_digest`. Eventual's tokens were unsigned base64 and forgeable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+from eventual_nb.errors import EventualError
+
+
+class InvalidToken(EventualError):
+    """An activity token that is malformed, forged, or signed by another runtime's key."""
+
+    status_code = 403
+
+
+class TokenSigner:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("an activity signing key needs at least 16 bytes")
+        self._key = key
+
+    def _mac(self, body: bytes) -> str:
+        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
+
+    def sign(self, execution_id: str, seq: int, attempt: int) -> str:
+        body = json.dumps([execution_id, seq, attempt], separators=(",", ":")).encode()
+        encoded = base64.urlsafe_b64encode(body).decode().rstrip("=")
+        return f"{encoded}.{self._mac(body)}"
+
+    def verify(self, token: str) -> tuple[str, int, int]:
+        """Return (execution id, seq, attempt) of a genuine token; raise `InvalidToken` otherwise."""
+        if not isinstance(token, str) or token.count(".") != 1:
+            raise InvalidToken("invalid activity token: not a token issued by this runtime")
+        encoded, mac = token.split(".")
+        try:
+            body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except (ValueError, TypeError):
+            raise InvalidToken("invalid activity token: cannot decode it") from None
+        if not hmac.compare_digest(self._mac(body), mac):
+            raise InvalidToken("invalid activity token: its signature does not match (forged or from another runtime)")
+        try:
+            execution_id, seq, attempt = json.loads(body)
+        except (ValueError, TypeError):
+            raise InvalidToken("invalid activity token: malformed contents") from None
+        return str(execution_id), int(seq), int(attempt)

@@ -1,0 +1,158 @@
+"""JSON at every boundary, validated and rebuilt from type annotations with pydantic.
+
+Arguments, results, signal payloads and events are stored as JSON (never pickled) so that history can
+be read by other tools and replayed by other processes. Call inputs are hashed from canonical JSON so
+that `debit("a", 10)` and `debit(account_id="a", amount=10)` are the same call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from eventual_nb.errors import EventualError, InputValidationError
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+class NotJsonable(EventualError, TypeError):
+    """A value that must cross a boundary cannot be turned into JSON."""
+
+    status_code = 422
+
+
+def adapter(annotation: Any) -> TypeAdapter[Any]:
+    try:
+        cached = _ADAPTERS.get(annotation)
+    except TypeError:  # unhashable annotation
+        return TypeAdapter(annotation)
+    if cached is None:
+        cached = TypeAdapter(annotation)
+        _ADAPTERS[annotation] = cached
+    return cached
+
+
+def to_json(value: Any, annotation: Any = Any, *, what: str = "value") -> Any:
+    """Dump `value` to JSON-able builtins; `what` names it in the error ("result of activity 'x'")."""
+    try:
+        dumped = adapter(annotation if annotation is not inspect.Parameter.empty else Any).dump_python(
+            value, mode="json"
+        )
+    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        if annotation is not Any:
+            try:
+                dumped = adapter(Any).dump_python(value, mode="json")
+            except (PydanticSerializationError, ValueError, TypeError):
+                raise NotJsonable(f"{what} is not JSON-serialisable ({type(value).__name__}): {exc}") from None
+        else:
+            raise NotJsonable(f"{what} is not JSON-serialisable ({type(value).__name__}): {exc}") from None
+    try:
+        json.dumps(dumped, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise NotJsonable(f"{what} is not JSON-serialisable ({type(value).__name__}): {exc}") from None
+    return dumped
+
+
+def from_json(data: Any, annotation: Any = Any, *, what: str = "value") -> Any:
+    """Rebuild a typed value from JSON, raising `InputValidationError` with pydantic's details."""
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return data
+    try:
+        return adapter(annotation).validate_python(data)
+    except ValidationError as exc:
+        raise InputValidationError(f"invalid {what}: {exc}", errors=_plain_errors(exc)) from None
+
+
+def validate(value: Any, annotation: Any, *, what: str) -> Any:
+    """Validate a Python value against its annotation and return its JSON form."""
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return to_json(value, Any, what=what)
+    try:
+        checked = adapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        raise InputValidationError(f"invalid {what}: {exc}", errors=_plain_errors(exc)) from None
+    return to_json(checked, annotation, what=what)
+
+
+def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    plain = []
+    for item in exc.errors(include_url=False, include_context=False):
+        plain.append({"loc": list(item.get("loc", ())), "msg": item.get("msg"), "type": item.get("type")})
+    return plain
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def input_hash(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def type_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved annotations; names that cannot be resolved (local classes) fall back to `Any`."""
+    try:
+        return typing.get_type_hints(function, include_extras=True)
+    except Exception:
+        hints: dict[str, Any] = {}
+        for name, annotation in getattr(function, "__annotations__", {}).items():
+            hints[name] = Any if isinstance(annotation, str) else annotation
+        return hints
+
+
+class CallShape:
+    """How a function's arguments become a JSON dict keyed by parameter name, and back."""
+
+    def __init__(self, function: Callable[..., Any], what: str) -> None:
+        self.what = what
+        self.signature = inspect.signature(function)
+        hints = type_hints(function)
+        self.annotations = {name: hints.get(name, Any) for name in self.signature.parameters}
+        self.return_annotation = hints.get("return", Any)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InputValidationError(f"invalid arguments for {self.what}: {exc}") from None
+        bound.apply_defaults()
+        result: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            parameter = self.signature.parameters[name]
+            annotation = self.annotations[name]
+            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                result[name] = [self._dump(item, annotation, name) for item in value]
+            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                result[name] = {key: self._dump(item, annotation, name) for key, item in value.items()}
+            else:
+                result[name] = self._dump(value, annotation, name)
+        return result
+
+    def _dump(self, value: Any, annotation: Any, name: str) -> Any:
+        return validate(value, annotation, what=f"argument '{name}' of {self.what}")
+
+    def unbind(self, data: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for name, parameter in self.signature.parameters.items():
+            if name not in data:
+                continue
+            annotation = self.annotations[name]
+            what = f"argument '{name}' of {self.what}"
+            value = data[name]
+            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(from_json(item, annotation, what=what) for item in value)
+            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update({key: from_json(item, annotation, what=what) for key, item in value.items()})
+            elif parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+                kwargs[name] = from_json(value, annotation, what=what)
+            else:
+                args.append(from_json(value, annotation, what=what))
+        return args, kwargs
