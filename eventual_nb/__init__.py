@@ -43,6 +43,7 @@ from eventual_nb.errors import (
     HttpError,
     InputValidationError,
     Timeout,
+    WorkflowNotFound,
     WorkflowTimeout,
 )
 from eventual_nb.events import Event, Subscription, publish, subscription
@@ -107,6 +108,7 @@ __all__ = [
     "Timeout",
     "Workflow",
     "WorkflowInfo",
+    "WorkflowNotFound",
     "WorkflowTimeout",
     "activity",
     "activity_info",
@@ -144,7 +146,14 @@ def __getattr__(name: str) -> Any:
     if name == "aws":
         import importlib
 
-        return importlib.import_module("eventual_nb.aws")
+        try:
+            return importlib.import_module("eventual_nb.aws")
+        except ModuleNotFoundError as exc:
+            if exc.name == "eventual_nb.aws":
+                raise AttributeError(
+                    "ev.aws (AwsRuntime) has not landed yet: it comes with issue 6, 'Deployed runtime on AWS'"
+                ) from None
+            raise ImportError(f"ev.aws needs boto3: pip install 'eventual-nb[aws]' ({exc})") from exc
     raise AttributeError(f"module 'eventual_nb' has no attribute {name!r}")
 
 

@@ -33,8 +33,14 @@ class EventualError(Exception):
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
         for name in self.fields:
-            body[name] = getattr(self, name, None)
+            body[_json_key(name)] = getattr(self, name, None)
         return body
+
+
+def _json_key(field: str) -> str:
+    """A field named like the body's own keys (`error` on ActivityFailed/ExecutionFailed) travels as `error_type`,
+    so it cannot overwrite the class name that `error_from_json` rebuilds from."""
+    return "error_type" if field == "error" else field
 
 
 _REGISTRY["EventualError"] = EventualError
@@ -50,7 +56,7 @@ def error_from_json(body: dict[str, Any]) -> EventualError:
     error = cls.__new__(cls)
     Exception.__init__(error, message)
     for field in cls.fields:
-        setattr(error, field, body.get(field))
+        setattr(error, field, body.get(_json_key(field)))
     return error
 
 
@@ -133,6 +139,17 @@ class ExecutionNotFound(EventualError, LookupError):
     def __init__(self, message: str, *, execution_id: str | None = None) -> None:
         super().__init__(message)
         self.execution_id = execution_id
+
+
+class WorkflowNotFound(EventualError, LookupError):
+    """No workflow of this name is served."""
+
+    status_code = 404
+    fields = ("workflow",)
+
+    def __init__(self, message: str, *, workflow: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
 
 
 class ExecutionFailed(EventualError):

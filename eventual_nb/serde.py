@@ -100,7 +100,7 @@ def type_hints(function: Callable[..., Any]) -> dict[str, Any]:
     """Resolved annotations; names that cannot be resolved (local classes) fall back to `Any`."""
     try:
         return typing.get_type_hints(function, include_extras=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - unresolvable annotations are common in notebooks
         hints: dict[str, Any] = {}
         for name, annotation in getattr(function, "__annotations__", {}).items():
             hints[name] = Any if isinstance(annotation, str) else annotation

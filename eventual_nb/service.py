@@ -94,7 +94,7 @@ class Service:
 def _event_spec(name: str, event: type[Event]) -> dict[str, Any]:
     try:
         schema = event.model_json_schema()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a schema is a courtesy, not a requirement
         schema = None
     return {"name": name, "schema": schema}
 

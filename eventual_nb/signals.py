@@ -88,7 +88,7 @@ class Signal(Generic[T]):
         if self.payload_type is not None:
             try:
                 schema = adapter(self.payload_type).json_schema()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a schema is a courtesy, not a requirement
                 schema = None
         return {"name": self.name, "payload_schema": schema}
 

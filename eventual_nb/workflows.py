@@ -128,7 +128,7 @@ class Workflow(Generic[R]):
                 from eventual_nb.serde import adapter
 
                 return adapter(annotation).json_schema()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a schema is a courtesy, not a requirement
                 return None
 
         return {

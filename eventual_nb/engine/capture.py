@@ -77,7 +77,7 @@ class _CapturingHandler(logging.Handler):
             return
         try:
             sink(f"{record.levelname}:{record.name}:{record.getMessage()}")
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging must never break user code
             self.handleError(record)
 
 

@@ -166,6 +166,7 @@ class WorkflowExecutor:
         self.recorded_calls: dict[int, HistoryEvent] = {}
         self.recorded_patches: set[str] = set()
         self.recorded_terminal: HistoryEvent | None = None
+        self._max_recorded_seq = -1
         self.matched: set[int] = set()
         self.replaying = False
 
@@ -189,6 +190,8 @@ class WorkflowExecutor:
         self.terminal: HistoryEvent | None = None
         self.now = datetime(1970, 1, 1, tzinfo=UTC)
         self._fatal: BaseException | None = None
+        #: a divergence found inside workflow code; raised out of step() even if the code caught it
+        self._divergence: errors.DeterminismError | None = None
         self._random: random.Random | None = None
         self._out = StepOutput()
 
@@ -239,6 +242,7 @@ class WorkflowExecutor:
                         execution_id=self.execution_id,
                     )
                 self.recorded_calls[event.seq] = event
+                self._max_recorded_seq = max(self._max_recorded_seq, event.seq)
             elif isinstance(event, PatchMarker):
                 self.recorded_patches.add(event.patch_id)
             else:
@@ -279,10 +283,12 @@ class WorkflowExecutor:
                     execution_id=self.execution_id,
                 )
             return
+        recorded = self.recorded_calls.get(event.seq) if event.seq is not None else None
+        call = f" answering {describe_call(recorded)}" if recorded is not None else ""
         raise errors.DeterminismError(
             f"execution '{self.execution_id}' diverged from its history: the code now completes "
             f"({self.terminal.type}) before history event {event.type}"
-            f"{'' if event.seq is None else f' (seq {event.seq})'}, which it used to wait for. {self._hint()}",
+            f"{'' if event.seq is None else f' (seq {event.seq})'}{call}, which it used to wait for. {self._hint()}",
             execution_id=self.execution_id,
             seq=event.seq,
         )
@@ -382,6 +388,8 @@ class WorkflowExecutor:
         """Run woken code until idle, re-check conditions, repeat; then notice completion."""
         while True:
             self.loop.run_until_idle()
+            if self._divergence is not None:
+                raise self._divergence
             if self.ended:
                 return
             if self._fatal is not None:
@@ -391,7 +399,17 @@ class WorkflowExecutor:
                 self._finish()
                 return
             if not self._check_conditions():
+                if len(self.loop.tasks) > 256:
+                    self._forget_finished_tasks()
                 return
+
+    def _forget_finished_tasks(self) -> None:
+        """Keep long executions O(1) in memory: drop finished tasks unless they hold an unretrieved error."""
+        self.loop.tasks = [
+            task
+            for task in self.loop.tasks
+            if not task.done() or (not task.cancelled() and getattr(task, "_log_traceback", False))
+        ]
 
     def _check_conditions(self) -> bool:
         fired = False
@@ -400,7 +418,7 @@ class WorkflowExecutor:
                 continue
             try:
                 satisfied = predicate()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - delivered to whoever awaits the condition
                 future.set_exception(exc)
                 fired = True
                 continue
@@ -513,21 +531,23 @@ class WorkflowExecutor:
         recorded = self.recorded_calls.get(seq)
         if recorded is not None:
             if _call_identity(recorded) != _call_identity(event):
-                raise errors.DeterminismError(
+                self._divergence = self._divergence or errors.DeterminismError(
                     f"execution '{self.execution_id}' diverged from its history at seq {seq}: history recorded "
                     f"{describe_call(recorded)}, but the code now makes {describe_call(event)}. {self._hint()}",
                     execution_id=self.execution_id,
                     seq=seq,
                 )
+                raise self._divergence
             self.matched.add(seq)
             return seq
-        if self.replaying and self.recorded_calls and seq < max(self.recorded_calls):
-            raise errors.DeterminismError(
+        if self.replaying and seq < self._max_recorded_seq:
+            self._divergence = self._divergence or errors.DeterminismError(
                 f"execution '{self.execution_id}' diverged from its history at seq {seq}: history recorded no "
                 f"call at seq {seq}, but the code now makes {describe_call(event)}. {self._hint()}",
                 execution_id=self.execution_id,
                 seq=seq,
             )
+            raise self._divergence
         self._out.events.append(event)
         self._out.commands.append(command(seq))
         return seq
@@ -676,7 +696,7 @@ class WorkflowExecutor:
     def _call_handler(self, entry: SignalHandlerEntry, payload: Any) -> None:
         try:
             outcome = entry.handler(payload)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing signal handler fails the execution at once
             self._fatal = exc
             return
         if asyncio.iscoroutine(outcome):

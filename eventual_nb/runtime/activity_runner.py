@@ -68,7 +68,7 @@ async def run_attempt(
             value = await asyncio.to_thread(invoke, *args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of user code is a failed attempt
         return failure(exc)
     finally:
         capture.flush_sink(log_line)

@@ -182,11 +182,14 @@ class _ExecutionState:
     executor: WorkflowExecutor | None = None
     first_step_done: bool = False
     step_scheduled: bool = False
-    determinism_error: errors.DeterminismError | None = None
+    #: why the execution cannot step (a determinism failure, a workflow that is no longer defined)
+    blocked: errors.EventualError | None = None
     seen_signal_ids: set[str] = field(default_factory=set)
     children: set[str] = field(default_factory=set)
     timers: dict[int, _Work] = field(default_factory=dict)
     service: str | None = None
+    #: every command the engine issued for this execution, in order (read by `commands_of`)
+    commands: list[Command] = field(default_factory=list)
 
     def execution(self) -> Execution:
         return Execution(
@@ -310,7 +313,9 @@ class TestEnvironment(RuntimeBase):
     def _workflow(self, name: str) -> Workflow[Any]:
         found = [(service, service.workflows[name]) for service in self.served_services() if name in service.workflows]
         if not found:
-            raise errors.ExecutionNotFound(f"no workflow named '{name}' is served by this TestEnvironment")
+            raise errors.WorkflowNotFound(
+                f"no workflow named '{name}' is served by this TestEnvironment", workflow=name
+            )
         if len(found) > 1:
             names = " and ".join(f"'{service.name}'" for service, _ in found)
             raise errors.EventualError(
@@ -393,8 +398,8 @@ class TestEnvironment(RuntimeBase):
             await self.tick()
             if state.status != ExecutionStatus.IN_PROGRESS:
                 return state.execution()
-            if state.determinism_error is not None and not state.inbox:
-                raise state.determinism_error
+            if state.blocked is not None and not state.step_scheduled:
+                raise state.blocked
             due = self._next_due()
             if due is None or due > deadline:
                 if await self._test_loop_progress():
@@ -563,16 +568,17 @@ class TestEnvironment(RuntimeBase):
                 if state.first_step_done:
                     self.replays += 1
             output = executor.step(events)
-        except errors.DeterminismError as exc:
-            state.determinism_error = exc
+        except errors.EventualError as exc:
+            state.blocked = exc
             state.executor = None
             state.inbox = events + state.inbox
             return
-        state.determinism_error = None
+        state.blocked = None
         state.first_step_done = True
         self.steps += 1
         state.history.extend(output.events)
         state.logs.extend(output.logs)
+        state.commands.extend(output.commands)
         for command in output.commands:
             await self._carry_out(state, command)
         if executor.ended:
@@ -861,6 +867,9 @@ class TestEnvironment(RuntimeBase):
             elif kind == "heartbeat_timeout":
                 # no heartbeat will ever come: the scheduled check fires when the limit allows
                 activity.last_heartbeat = datetime.min.replace(tzinfo=UTC)
+            else:
+                # a mocked hang ends by the attempt's timeout, not by a heartbeat check that fires first
+                activity.status = "hanging"
             return None
         if kind == "async_result":
             assert behaviour is not None
@@ -946,7 +955,7 @@ class TestEnvironment(RuntimeBase):
             self._deliver(state, event)
 
     async def _attempt_deadline(self, activity: _ActivityState, attempt: int) -> None:
-        if activity.attempt == attempt and activity.status in ("running", "async"):
+        if activity.attempt == attempt and activity.status in ("running", "async", "hanging"):
             await self._attempt_expired(activity, attempt, heartbeat=False)
 
     async def _heartbeat_deadline(self, activity: _ActivityState, attempt: int) -> None:
@@ -1072,7 +1081,7 @@ class TestEnvironment(RuntimeBase):
             value = subscription.handler(subscription.decode(item))
             if inspect.isawaitable(value):
                 await value
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
             if subscription.retry.retries(attempt, exception_type_names(exc)):
                 self._schedule(
                     self._now + subscription.retry.delay_after(attempt),
@@ -1147,6 +1156,10 @@ class TestEnvironment(RuntimeBase):
 
     def history_of(self, id: str) -> list[HistoryEvent]:
         return list(self._state(id).history)
+
+    def commands_of(self, id: str) -> list[Command]:
+        """Every command the engine's steps issued for execution `id`, in order (read-only, for tests)."""
+        return list(self._state(id).commands)
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:
