@@ -32,7 +32,10 @@ def replay(workflow: Any, history: Any, *, execution_id: str | None = None) -> l
     executor = WorkflowExecutor(
         _code_of(workflow, started.workflow), execution_id or f"{started.workflow}/replay", events
     )
-    return executor.step([]).commands
+    try:
+        return executor.step([]).commands
+    finally:
+        executor.close()
 
 
 def _code_of(workflow: Any, name: str) -> WorkflowCode:

@@ -508,6 +508,37 @@ class WorkflowExecutor:
         self.timers.clear()
         self.conditions.clear()
 
+    def close(self) -> None:
+        """Discard this instance: finish its suspended coroutines now, on its own loop, recording nothing.
+
+        A runtime calls it when it drops an executor whose execution has not ended (always_replay, a
+        cache eviction, a determinism failure, a one-off replay). Otherwise the garbage collector closes
+        those coroutines later, at an arbitrary moment, and their `finally` blocks run while some other
+        execution's loop is current, so a durable call made there would land in that other history.
+        """
+        if self.ended and not self.loop.tasks:
+            return
+        self._out = StepOutput()  # whatever happens now is thrown away
+        self.ended = True
+        self.ending = True  # durable calls raise CancelledError, timers are not started
+        self.signal_handlers.clear()
+        with self.loop.running():
+            for task in list(self.loop.tasks):
+                if not task.done():
+                    task.cancel()
+            self.loop.run_until_idle()
+            for task in self.loop.tasks:
+                if not task.done():  # it swallowed the cancellation and waits again
+                    try:
+                        task.get_coro().close()
+                    except BaseException:  # noqa: BLE001 - a discarded instance has nobody to report to
+                        pass
+                task._log_traceback = False  # type: ignore[attr-defined]
+        self.loop.tasks = []
+        self.pending.clear()
+        self.timers.clear()
+        self.conditions.clear()
+
     def loop_exception(self, context: dict[str, Any]) -> None:
         """Exceptions asyncio reports through the loop: a raising callback fails the execution."""
         if self.ended:

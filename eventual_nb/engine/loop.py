@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import itertools
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,29 @@ class NonDeterministicOperation(EventualError, RuntimeError):
     """Workflow code tried to use I/O, threads or real time, which cannot be replayed."""
 
 
+class _OrderedFuture(asyncio.Future[Any]):
+    """A future hashed by its creation order on its workflow loop, not by memory address.
+
+    asyncio keeps tasks and futures in sets (`TaskGroup` cancels its tasks in set order; `wait` and
+    `as_completed` iterate sets), and set order follows hashes. With address-based hashes a cached
+    instance and a replay could cancel tasks, and so make clean-up calls, in different orders.
+    """
+
+    _eventual_order = 0
+
+    def __hash__(self) -> int:
+        return self._eventual_order
+
+
+class _OrderedTask(asyncio.Task[Any]):
+    """A task hashed by its creation order on its workflow loop (see `_OrderedFuture`)."""
+
+    _eventual_order = 0
+
+    def __hash__(self) -> int:
+        return self._eventual_order
+
+
 class WorkflowEventLoop(asyncio.AbstractEventLoop):
     """The loop one workflow execution runs on; owned and stepped by its `WorkflowExecutor`."""
 
@@ -38,6 +62,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._time = 0.0
         self.tasks: list[asyncio.Task[Any]] = []
+        self._creation_order = itertools.count(1)
         self._exception_handler: Any = None
 
     # -- stepping ---------------------------------------------------------------------------------------
@@ -111,7 +136,9 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self.executor.cancel_timer(handle)
 
     def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
+        future = _OrderedFuture(loop=self)
+        future._eventual_order = next(self._creation_order)
+        return future
 
     def create_task(  # type: ignore[override]
         self,
@@ -120,7 +147,8 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.Task(coro, loop=self, name=name, context=context)
+        task = _OrderedTask(coro, loop=self, name=name, context=context)
+        task._eventual_order = next(self._creation_order)
         self.tasks.append(task)
         return task
 

@@ -295,6 +295,12 @@ class TestEnvironment(RuntimeBase):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.exit_current()
+        for state in self._executions.values():
+            if state.executor is not None:
+                # close suspended workflow coroutines now, on their own loop, so the garbage collector
+                # never runs their `finally` blocks while another execution's loop is current
+                state.executor.close()
+                state.executor = None
         for observer in list(self.observers):
             observer(self)
 
@@ -430,8 +436,11 @@ class TestEnvironment(RuntimeBase):
                 definition.code(), state.id, state.history, first_step_done=state.first_step_done
             )
             executor.step([])
+        waits = executor.waits()
+        if executor is not state.executor:
+            executor.close()
         parts = []
-        for kind, detail in executor.waits():
+        for kind, detail in waits:
             if kind == "activity":
                 name, seq = detail
                 activity = self._activities.get((state.id, seq))
@@ -558,6 +567,7 @@ class TestEnvironment(RuntimeBase):
             state.inbox.clear()
             return
         events, state.inbox = state.inbox, []
+        executor = None
         try:
             definition = self._workflow(state.workflow)
             executor = state.executor
@@ -569,6 +579,8 @@ class TestEnvironment(RuntimeBase):
                     self.replays += 1
             output = executor.step(events)
         except errors.EventualError as exc:
+            if executor is not None:
+                executor.close()
             state.blocked = exc
             state.executor = None
             state.inbox = events + state.inbox
@@ -585,6 +597,7 @@ class TestEnvironment(RuntimeBase):
             state.executor = None
             self._finish(state, executor)
         elif self.always_replay:
+            executor.close()
             state.executor = None
         else:
             state.executor = executor
