@@ -12,9 +12,7 @@ latter also re-runs the scenario cached and requires identical histories.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -22,55 +20,9 @@ from pydantic import BaseModel
 
 import eventual_nb as ev
 from eventual_nb.testing import TestEnvironment
+from tests.scenario import MODES, START, end_time, run_scenario, seconds, types
 
 SERVICE = ev.Service("test-asyncio-primitives")
-
-START = datetime(2024, 1, 1, tzinfo=UTC)
-MODES = pytest.mark.parametrize("always_replay", [False, True], ids=["cached", "always_replay"])
-
-
-# ------------------------------------------------------------------------------------------- harness
-
-
-@dataclass
-class _Run:
-    now: datetime
-    histories: dict[str, list[dict[str, Any]]]
-    replays: int
-
-
-Scenario = Callable[[TestEnvironment], Awaitable[None]]
-
-
-async def _play(scenario: Scenario, always_replay: bool) -> _Run:
-    async with ev.testing.TestEnvironment(service=SERVICE, start=START, always_replay=always_replay) as env:
-        await scenario(env)
-        histories = {eid: [e.model_dump(mode="json") for e in env.history_of(eid)] for eid in env.executions()}
-        return _Run(env.now, histories, env.replays)
-
-
-async def run_scenario(scenario: Scenario, always_replay: bool) -> None:
-    """Run `scenario` (which holds the assertions); with always_replay also run it cached and compare."""
-    run = await _play(scenario, always_replay)
-    if always_replay:
-        assert run.replays > 0, "always_replay=True never replayed from scratch"
-        baseline = await _play(scenario, False)
-        assert baseline.replays == 0
-        assert run.histories == baseline.histories
-        assert run.now == baseline.now
-
-
-async def types(h: ev.ExecutionHandle) -> list[str]:
-    return [e.type for e in await h.history()]
-
-
-async def end_time(h: ev.ExecutionHandle) -> datetime | None:
-    return (await h.status()).end_time
-
-
-def seconds(n: float) -> datetime:
-    return START + timedelta(seconds=n)
-
 
 # --------------------------------------------------------------------------------------- building blocks
 
@@ -143,7 +95,7 @@ async def test_gather_results_in_argument_order(always_replay: bool) -> None:
         assert await types(h) == timers_then(2, "ActivitySucceeded", "ActivitySucceeded")
         assert await untils(h) == [seconds(20), seconds(10)]  # gather starts its inputs in argument order
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -161,7 +113,7 @@ async def test_gather_first_failure_fails_the_workflow_at_once(always_replay: bo
         assert env.now == seconds(70)
         assert await types(h) == timers_then(3, "ActivityFailed", end="WorkflowFailed")
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -173,7 +125,7 @@ async def test_gather_return_exceptions(always_replay: bool) -> None:
         assert env.now == seconds(30)
         assert await types(h) == timers_then(3, "ActivityFailed", "ActivitySucceeded", "ActivitySucceeded")
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ------------------------------------------------------------------------------------------ asyncio.wait
@@ -224,7 +176,7 @@ async def test_wait_first_completed(winner: str, always_replay: bool) -> None:
         ]
         assert history[1].until == seconds(60)
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 class WaitTimeout(BaseModel):
@@ -277,7 +229,7 @@ async def test_wait_with_timeout(expires: bool, always_replay: bool) -> None:
         ]
         assert await untils(h) == [seconds(45), seconds(10), seconds(slow)]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # -------------------------------------------------------------------------------------- asyncio.wait_for
@@ -335,7 +287,7 @@ async def test_wait_for(in_time: bool, always_replay: bool) -> None:
                 ("WorkflowSucceeded", None),
             ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ----------------------------------------------------------------------------------- asyncio.create_task
@@ -376,7 +328,7 @@ async def test_create_task_awaited_later(always_replay: bool) -> None:
         ]
         assert await untils(h) == [seconds(10), seconds(30)]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @ev.workflow
@@ -420,7 +372,7 @@ async def test_create_task_exception(await_it: bool, always_replay: bool) -> Non
             "WorkflowSucceeded" if await_it else "WorkflowFailed",
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ----------------------------------------------------------------------------------- asyncio.TaskGroup
@@ -457,7 +409,7 @@ async def test_task_group_success(always_replay: bool) -> None:
         assert await types(h) == timers_then(3, "ActivitySucceeded", "ActivitySucceeded", "ActivitySucceeded")
         assert await untils(h) == [seconds(30), seconds(10), seconds(20)]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -489,7 +441,7 @@ async def test_task_group_failure_cancels_siblings(catch: bool, always_replay: b
             3, "ActivityFailed", end="WorkflowSucceeded" if catch else "WorkflowFailed"
         )
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ----------------------------------------------------------------------------------------- asyncio.sleep
@@ -531,4 +483,4 @@ async def test_asyncio_sleep_is_a_durable_timer(always_replay: bool) -> None:
         ]
         assert history[2].timestamp == seconds(90)
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -22,59 +21,9 @@ from pydantic import BaseModel
 
 import eventual_nb as ev
 from eventual_nb.testing import TestEnvironment
+from tests.scenario import MODES, START, end_time, run_scenario, seconds, types
 
 SERVICE = ev.Service("test-patterns")
-
-START = datetime(2024, 1, 1, tzinfo=UTC)
-MODES = pytest.mark.parametrize("always_replay", [False, True], ids=["cached", "always_replay"])
-
-
-# ------------------------------------------------------------------------------------------- harness
-
-
-@dataclass
-class _Run:
-    now: datetime
-    histories: dict[str, list[dict[str, Any]]]
-    replays: int
-
-
-Scenario = Callable[[TestEnvironment], Awaitable[None]]
-
-
-async def _play(scenario: Scenario, always_replay: bool) -> _Run:
-    async with ev.testing.TestEnvironment(service=SERVICE, start=START, always_replay=always_replay) as env:
-        await scenario(env)
-        histories = {eid: [e.model_dump(mode="json") for e in env.history_of(eid)] for eid in env.executions()}
-        return _Run(env.now, histories, env.replays)
-
-
-async def run_scenario(scenario: Scenario, always_replay: bool) -> None:
-    """Run `scenario` (which holds the assertions) in the requested mode.
-
-    In always_replay mode the scenario is run again with cached instances: both runs must record the same
-    histories and end on the same clock, the cached run must not have replayed and the other must have.
-    """
-    run = await _play(scenario, always_replay)
-    if always_replay:
-        assert run.replays > 0, "always_replay=True never replayed from scratch"
-        baseline = await _play(scenario, False)
-        assert baseline.replays == 0
-        assert run.histories == baseline.histories
-        assert run.now == baseline.now
-
-
-async def types(h: ev.ExecutionHandle) -> list[str]:
-    return [e.type for e in await h.history()]
-
-
-async def end_time(h: ev.ExecutionHandle) -> datetime | None:
-    return (await h.status()).end_time
-
-
-def seconds(n: float) -> datetime:
-    return START + timedelta(seconds=n)
-
 
 # ------------------------------------------------------------------------------- shared activities
 
@@ -161,7 +110,7 @@ async def test_sub_procedures(always_replay: bool) -> None:
         scheduled = [(e.name, e.input) for e in history if e.type == "ActivityScheduled"]
         assert scheduled == [("task_a", {"x": 1}), ("task_b", {"x": 2}), ("task_a", {"x": 20}), ("task_b", {"x": 21})]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ------------------------------------------------------------------ 2. recursive function (manual retry)
@@ -215,7 +164,7 @@ async def test_recursive_function_retries_until_success(always_replay: bool) -> 
         # the recursion is the retry mechanism: every call is one attempt of its own
         assert [e.attempts for e in history if e.type in ("ActivityFailed", "ActivitySucceeded")] == [1, 1, 1]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -243,7 +192,7 @@ async def test_recursive_function_gives_up(always_replay: bool) -> None:
             "WorkflowFailed",
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ---------------------------------------------------------------------------- 3. recursive workflow
@@ -317,7 +266,7 @@ async def test_recursive_workflow(always_replay: bool) -> None:
         assert [e.child_id for e in await h.history() if e.type == "ChildWorkflowScheduled"] == [child]
         assert await end_time(h) == jan[3]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ------------------------------------------------------------------------ 4. event loop over signals
@@ -385,7 +334,7 @@ async def test_event_loop_over_signals(always_replay: bool) -> None:
             ("Done", 4 * minute),
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # --------------------------------------------------------------------- 5. all / all_settled / any / race
@@ -513,7 +462,7 @@ async def test_combinators(case: str, always_replay: bool) -> None:
             (i, seconds(leg.delay_s)) for i, leg in enumerate(leg_list)
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @ev.workflow
@@ -565,7 +514,7 @@ async def test_combinators_decide_by_argument_order_when_settled(always_replay: 
         ]
         assert [e.until for e in history if e.type == "TimerScheduled"] == [seconds(20), seconds(5), seconds(10)]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ---------------------------------------------------------------------- 6. two activities in parallel
@@ -607,7 +556,7 @@ async def test_two_activities_in_parallel(always_replay: bool) -> None:
             ("WorkflowSucceeded", None),
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # -------------------------------------------------------------- 7. two sequential sub-procedures in parallel
@@ -651,7 +600,7 @@ async def test_two_sequential_sub_procedures_in_parallel(always_replay: bool) ->
             ("WorkflowSucceeded", None),
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ------------------------------------------------------------------ 8./9. condition or timeout / date
@@ -699,7 +648,7 @@ async def test_condition_or_timeout(style: str, branch: str, always_replay: bool
         assert [e.type for e in history] == ["WorkflowStarted", "TimerScheduled", middle, "WorkflowSucceeded"]
         assert history[1].until == seconds(10)
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -722,7 +671,7 @@ async def test_condition_or_date(branch: str, always_replay: bool) -> None:
         assert [e.type for e in history] == ["WorkflowStarted", "TimerScheduled", middle, "WorkflowSucceeded"]
         assert history[1].until == DEADLINE
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # -------------------------------------------------- 10./11. first procedure to finish / first to succeed
@@ -763,7 +712,7 @@ async def test_first_procedure_to_finish(fast_fails: bool, always_replay: bool) 
             ("WorkflowSucceeded", None),
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -789,7 +738,7 @@ async def test_first_procedure_to_succeed(always_replay: bool) -> None:
             "WorkflowSucceeded",
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ---------------------------------------------------------------------------- 12. saga / compensation
@@ -886,7 +835,7 @@ async def test_saga_compensates_when_the_third_step_fails(always_replay: bool) -
         compensated = {e.seq: e.result for e in history if e.type == "ActivitySucceeded" and e.seq >= 3}
         assert compensated == {3: "cancelled H-t1", 4: "cancelled F-t1"}
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -900,7 +849,7 @@ async def test_saga_without_failure_compensates_nothing(always_replay: bool) -> 
             "WorkflowSucceeded"
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 # ------------------------------------------------------------------- 13. cancel window and daily loop
@@ -957,7 +906,7 @@ async def test_cancel_window_signal_in_time(always_replay: bool) -> None:
         assert [e.type for e in history] == ["WorkflowStarted", "TimerScheduled", "SignalReceived", "WorkflowSucceeded"]
         assert history[1].until == START + timedelta(minutes=5)
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @MODES
@@ -982,7 +931,7 @@ async def test_cancel_window_timer_wins(always_replay: bool) -> None:
         ]
         assert history[3].input == {"source": "acc-1", "target": "acc-2", "amount": 25}
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
 
 
 @ev.activity
@@ -1031,4 +980,4 @@ async def test_daily_reminder_loop(always_replay: bool) -> None:
             START + timedelta(days=d) for d in (1, 2, 3)
         ]
 
-    await run_scenario(scenario, always_replay)
+    await run_scenario(scenario, always_replay, SERVICE)
