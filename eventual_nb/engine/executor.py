@@ -173,7 +173,6 @@ class WorkflowExecutor:
         self.pending: dict[int, _Pending] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
         self._timer_seqs: dict[int, int] = {}
-        self.resolved: set[int] = set()
 
         self.signal_waiters: dict[str, list[asyncio.Future[Any]]] = defaultdict(list)
         self.signal_handlers: dict[str, list[SignalHandlerEntry]] = defaultdict(list)
@@ -659,7 +658,6 @@ class WorkflowExecutor:
     def _resolve_activity(self, event: HistoryEvent) -> None:
         assert event.seq is not None
         pending = self.pending.pop(event.seq)
-        self.resolved.add(event.seq)
         future = pending.future
         if future.done():
             return
@@ -689,7 +687,6 @@ class WorkflowExecutor:
     def _resolve_child(self, event: HistoryEvent) -> None:
         assert event.seq is not None
         pending = self.pending.pop(event.seq)
-        self.resolved.add(event.seq)
         future = pending.future
         if future.done():
             return

@@ -963,6 +963,7 @@ class TestEnvironment(RuntimeBase):
 
     def _activity_done(self, activity: _ActivityState, event: HistoryEvent) -> None:
         activity.status = "done"
+        self._activities.pop((activity.execution_id, activity.seq), None)  # its token is no longer pending
         state = self._executions.get(activity.execution_id)
         if state is not None:
             self._deliver(state, event)
