@@ -60,6 +60,7 @@ from eventual_nb.runtime.base import (
     current_runtime,
     set_default_runtime,
 )
+from eventual_nb.runtime.local import LocalRuntime
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal
 from eventual_nb.workflows import (
@@ -99,6 +100,7 @@ __all__ = [
     "HistoryEvent",
     "HttpError",
     "InputValidationError",
+    "LocalRuntime",
     "LogEntry",
     "RetryPolicy",
     "RunningWorkflowInfo",
