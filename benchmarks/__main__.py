@@ -2,6 +2,9 @@
 
 Targets are shown next to each number but never enforced: the exit status is 0 whenever every
 benchmark ran and its sanity checks (results, replay counts, virtual time) held.
+
+Engine benchmarks (`benchmarks.engine`) come first, then LocalRuntime against DBOS (`benchmarks.local`,
+each measurement in its own process; DBOS columns read "not installed" without the `bench` extra).
 """
 
 from __future__ import annotations
@@ -9,32 +12,60 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import engine
-from benchmarks.results import environment, make_console, print_header, print_notes, render, write_json
+from benchmarks import engine, local
+from benchmarks.results import (
+    environment,
+    make_console,
+    print_footers,
+    print_header,
+    print_notes,
+    render,
+    render_comparisons,
+    write_json,
+)
+
+NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; finishes in a few seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (about half a minute; DBOS only if installed)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument(
         "--only",
         action="append",
-        choices=sorted(engine.BENCHMARKS),
+        choices=NAMES,
         metavar="NAME",
-        help=f"run only this benchmark (repeatable): {', '.join(engine.BENCHMARKS)}",
+        help=f"run only this benchmark (repeatable): {', '.join(NAMES)}",
     )
     args = parser.parse_args(argv)
 
     console = make_console()
     env = environment()
     print_header(console, env, args.quick)
+    only = set(args.only or NAMES)
     with console.status("running benchmarks…") as status:
-        results = engine.run(args.quick, args.only, lambda key: status.update(f"running {key}…"))
-    console.print(render(results))
-    print_notes(console, results)
+
+        def progress(key: str) -> None:
+            status.update(f"running {key}…")
+
+        results = []
+        if only & set(engine.BENCHMARKS):
+            results = engine.run(args.quick, sorted(only & set(engine.BENCHMARKS)), progress)
+        comparisons = []
+        if only & set(local.BENCHMARKS):
+            comparisons = local.run(args.quick, sorted(only & set(local.BENCHMARKS)), progress)
+    if results:
+        console.print(render(results))
+        print_notes(console, results)
+    if comparisons:
+        console.print(render_comparisons(comparisons))
+        print_footers(console, comparisons)
+        print_notes(console, comparisons)
     if args.json:
-        write_json(args.json, env, args.quick, results)
+        write_json(args.json, env, args.quick, [*results, *comparisons])
         console.print(f"results written to {args.json}")
     return 0
 

@@ -1,4 +1,9 @@
-"""Benchmark results: plain numbers with labels and targets, rendered as a rich table or JSON."""
+"""Benchmark results: plain numbers with labels and targets, rendered as rich tables or JSON.
+
+A `Result` is one system's numbers (the engine benchmarks). A `Comparison` puts several systems side
+by side (LocalRuntime against DBOS): one column per system, one row per metric, and a footer for the
+settings a reader needs to judge the comparison (durability, fsync cost of the disk).
+"""
 
 from __future__ import annotations
 
@@ -32,18 +37,21 @@ class Metric:
     met: bool | None = None
 
     def formatted(self) -> str:
-        value = self.value
-        if isinstance(value, int):
-            text = f"{value:,}"
-        elif self.unit == "s":
-            text = f"{value:.4f}" if value < 1 else f"{value:.3f}"
-        elif self.unit == "×":
-            text = f"{value:.2f}"
-        elif abs(value) >= 1000:
-            text = f"{value:,.0f}"
-        else:
-            text = f"{value:.3g}"
-        return f"{text} {self.unit}".rstrip()
+        return format_value(self.value, self.unit)
+
+
+def format_value(value: float | int, unit: str = "") -> str:
+    if isinstance(value, int):
+        text = f"{value:,}"
+    elif unit == "s":
+        text = f"{value:.4f}" if value < 1 else f"{value:.3f}"
+    elif unit == "×":
+        text = f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    elif abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".rstrip()
 
 
 @dataclass
@@ -84,6 +92,77 @@ class Result:
         }
 
 
+@dataclass
+class Row:
+    """One metric of a `Comparison`: a value per system (a system without one shows "—")."""
+
+    key: str
+    label: str
+    values: dict[str, float | int]
+    unit: str = ""
+    target: str | None = None
+    met: bool | None = None
+
+
+@dataclass
+class Comparison:
+    """Several systems measured side by side in one run on one machine.
+
+    `systems` maps a system key to its column heading. A system that could not be measured at all
+    (for example DBOS when it is not installed) is listed in `unavailable` with the reason, which the
+    table shows in its column and the JSON keeps, so a missing number is never silently a zero.
+    """
+
+    key: str
+    title: str
+    systems: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    info: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    #: facts printed under the table (durability settings, disk fsync cost)
+    footer: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        key: str,
+        label: str,
+        values: dict[str, float | int | None],
+        unit: str = "",
+        *,
+        target: str | None = None,
+        met: bool | None = None,
+    ) -> Row:
+        row = Row(key, label, {k: v for k, v in values.items() if v is not None}, unit, target, met)
+        self.rows.append(row)
+        return row
+
+    def value(self, system: str, key: str) -> float | int | None:
+        for row in self.rows:
+            if row.key == key:
+                return row.values.get(system)
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "params": self.params,
+            "systems": self.systems,
+            "results": {
+                system: {row.key: row.values[system] for row in self.rows if system in row.values}
+                for system in self.systems
+            },
+            "units": {row.key: row.unit for row in self.rows if row.unit},
+            "targets": {row.key: row.target for row in self.rows if row.target},
+            "met": {row.key: row.met for row in self.rows if row.met is not None},
+            "unavailable": self.unavailable,
+            "info": self.info,
+            "notes": self.notes,
+            "footer": self.footer,
+        }
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers were measured: printed above the table and stored in the JSON."""
     return {
@@ -107,7 +186,7 @@ def make_console() -> Console:
 
 def print_header(console: Console, env: dict[str, Any], quick: bool) -> None:
     mode = " (--quick: small sizes)" if quick else ""
-    console.print(f"[bold]eventual-nb engine benchmarks[/bold]{mode}")
+    console.print(f"[bold]eventual-nb benchmarks[/bold]{mode}")
     console.print(f"Python:  {env['python']} ({env['executable']})")
     console.print(f"Machine: {env['platform']}, {env['machine']}, {env['cpus']} CPU(s)")
     console.print(f"Date:    {env['date']}")
@@ -129,13 +208,57 @@ def render(results: list[Result]) -> Table:
     return table
 
 
-def print_notes(console: Console, results: list[Result]) -> None:
+def render_comparisons(comparisons: list[Comparison]) -> Table:
+    """One table for all comparisons, one column per system any of them measured (in order of appearance).
+
+    Each comparison is a section headed by its title, so metric labels keep the width they need.
+    """
+    systems: dict[str, str] = {}
+    for comparison in comparisons:
+        for key, label in comparison.systems.items():
+            systems.setdefault(key, label)
+    table = Table(box=box.SIMPLE_HEAVY, show_lines=False, title="LocalRuntime against DBOS (same machine, same run)")
+    table.add_column("Metric", min_width=40, max_width=48)
+    for label in systems.values():
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("Target", justify="right", no_wrap=True)
+    table.add_column("", justify="center", no_wrap=True)
+    for index, comparison in enumerate(comparisons):
+        if index:
+            table.add_section()
+        table.add_row(f"[bold]{comparison.title}[/bold]", *([""] * (len(systems) + 2)))
+        for row in comparison.rows:
+            cells = []
+            for system in systems:
+                if system in row.values:
+                    cells.append(format_value(row.values[system], row.unit))
+                elif system in comparison.unavailable:
+                    cells.append(f"[dim]{comparison.unavailable[system]}[/dim]")
+                else:
+                    cells.append("—")
+            mark = "" if row.met is None else ("[green]✓[/green]" if row.met else "[red]✗ missed[/red]")
+            table.add_row(f"  {row.label}", *cells, row.target or "", mark)
+    return table
+
+
+def print_footers(console: Console, comparisons: list[Comparison]) -> None:
+    seen: set[str] = set()
+    for comparison in comparisons:
+        for line in comparison.footer:
+            if line not in seen:
+                seen.add(line)
+                console.print(line, highlight=False)
+
+
+def print_notes(console: Console, results: list[Result] | list[Comparison] | list[Result | Comparison]) -> None:
     for result in results:
         for note in result.notes:
             console.print(f"[dim]* {result.title}: {note}[/dim]")
 
 
-def write_json(path: str | Path, env: dict[str, Any], quick: bool, results: list[Result]) -> None:
+def write_json(
+    path: str | Path, env: dict[str, Any], quick: bool, results: list[Result] | list[Result | Comparison]
+) -> None:
     document = {
         "environment": env,
         "quick": quick,

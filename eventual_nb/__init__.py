@@ -28,6 +28,7 @@ from eventual_nb.activities import (
     heartbeat,
     heartbeat_sync,
 )
+from eventual_nb.client import ServiceClient
 from eventual_nb.combinators import all, all_settled, any, race
 from eventual_nb.durations import parse_duration
 from eventual_nb.engine.history import HistoryEvent, LogEntry
@@ -105,6 +106,7 @@ __all__ = [
     "RetryPolicy",
     "RunningWorkflowInfo",
     "Service",
+    "ServiceClient",
     "Signal",
     "Subscription",
     "Timeout",

@@ -5,6 +5,11 @@ can rely on the final shape of the command line while the parts behind it land o
 A verb whose part has not landed says which issue brings it and exits with status 2 (the same status
 argparse uses for a usage error), rather than pretending to work.
 
+Exit statuses: 0 success; 1 the operation failed (an error from the service, an unreachable server, a
+replay that diverged, a followed execution that did not succeed); 2 a usage error or a part that has
+not landed. Errors go to stderr as ``error: <Type>: <message>``; with ``--json`` the same error is also
+printed to stdout as ``{"error": <Type>, "message": ..., ...}``, the HTTP API's error shape.
+
 This module imports only the standard library at module level: ``eventual-nb --help`` must stay
 fast and must work on a core install. Verbs import what they need (rich, httpx, the runtimes,
 ``kernel_ext``, ``exporter``) inside their handlers.
@@ -14,18 +19,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PROG = "eventual-nb"
 DEFAULT_URL = "http://127.0.0.1:3111"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3111
 STATUSES = ("IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELLED")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+#: environment variables the service-client verbs and ``serve`` read
+URL_ENV = "EVENTUAL_URL"
+TOKEN_ENV = "EVENTUAL_TOKEN"
+#: seconds between two history polls of ``start --follow``
+FOLLOW_POLL_SECONDS = 0.2
 
 #: Exit status of a verb whose part has not landed yet.
 EXIT_NOT_AVAILABLE = 2
+#: Exit status of an operation that failed (service error, unreachable server, divergent replay).
+EXIT_FAILED = 1
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,23 +55,12 @@ _AWS_RUNTIME = (6, "AWS runtime")
 _NOTEBOOKS = (7, "Notebooks")
 
 LANDS_WITH: dict[str, tuple[int, str]] = {
-    "serve": _LOCAL_RUNTIME,
     "export": _EXPORTER,
     "run": _NOTEBOOKS,
     "test": _NOTEBOOKS,
     "kernel install": _KERNEL_EXTENSION,
     "deploy": _AWS_RUNTIME,
     "destroy": _AWS_RUNTIME,
-    "workflows": _LOCAL_RUNTIME,
-    "start": _LOCAL_RUNTIME,
-    "executions": _LOCAL_RUNTIME,
-    "execution": _LOCAL_RUNTIME,
-    "history": _LOCAL_RUNTIME,
-    "logs": _LOCAL_RUNTIME,
-    "signal": _LOCAL_RUNTIME,
-    "publish": _LOCAL_RUNTIME,
-    "cancel": _LOCAL_RUNTIME,
-    "replay": _LOCAL_RUNTIME,
 }
 
 
@@ -86,6 +92,505 @@ def not_available(verb: str) -> Handler:
     return handler
 
 
+# -- output -----------------------------------------------------------------------------------------
+
+
+class Output:
+    """Where a verb's results go: rich tables and panels for people, JSON with ``--json`` for scripts."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            # Piped output is not cut to 80 columns: ids and payloads must stay whole for grep and scripts.
+            wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+            self._console = Console(highlight=False, markup=False, soft_wrap=False, width=200 if wide else None)
+        return self._console
+
+    def json(self, value: Any, *, compact: bool = False) -> None:
+        text = json.dumps(to_jsonable(value), indent=None if compact else 2, ensure_ascii=False)
+        print(text, flush=True)
+
+    def table(self, title: str | None, columns: list[str], rows: list[list[Any]], caption: str | None = None) -> None:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=title, caption=caption, show_lines=False, title_justify="left", caption_justify="left")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(_cell(value)) for value in row))
+        self.console.print(table)
+
+    def panel(self, title: str, fields: list[tuple[str, Any]]) -> None:
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for key, value in fields:
+            grid.add_row(Text(key), Text(_cell(value)))
+        self.console.print(Panel(grid, title=Text(title), title_align="left", expand=False))
+
+    def line(self, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(text))
+
+    def error(self, kind: str, message: str, body: dict[str, Any] | None = None) -> int:
+        print(f"error: {kind}: {message}", file=sys.stderr, flush=True)
+        if self.as_json:
+            self.json(body if body is not None else {"error": kind, "message": message})
+        return EXIT_FAILED
+
+
+def to_jsonable(value: Any) -> Any:
+    """pydantic models as ``model_dump(mode="json")``, recursively through lists, tuples and dicts."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _cell(value: Any) -> str:
+    """One table cell: times as ISO-8601 to the millisecond, structured values as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat) and hasattr(value, "hour"):
+        return str(isoformat(timespec="milliseconds"))
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(", ", ": "))
+
+
+def _event_details(event: Any) -> str:
+    """An event's payload fields as ``name=value`` pairs (what the history table's details column shows)."""
+    data = to_jsonable(event)
+    if not isinstance(data, dict):
+        return _cell(data)
+    parts = []
+    for key, value in data.items():
+        if key in ("seq", "timestamp", "type") or value is None or value == {} or value == []:
+            continue
+        if key == "attempts" and value == 1:
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
+
+
+def _history_row(event: Any) -> list[Any]:
+    return [
+        getattr(event, "seq", None),
+        getattr(event, "type", type(event).__name__),
+        event.timestamp,
+        _event_details(event),
+    ]
+
+
+def _execution_fields(execution: Any) -> list[tuple[str, Any]]:
+    fields: list[tuple[str, Any]] = [
+        ("id", execution.id),
+        ("workflow", execution.workflow),
+        ("status", str(execution.status)),
+        ("start", execution.start_time),
+        ("end", execution.end_time),
+        ("input", _cell(execution.input)),
+    ]
+    if execution.result is not None:
+        fields.append(("result", _cell(execution.result)))
+    if execution.error is not None:
+        fields.append(("error", execution.error))
+    if execution.message:
+        fields.append(("message", execution.message))
+    if execution.parent is not None:
+        fields.append(("parent", execution.parent))
+    return fields
+
+
+def _parse_json_or_string(text: str | None) -> Any:
+    """A command-line value as JSON, else the plain string (``start wf alice`` sends ``"alice"``), like Eventual."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# -- service-client verbs ----------------------------------------------------------------------------
+
+ClientVerb = Callable[[Any, argparse.Namespace, Output], Awaitable[int]]
+
+
+def client_url(args: argparse.Namespace) -> str:
+    return str(getattr(args, "url", None) or os.environ.get(URL_ENV) or DEFAULT_URL)
+
+
+def client_token(args: argparse.Namespace) -> str | None:
+    return getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+
+
+def client_verb(run: ClientVerb) -> Handler:
+    """Wrap a verb that talks to a service: make the client, report its errors, exit with a status."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import asyncio
+
+        try:
+            return asyncio.run(_run_client(run, args))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return handler
+
+
+async def _run_client(run: ClientVerb, args: argparse.Namespace) -> int:
+    import httpx
+
+    from eventual_nb import errors
+    from eventual_nb.client import ServiceClient
+
+    out = Output(bool(getattr(args, "json", False)))
+    url = client_url(args)
+    client = ServiceClient(url, token=client_token(args))
+    try:
+        return await run(client, args, out)
+    except UsageError as exc:
+        print(f"{PROG} {args.verb}: error: {exc}", file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "UsageError", "message": str(exc)})
+        return 2
+    except errors.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message or str(exc), exc.to_json())
+    except (httpx.TransportError, ConnectionError) as exc:
+        reason = str(exc) or type(exc).__name__
+        message = (
+            f"cannot reach the service at {url} ({reason}); is a server running there? "
+            f"Start one with `{PROG} serve TARGET`, or pass --url (or set {URL_ENV})"
+        )
+        return out.error("ConnectionError", message)
+    finally:
+        close = getattr(client, "aclose", None)
+        if callable(close):
+            await close()
+
+
+class UsageError(Exception):
+    """A verb's argument that argparse could not check (bad JSON shape, bad duration): exit 2."""
+
+
+async def _workflows(client: Any, args: argparse.Namespace, out: Output) -> int:
+    workflows = await client.list_workflows()
+    if out.as_json:
+        out.json(workflows)
+        return 0
+    rows = [
+        [
+            workflow.name,
+            getattr(workflow, "service", None),
+            None if getattr(workflow, "timeout_seconds", None) is None else f"{workflow.timeout_seconds:g}s",
+        ]
+        for workflow in workflows
+    ]
+    out.table(f"workflows at {client_url(args)}", ["name", "service", "timeout"], rows)
+    return 0
+
+
+async def _start(client: Any, args: argparse.Namespace, out: Output) -> int:
+    timeout: float | None = None
+    if args.timeout is not None:
+        from eventual_nb.durations import InvalidDuration, parse_duration
+
+        try:
+            timeout = parse_duration(_parse_json_or_string(args.timeout), what="--timeout").total_seconds()
+        except InvalidDuration as exc:
+            raise UsageError(str(exc)) from None
+    handle = await client.start_execution(
+        args.workflow, _parse_json_or_string(args.input), name=args.name, timeout=timeout
+    )
+    already = bool(getattr(handle, "already_running", False))
+    if args.follow:
+        return await _follow(client, handle.id, already, out)
+    if out.as_json:
+        out.json({"execution_id": handle.id, "already_running": already})
+    elif already:
+        out.line(f"{handle.id} already exists with this input (start is idempotent with --name); not started again")
+    else:
+        out.line(f"started {handle.id}")
+    return 0
+
+
+async def _follow(client: Any, execution_id: str, already: bool, out: Output) -> int:
+    """Print each new history event as it is recorded, then the execution once it has ended.
+
+    With ``--json`` the output is JSON lines: one per history event, then a last line holding the
+    execution. The exit status is 0 if the execution succeeded, 1 otherwise.
+    """
+    import asyncio
+    import contextlib
+
+    if out.as_json:
+        out.json({"execution_id": execution_id, "already_running": already}, compact=True)
+    else:
+        out.line(f"{'following existing' if already else 'started'} {execution_id}")
+    status: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if not out.as_json and out.console.is_terminal:
+        status = out.console.status(f"waiting for {execution_id}…")
+    shown = 0
+    with status:
+        while True:
+            history = await client.get_execution_history(execution_id)
+            for event in history[shown:]:
+                if out.as_json:
+                    out.json(event, compact=True)
+                else:
+                    seq, kind, time, details = _history_row(event)
+                    out.line(f"{_cell(seq):>4}  {_cell(time)}  {kind:<26} {details}".rstrip())
+            shown = len(history)
+            if history and history[-1].type in ("WorkflowSucceeded", "WorkflowFailed", "WorkflowCancelled"):
+                execution = await client.get_execution(execution_id)
+                if str(execution.status) != "IN_PROGRESS":
+                    break
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+    if out.as_json:
+        out.json({"execution": to_jsonable(execution)}, compact=True)
+    else:
+        out.panel(f"{execution.id} {execution.status}", _execution_fields(execution))
+    return 0 if str(execution.status) == "SUCCEEDED" else EXIT_FAILED
+
+
+async def _executions(client: Any, args: argparse.Namespace, out: Output) -> int:
+    if args.max_results < 1:
+        raise UsageError(f"--max-results must be at least 1, got {args.max_results}")
+    page = await client.list_executions(
+        workflow=args.workflow,
+        statuses=args.status or None,
+        next_token=args.next_token,
+        max_results=args.max_results,
+        sort="desc" if args.desc else "asc",
+    )
+    if out.as_json:
+        out.json(page)
+        return 0
+    rows = [
+        [execution.id, execution.workflow, str(execution.status), execution.start_time, execution.end_time]
+        for execution in page.executions
+    ]
+    caption = f"more: --next-token {page.next_token}" if page.next_token else None
+    out.table(f"{len(rows)} execution(s)", ["id", "workflow", "status", "start", "end"], rows, caption=caption)
+    return 0
+
+
+async def _execution(client: Any, args: argparse.Namespace, out: Output) -> int:
+    execution = await client.get_execution(args.id)
+    if out.as_json:
+        out.json(execution)
+    else:
+        out.panel(f"execution {execution.id}", _execution_fields(execution))
+    return 0
+
+
+async def _history(client: Any, args: argparse.Namespace, out: Output) -> int:
+    history = await client.get_execution_history(args.id)
+    if out.as_json:
+        out.json(history)
+    else:
+        out.table(f"history of {args.id}", ["seq", "type", "time", "details"], [_history_row(e) for e in history])
+    return 0
+
+
+async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
+    logs = await client.get_execution_logs(args.id)
+    if out.as_json:
+        out.json(logs)
+    else:
+        rows = [[entry.time, entry.source, entry.message] for entry in logs]
+        out.table(f"logs of {args.id}", ["time", "source", "message"], rows)
+    return 0
+
+
+async def _signal(client: Any, args: argparse.Namespace, out: Output) -> int:
+    payload = _parse_json_or_string(args.payload)
+    await client.send_signal(args.id, args.signal, payload, id=args.signal_id)
+    if out.as_json:
+        out.json({"execution_id": args.id, "signal": args.signal, "payload": payload, "id": args.signal_id})
+    else:
+        out.line(f"sent signal {args.signal} to {args.id}")
+    return 0
+
+
+async def _publish(client: Any, args: argparse.Namespace, out: Output) -> int:
+    fields = {} if args.payload is None else _parse_json_or_string(args.payload)
+    if not isinstance(fields, dict):
+        raise UsageError(f"PAYLOAD must be a JSON object of the event's fields, got {args.payload!r}")
+    await client.publish_events({"name": args.event, "event": fields})
+    if out.as_json:
+        out.json({"published": {"name": args.event, "event": fields}})
+    else:
+        out.line(f"published {args.event}")
+    return 0
+
+
+async def _cancel(client: Any, args: argparse.Namespace, out: Output) -> int:
+    await client.cancel_execution(args.id)
+    if out.as_json:
+        out.json({"execution_id": args.id, "cancel_requested": True})
+    else:
+        out.line(f"cancel requested for {args.id}")
+    return 0
+
+
+async def _replay(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """Fetch the recorded history over HTTP and re-run it against TARGET's code, here, in this process."""
+    import eventual_nb as ev
+    from eventual_nb.loader import NotAvailableTarget, load_target
+    from eventual_nb.workflows import find_workflow
+
+    history = await client.get_execution_history(args.id)
+    if not history or history[0].type != "WorkflowStarted":
+        return out.error("DeterminismError", f"the history of {args.id} does not start with WorkflowStarted")
+    name = history[0].workflow
+    try:
+        services = load_target(args.target)
+    except NotAvailableTarget as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "NotAvailable", "message": exc.message, "issue": 5})
+        return EXIT_NOT_AVAILABLE
+    definition = find_workflow(name, services) or find_workflow(name)
+    if definition is None:
+        defined = sorted({w for service in services for w in service.workflows}) or ["none"]
+        raise ev.WorkflowNotFound(
+            f"{args.target} defines no workflow named '{name}' (the workflow of {args.id}); "
+            f"it defines: {', '.join(defined)}",
+            workflow=name,
+        )
+    divergence: ev.DeterminismError | None = None
+    commands: list[Any] = []
+    try:
+        commands = ev.testing.replay(definition, history, execution_id=args.id)
+    except ev.DeterminismError as exc:
+        divergence = exc
+    else:
+        ended = history[-1].type in ("WorkflowSucceeded", "WorkflowFailed", "WorkflowCancelled")
+        if ended and commands:
+            # the recorded execution ended, yet the code would carry on: it no longer does what it recorded
+            kinds = ", ".join(getattr(command, "kind", type(command).__name__) for command in commands)
+            divergence = ev.DeterminismError(
+                f"execution '{args.id}' ended ({history[-1].type}) but the current code does more after its "
+                f"{len(history)} recorded events: it would issue {kinds}",
+                execution_id=args.id,
+            )
+    if divergence is not None:
+        print(f"replay of {args.id} diverges from the current code: {divergence.message}", file=sys.stderr)
+        if out.as_json:
+            out.json({"execution_id": args.id, "matches": False, "events": len(history), **divergence.to_json()})
+        return EXIT_FAILED
+    if out.as_json:
+        out.json({"execution_id": args.id, "matches": True, "events": len(history), "next_commands": commands})
+    else:
+        out.line(f"replay of {args.id} matches the current code ({len(history)} events)")
+    return 0
+
+
+# -- serve --------------------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load TARGET, open the local runtime's database and serve the service over HTTP until stopped."""
+    import re
+    from pathlib import Path
+
+    out = Output(bool(args.json))
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.host not in LOOPBACK_HOSTS and token is None:
+        message = (
+            f"refusing to listen on {args.host} without a token: set {TOKEN_ENV} (clients then pass it with "
+            f"--token or {TOKEN_ENV}), or listen on loopback ({', '.join(LOOPBACK_HOSTS)})"
+        )
+        print(f"{PROG} serve: error: {message}", file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "UsageError", "message": message})
+        return 2
+
+    import eventual_nb as ev
+    from eventual_nb.loader import NotAvailableTarget, load_target
+
+    local_runtime = getattr(ev, "LocalRuntime", None)
+    if local_runtime is None:
+        message = f"{PROG} serve: not available yet; LocalRuntime lands with issue 3 (Local runtime)"
+        print(message, file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "NotAvailable", "message": message, "issue": 3})
+        return EXIT_NOT_AVAILABLE
+    try:
+        services = load_target(args.target)
+    except NotAvailableTarget as exc:
+        print(f"{PROG} serve: {exc.message}", file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "NotAvailable", "message": exc.message, "issue": 5})
+        return EXIT_NOT_AVAILABLE
+    except ev.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message, exc.to_json())
+
+    from eventual_nb.runtime.local.server import create_app
+    from eventual_nb.runtime.local.server import serve as serve_app
+
+    first = services[0].name if services else "state"
+    db = Path(args.db) if args.db else Path(".eventual") / (re.sub(r"[^A-Za-z0-9._-]", "_", first) + ".db")
+    try:
+        _check_database(db)
+        runtime = local_runtime(path=str(db), services=services)
+        app = create_app(runtime, services, token=token)
+    except ev.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message, exc.to_json())
+    names = ", ".join(service.name for service in services)
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {names} on http://{shown_host}:{args.port} (db {db})", file=sys.stderr, flush=True)
+    try:
+        serve_app(app, args.host, args.port)  # uvicorn.run: blocks until SIGINT/SIGTERM
+    except KeyboardInterrupt:
+        return 0
+    except ev.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message, exc.to_json())
+    return 0
+
+
+def _check_database(db: Any) -> None:
+    """Open and close the database once before serving, so a file another process holds (or one that cannot
+    be opened) is reported as one clear error here rather than as a traceback from the server's startup."""
+    import sqlite3
+
+    from eventual_nb import errors
+    from eventual_nb.runtime.local.store import Database
+
+    try:
+        Database(db).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise errors.EventualError(f"cannot open the database {db}: {type(exc).__name__}: {exc}") from None
+
+
+# -- the parser ---------------------------------------------------------------------------------------
+
+
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors name the sub-command's full path (e.g. ``eventual-nb start``)."""
 
@@ -101,15 +606,16 @@ def _common(client: bool) -> _Parser:
     if client:
         parent.add_argument(
             "--url",
-            default=DEFAULT_URL,
+            default=None,
             metavar="URL",
-            help=f"the service to talk to (default: the local server, {DEFAULT_URL})",
+            help=f"the service to talk to (default: ${URL_ENV}, else the local server, {DEFAULT_URL})",
         )
         parent.add_argument(
             "--token",
             default=None,
             metavar="TOKEN",
-            help="bearer token for the internal routes (needed when the server listens beyond loopback)",
+            help=f"bearer token for the internal routes (default: ${TOKEN_ENV}; needed when the server "
+            "listens beyond loopback)",
         )
     return parent
 
@@ -126,16 +632,20 @@ def build_parser() -> argparse.ArgumentParser:
     plain = [_common(client=False)]
     client = [_common(client=True)]
 
-    def add(name: str, help: str, parents: list[_Parser]) -> _Parser:
+    def add(name: str, help: str, parents: list[_Parser], handler: Handler | None = None) -> _Parser:
         sub = verbs.add_parser(name, help=help, description=help, parents=parents)
-        sub.set_defaults(handler=not_available(name))
+        sub.set_defaults(handler=handler or not_available(name))
         return sub
 
     # --- running and packaging a service ----------------------------------------------------------
-    p = add("serve", "serve a service over HTTP with the local runtime", plain)
+    p = add("serve", "serve a service over HTTP with the local runtime", plain, serve)
     p.add_argument("target", metavar="TARGET", help="a .py file, a module, an exported package dir or a notebook")
-    p.add_argument("--db", metavar="PATH", help="SQLite database of the local runtime")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"interface to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--db", metavar="PATH", help="SQLite database of the local runtime (default .eventual/<service>.db)")
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"interface to listen on (default {DEFAULT_HOST}; anything but loopback needs ${TOKEN_ENV})",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
 
     p = add("export", "export a notebook as a deployable service package", plain)
@@ -185,15 +695,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", metavar="URL", help="AWS endpoint (an emulator such as moto's server)")
 
     # --- service-client verbs -----------------------------------------------------------------
-    add("workflows", "list the service's workflows", client)
+    add("workflows", "list the service's workflows", client, client_verb(_workflows))
 
-    p = add("start", "start a workflow execution", client)
+    p = add("start", "start a workflow execution", client, client_verb(_start))
     p.add_argument("workflow", metavar="WORKFLOW")
-    p.add_argument("input", nargs="?", metavar="INPUT", help="the input as JSON")
+    p.add_argument(
+        "input", nargs="?", metavar="INPUT", help="the input as JSON (text that is not JSON is sent as a string)"
+    )
     p.add_argument("--name", metavar="NAME", help="execution name (makes the start idempotent)")
-    p.add_argument("--follow", action="store_true", help="wait for the execution and stream its progress")
+    p.add_argument("--timeout", metavar="DURATION", help="workflow timeout for this execution (e.g. 30s, 5m, 2 days)")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="print history events as they are recorded until the execution ends, then its result "
+        "(exit 1 unless it succeeded)",
+    )
 
-    p = add("executions", "list executions", client)
+    p = add("executions", "list executions", client, client_verb(_executions))
     p.add_argument("--workflow", metavar="WORKFLOW", help="only this workflow's executions")
     p.add_argument(
         "--status",
@@ -203,25 +721,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATUS",
         help=f"only executions in this status (repeatable; one of {', '.join(STATUSES)})",
     )
+    p.add_argument("--max-results", type=int, default=100, metavar="N", help="page size (default 100)")
+    p.add_argument("--next-token", metavar="TOKEN", help="continue from a previous page")
+    p.add_argument("--desc", action="store_true", help="newest first")
 
-    for name, help in (
-        ("execution", "show one execution"),
-        ("history", "show an execution's history"),
-        ("logs", "show an execution's logs"),
-        ("cancel", "cancel an execution"),
-        ("replay", "re-run an execution's recorded history against the current code and report divergence"),
+    for name, help, run in (
+        ("execution", "show one execution", _execution),
+        ("history", "show an execution's history", _history),
+        ("logs", "show an execution's logs", _logs),
+        ("cancel", "cancel an execution", _cancel),
     ):
-        p = add(name, help, client)
+        p = add(name, help, client, client_verb(run))
         p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
 
-    p = add("signal", "send a signal to an execution", client)
+    p = add(
+        "replay",
+        "re-run an execution's recorded history against the current code and report divergence",
+        client,
+        client_verb(_replay),
+    )
+    p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
+    p.add_argument(
+        "--target",
+        required=True,
+        metavar="TARGET",
+        help="the current code: a .py file, a module or an exported package dir (as for serve)",
+    )
+
+    p = add("signal", "send a signal to an execution", client, client_verb(_signal))
     p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
     p.add_argument("signal", metavar="SIGNAL", help="signal name")
-    p.add_argument("payload", nargs="?", metavar="PAYLOAD", help="the payload as JSON")
+    p.add_argument(
+        "payload", nargs="?", metavar="PAYLOAD", help="the payload as JSON (text that is not JSON is sent as a string)"
+    )
+    p.add_argument(
+        "--id", dest="signal_id", metavar="SIGNAL_ID", help="signal id: a second send with the same id is ignored"
+    )
 
-    p = add("publish", "publish an event", client)
+    p = add("publish", "publish an event", client, client_verb(_publish))
     p.add_argument("event", metavar="EVENT", help="event name")
-    p.add_argument("payload", nargs="?", metavar="PAYLOAD", help="the event's fields as JSON")
+    p.add_argument("payload", nargs="?", metavar="PAYLOAD", help="the event's fields as a JSON object")
 
     return parser
 

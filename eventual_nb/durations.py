@@ -55,7 +55,10 @@ def parse_duration(value: DurationLike, *, what: str = "duration") -> timedelta:
         )
     if seconds < 0 or seconds != seconds:  # negative or NaN
         raise InvalidDuration(f"invalid {what} {value!r}: durations cannot be negative")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidDuration(f"invalid {what} {value!r}: too long (at most 999999999 days)") from None
 
 
 def _parse_text(text: str, what: str) -> float:

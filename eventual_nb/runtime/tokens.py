@@ -43,7 +43,7 @@ class TokenSigner:
             body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         except (ValueError, TypeError):
             raise InvalidToken("invalid activity token: cannot decode it") from None
-        if not hmac.compare_digest(self._mac(body), mac):
+        if not mac.isascii() or not hmac.compare_digest(self._mac(body), mac):
             raise InvalidToken("invalid activity token: its signature does not match (forged or from another runtime)")
         try:
             execution_id, seq, attempt = json.loads(body)

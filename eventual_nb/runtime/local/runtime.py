@@ -192,8 +192,13 @@ class LocalRuntime(RuntimeBase):
                 stored = secrets.token_hex(32)
                 self._db.set_meta("signing_key", stored)
             secret = bytes.fromhex(stored)
-        self._signer = TokenSigner(secret)
-        self._recover()
+        try:
+            self._signer = TokenSigner(secret)
+            self._recover()
+        except BaseException:  # a failed start must not keep the database (and its lock) open
+            self._db.close()
+            self._db = None
+            raise
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._scheduler = asyncio.create_task(self._run(), name=f"LocalRuntime {self.path}")
@@ -275,6 +280,9 @@ class LocalRuntime(RuntimeBase):
         """Run `apply` inside the next transaction; return its result once that transaction committed."""
         if self._scheduler is None or self._loop is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
+        if asyncio.get_running_loop() is not self._loop:
+            # called from another thread's loop (a notebook cell while the runtime runs on its own thread)
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._submit(apply), self._loop))
         future: asyncio.Future[Any] = self._loop.create_future()
         self._requests.append(_Request(apply, future))
         self._wake_up()
@@ -336,8 +344,10 @@ class LocalRuntime(RuntimeBase):
                 cx.execute("SAVEPOINT request")
                 try:
                     value = request.apply(now)
-                except errors.EventualError as exc:
+                except Exception as exc:  # noqa: BLE001 - a bad request fails alone, the round goes on
                     cx.execute("ROLLBACK TO request")
+                    if not isinstance(exc, errors.EventualError):
+                        exc = errors.InputValidationError(f"request rejected: {type(exc).__name__}: {exc}")
                     results.append((request, None, exc))
                 else:
                     results.append((request, value, None))
@@ -356,6 +366,10 @@ class LocalRuntime(RuntimeBase):
                 self._ready -= ready
                 for execution_id in sorted(ready):
                     self._step(execution_id, now)
+            # activities and deliveries the steps above just scheduled start in this same transaction,
+            # not one round (and one fsynced commit) later
+            self._due_activities(now)
+            self._due_deliveries(now)
             cx.execute("COMMIT")
         except BaseException:
             cx.execute("ROLLBACK")
@@ -454,9 +468,11 @@ class LocalRuntime(RuntimeBase):
                 if first_step_done:
                     self.replays += 1
             output = executor.step(events)
-        except errors.EventualError as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken execution must not stop the others
             if executor is not None:
                 executor.close()
+            if not isinstance(exc, errors.EventualError):
+                exc = errors.EventualError(f"internal error while stepping: {type(exc).__name__}: {exc}")
             self._block(execution_id, exc, now)
             return
         self._work.stepped.append(execution_id)

@@ -1,0 +1,545 @@
+"""The HTTP face of a runtime: the service's own routes plus the internal `/_eventual/` routes.
+
+`create_app(runtime)` builds the FastAPI app that `eventual-nb serve` runs with uvicorn:
+
+* every served service's `service.api` router, with its OpenAPI at `/openapi.json`;
+* the internal routes under `/_eventual/` that back `ev.ServiceClient` and the CLI (their own OpenAPI
+  is at `/_eventual/openapi.json`). Execution ids contain '/', so routes take them as the last path
+  segments (`{id:path}`);
+* errors as JSON: every `ev.EventualError` answers its `status_code` with `{"error": <type name>,
+  "message": ..., **fields}` (so the client raises the same class); invalid requests answer 422 (400
+  for a body that is not JSON) naming the fields; bodies over `max_body_bytes` answer 413;
+* with `token=` set, every `/_eventual/` route demands `Authorization: Bearer <token>` (401 otherwise);
+  the service's own routes stay open, as a service's public API.
+
+The app runs the runtime for its lifetime (`async with runtime:`) and makes it the process-wide default,
+so route handlers that call `await wf.start(x)` use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from eventual_nb import errors
+from eventual_nb.client import LONG_POLL_SECONDS, Unauthorized
+from eventual_nb.durations import parse_duration
+from eventual_nb.engine.history import dump_history
+from eventual_nb.events import Event
+from eventual_nb.runtime import base
+from eventual_nb.runtime.base import (
+    DeadLetter,
+    Execution,
+    ExecutionPage,
+    ExecutionStatus,
+    HeartbeatResponse,
+    StartResponse,
+    WorkflowInfo,
+)
+from eventual_nb.serde import _plain_errors
+from eventual_nb.service import Service, current_service
+
+INTERNAL_PREFIX = "/_eventual"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+# ------------------------------------------------------------------------------------------ request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartRequest(_Body):
+    workflow: str = Field(min_length=1, description="name of the workflow to start")
+    input: Any = Field(None, description="the workflow's input, as JSON")
+    name: str | None = Field(None, description="execution name (the id becomes '<workflow>/<name>')")
+    timeout: float | str | None = Field(None, description="workflow timeout: seconds, or a duration like '5m'")
+
+
+class SignalRequest(_Body):
+    execution: str = Field(min_length=1, description="id of the execution to signal")
+    signal: str = Field(min_length=1, description="signal name")
+    payload: Any = Field(None, description="signal payload, as JSON")
+    id: str | None = Field(None, description="optional signal id: a repeated id is delivered once")
+
+
+class EventEnvelope(_Body):
+    name: str = Field(min_length=1, description="event type name")
+    event: dict[str, Any] = Field(description="the event's fields")
+
+
+class PublishRequest(_Body):
+    events: list[EventEnvelope]
+
+
+class ActivitySuccessRequest(_Body):
+    token: str = Field(description="the activity token from `ev.activity_info().token` / `ev.async_result`")
+    result: Any = Field(None, description="the activity's result, as JSON")
+
+
+class ActivityFailureRequest(_Body):
+    token: str
+    error: str = Field(min_length=1, description="error type name (matched by retry policies' non_retryable)")
+    message: str | None = None
+
+
+class HeartbeatRequest(_Body):
+    token: str
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+def create_app(
+    runtime: Any,
+    services: list[Service] | None = None,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The FastAPI app serving `services` (default: what `runtime` serves) and the internal routes.
+
+    `token`: when set, the `/_eventual/` routes demand `Authorization: Bearer <token>`.
+    `max_body_bytes`: larger request bodies are refused with 413 before any handler runs.
+    """
+    if max_body_bytes < 0:
+        raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
+    if token is not None and not token:
+        raise ValueError("token must be a non-empty string (or None for no authentication)")
+    served = _services_of(runtime, services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        previous = base._default_runtime
+        try:
+            async with runtime:
+                base.set_default_runtime(runtime)
+                yield
+        finally:
+            base.set_default_runtime(previous)
+
+    names = ", ".join(service.name for service in served) or "no service"
+    app = FastAPI(title=f"{names} (eventual-nb)", version=_version(), lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.services = served
+
+    internal = _internal_router(runtime, served)
+    app.include_router(internal, include_in_schema=False)
+    for service in served:
+        app.include_router(service.api)
+
+    internal_schema: dict[str, Any] = {}
+
+    @app.get(f"{INTERNAL_PREFIX}/openapi.json", include_in_schema=False)
+    async def internal_openapi() -> dict[str, Any]:
+        if not internal_schema:
+            internal_schema.update(
+                get_openapi(title="eventual-nb internal API", version=_version(), routes=internal.routes)
+            )
+        return internal_schema
+
+    app.add_exception_handler(errors.EventualError, _eventual_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _request_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_exception)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+    return app
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 3111, **options: Any) -> None:
+    """Run `app` with uvicorn until interrupted (log level `warning` unless `log_level=` says otherwise)."""
+    import uvicorn
+
+    options.setdefault("log_level", "warning")
+    uvicorn.run(app, host=host, port=port, **options)
+
+
+def _version() -> str:
+    from eventual_nb import __version__
+
+    return __version__
+
+
+def _services_of(runtime: Any, services: list[Service] | None) -> list[Service]:
+    if services is not None:
+        return list(services)
+    served = getattr(runtime, "served_services", None)
+    if callable(served):
+        return list(served())
+    service = getattr(runtime, "service", None)
+    if isinstance(service, Service):
+        return [service]
+    return [current_service()]
+
+
+# ------------------------------------------------------------------------------------------ internal routes
+
+
+def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
+    router = APIRouter(prefix=INTERNAL_PREFIX, tags=["eventual"])
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: which runtime and services this server runs."""
+        return {
+            "status": "ok",
+            "runtime": type(runtime).__name__,
+            "services": [service.name for service in served],
+            "version": _version(),
+        }
+
+    @router.get("/workflows")
+    async def list_workflows() -> list[WorkflowInfo]:
+        return list(await runtime.list_workflows())
+
+    @router.post("/executions")
+    async def start_execution(body: StartRequest) -> StartResponse:
+        """Start an execution; answers once its start is committed (`already_running` for a repeated start)."""
+        if body.timeout is not None:
+            _check_deadline(body.timeout)
+        try:
+            handle = await runtime.start_execution(body.workflow, body.input, name=body.name, timeout=body.timeout)
+        except OverflowError as exc:
+            raise _deadline_overflow(body.timeout, exc) from None
+        return StartResponse(execution_id=handle.id, already_running=bool(getattr(handle, "already_running", False)))
+
+    @router.get("/executions")
+    async def list_executions(
+        workflow: str | None = None,
+        status: Annotated[list[ExecutionStatus] | None, Query(description="repeatable")] = None,
+        next_token: str | None = None,
+        max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
+        sort: Literal["asc", "desc"] = "asc",
+    ) -> ExecutionPage:
+        page: ExecutionPage = await runtime.list_executions(
+            workflow=workflow, statuses=status or None, next_token=next_token, max_results=max_results, sort=sort
+        )
+        return page
+
+    @router.get("/executions/{id:path}")
+    async def get_execution(id: str) -> Execution:
+        execution: Execution = await runtime.get_execution(id)
+        return execution
+
+    @router.get("/history/{id:path}")
+    async def get_execution_history(id: str) -> list[dict[str, Any]]:
+        return dump_history(await runtime.get_execution_history(id))
+
+    @router.get("/logs/{id:path}")
+    async def get_execution_logs(id: str) -> list[dict[str, Any]]:
+        return [entry.model_dump(mode="json") for entry in await runtime.get_execution_logs(id)]
+
+    @router.get("/result/{id:path}")
+    async def wait_for_result(
+        id: str,
+        timeout: Annotated[float, Query(ge=0, allow_inf_nan=False, description="seconds to wait (at most 30)")] = (
+            LONG_POLL_SECONDS
+        ),
+    ) -> Execution:
+        """Long-poll: wait up to min(timeout, 30) s for the execution to end; answer its state either way."""
+        try:
+            execution: Execution = await runtime.wait_for_execution(id, min(timeout, LONG_POLL_SECONDS))
+        except errors.Timeout:
+            execution = await runtime.get_execution(id)
+        return execution
+
+    @router.post("/signals", status_code=202)
+    async def send_signal(body: SignalRequest) -> dict[str, Any]:
+        """Send a signal; one no execution waits for yet is buffered for the next `expect()`."""
+        await runtime.send_signal(body.execution, body.signal, body.payload, id=body.id)
+        return {"execution_id": body.execution, "signal": body.signal}
+
+    @router.post("/events", status_code=202)
+    async def publish_events(body: PublishRequest) -> dict[str, Any]:
+        """Publish events; those of a known type are validated against it (422 naming the field otherwise)."""
+        items: list[Any] = []
+        for index, item in enumerate(body.events):
+            cls = _event_class(item.name, served)
+            if cls is None:
+                items.append({"name": item.name, "event": item.event})
+                continue
+            try:
+                items.append(cls.model_validate(item.event))
+            except ValidationError as exc:
+                details = _plain_errors(exc)
+                for detail in details:
+                    detail["loc"] = ["body", "events", index, "event", *detail["loc"]]
+                raise errors.InputValidationError(
+                    f"invalid event '{item.name}' (events[{index}]): {_describe(details)}", errors=details
+                ) from None
+        await runtime.publish_events(*items)
+        return {"published": len(items)}
+
+    @router.post("/cancel/{id:path}", status_code=202)
+    async def cancel_execution(id: str) -> dict[str, Any]:
+        await runtime.cancel_execution(id)
+        return {"execution_id": id}
+
+    @router.post("/activities/success")
+    async def send_activity_success(body: ActivitySuccessRequest) -> dict[str, Any]:
+        await runtime.send_activity_success(body.token, body.result)
+        return {"ok": True}
+
+    @router.post("/activities/failure")
+    async def send_activity_failure(body: ActivityFailureRequest) -> dict[str, Any]:
+        await runtime.send_activity_failure(body.token, body.error, body.message)
+        return {"ok": True}
+
+    @router.post("/activities/heartbeat")
+    async def send_activity_heartbeat(body: HeartbeatRequest) -> HeartbeatResponse:
+        response: HeartbeatResponse = await runtime.send_activity_heartbeat(body.token)
+        return response
+
+    @router.get("/dead-letters")
+    async def list_dead_letters() -> list[DeadLetter]:
+        return list(await runtime.list_dead_letters())
+
+    return router
+
+
+def _check_deadline(timeout: float | str) -> None:
+    """A timeout whose deadline would fall past year 9999 is bad input (422), not a runtime crash.
+
+    Checked with room to spare (twice the timeout from now): a runtime's clock may be ahead of this one.
+    """
+    limit = parse_duration(timeout, what="timeout")
+    try:
+        datetime.now(UTC) + 2 * limit
+    except OverflowError as exc:
+        raise _deadline_overflow(timeout, exc) from None
+
+
+def _deadline_overflow(timeout: Any, exc: OverflowError) -> errors.InputValidationError:
+    return errors.InputValidationError(
+        f"invalid timeout {timeout!r}: too long, its deadline cannot be represented ({exc})",
+        errors=[{"loc": ["body", "timeout"], "msg": f"too long: {exc}", "type": "overflow"}],
+    )
+
+
+def _event_class(name: str, served: list[Service]) -> type[Event] | None:
+    for service in served:
+        found = service.events.get(name)
+        if found is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _is_internal(path: str) -> bool:
+    return path == INTERNAL_PREFIX or path.startswith(INTERNAL_PREFIX + "/")
+
+
+def _jsonable(value: Any) -> Any:
+    """Whatever an error carries, as JSON (unknown objects become their str)."""
+    return json.loads(json.dumps(value, default=str, allow_nan=False, ensure_ascii=False))
+
+
+def _error_body(body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return dict(_jsonable(body))
+    except (TypeError, ValueError):
+        return {"error": str(body.get("error", "EventualError")), "message": str(body.get("message", ""))}
+
+
+def _describe(details: list[dict[str, Any]]) -> str:
+    parts = []
+    for detail in details:
+        where = ".".join(str(part) for part in detail.get("loc", ())) or "(root)"
+        parts.append(f"{where}: {detail.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+async def _eventual_error(request: Request, exc: errors.EventualError) -> Response:
+    status = exc.status_code
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = 500
+    body = exc.to_json()
+    data = getattr(exc, "data", None)
+    if isinstance(exc, errors.HttpError) and data is not None:
+        body["data"] = data
+    return JSONResponse(_error_body(body), status_code=status)
+
+
+async def _request_validation_error(request: Request, exc: RequestValidationError) -> Response:
+    details: list[dict[str, Any]] = []
+    for item in exc.errors():
+        detail = {"loc": list(item.get("loc", ())), "msg": item.get("msg"), "type": item.get("type")}
+        if "ctx" in item:
+            detail["ctx"] = item["ctx"]
+        details.append(detail)
+    details = _jsonable(details)
+    for detail in details:
+        if detail.get("type") == "json_invalid":
+            position = detail["loc"][1] if len(detail["loc"]) > 1 else "?"
+            reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
+            message = f"the request body is not valid JSON ({reason} at character {position})"
+            return JSONResponse(
+                {"error": "InputValidationError", "message": message, "errors": details, "detail": details},
+                status_code=400,
+            )
+    message = f"invalid request to {request.method} {request.url.path}: {_describe(details)}"
+    return JSONResponse(
+        {"error": "InputValidationError", "message": message, "errors": details, "detail": details},
+        status_code=422,
+    )
+
+
+async def _validation_error(request: Request, exc: ValidationError) -> Response:
+    details = _jsonable(_plain_errors(exc))
+    message = f"invalid {exc.title}: {_describe(details)}"
+    return JSONResponse({"error": "InputValidationError", "message": message, "errors": details}, status_code=422)
+
+
+async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+    if not _is_internal(request.url.path):
+        return await http_exception_handler(request, exc)
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"no internal route {request.method} {request.url.path} ({exc.detail})"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return JSONResponse(
+        {"error": "HttpError", "message": message, "status": exc.status_code},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        {"error": "EventualError", "message": f"internal server error: {type(exc).__name__}: {exc}"},
+        status_code=500,
+    )
+
+
+# --------------------------------------------------------------------------------- auth and body limit
+
+
+class _Guard:
+    """ASGI middleware: bearer token on `/_eventual/` routes, and a hard limit on request body size.
+
+    The body is read (at most `max_body_bytes`) before the app sees it, so the limit holds whether or not
+    the client sent Content-Length. A refused body is drained (up to a bound) before answering 413 so the
+    client, still sending, gets to read the answer instead of a reset connection.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.token = None if token is None else token.encode()
+        self.max_body_bytes = max_body_bytes
+        self.drain_limit = max(8 * max_body_bytes, 16 << 20)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        if self.token is not None and _is_internal(scope.get("path", "")):
+            problem = self._auth_problem(headers.get(b"authorization"))
+            if problem is not None:
+                await _send_json(
+                    send,
+                    401,
+                    {"error": Unauthorized.__name__, "message": problem},
+                    extra_headers=[(b"www-authenticate", b'Bearer realm="eventual"')],
+                )
+                return
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = -1
+            if length < 0:
+                await _send_json(
+                    send, 400, {"error": "HttpError", "message": "invalid Content-Length header", "status": 400}
+                )
+                return
+            if length > self.max_body_bytes:
+                await self._drain(receive, 0)
+                await self._too_large(send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, size)
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _auth_problem(self, header: bytes | None) -> str | None:
+        assert self.token is not None
+        if header is None:
+            return "missing Authorization header: the internal /_eventual/ routes need 'Authorization: Bearer <token>'"
+        scheme, _, value = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not value.strip():
+            return "the Authorization header must be 'Bearer <token>'"
+        if not hmac.compare_digest(value.strip(), self.token):
+            return "wrong bearer token for the internal /_eventual/ routes"
+        return None
+
+    async def _drain(self, receive: Receive, already: int) -> None:
+        size = already
+        while size <= self.drain_limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    async def _too_large(self, send: Send) -> None:
+        await _send_json(
+            send,
+            413,
+            {
+                "error": "HttpError",
+                "message": f"request body too large: the limit is {self.max_body_bytes} bytes",
+                "status": 413,
+            },
+        )
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
