@@ -56,7 +56,7 @@ async def replay_divergences(rt: ev.LocalRuntime) -> list[str]:
             if execution.id in blocked:
                 continue  # the runtime already reports it; the test asserts on it
             try:
-                definition = rt._workflow(execution.workflow)
+                definition = rt.workflow_definition(execution.workflow)
             except ev.EventualError:
                 continue
             history = await rt.get_execution_history(execution.id)

@@ -19,7 +19,10 @@ from eventual_nb import errors
 from eventual_nb.engine.history import HistoryEvent, LogEntry
 
 if TYPE_CHECKING:
+    from eventual_nb.activities import Activity
+    from eventual_nb.service import Service
     from eventual_nb.signals import Signal
+    from eventual_nb.workflows import Workflow
 
 
 class ExecutionStatus(StrEnum):
@@ -120,10 +123,52 @@ class ServiceClientProtocol(Protocol):
 
 
 class RuntimeBase:
-    """Shared behaviour of runtimes: being current, and result waiting for handles."""
+    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments."""
 
     _token: contextvars.Token[Any] | None = None
     _made_default: bool = False
+    #: names of the services served; None serves every service registered in the process
+    _served_names: list[str] | None = None
+
+    def _serve(self, service: Any, services: list[Any] | None) -> None:
+        restrict = ([service] if service is not None else []) + list(services or [])
+        self._served_names = [s if isinstance(s, str) else s.name for s in restrict] or None
+
+    def served_services(self) -> list[Service]:
+        """Looked up on every use, so definitions added or replaced later (later cells) are served."""
+        from eventual_nb.service import all_services
+
+        services = all_services()
+        if self._served_names is None:
+            return services
+        return [service for service in services if service.name in self._served_names]
+
+    def workflow_definition(self, name: str) -> Workflow[Any]:
+        """The current definition of workflow `name` among the served services."""
+        found = [(s, s.workflows[name]) for s in self.served_services() if name in s.workflows]
+        if not found:
+            raise errors.WorkflowNotFound(
+                f"no workflow named '{name}' is served by this {type(self).__name__}", workflow=name
+            )
+        if len(found) > 1:
+            names = " and ".join(f"'{service.name}'" for service, _ in found)
+            raise errors.EventualError(
+                f"workflow '{name}' is defined in services {names}; restrict the runtime with service= or services="
+            )
+        return found[0][1]
+
+    def activity_definition(self, name: str) -> Activity[Any, Any] | None:
+        from eventual_nb.activities import find_activity
+
+        return find_activity(name, self.served_services())
+
+    async def list_workflows(self) -> list[WorkflowInfo]:
+        found: list[WorkflowInfo] = []
+        for service in self.served_services():
+            for workflow in service.workflows.values():
+                timeout = None if workflow.timeout is None else workflow.timeout.total_seconds()
+                found.append(WorkflowInfo(name=workflow.name, service=service.name, timeout_seconds=timeout))
+        return found
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         raise errors.EventualError(f"{type(self).__name__} cannot wait for results")
@@ -174,6 +219,18 @@ def current_runtime(required: bool = True) -> Any:
             "`%eventual runtime local` in a notebook"
         )
     return runtime
+
+
+def listing_offset(sort: str, max_results: int, next_token: str | None) -> int:
+    """Check `list_executions` arguments; the page token is the offset of the next page."""
+    if sort not in ("asc", "desc"):
+        raise errors.InputValidationError(f"sort must be 'asc' or 'desc', got {sort!r}")
+    if max_results < 1:
+        raise errors.InputValidationError(f"max_results must be at least 1, got {max_results}")
+    try:
+        return int(next_token) if next_token else 0
+    except ValueError:
+        raise errors.InputValidationError(f"invalid next_token {next_token!r}") from None
 
 
 def execution_id_of(execution: Any) -> str:

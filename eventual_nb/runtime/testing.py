@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from eventual_nb import errors
-from eventual_nb.activities import Activity, ActivityInfo, find_activity
+from eventual_nb.activities import Activity, ActivityInfo
 from eventual_nb.durations import DurationLike, format_duration, optional_duration, parse_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowExecutor
@@ -60,14 +60,14 @@ from eventual_nb.runtime.base import (
     ExecutionStatus,
     HeartbeatResponse,
     RuntimeBase,
-    WorkflowInfo,
     execution_id_of,
+    listing_offset,
     signal_name_of,
 )
 from eventual_nb.runtime.ids import ulid
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import from_json, input_hash, to_json
-from eventual_nb.service import Service, all_services
+from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
 
@@ -267,8 +267,7 @@ class TestEnvironment(RuntimeBase):
         elif start.tzinfo is None:
             start = start.replace(tzinfo=UTC)
         self._now = start.astimezone(UTC)
-        restrict = ([service] if service is not None else []) + list(services or [])
-        self._served_names = [s if isinstance(s, str) else s.name for s in restrict] or None
+        self._serve(service, services)
         self.always_replay = always_replay
         self._signer = TokenSigner(secrets.token_bytes(32))
         self._executions: dict[str, _ExecutionState] = {}
@@ -309,33 +308,6 @@ class TestEnvironment(RuntimeBase):
         return self._now
 
     # -- services ------------------------------------------------------------------------------------
-
-    def served_services(self) -> list[Service]:
-        services = all_services()
-        if self._served_names is None:
-            return services
-        return [service for service in services if service.name in self._served_names]
-
-    def _workflow(self, name: str) -> Workflow[Any]:
-        found = [(service, service.workflows[name]) for service in self.served_services() if name in service.workflows]
-        if not found:
-            raise errors.WorkflowNotFound(
-                f"no workflow named '{name}' is served by this TestEnvironment", workflow=name
-            )
-        if len(found) > 1:
-            names = " and ".join(f"'{service.name}'" for service, _ in found)
-            raise errors.EventualError(
-                f"workflow '{name}' is defined in services {names}; restrict the TestEnvironment with "
-                "service= or services="
-            )
-        return found[0][1]
-
-    def _activity(self, name: str) -> Activity[Any, Any] | None:
-        return find_activity(name, self.served_services())
-
-    def workflow_definition(self, name: str) -> Workflow[Any]:
-        """The current definition of workflow `name` (used by the test suite's replay check)."""
-        return self._workflow(name)
 
     # -- the queue -----------------------------------------------------------------------------------
 
@@ -431,7 +403,7 @@ class TestEnvironment(RuntimeBase):
     def _describe_waits(self, state: _ExecutionState) -> str:
         executor = state.executor
         if executor is None:
-            definition = self._workflow(state.workflow)
+            definition = self.workflow_definition(state.workflow)
             executor = WorkflowExecutor(
                 definition.code(), state.id, state.history, first_step_done=state.first_step_done
             )
@@ -464,21 +436,13 @@ class TestEnvironment(RuntimeBase):
             raise errors.ExecutionNotFound(f"no execution with id '{id}'", execution_id=id)
         return state
 
-    async def list_workflows(self) -> list[WorkflowInfo]:
-        found: list[WorkflowInfo] = []
-        for service in self.served_services():
-            for workflow in service.workflows.values():
-                timeout = None if workflow.timeout is None else workflow.timeout.total_seconds()
-                found.append(WorkflowInfo(name=workflow.name, service=service.name, timeout_seconds=timeout))
-        return found
-
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
         workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
         if not isinstance(workflow_name, str):
             raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self._workflow(workflow_name)
+        definition = self.workflow_definition(workflow_name)
         return self._start(definition, _NO_INPUT if input is None else input, name, timeout, None, None)
 
     def _start(
@@ -569,7 +533,7 @@ class TestEnvironment(RuntimeBase):
         events, state.inbox = state.inbox, []
         executor = None
         try:
-            definition = self._workflow(state.workflow)
+            definition = self.workflow_definition(state.workflow)
             executor = state.executor
             if executor is None:
                 executor = WorkflowExecutor(
@@ -688,7 +652,7 @@ class TestEnvironment(RuntimeBase):
         if command.child_id in self._executions:
             return
         try:
-            definition = self._workflow(command.workflow)
+            definition = self.workflow_definition(command.workflow)
             name = command.child_id.split("/", 1)[1]
             self._start(definition, command.input, name, command.timeout, state.id, command.seq, encoded=True)
         except errors.EventualError as exc:
@@ -738,10 +702,7 @@ class TestEnvironment(RuntimeBase):
         max_results: int = 100,
         sort: str = "asc",
     ) -> ExecutionPage:
-        if sort not in ("asc", "desc"):
-            raise errors.InputValidationError(f"sort must be 'asc' or 'desc', got {sort!r}")
-        if max_results < 1:
-            raise errors.InputValidationError(f"max_results must be at least 1, got {max_results}")
+        offset = listing_offset(sort, max_results, next_token)
         wanted = {ExecutionStatus(status) for status in statuses} if statuses else None
         items = [
             state
@@ -749,10 +710,6 @@ class TestEnvironment(RuntimeBase):
             if (workflow is None or state.workflow == workflow) and (wanted is None or state.status in wanted)
         ]
         items.sort(key=lambda state: (state.start_time, state.order), reverse=sort == "desc")
-        try:
-            offset = int(next_token) if next_token else 0
-        except ValueError:
-            raise errors.InputValidationError(f"invalid next_token {next_token!r}") from None
         page = items[offset : offset + max_results]
         more = offset + max_results < len(items)
         return ExecutionPage(
@@ -829,7 +786,7 @@ class TestEnvironment(RuntimeBase):
             )
         mock = self._mocks.get(activity.name)
         behaviour = mock.next_behaviour() if mock is not None else None
-        definition = self._activity(activity.name)
+        definition = self.activity_definition(activity.name)
         info = ActivityInfo(
             execution_id=activity.execution_id,
             activity=activity.name,
@@ -1039,7 +996,7 @@ class TestEnvironment(RuntimeBase):
 
     async def send_activity_success(self, token: str, result: Any = None) -> None:
         activity, attempt = self._pending_activity(token)
-        definition = self._activity(activity.name)
+        definition = self.activity_definition(activity.name)
         annotation = definition.shape.return_annotation if definition is not None else Any
         encoded = to_json(
             from_json(

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventual_nb import errors
-from eventual_nb.activities import Activity, ActivityInfo, find_activity
+from eventual_nb.activities import ActivityInfo
 from eventual_nb.durations import format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowExecutor
@@ -67,15 +67,15 @@ from eventual_nb.runtime.base import (
     ExecutionStatus,
     HeartbeatResponse,
     RuntimeBase,
-    WorkflowInfo,
     execution_id_of,
+    listing_offset,
     signal_name_of,
 )
 from eventual_nb.runtime.ids import ulid
 from eventual_nb.runtime.local.store import Database, dumps
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import from_json, input_hash, to_json
-from eventual_nb.service import Service, all_services, current_service
+from eventual_nb.service import Service, current_service
 from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
 
@@ -141,8 +141,7 @@ class LocalRuntime(RuntimeBase):
     ) -> None:
         self.path = os.fspath(path)
         self.durability = durability
-        restrict = ([service] if service is not None else []) + list(services or [])
-        self._served_names: list[str] | None = [s if isinstance(s, str) else s.name for s in restrict] or None
+        self._serve(service, services)
         self._max_cached = max_cached_executions
         self._db: Database | None = None
         self._signer: TokenSigner | None = None
@@ -251,24 +250,6 @@ class LocalRuntime(RuntimeBase):
         return self._db.connection
 
     # --------------------------------------------------------------------------------------- definitions
-
-    def served_services(self) -> list[Service]:
-        services = all_services()
-        if self._served_names is None:
-            return services
-        return [service for service in services if service.name in self._served_names]
-
-    def _workflow(self, name: str) -> Workflow[Any]:
-        found = [(s, s.workflows[name]) for s in self.served_services() if name in s.workflows]
-        if not found:
-            raise errors.WorkflowNotFound(f"no workflow named '{name}' is served by this runtime", workflow=name)
-        if len(found) > 1:
-            names = " and ".join(f"'{service.name}'" for service, _ in found)
-            raise errors.EventualError(f"workflow '{name}' is defined in services {names}")
-        return found[0][1]
-
-    def _activity(self, name: str) -> Activity[Any, Any] | None:
-        return find_activity(name, self.served_services())
 
     # ------------------------------------------------------------------------------------------ scheduler
 
@@ -459,7 +440,7 @@ class LocalRuntime(RuntimeBase):
         events = [EVENT_ADAPTER.validate_json(item[1]) for item in inbox]
         executor = self._executors.pop(execution_id, None)
         try:
-            definition = self._workflow(workflow_name)
+            definition = self.workflow_definition(workflow_name)
             if executor is None:
                 history = self._history(execution_id)
                 executor = WorkflowExecutor(
@@ -602,7 +583,7 @@ class LocalRuntime(RuntimeBase):
             if cx.execute("SELECT 1 FROM executions WHERE id = ?", (command.child_id,)).fetchone() is not None:
                 return
             try:
-                definition = self._workflow(command.workflow)
+                definition = self.workflow_definition(command.workflow)
             except errors.EventualError as exc:
                 self._enqueue(
                     execution_id,
@@ -820,7 +801,7 @@ class LocalRuntime(RuntimeBase):
         if row is None:
             return
         name, input_text, details = row
-        definition = self._activity(name)
+        definition = self.activity_definition(name)
         assert self._signer is not None
         info = ActivityInfo(
             execution_id=execution_id,
@@ -1005,21 +986,13 @@ class LocalRuntime(RuntimeBase):
             raise errors.ExecutionNotFound(f"no execution with id '{execution_id}'", execution_id=execution_id)
         return _to_execution(row)
 
-    async def list_workflows(self) -> list[WorkflowInfo]:
-        found: list[WorkflowInfo] = []
-        for service in self.served_services():
-            for workflow in service.workflows.values():
-                timeout = None if workflow.timeout is None else workflow.timeout.total_seconds()
-                found.append(WorkflowInfo(name=workflow.name, service=service.name, timeout_seconds=timeout))
-        return found
-
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
         workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
         if not isinstance(workflow_name, str):
             raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self._workflow(workflow_name)
+        definition = self.workflow_definition(workflow_name)
         raw_input = definition.validate_input(_NO_INPUT if input is None else input)
         if name is None:
             name = ulid(datetime.now(UTC))
@@ -1042,14 +1015,7 @@ class LocalRuntime(RuntimeBase):
         max_results: int = 100,
         sort: str = "asc",
     ) -> ExecutionPage:
-        if sort not in ("asc", "desc"):
-            raise errors.InputValidationError(f"sort must be 'asc' or 'desc', got {sort!r}")
-        if max_results < 1:
-            raise errors.InputValidationError(f"max_results must be at least 1, got {max_results}")
-        try:
-            offset = int(next_token) if next_token else 0
-        except ValueError:
-            raise errors.InputValidationError(f"invalid next_token {next_token!r}") from None
+        offset = listing_offset(sort, max_results, next_token)
         clauses, params = [], []
         if workflow is not None:
             clauses.append("workflow = ?")
@@ -1122,7 +1088,7 @@ class LocalRuntime(RuntimeBase):
         name_row = self._cx.execute(
             "SELECT name FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
         ).fetchone()
-        definition = self._activity(name_row[0]) if name_row else None
+        definition = self.activity_definition(name_row[0]) if name_row else None
         annotation = definition.shape.return_annotation if definition is not None else Any
         what = f"result of activity '{name_row[0] if name_row else '?'}'"
         encoded = to_json(from_json(to_json(result, what=what), annotation, what=what), annotation, what=what)
