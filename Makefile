@@ -3,7 +3,7 @@
 #   make test   lint, then the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
 #   make lint   ruff check + ruff format --check + mypy
 #   make bench  side-by-side benchmarks (python -m benchmarks)
-#   make lab    JupyterLab with the Eventual kernel (not yet: issues 3 and 4)
+#   make lab    JupyterLab with the Eventual kernel (not yet: issue 4)
 #   make demo   headless tour of the notebooks (not yet: issue 7)
 #   make clean  remove the venv, caches and build output
 
@@ -46,7 +46,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
 lab:
-	@echo "make lab: not available yet; the kernel extension and local runtime land with issues 3 and 4" >&2
+	@echo "make lab: not available yet; the Eventual kernel and its widgets land with issue 4 (Kernel extension)" >&2
 	@exit 2
 
 demo:
