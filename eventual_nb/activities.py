@@ -33,17 +33,42 @@ R = TypeVar("R")
 _UNSET: Any = object()
 
 
-@dataclass
 class ActivityInfo:
-    """What a running activity knows about itself (`ev.activity_info()`)."""
+    """What a running activity knows about itself (`ev.activity_info()`).
 
-    execution_id: str
-    activity: str
-    seq: int
-    attempt: int
-    token: str
-    idempotency_key: str
-    heartbeat_details: Any = None
+    `token` may be given as a function: runtimes sign tokens only for the activities that ask for one
+    (signing is an HMAC per attempt, a measurable share of a no-op activity).
+    """
+
+    def __init__(
+        self,
+        execution_id: str,
+        activity: str,
+        seq: int,
+        attempt: int,
+        token: str | Callable[[], str],
+        idempotency_key: str,
+        heartbeat_details: Any = None,
+    ) -> None:
+        self.execution_id = execution_id
+        self.activity = activity
+        self.seq = seq
+        self.attempt = attempt
+        self._token = token
+        self.idempotency_key = idempotency_key
+        self.heartbeat_details = heartbeat_details
+
+    @property
+    def token(self) -> str:
+        if not isinstance(self._token, str):
+            self._token = self._token()
+        return self._token
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivityInfo(execution_id={self.execution_id!r}, activity={self.activity!r}, seq={self.seq}, "
+            f"attempt={self.attempt}, idempotency_key={self.idempotency_key!r})"
+        )
 
 
 @dataclass

@@ -39,8 +39,14 @@ def adapter(annotation: Any) -> TypeAdapter[Any]:
     return cached
 
 
+#: values that are their own JSON form; a hot path (every activity argument and result) skips pydantic
+_PLAIN_SCALARS = (str, int, bool, type(None))
+
+
 def to_json(value: Any, annotation: Any = Any, *, what: str = "value") -> Any:
     """Dump `value` to JSON-able builtins; `what` names it in the error ("result of activity 'x'")."""
+    if type(value) in _PLAIN_SCALARS and (annotation is Any or annotation is type(value)):
+        return value
     try:
         dumped = adapter(annotation if annotation is not inspect.Parameter.empty else Any).dump_python(
             value, mode="json"
@@ -72,6 +78,8 @@ def from_json(data: Any, annotation: Any = Any, *, what: str = "value") -> Any:
 
 def validate(value: Any, annotation: Any, *, what: str) -> Any:
     """Validate a Python value against its annotation and return its JSON form."""
+    if type(value) in _PLAIN_SCALARS and (annotation is Any or annotation is type(value)):
+        return value
     if annotation is Any or annotation is inspect.Parameter.empty:
         return to_json(value, Any, what=what)
     try:
@@ -116,8 +124,19 @@ class CallShape:
         hints = type_hints(function)
         self.annotations = {name: hints.get(name, Any) for name in self.signature.parameters}
         self.return_annotation = hints.get("return", Any)
+        parameters = list(self.signature.parameters.values())
+        #: names of the parameters when every one is plain positional-or-keyword (the usual case), so a
+        #: call made only with positional arguments binds without `inspect` (a hot path: every call)
+        self._positional_names: tuple[str, ...] | None = None
+        if all(parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for parameter in parameters):
+            self._positional_names = tuple(parameter.name for parameter in parameters)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = self._positional_names
+        if names is not None and not kwargs and len(args) == len(names):
+            return {
+                name: self._dump(value, self.annotations[name], name) for name, value in zip(names, args, strict=True)
+            }
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

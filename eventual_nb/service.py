@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 _lock = threading.RLock()
 _services: dict[str, Service] = {}
 _current: Service | None = None
+#: bumped whenever a service is created, so callers may cache lists of services
+generation = 0
 
 DEFAULT_SERVICE = "default"
 
@@ -36,7 +38,7 @@ class Service:
     subscriptions: dict[str, Subscription]
 
     def __new__(cls, name: str = DEFAULT_SERVICE) -> Service:
-        global _current
+        global _current, generation
         if not isinstance(name, str) or not name:
             raise ValueError(f"a service name must be a non-empty string, got {name!r}")
         with _lock:
@@ -51,6 +53,7 @@ class Service:
                 service.subscriptions = {}
                 service._router = None
                 _services[name] = service
+                generation += 1
             _current = service
             return service
 

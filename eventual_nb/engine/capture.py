@@ -86,6 +86,12 @@ _handler = _CapturingHandler()
 
 def install() -> None:
     """Make sure captured output is routed (idempotent; re-wraps streams replaced by others, e.g. pytest)."""
+    if (
+        isinstance(sys.stdout, CapturingStream)
+        and isinstance(sys.stderr, CapturingStream)
+        and _handler in logging.root.handlers
+    ):
+        return  # the common case, checked without the lock: this runs on every workflow step
     with _install_lock:
         if not isinstance(sys.stdout, CapturingStream):
             sys.stdout = CapturingStream(sys.stdout)

@@ -13,6 +13,7 @@ raises `DeterminismError` at the first divergence.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import uuid
@@ -204,12 +205,15 @@ class WorkflowExecutor:
         """Replay recorded history (first call only), apply `new_events`, return what is new."""
         capture.install()
         self._out = out = StepOutput()
-        with self.loop.running():
+        outer = self.loop.enter()
+        try:
             if not self._replayed:
                 self._replayed = True
                 self._replay()
             for event in new_events:
                 self._apply(event, live=True)
+        finally:
+            asyncio.events._set_running_loop(outer)
         return out
 
     @property
@@ -589,7 +593,7 @@ class WorkflowExecutor:
     def schedule_activity(self, command: ScheduleActivity) -> tuple[int, asyncio.Future[Any]]:
         seq = self._next_seq_for(
             lambda s: ActivityScheduled(seq=s, timestamp=self.now, name=command.name, input=command.input),
-            lambda s: command.model_copy(update={"seq": s}),
+            functools.partial(_with_seq, command),
         )
         future = self.loop.create_future()
         self.pending[seq] = _Pending("activity", future, command.name)
@@ -835,6 +839,12 @@ class WorkflowExecutor:
         from datetime import timedelta
 
         return f"{what} timed out after {format_duration(timedelta(seconds=timeout_seconds))}"
+
+
+def _with_seq(command: ScheduleActivity, seq: int) -> ScheduleActivity:
+    """Give the command its seq in place: it was made for this one call (`Activity._invoke`)."""
+    command.seq = seq
+    return command
 
 
 def current_executor() -> WorkflowExecutor | None:

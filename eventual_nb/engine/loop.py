@@ -70,12 +70,17 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
     @contextmanager
     def running(self) -> Iterator[None]:
         """Make this the thread's running loop while workflow code runs."""
-        outer = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(self)
+        outer = self.enter()
         try:
             yield
         finally:
             asyncio.events._set_running_loop(outer)
+
+    def enter(self) -> asyncio.AbstractEventLoop | None:
+        """`running()` without the generator (the hot path: once per step); returns the loop to restore."""
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        return outer
 
     def run_until_idle(self) -> None:
         count = 0

@@ -134,14 +134,21 @@ class RuntimeBase:
         restrict = ([service] if service is not None else []) + list(services or [])
         self._served_names = [s if isinstance(s, str) else s.name for s in restrict] or None
 
-    def served_services(self) -> list[Service]:
-        """Looked up on every use, so definitions added or replaced later (later cells) are served."""
-        from eventual_nb.service import all_services
+    _served_cache: tuple[int, list[str] | None, list[Service]] | None = None
 
-        services = all_services()
-        if self._served_names is None:
-            return services
-        return [service for service in services if service.name in self._served_names]
+    def served_services(self) -> list[Service]:
+        """The served `Service` objects; definitions added or replaced later (later cells) are seen through
+        them, and the list itself is rebuilt whenever a new service is created."""
+        from eventual_nb import service as registry
+
+        cached = self._served_cache
+        if cached is not None and cached[0] == registry.generation and cached[1] is self._served_names:
+            return list(cached[2])
+        services = registry.all_services()
+        if self._served_names is not None:
+            services = [service for service in services if service.name in self._served_names]
+        self._served_cache = (registry.generation, self._served_names, services)
+        return list(services)
 
     def workflow_definition(self, name: str) -> Workflow[Any]:
         """The current definition of workflow `name` among the served services."""

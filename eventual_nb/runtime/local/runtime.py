@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
+import math
 import os
 import secrets
 import time
@@ -83,6 +85,15 @@ from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
 MAX_ROUNDS_PER_COMMIT = 20
 
 
+def _deadlines(options: dict[str, Any], now: float) -> tuple[float | None, float | None, float | None]:
+    """(attempt deadline, heartbeat deadline, when to check them) for an attempt starting `now`."""
+    timeout, heartbeat = options.get("timeout"), options.get("heartbeat_timeout")
+    deadline = None if timeout is None else now + timeout
+    heartbeat_deadline = None if heartbeat is None else now + heartbeat
+    candidates = [moment for moment in (deadline, heartbeat_deadline) if moment is not None]
+    return deadline, heartbeat_deadline, min(candidates) if candidates else None
+
+
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat()
 
@@ -115,14 +126,40 @@ class _Delivery:
 
 
 @dataclass
+class _Start:
+    """An activity attempt to run once the transaction that recorded it has committed."""
+
+    execution_id: str
+    seq: int
+    attempt: int
+    name: str
+    input: str
+    heartbeat_details: str | None = None
+
+
+@dataclass
+class _Cached:
+    """A live workflow instance and what a step needs to know about its execution (no SELECT per step)."""
+
+    executor: WorkflowExecutor
+    workflow: str
+    service: str | None
+    parent: str | None
+    parent_seq: int | None
+    history_length: int
+    first_step_done: bool = True
+
+
+@dataclass
 class _Round:
     """What one transaction did, for the work that must wait until it is committed."""
 
-    start_attempts: list[tuple[str, int, int]] = field(default_factory=list)
+    start_attempts: list[_Start] = field(default_factory=list)
     start_deliveries: list[int] = field(default_factory=list)
     async_callbacks: list[tuple[Callable[[str], Any], str]] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     stepped: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
     ready: set[str] = field(default_factory=set)
     did_work: bool = False
 
@@ -145,8 +182,17 @@ class LocalRuntime(RuntimeBase):
         self._max_cached = max_cached_executions
         self._db: Database | None = None
         self._signer: TokenSigner | None = None
-        self._executors: collections.OrderedDict[str, WorkflowExecutor] = collections.OrderedDict()
+        self._executors: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._ready: set[str] = set()
+        #: events for executions that arrived in the current transaction; those still unstepped when
+        #: it ends are written to the inbox table (so events consumed in the same transaction never are)
+        self._fresh: dict[str, list[HistoryEvent]] = {}
+        #: executions with rows in the inbox table
+        self._inbox_rows: set[str] = set()
+        self._options_cache: dict[tuple[Any, ...], tuple[RetryPolicy, dict[str, Any], str]] = {}
+        #: a lower bound of every `due` in the timers, activities and deliveries tables, so rounds skip
+        #: the due queries until something may be due (exact again after each round that ran them)
+        self._earliest_due = -math.inf
         self._requests: list[_Request] = []
         self._attempts: list[_Attempt] = []
         self._deliveries_done: list[_Delivery] = []
@@ -215,9 +261,10 @@ class LocalRuntime(RuntimeBase):
             task.cancel()
         if self._running_tasks:
             await asyncio.gather(*self._running_tasks, return_exceptions=True)
-        for executor in self._executors.values():
-            executor.close()
+        for cached in self._executors.values():
+            cached.executor.close()
         self._executors.clear()
+        self._fresh.clear()
         for futures in self._waiters.values():
             for future in futures:
                 if not future.done():
@@ -237,7 +284,9 @@ class LocalRuntime(RuntimeBase):
         now = time.time()
         cx.execute("UPDATE activities SET status = 'scheduled', due = ? WHERE status = 'running'", (now,))
         cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE status = 'running'", (now,))
-        self._ready = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
+        self._earliest_due = -math.inf
+        self._inbox_rows = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
+        self._ready = set(self._inbox_rows)
         self._ready |= {
             row[0]
             for row in cx.execute("SELECT id FROM executions WHERE status = 'IN_PROGRESS' AND first_step_done = 0")
@@ -273,39 +322,51 @@ class LocalRuntime(RuntimeBase):
         assert self._wake is not None
         while True:
             self._wake.clear()
+            if self._has_work(time.time()):
+                try:
+                    self._round()
+                except Exception as exc:  # noqa: BLE001 - keep serving; the round was rolled back
+                    self._log_runtime_error(exc)
+                    await asyncio.sleep(0.05)
+                    continue
+                await asyncio.sleep(0)  # let the activities, requests and waiters it released run
+                continue
+            delay = None if self._earliest_due == math.inf else max(0.0, self._earliest_due - time.time())
             try:
-                did_work = self._round()
-            except Exception as exc:  # noqa: BLE001 - keep serving; the round was rolled back
-                self._log_runtime_error(exc)
-                await asyncio.sleep(0.05)
-                continue
-            if did_work or self._ready or self._requests or self._attempts or self._deliveries_done:
-                await asyncio.sleep(0)
-                continue
-            due = self._next_due()
-            delay = None if due is None else due - time.time()
-            if delay is not None and delay <= 0:
-                await asyncio.sleep(0.001)
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _has_work(self, now: float) -> bool:
+        return bool(
+            self._requests
+            or self._attempts
+            or self._deliveries_done
+            or self._pending_logs
+            or (self._ready and not self._ready <= self._blocked.keys())
+            or now >= self._earliest_due
+        )
+
+    def _note_due(self, due: float | None) -> None:
+        """A row now waits until `due`: keep `_earliest_due` a lower bound."""
+        if due is not None and due < self._earliest_due:
+            self._earliest_due = due
 
     def _log_runtime_error(self, exc: BaseException) -> None:
         import traceback
 
         traceback.print_exception(exc)
 
-    def _next_due(self) -> float | None:
+    def _next_due(self) -> float:
+        """The earliest `due` of any row (infinity if none): when the scheduler must wake by itself."""
         cx = self._cx
         dues = [
             cx.execute("SELECT MIN(due) FROM timers").fetchone()[0],
             cx.execute("SELECT MIN(due) FROM activities WHERE due IS NOT NULL").fetchone()[0],
             cx.execute("SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL").fetchone()[0],
         ]
-        present = [due for due in dues if due is not None]
-        return min(present) if present else None
+        return min((due for due in dues if due is not None), default=math.inf)
 
     def _round(self) -> bool:
         cx = self._cx
@@ -337,9 +398,12 @@ class LocalRuntime(RuntimeBase):
                 self._settle_attempt(attempt, now)
             for delivery in deliveries:
                 self._settle_delivery(delivery, now)
-            self._due_timers(now)
-            self._due_activities(now)
-            self._due_deliveries(now)
+            due_checked = now >= self._earliest_due
+            if due_checked:
+                self._earliest_due = math.inf  # exact again below; rows written meanwhile lower it
+                self._due_timers(now)
+                self._due_activities(now)
+                self._due_deliveries(now)
             for _ in range(MAX_ROUNDS_PER_COMMIT):
                 ready = self._ready - set(self._blocked)
                 if not ready:
@@ -347,17 +411,22 @@ class LocalRuntime(RuntimeBase):
                 self._ready -= ready
                 for execution_id in sorted(ready):
                     self._step(execution_id, now)
-            # activities and deliveries the steps above just scheduled start in this same transaction,
-            # not one round (and one fsynced commit) later
-            self._due_activities(now)
-            self._due_deliveries(now)
+            self._store_fresh()
+            if self._earliest_due <= now:
+                # deliveries the steps above just scheduled start in this same transaction, not one round
+                # (and one fsynced commit) later; activities start as they are scheduled (`_carry_out`)
+                self._due_deliveries(now)
+            if due_checked or self._earliest_due <= now:
+                self._earliest_due = self._next_due()
             cx.execute("COMMIT")
         except BaseException:
             cx.execute("ROLLBACK")
-            for execution_id in work.stepped:
-                executor = self._executors.pop(execution_id, None)
-                if executor is not None:
-                    executor.close()
+            self._fresh.clear()
+            self._earliest_due = -math.inf
+            for execution_id in work.stepped + work.created:
+                cached = self._executors.pop(execution_id, None)
+                if cached is not None:
+                    cached.executor.close()
             self._requests = requests + self._requests
             self._attempts = attempts + self._attempts
             self._deliveries_done = deliveries + self._deliveries_done
@@ -374,17 +443,31 @@ class LocalRuntime(RuntimeBase):
         self._after_commit(work)
         return bool(requests or attempts or deliveries or work.did_work)
 
+    def _store_fresh(self) -> None:
+        """Events not consumed by a step in this transaction become inbox rows before it commits."""
+        if not self._fresh:
+            return
+        rows = [
+            (execution_id, event.model_dump_json()) for execution_id, events in self._fresh.items() for event in events
+        ]
+        self._cx.executemany("INSERT INTO inbox(execution_id, event) VALUES (?, ?)", rows)
+        self._inbox_rows.update(self._fresh)
+        self._fresh.clear()
+
     def _recover_ready(self) -> None:
         cx = self._cx
-        self._ready |= {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
+        self._inbox_rows = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
+        self._ready |= self._inbox_rows
         self._ready |= {
             row[0]
             for row in cx.execute("SELECT id FROM executions WHERE status = 'IN_PROGRESS' AND first_step_done = 0")
         }
 
     def _after_commit(self, work: _Round) -> None:
-        for execution_id, seq, attempt in work.start_attempts:
-            self._spawn(self._run_activity(execution_id, seq, attempt))
+        ended = set(work.ended)
+        for start in work.start_attempts:
+            if start.execution_id not in ended:  # its row went with the execution's end
+                self._spawn(self._run_activity(start))
         for delivery_id in work.start_deliveries:
             self._spawn(self._run_delivery(delivery_id))
         for callback, token in work.async_callbacks:
@@ -405,9 +488,8 @@ class LocalRuntime(RuntimeBase):
     # ---------------------------------------------------------------------------------------- inbox/steps
 
     def _enqueue(self, execution_id: str, event: HistoryEvent) -> None:
-        self._cx.execute(
-            "INSERT INTO inbox(execution_id, event) VALUES (?, ?)", (execution_id, event.model_dump_json())
-        )
+        """Deliver `event` to an execution inside the current transaction (see `_fresh`)."""
+        self._fresh.setdefault(execution_id, []).append(event)
         self._ready.add(execution_id)
         self._work.did_work = True
 
@@ -425,66 +507,82 @@ class LocalRuntime(RuntimeBase):
 
     def _step(self, execution_id: str, now: float) -> None:
         cx = self._cx
-        row = cx.execute(
-            "SELECT workflow, status, first_step_done, history_length, parent, parent_seq, service "
-            "FROM executions WHERE id = ?",
-            (execution_id,),
-        ).fetchone()
-        if row is None:
-            return
-        workflow_name, status, first_step_done, history_length, parent, parent_seq, service = row
-        inbox = cx.execute("SELECT id, event FROM inbox WHERE execution_id = ? ORDER BY id", (execution_id,)).fetchall()
-        if status != ExecutionStatus.IN_PROGRESS:
-            cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
-            return
-        events = [EVENT_ADAPTER.validate_json(item[1]) for item in inbox]
-        executor = self._executors.pop(execution_id, None)
+        cached = self._executors.pop(execution_id, None)
+        if cached is None:
+            row = cx.execute(
+                "SELECT workflow, status, first_step_done, parent, parent_seq, service FROM executions WHERE id = ?",
+                (execution_id,),
+            ).fetchone()
+            if row is None:
+                self._fresh.pop(execution_id, None)
+                return
+            workflow_name, status, first_step_done, parent, parent_seq, service = row
+            if status != ExecutionStatus.IN_PROGRESS:
+                self._fresh.pop(execution_id, None)
+                if execution_id in self._inbox_rows:
+                    cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
+                    self._inbox_rows.discard(execution_id)
+                return
+        else:  # a cached instance belongs to an execution in progress (ending one drops it from the cache)
+            workflow_name, first_step_done = cached.workflow, cached.first_step_done
+        stored: list[Any] = []
+        if execution_id in self._inbox_rows:
+            stored = cx.execute(
+                "SELECT id, event FROM inbox WHERE execution_id = ? ORDER BY id", (execution_id,)
+            ).fetchall()
+        events = [EVENT_ADAPTER.validate_json(item[1]) for item in stored]
+        events.extend(self._fresh.get(execution_id, ()))
         try:
-            definition = self.workflow_definition(workflow_name)
-            if executor is None:
+            if cached is None:
+                definition = self.workflow_definition(workflow_name)
                 history = self._history(execution_id)
                 executor = WorkflowExecutor(
                     definition.code(), execution_id, history, first_step_done=bool(first_step_done)
                 )
+                cached = _Cached(executor, workflow_name, service, parent, parent_seq, len(history))
                 if first_step_done:
                     self.replays += 1
-            output = executor.step(events)
+            output = cached.executor.step(events)
         except Exception as exc:  # noqa: BLE001 - one broken execution must not stop the others
-            if executor is not None:
-                executor.close()
+            if cached is not None:
+                cached.executor.close()
             if not isinstance(exc, errors.EventualError):
                 exc = errors.EventualError(f"internal error while stepping: {type(exc).__name__}: {exc}")
             self._block(execution_id, exc, now)
             return
+        executor = cached.executor
+        self._fresh.pop(execution_id, None)
         self._work.stepped.append(execution_id)
         self._work.did_work = True
         self.steps += 1
-        if inbox:
-            cx.execute("DELETE FROM inbox WHERE execution_id = ? AND id <= ?", (execution_id, inbox[-1][0]))
+        if stored:
+            cx.execute("DELETE FROM inbox WHERE execution_id = ? AND id <= ?", (execution_id, stored[-1][0]))
+            self._inbox_rows.discard(execution_id)
         if output.events:
+            length = cached.history_length
             cx.executemany(
                 "INSERT INTO history(execution_id, idx, event) VALUES (?, ?, ?)",
-                [(execution_id, history_length + i, e.model_dump_json()) for i, e in enumerate(output.events)],
+                [(execution_id, length + i, event.model_dump_json()) for i, event in enumerate(output.events)],
             )
+            cached.history_length = length + len(output.events)
         if output.logs:
             cx.executemany(
                 "INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)",
                 [(execution_id, entry.time.isoformat(), entry.message, entry.source) for entry in output.logs],
             )
-        cx.execute(
-            "UPDATE executions SET first_step_done = 1, history_length = ? WHERE id = ?",
-            (history_length + len(output.events), execution_id),
-        )
+        if not first_step_done:
+            cx.execute("UPDATE executions SET first_step_done = 1 WHERE id = ?", (execution_id,))
+            cached.first_step_done = True
         for command in output.commands:
-            self._carry_out(execution_id, service, command, now)
+            self._carry_out(execution_id, cached.service, command, now)
         if executor.ended:
             executor.close()
-            self._finish(execution_id, executor, parent, parent_seq, now)
+            self._finish(execution_id, executor, cached.parent, cached.parent_seq, now)
         else:
-            self._executors[execution_id] = executor
+            self._executors[execution_id] = cached
             while len(self._executors) > self._max_cached:
                 _, evicted = self._executors.popitem(last=False)
-                evicted.close()
+                evicted.executor.close()
 
     def _block(self, execution_id: str, error: errors.EventualError, now: float) -> None:
         """The execution cannot step (changed code, missing definition): it waits, IN_PROGRESS, with a note."""
@@ -516,7 +614,10 @@ class LocalRuntime(RuntimeBase):
         )
         cx.execute("DELETE FROM timers WHERE execution_id = ?", (execution_id,))
         cx.execute("DELETE FROM activities WHERE execution_id = ?", (execution_id,))
-        cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
+        if execution_id in self._inbox_rows:
+            cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
+            self._inbox_rows.discard(execution_id)
+        self._fresh.pop(execution_id, None)
         self._ready.discard(execution_id)
         for (child_id,) in cx.execute(
             "SELECT id FROM executions WHERE parent = ? AND status = 'IN_PROGRESS'", (execution_id,)
@@ -546,23 +647,13 @@ class LocalRuntime(RuntimeBase):
     def _carry_out(self, execution_id: str, service: str | None, command: Command, now: float) -> None:
         cx = self._cx
         if isinstance(command, ScheduleActivity):
-            options = {
-                "timeout": None if command.timeout is None else command.timeout.total_seconds(),
-                "heartbeat_timeout": None
-                if command.heartbeat_timeout is None
-                else command.heartbeat_timeout.total_seconds(),
-                "retry": command.retry.model_dump(mode="json"),
-            }
-            cx.execute(
-                "INSERT OR IGNORE INTO activities(execution_id, seq, name, input, options, status, due) "
-                "VALUES (?, ?, ?, ?, ?, 'scheduled', ?)",
-                (execution_id, command.seq, command.name, dumps(command.input), dumps(options), now),
-            )
+            self._schedule_activity(execution_id, command, now)
         elif isinstance(command, StartTimer):
             cx.execute(
                 "INSERT OR REPLACE INTO timers(execution_id, key, due) VALUES (?, ?, ?)",
                 (execution_id, f"t:{command.seq}", command.until.timestamp()),
             )
+            self._note_due(command.until.timestamp())
         elif isinstance(command, CancelTimer):
             cx.execute("DELETE FROM timers WHERE execution_id = ? AND key = ?", (execution_id, f"t:{command.seq}"))
         elif isinstance(command, SendSignal):
@@ -630,8 +721,8 @@ class LocalRuntime(RuntimeBase):
             timestamp=start, workflow=definition.name, input=raw_input, parent=parent, timeout_at=timeout_at
         )
         cx.execute(
-            "INSERT INTO executions(id, workflow, status, input, input_hash, start_time, parent, parent_seq, service, "
-            "history_length) VALUES (?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?, 1)",
+            "INSERT INTO executions(id, workflow, status, input, input_hash, start_time, parent, parent_seq, service) "
+            "VALUES (?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?)",
             (
                 execution_id,
                 definition.name,
@@ -652,6 +743,15 @@ class LocalRuntime(RuntimeBase):
                 "INSERT INTO timers(execution_id, key, due, payload) VALUES (?, 'timeout', ?, ?)",
                 (execution_id, timeout_at.timestamp(), str(limit.total_seconds())),
             )
+            self._note_due(timeout_at.timestamp())
+        try:  # its first step needs no SELECT: everything it needs is here
+            executor = WorkflowExecutor(definition.code(), execution_id, [started], first_step_done=False)
+        except Exception:  # noqa: BLE001 - the step will meet the same problem and report it
+            pass
+        else:
+            service = definition.service.name if definition.service else None
+            self._executors[execution_id] = _Cached(executor, definition.name, service, parent, parent_seq, 1, False)
+            self._work.created.append(execution_id)
         self._ready.add(execution_id)
         self._work.did_work = True
         return execution_id, False
@@ -687,27 +787,61 @@ class LocalRuntime(RuntimeBase):
 
     # ------------------------------------------------------------------------------------------ activities
 
+    def _activity_options(self, command: ScheduleActivity) -> tuple[dict[str, Any], str]:
+        """Timeouts and retry policy as stored with the activity, memoised (few distinct ones per service).
+
+        Keyed by the identity of the (immutable) retry policy object, which the entry keeps alive so the
+        identity cannot be reused by another object."""
+        key = (command.timeout, command.heartbeat_timeout, id(command.retry))
+        found = self._options_cache.get(key)
+        if found is None or found[0] is not command.retry:
+            options = {
+                "timeout": None if command.timeout is None else command.timeout.total_seconds(),
+                "heartbeat_timeout": None
+                if command.heartbeat_timeout is None
+                else command.heartbeat_timeout.total_seconds(),
+                "retry": command.retry.model_dump(mode="json"),
+            }
+            if len(self._options_cache) > 1024:
+                self._options_cache.clear()
+            found = self._options_cache[key] = (command.retry, options, dumps(options))
+        return found[1], found[2]
+
+    def _schedule_activity(self, execution_id: str, command: ScheduleActivity, now: float) -> None:
+        """Record the activity as running its first attempt; it starts right after this transaction commits."""
+        options, options_text = self._activity_options(command)
+        deadline, heartbeat_deadline, due = _deadlines(options, now)
+        input_text = dumps(command.input)
+        inserted = self._cx.execute(
+            "INSERT OR IGNORE INTO activities(execution_id, seq, name, input, options, attempt, status, due, deadline, "
+            "heartbeat_deadline, runs) VALUES (?, ?, ?, ?, ?, 1, 'running', ?, ?, ?, 1)",
+            (execution_id, command.seq, command.name, input_text, options_text, due, deadline, heartbeat_deadline),
+        )
+        self._note_due(due)
+        if inserted.rowcount:
+            self._work.start_attempts.append(_Start(execution_id, command.seq, 1, command.name, input_text))
+            self._work.did_work = True
+
     def _due_activities(self, now: float) -> None:
         cx = self._cx
         rows = cx.execute(
-            "SELECT execution_id, seq, name, options, attempt, status, deadline, heartbeat_deadline "
-            "FROM activities WHERE due IS NOT NULL AND due <= ?",
+            "SELECT execution_id, seq, name, input, options, attempt, status, deadline, heartbeat_deadline, "
+            "heartbeat_details FROM activities WHERE due IS NOT NULL AND due <= ?",
             (now,),
         ).fetchall()
-        for execution_id, seq, _name, options_text, attempt, status, deadline, heartbeat_deadline in rows:
+        for row in rows:
+            execution_id, seq, name, input_text, options_text, attempt, status, deadline, heartbeat_deadline, _ = row
             options = json.loads(options_text)
             if status == "scheduled":
                 attempt += 1
-                timeout, heartbeat = options.get("timeout"), options.get("heartbeat_timeout")
-                new_deadline = None if timeout is None else now + timeout
-                new_heartbeat = None if heartbeat is None else now + heartbeat
-                candidates = [d for d in (new_deadline, new_heartbeat) if d is not None]
+                new_deadline, new_heartbeat, due = _deadlines(options, now)
                 cx.execute(
                     "UPDATE activities SET attempt = ?, status = 'running', deadline = ?, heartbeat_deadline = ?, "
                     "due = ?, runs = runs + 1 WHERE execution_id = ? AND seq = ?",
-                    (attempt, new_deadline, new_heartbeat, min(candidates) if candidates else None, execution_id, seq),
+                    (attempt, new_deadline, new_heartbeat, due, execution_id, seq),
                 )
-                self._work.start_attempts.append((execution_id, seq, attempt))
+                self._note_due(due)
+                self._work.start_attempts.append(_Start(execution_id, seq, attempt, name, input_text, row[9]))
                 self._work.did_work = True
             elif status in ("running", "async"):
                 heartbeat_missed = heartbeat_deadline is not None and heartbeat_deadline <= now
@@ -729,23 +863,29 @@ class LocalRuntime(RuntimeBase):
                 )  # fmt: skip
 
     def _settle_attempt(self, attempt: _Attempt, now: float) -> None:
+        outcome = attempt.outcome
+        if outcome.kind == "succeeded":  # the common case, in one statement
+            deleted = self._cx.execute(
+                "DELETE FROM activities WHERE execution_id = ? AND seq = ? AND attempt = ? "
+                "AND status IN ('running', 'async')",
+                (attempt.execution_id, attempt.seq, attempt.attempt),
+            )
+            if deleted.rowcount:
+                self._enqueue(
+                    attempt.execution_id,
+                    ActivitySucceeded(
+                        seq=attempt.seq, timestamp=_dt(now), result=outcome.result, attempts=attempt.attempt
+                    ),
+                )
+            return  # otherwise a late result of an attempt that timed out, was retried, or whose execution ended
         row = self._cx.execute(
             "SELECT attempt, status, options FROM activities WHERE execution_id = ? AND seq = ?",
             (attempt.execution_id, attempt.seq),
         ).fetchone()
         if row is None or row[0] != attempt.attempt or row[1] not in ("running", "async"):
             return  # a late result of an attempt that timed out, was retried, or whose execution ended
-        outcome = attempt.outcome
         options = json.loads(row[2])
-        if outcome.kind == "succeeded":
-            self._cx.execute(
-                "DELETE FROM activities WHERE execution_id = ? AND seq = ?", (attempt.execution_id, attempt.seq)
-            )
-            self._enqueue(
-                attempt.execution_id,
-                ActivitySucceeded(seq=attempt.seq, timestamp=_dt(now), result=outcome.result, attempts=attempt.attempt),
-            )
-        elif outcome.kind == "async":
+        if outcome.kind == "async":
             self._cx.execute(
                 "UPDATE activities SET status = 'async' WHERE execution_id = ? AND seq = ?",
                 (attempt.execution_id, attempt.seq),
@@ -781,6 +921,7 @@ class LocalRuntime(RuntimeBase):
                 "WHERE execution_id = ? AND seq = ?",
                 (due, execution_id, seq),
             )
+            self._note_due(due)
             self._work.did_work = True
             return
         self._cx.execute("DELETE FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq))
@@ -793,14 +934,10 @@ class LocalRuntime(RuntimeBase):
             event = ActivityFailed(seq=seq, timestamp=_dt(now), error=error, message=message, attempts=attempt)
         self._enqueue(execution_id, event)
 
-    async def _run_activity(self, execution_id: str, seq: int, attempt: int) -> None:
-        row = self._cx.execute(
-            "SELECT name, input, heartbeat_details FROM activities WHERE execution_id = ? AND seq = ?",
-            (execution_id, seq),
-        ).fetchone()
-        if row is None:
-            return
-        name, input_text, details = row
+    async def _run_activity(self, start: _Start) -> None:
+        execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name
+        details = start.heartbeat_details
+        input_text = start.input
         definition = self.activity_definition(name)
         assert self._signer is not None
         info = ActivityInfo(
@@ -808,7 +945,7 @@ class LocalRuntime(RuntimeBase):
             activity=name,
             seq=seq,
             attempt=attempt,
-            token=self._signer.sign(execution_id, seq, attempt),
+            token=functools.partial(self._signer.sign, execution_id, seq, attempt),
             idempotency_key=f"{execution_id}/{seq}",
             heartbeat_details=None if details is None else json.loads(details),
         )
@@ -863,11 +1000,13 @@ class LocalRuntime(RuntimeBase):
             heartbeat = options.get("heartbeat_timeout")
             heartbeat_deadline = None if heartbeat is None else now + heartbeat
             candidates = [d for d in (row[3], heartbeat_deadline) if d is not None]
+            due = min(candidates) if candidates else None
             cx.execute(
                 "UPDATE activities SET heartbeat_deadline = ?, due = ?, heartbeat_details = COALESCE(?, heartbeat_details) "
                 "WHERE execution_id = ? AND seq = ?",
-                (heartbeat_deadline, min(candidates) if candidates else None, encoded, execution_id, seq),
+                (heartbeat_deadline, due, encoded, execution_id, seq),
             )
+            self._note_due(due)
             return HeartbeatResponse(cancelled=False)
 
         return await self._submit(apply)  # type: ignore[no-any-return]
@@ -897,6 +1036,7 @@ class LocalRuntime(RuntimeBase):
                             "VALUES (?, ?, ?, 'scheduled', ?)",
                             (subscription.name, dumps(item), source, now),
                         )
+                        self._note_due(now)
                         self._work.did_work = True
 
     def _subscription(self, name: str) -> Subscription | None:
@@ -960,6 +1100,7 @@ class LocalRuntime(RuntimeBase):
         if policy.retries(delivery.attempt, exception_type_names(delivery.error)):
             due = now + policy.delay_after(delivery.attempt).total_seconds()
             cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE id = ?", (due, delivery.id))
+            self._note_due(due)
             return
         cx.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
         cx.execute(

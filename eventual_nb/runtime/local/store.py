@@ -35,8 +35,7 @@ CREATE TABLE IF NOT EXISTS executions(
     parent TEXT,
     parent_seq INTEGER,
     service TEXT,
-    first_step_done INTEGER NOT NULL DEFAULT 0,
-    history_length INTEGER NOT NULL DEFAULT 0
+    first_step_done INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions(status);
 CREATE INDEX IF NOT EXISTS executions_by_workflow ON executions(workflow, status);
@@ -102,6 +101,35 @@ class Database:
         self.connection.execute("PRAGMA foreign_keys=OFF")
         self.connection.execute("PRAGMA busy_timeout=5000")
         self.connection.executescript(SCHEMA)
+        self._reserve_wal()
+
+    def _reserve_wal(self) -> None:
+        """Grow the write-ahead log to its working size now, so commits overwrite it instead of appending.
+
+        An fsync after an append also commits the file's new size to the filesystem journal: on the
+        machines we measured that doubles the cost of a commit (about 0.5 ms against 0.23 ms). SQLite
+        restarts the log from its beginning after each automatic checkpoint (every 1000 pages) but
+        never shrinks it, so a log that already spans those pages is only ever overwritten. The pages are
+        written by a transaction that spills to the log and is rolled back: nothing is committed and
+        the database itself does not grow.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        page_size = int(self.connection.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        wanted = page_size * (pages + pages // 10)
+        if wal.exists() and wal.stat().st_size >= wanted:
+            return
+        cache_size = self.connection.execute("PRAGMA cache_size").fetchone()[0]
+        self.connection.execute("PRAGMA cache_size=16")  # so the pages spill to the log at once
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                self.connection.execute("CREATE TABLE wal_reserve(filler BLOB)")
+                self.connection.execute("INSERT INTO wal_reserve VALUES (zeroblob(?))", (wanted,))
+            finally:
+                self.connection.execute("ROLLBACK")
+        finally:
+            self.connection.execute(f"PRAGMA cache_size={int(cache_size)}")
 
     def _lock(self) -> IO[str]:
         lock_path = self.path.with_name(self.path.name + ".lock")
