@@ -20,6 +20,9 @@ from pydantic_core import PydanticSerializationError
 from eventual_nb.errors import EventualError, InputValidationError
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+#: encoders built once: `json.dumps` with options builds a new one per call (a hot path)
+_STRICT_ENCODER = json.JSONEncoder(allow_nan=False)
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class NotJsonable(EventualError, TypeError):
@@ -60,7 +63,7 @@ def to_json(value: Any, annotation: Any = Any, *, what: str = "value") -> Any:
         else:
             raise NotJsonable(f"{what} is not JSON-serialisable ({type(value).__name__}): {exc}") from None
     try:
-        json.dumps(dumped, allow_nan=False)
+        _STRICT_ENCODER.encode(dumped)
     except (TypeError, ValueError) as exc:
         raise NotJsonable(f"{what} is not JSON-serialisable ({type(value).__name__}): {exc}") from None
     return dumped
@@ -97,7 +100,7 @@ def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL_ENCODER.encode(value)
 
 
 def input_hash(value: Any) -> str:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import json
 import math
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,6 +84,40 @@ from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
 
 #: rounds of workflow steps folded into one transaction before committing
 MAX_ROUNDS_PER_COMMIT = 20
+
+
+class _Resumed:
+    """Awaitable that carries on a coroutine whose first step already ran (`_start_eagerly`).
+
+    It forwards what the coroutine yields to the task awaiting it and what the task sends or throws
+    back, as `await coroutine` would have from the start."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coroutine = coroutine
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, yielded = self._coroutine, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - cancellation and the like go to the coroutine
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    return await _Resumed(coroutine, yielded)
 
 
 def _deadlines(options: dict[str, Any], now: float) -> tuple[float | None, float | None, float | None]:
@@ -467,7 +502,7 @@ class LocalRuntime(RuntimeBase):
         ended = set(work.ended)
         for start in work.start_attempts:
             if start.execution_id not in ended:  # its row went with the execution's end
-                self._spawn(self._run_activity(start))
+                self._start_eagerly(self._run_activity(start))
         for delivery_id in work.start_deliveries:
             self._spawn(self._run_delivery(delivery_id))
         for callback, token in work.async_callbacks:
@@ -482,6 +517,23 @@ class LocalRuntime(RuntimeBase):
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
+        self._running_tasks.add(task)
+        task.add_done_callback(self._running_tasks.discard)
+
+    def _start_eagerly(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run an activity attempt's first step now, and give it a task only if it has to wait.
+
+        Most activities that are `async def` finish without waiting (or their first await is the
+        work itself), so this saves a task and a trip round the event loop per attempt; what Python
+        3.12's eager task factory does. The step runs in its own context, which the task inherits,
+        so context variables the attempt sets are reset in the context that set them.
+        """
+        context = contextvars.copy_context()
+        try:
+            yielded = context.run(coroutine.send, None)
+        except StopIteration:
+            return
+        task = asyncio.get_running_loop().create_task(_resume(coroutine, yielded), context=context)
         self._running_tasks.add(task)
         task.add_done_callback(self._running_tasks.discard)
 

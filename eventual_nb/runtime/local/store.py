@@ -165,5 +165,9 @@ class Database:
             self._lock_file = None
 
 
+#: one encoder for every row: `json.dumps` with options builds a new encoder per call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
