@@ -124,11 +124,12 @@ def signal(name: str, payload_type: Any = None) -> Signal[Any]:
     return definition
 
 
-def encode_payload(signal: Any, payload: Any) -> Any:
-    """JSON form of a payload for a `Signal` or a signal name (looked up in the services)."""
+def encode_payload(signal: Any, payload: Any, services: list[Service] | None = None) -> Any:
+    """JSON form of a payload for a `Signal` or a signal name (looked up in `services`, by default all;
+    a runtime passes the services it serves, so a same-named signal of another service is not used)."""
     if isinstance(signal, Signal):
         return signal.encode(payload)
-    found = find_signal(str(signal))
+    found = find_signal(str(signal), services)
     if found is not None:
         return found.encode(payload)
     return validate(payload, Any, what=f"payload of signal '{signal}'")

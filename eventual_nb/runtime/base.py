@@ -7,8 +7,13 @@ later notebook cells, other threads) uses that default.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
+import functools
+import inspect
 import threading
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -122,8 +127,65 @@ class ServiceClientProtocol(Protocol):
     async def list_dead_letters(self) -> list[DeadLetter]: ...
 
 
+#: coroutine methods that run on a runtime's home event loop whichever thread or loop calls them
+HOME_LOOP_METHODS = (
+    "list_workflows",
+    "start_execution",
+    "get_execution",
+    "list_executions",
+    "get_execution_history",
+    "get_execution_logs",
+    "send_signal",
+    "publish_events",
+    "cancel_execution",
+    "send_activity_success",
+    "send_activity_failure",
+    "send_activity_heartbeat",
+    "list_dead_letters",
+    "wait_for_execution",
+    "rebind_executions",
+    "tick",
+    "advance",
+    "tick_until",
+)
+
+
+def _on_home_loop(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """Run `method` on the runtime's own loop when called from another one (a notebook cell while the
+    runtime runs on the kernel's background thread, a widget callback, a server thread); a call made on
+    the home loop itself goes straight through."""
+
+    @functools.wraps(method)
+    async def on_home_loop(self: RuntimeBase, *args: Any, **kwargs: Any) -> Any:
+        home = self._home_loop
+        if home is not None and asyncio.get_running_loop() is not home:
+            if home.is_closed():
+                raise errors.EventualError(f"the {type(self).__name__} was stopped")
+            future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+                method(self, *args, **kwargs), home
+            )
+            return await asyncio.wrap_future(future)
+        return await method(self, *args, **kwargs)
+
+    on_home_loop._on_home_loop = True  # type: ignore[attr-defined]
+    return on_home_loop
+
+
 class RuntimeBase:
-    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments."""
+    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments.
+
+    A runtime is bound to the event loop it was started on (its home loop); the protocol methods in
+    `HOME_LOOP_METHODS` hop there from any other loop or thread, so one runtime can serve a notebook's
+    cells, its widgets and an HTTP server at once."""
+
+    _home_loop: asyncio.AbstractEventLoop | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in HOME_LOOP_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and inspect.iscoroutinefunction(method) and not hasattr(method, "_on_home_loop"):
+                setattr(cls, name, _on_home_loop(method))
 
     _token: contextvars.Token[Any] | None = None
     _made_default: bool = False
@@ -179,6 +241,14 @@ class RuntimeBase:
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         raise errors.EventualError(f"{type(self).__name__} cannot wait for results")
+
+    async def rebind_executions(self, workflow: str, pinned: dict[str, Any]) -> None:
+        """After workflow `workflow` was redefined: executions in `pinned` (id -> `WorkflowCode`) keep
+        running on that code; every other in-flight execution of it continues on the new definition."""
+        raise errors.EventualError(f"{type(self).__name__} cannot switch executions to a new definition")
+
+    def retry_blocked(self) -> None:
+        """Try executions that stopped on a missing or incompatible definition again."""
 
     def enter_current(self) -> None:
         global _default_runtime

@@ -284,16 +284,20 @@ class TestEnvironment(RuntimeBase):
         #: statistics: workflow steps run and from-scratch replays done
         self.steps = 0
         self.replays = 0
+        #: executions that keep running on an earlier definition of their workflow (`rebind_executions`)
+        self._pinned: dict[str, Any] = {}
 
     # -- context -------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> TestEnvironment:
         capture.install()
+        self._home_loop = asyncio.get_running_loop()
         self.enter_current()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.exit_current()
+        self._home_loop = None
         for state in self._executions.values():
             if state.executor is not None:
                 # close suspended workflow coroutines now, on their own loop, so the garbage collector
@@ -533,12 +537,10 @@ class TestEnvironment(RuntimeBase):
         events, state.inbox = state.inbox, []
         executor = None
         try:
-            definition = self.workflow_definition(state.workflow)
             executor = state.executor
             if executor is None:
-                executor = WorkflowExecutor(
-                    definition.code(), state.id, state.history, first_step_done=state.first_step_done
-                )
+                code = self._pinned.get(state.id) or self.workflow_definition(state.workflow).code()
+                executor = WorkflowExecutor(code, state.id, state.history, first_step_done=state.first_step_done)
                 if state.first_step_done:
                     self.replays += 1
             output = executor.step(events)
@@ -731,7 +733,7 @@ class TestEnvironment(RuntimeBase):
             raise errors.EventualError(
                 f"cannot send signal '{name}' to execution '{execution_id}': it is {state.status.value}"
             )
-        self._receive_signal(state, name, encode_payload(signal, payload), id)
+        self._receive_signal(state, name, encode_payload(signal, payload, self.served_services()), id)
 
     async def publish_events(self, *events: Any) -> None:
         for event in events:
@@ -744,6 +746,20 @@ class TestEnvironment(RuntimeBase):
         self._deliver(state, CancelRequested(timestamp=self._now))
 
     # -- activities ----------------------------------------------------------------------------------
+
+    async def rebind_executions(self, workflow: str, pinned: dict[str, Any]) -> None:
+        self._pinned.update(pinned)
+        for state in self._executions.values():
+            if state.workflow == workflow and state.id not in self._pinned and state.executor is not None:
+                state.executor.close()  # the next step replays on the new definition (checked compatible)
+                state.executor = None
+        self.retry_blocked()
+
+    def retry_blocked(self) -> None:
+        for state in self._executions.values():
+            if state.blocked is not None and state.status == ExecutionStatus.IN_PROGRESS:
+                state.blocked = None
+                self._schedule_step(state)
 
     def mock_activity(self, activity: Activity[Any, Any] | str) -> MockActivity:
         """Replace `activity`'s behaviour (a fresh mock each call); unmocked activities run for real."""

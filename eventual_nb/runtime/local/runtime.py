@@ -32,7 +32,7 @@ from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo
 from eventual_nb.durations import format_duration, optional_duration
 from eventual_nb.engine import capture
-from eventual_nb.engine.executor import WorkflowExecutor
+from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
 from eventual_nb.engine.history import (
     EVENT_ADAPTER,
     ActivityFailed,
@@ -224,6 +224,8 @@ class LocalRuntime(RuntimeBase):
         self._fresh: dict[str, list[HistoryEvent]] = {}
         #: executions with rows in the inbox table
         self._inbox_rows: set[str] = set()
+        #: executions that keep running on an earlier definition of their workflow (`rebind_executions`)
+        self._pinned: dict[str, WorkflowCode] = {}
         self._options_cache: dict[tuple[Any, ...], tuple[RetryPolicy, dict[str, Any], str]] = {}
         #: a lower bound of every `due` in the timers, activities and deliveries tables, so rounds skip
         #: the due queries until something may be due (exact again after each round that ran them)
@@ -279,7 +281,7 @@ class LocalRuntime(RuntimeBase):
             self._db.close()
             self._db = None
             raise
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._home_loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._scheduler = asyncio.create_task(self._run(), name=f"LocalRuntime {self.path}")
 
@@ -312,6 +314,7 @@ class LocalRuntime(RuntimeBase):
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._home_loop = None
 
     def _recover(self) -> None:
         """Work left 'running' by a crashed process runs again; executions with news get a step."""
@@ -586,11 +589,10 @@ class LocalRuntime(RuntimeBase):
         events.extend(self._fresh.get(execution_id, ()))
         try:
             if cached is None:
-                definition = self.workflow_definition(workflow_name)
+                pinned = self._pinned.get(execution_id)
+                code = pinned if pinned is not None else self.workflow_definition(workflow_name).code()
                 history = self._history(execution_id)
-                executor = WorkflowExecutor(
-                    definition.code(), execution_id, history, first_step_done=bool(first_step_done)
-                )
+                executor = WorkflowExecutor(code, execution_id, history, first_step_done=bool(first_step_done))
                 cached = _Cached(executor, workflow_name, service, parent, parent_seq, len(history))
                 if first_step_done:
                     self.replays += 1
@@ -629,6 +631,7 @@ class LocalRuntime(RuntimeBase):
             self._carry_out(execution_id, cached.service, command, now)
         if executor.ended:
             executor.close()
+            self._pinned.pop(execution_id, None)
             self._finish(execution_id, executor, cached.parent, cached.parent_seq, now)
         else:
             self._executors[execution_id] = cached
@@ -643,7 +646,16 @@ class LocalRuntime(RuntimeBase):
         self._blocked[execution_id] = error
 
     def retry_blocked(self) -> None:
-        """Try blocked executions again (after a compatible definition was registered)."""
+        """Try blocked executions again (after a compatible definition was registered); any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self.retry_blocked)
+                return
         self._ready |= set(self._blocked)
         self._blocked.clear()
         self._wake_up()
@@ -1244,7 +1256,7 @@ class LocalRuntime(RuntimeBase):
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
         execution_id = execution_id_of(execution)
         name = signal_name_of(signal)
-        encoded = encode_payload(signal, payload)
+        encoded = encode_payload(signal, payload, self.served_services())
 
         def apply(now: float) -> None:
             row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
@@ -1340,6 +1352,15 @@ class LocalRuntime(RuntimeBase):
             waiters = self._waiters.get(id)
             if waiters and future in waiters:
                 waiters.remove(future)
+
+    async def rebind_executions(self, workflow: str, pinned: dict[str, Any]) -> None:
+        self._pinned.update(pinned)
+        for execution_id, cached in list(self._executors.items()):
+            if cached.workflow == workflow and execution_id not in self._pinned:
+                # the next step replays its history on the new definition (checked compatible)
+                del self._executors[execution_id]
+                cached.executor.close()
+        self.retry_blocked()
 
     def blocked(self) -> dict[str, errors.EventualError]:
         """Executions that cannot continue (changed code, missing definition), with the reason."""
