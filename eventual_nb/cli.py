@@ -43,13 +43,15 @@ FOLLOW_POLL_SECONDS = 0.2
 EXIT_NOT_AVAILABLE = 2
 #: Exit status of an operation that failed (service error, unreachable server, divergent replay).
 EXIT_FAILED = 1
+EXIT_OK = 0
+#: Exit status of a command line that does not make sense (as argparse's own usage errors).
+EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
 
 # Which issue brings each verb: (issue number, issue title). A verb leaves this table when its
 # real handler is wired in ``build_parser``.
 _LOCAL_RUNTIME = (3, "Local runtime")
-_KERNEL_EXTENSION = (4, "Kernel extension")
 _EXPORTER = (5, "Exporter")
 _AWS_RUNTIME = (6, "AWS runtime")
 _NOTEBOOKS = (7, "Notebooks")
@@ -58,7 +60,6 @@ LANDS_WITH: dict[str, tuple[int, str]] = {
     "export": _EXPORTER,
     "run": _NOTEBOOKS,
     "test": _NOTEBOOKS,
-    "kernel install": _KERNEL_EXTENSION,
     "deploy": _AWS_RUNTIME,
     "destroy": _AWS_RUNTIME,
 }
@@ -90,6 +91,32 @@ def not_available(verb: str) -> Handler:
         return EXIT_NOT_AVAILABLE
 
     return handler
+
+
+def cmd_kernel_install(args: argparse.Namespace) -> int:
+    """Install the "Eventual (Python 3)" kernelspec (named `eventual`; never touches `python3`)."""
+    out = Output(args.json)
+    try:
+        from kernel_ext.kernelspec import DISPLAY_NAME, KERNEL_NAME, install_kernelspec
+    except ImportError as exc:
+        message = f"{PROG} kernel install needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
+        print(message, file=sys.stderr)
+        if args.json:
+            out.json({"error": "MissingDependency", "message": message})
+        return EXIT_FAILED
+    if sum(bool(x) for x in (args.user, args.prefix, args.sys_prefix)) > 1:
+        message = f"{PROG} kernel install: choose one of --user, --prefix, --sys-prefix"
+        print(message, file=sys.stderr)
+        if args.json:
+            out.json({"error": "UsageError", "message": message})
+        return EXIT_USAGE
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = install_kernelspec(user=args.user, prefix=prefix)
+    if args.json:
+        out.json({"kernel": KERNEL_NAME, "display_name": DISPLAY_NAME, "path": str(path)})
+    else:
+        print(f"installed kernelspec '{KERNEL_NAME}' ({DISPLAY_NAME}) in {path}")
+    return EXIT_OK
 
 
 # -- output -----------------------------------------------------------------------------------------
@@ -681,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--user", action="store_true", help="install for the current user only")
     k.add_argument("--prefix", metavar="PREFIX", help="install under this prefix (e.g. a venv)")
-    k.set_defaults(handler=not_available("kernel install"))
+    k.add_argument("--sys-prefix", action="store_true", help="install into this Python's prefix (sys.prefix)")
+    k.set_defaults(handler=cmd_kernel_install)
 
     p = add("deploy", "deploy an exported package to AWS", plain)
     p.add_argument("dir", metavar="DIR", help="a directory written by `eventual-nb export`")

@@ -47,7 +47,6 @@ CASES = [
     (["run", "nb.ipynb", "-p", "runtime", "test", "-p", "n", "3"], "run", 7, "Notebooks"),
     (["test", "notebooks/", "other.ipynb"], "test", 7, "Notebooks"),
     (["test"], "test", 7, "Notebooks"),
-    (["kernel", "install"], "kernel install", 4, "Kernel extension"),
     (["deploy", "out", "--stack", "bank"], "deploy", 6, "AWS runtime"),
     (["destroy", "--stack", "bank"], "destroy", 6, "AWS runtime"),
 ]

@@ -109,11 +109,14 @@ def create_app(
     *,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    own_runtime: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving `services` (default: what `runtime` serves) and the internal routes.
 
     `token`: when set, the `/_eventual/` routes demand `Authorization: Bearer <token>`.
     `max_body_bytes`: larger request bodies are refused with 413 before any handler runs.
+    `own_runtime`: start and stop `runtime` with the app (`eventual-nb serve`); False when it already
+    runs and outlives the server (`%eventual serve` in a kernel).
     """
     if max_body_bytes < 0:
         raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
@@ -123,6 +126,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not own_runtime:
+            yield
+            return
         previous = base._default_runtime
         try:
             async with runtime:

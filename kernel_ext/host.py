@@ -1,0 +1,195 @@
+"""The in-kernel runtime: a LocalRuntime or TestEnvironment on its own thread and event loop.
+
+Why a thread: asyncio tasks on the kernel's own loop stall while a synchronous cell blocks
+(`reference/jupyter-mechanics.md` §2.3), and executions must progress while cells run or the kernel
+sits idle. Cells reach the runtime through its protocol methods, which hop to this loop by
+themselves (`RuntimeBase`), so `h = await transfer.start(x)` in a cell just works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import eventual_nb as ev
+from eventual_nb.runtime import base
+from eventual_nb.service import current_service
+
+#: how long a cell waits for the runtime thread to do something quick (start, stop, a query)
+CALL_TIMEOUT = 60.0
+
+
+class RuntimeHost:
+    """Owns the runtime thread, its loop, the active runtime and (optionally) an HTTP server on it."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self.runtime: Any = None
+        #: "local" or "test"
+        self.kind: str | None = None
+        self.path: Path | None = None
+        self.durability = "full"
+        self.service_name: str | None = None
+        self._server: Any = None
+        self._server_task: concurrent.futures.Future[Any] | None = None
+        self.server_url: str | None = None
+
+    # ------------------------------------------------------------------------------------------- thread
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                ready = threading.Event()
+                loop = asyncio.new_event_loop()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    ready.set()
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=run, name="eventual-runtime", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Schedule `coroutine` on the runtime loop from any thread (widget callbacks use this)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def call(self, coroutine: Coroutine[Any, Any, Any], timeout: float = CALL_TIMEOUT) -> Any:
+        """Run `coroutine` on the runtime loop and wait for its result (from a thread that is not it)."""
+        return self.submit(coroutine).result(timeout)
+
+    # ------------------------------------------------------------------------------------------ runtime
+
+    def default_path(self, service: str) -> Path:
+        """`.eventual/<service>.db` beside the notebook (the kernel's working directory)."""
+        return Path.cwd() / ".eventual" / f"{service}.db"
+
+    def ensure_runtime(self) -> Any:
+        """The active runtime, starting the default one (a LocalRuntime for the current service)."""
+        with self._lock:
+            service = current_service().name
+            if self.runtime is None:
+                self.use_local(None)
+            elif self.kind == "local" and self.service_name != service and self._uses_default_path:
+                self.use_local(None)  # `%eventual service other`: its own database
+            return self.runtime
+
+    _uses_default_path = True
+
+    def use_local(self, path: str | Path | None, durability: str = "full") -> Any:
+        """Switch to a LocalRuntime on `path` (default `.eventual/<service>.db`)."""
+        with self._lock:
+            service = current_service().name
+            self.stop_runtime()
+            self._uses_default_path = path is None
+            database = Path(path).resolve() if path is not None else self.default_path(service)
+            runtime = ev.LocalRuntime(database, durability=durability, service=service)
+            self.call(runtime.start())
+            self._activate(runtime, "local", service)
+            self.path, self.durability = database, durability
+            return runtime
+
+    def use_test(self, start: datetime | None = None) -> Any:
+        """Switch to a TestEnvironment (virtual clock) serving every service of the notebook."""
+        with self._lock:
+            self.stop_runtime()
+            environment = ev.testing.TestEnvironment(start=start)
+
+            async def enter() -> None:
+                await environment.__aenter__()
+                environment.exit_current()  # the process-wide default is set below, not a ContextVar
+
+            self.call(enter())
+            self._activate(environment, "test", current_service().name)
+            self.path = None
+            return environment
+
+    def _activate(self, runtime: Any, kind: str, service: str) -> None:
+        self.runtime, self.kind, self.service_name = runtime, kind, service
+        base.set_default_runtime(runtime)
+
+    def stop_runtime(self) -> None:
+        """Stop the server and the runtime (its executions resume when a runtime opens the database again)."""
+        with self._lock:
+            self.stop_server()
+            runtime, self.runtime = self.runtime, None
+            if runtime is None:
+                return
+            if base._default_runtime is runtime:
+                base.set_default_runtime(None)
+            if self.kind == "test":
+                self.call(runtime.__aexit__(None, None, None))
+            else:
+                self.call(runtime.stop())
+            self.kind = None
+
+    # ------------------------------------------------------------------------------------------- server
+
+    def serve(self, host: str = "127.0.0.1", port: int = 3111) -> str:
+        """Serve the notebook's API (its routes and `/_eventual/`) from the kernel, on the runtime loop."""
+        import uvicorn
+
+        from eventual_nb.runtime.local.server import create_app
+
+        with self._lock:
+            runtime = self.ensure_runtime()
+            self.stop_server()
+            app = create_app(runtime, own_runtime=False)
+            config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            server = uvicorn.Server(config)
+            started = threading.Event()
+
+            async def run() -> None:
+                task = asyncio.ensure_future(server.serve())
+                while not server.started and not task.done():
+                    await asyncio.sleep(0.02)
+                started.set()
+                await task
+
+            self._server = server
+            self._server_task = self.submit(run())
+            started.wait(CALL_TIMEOUT)
+            if not server.started:
+                error = self._server_task.exception(timeout=5) if self._server_task.done() else None
+                self._server = self._server_task = None
+                raise ev.EventualError(f"could not serve on {host}:{port}: {error or 'the server did not start'}")
+            self.server_url = f"http://{host}:{port}"
+            return self.server_url
+
+    def stop_server(self) -> None:
+        with self._lock:
+            server, task = self._server, self._server_task
+            self._server = self._server_task = None
+            self.server_url = None
+            if server is None or task is None:
+                return
+            server.should_exit = True
+            try:
+                task.result(CALL_TIMEOUT)
+            except (Exception, concurrent.futures.CancelledError):  # noqa: BLE001 - stopping anyway
+                pass
+
+    def close(self) -> None:
+        """Stop everything and the thread (extension unload)."""
+        with self._lock:
+            try:
+                self.stop_runtime()
+            finally:
+                loop, self._loop = self._loop, None
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(loop.stop)
+                    if self._thread is not None:
+                        self._thread.join(CALL_TIMEOUT)
+                    loop.close()
+                self._thread = None

@@ -1,0 +1,416 @@
+"""The cell magics (`%%workflow`, `%%activity`, `%%api`, `%%event`, `%%subscription`, `%%signal`) and
+the `%eventual` line magic.
+
+Magics are thin sugar over the decorators (DESIGN §6): a magic cell *defines* its function or class
+as plain Python, the flags are the decorator's options, and the magic applies the decorator to what
+the cell defined. Which definition: the last top-level function of the cell (earlier ones stay plain
+helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistakes are `UsageError`s
+(IPython prints the usage); failures in the body raise with `Cell In[n], line k` of the notebook.
+"""
+
+from __future__ import annotations
+
+import html
+import shlex
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.display import HTML, display
+
+import eventual_nb as ev
+from eventual_nb.durations import parse_duration
+from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
+from eventual_nb.service import current_service
+from kernel_ext.cells import Definitions, run_body, top_level_definitions
+from kernel_ext.redefine import check_redefinition
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump, timeline_rows
+
+if TYPE_CHECKING:
+    from kernel_ext.host import RuntimeHost
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def duration(text: str) -> timedelta:
+    """argparse type for `--timeout 1h`: a bad value becomes `invalid duration value: '...'`."""
+    try:
+        return parse_duration(text, what="duration")
+    except (ev.EventualError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def retries(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("retries must be 0 or more")
+    return value
+
+
+def _retry_policy(count: int | None) -> ev.RetryPolicy | None:
+    """`--retries N` means `RetryPolicy(max_attempts=N+1)` (DESIGN §6)."""
+    return None if count is None else ev.RetryPolicy(max_attempts=count + 1)
+
+
+def _say(text: str) -> None:
+    """A one-line confirmation in the cell's own output (the main thread, during the cell)."""
+    print(text)
+
+
+@magics_class
+class EventualMagics(Magics):
+    """Registered by `%load_ext eventual_nb`; holds the kernel's runtime host and widget pump."""
+
+    def __init__(self, shell: Any, host: RuntimeHost, pump: WidgetPump) -> None:
+        super().__init__(shell)
+        self.host = host
+        self.pump = pump
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def _definitions(self, cell: str) -> Definitions:
+        __tracebackhide__ = True
+        found = top_level_definitions(cell)
+        if found is None:
+            self._run(cell)  # raises the SyntaxError, pointing at the notebook line
+            raise UsageError("the cell does not parse")  # not reached: IPython's parser agrees with ast's
+        return found
+
+    def _target(self, magic: str, cell: str, *, asynchronous: bool | None = None) -> str:
+        __tracebackhide__ = True
+        found = self._definitions(cell)
+        if asynchronous is True:
+            names = found.async_functions
+            kind = "an `async def` function"
+        else:
+            names = found.all_functions
+            kind = "a function"
+        if not names:
+            raise UsageError(f"%%{magic}: the cell must define {kind} (the magic's flags are its decorator's options)")
+        return names[-1]
+
+    def _run(self, cell: str) -> None:
+        __tracebackhide__ = True
+        run_body(self.shell, cell)
+
+    @property
+    def user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None
+        return self.shell.user_ns  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------------------------ cell magics
+
+    @magic_arguments()
+    @argument("--timeout", type=duration, help="time limit of each execution, e.g. 1h")
+    @argument("--name", help="workflow name (default: the function's name)")
+    @cell_magic
+    def workflow(self, line: str, cell: str) -> None:
+        """Define a workflow: the cell defines an `async def` taking at most one input."""
+        __tracebackhide__ = True
+        args = parse_argstring(self.workflow, line)
+        target = self._target("workflow", cell, asynchronous=True)
+        name = args.name or target
+        previous = current_service().workflows.get(name)
+        self._run(cell)
+        definition = ev.workflow(name=args.name, timeout=args.timeout)(self.user_ns[target])
+        self.user_ns[target] = definition
+        report = None
+        if previous is not None and previous.function is not definition.function:
+            report = check_redefinition(self.host, previous, definition)
+        if self.host.runtime is not None:
+            self.host.runtime.retry_blocked()
+        timeout = f" (timeout {args.timeout})" if args.timeout else ""
+        _say(f"workflow '{name}'{timeout} in service '{current_service().name}'")
+        if report is not None and report.text():
+            _say(report.text())
+
+    @magic_arguments()
+    @argument("--timeout", type=duration, help="time limit of each attempt")
+    @argument("--heartbeat-timeout", type=duration, help="longest gap between heartbeats")
+    @argument("--retries", type=retries, help="retries after a failed attempt (max_attempts = N + 1)")
+    @argument("--name", help="activity name (default: the function's name)")
+    @cell_magic
+    def activity(self, line: str, cell: str) -> None:
+        """Define an activity: the cell defines a function (`async def` or plain `def`)."""
+        __tracebackhide__ = True
+        args = parse_argstring(self.activity, line)
+        target = self._target("activity", cell)
+        self._run(cell)
+        definition = ev.activity(
+            name=args.name,
+            timeout=args.timeout,
+            heartbeat_timeout=args.heartbeat_timeout,
+            retry=_retry_policy(args.retries),
+        )(self.user_ns[target])
+        self.user_ns[target] = definition
+        _say(f"activity '{definition.name}' in service '{current_service().name}'")
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("method", type=str.upper, choices=HTTP_METHODS, help="HTTP method")
+    @argument("path", help="route path, e.g. /carts/{cart_id}")
+    @argument("--status-code", type=int, help="status code of a successful response")
+    @cell_magic
+    def api(self, line: str, cell: str) -> None:
+        """Define an API route: the cell defines the handler (FastAPI path operation)."""
+        __tracebackhide__ = True
+        args = parse_argstring(self.api, line)
+        if not args.path.startswith("/"):
+            raise UsageError(f"%%api: the path must start with '/', got {args.path!r}")
+        target = self._target("api", cell)
+        self._run(cell)
+        router = current_service().api
+        router.routes[:] = [
+            route
+            for route in router.routes
+            if not (
+                getattr(route, "path", None) == args.path and args.method in (getattr(route, "methods", None) or ())
+            )
+        ]  # re-running the cell replaces its route
+        options: dict[str, Any] = {} if args.status_code is None else {"status_code": args.status_code}
+        router.add_api_route(args.path, self.user_ns[target], methods=[args.method], **options)
+        _say(f"route {args.method} {args.path} in service '{current_service().name}'")
+
+    @cell_magic
+    def event(self, line: str, cell: str) -> None:
+        """Define events: the cell defines `ev.Event` subclasses (pydantic models)."""
+        __tracebackhide__ = True
+        if line.strip():
+            raise UsageError("%%event takes no flags: the event name is the class name (or `__event_name__`)")
+        classes = self._definitions(cell).classes
+        self._run(cell)
+        events = [
+            name
+            for name in classes
+            if isinstance(self.user_ns.get(name), type) and issubclass(self.user_ns[name], ev.Event)
+        ]
+        if not events:
+            raise UsageError("%%event: the cell must define a class that subclasses ev.Event")
+        _say(f"event(s) {', '.join(events)} in service '{current_service().name}'")
+
+    @magic_arguments()
+    @argument("events", nargs="+", help="event classes (names in the notebook) or event names")
+    @argument("--name", help="subscription name (default: the handler's name)")
+    @argument("--retries", type=retries, help="retries after a failed delivery (max_attempts = N + 1)")
+    @argument("--source", help="receive these events from another service")
+    @cell_magic
+    def subscription(self, line: str, cell: str) -> None:
+        """Define a subscription: the cell defines the handler, called with each event."""
+        __tracebackhide__ = True
+        args = parse_argstring(self.subscription, line)
+        target = self._target("subscription", cell)
+        events: list[Any] = []
+        for name in args.events:
+            value = self.user_ns.get(name)
+            events.append(value if isinstance(value, type) and issubclass(value, ev.Event) else name)
+        self._run(cell)
+        definition = ev.subscription(*events, name=args.name, retry=_retry_policy(args.retries), source=args.source)(
+            self.user_ns[target]
+        )
+        self.user_ns[target] = definition
+        _say(f"subscription '{definition.name}' to {', '.join(args.events)} in service '{current_service().name}'")
+
+    @cell_magic
+    def signal(self, line: str, cell: str) -> None:
+        """Define signals: each class the cell defines is a payload model, and a signal named after it
+        (`await Approval.expect()`, `await Approval.send(execution, Approval(...))`); or write
+        `name = ev.signal("name", Payload)` lines."""
+        __tracebackhide__ = True
+        if line.strip():
+            raise UsageError("%%signal takes no flags: the signal is named after the class")
+        found = self._definitions(cell)
+        self._run(cell)
+        declared = []
+        for name in found.classes:
+            payload_type = self.user_ns.get(name)
+            if isinstance(payload_type, type):
+                signal = ev.signal(name, payload_type)
+                for helper in ("expect", "send", "on"):
+                    type.__setattr__(payload_type, helper, getattr(signal, helper))
+                type.__setattr__(payload_type, "__eventual_signal__", signal)
+                declared.append(name)
+        declared += [name for name in found.assigned if isinstance(self.user_ns.get(name), ev.Signal)]
+        if not declared:
+            raise UsageError("%%signal: the cell must define a payload class or `name = ev.signal(...)`")
+        _say(f"signal(s) {', '.join(declared)} in service '{current_service().name}'")
+
+    # ---------------------------------------------------------------------------------- %eventual
+
+    @line_magic
+    def eventual(self, line: str) -> Any:
+        """`%eventual VERB ...`: service, runtime, status, executions, history, logs, serve, stop,
+        export, advance. `%eventual help` lists them."""
+        __tracebackhide__ = True
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%eventual: {exc}") from None
+        if not words or words[0] in ("help", "-h", "--help"):
+            _say(VERBS_HELP)
+            return None
+        verb, rest = words[0], words[1:]
+        handler = getattr(self, f"_verb_{verb}", None)
+        if handler is None:
+            raise UsageError(f"%eventual: unknown verb {verb!r}; verbs: {', '.join(VERBS)}")
+        return handler(rest)
+
+    def _parser(self, verb: str) -> MagicArgumentParser:
+        """argparse for one verb; its errors are `UsageError`s naming the verb (never SystemExit)."""
+        return MagicArgumentParser(prog=f"%eventual {verb}", add_help=False)
+
+    def _verb_service(self, words: list[str]) -> None:
+        parser = self._parser("service")
+        parser.add_argument("name")
+        args = parser.parse_args(words)
+        service = ev.Service(args.name)
+        if self.host.runtime is not None and self.host.kind == "local":
+            self.host.ensure_runtime()
+        _say(f"service '{service.name}'" + (f" on {self.host.path}" if self.host.path else ""))
+
+    def _verb_runtime(self, words: list[str]) -> None:
+        parser = self._parser("runtime")
+        parser.add_argument("kind", choices=["local", "test", "aws"])
+        parser.add_argument("--path", help="database file (local; default .eventual/<service>.db)")
+        parser.add_argument("--durability", choices=["full", "normal", "off"], default="full")
+        parser.add_argument("--start", help="virtual start time, ISO 8601 (test)")
+        args = parser.parse_args(words)
+        if args.kind == "aws":
+            raise UsageError(
+                "%eventual runtime aws is not available yet: the AWS runtime lands with issue 6 "
+                "('Deployed runtime on AWS')"
+            )
+        if args.kind == "local":
+            self.host.use_local(args.path, args.durability)
+            _say(f"LocalRuntime on {self.host.path} (durability {args.durability})")
+        else:
+            start = None
+            if args.start:
+                try:
+                    start = datetime.fromisoformat(args.start)
+                except ValueError:
+                    raise UsageError(f"%eventual runtime test: --start must be ISO 8601, got {args.start!r}") from None
+            environment = self.host.use_test(start)
+            _say(f"TestEnvironment (virtual clock at {environment.now.isoformat()})")
+
+    def _verb_status(self, words: list[str]) -> None:
+        if words:
+            raise UsageError("%eventual status takes no arguments")
+        runtime = self.host.ensure_runtime()
+        service = current_service()
+        page = self.host.call(runtime.list_executions(statuses=[ExecutionStatus.IN_PROGRESS], max_results=1000))
+        lines = [
+            f"service      {service.name}: {len(service.workflows)} workflows, {len(service.activities)} activities, "
+            f"{len(service.signals)} signals, {len(service.events)} events, {len(service.subscriptions)} "
+            f"subscriptions, {len(service.api.routes) if service._router is not None else 0} routes",
+            f"runtime      {type(runtime).__name__}" + (f" on {self.host.path}" if self.host.path else ""),
+            f"in progress  {len(page.executions)}" + ("+" if page.next_token else ""),
+        ]
+        if self.host.kind == "test":
+            lines.append(f"virtual now  {runtime.now.isoformat()}")
+        blocked = runtime.blocked() if callable(getattr(runtime, "blocked", None)) else {}
+        for execution_id, error in blocked.items():
+            lines.append(f"blocked      {execution_id}: {error}")
+        if self.host.server_url:
+            lines.append(f"serving      {self.host.server_url}")
+        if self.pump.last_error:
+            lines.append(f"widgets      last refresh error: {self.pump.last_error}")
+        _say("\n".join(lines))
+
+    def _verb_executions(self, words: list[str]) -> None:
+        parser = self._parser("executions")
+        parser.add_argument("--workflow")
+        parser.add_argument("--status", type=str.upper, choices=[s.value for s in ExecutionStatus])
+        args = parser.parse_args(words)
+        table = ExecutionsTable(self.host, self.host.ensure_runtime(), args.workflow, args.status)
+        self.pump.add(table)
+        display(table.root)
+
+    def _verb_history(self, words: list[str]) -> None:
+        parser = self._parser("history")
+        parser.add_argument("id")
+        args = parser.parse_args(words)
+        runtime = self.host.ensure_runtime()
+        history = self.host.call(runtime.get_execution_history(args.id))
+        rows = timeline_rows(history)
+        columns = ("type", "seq", "name", "time", "duration", "attempt")
+        header = "".join(f"<th style='text-align:left'>{c}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in columns) + "</tr>" for r in rows)
+        display(HTML(f"<table class='eventual-history'><tr>{header}</tr>{body}</table>"))
+
+    def _verb_logs(self, words: list[str]) -> None:
+        parser = self._parser("logs")
+        parser.add_argument("id")
+        args = parser.parse_args(words)
+        runtime = self.host.ensure_runtime()
+        entries = self.host.call(runtime.get_execution_logs(args.id))
+        if not entries:
+            _say(f"no logs for {args.id}")
+        for entry in entries:
+            _say(f"{entry.time.isoformat(timespec='milliseconds')} [{entry.source}] {entry.message}")
+
+    def _verb_serve(self, words: list[str]) -> None:
+        parser = self._parser("serve")
+        parser.add_argument("--port", type=int, default=3111)
+        parser.add_argument("--host", default="127.0.0.1")
+        args = parser.parse_args(words)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            raise UsageError("%eventual serve listens on 127.0.0.1 only; use `eventual-nb serve` to listen wider")
+        try:
+            url = self.host.serve(args.host, args.port)
+        except ev.EventualError as exc:
+            raise UsageError(f"%eventual serve: {exc}") from None
+        _say(f"serving {url} (API docs at {url}/docs); `%eventual stop` stops it")
+
+    def _verb_stop(self, words: list[str]) -> None:
+        if words:
+            raise UsageError("%eventual stop takes no arguments")
+        self.host.stop_runtime()
+        _say("stopped the server and the runtime; executions resume when the runtime starts again")
+
+    def _verb_export(self, words: list[str]) -> None:
+        raise UsageError("%eventual export is not available yet: the exporter lands with issue 5")
+
+    def _verb_advance(self, words: list[str]) -> None:
+        parser = self._parser("advance")
+        parser.add_argument("duration", type=duration)
+        args = parser.parse_args(words)
+        if self.host.kind != "test":
+            raise UsageError("%eventual advance needs the test runtime: run `%eventual runtime test` first")
+        environment = self.host.runtime
+        self.host.call(environment.advance(args.duration))
+        _say(f"virtual clock at {environment.now.isoformat()}")
+
+    # --------------------------------------------------------------------------------------- display
+
+    def show_handle(self, handle: ExecutionHandle) -> None:
+        """How an `ExecutionHandle` displays in the kernel: its live execution widget."""
+        runtime = handle._runtime if handle._runtime is not None else self.host.ensure_runtime()
+        signals = _signal_names(handle.workflow)
+        view = ExecutionView(self.host, handle.id, runtime, signals)
+        self.pump.add(view)
+        display(view.root)
+
+
+def _signal_names(workflow: str) -> list[str]:
+    """The signals a workflow's service declares (what the widget's Send form offers)."""
+    from eventual_nb.workflows import find_workflow
+
+    definition = find_workflow(workflow)
+    service = definition.service if definition is not None and definition.service is not None else current_service()
+    return sorted(service.signals)
+
+
+VERBS = ("service", "runtime", "status", "executions", "history", "logs", "serve", "stop", "export", "advance")
+VERBS_HELP = """%eventual VERB
+  service NAME                          use (create) service NAME; its database is .eventual/NAME.db
+  runtime local [--path P] [--durability full|normal|off]
+  runtime test [--start ISO]            virtual clock (see `advance`)
+  status                                service, runtime, executions in progress, blocked ones
+  executions [--workflow W] [--status S]  live table
+  history ID | logs ID                  an execution's history / captured output
+  serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)
+  stop                                  stop the server and the runtime
+  advance DURATION                      move the test runtime's clock, e.g. 1d
+  export PATH                           (issue 5)"""

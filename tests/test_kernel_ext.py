@@ -1,0 +1,339 @@
+"""The kernel extension in real kernels: every magic and verb, errors at the right notebook line, safe
+redefinition, the kernelspec, and live widgets (comm traffic after the cell returned, a Send click)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel_support import (
+    KernelSession,
+    error_of,
+    free_port,
+    html_of,
+    run_notebook,
+    text_of,
+    widget_views,
+)
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+# ------------------------------------------------------------------------------------ every magic and verb
+
+KITCHEN_SINK = [
+    # 0
+    "%load_ext eventual_nb\nimport asyncio\nimport httpx\nfrom pydantic import BaseModel\nreceived = []\nport = {port}",
+    # 1
+    "%eventual service kitchen-sink",
+    # 2
+    "%eventual runtime local --path state/kitchen.db",
+    # 3
+    "%%event\nclass OrderPlaced(ev.Event):\n    order_id: str",
+    # 4
+    "%%subscription OrderPlaced --name record-orders --retries 1\n"
+    "async def record(event: OrderPlaced) -> None:\n    received.append(event.order_id)",
+    # 5
+    "%%signal\nclass Approval(BaseModel):\n    ok: bool",
+    # 6
+    "%%activity --timeout 10s --retries 2\ndef double(x: int) -> int:\n    print(f'doubling {x}')\n    return 2 * x",
+    # 7
+    "%%workflow --timeout 1h\nasync def order(n: int) -> int:\n    approval = await Approval.expect()\n"
+    "    await ev.publish(OrderPlaced(order_id=f'o{n}'))\n    return await double(n) if approval.ok else -1",
+    # 8
+    "%%api POST /orders/{n} --status-code 201\nasync def place(n: int) -> dict:\n"
+    "    handle = await order.start(n)\n    return {'id': handle.id}",
+    # 9: `$port` is expanded by IPython (only %%api opts out of expansion)
+    "%eventual serve --port $port",
+    # 10
+    "response = httpx.post(f'http://127.0.0.1:{port}/orders/21', timeout=30)\n"
+    "print(response.status_code)\nexecution_id = response.json()['id']",
+    # 11
+    "await Approval.send(execution_id, Approval(ok=True))\nprint(await ev.ExecutionHandle(execution_id).result())",
+    # 12
+    "for _ in range(200):\n    if received:\n        break\n    await asyncio.sleep(0.05)\nprint(received)",
+    # 13
+    "%eventual status",
+    # 14
+    "%eventual executions --workflow order",
+    # 15
+    "%eventual history {execution_id}",
+    # 16
+    "%eventual logs {execution_id}",
+    # 17
+    "%eventual stop",
+    # 18
+    "%eventual export out",
+    # 19
+    "%eventual runtime test --start 2024-01-01T00:00:00+00:00",
+    # 20
+    "%%workflow\nasync def nap() -> str:\n    await asyncio.sleep(86400)\n    return 'rested'",
+    # 21
+    "nap_handle = await nap.start()",
+    # 22
+    "%eventual advance 1d",
+    # 23
+    "print((await nap_handle.status()).status.value, await nap_handle.result())",
+    # 24
+    "%eventual runtime aws",
+    # 25
+    "%eventual runtime local",
+    # 26
+    "%eventual help",
+]
+
+
+def test_a_notebook_using_every_magic_and_verb(tmp_path: Path) -> None:
+    cells = list(KITCHEN_SINK)
+    cells[0] = cells[0].replace("{port}", str(free_port()))
+    nb = run_notebook(cells, tmp_path)
+    c = nb.cells
+    for index in range(len(c)):
+        assert error_of(c[index]) is None, (index, c[index].source, error_of(c[index]))
+    assert "service 'kitchen-sink'" in text_of(c[1])
+    assert (tmp_path / "state" / "kitchen.db").exists()
+    assert "event(s) OrderPlaced" in text_of(c[3])
+    assert "subscription 'record-orders'" in text_of(c[4])
+    assert "signal(s) Approval" in text_of(c[5])
+    assert "activity 'double'" in text_of(c[6])
+    assert "workflow 'order' (timeout 1:00:00)" in text_of(c[7])
+    assert "route POST /orders/{n}" in text_of(c[8])  # the braces survived: %%api is @no_var_expand
+    assert "serving http://127.0.0.1:" in text_of(c[9])
+    assert text_of(c[10]).strip() == "201"
+    assert text_of(c[11]).strip() == "42"
+    assert text_of(c[12]).strip() == "['o21']"
+    status = text_of(c[13])
+    assert "kitchen-sink: 1 workflows, 1 activities, 1 signals, 1 events, 1 subscriptions, 1 routes" in status
+    assert f"LocalRuntime on {tmp_path / 'state' / 'kitchen.db'}" in status
+    assert re.search(r"serving +http://127.0.0.1:\d+", status)
+    assert widget_views(c[14]), "the executions table is a widget"
+    history = html_of(c[15])
+    for event_type in (
+        "WorkflowStarted",
+        "SignalReceived",
+        "EventsPublished",
+        "ActivityScheduled",
+        "WorkflowSucceeded",
+    ):
+        assert event_type in history
+    assert "[double] doubling 21" in text_of(c[16])
+    assert "stopped the server and the runtime" in text_of(c[17])
+    assert "issue 5" in text_of(c[18], "stderr")
+    assert "TestEnvironment (virtual clock at 2024-01-01T00:00:00+00:00)" in text_of(c[19])
+    assert "virtual clock at 2024-01-02T00:00:00+00:00" in text_of(c[22])
+    assert text_of(c[23]).strip() == "SUCCEEDED rested"
+    assert "issue 6" in text_of(c[24], "stderr")
+    assert (tmp_path / ".eventual" / "kitchen-sink.db").exists()
+    assert "runtime local" in text_of(c[26])
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path) -> None:
+    nb = run_notebook(
+        [
+            "%load_ext eventual_nb",
+            "%%activity --bogus 1\ndef a() -> int:\n    return 1",
+            "%%workflow --timeout 1fortnight\nasync def w() -> None:\n    pass",
+            "%%activity --retries many\ndef b() -> int:\n    return 1",
+            "%%api FETCH /x\ndef c() -> None:\n    pass",
+            "%%workflow\ndef not_async() -> None:\n    pass",
+            "%eventual frobnicate",
+            "%eventual advance 1d",
+            "print('a' in dir(), 'w' in dir())",
+        ],
+        tmp_path,
+    )
+    c = nb.cells
+    for index in range(1, 8):  # usage errors go to stderr; they are not exceptions of the user's code
+        assert error_of(c[index]) is None, c[index].source
+    assert "unrecognized arguments: --bogus 1" in text_of(c[1], "stderr")
+    assert "argument --timeout: invalid duration value: '1fortnight'" in text_of(c[2], "stderr")
+    assert "argument --retries: invalid retries value: 'many'" in text_of(c[3], "stderr")
+    assert "invalid choice: 'FETCH'" in text_of(c[4], "stderr")
+    assert "must define an `async def` function" in text_of(c[5], "stderr")
+    assert "unknown verb 'frobnicate'" in text_of(c[6], "stderr")
+    assert "needs the test runtime" in text_of(c[7], "stderr")
+    assert text_of(c[8]).strip() == "False False"  # nothing was defined by the refused cells
+
+
+def test_an_exception_in_a_magic_body_points_at_the_notebook_cell_and_line(tmp_path: Path) -> None:
+    nb = run_notebook(
+        [
+            "%load_ext eventual_nb",
+            "%%activity\ndef fine() -> int:\n    return 1\n\nraise ValueError('boom in the body')",
+            "%%workflow\nasync def broken(x: int) -> int:\n    return x +\n",
+        ],
+        tmp_path,
+    )
+    error = error_of(nb.cells[1])
+    assert error is not None and error.ename == "ValueError" and error.evalue == "boom in the body"
+    traceback = plain("\n".join(error.traceback))
+    assert re.search(r"Cell In\[2\], line 5", traceback), traceback
+    assert "raise ValueError('boom in the body')" in traceback
+    assert "kernel_ext" not in traceback  # the extension's frames are hidden
+    syntax = error_of(nb.cells[2])
+    assert syntax is not None and syntax.ename == "SyntaxError"
+    assert "line 3" in plain("\n".join(syntax.traceback))
+
+
+# ----------------------------------------------------------------------------------------- redefinition
+
+REDEFINITION = [
+    # 0
+    "%load_ext eventual_nb\nimport asyncio\nfrom pydantic import BaseModel\n%eventual service redefinition",
+    # 1
+    "%%signal\nclass Go(BaseModel):\n    ok: bool = True",
+    # 2
+    "%%activity\ndef a(x: int) -> str:\n    return f'a{x}'",
+    # 3
+    "%%activity\ndef b(x: int) -> str:\n    return f'b{x}'",
+    # 4
+    "%%workflow\nasync def flow(x: int) -> str:\n    first = await a(x)\n    await Go.expect()\n    return first + '-old'",
+    # 5
+    "async def waiting(handle):\n    for _ in range(400):\n"
+    "        if any(e.type == 'ActivitySucceeded' for e in await handle.history()):\n            return\n"
+    "        await asyncio.sleep(0.025)\n    raise RuntimeError('never got to the signal')\n"
+    "h1 = await flow.start(1)\nh2 = await flow.start(2)\nawait waiting(h1)\nawait waiting(h2)\nprint(h1.id, h2.id)",
+    # 6: incompatible: the first durable call changes
+    "%%workflow\nasync def flow(x: int) -> str:\n    first = await b(x)\n    await Go.expect()\n    return first + '-new'",
+    # 7
+    "for h in (h1, h2):\n    await Go.send(h, Go())\nprint(await h1.result(), await h2.result())",
+    # 8: new executions use the new code; this one then meets a compatible change
+    "h3 = await flow.start(3)\nawait waiting(h3)",
+    # 9: compatible: the same durable calls in the same order, a different result
+    "%%workflow\nasync def flow(x: int) -> str:\n    first = await b(x)\n    await Go.expect()\n    return first + '-newer'",
+    # 10
+    "await Go.send(h3, Go())\nprint(await h3.result())",
+]
+
+
+def test_redefinition_reports_incompatible_executions_which_finish_on_the_old_code(tmp_path: Path) -> None:
+    nb = run_notebook(REDEFINITION, tmp_path)
+    c = nb.cells
+    for index in range(len(c)):
+        assert error_of(c[index]) is None, (index, error_of(c[index]))
+    first, second = text_of(c[5]).split()
+    report = text_of(c[6])
+    assert "workflow 'flow' redefined: 0 in-flight execution(s) continue on the new code" in report
+    assert "2 would break and keep running on the previous definition" in report
+    for execution_id in (first, second):
+        assert re.search(
+            rf"{re.escape(execution_id)} \(seq 0\): history recorded activity 'a'.*code now makes activity 'b'",
+            report,
+        ), report
+    assert text_of(c[7]).strip() == "a1-old a2-old"
+    compatible = text_of(c[9])
+    assert "1 in-flight execution(s) continue on the new code" in compatible
+    assert "would break" not in compatible
+    assert text_of(c[10]).strip() == "b3-newer"
+
+
+# ----------------------------------------------------------------------------------------- kernelspec
+
+
+def test_the_eventual_kernelspec_loads_the_extension_at_start(tmp_path: Path) -> None:
+    from kernel_ext.kernelspec import install_kernelspec
+
+    prefix = tmp_path / "prefix"
+    installed = install_kernelspec(prefix=prefix)
+    spec = json.loads((installed / "kernel.json").read_text())
+    assert spec["display_name"] == "Eventual (Python 3)" and "--ext" in spec["argv"]
+    assert installed.name == "eventual"
+    nb = run_notebook(
+        ["%eventual service from-kernelspec\nprint(type(ev.current_runtime()).__name__)"],
+        tmp_path,
+        kernel_name="eventual",
+        env={"JUPYTER_PATH": str(prefix / "share" / "jupyter")},
+    )
+    assert error_of(nb.cells[0]) is None, error_of(nb.cells[0])
+    assert text_of(nb.cells[0]).strip().endswith("LocalRuntime")
+
+
+# --------------------------------------------------------------------------------------------- widgets
+
+WIDGET_SETUP = [
+    "%load_ext eventual_nb\nimport asyncio\nfrom pydantic import BaseModel\n%eventual service widgets",
+    "%%signal\nclass Go(BaseModel):\n    ok: bool = True",
+    "%%activity\nasync def slow(i: int) -> int:\n    await asyncio.sleep(0.3)\n    print(f'step {i}')\n    return i",
+    "%%workflow\nasync def progress(n: int) -> int:\n    total = 0\n    for i in range(n):\n"
+    "        total += await slow(i)\n    await Go.expect()\n    return total",
+]
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Any:
+    kernel = KernelSession(tmp_path)
+    try:
+        for cell in WIDGET_SETUP:
+            kernel.execute(cell)
+        yield kernel
+    finally:
+        kernel.close()
+
+
+def _widget(opens: dict[str, dict[str, Any]], dom_class: str) -> str:
+    found = [comm_id for comm_id, state in opens.items() if dom_class in state.get("_dom_classes", [])]
+    assert len(found) == 1, f"expected one widget with class {dom_class}, found {len(found)}"
+    return found[0]
+
+
+def _updates(session: KernelSession, comm_id: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (m["header"]["date"].isoformat() if hasattr(m["header"]["date"], "isoformat") else str(m["header"]["date"]),
+         m["content"]["data"].get("state", {}))
+        for m in session.snapshot()
+        if m["msg_type"] == "comm_msg"
+        and m["content"]["comm_id"] == comm_id
+        and m["content"]["data"].get("method") == "update"
+    ]  # fmt: skip
+
+
+def test_widget_keeps_updating_after_the_cell_returned_and_send_delivers_the_signal(session: KernelSession) -> None:
+    reply = session.execute("h = await progress.start(4)\nh")
+    cell_done = reply["header"]["date"]
+    opens = session.comm_opens()
+    status = _widget(opens, "eventual-status")
+    timeline = _widget(opens, "eventual-timeline")
+    send = _widget(opens, "eventual-signal-send")
+    result = _widget(opens, "eventual-result")
+    # the activities run after the cell returned: the timeline grows through comm updates
+    session.wait_for(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == timeline
+            and m["content"]["data"].get("state", {}).get("value", "").count("ActivitySucceeded") == 4
+        ),
+        60,
+        "the timeline to show four finished activities",
+    )
+    timeline_updates = [
+        m for m in session.snapshot() if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == timeline
+    ]
+    after = [m for m in timeline_updates if m["header"]["date"] > cell_done]
+    assert len(after) >= 2, "several timeline updates arrive after the starting cell returned"
+    assert all("SUCCEEDED" not in state.get("value", "") for _, state in _updates(session, status))
+    # a click on Send, as the frontend sends it, delivers the signal (no cell runs)
+    session.send_comm(send, {"method": "custom", "content": {"event": "click"}})
+    session.wait_for(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == status
+            and "SUCCEEDED" in m["content"]["data"].get("state", {}).get("value", "")
+        ),
+        60,
+        "the status widget to show SUCCEEDED",
+    )
+    results = [state.get("value", "") for _, state in _updates(session, result)]
+    assert any("6" in value for value in results), results  # 0 + 1 + 2 + 3
+    final = session.run("print((await h.status()).status.value)")
+    assert final.strip() == "SUCCEEDED"
