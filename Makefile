@@ -3,7 +3,7 @@
 #   make test   lint, then the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
 #   make lint   ruff check + ruff format --check + mypy
 #   make bench  side-by-side benchmarks (python -m benchmarks)
-#   make lab    JupyterLab with the Eventual kernel (not yet: issue 4)
+#   make lab    JupyterLab with the Eventual kernel, getting-started notebook open
 #   make demo   headless tour of the notebooks (not yet: issue 7)
 #   make clean  remove the venv, caches and build output
 
@@ -45,9 +45,13 @@ test: lint
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
-lab:
-	@echo "make lab: not available yet; the Eventual kernel and its widgets land with issue 4 (Kernel extension)" >&2
-	@exit 2
+# JupyterLab on 127.0.0.1 with the "Eventual (Python 3)" kernel installed into the venv (never into the
+# user's or system kernels), opening the getting-started notebook. LAB_ARGS passes more options.
+LAB_ARGS ?=
+lab: $(DEV_STAMP)
+	$(BIN)/eventual-nb kernel install --sys-prefix
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) \
+		notebooks/getting-started.ipynb
 
 demo:
 	@echo "make demo: not available yet; the headless tour lands with issue 7" >&2

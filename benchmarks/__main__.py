@@ -4,7 +4,8 @@ Targets are shown next to each number but never enforced: the exit status is 0 w
 benchmark ran and its sanity checks (results, replay counts, virtual time) held.
 
 Engine benchmarks (`benchmarks.engine`) come first, then LocalRuntime against DBOS (`benchmarks.local`,
-each measurement in its own process; DBOS columns read "not installed" without the `bench` extra).
+each measurement in its own process; DBOS columns read "not installed" without the `bench` extra), then
+the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ext` time, widget latency).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import engine, local
+from benchmarks import engine, kernel, local
 from benchmarks.results import (
     environment,
     make_console,
@@ -24,7 +25,7 @@ from benchmarks.results import (
     write_json,
 )
 
-NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS]
+NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         comparisons = []
         if only & set(local.BENCHMARKS):
             comparisons = local.run(args.quick, sorted(only & set(local.BENCHMARKS)), progress)
+        kernel_results = []
+        if only & set(kernel.BENCHMARKS):
+            kernel_results = kernel.run(args.quick, sorted(only & set(kernel.BENCHMARKS)), progress)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -64,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print(render_comparisons(comparisons))
         print_footers(console, comparisons)
         print_notes(console, comparisons)
+    if kernel_results:
+        table = render(kernel_results)
+        table.title = "kernel extension in a real ipykernel (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, kernel_results)
     if args.json:
-        write_json(args.json, env, args.quick, [*results, *comparisons])
+        write_json(args.json, env, args.quick, [*results, *comparisons, *kernel_results])
         console.print(f"results written to {args.json}")
     return 0
 

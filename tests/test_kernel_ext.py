@@ -337,3 +337,30 @@ def test_widget_keeps_updating_after_the_cell_returned_and_send_delivers_the_sig
     assert any("6" in value for value in results), results  # 0 + 1 + 2 + 3
     final = session.run("print((await h.status()).status.value)")
     assert final.strip() == "SUCCEEDED"
+
+
+# ------------------------------------------------------------------------------------------- notebooks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_getting_started_notebook_runs_on_the_eventual_kernel(tmp_path: Path) -> None:
+    import nbformat
+
+    from kernel_ext.kernelspec import install_kernelspec
+
+    prefix = tmp_path / "prefix"
+    install_kernelspec(prefix=prefix)
+    notebook = nbformat.read(ROOT / "notebooks" / "getting-started.ipynb", as_version=4)
+    port = free_port()
+    cells = [
+        cell.source.replace("--port 3111", f"--port {port}") for cell in notebook.cells if cell.cell_type == "code"
+    ]
+    nb = run_notebook(cells, tmp_path, kernel_name="eventual", env={"JUPYTER_PATH": str(prefix / "share" / "jupyter")})
+    outputs = [text_of(cell) for cell in nb.cells]
+    for cell in nb.cells:
+        assert error_of(cell) is None, (cell.source, error_of(cell))
+        assert "Error" not in text_of(cell, "stderr"), (cell.source, text_of(cell, "stderr"))
+    assert any("Hello, Ada! (approved by a cell)" in text for text in outputs), outputs
+    assert any(f"serving http://127.0.0.1:{port}" in text for text in outputs), outputs
+    assert (tmp_path / ".eventual" / "greetings.db").exists()
