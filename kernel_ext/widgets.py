@@ -157,7 +157,7 @@ class ExecutionView:
             _dom_classes=["eventual-signal-name"],
         )
         self.payload = widgets.Textarea(
-            placeholder="JSON payload (empty: none)", rows=1, _dom_classes=["eventual-signal-payload"]
+            placeholder="JSON payload (empty: the defaults)", rows=1, _dom_classes=["eventual-signal-payload"]
         )
         self.send = widgets.Button(description="Send", button_style="primary", _dom_classes=["eventual-signal-send"])
         self.cancel = widgets.Button(description="Cancel", button_style="warning", _dom_classes=["eventual-cancel"])
