@@ -5,6 +5,7 @@ Loaded with `%load_ext eventual_nb` (which delegates here) or by the "Eventual (
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kernel_ext.host import RuntimeHost
@@ -34,6 +35,9 @@ def load_ipython_extension(ipython: Any) -> None:
     host = RuntimeHost()
     pump = WidgetPump()
     magics = EventualMagics(ipython, host, pump)
+    logger = logging.getLogger("eventual_nb")
+    logger.addHandler(magics.recent_errors)
+    logger.propagate = False  # runtime threads never write into whichever cell ran last
     ipython.register_magics(magics)
     ipython.display_formatter.ipython_display_formatter.for_type(ExecutionHandle, magics.show_handle)
     ipython.push({"ev": ev}, interactive=False)
@@ -50,6 +54,9 @@ def unload_ipython_extension(ipython: Any) -> None:
         return
     magics.pump.stop()
     magics.host.close()
+    logger = logging.getLogger("eventual_nb")
+    logger.removeHandler(magics.recent_errors)
+    logger.propagate = True
     ipython.display_formatter.ipython_display_formatter.pop(ExecutionHandle, None)
     for kind, names in (
         ("cell", ("workflow", "activity", "api", "event", "subscription", "signal")),

@@ -10,7 +10,9 @@ helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistak
 
 from __future__ import annotations
 
+import collections
 import html
+import logging
 import shlex
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,6 +61,20 @@ def _say(text: str) -> None:
     print(text)
 
 
+class RecentErrors(logging.Handler):
+    """Keeps the last errors `eventual_nb` logged, for `%eventual status` (instead of printing them)."""
+
+    def __init__(self, keep: int = 20) -> None:
+        super().__init__(level=logging.WARNING)
+        self._records: collections.deque[str] = collections.deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(f"{record.levelname} {record.getMessage()}")
+
+    def lines(self) -> list[str]:
+        return list(self._records)
+
+
 @magics_class
 class EventualMagics(Magics):
     """Registered by `%load_ext eventual_nb`; holds the kernel's runtime host and widget pump."""
@@ -67,6 +83,8 @@ class EventualMagics(Magics):
         super().__init__(shell)
         self.host = host
         self.pump = pump
+        #: errors the runtime logged (from its thread), shown by `%eventual status`
+        self.recent_errors = RecentErrors()
 
     # -------------------------------------------------------------------------------------- helpers
 
@@ -314,6 +332,8 @@ class EventualMagics(Magics):
             lines.append(f"blocked      {execution_id}: {error}")
         if self.host.server_url:
             lines.append(f"serving      {self.host.server_url}")
+        for line in self.recent_errors.lines():
+            lines.append(f"error        {line}")
         if self.pump.last_error:
             lines.append(f"widgets      last refresh error: {self.pump.last_error}")
         _say("\n".join(lines))

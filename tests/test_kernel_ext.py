@@ -364,3 +364,30 @@ def test_the_getting_started_notebook_runs_on_the_eventual_kernel(tmp_path: Path
     assert any("Hello, Ada! (approved by a cell)" in text for text in outputs), outputs
     assert any(f"serving http://127.0.0.1:{port}" in text for text in outputs), outputs
     assert (tmp_path / ".eventual" / "greetings.db").exists()
+
+
+def test_executions_progress_while_a_cell_blocks(session: KernelSession) -> None:
+    """The runtime has its own thread: a cell that blocks the kernel's main thread does not stop it."""
+    session.execute("h = await progress.start(3)\nh")
+    timeline = _widget(session.comm_opens(), "eventual-timeline")
+    blocking = session.client.execute("import time\ntime.sleep(4)\nprint('woke')")
+    session.wait_for(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == timeline
+            and m["content"]["data"].get("state", {}).get("value", "").count("ActivitySucceeded") == 3
+        ),
+        60,
+        "three finished activities in the timeline",
+    )
+    session.wait_idle(blocking)
+    finished = [
+        m
+        for m in session.snapshot()
+        if m["msg_type"] == "comm_msg"
+        and m["content"]["comm_id"] == timeline
+        and m["content"]["data"].get("state", {}).get("value", "").count("ActivitySucceeded") == 3
+    ]
+    woke = [m for m in session.snapshot() if m["msg_type"] == "stream" and "woke" in m["content"].get("text", "")]
+    assert finished and woke
+    assert finished[0]["header"]["date"] < woke[0]["header"]["date"], "the timeline moved while the cell slept"

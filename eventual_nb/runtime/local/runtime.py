@@ -19,6 +19,7 @@ import collections
 import contextvars
 import functools
 import json
+import logging
 import math
 import os
 import secrets
@@ -81,6 +82,8 @@ from eventual_nb.serde import from_json, input_hash, to_json
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
+
+LOGGER = logging.getLogger("eventual_nb.runtime")
 
 #: rounds of workflow steps folded into one transaction before committing
 MAX_ROUNDS_PER_COMMIT = 20
@@ -392,9 +395,9 @@ class LocalRuntime(RuntimeBase):
             self._earliest_due = due
 
     def _log_runtime_error(self, exc: BaseException) -> None:
-        import traceback
-
-        traceback.print_exception(exc)
+        """Through logging (never print: in a kernel this runs on the runtime thread; the extension
+        keeps these records for `%eventual status`)."""
+        LOGGER.error("LocalRuntime %s: %s: %s", self.path, type(exc).__name__, exc, exc_info=exc)
 
     def _next_due(self) -> float:
         """The earliest `due` of any row (infinity if none): when the scheduler must wake by itself."""
