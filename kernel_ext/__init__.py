@@ -34,6 +34,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
     host = RuntimeHost()
     pump = WidgetPump()
+    host.on_commit = pump.poke
     magics = EventualMagics(ipython, host, pump)
     logger = logging.getLogger("eventual_nb")
     logger.addHandler(magics.recent_errors)

@@ -115,8 +115,13 @@ class RuntimeHost:
             self.path = None
             return environment
 
+    #: called after every commit of the active runtime (the widget pump's `poke`)
+    on_commit: Any = None
+
     def _activate(self, runtime: Any, kind: str, service: str) -> None:
         self.runtime, self.kind, self.service_name = runtime, kind, service
+        if self.on_commit is not None:
+            runtime.add_commit_listener(self.on_commit)
         base.set_default_runtime(runtime)
 
     def stop_runtime(self) -> None:

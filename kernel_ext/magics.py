@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import html
 import logging
+import os
 import shlex
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -244,10 +246,7 @@ class EventualMagics(Magics):
         for name in found.classes:
             payload_type = self.user_ns.get(name)
             if isinstance(payload_type, type):
-                signal = ev.signal(name, payload_type)
-                for helper in ("expect", "send", "on"):
-                    type.__setattr__(payload_type, helper, getattr(signal, helper))
-                type.__setattr__(payload_type, "__eventual_signal__", signal)
+                ev.signal_model(payload_type)  # the exporter writes the same call as a decorator
                 declared.append(name)
         declared += [name for name in found.assigned if isinstance(self.user_ns.get(name), ev.Signal)]
         if not declared:
@@ -390,7 +389,46 @@ class EventualMagics(Magics):
         _say("stopped the server and the runtime; executions resume when the runtime starts again")
 
     def _verb_export(self, words: list[str]) -> None:
-        raise UsageError("%eventual export is not available yet: the exporter lands with issue 5")
+        """Export the notebook this kernel runs (its saved file) as a service package into DIR."""
+        parser = self._parser("export")
+        parser.add_argument("dir")
+        parser.add_argument("--zip", action="store_true", help="also build lambda.zip")
+        parser.add_argument("--force", action="store_true", help="write into DIR even if it is not an earlier export")
+        parser.add_argument("--notebook", help="the notebook file (default: the one this kernel was started for)")
+        args = parser.parse_args(words)
+        notebook = Path(args.notebook) if args.notebook else self._notebook_path()
+        from exporter import ExportError, export_package
+
+        try:
+            # The definitions are read from the saved file and imported in a child process, so exporting
+            # never touches the definitions this kernel's executions run on.
+            result = export_package(notebook, args.dir, zip=args.zip, force=args.force)
+        except ExportError as exc:
+            raise UsageError(f"%eventual export: {exc.message}") from None
+        _say(
+            f"exported service '{result.manifest['name']}' from {notebook.name} (as saved) to {result.directory}: "
+            + ", ".join(result.files)
+        )
+
+    def _notebook_path(self) -> Path:
+        """The notebook file of this kernel: Jupyter tells the kernel through `__session__` (ipykernel sets it
+        from JPY_SESSION_NAME, which jupyter_server passes); VS Code sets `__vsc_ipynb_file__`."""
+        candidates = [
+            self.user_ns.get("__session__"),
+            os.environ.get("JPY_SESSION_NAME"),
+            self.user_ns.get("__vsc_ipynb_file__"),
+        ]
+        for candidate in candidates:
+            if isinstance(candidate, str) and candidate.endswith(".ipynb"):
+                path = Path(candidate)
+                if path.is_file():
+                    return path
+                if (Path.cwd() / path.name).is_file() and not path.is_absolute():
+                    return Path.cwd() / path.name
+        raise UsageError(
+            "%eventual export: this kernel does not know which notebook file it runs (Jupyter did not say); "
+            "pass it: %eventual export DIR --notebook PATH"
+        )
 
     def _verb_advance(self, words: list[str]) -> None:
         parser = self._parser("advance")
@@ -433,4 +471,5 @@ VERBS_HELP = """%eventual VERB
   serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)
   stop                                  stop the server and the runtime
   advance DURATION                      move the test runtime's clock, e.g. 1d
-  export PATH                           (issue 5)"""
+  export DIR [--zip] [--force] [--notebook PATH]
+                                        write this notebook's service as a package (eventual-nb export)"""

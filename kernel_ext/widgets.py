@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: seconds between two writes of the same widget (the ~10 Hz coalescing)
 REFRESH_INTERVAL = 0.1
+#: seconds between passes when no commit woke the pump (a runtime without commit listeners, a clock)
+IDLE_POLL = 1.0
 #: how long the pump waits for one runtime query
 QUERY_TIMEOUT = 10.0
 
@@ -375,9 +377,14 @@ class WidgetPump:
                     view.refresh()
                 except Exception as exc:  # noqa: BLE001 - a view that cannot refresh now tries again later
                     self.last_error = f"{type(exc).__name__}: {exc}"
-            elapsed = time.monotonic() - started
-            self._wake.wait(max(0.0, REFRESH_INTERVAL - elapsed))
+            # Sleep until the runtime commits something (`poke`, a commit listener) or IDLE_POLL passes, but
+            # never start passes closer than REFRESH_INTERVAL: the first change after a quiet spell shows at
+            # once, a busy runtime is shown at ~10 Hz.
+            self._wake.wait(IDLE_POLL)
             self._wake.clear()
+            remaining = REFRESH_INTERVAL - (time.monotonic() - started)
+            if remaining > 0:
+                self._stop.wait(remaining)
 
     def stop(self) -> None:
         self._stop.set()

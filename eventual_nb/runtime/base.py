@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -249,6 +250,26 @@ class RuntimeBase:
 
     def retry_blocked(self) -> None:
         """Try executions that stopped on a missing or incompatible definition again."""
+
+    _commit_listeners: list[Callable[[], None]] | None = None
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (on the runtime's loop, so keep it tiny and thread-safe) after every commit of new
+        state: the kernel's widget thread is woken this way instead of polling."""
+        if self._commit_listeners is None:
+            self._commit_listeners = []
+        self._commit_listeners.append(listener)
+
+    def remove_commit_listener(self, listener: Callable[[], None]) -> None:
+        if self._commit_listeners and listener in self._commit_listeners:
+            self._commit_listeners.remove(listener)
+
+    def _notify_commit(self) -> None:
+        for listener in list(self._commit_listeners or ()):
+            try:
+                listener()
+            except Exception:  # a listener must never break the runtime (logged with its traceback)
+                logging.getLogger("eventual_nb.runtime").exception("commit listener %r failed", listener)
 
     def enter_current(self) -> None:
         global _default_runtime

@@ -569,6 +569,8 @@ class TestEnvironment(RuntimeBase):
             state.executor = executor
         if state.inbox:
             self._schedule_step(state)
+        if self._commit_listeners:
+            self._notify_commit()
 
     def _finish(self, state: _ExecutionState, executor: WorkflowExecutor) -> None:
         terminal = executor.terminal

@@ -474,6 +474,8 @@ class LocalRuntime(RuntimeBase):
             self._recover_ready()
             raise
         self.commits += 1
+        if self._commit_listeners:
+            self._notify_commit()
         for request, value, error in results:
             if request.future.done():
                 continue
