@@ -37,7 +37,7 @@ $(BENCH_STAMP): $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
-	$(BIN)/mypy eventual_nb kernel_ext
+	$(BIN)/mypy eventual_nb kernel_ext exporter
 
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

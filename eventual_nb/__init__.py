@@ -63,7 +63,7 @@ from eventual_nb.runtime.base import (
 )
 from eventual_nb.runtime.local import LocalRuntime
 from eventual_nb.service import Service, current_service
-from eventual_nb.signals import Signal, signal
+from eventual_nb.signals import Signal, signal, signal_model
 from eventual_nb.workflows import (
     RunningWorkflowInfo,
     Workflow,
@@ -135,6 +135,7 @@ __all__ = [
     "random",
     "set_default_runtime",
     "signal",
+    "signal_model",
     "sleep",
     "sleep_until",
     "subscription",

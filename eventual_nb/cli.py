@@ -52,12 +52,10 @@ Handler = Callable[[argparse.Namespace], int]
 # Which issue brings each verb: (issue number, issue title). A verb leaves this table when its
 # real handler is wired in ``build_parser``.
 _LOCAL_RUNTIME = (3, "Local runtime")
-_EXPORTER = (5, "Exporter")
 _AWS_RUNTIME = (6, "AWS runtime")
 _NOTEBOOKS = (7, "Notebooks")
 
 LANDS_WITH: dict[str, tuple[int, str]] = {
-    "export": _EXPORTER,
     "run": _NOTEBOOKS,
     "test": _NOTEBOOKS,
     "deploy": _AWS_RUNTIME,
@@ -615,6 +613,40 @@ def _check_database(db: Any) -> None:
         raise errors.EventualError(f"cannot open the database {db}: {type(exc).__name__}: {exc}") from None
 
 
+# -- export -------------------------------------------------------------------------------------------
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write NOTEBOOK's service as a package into DIR (DESIGN §7); exit 1 with the cell and line on bad input."""
+    out = Output(bool(args.json))
+    try:
+        from exporter import export_package
+    except ImportError as exc:
+        message = f"{PROG} export needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
+        print(message, file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "MissingDependency", "message": message})
+        return EXIT_FAILED
+    from eventual_nb import errors
+
+    try:
+        result = export_package(args.notebook, args.output, zip=args.zip, force=args.force)
+    except errors.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message, exc.to_json())
+    if out.as_json:
+        out.json({"dir": str(result.directory), "files": result.files, "lambda_zip": result.lambda_zip})
+        return EXIT_OK
+    out.line(
+        f"exported service '{result.manifest['name']}' from {result.manifest['notebook']} to {result.directory} "
+        f"({len(result.files)} files)"
+    )
+    for name in result.files:
+        out.line(f"  {name}")
+    if result.lambda_zip is not None:
+        out.line(f"lambda.zip sha256 {result.lambda_zip['sha256']} ({result.lambda_zip['size']} bytes)")
+    return EXIT_OK
+
+
 # -- the parser ---------------------------------------------------------------------------------------
 
 
@@ -675,10 +707,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
 
-    p = add("export", "export a notebook as a deployable service package", plain)
+    p = add("export", "export a notebook as a deployable service package", plain, export)
     p.add_argument("notebook", metavar="NOTEBOOK")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the package to")
     p.add_argument("--zip", action="store_true", help="also build the reproducible lambda.zip")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into DIR even if it holds files and is not an earlier export (only the files an export "
+        "writes are replaced)",
+    )
 
     p = add("run", "run a notebook with papermill", plain)
     p.add_argument("notebook", metavar="NOTEBOOK")

@@ -8,7 +8,9 @@ TARGET is one of:
 * a dotted module name: imported with the current directory on ``sys.path``;
 * a directory: an exported package (``eventual.json`` names it with ``{"name": ..., "package": ...}``),
   a package itself (it holds ``__init__.py``), or a directory holding exactly one package;
-* a notebook (``.ipynb``): served once the exporter lands (issue 5), refused until then.
+* a notebook (``.ipynb``): exported (as `eventual-nb export` would) into a temporary directory that
+  lives as long as the process, and that package is imported. So serving a notebook runs exactly the
+  code its export holds, and a notebook that would not export does not serve, with the same error.
 
 `load_target` returns the services whose definitions the load added or replaced, so ``serve`` serves
 what the target defined rather than everything the process happens to hold.
@@ -16,11 +18,14 @@ what the target defined rather than everything the process happens to hold.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -85,12 +90,9 @@ def _import_target(target: str) -> ModuleType:
         raise TargetError("no TARGET given: pass a .py file, a module name or an exported package directory")
     path = Path(target)
     if target.endswith(".ipynb"):
-        if not path.exists():
+        if not path.is_file():
             raise TargetError(f"notebook not found: {target}")
-        raise NotAvailableTarget(
-            f"cannot load {target}: serving a notebook lands with issue 5 (Exporter); until then export its "
-            "code to a .py file and serve that"
-        )
+        return _import_notebook(path)
     if path.is_dir():
         return _import_directory(path)
     if path.is_file():
@@ -125,6 +127,24 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _import_notebook(path: Path) -> ModuleType:
+    """Export the notebook into a temporary directory (removed at exit) and import the package there."""
+    try:
+        from exporter import ExportError, export_notebook
+    except ImportError as exc:
+        raise TargetError(
+            f"cannot load {path}: serving a notebook needs the notebook extra: pip install 'eventual-nb[notebook]' "
+            f"({exc})"
+        ) from None
+    directory = Path(tempfile.mkdtemp(prefix="eventual-nb-notebook-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    try:
+        export_notebook(path, directory / "export")
+    except ExportError as exc:
+        raise TargetError(f"cannot load {path}: {exc.message}") from None
+    return _import_directory(directory / "export")
+
+
 def _import_directory(path: Path) -> ModuleType:
     path = path.resolve()
     manifest = path / "eventual.json"
@@ -139,7 +159,12 @@ def _import_directory(path: Path) -> ModuleType:
                 f"cannot load {path}: {manifest} is not a valid manifest ({type(exc).__name__}: {exc}); "
                 'it must be JSON with {"name": ..., "package": ...}'
             ) from None
-        return _import_module(package, root=path, shown=str(path))
+        # an export holds exactly the files the exporter wrote; serving it must not add __pycache__
+        previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+        try:
+            return _import_module(package, root=path, shown=str(path))
+        finally:
+            sys.dont_write_bytecode = previous
     if (path / "__init__.py").is_file():
         return _import_module(path.name, root=path.parent, shown=str(path))
     packages = sorted(child.name for child in path.iterdir() if child.is_dir() and (child / "__init__.py").is_file())

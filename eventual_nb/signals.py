@@ -19,6 +19,7 @@ from eventual_nb.serde import adapter, from_json, validate
 from eventual_nb.service import Service, current_service
 
 T = TypeVar("T")
+M = TypeVar("M", bound=type)
 
 
 class Signal(Generic[T]):
@@ -122,6 +123,21 @@ def signal(name: str, payload_type: Any = None) -> Signal[Any]:
     definition: Signal[Any] = Signal(name, payload_type, service=service)
     service.signals[name] = definition
     return definition
+
+
+def signal_model(payload_type: M) -> M:
+    """Make a payload class its own signal, named after the class: `await Approval.expect()`,
+    `await Approval.send(execution, Approval(...))`, `Approval.on(handler)`.
+
+    What a `%%signal` cell does to each class it defines, as a plain decorator, so the exported package
+    (and any `.py` module) gets the same signal as the notebook. Returns the class itself.
+    """
+    declared = signal(payload_type.__name__, payload_type)
+    for helper in ("expect", "send", "on"):
+        # type.__setattr__: pydantic's model metaclass would treat a plain assignment as a field default
+        type.__setattr__(payload_type, helper, getattr(declared, helper))
+    type.__setattr__(payload_type, "__eventual_signal__", declared)
+    return payload_type
 
 
 def encode_payload(signal: Any, payload: Any, services: list[Service] | None = None) -> Any:

@@ -43,7 +43,6 @@ VERBS = [
 # (argv, verb as named in the message, issue, title). Each argv uses the verb's DESIGN §5 flags so a
 # missing or misspelt flag shows up as argparse's usage error instead of the issue message.
 CASES = [
-    (["export", "nb.ipynb", "-o", "out", "--zip"], "export", 5, "Exporter"),
     (["run", "nb.ipynb", "-p", "runtime", "test", "-p", "n", "3"], "run", 7, "Notebooks"),
     (["test", "notebooks/", "other.ipynb"], "test", 7, "Notebooks"),
     (["test"], "test", 7, "Notebooks"),

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 import eventual_nb as ev
-from eventual_nb.loader import NotAvailableTarget, TargetError, load_target
+from eventual_nb.loader import TargetError, load_target
 
 # The fixture service's own name: its definitions land in it when a test loads the fixture in-process.
 SERVICE = ev.Service("cli-service")
@@ -664,8 +664,9 @@ def test_replay_target_problems(server: Server, tmp_path: Path) -> None:
     notebook = tmp_path / "nb.ipynb"
     notebook.write_text("{}")
     proc = server.cli("replay", id, "--target", str(notebook))
-    assert proc.returncode == 2
-    assert "issue 5" in proc.stderr
+    assert proc.returncode == 1
+    assert "error: TargetError: cannot load" in proc.stderr
+    assert "nb.ipynb is not a notebook" in proc.stderr
 
     unknown = server.cli("replay", "approve/never-started", "--target", str(FIXTURE))
     assert unknown.returncode == 1
@@ -820,9 +821,9 @@ def test_serve_target_problems(tmp_path: Path) -> None:
     notebook = tmp_path / "service.ipynb"
     notebook.write_text("{}")
     proc = run_cli("serve", str(notebook), "--port", port, "--db", str(tmp_path / "db"), "--json")
-    assert proc.returncode == 2
-    assert "issue 5 (Exporter)" in proc.stderr
-    assert json.loads(proc.stdout)["error"] == "NotAvailable"
+    assert proc.returncode == 1
+    assert "service.ipynb is not a notebook" in proc.stderr
+    assert json.loads(proc.stdout)["error"] == "TargetError"
 
 
 # -- load_target --------------------------------------------------------------------------------------
@@ -943,8 +944,11 @@ def test_load_target_import_errors_name_the_file_and_line(tmp_path: Path) -> Non
     assert f'File "{missing_dependency}", line 2' in caught.value.message
 
 
-def test_load_target_notebook_is_not_available_yet(tmp_path: Path) -> None:
+def test_load_target_notebook_that_is_not_one(tmp_path: Path) -> None:
+    """Serving notebooks is tested with the exporter (tests/test_exporter.py); here: a broken file."""
     notebook = tmp_path / "service.ipynb"
     notebook.write_text("{}")
-    with pytest.raises(NotAvailableTarget, match=r"issue 5 \(Exporter\)"):
+    with pytest.raises(TargetError, match=r"service\.ipynb is not a notebook"):
         load_target(str(notebook))
+    with pytest.raises(TargetError, match="notebook not found"):
+        load_target(str(tmp_path / "missing.ipynb"))

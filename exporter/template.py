@@ -1,0 +1,641 @@
+"""`template.json`: plain CloudFormation for an exported service (DESIGN §5 "AwsRuntime", aws-target §1.2).
+
+Plain CloudFormation rather than SAM because it deploys with boto3 alone, cfn-lint checks all of it offline,
+and moto's CloudFormation can create most of it, so the same file serves the real deploy and the offline
+tests. The template is a pure function of the manifest: no clock, no paths, no randomness, so an export
+is byte-identical across runs and a redeploy of an unchanged notebook is an empty change set.
+
+Everything moto cannot create (API Gateway v2, EventBridge Scheduler, SQS queue policies, the API's
+Lambda permission) and every output or policy statement that refers to one carries the `Real` condition,
+which is false when the stack is deployed with `Emulator=true`; the test harness stands in for those parts.
+
+Conventions the runtime (issue 6) relies on:
+
+* Events go onto the bus with `Source` = the publishing service's name, `DetailType` = the event name and
+  `Detail` = the event's JSON. Each subscription's rule matches its `source` (default: this service)
+  and its event names, and delivers to that subscription's own queue.
+* Every function gets the same `EVENTUAL_*` environment (table names, queue URLs, bus and log group
+  names) so one settings reader serves all handlers; the orchestrator also gets the Scheduler role and
+  target, the subscription worker a JSON map from queue ARN to subscription name.
+* Names of stack resources are `${AWS::StackName}-...`, so two stacks of one service never collide; the
+  longest suffix is bounded so that any stack name up to `MAX_STACK_NAME_LENGTH` keeps SQS names within
+  their 80-character limit (CloudFormation cannot truncate strings, so the deployer must check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import eventual_nb as ev
+
+#: the Lambda runtime the zip is built for (DESIGN §7)
+LAMBDA_RUNTIME = "python3.12"
+LOG_RETENTION_DAYS = 30
+#: every queue keeps messages as long as SQS allows: a workflow turn or timer must outlive a broken
+#: deploy, and dead letters stay listable (DESIGN §3 "Events and subscriptions")
+MESSAGE_RETENTION_SECONDS = 1_209_600
+#: AWS guidance for SQS → Lambda: a queue's visibility timeout at least six times the consumer's timeout
+VISIBILITY_FACTOR = 6
+MAX_VISIBILITY_TIMEOUT = 43_200
+#: deliveries of one message before SQS moves it to the dead-letter queue, for queues whose handlers are
+#: idempotent plumbing (the workflow, activity and timer queues); subscriptions use their retry policy
+PLUMBING_RECEIVE_COUNT = 5
+MAX_RECEIVE_COUNT = 1000
+MAX_QUEUE_NAME_LENGTH = 80
+MAX_RESOURCES = 500
+
+_SUBSCRIPTION_SLUG_LENGTH = 16
+_SUBSCRIPTION_HASH_LENGTH = 8
+#: the longest `-suffix` a queue name gets after the stack name: "-sub-<slug>-<hash>-dlq"
+_LONGEST_QUEUE_SUFFIX = len("-sub-") + _SUBSCRIPTION_SLUG_LENGTH + 1 + _SUBSCRIPTION_HASH_LENGTH + len("-dlq")
+#: stack names up to this length keep every queue name within SQS's 80 characters
+MAX_STACK_NAME_LENGTH = MAX_QUEUE_NAME_LENGTH - _LONGEST_QUEUE_SUFFIX
+
+_BUS_SLUG_LENGTH = 64
+_PARTITION_ARN_PREFIX = "arn:${AWS::Partition}"
+
+REAL = "Real"
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+@dataclass(frozen=True)
+class _Function:
+    """One Lambda function: its manifest handler key, logical-id stem and sizing."""
+
+    key: str
+    stem: str
+    timeout: int
+    memory: int
+    purpose: str
+
+
+# API Gateway gives up on an integration after 29 s, so a longer API timeout would only hide failures.
+# Activities run user code for as long as Lambda allows; the orchestrator only replays and dispatches.
+_API = _Function("api", "Api", 29, 512, "HTTP API (service routes and /_eventual/ internal routes)")
+_ORCHESTRATOR = _Function("orchestrator", "Orchestrator", 60, 512, "workflow turns from the FIFO workflow queue")
+_ACTIVITY = _Function("activity", "Activity", 900, 1024, "activity attempts from the activity queue")
+_SUBSCRIPTION = _Function("subscription", "Subscription", 300, 512, "subscription deliveries from their queues")
+_TIMER = _Function("timer", "Timer", 60, 256, "due timers from the timer queue")
+_SCHEDULE = _Function("schedule", "ScheduleForwarder", 60, 256, "long timers fired by EventBridge Scheduler")
+
+_CONSUME = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
+_SEND = ["sqs:SendMessage"]
+_TABLE_READ = ["dynamodb:GetItem", "dynamodb:Query"]
+_TABLE_WRITE = ["dynamodb:ConditionCheckItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+_TABLE_READ_WRITE = [*_TABLE_READ, *_TABLE_WRITE, "dynamodb:DeleteItem"]
+_LOG_WRITE = ["logs:CreateLogStream", "logs:PutLogEvents"]
+
+
+def build_template(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The CloudFormation template (a JSON-able dict) that deploys the manifest's service.
+
+    Pure and deterministic: the same manifest always gives an equal dict, whatever order the
+    subscriptions were defined in.
+    """
+    return _Builder(manifest).build()
+
+
+def validate_stack_name(stack_name: str) -> None:
+    """Refuse stack names that CloudFormation accepts but that would make a queue name too long for SQS."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", stack_name):
+        raise ev.EventualError(
+            f"stack name {stack_name!r} is not a CloudFormation stack name (a letter, then letters, digits and '-')"
+        )
+    if len(stack_name) > MAX_STACK_NAME_LENGTH:
+        raise ev.EventualError(
+            f"stack name {stack_name!r} has {len(stack_name)} characters; at most {MAX_STACK_NAME_LENGTH} keep "
+            f"every SQS queue name within {MAX_QUEUE_NAME_LENGTH} characters"
+        )
+
+
+def subscription_logical_id(name: str) -> str:
+    """`Subscription<CamelCase name><hash>`: readable, alphanumeric, and stable for a given name.
+
+    The hash is always appended: whether it is needed cannot be judged from one name alone
+    ("a-b" and "a_b" camel-case alike), and a logical id must not change when another subscription
+    is added, or CloudFormation would replace that subscription's queue and lose its messages.
+    """
+    camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+    return f"Subscription{camel[:48]}{_name_hash(name).upper()}"
+
+
+def subscription_queue_suffix(name: str) -> str:
+    """`sub-<slug>-<hash>`, the part of a subscription's queue name after `${AWS::StackName}-`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:_SUBSCRIPTION_SLUG_LENGTH].strip("-")
+    return f"sub-{slug or 'x'}-{_name_hash(name)}"
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:_SUBSCRIPTION_HASH_LENGTH]
+
+
+def _slug(text: str, allowed: str, length: int) -> str:
+    return re.sub(f"[^{allowed}]+", "-", text).strip("-")[:length].strip("-") or "service"
+
+
+def _ref(logical_id: str) -> dict[str, Any]:
+    return {"Ref": logical_id}
+
+
+def _arn(logical_id: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [logical_id, "Arn"]}
+
+
+def _stack_named(suffix: str) -> dict[str, Any]:
+    return {"Fn::Sub": "${AWS::StackName}" + suffix}
+
+
+def _log_group_named(suffix: str) -> dict[str, Any]:
+    return {"Fn::Sub": "/eventual/${AWS::StackName}" + suffix}
+
+
+def _statement(actions: list[str], resources: list[Any], condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Effect": "Allow", "Action": sorted(set(actions)), "Resource": resources}
+    if condition is not None:
+        statement["Condition"] = condition
+    return statement
+
+
+def _only_real(statement: dict[str, Any]) -> dict[str, Any]:
+    """A policy statement naming a resource that exists only when the stack is not in the emulator."""
+    return {"Fn::If": [REAL, statement, NO_VALUE]}
+
+
+def _visibility_timeout(consumer: _Function) -> int:
+    return min(VISIBILITY_FACTOR * consumer.timeout, MAX_VISIBILITY_TIMEOUT)
+
+
+class _Builder:
+    """Accumulates resources for one manifest; split out so each block of the design is one method."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        self.service_name: str = manifest["name"]
+        self.handlers: dict[str, str] = manifest["handlers"]
+        subscriptions = manifest.get("service", {}).get("subscriptions", [])
+        self.subscriptions: list[dict[str, Any]] = sorted(subscriptions, key=lambda item: item["name"])
+        self.resources: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+
+    def add(self, logical_id: str, resource_type: str, properties: dict[str, Any], **extra: Any) -> str:
+        if logical_id in self.resources:
+            raise ev.EventualError(f"two template resources would share the logical id {logical_id!r}")
+        self.resources[logical_id] = {"Type": resource_type, "Properties": properties, **extra}
+        return logical_id
+
+    def build(self) -> dict[str, Any]:
+        self.storage()
+        self.queues()
+        self.bus_and_subscriptions()
+        self.log_groups()
+        self.scheduler()
+        self.functions()
+        self.http_api()
+        self.add_outputs()
+        if len(self.resources) > MAX_RESOURCES:
+            raise ev.EventualError(
+                f"service {self.service_name!r} needs {len(self.resources)} CloudFormation resources; a stack "
+                f"holds at most {MAX_RESOURCES} (each subscription takes 5)"
+            )
+        code_key: dict[str, Any] = {
+            "Type": "String",
+            "Description": "S3 key of lambda.zip in CodeBucket (name it after the zip's sha256 so updates deploy)",
+        }
+        lambda_zip = self.manifest.get("lambda_zip")
+        if lambda_zip:
+            code_key["Default"] = lambda_zip["s3_key"]
+        version = self.manifest.get("eventual_nb_version", "unknown")
+        return {
+            "AWSTemplateFormatVersion": "2010-09-09",
+            "Description": f"eventual-nb service {self.service_name!r} (exported with eventual-nb {version})"[:1024],
+            "Parameters": {
+                "Emulator": {
+                    "Type": "String",
+                    "AllowedValues": ["true", "false"],
+                    "Default": "false",
+                    "Description": "true when deploying into an emulator (moto): leaves out what it cannot create",
+                },
+                "CodeBucket": {
+                    "Type": "String",
+                    "MinLength": 3,
+                    "Description": "S3 bucket holding lambda.zip",
+                },
+                "CodeKey": code_key,
+            },
+            "Conditions": {REAL: {"Fn::Equals": [{"Ref": "Emulator"}, "false"]}},
+            "Resources": self.resources,
+            "Outputs": self.outputs,
+        }
+
+    # ---------------------------------------------------------------------------------------- storage
+
+    def storage(self) -> None:
+        for logical_id, suffix in (("ExecutionsTable", "-executions"), ("HistoryTable", "-history")):
+            self.add(
+                logical_id,
+                "AWS::DynamoDB::Table",
+                {
+                    "TableName": _stack_named(suffix),
+                    "AttributeDefinitions": [
+                        {"AttributeName": "pk", "AttributeType": "S"},
+                        {"AttributeName": "sk", "AttributeType": "S"},
+                    ],
+                    "KeySchema": [
+                        {"AttributeName": "pk", "KeyType": "HASH"},
+                        {"AttributeName": "sk", "KeyType": "RANGE"},
+                    ],
+                    "BillingMode": "PAY_PER_REQUEST",
+                },
+            )
+
+    # ----------------------------------------------------------------------------------------- queues
+
+    def queue_pair(
+        self, stem: str, suffix: str, consumer: _Function, max_receive_count: int, *, fifo: bool = False
+    ) -> None:
+        """A queue and its dead-letter queue (`<stem>Queue`, `<stem>DeadLetterQueue`)."""
+        ending = ".fifo" if fifo else ""
+        dead_letter: dict[str, Any] = {
+            "QueueName": _stack_named(f"{suffix}-dlq{ending}"),
+            "MessageRetentionPeriod": MESSAGE_RETENTION_SECONDS,
+        }
+        queue: dict[str, Any] = {
+            "QueueName": _stack_named(f"{suffix}{ending}"),
+            "VisibilityTimeout": _visibility_timeout(consumer),
+            "MessageRetentionPeriod": MESSAGE_RETENTION_SECONDS,
+            "RedrivePolicy": {
+                "deadLetterTargetArn": _arn(f"{stem}DeadLetterQueue"),
+                "maxReceiveCount": max(1, min(max_receive_count, MAX_RECEIVE_COUNT)),
+            },
+        }
+        if fifo:
+            dead_letter["FifoQueue"] = True
+            queue.update(
+                {
+                    "FifoQueue": True,
+                    "ContentBasedDeduplication": True,
+                    "DeduplicationScope": "messageGroup",
+                    "FifoThroughputLimit": "perMessageGroupId",
+                }
+            )
+        self.add(f"{stem}DeadLetterQueue", "AWS::SQS::Queue", dead_letter)
+        self.add(f"{stem}Queue", "AWS::SQS::Queue", queue)
+
+    def queues(self) -> None:
+        # One FIFO group per execution keeps each execution's turns single-writer and in order.
+        self.queue_pair("Workflow", "-workflow", _ORCHESTRATOR, PLUMBING_RECEIVE_COUNT, fifo=True)
+        # Standard queues: FIFO queues reject per-message DelaySeconds, which timers and retries need.
+        self.queue_pair("Activity", "-activities", _ACTIVITY, PLUMBING_RECEIVE_COUNT)
+        self.queue_pair("Timer", "-timers", _TIMER, PLUMBING_RECEIVE_COUNT)
+
+    # ----------------------------------------------------------------------------- bus, subscriptions
+
+    def bus_and_subscriptions(self) -> None:
+        bus_suffix = "-" + _slug(self.service_name, "A-Za-z0-9._-", _BUS_SLUG_LENGTH)
+        self.add("Bus", "AWS::Events::EventBus", {"Name": _stack_named(bus_suffix)})
+        for subscription in self.subscriptions:
+            name = subscription["name"]
+            stem = subscription_logical_id(name)
+            retry = subscription.get("retry") or {}
+            self.queue_pair(stem, "-" + subscription_queue_suffix(name), _SUBSCRIPTION, retry.get("max_attempts", 1))
+            queue, rule = f"{stem}Queue", f"{stem}Rule"
+            self.add(
+                rule,
+                "AWS::Events::Rule",
+                {
+                    "Description": f"delivers {', '.join(subscription['events'])} to subscription {name!r}"[:512],
+                    # GetAtt Bus.Name rather than Ref: both work on AWS, and moto fails on the Ref.
+                    "EventBusName": {"Fn::GetAtt": ["Bus", "Name"]},
+                    "EventPattern": {
+                        "source": [subscription.get("source") or self.service_name],
+                        "detail-type": sorted(set(subscription["events"])),
+                    },
+                    "State": "ENABLED",
+                    "Targets": [{"Arn": _arn(queue), "Id": "subscription-queue"}],
+                },
+            )
+            self.add(
+                f"{stem}QueuePolicy",
+                "AWS::SQS::QueuePolicy",
+                {
+                    "Queues": [_ref(queue)],
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Principal": {"Service": "events.amazonaws.com"},
+                                "Action": "sqs:SendMessage",
+                                "Resource": _arn(queue),
+                                "Condition": {"ArnEquals": {"aws:SourceArn": _arn(rule)}},
+                            }
+                        ],
+                    },
+                },
+                Condition=REAL,
+            )
+
+    # ------------------------------------------------------------------------------------------- logs
+
+    def functions_in_use(self) -> list[_Function]:
+        functions = [_API, _ORCHESTRATOR, _ACTIVITY, _TIMER, _SCHEDULE]
+        if self.subscriptions:
+            functions.insert(3, _SUBSCRIPTION)
+        return functions
+
+    def log_groups(self) -> None:
+        self.add(
+            "ExecutionLogGroup",
+            "AWS::Logs::LogGroup",
+            {"LogGroupName": _log_group_named("/executions"), "RetentionInDays": LOG_RETENTION_DAYS},
+        )
+        # Lambda writes to these through LoggingConfig, so the function names can stay generated by
+        # CloudFormation (a FunctionName would cap stack names at 64 characters and block replacements).
+        for function in self.functions_in_use():
+            self.add(
+                f"{function.stem}LogGroup",
+                "AWS::Logs::LogGroup",
+                {"LogGroupName": _log_group_named(f"/functions/{function.key}"), "RetentionInDays": LOG_RETENTION_DAYS},
+            )
+
+    # -------------------------------------------------------------------------------------- scheduler
+
+    def scheduler(self) -> None:
+        self.add("ScheduleGroup", "AWS::Scheduler::ScheduleGroup", {"Name": _stack_named("-timers")}, Condition=REAL)
+        # The role Scheduler assumes to fire a long timer into the forwarder; not conditional, so the
+        # orchestrator's environment and PassRole can name it in the emulator too.
+        self.add(
+            "SchedulerRole",
+            "AWS::IAM::Role",
+            {
+                "AssumeRolePolicyDocument": _trust("scheduler.amazonaws.com", same_account=True),
+                "Policies": [
+                    _policy([_statement(["lambda:InvokeFunction"], [_arn(f"{_SCHEDULE.stem}Function")])]),
+                ],
+            },
+        )
+
+    # -------------------------------------------------------------------------------------- functions
+
+    def environment(self) -> dict[str, Any]:
+        return {
+            "EVENTUAL_RUNTIME": "aws",
+            "EVENTUAL_SERVICE": self.service_name,
+            "EVENTUAL_EXECUTIONS_TABLE": _ref("ExecutionsTable"),
+            "EVENTUAL_HISTORY_TABLE": _ref("HistoryTable"),
+            "EVENTUAL_WORKFLOW_QUEUE_URL": _ref("WorkflowQueue"),
+            "EVENTUAL_ACTIVITY_QUEUE_URL": _ref("ActivityQueue"),
+            "EVENTUAL_TIMER_QUEUE_URL": _ref("TimerQueue"),
+            "EVENTUAL_BUS_NAME": {"Fn::GetAtt": ["Bus", "Name"]},
+            "EVENTUAL_EXECUTION_LOG_GROUP": _ref("ExecutionLogGroup"),
+            # the group's name rather than a Ref: the group is absent in the emulator, where the harness
+            # creates one of this name
+            "EVENTUAL_SCHEDULE_GROUP": _stack_named("-timers"),
+        }
+
+    def statements(self, function: _Function) -> list[Any]:
+        """What `function` does, and nothing more: each statement names resources of this stack only."""
+        tables = {"ExecutionsTable": _arn("ExecutionsTable"), "HistoryTable": _arn("HistoryTable")}
+        bus = _statement(["events:PutEvents"], [_arn("Bus")])
+        schedules = {
+            "Fn::Sub": _PARTITION_ARN_PREFIX + ":scheduler:${AWS::Region}:${AWS::AccountId}:schedule/${ScheduleGroup}/*"
+        }
+        own_logs = _statement(_LOG_WRITE, [_arn(f"{function.stem}LogGroup")])
+        execution_logs = _arn("ExecutionLogGroup")
+        if function is _API:
+            # starts executions (record + first message), sends signals, reads records, histories and logs
+            return [
+                own_logs,
+                _statement(_SEND, [_arn("WorkflowQueue")]),
+                _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
+                _statement(_TABLE_READ, [tables["HistoryTable"]]),
+                bus,
+                _statement(
+                    ["logs:CreateLogStream", "logs:FilterLogEvents", "logs:GetLogEvents", "logs:PutLogEvents"],
+                    [execution_logs],
+                ),
+            ]
+        if function is _ORCHESTRATOR:
+            # replays and appends history, then dispatches activities, timers, child workflows and events
+            return [
+                own_logs,
+                _statement(_CONSUME + _SEND, [_arn("WorkflowQueue")]),
+                _statement(_SEND, [_arn("ActivityQueue"), _arn("TimerQueue")]),
+                _statement(
+                    [*_TABLE_READ_WRITE, "dynamodb:BatchWriteItem"],
+                    [tables["ExecutionsTable"], tables["HistoryTable"]],
+                ),
+                bus,
+                _statement(_LOG_WRITE, [execution_logs]),
+                _statement(
+                    ["iam:PassRole"],
+                    [_arn("SchedulerRole")],
+                    {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+                ),
+                _only_real(
+                    _statement(
+                        ["scheduler:CreateSchedule", "scheduler:DeleteSchedule", "scheduler:GetSchedule"], [schedules]
+                    )
+                ),
+            ]
+        if function is _ACTIVITY:
+            # claims attempts (conditional writes), heartbeats, re-queues retries, reports results
+            return [
+                own_logs,
+                _statement(_CONSUME + _SEND, [_arn("ActivityQueue")]),
+                _statement(_SEND, [_arn("WorkflowQueue")]),
+                _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
+                bus,
+                _statement(_LOG_WRITE, [execution_logs]),
+            ]
+        if function is _SUBSCRIPTION:
+            # runs handlers, which may publish events, start workflows and send signals
+            queues = [_arn(f"{subscription_logical_id(item['name'])}Queue") for item in self.subscriptions]
+            return [
+                own_logs,
+                _statement(_CONSUME, queues),
+                _statement(_SEND, [_arn("WorkflowQueue")]),
+                _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
+                bus,
+                _statement(_LOG_WRITE, [execution_logs]),
+            ]
+        if function is _TIMER:
+            # hands due timers to the workflow queue; re-queues one that arrived early
+            return [
+                own_logs,
+                _statement(_CONSUME + _SEND, [_arn("TimerQueue")]),
+                _statement(_SEND, [_arn("WorkflowQueue")]),
+            ]
+        if function is _SCHEDULE:
+            # moves a fired long timer onto the timer queue and deletes its schedule
+            return [
+                own_logs,
+                _statement(_SEND, [_arn("TimerQueue")]),
+                _only_real(_statement(["scheduler:DeleteSchedule"], [schedules])),
+            ]
+        raise AssertionError(f"no policy for function {function.key!r}")
+
+    def functions(self) -> None:
+        for function in self.functions_in_use():
+            role = self.add(
+                f"{function.stem}Role",
+                "AWS::IAM::Role",
+                {
+                    "AssumeRolePolicyDocument": _trust("lambda.amazonaws.com"),
+                    # inline, so the role carries its permissions before the event source mappings are
+                    # created (AWS checks the role's SQS permissions at that moment)
+                    "Policies": [_policy(self.statements(function))],
+                },
+            )
+            variables = self.environment()
+            if function is _ORCHESTRATOR:
+                variables["EVENTUAL_SCHEDULER_ROLE_ARN"] = _arn("SchedulerRole")
+                variables["EVENTUAL_SCHEDULE_TARGET_ARN"] = _arn(f"{_SCHEDULE.stem}Function")
+            if function is _SUBSCRIPTION:
+                variables["EVENTUAL_SUBSCRIPTION_QUEUES"] = self.subscription_queue_map()
+            logical_id = self.add(
+                f"{function.stem}Function",
+                "AWS::Lambda::Function",
+                {
+                    "Description": f"{self.service_name}: {function.purpose}"[:256],
+                    "Runtime": LAMBDA_RUNTIME,
+                    "Architectures": ["x86_64"],
+                    "Handler": self.handlers[function.key],
+                    "Code": {"S3Bucket": _ref("CodeBucket"), "S3Key": _ref("CodeKey")},
+                    "Role": _arn(role),
+                    "Timeout": function.timeout,
+                    "MemorySize": function.memory,
+                    "Environment": {"Variables": variables},
+                    "LoggingConfig": {"LogGroup": _ref(f"{function.stem}LogGroup")},
+                },
+            )
+            for queue, batch_size in self.consumed_queues(function):
+                self.add(
+                    queue.removesuffix("Queue") + "EventSourceMapping",
+                    "AWS::Lambda::EventSourceMapping",
+                    {
+                        "EventSourceArn": _arn(queue),
+                        "FunctionName": _ref(logical_id),
+                        "BatchSize": batch_size,
+                        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                        # Created in the emulator too, so the wiring is checked, but disabled there: moto
+                        # cannot run the function, and each failed attempt it makes counts as a receive,
+                        # pushing messages to the dead-letter queue before the harness sees them.
+                        "Enabled": {"Fn::If": [REAL, True, False]},
+                    },
+                )
+
+    def consumed_queues(self, function: _Function) -> list[tuple[str, int]]:
+        if function is _ORCHESTRATOR:
+            return [("WorkflowQueue", 10)]
+        if function is _ACTIVITY:
+            # one attempt per invocation, so activities run in parallel and one slow attempt delays no other
+            return [("ActivityQueue", 1)]
+        if function is _TIMER:
+            return [("TimerQueue", 10)]
+        if function is _SUBSCRIPTION:
+            return [(f"{subscription_logical_id(item['name'])}Queue", 10) for item in self.subscriptions]
+        return []
+
+    def subscription_queue_map(self) -> dict[str, Any]:
+        """`{"<queue ARN>": "<subscription name>", ...}` as a string: how the worker tells deliveries apart."""
+        entries: list[str] = []
+        variables: dict[str, Any] = {}
+        for index, subscription in enumerate(self.subscriptions):
+            variable = f"Queue{index}"
+            variables[variable] = _arn(f"{subscription_logical_id(subscription['name'])}Queue")
+            # `${` in a name would read as a Sub variable; `${!` is Sub's escape for a literal `${`
+            name = json.dumps(subscription["name"], ensure_ascii=False).replace("${", "${!")
+            entries.append(f'"${{{variable}}}": {name}')
+        return {"Fn::Sub": ["{" + ", ".join(entries) + "}", variables]}
+
+    # --------------------------------------------------------------------------------------- HTTP API
+
+    def http_api(self) -> None:
+        function = f"{_API.stem}Function"
+        self.add(
+            "HttpApi",
+            "AWS::ApiGatewayV2::Api",
+            {"Name": _stack_named("-api"), "ProtocolType": "HTTP", "Description": f"{self.service_name} HTTP API"},
+            Condition=REAL,
+        )
+        self.add(
+            "HttpApiIntegration",
+            "AWS::ApiGatewayV2::Integration",
+            {
+                "ApiId": _ref("HttpApi"),
+                "IntegrationType": "AWS_PROXY",
+                "IntegrationUri": _arn(function),
+                "PayloadFormatVersion": "2.0",
+            },
+            Condition=REAL,
+        )
+        # one catch-all route: FastAPI inside the function does the routing, as it does locally
+        self.add(
+            "HttpApiRoute",
+            "AWS::ApiGatewayV2::Route",
+            {
+                "ApiId": _ref("HttpApi"),
+                "RouteKey": "$default",
+                "Target": {"Fn::Sub": "integrations/${HttpApiIntegration}"},
+            },
+            Condition=REAL,
+        )
+        self.add(
+            "HttpApiStage",
+            "AWS::ApiGatewayV2::Stage",
+            {"ApiId": _ref("HttpApi"), "StageName": "$default", "AutoDeploy": True},
+            Condition=REAL,
+        )
+        self.add(
+            "HttpApiPermission",
+            "AWS::Lambda::Permission",
+            {
+                "Action": "lambda:InvokeFunction",
+                "FunctionName": _ref(function),
+                "Principal": "apigateway.amazonaws.com",
+                "SourceArn": {
+                    "Fn::Sub": _PARTITION_ARN_PREFIX + ":execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}/*"
+                },
+            },
+            Condition=REAL,
+        )
+
+    # ---------------------------------------------------------------------------------------- outputs
+
+    def add_outputs(self) -> None:
+        def output(name: str, value: Any, description: str, condition: str | None = None) -> None:
+            self.outputs[name] = {"Value": value, "Description": description}
+            if condition is not None:
+                self.outputs[name]["Condition"] = condition
+
+        output(
+            "ApiUrl",
+            {"Fn::Sub": "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"},
+            "base URL of the service's HTTP API",
+            REAL,
+        )
+        output("BusName", {"Fn::GetAtt": ["Bus", "Name"]}, "EventBridge bus the service publishes to")
+        output("WorkflowQueueUrl", _ref("WorkflowQueue"), "FIFO queue of workflow turns")
+        output("ActivityQueueUrl", _ref("ActivityQueue"), "queue of activity attempts")
+        output("TimerQueueUrl", _ref("TimerQueue"), "queue of timers due within 15 minutes")
+        output("ExecutionsTableName", _ref("ExecutionsTable"), "DynamoDB table of execution records")
+        output("HistoryTableName", _ref("HistoryTable"), "DynamoDB table of execution histories")
+        output("ExecutionLogGroupName", _ref("ExecutionLogGroup"), "log group with one stream per execution")
+        output("ScheduleGroupName", _stack_named("-timers"), "EventBridge Scheduler group for long timers")
+
+
+def _trust(service: str, *, same_account: bool = False) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    if same_account:
+        # confused-deputy guard: only schedules of this account may use the role
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    return {"Version": "2012-10-17", "Statement": [statement]}
+
+
+def _policy(statements: list[Any]) -> dict[str, Any]:
+    return {"PolicyName": "eventual", "PolicyDocument": {"Version": "2012-10-17", "Statement": statements}}
