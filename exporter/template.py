@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import eventual_nb as ev
+from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
 
 #: the Lambda runtime the zip is built for (DESIGN §7)
 LAMBDA_RUNTIME = "python3.12"
@@ -235,22 +236,40 @@ class _Builder:
 
     def storage(self) -> None:
         for logical_id, suffix in (("ExecutionsTable", "-executions"), ("HistoryTable", "-history")):
-            self.add(
-                logical_id,
-                "AWS::DynamoDB::Table",
-                {
-                    "TableName": _stack_named(suffix),
-                    "AttributeDefinitions": [
-                        {"AttributeName": "pk", "AttributeType": "S"},
-                        {"AttributeName": "sk", "AttributeType": "S"},
-                    ],
-                    "KeySchema": [
-                        {"AttributeName": "pk", "KeyType": "HASH"},
-                        {"AttributeName": "sk", "KeyType": "RANGE"},
-                    ],
-                    "BillingMode": "PAY_PER_REQUEST",
-                },
-            )
+            properties: dict[str, Any] = {
+                "TableName": _stack_named(suffix),
+                "AttributeDefinitions": [
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "S"},
+                ],
+                "KeySchema": [
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                "BillingMode": "PAY_PER_REQUEST",
+            }
+            if logical_id == "ExecutionsTable":
+                self.listing_indexes(properties)
+            self.add(logical_id, "AWS::DynamoDB::Table", properties)
+
+    @staticmethod
+    def listing_indexes(properties: dict[str, Any]) -> None:
+        """The sparse, sharded indexes `ExecutionStore.list` reads (eventual_nb/runtime/aws/stores.py): by
+        workflow, by status, by workflow and status, and all executions, each sorted by start time. Their
+        partition keys carry a shard number, so listing never funnels every execution into one partition."""
+        for attribute in [*LISTING_INDEXES.values(), LISTING_SORT_KEY]:
+            properties["AttributeDefinitions"].append({"AttributeName": attribute, "AttributeType": "S"})
+        properties["GlobalSecondaryIndexes"] = [
+            {
+                "IndexName": index,
+                "KeySchema": [
+                    {"AttributeName": attribute, "KeyType": "HASH"},
+                    {"AttributeName": LISTING_SORT_KEY, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index, attribute in LISTING_INDEXES.items()
+        ]
 
     # ----------------------------------------------------------------------------------------- queues
 
@@ -412,6 +431,8 @@ class _Builder:
                 own_logs,
                 _statement(_SEND, [_arn("WorkflowQueue")]),
                 _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
+                # lists executions through the sharded listing indexes (`runtime/aws/stores.py`)
+                _statement(["dynamodb:Query"], [{"Fn::Sub": "${ExecutionsTable.Arn}/index/*"}]),
                 _statement(_TABLE_READ, [tables["HistoryTable"]]),
                 bus,
                 _statement(

@@ -1,0 +1,755 @@
+"""DynamoDB stores of the AWS runtime: execution records (with claim and signal-id rows) and histories.
+
+Both tables are the ones `exporter/template.py` declares (`pk`/`sk` strings, PAY_PER_REQUEST); the
+executions table also carries the listing indexes below. The stores take a boto3 DynamoDB *client*
+(not a resource) so that items built here can go straight into a `TransactWriteItems` call, which is
+how the orchestrator commits a turn (aws-target §1.3): new history events, the history head's
+compare-and-swap and any execution-record update in ONE transaction, before any command is dispatched.
+
+Layout
+------
+History table, one partition per execution::
+
+    pk="exec#<id>"  sk="ev#<index:010d>"  event=<the event's JSON text>
+    pk="exec#<id>"  sk="head"             length=<number of events>
+
+Executions table, one partition per execution::
+
+    pk="exec#<id>"  sk="exec"                          the record (+ listing keys)
+    pk="exec#<id>"  sk="claim#<seq:010d>#<attempt:04d>" an activity attempt was claimed
+    pk="exec#<id>"  sk="signal#<signal id>"            a signal id was delivered
+
+Listing never puts every execution in one partition: each record carries sharded index keys
+(shard = a stable hash of the id modulo `SHARDS`) for four sparse global secondary indexes, all sorted
+by `gsisk = "<start time, UTC ISO, fixed width>#<id>"`:
+
+    gsi1pk = "wf#<workflow>#<shard>"                 index `ByWorkflow`
+    gsi2pk = "st#<status>#<shard>"                   index `ByStatus`
+    gsi3pk = "all#<shard>"                           index `ByStart`
+    gsi4pk = "wfst#<workflow>#<status>#<shard>"      index `ByWorkflowStatus`
+
+A listing queries every shard (of every requested status) and merges them lazily in `gsisk` order; its
+page token is base64 JSON of the last `gsisk` consumed per partition, so a page costs about
+`max_results` items of reads plus one small query per partition, never a scan.
+
+The stores are synchronous (boto3): the Lambda handlers call them directly, an async runtime from a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import hashlib
+import heapq
+import json
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from eventual_nb import errors
+from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent
+from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, listing_offset
+from eventual_nb.serde import input_hash
+
+#: DynamoDB's limit of items in one TransactWriteItems call (moto enforces it as well)
+MAX_TRANSACTION_ITEMS = 100
+#: DynamoDB's 400 KB item limit, counted conservatively (AWS's real cut-off is a little above 409,600
+#: bytes); checked here so a too-large event fails with its execution and index instead of a bare
+#: ValidationException
+MAX_ITEM_BYTES = 400_000
+#: DynamoDB's limit on the total size of one transaction
+MAX_TRANSACTION_BYTES = 4_000_000
+#: shards per listing key: spreads the listing indexes' writes over partitions; a listing reads them all
+SHARDS = 8
+
+EXECUTIONS_TABLE_VARIABLE = "EVENTUAL_EXECUTIONS_TABLE"
+HISTORY_TABLE_VARIABLE = "EVENTUAL_HISTORY_TABLE"
+
+#: the listing indexes: name -> partition-key attribute (all share the sort key `gsisk`)
+INDEX_BY_WORKFLOW = "ByWorkflow"
+INDEX_BY_STATUS = "ByStatus"
+INDEX_BY_START = "ByStart"
+INDEX_BY_WORKFLOW_STATUS = "ByWorkflowStatus"
+LISTING_INDEXES: dict[str, str] = {
+    INDEX_BY_WORKFLOW: "gsi1pk",
+    INDEX_BY_STATUS: "gsi2pk",
+    INDEX_BY_START: "gsi3pk",
+    INDEX_BY_WORKFLOW_STATUS: "gsi4pk",
+}
+LISTING_SORT_KEY = "gsisk"
+
+_RECORD_SK = "exec"
+_HEAD_SK = "head"
+_EVENT_PREFIX = "ev#"
+_INDEX_WIDTH = 10
+_LAST_EVENT_SK = _EVENT_PREFIX + "9" * _INDEX_WIDTH
+#: signal ids longer than this are stored by their hash (a sort key holds at most 1024 bytes)
+_MAX_SIGNAL_KEY_BYTES = 512
+#: conditional-failure codes that mean "another writer got there first": retry on fresh state
+_CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+
+
+class HistoryConflict(errors.EventualError):
+    """Another writer changed the history (or an item the same commit guarded) since it was read.
+
+    The orchestrator fails the message, so SQS redelivers it and the turn replays on fresh state;
+    nothing of the losing commit was written (the transaction is all-or-nothing)."""
+
+    status_code = 409
+    fields = ("execution_id", "expected_length", "reasons")
+
+    def __init__(
+        self, message: str, *, execution_id: str, expected_length: int, reasons: builtins.list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.expected_length = expected_length
+        #: DynamoDB's cancellation code per transaction item, in the order they were sent
+        self.reasons = reasons or []
+
+
+def table_names_from_environment(environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """`(executions table, history table)` from the `EVENTUAL_*` variables every function of the stack gets."""
+    source = os.environ if environ is None else environ
+    missing = [name for name in (EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE) if not source.get(name)]
+    if missing:
+        raise errors.EventualError(
+            f"{' and '.join(missing)} not set: the AWS runtime needs the table names its stack passes to every function"
+        )
+    return source[EXECUTIONS_TABLE_VARIABLE], source[HISTORY_TABLE_VARIABLE]
+
+
+def execution_pk(execution_id: str) -> str:
+    return f"exec#{execution_id}"
+
+
+def event_sk(index: int) -> str:
+    return f"{_EVENT_PREFIX}{index:0{_INDEX_WIDTH}d}"
+
+
+def shard_of(execution_id: str) -> int:
+    """Stable across processes and Python versions (unlike `hash()`), so a record's index keys never move."""
+    return int.from_bytes(hashlib.sha256(execution_id.encode("utf-8")).digest()[:4], "big") % SHARDS
+
+
+def sort_time(moment: datetime) -> str:
+    """UTC ISO text of fixed width, so string order is time order (naive datetimes are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+# --------------------------------------------------------------------------------------------- sizes
+
+
+def attribute_size(value: dict[str, Any]) -> int:
+    """Bytes DynamoDB counts for one attribute value in the low-level format (`{"S": ...}`, ...).
+
+    Numbers are counted as their text (DynamoDB counts at most 21 bytes; this overestimates, which is
+    the safe direction for a limit check)."""
+    (kind, inner), *_ = value.items()
+    if kind == "S":
+        return len(inner.encode("utf-8"))
+    if kind == "N":
+        return len(str(inner))
+    if kind == "B":
+        return len(inner)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "SS":
+        return sum(len(item.encode("utf-8")) for item in inner)
+    if kind == "NS":
+        return sum(len(str(item)) for item in inner)
+    if kind == "BS":
+        return sum(len(item) for item in inner)
+    if kind == "L":
+        return 3 + sum(1 + attribute_size(item) for item in inner)
+    if kind == "M":
+        return 3 + sum(1 + len(key.encode("utf-8")) + attribute_size(item) for key, item in inner.items())
+    raise errors.EventualError(f"unknown DynamoDB attribute type {kind!r}")
+
+
+def item_size(item: dict[str, dict[str, Any]]) -> int:
+    """Bytes DynamoDB counts for an item: attribute names plus values."""
+    return sum(len(name.encode("utf-8")) + attribute_size(value) for name, value in item.items())
+
+
+def transact_item_size(transact_item: dict[str, Any]) -> int:
+    """The most a TransactItem can make its item weigh, as far as the request shows: a Put's whole item;
+    for an Update, its key and the values it writes (the rest of the stored item is unknown here)."""
+    (operation, body), *_ = transact_item.items()
+    if operation == "Put":
+        return item_size(body["Item"])
+    size = item_size(body.get("Key", {}))
+    size += sum(attribute_size(value) for value in body.get("ExpressionAttributeValues", {}).values())
+    return size
+
+
+# ------------------------------------------------------------------------------------------- history
+
+
+class HistoryStore:
+    """An execution's history: one item per event, appended only through a conditional transaction."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self.client = client
+        self.table = table
+
+    def read(self, execution_id: str, after: int = 0) -> builtins.list[HistoryEvent]:
+        """Events `after`, `after + 1`, ... to the end (a warm orchestrator reads only what it has not
+        replayed yet). Strongly consistent, so a turn never replays a history older than its last commit."""
+        if after < 0:
+            raise errors.EventualError(f"history index must be >= 0, got {after}")
+        events: builtins.list[HistoryEvent] = []
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
+            "ProjectionExpression": "sk, #event",
+            "ExpressionAttributeNames": {"#event": "event"},
+            "ExpressionAttributeValues": {
+                ":pk": {"S": execution_pk(execution_id)},
+                ":first": {"S": event_sk(after)},
+                ":last": {"S": _LAST_EVENT_SK},
+            },
+        }
+        while True:
+            response = self.client.query(**request)
+            for item in response.get("Items", []):
+                index = after + len(events)
+                if item["sk"]["S"] != event_sk(index):
+                    # the transaction writes events and head together, so a gap means the table was edited
+                    raise errors.EventualError(
+                        f"history of execution '{execution_id}' has no event {index} (found {item['sk']['S']!r})"
+                    )
+                events.append(EVENT_ADAPTER.validate_json(item["event"]["S"]))
+            last_key = response.get("LastEvaluatedKey")
+            if not last_key:
+                return events
+            request["ExclusiveStartKey"] = last_key
+
+    def length(self, execution_id: str) -> int:
+        """Number of committed events (the head's `length`; 0 before the first append)."""
+        response = self.client.get_item(
+            TableName=self.table,
+            Key={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _HEAD_SK}},
+            ConsistentRead=True,
+            ProjectionExpression="#length",
+            ExpressionAttributeNames={"#length": "length"},
+        )
+        item = response.get("Item")
+        return 0 if not item or "length" not in item else int(item["length"]["N"])
+
+    def append_items(
+        self, execution_id: str, expected_length: int, events: Sequence[HistoryEvent]
+    ) -> builtins.list[dict[str, Any]]:
+        """The TransactItems that append `events` after `expected_length` events: a Put per event that
+        refuses to overwrite, and the head's compare-and-swap (a ConditionCheck when there are no events,
+        so extra items can still be guarded by the history being unchanged)."""
+        if expected_length < 0:
+            raise errors.EventualError(f"expected history length must be >= 0, got {expected_length}")
+        pk = {"S": execution_pk(execution_id)}
+        items: builtins.list[dict[str, Any]] = []
+        for offset, event in enumerate(events):
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": {
+                            "pk": pk,
+                            "sk": {"S": event_sk(expected_length + offset)},
+                            "event": {"S": event.model_dump_json()},
+                        },
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                    }
+                }
+            )
+        # a head that does not exist yet stands for length 0
+        unchanged = "attribute_not_exists(sk)" if expected_length == 0 else "#length = :expected"
+        head: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"pk": pk, "sk": {"S": _HEAD_SK}},
+            "ConditionExpression": unchanged,
+        }
+        if expected_length:
+            head["ExpressionAttributeNames"] = {"#length": "length"}
+            head["ExpressionAttributeValues"] = {":expected": {"N": str(expected_length)}}
+        if events:
+            head["UpdateExpression"] = "SET #length = :length"
+            head["ExpressionAttributeNames"] = {"#length": "length"}
+            head["ExpressionAttributeValues"] = {
+                **head.get("ExpressionAttributeValues", {}),
+                ":length": {"N": str(expected_length + len(events))},
+            }
+            items.append({"Update": head})
+        else:
+            items.append({"ConditionCheck": head})
+        return items
+
+    def append(
+        self,
+        execution_id: str,
+        expected_length: int,
+        events: Sequence[HistoryEvent],
+        extra_items: Iterable[dict[str, Any]] = (),
+    ) -> int:
+        """Commit `events` at indexes `expected_length`, ... together with `extra_items` (TransactItems the
+        orchestrator built, e.g. `ExecutionStore.finish_item`) in ONE `TransactWriteItems`; returns the new
+        length.
+
+        Never split: a turn's events and the record changes that go with them commit together or not at
+        all, so a commit that does not fit in one transaction is refused (before calling AWS) rather than
+        chunked. Raises `HistoryConflict` when another writer moved the head first (or an extra item's
+        condition failed): nothing was written, and the caller retries on fresh state.
+
+        No `ClientRequestToken` is sent: if botocore retries a transaction that did commit, the retry
+        fails its conditions and surfaces as `HistoryConflict`, which is safe because the caller then
+        re-reads the history and finds its own events there.
+        """
+        extras = builtins.list(extra_items)
+        if not events and not extras:
+            return expected_length
+        items = self.append_items(execution_id, expected_length, events) + extras
+        self._check_limits(execution_id, expected_length, items, len(events))
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except self.client.exceptions.TransactionCanceledException as exc:
+            reasons = [str(reason.get("Code", "None")) for reason in exc.response.get("CancellationReasons", [])]
+            if any(code in _CONFLICT_CODES for code in reasons):
+                raise HistoryConflict(
+                    f"history of execution '{execution_id}' changed since it had {expected_length} events "
+                    f"(another writer committed first; cancellation reasons: {', '.join(reasons)})",
+                    execution_id=execution_id,
+                    expected_length=expected_length,
+                    reasons=reasons,
+                ) from exc
+            raise errors.EventualError(
+                f"appending to the history of execution '{execution_id}' was cancelled by DynamoDB "
+                f"(reasons: {', '.join(reasons) or 'none given'}): {exc}"
+            ) from exc
+        return expected_length + len(events)
+
+    @staticmethod
+    def _check_limits(
+        execution_id: str, expected_length: int, items: builtins.list[dict[str, Any]], event_count: int
+    ) -> None:
+        if len(items) > MAX_TRANSACTION_ITEMS:
+            raise errors.EventualError(
+                f"commit for execution '{execution_id}' needs {len(items)} transaction items ({event_count} events, "
+                f"the history head and {len(items) - event_count - 1} other items); DynamoDB allows "
+                f"{MAX_TRANSACTION_ITEMS} and the commit must stay atomic, so it is not split"
+            )
+        total = 0
+        for position, transact_item in enumerate(items):
+            size = transact_item_size(transact_item)
+            total += size
+            if size <= MAX_ITEM_BYTES:
+                continue
+            if position < event_count:
+                raise errors.EventualError(
+                    f"history event {expected_length + position} of execution '{execution_id}' is {size} bytes; "
+                    f"a DynamoDB item holds at most {MAX_ITEM_BYTES} (keep large payloads out of workflow history)"
+                )
+            raise errors.EventualError(
+                f"an item committed with the history of execution '{execution_id}' (transaction item {position}) "
+                f"is {size} bytes; a DynamoDB item holds at most {MAX_ITEM_BYTES}"
+            )
+        if total > MAX_TRANSACTION_BYTES:
+            raise errors.EventualError(
+                f"commit for execution '{execution_id}' is {total} bytes; a DynamoDB transaction holds at most "
+                f"{MAX_TRANSACTION_BYTES}"
+            )
+
+
+# ---------------------------------------------------------------------------------------- executions
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _listing_keys(execution_id: str, workflow: str, status: ExecutionStatus) -> dict[str, dict[str, str]]:
+    shard = shard_of(execution_id)
+    return {
+        "gsi1pk": {"S": f"wf#{workflow}#{shard}"},
+        "gsi2pk": {"S": f"st#{status.value}#{shard}"},
+        "gsi3pk": {"S": f"all#{shard}"},
+        "gsi4pk": {"S": f"wfst#{workflow}#{status.value}#{shard}"},
+    }
+
+
+class _Partition:
+    """One index partition of a listing, read lazily in pages as the merge consumes it."""
+
+    def __init__(self, index: str, key: str, cursor: str | None) -> None:
+        self.index = index
+        self.key = key
+        #: `gsisk` of the last item handed to the page (None: from the start)
+        self.cursor = cursor
+        self.buffer: builtins.list[dict[str, Any]] = []
+        self.position = 0
+        #: the `gsisk` the next query starts after (the last item fetched, consumed or not)
+        self.fetched_up_to = cursor
+        self.exhausted = False
+
+    def peek(self) -> dict[str, Any] | None:
+        return self.buffer[self.position] if self.position < len(self.buffer) else None
+
+
+class ExecutionStore:
+    """Execution records, activity claim rows and signal-id rows in the executions table."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self.client = client
+        self.table = table
+
+    # ----------------------------------------------------------------------------------- records
+
+    def create(
+        self,
+        execution_id: str,
+        workflow: str,
+        input: Any,
+        start_time: datetime,
+        *,
+        parent: str | None = None,
+        parent_seq: int | None = None,
+        service: str | None = None,
+    ) -> bool:
+        """Write a new IN_PROGRESS record; True if this call created it.
+
+        Same contract as the local runtime: starting an existing execution with the same input is a
+        no-op (False, so the caller re-sends the start message, which also repairs a crash between the
+        record and the message), and with a different input raises `ExecutionAlreadyExists`."""
+        digest = input_hash(input)
+        status = ExecutionStatus.IN_PROGRESS
+        item: dict[str, dict[str, Any]] = {
+            "pk": {"S": execution_pk(execution_id)},
+            "sk": {"S": _RECORD_SK},
+            "id": {"S": execution_id},
+            "workflow": {"S": workflow},
+            "status": {"S": status.value},
+            "input": {"S": _json_text(input)},
+            "input_hash": {"S": digest},
+            "start_time": {"S": sort_time(start_time)},
+            LISTING_SORT_KEY: {"S": f"{sort_time(start_time)}#{execution_id}"},
+            **_listing_keys(execution_id, workflow, status),
+        }
+        if parent is not None:
+            item["parent"] = {"S": parent}
+        if parent_seq is not None:
+            item["parent_seq"] = {"N": str(parent_seq)}
+        if service is not None:
+            item["service"] = {"S": service}
+        size = item_size(item)
+        if size > MAX_ITEM_BYTES:
+            raise errors.EventualError(
+                f"the record of execution '{execution_id}' would be {size} bytes (mostly its input); a DynamoDB "
+                f"item holds at most {MAX_ITEM_BYTES}"
+            )
+        try:
+            self.client.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except self.client.exceptions.ConditionalCheckFailedException:
+            existing = self._record(execution_id, "input_hash")
+            if existing is None:  # records are never deleted, so this is an edited table
+                raise errors.EventualError(
+                    f"execution '{execution_id}' both exists and does not: its record vanished during the start"
+                ) from None
+            if existing["input_hash"]["S"] == digest:
+                return False
+            raise errors.ExecutionAlreadyExists(
+                f"execution '{execution_id}' already exists with a different input", execution_id=execution_id
+            ) from None
+        return True
+
+    def _record(self, execution_id: str, projection: str | None = None) -> dict[str, Any] | None:
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _RECORD_SK}},
+            "ConsistentRead": True,
+        }
+        if projection:
+            request["ProjectionExpression"] = projection
+        item: dict[str, Any] | None = self.client.get_item(**request).get("Item")
+        return item
+
+    def get(self, execution_id: str) -> Execution:
+        item = self._record(execution_id)
+        if item is None:
+            raise errors.ExecutionNotFound(f"no execution '{execution_id}'", execution_id=execution_id)
+        return _to_execution(item)
+
+    def finish_item(
+        self,
+        execution_id: str,
+        workflow: str,
+        status: ExecutionStatus,
+        end_time: datetime,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """The TransactItem (for `HistoryStore.append(extra_items=...)`) that ends an execution, so the
+        terminal event and the record's status commit together. It moves the record to the status's
+        listing partitions and only applies to a record still IN_PROGRESS: ending an execution twice (a
+        stale orchestrator) cancels that transaction as a `HistoryConflict`.
+
+        `workflow` is needed to rebuild the workflow+status index key (an update cannot read the record)."""
+        status = ExecutionStatus(status)
+        if status == ExecutionStatus.IN_PROGRESS:
+            raise errors.EventualError(f"finish_item needs a terminal status, got {status.value}")
+        keys = _listing_keys(execution_id, workflow, status)
+        values: dict[str, dict[str, Any]] = {
+            ":status": {"S": status.value},
+            ":running": {"S": ExecutionStatus.IN_PROGRESS.value},
+            ":end": {"S": sort_time(end_time)},
+            ":gsi2pk": keys["gsi2pk"],
+            ":gsi4pk": keys["gsi4pk"],
+        }
+        assignments = ["#status = :status", "end_time = :end", "gsi2pk = :gsi2pk", "gsi4pk = :gsi4pk"]
+        removals = []
+        for name, value in (
+            ("result", None if status != ExecutionStatus.SUCCEEDED else _json_text(result)),
+            ("error", error),
+            ("message", message),
+        ):
+            if value is None:
+                removals.append(f"#{name}")
+            else:
+                assignments.append(f"#{name} = :{name}")
+                values[f":{name}"] = {"S": value}
+        expression = "SET " + ", ".join(assignments)
+        if removals:
+            expression += " REMOVE " + ", ".join(removals)
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _RECORD_SK}},
+                "UpdateExpression": expression,
+                "ConditionExpression": "#status = :running",
+                "ExpressionAttributeNames": {
+                    "#status": "status",
+                    "#result": "result",
+                    "#error": "error",
+                    "#message": "message",
+                },
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    # ------------------------------------------------------------------------------ once-only rows
+
+    def _put_once(self, execution_id: str, sort_key: str, extra: dict[str, dict[str, Any]]) -> bool:
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": sort_key}, **extra},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def claim(self, execution_id: str, seq: int, attempt: int) -> bool:
+        """True for exactly one caller per (execution, seq, attempt): the activity worker that may run it.
+        SQS delivers at least once, so a duplicate delivery of an attempt finds the claim taken."""
+        if seq < 0 or attempt < 0:
+            raise errors.EventualError(f"claim needs seq and attempt >= 0, got seq={seq}, attempt={attempt}")
+        claimed_at = {"claimed_at": {"S": sort_time(datetime.now(UTC))}}
+        return self._put_once(execution_id, f"claim#{seq:010d}#{attempt:04d}", claimed_at)
+
+    def remember_signal(self, execution_id: str, signal_id: str) -> bool:
+        """True the first time `signal_id` is sent to the execution, False for every repeat (signal ids
+        de-duplicate sends; the FIFO queue's own de-duplication lasts only 5 minutes)."""
+        key = signal_id
+        if len(key.encode("utf-8")) > _MAX_SIGNAL_KEY_BYTES:
+            key = "sha256:" + hashlib.sha256(signal_id.encode("utf-8")).hexdigest()
+        return self._put_once(execution_id, f"signal#{key}", {})
+
+    # ------------------------------------------------------------------------------------ listing
+    # (last in the class: the method named `list` would otherwise shadow the builtin in annotations)
+
+    def list(
+        self,
+        workflow: str | None = None,
+        statuses: Sequence[ExecutionStatus | str] | None = None,
+        next_token: str | None = None,
+        max_results: int = 100,
+        sort: str = "asc",
+    ) -> ExecutionPage:
+        """A page of executions in start-time order (ties by id), read from the sharded listing indexes
+        (eventually consistent, as every GSI read is)."""
+        listing_offset(sort, max_results, None)  # checks sort and max_results
+        wanted = sorted({ExecutionStatus(status).value for status in statuses}) if statuses else []
+        query = {"workflow": workflow, "statuses": wanted, "sort": sort}
+        cursors, done = _decode_token(next_token, query)
+        partitions = [
+            _Partition(index, key, cursors.get(key))
+            for index, key in _partition_keys(workflow, wanted)
+            if key not in done
+        ]
+        descending = sort == "desc"
+        first_limit = -(-(max_results + 1) // max(1, len(partitions))) + 1
+        for partition in partitions:
+            self._fetch(partition, first_limit, descending)
+        # a heap of (ordering key, partition number); desc inverts the text so the smallest pops first
+        heap: builtins.list[tuple[Any, int]] = []
+        for number, partition in enumerate(partitions):
+            head = partition.peek()
+            if head is not None:
+                heapq.heappush(heap, (_order(head, descending), number))
+        taken: builtins.list[tuple[_Partition, dict[str, Any]]] = []
+        while heap:  # up to one item more than a page, to know whether there is a next page
+            _, number = heapq.heappop(heap)
+            partition = partitions[number]
+            item = partition.buffer[partition.position]
+            partition.position += 1
+            taken.append((partition, item))
+            if len(taken) > max_results:
+                partition.position -= 1  # only a look-ahead: it stays for the next page
+                break
+            if partition.peek() is None and not partition.exhausted:
+                self._fetch(partition, max(1, max_results + 1 - len(taken)), descending)
+            head = partition.peek()
+            if head is not None:
+                heapq.heappush(heap, (_order(head, descending), number))
+        page = taken[:max_results]
+        if len(taken) <= max_results:
+            return ExecutionPage(executions=[_to_execution(item) for _, item in page])
+        for partition, item in page:
+            partition.cursor = item[LISTING_SORT_KEY]["S"]
+        new_cursors = dict(cursors)
+        new_done = set(done)
+        for partition in partitions:
+            if partition.cursor is not None:
+                new_cursors[partition.key] = partition.cursor
+            if partition.exhausted and partition.peek() is None:
+                new_done.add(partition.key)
+                new_cursors.pop(partition.key, None)
+        token = _encode_token(query, new_cursors, new_done)
+        return ExecutionPage(executions=[_to_execution(item) for _, item in page], next_token=token)
+
+    def _fetch(self, partition: _Partition, limit: int, descending: bool) -> None:
+        """Replace the partition's consumed buffer with its next `limit` items (fewer at its end)."""
+        attribute = LISTING_INDEXES[partition.index]
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": partition.index,
+            "KeyConditionExpression": "#partition = :partition",
+            "ExpressionAttributeNames": {"#partition": attribute},
+            "ExpressionAttributeValues": {":partition": {"S": partition.key}},
+            "ScanIndexForward": not descending,
+            "Limit": limit,
+        }
+        remaining = partition.buffer[partition.position :]
+        while True:
+            if partition.fetched_up_to is not None:
+                execution_id = partition.fetched_up_to.split("#", 1)[1]
+                request["ExclusiveStartKey"] = {
+                    attribute: {"S": partition.key},
+                    LISTING_SORT_KEY: {"S": partition.fetched_up_to},
+                    "pk": {"S": execution_pk(execution_id)},
+                    "sk": {"S": _RECORD_SK},
+                }
+            response = self.client.query(**request)
+            items = response.get("Items", [])
+            remaining.extend(items)
+            if items:
+                partition.fetched_up_to = items[-1][LISTING_SORT_KEY]["S"]
+            if not response.get("LastEvaluatedKey"):
+                partition.exhausted = True
+                break
+            if items:
+                break
+        partition.buffer = remaining
+        partition.position = 0
+
+
+def _partition_keys(workflow: str | None, statuses: builtins.list[str]) -> builtins.list[tuple[str, str]]:
+    """(index, partition key) pairs a listing reads: every shard of every requested status."""
+    shards = range(SHARDS)
+    if workflow is not None and statuses:
+        return [
+            (INDEX_BY_WORKFLOW_STATUS, f"wfst#{workflow}#{status}#{shard}") for status in statuses for shard in shards
+        ]
+    if workflow is not None:
+        return [(INDEX_BY_WORKFLOW, f"wf#{workflow}#{shard}") for shard in shards]
+    if statuses:
+        return [(INDEX_BY_STATUS, f"st#{status}#{shard}") for status in statuses for shard in shards]
+    return [(INDEX_BY_START, f"all#{shard}") for shard in shards]
+
+
+class _Descending(str):
+    """Text that orders in reverse, so one min-heap serves both directions."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+    def __gt__(self, other: str) -> bool:
+        return str.__lt__(self, other)
+
+    def __le__(self, other: str) -> bool:
+        return str.__ge__(self, other)
+
+    def __ge__(self, other: str) -> bool:
+        return str.__le__(self, other)
+
+
+def _order(item: dict[str, Any], descending: bool) -> str:
+    key: str = item[LISTING_SORT_KEY]["S"]
+    return _Descending(key) if descending else key
+
+
+def _encode_token(query: dict[str, Any], cursors: dict[str, str], done: set[str]) -> str:
+    body = {"v": 1, "q": query, "c": cursors, "d": sorted(done)}
+    return base64.urlsafe_b64encode(_json_text(body).encode("utf-8")).decode("ascii")
+
+
+def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
+    """Per-partition cursors and finished partitions from a page token made by the same query."""
+    if not token:
+        return {}, set()
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        if not isinstance(body, dict) or body.get("v") != 1:
+            raise ValueError("unknown token version")
+        cursors = {str(key): str(value) for key, value in body["c"].items()}
+        done = {str(key) for key in body["d"]}
+        made_by = body["q"]
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError):
+        raise errors.InputValidationError(f"invalid next_token {token!r}") from None
+    if made_by != query:
+        raise errors.InputValidationError(
+            "next_token belongs to another listing (different workflow, statuses or sort); pass the same arguments"
+        )
+    if any("#" not in cursor for cursor in cursors.values()):
+        raise errors.InputValidationError(f"invalid next_token {token!r}")
+    return cursors, done
+
+
+def _text(item: dict[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return None if value is None else str(value["S"])
+
+
+def _to_execution(item: dict[str, Any]) -> Execution:
+    result = _text(item, "result")
+    end_time = _text(item, "end_time")
+    return Execution(
+        id=item["id"]["S"],
+        workflow=item["workflow"]["S"],
+        status=ExecutionStatus(item["status"]["S"]),
+        input=json.loads(item["input"]["S"]) if "input" in item else None,
+        result=None if result is None else json.loads(result),
+        error=_text(item, "error"),
+        message=_text(item, "message"),
+        start_time=datetime.fromisoformat(item["start_time"]["S"]),
+        end_time=None if end_time is None else datetime.fromisoformat(end_time),
+        parent=_text(item, "parent"),
+    )

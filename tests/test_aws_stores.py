@@ -1,0 +1,519 @@
+"""The DynamoDB stores of the AWS runtime (eventual_nb/runtime/aws/stores.py) against moto's server.
+
+The tables are created from the exported CloudFormation template's own `Properties` (only the `Fn::Sub`
+names are resolved), so these tests also prove that the stores match what `eventual-nb deploy` creates.
+
+Never real AWS: moto's `ThreadedMotoServer` is started here on 127.0.0.1, every client names that
+endpoint explicitly, credentials are dummies, and the module fails (does not skip) if the endpoint is
+anything but a 127.0.0.1 URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+
+import eventual_nb as ev
+from eventual_nb.engine.history import (
+    ActivityScheduled,
+    ActivitySucceeded,
+    HistoryEvent,
+    SignalReceived,
+    TimerScheduled,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowSucceeded,
+)
+from eventual_nb.runtime.aws.stores import (
+    LISTING_INDEXES,
+    MAX_TRANSACTION_ITEMS,
+    SHARDS,
+    ExecutionStore,
+    HistoryConflict,
+    HistoryStore,
+    shard_of,
+    table_names_from_environment,
+)
+from eventual_nb.runtime.base import Execution, ExecutionStatus
+from exporter.template import build_template
+
+STACK = "stores-test"
+REGION = "us-east-1"
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+HANDLERS = {
+    "api": "handlers.api",
+    "orchestrator": "handlers.orchestrator",
+    "activity": "handlers.activity_worker",
+    "subscription": "handlers.subscription_worker",
+    "timer": "handlers.timer",
+    "schedule": "handlers.schedule_forwarder",
+}
+
+
+def require_local(endpoint: str | None) -> str:
+    """Refuse (fail, never skip) any endpoint that is not moto on this machine's loopback."""
+    parts = urlsplit(endpoint or "")
+    if parts.scheme != "http" or parts.hostname != "127.0.0.1" or not parts.port:
+        pytest.fail(f"refusing to run AWS store tests against {endpoint!r}: only http://127.0.0.1:<port> (moto)")
+    assert endpoint is not None
+    return endpoint
+
+
+def test_the_guard_refuses_anything_but_loopback() -> None:
+    for endpoint in (None, "", "https://dynamodb.us-east-1.amazonaws.com", "http://localhost:5000", "http://0.0.0.0:1"):
+        with pytest.raises(pytest.fail.Exception):
+            require_local(endpoint)
+    assert require_local("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield require_local(f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+
+
+def template_tables() -> dict[str, dict[str, Any]]:
+    """`create_table` arguments for the two tables, straight from the template of a tiny service."""
+    template = build_template({"name": "stores-test", "handlers": HANDLERS, "service": {"subscriptions": []}})
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+                return value["Fn::Sub"].replace("${AWS::StackName}", STACK)
+            assert not any(key.startswith(("Fn::", "Ref")) for key in value), value
+            return {key: resolve(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [resolve(item) for item in value]
+        return value
+
+    return {name: resolve(template["Resources"][name]["Properties"]) for name in ("ExecutionsTable", "HistoryTable")}
+
+
+@pytest.fixture
+def dynamodb(moto_endpoint: str, dummy_credentials: None) -> Any:
+    """A fresh moto (reset) with the template's two tables; the client is bound to moto explicitly."""
+    reset = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(reset, timeout=30) as response:
+        assert response.status == 200
+    client = boto3.client("dynamodb", endpoint_url=require_local(moto_endpoint), region_name=REGION)
+    for properties in template_tables().values():
+        client.create_table(**properties)
+    return client
+
+
+@pytest.fixture
+def tables() -> dict[str, str]:
+    names = {name: properties["TableName"] for name, properties in template_tables().items()}
+    assert names == {"ExecutionsTable": f"{STACK}-executions", "HistoryTable": f"{STACK}-history"}
+    return names
+
+
+@pytest.fixture
+def history(dynamodb: Any, tables: dict[str, str]) -> HistoryStore:
+    return HistoryStore(dynamodb, tables["HistoryTable"])
+
+
+@pytest.fixture
+def executions(dynamodb: Any, tables: dict[str, str]) -> ExecutionStore:
+    return ExecutionStore(dynamodb, tables["ExecutionsTable"])
+
+
+class CallCounter:
+    """Counts requests per DynamoDB operation through botocore's event hooks."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: list[str] = []
+        client.meta.events.register("before-call.dynamodb.*", self._record)
+
+    def _record(self, model: Any, **_: Any) -> None:
+        self.calls.append(model.name)
+
+
+def story(start: datetime = T0) -> list[HistoryEvent]:
+    """A realistic history: start, an activity, a timer, a signal, the end."""
+    return [
+        WorkflowStarted(timestamp=start, workflow="order", input={"order_id": "o-1", "items": [1, 2]}),
+        ActivityScheduled(seq=0, timestamp=start, name="charge", input={"amount": 12.5, "note": "café ☕"}),
+        ActivitySucceeded(seq=0, timestamp=start + timedelta(seconds=1), result={"receipt": "r-9"}, attempts=2),
+        TimerScheduled(seq=1, timestamp=start + timedelta(seconds=1), until=start + timedelta(hours=2)),
+        SignalReceived(timestamp=start + timedelta(seconds=2), signal="approve", payload=True, id="sig-1"),
+        WorkflowSucceeded(timestamp=start + timedelta(hours=2), result="done"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def test_tables_are_the_templates_with_sharded_listing_indexes(dynamodb: Any, tables: dict[str, str]) -> None:
+    described = dynamodb.describe_table(TableName=tables["ExecutionsTable"])["Table"]
+    assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    indexes = {index["IndexName"]: index for index in described["GlobalSecondaryIndexes"]}
+    assert set(indexes) == set(LISTING_INDEXES)
+    for name, attribute in LISTING_INDEXES.items():
+        assert [key["AttributeName"] for key in indexes[name]["KeySchema"]] == [attribute, "gsisk"]
+        assert indexes[name]["Projection"] == {"ProjectionType": "ALL"}
+    history_table = dynamodb.describe_table(TableName=tables["HistoryTable"])["Table"]
+    assert not history_table.get("GlobalSecondaryIndexes")
+    assert [key["AttributeName"] for key in history_table["KeySchema"]] == ["pk", "sk"]
+
+
+def test_table_names_come_from_the_stack_environment() -> None:
+    environ = {"EVENTUAL_EXECUTIONS_TABLE": "s-executions", "EVENTUAL_HISTORY_TABLE": "s-history"}
+    assert table_names_from_environment(environ) == ("s-executions", "s-history")
+    with pytest.raises(ev.EventualError, match="EVENTUAL_HISTORY_TABLE not set"):
+        table_names_from_environment({"EVENTUAL_EXECUTIONS_TABLE": "s-executions"})
+
+
+# ------------------------------------------------------------------------------------------ history
+
+
+def test_append_and_read_round_trip_real_events(history: HistoryStore, dynamodb: Any) -> None:
+    events = story()
+    execution_id = "order/o-1"
+    assert history.length(execution_id) == 0
+    assert history.read(execution_id) == []
+    assert history.append(execution_id, 0, events[:2]) == 2
+    assert history.append(execution_id, 2, events[2:]) == 6
+    assert history.length(execution_id) == 6
+    assert history.read(execution_id) == events
+    assert history.read(execution_id, after=4) == events[4:]
+    assert history.read(execution_id, after=6) == []
+    assert [type(event).__name__ for event in history.read(execution_id)] == [
+        "WorkflowStarted",
+        "ActivityScheduled",
+        "ActivitySucceeded",
+        "TimerScheduled",
+        "SignalReceived",
+        "WorkflowSucceeded",
+    ]
+    # the stored layout the brief fixes: one item per event, zero-padded index, plus the head
+    item = dynamodb.get_item(
+        TableName=history.table, Key={"pk": {"S": "exec#order/o-1"}, "sk": {"S": "ev#0000000002"}}
+    )["Item"]
+    assert json.loads(item["event"]["S"])["type"] == "ActivitySucceeded"
+    head = dynamodb.get_item(TableName=history.table, Key={"pk": {"S": "exec#order/o-1"}, "sk": {"S": "head"}})
+    assert head["Item"]["length"] == {"N": "6"}
+    # another execution's history is separate
+    assert history.read("order/o-2") == []
+
+
+def test_read_follows_query_pages(history: HistoryStore, dynamodb: Any) -> None:
+    """More than one 1 MB query page: read() must paginate and keep the order."""
+    big = [
+        ActivitySucceeded(seq=index, timestamp=T0, result="x" * 150_000 + str(index), attempts=1) for index in range(9)
+    ]
+    history.append("big/one", 0, big[:5])
+    history.append("big/one", 5, big[5:])
+    counter = CallCounter(dynamodb)
+    assert history.read("big/one") == big
+    assert counter.calls.count("Query") >= 2
+    assert history.read("big/one", after=7) == big[7:]
+
+
+def test_a_stale_writer_gets_history_conflict_and_writes_nothing(history: HistoryStore) -> None:
+    execution_id = "order/race"
+    started, *rest = story()
+    history.append(execution_id, 0, [started])
+    winner = [rest[0]]
+    loser = [TimerScheduled(seq=0, timestamp=T0, until=T0 + timedelta(minutes=5))]
+    assert history.append(execution_id, 1, winner) == 2
+    with pytest.raises(HistoryConflict) as caught:
+        history.append(execution_id, 1, loser)
+    assert caught.value.execution_id == execution_id
+    assert caught.value.expected_length == 1
+    assert "ConditionalCheckFailed" in caught.value.reasons
+    assert isinstance(caught.value, ev.EventualError)
+    # a writer that believes the history is empty conflicts too (the head exists)
+    with pytest.raises(HistoryConflict):
+        history.append(execution_id, 0, [started])
+    assert history.read(execution_id) == [started, *winner]
+    assert history.length(execution_id) == 2
+
+
+def test_two_writers_that_read_the_same_length_exactly_one_wins(
+    history: HistoryStore, moto_endpoint: str, tables: dict[str, str]
+) -> None:
+    """Two orchestrator invocations (own clients) read the same head, then both commit.
+
+    Deliberately sequential after the reads: moto's TransactWriteItems is not atomic under concurrent
+    requests (it snapshots and restores whole tables), so racing threads would test moto, not the store."""
+    execution_id = "order/two-writers"
+    history.append(execution_id, 0, story()[:1])
+    other = HistoryStore(
+        boto3.client("dynamodb", endpoint_url=require_local(moto_endpoint), region_name=REGION), tables["HistoryTable"]
+    )
+    writers = {"first": history, "second": other}
+    seen = {name: store.length(execution_id) for name, store in writers.items()}
+    assert seen == {"first": 1, "second": 1}
+    outcomes = {}
+    for name, store in writers.items():
+        turn = [
+            ActivityScheduled(seq=0, timestamp=T0, name=f"by-{name}", input={}),
+            TimerScheduled(seq=1, timestamp=T0, until=T0),
+        ]
+        try:
+            store.append(execution_id, seen[name], turn)
+        except HistoryConflict as conflict:
+            outcomes[name] = f"conflict at {conflict.expected_length}"
+        else:
+            outcomes[name] = "won"
+    assert outcomes == {"first": "won", "second": "conflict at 1"}
+    stored = history.read(execution_id)
+    assert [getattr(event, "name", None) for event in stored] == [None, "by-first", None]
+    assert other.read(execution_id) == stored and other.length(execution_id) == 3
+
+
+def test_more_than_100_items_are_refused_before_calling_aws(history: HistoryStore, dynamodb: Any) -> None:
+    counter = CallCounter(dynamodb)
+    too_many = [TimerScheduled(seq=index, timestamp=T0, until=T0) for index in range(MAX_TRANSACTION_ITEMS)]
+    with pytest.raises(ev.EventualError, match=r"101 transaction items .* not split"):
+        history.append("order/many", 0, too_many)  # 100 events + the head
+    extra = ExecutionStore(dynamodb, "whatever").finish_item("order/many", "order", ExecutionStatus.SUCCEEDED, T0)
+    with pytest.raises(ev.EventualError, match="101 transaction items"):
+        history.append("order/many", 0, too_many[:99], extra_items=[extra])
+    assert counter.calls == []
+    assert history.length("order/many") == 0
+    # exactly at the limit is one transaction
+    counter.calls.clear()
+    assert history.append("order/many", 0, too_many[:99]) == 99
+    assert counter.calls == ["TransactWriteItems"]
+    assert history.read("order/many") == too_many[:99]
+
+
+def test_an_item_over_400_kb_is_refused_naming_execution_and_index(history: HistoryStore, dynamodb: Any) -> None:
+    history.append("order/large", 0, story()[:3])
+    counter = CallCounter(dynamodb)
+    huge = ActivitySucceeded(seq=1, timestamp=T0, result="y" * 400_000)
+    with pytest.raises(ev.EventualError, match=r"history event 4 of execution 'order/large' is \d+ bytes") as caught:
+        history.append("order/large", 3, [TimerScheduled(seq=2, timestamp=T0, until=T0), huge])
+    assert not isinstance(caught.value, HistoryConflict)
+    assert counter.calls == []
+    assert history.length("order/large") == 3
+
+
+def test_empty_append_is_a_no_op_and_extra_items_alone_are_guarded_by_the_head(
+    history: HistoryStore, executions: ExecutionStore, dynamodb: Any
+) -> None:
+    counter = CallCounter(dynamodb)
+    assert history.append("order/none", 0, []) == 0
+    assert counter.calls == []
+    executions.create("order/guarded", "order", {"a": 1}, T0)
+    history.append("order/guarded", 0, story()[:1])
+    finish = executions.finish_item("order/guarded", "order", ExecutionStatus.CANCELLED, T0)
+    with pytest.raises(HistoryConflict):  # the history moved on: the record update must not apply
+        history.append("order/guarded", 0, [], extra_items=[finish])
+    assert executions.get("order/guarded").status == ExecutionStatus.IN_PROGRESS
+    assert history.append("order/guarded", 1, [], extra_items=[finish]) == 1
+    assert executions.get("order/guarded").status == ExecutionStatus.CANCELLED
+
+
+# --------------------------------------------------------------------------------------- executions
+
+
+def test_create_is_idempotent_by_input_and_get_reads_it(executions: ExecutionStore) -> None:
+    execution_id = "order/o-7"
+    assert executions.create(
+        execution_id, "order", {"order_id": "o-7", "items": [1, 2]}, T0, parent="batch/b", parent_seq=3, service="shop"
+    )
+    # the same input in another key order is the same input
+    assert not executions.create(execution_id, "order", {"items": [1, 2], "order_id": "o-7"}, T0)
+    with pytest.raises(ev.ExecutionAlreadyExists) as caught:
+        executions.create(execution_id, "order", {"order_id": "o-8"}, T0)
+    assert caught.value.execution_id == execution_id
+    execution = executions.get(execution_id)
+    assert execution == Execution(
+        id=execution_id,
+        workflow="order",
+        status=ExecutionStatus.IN_PROGRESS,
+        input={"order_id": "o-7", "items": [1, 2]},
+        start_time=T0,
+        parent="batch/b",
+    )
+    with pytest.raises(ev.ExecutionNotFound) as missing:
+        executions.get("order/nope")
+    assert missing.value.execution_id == "order/nope"
+
+
+def test_finish_through_extra_items_moves_status_and_listing(history: HistoryStore, executions: ExecutionStore) -> None:
+    for name in ("ok", "bad"):
+        executions.create(f"order/{name}", "order", {"name": name}, T0 + timedelta(seconds=len(name)))
+        history.append(f"order/{name}", 0, story()[:1])
+    end = T0 + timedelta(minutes=3)
+    succeeded = WorkflowSucceeded(timestamp=end, result={"total": 3})
+    finish = executions.finish_item("order/ok", "order", ExecutionStatus.SUCCEEDED, end, result={"total": 3})
+    assert history.append("order/ok", 1, [succeeded], extra_items=[finish]) == 2
+    failed = WorkflowFailed(timestamp=end, error="ValueError", message="no stock")
+    finish_bad = executions.finish_item(
+        "order/bad", "order", ExecutionStatus.FAILED, end, error="ValueError", message="no stock"
+    )
+    history.append("order/bad", 1, [failed], extra_items=[finish_bad])
+
+    ok = executions.get("order/ok")
+    assert (ok.status, ok.result, ok.end_time, ok.error) == (ExecutionStatus.SUCCEEDED, {"total": 3}, end, None)
+    bad = executions.get("order/bad")
+    assert (bad.status, bad.error, bad.message, bad.result) == (ExecutionStatus.FAILED, "ValueError", "no stock", None)
+    assert history.read("order/ok")[-1] == succeeded
+
+    def ids(**kwargs: Any) -> list[str]:
+        return [execution.id for execution in executions.list(**kwargs).executions]
+
+    assert ids(statuses=[ExecutionStatus.SUCCEEDED]) == ["order/ok"]
+    assert ids(statuses=["FAILED"]) == ["order/bad"]
+    assert ids(statuses=[ExecutionStatus.IN_PROGRESS]) == []
+    assert ids(workflow="order", statuses=[ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED]) == [
+        "order/ok",
+        "order/bad",
+    ]
+
+    # a stale orchestrator ending it again loses: the record and the history stay as they are
+    again = executions.finish_item("order/ok", "order", ExecutionStatus.FAILED, end, error="Late")
+    with pytest.raises(HistoryConflict) as caught:
+        history.append("order/ok", 2, [failed], extra_items=[again])
+    assert caught.value.reasons[-1] == "ConditionalCheckFailed"
+    assert executions.get("order/ok").status == ExecutionStatus.SUCCEEDED
+    assert history.length("order/ok") == 2
+    with pytest.raises(ev.EventualError, match="terminal status"):
+        executions.finish_item("order/ok", "order", ExecutionStatus.IN_PROGRESS, end)
+
+
+def test_listing_across_shards_with_pagination(history: HistoryStore, executions: ExecutionStore) -> None:
+    rng = random.Random(7)
+    created: list[Execution] = []
+    specs = []
+    for number in range(30):
+        workflow = "order" if number % 3 else "refund"
+        # a few executions share a start time: ties are ordered by id
+        start = T0 + timedelta(seconds=number - (number % 5 == 1))
+        specs.append((f"{workflow}/n-{number:02d}", workflow, start))
+    rng.shuffle(specs)  # creation order is not start order
+    for execution_id, workflow, start in specs:
+        executions.create(execution_id, workflow, {"n": execution_id}, start)
+    assert len({shard_of(execution_id) for execution_id, _, _ in specs}) == SHARDS
+    for index, (execution_id, workflow, _) in enumerate(sorted(specs)):
+        if index % 4 == 0:
+            finish = executions.finish_item(execution_id, workflow, ExecutionStatus.SUCCEEDED, T0, result=index)
+            history.append(execution_id, 0, story()[:1], extra_items=[finish])
+        elif index % 4 == 1:
+            finish = executions.finish_item(execution_id, workflow, ExecutionStatus.FAILED, T0, error="E")
+            history.append(execution_id, 0, story()[:1], extra_items=[finish])
+    created = [executions.get(execution_id) for execution_id, _, _ in specs]
+
+    def expected(workflow: str | None, statuses: list[ExecutionStatus] | None, sort: str) -> list[str]:
+        chosen = [
+            execution
+            for execution in created
+            if (workflow is None or execution.workflow == workflow) and (not statuses or execution.status in statuses)
+        ]
+        chosen.sort(key=lambda execution: (execution.start_time, execution.id), reverse=sort == "desc")
+        return [execution.id for execution in chosen]
+
+    def paged(workflow: str | None, statuses: list[ExecutionStatus] | None, sort: str) -> list[str]:
+        seen: list[str] = []
+        token: str | None = None
+        for _ in range(40):
+            page = executions.list(workflow, statuses, token, max_results=7, sort=sort)
+            assert len(page.executions) <= 7
+            assert page.executions or not seen, "a non-first page is never empty"
+            seen.extend(execution.id for execution in page.executions)
+            if page.next_token is None:
+                return seen
+            assert len(page.executions) == 7
+            token = page.next_token
+        raise AssertionError("listing did not end")
+
+    cases: list[tuple[str | None, list[ExecutionStatus] | None]] = [
+        (None, None),
+        ("order", None),
+        ("refund", None),
+        (None, [ExecutionStatus.IN_PROGRESS]),
+        (None, [ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED]),
+        ("order", [ExecutionStatus.IN_PROGRESS, ExecutionStatus.SUCCEEDED]),
+        ("nothing", None),
+    ]
+    for workflow, statuses in cases:
+        for sort in ("asc", "desc"):
+            wanted = expected(workflow, statuses, sort)
+            got = paged(workflow, statuses, sort)
+            assert got == wanted, (workflow, statuses, sort)
+            assert len(set(got)) == len(got)
+    assert len(expected(None, None, "asc")) == 30
+    # one page holding everything has no token; full records come back
+    page = executions.list(max_results=100)
+    assert page.next_token is None and page.executions == sorted(
+        created, key=lambda execution: (execution.start_time, execution.id)
+    )
+
+
+def test_listing_rejects_bad_arguments_and_foreign_tokens(executions: ExecutionStore) -> None:
+    for number in range(3):
+        executions.create(f"order/t-{number}", "order", None, T0 + timedelta(seconds=number))
+    token = executions.list(workflow="order", max_results=1).next_token
+    assert token is not None
+    assert [e.id for e in executions.list(workflow="order", next_token=token, max_results=1).executions] == [
+        "order/t-1"
+    ]
+    with pytest.raises(ev.InputValidationError, match="another listing"):
+        executions.list(workflow="order", next_token=token, sort="desc")
+    with pytest.raises(ev.InputValidationError, match="another listing"):
+        executions.list(next_token=token)
+    for garbage in ("not base64 !", "eyJ2IjogMn0=", "3"):
+        with pytest.raises(ev.InputValidationError, match="invalid next_token"):
+            executions.list(workflow="order", next_token=garbage)
+    with pytest.raises(ev.InputValidationError):
+        executions.list(sort="sideways")
+    with pytest.raises(ev.InputValidationError):
+        executions.list(max_results=0)
+
+
+def test_claims_and_signal_ids_are_once_only(executions: ExecutionStore, dynamodb: Any) -> None:
+    assert executions.claim("order/c", 3, 1)
+    assert not executions.claim("order/c", 3, 1)
+    assert executions.claim("order/c", 3, 2)
+    assert executions.claim("order/c", 4, 1)
+    assert executions.claim("order/other", 3, 1)
+    assert executions.remember_signal("order/c", "sig-1")
+    assert not executions.remember_signal("order/c", "sig-1")
+    assert executions.remember_signal("order/c", "sig-2")
+    assert executions.remember_signal("order/other", "sig-1")
+    long_id = "s" * 2000
+    assert executions.remember_signal("order/c", long_id)
+    assert not executions.remember_signal("order/c", long_id)
+    keys = dynamodb.query(
+        TableName=executions.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": "exec#order/c"}},
+    )["Items"]
+    sort_keys = sorted(item["sk"]["S"] for item in keys)
+    assert sort_keys[:3] == ["claim#0000000003#0001", "claim#0000000003#0002", "claim#0000000004#0001"]
+    assert "signal#sig-1" in sort_keys
+    # claim and signal rows are not executions: they never show up in listings
+    assert executions.list().executions == []
