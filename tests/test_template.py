@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -558,7 +559,10 @@ def moto_endpoint() -> Iterator[str]:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        endpoint = f"http://{host}:{port}"
+        # moto's backends are process-wide: start from nothing whatever earlier test modules created
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+        yield endpoint
     finally:
         server.stop()
 

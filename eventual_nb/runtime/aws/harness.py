@@ -202,15 +202,31 @@ class Harness:
 
     def pending(self) -> int:
         """Messages that exist but cannot be received yet (delayed, or in flight elsewhere)."""
-        total = 0
+        return sum(delayed + invisible for _, delayed, invisible in self._counts())
+
+    def visible(self) -> int:
+        """Messages a receive would return now (e.g. a delayed one that became visible after the last round)."""
+        return sum(visible for visible, _, _ in self._counts())
+
+    def _counts(self) -> list[tuple[int, int, int]]:
+        counts = []
         for queue in self.queues():
             attributes = self.sqs.get_queue_attributes(
                 QueueUrl=queue.url,
-                AttributeNames=["ApproximateNumberOfMessagesDelayed", "ApproximateNumberOfMessagesNotVisible"],
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesDelayed",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
             )["Attributes"]
-            total += int(attributes.get("ApproximateNumberOfMessagesDelayed", 0))
-            total += int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
-        return total
+            counts.append(
+                (
+                    int(attributes.get("ApproximateNumberOfMessages", 0)),
+                    int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+                    int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                )
+            )
+        return counts
 
     # ------------------------------------------------------------------------------------ rounds
 
@@ -232,7 +248,10 @@ class Harness:
             did = self.poll_once(report)
             if did:
                 continue
-            report.pending = self.pending()
+            counts = self._counts()
+            if any(visible for visible, _, _ in counts):
+                continue  # became visible after this round's receive: not idle yet
+            report.pending = sum(delayed + invisible for _, delayed, invisible in counts)
             if report.pending and time.monotonic() < deadline:
                 report.rounds -= 1  # waiting is not a round of work
                 time.sleep(0.2)

@@ -1,0 +1,503 @@
+"""`ev.aws.AwsRuntime`: Eventual's service-client protocol on a deployed (or emulated) AWS stack.
+
+    async with ev.aws.AwsRuntime(stack="shop-prod", region="eu-west-1") as runtime:
+        handle = await runtime.start_execution("checkout", {"order_id": "o-1"})
+        print(await handle.result(timeout="5m"))
+
+The runtime is a *client* of the stack: it writes execution records (DynamoDB), sends start, signal and
+cancel messages to the workflow FIFO queue, publishes to the service's bus and reads records, histories
+and the per-execution CloudWatch streams. It runs no workflow code itself; the stack's orchestrator,
+activity, timer and subscription functions do (offline: `eventual_nb.runtime.aws.harness.Harness`).
+
+Where the stack's names come from: `environment` (the `EVENTUAL_*` variables the template gives every
+function; inside Lambda the default, `os.environ`), or, given `stack=`, the CloudFormation stack's
+outputs and resources plus the variables of its functions (for the service name and the subscription
+queue map). Nothing is looked up before the first call (or `async with`), so constructing one is cheap.
+
+Durability of a start: `start_execution` returns once the execution record is written and its start
+message is on the FIFO queue. `WorkflowStarted` is committed by the orchestrator's first turn, built
+from that record only, so an acknowledged start can no longer be lost (DESIGN §3 asks for exactly that).
+
+boto3 is synchronous: every call runs in a worker thread (`asyncio.to_thread`), so the event loop
+serving a notebook or an HTTP server never blocks on AWS. This module imports boto3 when a runtime is
+constructed, never at import time (`import eventual_nb` stays boto3-free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from eventual_nb import errors
+from eventual_nb.durations import optional_duration
+from eventual_nb.engine.history import CancelRequested, HistoryEvent, LogEntry, SignalReceived
+from eventual_nb.events import envelope, source_of
+from eventual_nb.runtime.aws.clients import (
+    EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_TABLE_VARIABLE,
+    WORKFLOW_QUEUE_VARIABLE,
+    AwsClients,
+    AwsSettings,
+    Bus,
+    event_to_dict,
+)
+from eventual_nb.runtime.aws.orchestrator import TIMEOUT_ATTRIBUTE
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, execution_pk
+from eventual_nb.runtime.base import (
+    DeadLetter,
+    Execution,
+    ExecutionHandle,
+    ExecutionPage,
+    ExecutionStatus,
+    HeartbeatResponse,
+    RuntimeBase,
+    execution_id_of,
+    signal_name_of,
+)
+from eventual_nb.runtime.ids import ulid
+from eventual_nb.service import Service
+from eventual_nb.signals import encode_payload
+from eventual_nb.workflows import _NO_INPUT, check_execution_name
+
+__all__ = ["AwsRuntime"]
+
+T = TypeVar("T")
+
+#: stack output -> the `EVENTUAL_*` variable it stands for (exporter/template.py `add_outputs`)
+STACK_OUTPUTS = {
+    "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
+    "HistoryTableName": HISTORY_TABLE_VARIABLE,
+    "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
+    "ActivityQueueUrl": "EVENTUAL_ACTIVITY_QUEUE_URL",
+    "TimerQueueUrl": "EVENTUAL_TIMER_QUEUE_URL",
+    "BusName": "EVENTUAL_BUS_NAME",
+    "ExecutionLogGroupName": "EVENTUAL_EXECUTION_LOG_GROUP",
+    "ScheduleGroupName": "EVENTUAL_SCHEDULE_GROUP",
+}
+#: stack resource (logical id) -> variable, for stacks whose outputs lack one (older templates)
+STACK_RESOURCES = {
+    "ExecutionsTable": EXECUTIONS_TABLE_VARIABLE,
+    "HistoryTable": HISTORY_TABLE_VARIABLE,
+    "WorkflowQueue": WORKFLOW_QUEUE_VARIABLE,
+    "ActivityQueue": "EVENTUAL_ACTIVITY_QUEUE_URL",
+    "TimerQueue": "EVENTUAL_TIMER_QUEUE_URL",
+    "ExecutionLogGroup": "EVENTUAL_EXECUTION_LOG_GROUP",
+}
+#: what every call of the runtime needs from the stack
+REQUIRED_VARIABLES = (EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE, WORKFLOW_QUEUE_VARIABLE)
+#: polling of `wait_for_execution`: first pause, growth factor, longest pause (seconds)
+WAIT_FIRST = 0.05
+WAIT_FACTOR = 1.5
+WAIT_LONGEST = 2.0
+#: receives of one dead-letter queue per `list_dead_letters` call (10 messages each at most)
+MAX_DEAD_LETTER_RECEIVES = 100
+
+
+class AwsRuntime(RuntimeBase):
+    """The service-client protocol against one AWS stack (see the module docstring)."""
+
+    def __init__(
+        self,
+        stack: str | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        *,
+        service: Service | str | None = None,
+        services: list[Service | str] | None = None,
+        environment: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        try:
+            import boto3
+        except ModuleNotFoundError as exc:
+            raise ImportError(f"ev.aws needs boto3: pip install 'eventual-nb[aws]' ({exc})") from exc
+        self.stack = stack
+        self.endpoint_url = endpoint_url
+        self._serve(service, services)
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self._given_environment = None if environment is None else dict(environment)
+        self.session = boto3.session.Session(region_name=region or _environment_region())
+        if not self.session.region_name:
+            raise errors.EventualError(
+                "no AWS region: pass AwsRuntime(region=...) or set AWS_REGION (or AWS_DEFAULT_REGION, or a "
+                "profile's region via AWS_PROFILE)"
+            )
+        self.region = str(self.session.region_name)
+        if self.session.get_credentials() is None:
+            raise errors.EventualError(
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
+                "where an IAM role provides them (Lambda, EC2, ECS)"
+            )
+        self._lock = threading.Lock()
+        self._clients: AwsClients | None = None
+        self._executions: ExecutionStore | None = None
+        self._history: HistoryStore | None = None
+
+    def __repr__(self) -> str:
+        where = f"stack={self.stack!r}" if self.stack else "environment"
+        return f"AwsRuntime({where}, region={self.region!r})"
+
+    # ----------------------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> AwsRuntime:
+        await asyncio.to_thread(self._resolve)
+        self.enter_current()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.exit_current()
+
+    def client(self, service: str) -> Any:
+        """A boto3 client of this runtime's session (region, credentials, endpoint)."""
+        return self.session.client(service, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+
+    def _resolve(self) -> AwsClients:
+        """Find the stack's names (once) and build the clients; blocking, so called from a worker thread."""
+        with self._lock:
+            if self._clients is not None:
+                return self._clients
+            if self._given_environment is not None:
+                environment = dict(self._given_environment)
+            elif self.stack is not None:
+                environment = self._stack_environment(self.stack)
+            else:
+                environment = dict(os.environ)
+            missing = [name for name in REQUIRED_VARIABLES if not environment.get(name)]
+            if missing:
+                raise errors.EventualError(
+                    f"AwsRuntime cannot find its stack: {', '.join(missing)} not set; pass stack='<stack name>' "
+                    "(read from CloudFormation), environment={...} (the EVENTUAL_* variables of the stack's "
+                    "functions), or run inside one of those functions"
+                )
+            settings = AwsSettings.from_environment(environment)
+            built: dict[str, Any] = {}
+            for name in ("dynamodb", "sqs", "events", "logs"):
+                built[name] = self.client(name)
+
+            def factory(name: str) -> Any:
+                return built[name] if name in built else self.client(name)
+
+            clients = AwsClients(settings, factory, clock=self.clock)
+            dynamodb = clients.client("dynamodb")
+            self._executions = ExecutionStore(dynamodb, settings.executions_table)
+            self._history = HistoryStore(dynamodb, settings.history_table)
+            self._clients = clients
+            return clients
+
+    def _stack_environment(self, stack: str) -> dict[str, str]:
+        """The `EVENTUAL_*` variables of `stack`: its functions' variables, then its outputs and resources."""
+        cloudformation = self.client("cloudformation")
+        try:
+            described = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+        except cloudformation.exceptions.ClientError as exc:
+            raise errors.EventualError(
+                f"cannot read CloudFormation stack {stack!r} in {self.region}: {exc} (deployed with "
+                "`eventual-nb deploy DIR --stack NAME`? right region?)"
+            ) from exc
+        if not described:
+            raise errors.EventualError(f"no CloudFormation stack {stack!r} in {self.region}")
+        environment: dict[str, str] = {}
+        resources: dict[str, str] = {}
+        paginator = cloudformation.get_paginator("list_stack_resources")
+        try:
+            for page in paginator.paginate(StackName=stack):
+                for item in page.get("StackResourceSummaries", []):
+                    if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
+                        resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+        except cloudformation.exceptions.ClientError:
+            # fall back to the (at most 100 items) describe call some policies allow instead
+            for item in cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []):
+                if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
+                    resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+        # the functions' own variables carry what outputs do not: the service name, the subscription map
+        functions = self.client("lambda")
+        for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
+            physical_id = resources.get(logical_id)
+            if physical_id is None:
+                continue
+            try:
+                configuration = functions.get_function_configuration(FunctionName=physical_id)
+            except functions.exceptions.ClientError:
+                continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
+            variables = configuration.get("Environment", {}).get("Variables", {})
+            for name, value in variables.items():
+                environment.setdefault(str(name), str(value))
+        for logical_id, variable in STACK_RESOURCES.items():
+            if logical_id in resources:
+                environment[variable] = resources[logical_id]
+        for output in described[0].get("Outputs", []):
+            named = STACK_OUTPUTS.get(str(output.get("OutputKey")))
+            if named is not None and output.get("OutputValue"):
+                environment[named] = str(output["OutputValue"])
+        return environment
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Resolve the stack if needed, then run blocking boto3 work in a worker thread."""
+
+        def work() -> T:
+            self._resolve()
+            return function(*args, **kwargs)
+
+        return await asyncio.to_thread(work)
+
+    @property
+    def executions(self) -> ExecutionStore:
+        self._resolve()
+        assert self._executions is not None
+        return self._executions
+
+    @property
+    def history(self) -> HistoryStore:
+        self._resolve()
+        assert self._history is not None
+        return self._history
+
+    @property
+    def clients(self) -> AwsClients:
+        return self._resolve()
+
+    # ----------------------------------------------------------------------------- the protocol
+
+    async def start_execution(
+        self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
+    ) -> ExecutionHandle:
+        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
+        if not isinstance(workflow_name, str):
+            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
+        definition = self.workflow_definition(workflow_name)
+        raw_input = definition.validate_input(_NO_INPUT if input is None else input)
+        now = self.clock()
+        if name is None:
+            name = ulid(now)
+        else:
+            check_execution_name(name)
+        limit = optional_duration(timeout, what="timeout")
+        execution_id = f"{definition.name}/{name}"
+        service = definition.service.name if definition.service is not None else None
+
+        def start() -> bool:
+            created = self.executions.create(execution_id, definition.name, raw_input, now, service=service)
+            if created and limit is not None:
+                self._set_timeout(execution_id, limit)
+            # also for an existing execution: repairs a start that died between the record and the message
+            # (the message's de-duplication id makes a repeat harmless; a started execution ignores it)
+            self.clients.workflow_queue.send_start(execution_id)
+            return created
+
+        created = await self._call(start)
+        return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=not created)
+
+    def _set_timeout(self, execution_id: str, limit: timedelta) -> None:
+        """An explicit timeout rides on the record, where the orchestrator's first turn reads it.
+
+        Written right after the record and before the start message, so the first turn sees it; a start
+        that dies in between leaves an execution with its workflow's default timeout."""
+        executions = self.executions
+        executions.client.update_item(
+            TableName=executions.table,
+            Key={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": "exec"}},
+            UpdateExpression="SET #timeout = :timeout",
+            ExpressionAttributeNames={"#timeout": TIMEOUT_ATTRIBUTE},
+            ExpressionAttributeValues={":timeout": {"N": repr(limit.total_seconds())}},
+        )
+
+    async def get_execution(self, id: str) -> Execution:
+        return await self._call(lambda: self.executions.get(id))
+
+    async def list_executions(
+        self,
+        workflow: str | None = None,
+        statuses: list[ExecutionStatus] | None = None,
+        next_token: str | None = None,
+        max_results: int = 100,
+        sort: str = "asc",
+    ) -> ExecutionPage:
+        """A page in start-time order, from the executions table's listing indexes (eventually consistent:
+        an execution started a moment ago may be missing from the first page that would hold it)."""
+        return await self._call(
+            lambda: self.executions.list(
+                workflow=workflow, statuses=statuses, next_token=next_token, max_results=max_results, sort=sort
+            )
+        )
+
+    async def get_execution_history(self, id: str) -> list[HistoryEvent]:
+        def read() -> list[HistoryEvent]:
+            self.executions.get(id)  # ExecutionNotFound for unknown ids
+            return self.history.read(id)
+
+        return await self._call(read)
+
+    async def get_execution_logs(self, id: str) -> list[LogEntry]:
+        def read() -> list[LogEntry]:
+            self.executions.get(id)
+            return self.clients.logs.read(id)
+
+        return await self._call(read)
+
+    async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
+        """Check the execution runs, then send `SignalReceived` to its FIFO group.
+
+        A signal `id` is de-duplicated by the workflow engine, which ignores a second `SignalReceived`
+        with an id it has seen, so a repeated send (a client retry) is delivered once."""
+        execution_id = execution_id_of(execution)
+        name = signal_name_of(signal)
+        encoded = encode_payload(signal, payload, self.served_services())
+
+        def send() -> None:
+            current = self.executions.get(execution_id)
+            if current.status != ExecutionStatus.IN_PROGRESS:
+                raise errors.EventualError(
+                    f"cannot send signal '{name}' to execution '{execution_id}': it is {current.status.value}"
+                )
+            event = SignalReceived(timestamp=self.clock(), signal=name, payload=encoded, id=id)
+            self.clients.send_workflow_event(execution_id, event_to_dict(event))
+
+        await self._call(send)
+
+    async def publish_events(self, *events: Any) -> None:
+        """Put the events on the service's bus (Source = the event's service, else this runtime's)."""
+        items = [(envelope(event), source_of(event)) for event in events]
+        if not items:
+            return
+
+        def publish() -> None:
+            clients = self.clients
+            if not clients.settings.bus_name:
+                raise errors.EventualError("EVENTUAL_BUS_NAME not set: this runtime does not know the stack's bus")
+            default = self._default_source()
+            by_source: dict[str, list[dict[str, Any]]] = {}
+            for item, source in items:
+                by_source.setdefault(source or default, []).append(item)
+            bus = Bus(clients.client("events"), clients.settings.bus_name, default)
+            for source, envelopes in by_source.items():
+                bus.publish(envelopes, source)
+
+        await self._call(publish)
+
+    def _default_source(self) -> str:
+        """The bus convention's Source for events of no particular service: the stack's service."""
+        service = self.clients.settings.service
+        if service:
+            return service
+        served = self.served_services() if self._served_names is not None else []
+        if len(served) == 1:
+            return served[0].name
+        raise errors.EventualError(
+            "cannot tell which service publishes these events: set EVENTUAL_SERVICE or pass AwsRuntime(service=...)"
+        )
+
+    async def cancel_execution(self, id: str) -> None:
+        def cancel() -> None:
+            current = self.executions.get(id)
+            if current.status != ExecutionStatus.IN_PROGRESS:
+                raise errors.EventualError(f"cannot cancel execution '{id}': it already ended {current.status.value}")
+            self.clients.send_workflow_event(id, event_to_dict(CancelRequested(timestamp=self.clock())))
+
+        await self._call(cancel)
+
+    def _token_completion(self, what: str) -> errors.EventualError:
+        return errors.EventualError(
+            f"{what} by token is not available on AwsRuntime yet: completing an activity from outside needs "
+            "the activity worker's token store (issue 6, slice 4a, eventual_nb/runtime/aws/workers.py)"
+        )
+
+    async def send_activity_success(self, token: str, result: Any = None) -> None:
+        raise self._token_completion("send_activity_success")
+
+    async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
+        raise self._token_completion("send_activity_failure")
+
+    async def send_activity_heartbeat(self, token: str) -> HeartbeatResponse:
+        raise self._token_completion("send_activity_heartbeat")
+
+    async def list_dead_letters(self) -> list[DeadLetter]:
+        """Subscription deliveries that used up their retries, read from each subscription's dead-letter
+        queue WITHOUT removing them: messages are received with `VisibilityTimeout=0`, so they stay
+        visible (each look raises their receive count; dead-letter queues have no redrive of their own,
+        so nothing moves). `attempts` is the subscription queue's `maxReceiveCount`, after which SQS moved
+        the message; `time` is when the event was first sent. SQS keeps no failure reason, so `error` is
+        `MaxReceiveCountExceeded` (the subscription's function log has the exceptions)."""
+        return await self._call(self._dead_letters)
+
+    def _dead_letters(self) -> list[DeadLetter]:
+        clients = self.clients
+        sqs = clients.client("sqs")
+        found: list[DeadLetter] = []
+        for queue_arn, subscription in sorted(clients.settings.subscription_queues.items(), key=lambda i: i[1]):
+            url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
+            policy_text = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"].get(
+                "RedrivePolicy"
+            )
+            if not policy_text:
+                continue
+            policy = json.loads(policy_text)
+            dead_url = sqs.get_queue_url(QueueName=str(policy["deadLetterTargetArn"]).rsplit(":", 1)[-1])["QueueUrl"]
+            attempts = int(policy.get("maxReceiveCount", 1))
+            seen: set[str] = set()
+            for _ in range(MAX_DEAD_LETTER_RECEIVES):
+                messages = sqs.receive_message(
+                    QueueUrl=dead_url,
+                    MaxNumberOfMessages=10,
+                    VisibilityTimeout=0,
+                    WaitTimeSeconds=0,
+                    MessageSystemAttributeNames=["SentTimestamp"],
+                ).get("Messages", [])
+                fresh = [message for message in messages if message["MessageId"] not in seen]
+                if not fresh:
+                    break
+                for message in fresh:
+                    seen.add(message["MessageId"])
+                    found.append(_dead_letter(message, subscription, attempts))
+        found.sort(key=lambda letter: letter.time)
+        return found
+
+    async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
+        """Poll the record (with backoff, up to `WAIT_LONGEST` s between reads) until it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = WAIT_FIRST
+        while True:
+            execution = await self.get_execution(id)
+            if execution.status != ExecutionStatus.IN_PROGRESS:
+                return execution
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.Timeout(f"execution '{id}' did not finish within {timeout} s")
+                pause = min(pause, left)
+            await asyncio.sleep(pause)
+            pause = min(WAIT_LONGEST, pause * WAIT_FACTOR)
+
+
+def _environment_region() -> str | None:
+    """Lambda sets AWS_REGION (botocore reads AWS_DEFAULT_REGION): take either."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def _dead_letter(message: Mapping[str, Any], subscription: str, attempts: int) -> DeadLetter:
+    """A DLQ message (an EventBridge envelope) in the local runtime's shape: `{"name", "event"}`."""
+    try:
+        body = json.loads(message["Body"])
+    except ValueError:
+        body = message["Body"]
+    if isinstance(body, dict) and "detail-type" in body:
+        event: dict[str, Any] = {"name": body["detail-type"], "event": body.get("detail")}
+        if body.get("source"):
+            event["source"] = body["source"]
+    else:
+        event = {"name": None, "event": body}
+    sent = message.get("Attributes", {}).get("SentTimestamp")
+    moment = datetime.fromtimestamp(int(sent) / 1000, UTC) if sent else datetime.now(UTC)
+    return DeadLetter(
+        event=event,
+        subscription=subscription,
+        error="MaxReceiveCountExceeded",
+        message=f"not delivered after {attempts} attempt(s); moved to the dead-letter queue",
+        attempts=attempts,
+        time=moment,
+    )

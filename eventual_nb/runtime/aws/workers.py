@@ -1,0 +1,493 @@
+"""The AWS runtime's workers: activity attempts, subscription deliveries, timers and the schedule forwarder.
+
+Each is what one Lambda function of the stack calls (the generated `handlers.py` builds them once per
+container), and each speaks only the wire format of `clients.py`:
+
+* `ActivityWorker.handle_batch` — the activity queue (standard). One message is one attempt
+  `{"execution_id", "seq", "attempt", "name", "input", "options"}`, plus two optional fields only this
+  worker writes: `not_before` (ISO 8601: a retry whose backoff is longer than SQS's 900 s hops through
+  the queue until then) and `heartbeat_details` (the last attempt's details, given to the next one).
+* `SubscriptionWorker.handle_batch` — the subscription queues, one per subscription, fed by the bus's
+  rules with EventBridge envelopes.
+* `timer_handler(clients)` — the timer queue: forwards a due timer's event to the workflow queue, or
+  sends it back for the rest of its wait.
+* `schedule_forwarder(clients)` — the target of the Scheduler's `at()` schedules (timers further away
+  than 900 s): puts the timer body back on the timer queue, which relays it when due.
+
+Activity attempts run at most once per `(execution, seq, attempt)`
+--------------------------------------------------------------------
+SQS delivers at least once, so the worker first takes the attempt's claim row
+(`ExecutionStore.claim`); a duplicate delivery finds it taken and is acknowledged without running. The
+price is at-most-once per attempt: a container that dies between the claim and sending the outcome loses
+that attempt (nothing re-runs it; see "missing" in the docstring of `ActivityWorker`).
+
+Timeouts: the attempt runs inside the Lambda invocation. Its `timeout` (and the function's own time
+limit, less a safety margin, whichever is sooner) is enforced here with a watchdog, and so is the
+`heartbeat_timeout` (each heartbeat moves its deadline). An attempt that runs out of time is a failed
+attempt of kind timeout: retried per the activity's `RetryPolicy`, then reported as `ActivityTimedOut`
+(or `ActivityHeartbeatTimedOut`). A plain `def` activity's thread cannot be stopped; it is abandoned
+(and frozen with the container between invocations).
+
+Activity tokens are HMAC-signed with `EVENTUAL_SIGNING_KEY` (the same variable the local runtime reads):
+the deploy must set it — the same secret on every function that signs or verifies tokens (the activity
+worker and the API). It is only needed by activities that ask for their token; without it, asking raises.
+Async completion (`AsyncResult`) is not supported on AWS yet: such an attempt fails, non-retryably.
+
+Every handler is synchronous (Lambda calls it directly); coroutines — async activities and async
+subscription handlers — run on one event loop kept per worker (a warm container reuses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from eventual_nb import errors
+from eventual_nb.activities import ActivityInfo, find_activity
+from eventual_nb.engine.history import (
+    ActivityFailed,
+    ActivityHeartbeatTimedOut,
+    ActivitySucceeded,
+    ActivityTimedOut,
+    HistoryEvent,
+    LogEntry,
+)
+from eventual_nb.retry import RetryPolicy, exception_type_names
+from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_attempt
+from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
+from eventual_nb.runtime.base import ExecutionStatus, HeartbeatResponse
+from eventual_nb.runtime.tokens import TokenSigner
+from eventual_nb.serde import to_json
+from eventual_nb.service import Service
+
+LOGGER = logging.getLogger("eventual_nb.aws.workers")
+
+SIGNING_KEY_VARIABLE = "EVENTUAL_SIGNING_KEY"
+#: stop an attempt this long before the Lambda's own limit, so its outcome can still be sent
+LAMBDA_SAFETY_SECONDS = 10.0
+#: a heartbeat asks DynamoDB whether the execution ended at most this often
+HEARTBEAT_CHECK_SECONDS = 30.0
+#: SQS's largest visibility timeout (12 h): the longest backoff a failed subscription delivery can get
+MAX_VISIBILITY_SECONDS = 43_200
+
+Handler = Callable[[dict[str, Any], Any], "dict[str, Any] | None"]
+T = TypeVar("T")
+
+
+def _batch_failures(ids: Sequence[str]) -> dict[str, list[dict[str, str]]]:
+    return {"batchItemFailures": [{"itemIdentifier": identifier} for identifier in ids]}
+
+
+class _Loop:
+    """One event loop per worker, reused across invocations (a warm container keeps it).
+
+    If the caller's thread already runs a loop (an async test driving the handlers directly), the
+    coroutine runs on this loop in a helper thread instead, since a loop cannot be nested."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._helper: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return loop.run_until_complete(coroutine)
+        if self._helper is None:
+            self._helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eventual-worker-loop")
+        return self._helper.submit(loop.run_until_complete, coroutine).result()
+
+
+# ------------------------------------------------------------------------------------------ activities
+
+
+@dataclass
+class _Watch:
+    """An attempt's deadlines (monotonic seconds) and what its heartbeats reported."""
+
+    deadline: float | None
+    deadline_is_lambda: bool
+    heartbeat_timeout: float | None
+    heartbeat_deadline: float | None
+    details: Any = None
+    has_details: bool = False
+    last_check: float = 0.0
+    ended: bool = False
+    stopped: bool = False
+
+
+@dataclass
+class AttemptReport:
+    """What the worker did with one activity message (for tests and logs)."""
+
+    action: str  # "ran" | "duplicate" | "ended" | "unknown" | "deferred"
+    event: HistoryEvent | None = None
+    retry_delay: int | None = None
+    logs: list[LogEntry] = field(default_factory=list)
+
+
+class ActivityWorker:
+    """Runs activity attempts from the activity queue (the `activity` function; batch size 1 in the template).
+
+    Missing (documented, not silently wrong): an attempt whose container dies after its claim is lost
+    (the claim row has no lease, so its redelivery is acknowledged without running; an activity `timeout`
+    cannot rescue it either, as nothing outside the attempt watches it); async completion by token;
+    cancelling a running attempt beyond `HeartbeatResponse.cancelled` once the execution ended."""
+
+    def __init__(
+        self,
+        stores: ExecutionStore | tuple[ExecutionStore, HistoryStore],
+        clients: AwsClients,
+        services: Sequence[Service],
+        *,
+        signing_key: bytes | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.executions = stores[0] if isinstance(stores, tuple) else stores
+        self.clients = clients
+        self.services = list(services)
+        if signing_key is None:
+            text = (os.environ if environ is None else environ).get(SIGNING_KEY_VARIABLE)
+            signing_key = text.encode() if text else None
+        self._signer = TokenSigner(signing_key) if signing_key else None
+        self._loop = _Loop()
+        self.reports: list[AttemptReport] = []
+        self.keep_reports = False
+
+    def handle_batch(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+        """An SQS batch of activity messages -> `{"batchItemFailures": [...]}`.
+
+        A message fails (and is redelivered) only if the worker could not do its part *before* claiming
+        the attempt — reading the record, deferring, the claim itself; after the claim, sending the
+        outcome is retried by boto3 and an exception still fails the message (its redelivery then finds
+        the claim and is dropped: see the class docstring)."""
+        failed: list[str] = []
+        for record in event.get("Records") or []:
+            try:
+                message = json.loads(record["body"])
+                if not isinstance(message, dict):
+                    raise ValueError("an activity message must be a JSON object")
+                report = self.handle_message(message, context)
+                if self.keep_reports:
+                    self.reports.append(report)
+            except Exception:  # one bad message must not fail the others
+                LOGGER.exception("activity message %s failed", record.get("messageId"))
+                failed.append(str(record["messageId"]))
+        return _batch_failures(failed)
+
+    def handle_message(self, message: dict[str, Any], context: Any = None) -> AttemptReport:
+        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+        now = utc(self.clients.clock())
+        not_before = message.get("not_before")
+        if not_before and utc(datetime.fromisoformat(str(not_before))) > now:
+            delay = _delay(utc(datetime.fromisoformat(str(not_before))), now)
+            self.clients.activity_queue.send(message, delay_seconds=delay)
+            return AttemptReport("deferred", retry_delay=delay)
+        try:
+            status = self.executions.get(execution_id).status
+        except errors.ExecutionNotFound:
+            LOGGER.warning("dropping activity %s of unknown execution %s", seq, execution_id)
+            return AttemptReport("unknown")
+        if status != ExecutionStatus.IN_PROGRESS:
+            return AttemptReport("ended")
+        if not self.executions.claim(execution_id, seq, attempt):
+            return AttemptReport("duplicate")
+        outcome, kind, watch, logs = self._loop.run(self._attempt(message, context))
+        self._write_logs(execution_id, logs)
+        report = self._settle(message, outcome, kind, watch)
+        report.logs = logs
+        return report
+
+    # ------------------------------------------------------------------------------------ running
+
+    def _token(self, execution_id: str, seq: int, attempt: int) -> str:
+        if self._signer is None:
+            raise errors.EventualError(
+                f"this activity asked for its token, but {SIGNING_KEY_VARIABLE} is not set on the activity "
+                "function: the deploy must give it (and the API) the same secret of at least 16 bytes"
+            )
+        return self._signer.sign(execution_id, seq, attempt)
+
+    async def _attempt(
+        self, message: dict[str, Any], context: Any
+    ) -> tuple[AttemptOutcome, str, _Watch, list[LogEntry]]:
+        """Run the attempt under its watchdog; returns (outcome, kind, watch, log lines).
+
+        kind is "failed" for an ordinary outcome, "timeout" or "heartbeat" when a deadline passed."""
+        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+        name = str(message["name"])
+        options = message.get("options") or {}
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        timeout = options.get("timeout")
+        deadline = None if timeout is None else start + float(timeout)
+        lambda_limit = _lambda_seconds_left(context)
+        deadline_is_lambda = False
+        if lambda_limit is not None and (deadline is None or start + lambda_limit < deadline):
+            deadline, deadline_is_lambda = start + lambda_limit, True
+        heartbeat_timeout = options.get("heartbeat_timeout")
+        watch = _Watch(
+            deadline=deadline,
+            deadline_is_lambda=deadline_is_lambda,
+            heartbeat_timeout=None if heartbeat_timeout is None else float(heartbeat_timeout),
+            heartbeat_deadline=None if heartbeat_timeout is None else start + float(heartbeat_timeout),
+            last_check=time.monotonic(),
+        )
+        logs: list[LogEntry] = []
+
+        def log_line(line: str) -> None:
+            logs.append(LogEntry(time=utc(self.clients.clock()), message=line, source=name))
+
+        async def heartbeat(details: Any) -> HeartbeatResponse:
+            if details is not None:
+                watch.details = to_json(details, what="heartbeat details")
+                watch.has_details = True
+            if watch.heartbeat_timeout is not None:
+                watch.heartbeat_deadline = loop.time() + watch.heartbeat_timeout
+            if not watch.ended and time.monotonic() - watch.last_check >= HEARTBEAT_CHECK_SECONDS:
+                watch.last_check = time.monotonic()
+                watch.ended = await asyncio.to_thread(self._ended, execution_id)
+            return HeartbeatResponse(cancelled=watch.ended or watch.stopped)
+
+        definition = find_activity(name, self.services)
+        if definition is None:
+            missing = AttemptOutcome(
+                kind="failed",
+                error="ActivityNotFound",
+                message=f"no activity named '{name}' is served by this worker",
+                retryable=False,
+            )
+            return missing, "failed", watch, logs
+        info = ActivityInfo(
+            execution_id=execution_id,
+            activity=name,
+            seq=seq,
+            attempt=attempt,
+            token=lambda: self._token(execution_id, seq, attempt),
+            idempotency_key=f"{execution_id}/{seq}",
+            heartbeat_details=message.get("heartbeat_details"),
+        )
+        task = asyncio.ensure_future(
+            run_attempt(definition, dict(message.get("input") or {}), info, heartbeat, log_line)
+        )
+        while True:
+            waits = [d - loop.time() for d in (watch.deadline, watch.heartbeat_deadline) if d is not None]
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(waits)) if waits else None)
+            if done:
+                try:
+                    return task.result(), "failed", watch, logs
+                except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
+                    return failure(exc), "failed", watch, logs
+            now = loop.time()
+            kind = ""
+            error: errors.Timeout
+            if watch.heartbeat_deadline is not None and now >= watch.heartbeat_deadline:
+                assert watch.heartbeat_timeout is not None
+                kind = "heartbeat"
+                error = errors.HeartbeatTimeout(f"no heartbeat within {watch.heartbeat_timeout:g}s")
+            elif watch.deadline is not None and now >= watch.deadline:
+                kind = "timeout"
+                if watch.deadline_is_lambda:
+                    error = errors.Timeout(
+                        f"attempt {attempt} ran out of the activity function's time limit "
+                        f"(stopped {LAMBDA_SAFETY_SECONDS:g}s before it, to report the timeout)"
+                    )
+                else:
+                    error = errors.Timeout(f"attempt {attempt} exceeded its timeout of {timeout}s")
+            if kind:
+                watch.stopped = True
+                task.cancel()  # a plain `def` keeps running in its thread: it cannot be stopped, only abandoned
+                await asyncio.wait({task}, timeout=1.0)
+                return failure(error), kind, watch, logs
+
+    def _ended(self, execution_id: str) -> bool:
+        try:
+            return self.executions.get(execution_id).status != ExecutionStatus.IN_PROGRESS
+        except errors.ExecutionNotFound:
+            return True
+
+    def _write_logs(self, execution_id: str, logs: list[LogEntry]) -> None:
+        """Best effort: losing an attempt's output is better than losing its outcome (already claimed)."""
+        if not logs:
+            return
+        try:
+            self.clients.write_logs(execution_id, logs)
+        except Exception:
+            LOGGER.exception("could not write %d log lines of execution %s", len(logs), execution_id)
+
+    # ----------------------------------------------------------------------------------- settling
+
+    def _settle(self, message: dict[str, Any], outcome: AttemptOutcome, kind: str, watch: _Watch) -> AttemptReport:
+        """Success -> ActivitySucceeded; failure -> the next attempt's message (backoff) or the failure event."""
+        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+        now = utc(self.clients.clock())
+        event: HistoryEvent
+        if outcome.kind == "succeeded":
+            event = ActivitySucceeded(seq=seq, timestamp=now, result=outcome.result, attempts=attempt)
+            self.clients.send_workflow_event(execution_id, event_to_dict(event))
+            return AttemptReport("ran", event=event)
+        if outcome.kind == "async":
+            outcome = AttemptOutcome(
+                kind="failed",
+                error="AsyncCompletionUnsupported",
+                message="the AWS runtime does not support completing an activity by token (AsyncResult) yet",
+                retryable=False,
+            )
+        options = message.get("options") or {}
+        policy = RetryPolicy.model_validate(options.get("retry") or {})
+        type_names = outcome.type_names or (outcome.error,)
+        if outcome.retryable and policy.retries(attempt, type_names):
+            backoff = policy.delay_after(attempt).total_seconds()
+            following: dict[str, Any] = {
+                key: message[key]
+                for key in ("execution_id", "seq", "name", "input", "options", "heartbeat_details")
+                if key in message
+            }
+            following["attempt"] = attempt + 1
+            if watch.has_details:
+                following["heartbeat_details"] = watch.details
+            if backoff > MAX_SQS_DELAY_SECONDS:  # hops through the queue until then
+                following["not_before"] = (now + timedelta(seconds=backoff)).isoformat()
+            delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
+            self.clients.activity_queue.send(following, delay_seconds=delay)
+            return AttemptReport("ran", retry_delay=delay)
+        if kind == "timeout":
+            event = ActivityTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
+        elif kind == "heartbeat":
+            event = ActivityHeartbeatTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
+        else:
+            event = ActivityFailed(
+                seq=seq, timestamp=now, error=outcome.error, message=outcome.message, attempts=attempt
+            )
+        self.clients.send_workflow_event(execution_id, event_to_dict(event))
+        return AttemptReport("ran", event=event)
+
+
+def _delay(until: datetime, now: datetime) -> int:
+    return max(0, min(MAX_SQS_DELAY_SECONDS, math.ceil((until - now).total_seconds())))
+
+
+def _lambda_seconds_left(context: Any) -> float | None:
+    """Seconds the attempt may use before the Lambda's limit (less the margin), if running in Lambda."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return max(0.0, remaining() / 1000 - LAMBDA_SAFETY_SECONDS)
+
+
+# ------------------------------------------------------------------------------------------- timers
+
+
+def timer_handler(clients: AwsClients) -> Handler:
+    """The timer function: forward each due timer's event to the workflow queue, re-queue the others."""
+
+    def handle(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        failed: list[str] = []
+        for record in event.get("Records") or []:
+            try:
+                body = json.loads(record["body"])
+                clients.timers.relay(body, clients.workflow_queue, clients.clock())
+            except Exception:  # redelivered; relaying twice is harmless (the orchestrator de-duplicates)
+                LOGGER.exception("timer message %s failed", record.get("messageId"))
+                failed.append(str(record["messageId"]))
+        return _batch_failures(failed)
+
+    return handle
+
+
+def schedule_forwarder(clients: AwsClients) -> Handler:
+    """The Scheduler's target: the event is the timer body; it goes back to the timer queue, which relays it.
+
+    Why not relay directly: one path (the timer function) decides "due or not", so the Scheduler's
+    whole-second `at()` rounding and its clock can never forward a timer early."""
+
+    def handle(event: dict[str, Any], context: Any = None) -> None:
+        body = json.loads(event) if isinstance(event, str) else event
+        if not isinstance(body, dict) or not {"execution_id", "due", "event"} <= set(body):
+            raise errors.EventualError(f"the schedule forwarder got {body!r}, not a timer body")
+        clients.timers.requeue(body, clients.clock())
+
+    return handle
+
+
+# ------------------------------------------------------------------------------------ subscriptions
+
+
+class SubscriptionWorker:
+    """Delivers bus events to subscription handlers (the `subscription` function).
+
+    The queue tells which subscription a record is for (`EVENTUAL_SUBSCRIPTION_QUEUES`: queue ARN →
+    name). A failed handler call is reported in `batchItemFailures`; the queue's redrive policy
+    (maxReceiveCount = the subscription's `max_attempts`) retries it and then dead-letters it. Before
+    reporting a failure, the worker sets the message's visibility to the subscription's backoff
+    (`RetryPolicy.delay_after(receive count)`), so retries wait as they do locally. Not done:
+    `non_retryable` errors are retried like any other (only the redrive count ends them); handler
+    output goes to the function's own log, not to an execution log."""
+
+    def __init__(self, clients: AwsClients, services: Sequence[Service]) -> None:
+        self.clients = clients
+        self.services = list(services)
+        self._loop = _Loop()
+
+    def handle_batch(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+        failed: list[str] = []
+        for record in event.get("Records") or []:
+            try:
+                self.deliver(record)
+            except Exception as exc:
+                LOGGER.exception("subscription delivery %s failed", record.get("messageId"))
+                failed.append(str(record["messageId"]))
+                self._back_off(record, exc)
+        return _batch_failures(failed)
+
+    def subscription_for(self, queue_arn: str) -> Any:
+        name = self.clients.settings.subscription_queues.get(queue_arn)
+        if name is None:
+            raise errors.EventualError(f"no subscription is mapped to queue {queue_arn} (EVENTUAL_SUBSCRIPTION_QUEUES)")
+        for service in self.services:
+            found = service.subscriptions.get(name)
+            if found is not None:
+                return found
+        raise errors.EventualError(f"no subscription named '{name}' is served by this worker")
+
+    def deliver(self, record: Mapping[str, Any]) -> None:
+        subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
+        envelope = json.loads(record["body"])
+        item = {"name": str(envelope["detail-type"]), "event": envelope["detail"]}
+        value = subscription.handler(subscription.decode(item))
+        if inspect.isawaitable(value):
+            self._loop.run(_awaited(value))
+
+    def _back_off(self, record: Mapping[str, Any], error: BaseException) -> None:
+        """Make a failed delivery wait its subscription's backoff before SQS offers it again (best effort)."""
+        try:
+            subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
+            policy: RetryPolicy = subscription.retry
+            received = int((record.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
+            if not policy.retries(received, exception_type_names(error)):
+                return  # the redrive policy dead-letters it on the next receive
+            seconds = min(MAX_VISIBILITY_SECONDS, math.ceil(policy.delay_after(received).total_seconds()))
+            url = self.clients.client("sqs").get_queue_url(QueueName=str(record["eventSourceARN"]).rsplit(":", 1)[-1])
+            self.clients.client("sqs").change_message_visibility(
+                QueueUrl=url["QueueUrl"], ReceiptHandle=record["receiptHandle"], VisibilityTimeout=seconds
+            )
+        except Exception:  # the default visibility timeout applies instead
+            LOGGER.exception("could not set the backoff of delivery %s", record.get("messageId"))
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
