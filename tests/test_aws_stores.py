@@ -11,15 +11,10 @@ anything but a 127.0.0.1 URL.
 from __future__ import annotations
 
 import json
-import logging
 import random
-import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
-import boto3
 import pytest
 
 import eventual_nb as ev
@@ -44,29 +39,14 @@ from eventual_nb.runtime.aws.stores import (
     table_names_from_environment,
 )
 from eventual_nb.runtime.base import Execution, ExecutionStatus
-from exporter.template import build_template
+from tests import aws_support
+from tests.aws_support import STACK, aws_client, require_local, reset_moto, template_tables
 
-STACK = "stores-test"
-REGION = "us-east-1"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
-HANDLERS = {
-    "api": "handlers.api",
-    "orchestrator": "handlers.orchestrator",
-    "activity": "handlers.activity_worker",
-    "subscription": "handlers.subscription_worker",
-    "timer": "handlers.timer",
-    "schedule": "handlers.schedule_forwarder",
-}
-
-
-def require_local(endpoint: str | None) -> str:
-    """Refuse (fail, never skip) any endpoint that is not moto on this machine's loopback."""
-    parts = urlsplit(endpoint or "")
-    if parts.scheme != "http" or parts.hostname != "127.0.0.1" or not parts.port:
-        pytest.fail(f"refusing to run AWS store tests against {endpoint!r}: only http://127.0.0.1:<port> (moto)")
-    assert endpoint is not None
-    return endpoint
+# the shared moto server and credentials (bound, not imported as names, so ruff sees them as fixtures)
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
 
 
 def test_the_guard_refuses_anything_but_loopback() -> None:
@@ -76,55 +56,11 @@ def test_the_guard_refuses_anything_but_loopback() -> None:
     assert require_local("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield require_local(f"http://{host}:{port}")
-    finally:
-        server.stop()
-
-
-@pytest.fixture(autouse=True)
-def dummy_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-
-
-def template_tables() -> dict[str, dict[str, Any]]:
-    """`create_table` arguments for the two tables, straight from the template of a tiny service."""
-    template = build_template({"name": "stores-test", "handlers": HANDLERS, "service": {"subscriptions": []}})
-
-    def resolve(value: Any) -> Any:
-        if isinstance(value, dict):
-            if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
-                return value["Fn::Sub"].replace("${AWS::StackName}", STACK)
-            assert not any(key.startswith(("Fn::", "Ref")) for key in value), value
-            return {key: resolve(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [resolve(item) for item in value]
-        return value
-
-    return {name: resolve(template["Resources"][name]["Properties"]) for name in ("ExecutionsTable", "HistoryTable")}
-
-
 @pytest.fixture
 def dynamodb(moto_endpoint: str, dummy_credentials: None) -> Any:
     """A fresh moto (reset) with the template's two tables; the client is bound to moto explicitly."""
-    reset = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(reset, timeout=30) as response:
-        assert response.status == 200
-    client = boto3.client("dynamodb", endpoint_url=require_local(moto_endpoint), region_name=REGION)
+    reset_moto(moto_endpoint)
+    client = aws_client(moto_endpoint, "dynamodb")
     for properties in template_tables().values():
         client.create_table(**properties)
     return client
@@ -268,9 +204,7 @@ def test_two_writers_that_read_the_same_length_exactly_one_wins(
     requests (it snapshots and restores whole tables), so racing threads would test moto, not the store."""
     execution_id = "order/two-writers"
     history.append(execution_id, 0, story()[:1])
-    other = HistoryStore(
-        boto3.client("dynamodb", endpoint_url=require_local(moto_endpoint), region_name=REGION), tables["HistoryTable"]
-    )
+    other = HistoryStore(aws_client(moto_endpoint, "dynamodb"), tables["HistoryTable"])
     writers = {"first": history, "second": other}
     seen = {name: store.length(execution_id) for name, store in writers.items()}
     assert seen == {"first": 1, "second": 1}
