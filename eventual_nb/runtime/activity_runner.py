@@ -16,6 +16,7 @@ from typing import Any
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityContext, ActivityInfo, AsyncResult, _activity_context
 from eventual_nb.engine import capture
+from eventual_nb.engine.history import ScheduleActivity
 from eventual_nb.retry import exception_type_names
 from eventual_nb.runtime.base import HeartbeatResponse
 from eventual_nb.serde import to_json
@@ -30,6 +31,16 @@ class AttemptOutcome:
     type_names: tuple[str, ...] = field(default_factory=tuple)
     retryable: bool = True
     callback: Callable[[str], Any] | None = None
+
+
+def activity_options(command: ScheduleActivity) -> dict[str, Any]:
+    """Timeouts (seconds) and retry policy of an activity as every runtime stores and ships them: the
+    LocalRuntime's `activities.options` column and the AWS activity message's `options` field."""
+    return {
+        "timeout": None if command.timeout is None else command.timeout.total_seconds(),
+        "heartbeat_timeout": None if command.heartbeat_timeout is None else command.heartbeat_timeout.total_seconds(),
+        "retry": command.retry.model_dump(mode="json"),
+    }
 
 
 def failure(error: BaseException, *, retryable: bool = True) -> AttemptOutcome:

@@ -81,6 +81,7 @@ from eventual_nb.engine.history import (
     WorkflowStarted,
     WorkflowSucceeded,
 )
+from eventual_nb.runtime.activity_runner import activity_options
 from eventual_nb.runtime.aws.stores import (
     ExecutionStore,
     HistoryConflict,
@@ -542,13 +543,7 @@ class Orchestrator:
         """A command as the JSON actions stored in `pending` (deterministic, so re-dispatch re-sends the same)."""
         when = _call_time(events, getattr(command, "seq", None))
         if isinstance(command, ScheduleActivity):
-            options = {
-                "timeout": None if command.timeout is None else command.timeout.total_seconds(),
-                "heartbeat_timeout": None
-                if command.heartbeat_timeout is None
-                else command.heartbeat_timeout.total_seconds(),
-                "retry": command.retry.model_dump(mode="json"),
-            }
+            options = activity_options(command)
             message = {
                 "execution_id": execution_id,
                 "seq": command.seq,

@@ -62,7 +62,7 @@ from eventual_nb.engine.history import (
 )
 from eventual_nb.events import Subscription, envelope, source_of
 from eventual_nb.retry import RetryPolicy, exception_type_names
-from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_attempt
+from eventual_nb.runtime.activity_runner import AttemptOutcome, activity_options, failure, run_attempt
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -864,13 +864,7 @@ class LocalRuntime(RuntimeBase):
         key = (command.timeout, command.heartbeat_timeout, id(command.retry))
         found = self._options_cache.get(key)
         if found is None or found[0] is not command.retry:
-            options = {
-                "timeout": None if command.timeout is None else command.timeout.total_seconds(),
-                "heartbeat_timeout": None
-                if command.heartbeat_timeout is None
-                else command.heartbeat_timeout.total_seconds(),
-                "retry": command.retry.model_dump(mode="json"),
-            }
+            options = activity_options(command)
             if len(self._options_cache) > 1024:
                 self._options_cache.clear()
             found = self._options_cache[key] = (command.retry, options, dumps(options))
