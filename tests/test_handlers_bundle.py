@@ -377,20 +377,25 @@ def test_an_app_without_lifespan_is_served() -> None:
     lambda_api.shutdown_app(bare)
 
 
-def test_api_handler_refuses_the_aws_runtime_until_issue_6(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EVENTUAL_RUNTIME", raising=False)
-    with pytest.raises(
-        ev.EventualError, match=r"lands with issue 6 \(AWS runtime\); set EVENTUAL_RUNTIME=local"
-    ) as caught:
-        lambda_api.api_handler(http_event("GET", "/items/1"), None, service=SERVICE.name)
-    assert not isinstance(caught.value, NotImplementedError)
+def test_handlers_without_their_stack_say_which_variables_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a deployed stack (no EVENTUAL_* variables) every entry point fails with an error naming what is
+    missing, never a NotImplementedError; an unknown EVENTUAL_RUNTIME is named too."""
+    from eventual_nb.runtime.aws import functions
+
+    for name in ("EVENTUAL_EXECUTIONS_TABLE", "EVENTUAL_HISTORY_TABLE", "EVENTUAL_WORKFLOW_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("EVENTUAL_RUNTIME", "kubernetes")
     with pytest.raises(ev.EventualError, match="'kubernetes' is not a runtime"):
         lambda_api.api_handler(http_event("GET", "/items/1"), None, service=SERVICE.name)
+    functions.reset_process_functions()
     for entry in WORKER_ENTRY_POINTS:
-        with pytest.raises(ev.EventualError, match="lands with issue 6") as worker:
-            lambda_api.worker_not_available(entry)
+        function = {"activity_worker": "activity", "subscription_worker": "subscription"}.get(entry, entry)
+        function = "schedule" if function == "schedule_forwarder" else function
+        with pytest.raises(ev.EventualError, match="EVENTUAL_EXECUTIONS_TABLE, EVENTUAL_HISTORY_TABLE") as worker:
+            lambda_api.function_handler(function, {"Records": []}, None, service=SERVICE.name)
         assert not isinstance(worker.value, NotImplementedError)
+    with pytest.raises(ev.EventualError, match="unknown function 'api'"):
+        lambda_api.function_handler("api", {"Records": []}, None, service=SERVICE.name)
 
 
 # ------------------------------------------------------------------------------ an exported-like package
@@ -504,7 +509,7 @@ def check_shop_answers(out: dict[str, Any], code_dir: Path) -> None:
     assert sorted(out["workers"]) == sorted(WORKER_ENTRY_POINTS)
     for entry, (kind, not_implemented, message) in out["workers"].items():
         assert (kind, not_implemented) == ("EventualError", False), entry
-        assert f"the {entry} handler lands with issue 6 (AWS runtime)" in message
+        assert "EVENTUAL_EXECUTIONS_TABLE, EVENTUAL_HISTORY_TABLE, EVENTUAL_WORKFLOW_QUEUE_URL not set" in message
 
 
 # ---------------------------------------------------------------------------------------------- handlers.py

@@ -12,8 +12,10 @@ invocations, threads included, so the thread costs nothing there; run locally, w
 workflow keeps progressing between requests, as it does under `eventual-nb serve`.
 
 `api_handler` is what the generated `handlers.api` calls: it builds the app once per process, on the
-runtime named by `EVENTUAL_RUNTIME` (`local` serves on a LocalRuntime at `EVENTUAL_DB` inside this
-process; `aws`, the default, lands with issue 6).
+runtime named by `EVENTUAL_RUNTIME`: `aws`, the default, serves on an `AwsRuntime` over the stack the
+function's `EVENTUAL_*` variables name (it writes records and sends messages; the stack's other
+functions run the code); `local` serves on a LocalRuntime at `EVENTUAL_DB` inside this process.
+`function_handler` is what the other entry points call (`eventual_nb.runtime.aws.functions`).
 """
 
 from __future__ import annotations
@@ -27,17 +29,13 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from eventual_nb import errors
 
 LOGGER = logging.getLogger("eventual_nb.lambda")
 
-AWS_RUNTIME_NOT_YET = (
-    "the AWS runtime lands with issue 6 (AWS runtime); set EVENTUAL_RUNTIME=local to serve on a LocalRuntime "
-    "in this process"
-)
 DEFAULT_DB = "/tmp/eventual.db"
 #: how long the process waits at exit for the runtime to stop cleanly (its database closed)
 STOP_TIMEOUT_SECONDS = 5.0
@@ -417,12 +415,9 @@ def api_app(service: str | None = None) -> ASGIApp:
 
 def _build_api_app(service: str | None) -> ASGIApp:
     kind = (os.environ.get("EVENTUAL_RUNTIME") or "aws").strip().lower()
-    if kind == "aws":
-        raise errors.EventualError(AWS_RUNTIME_NOT_YET)
-    if kind != "local":
+    if kind not in ("aws", "local"):
         raise errors.EventualError(f"EVENTUAL_RUNTIME={kind!r} is not a runtime: use 'local' or 'aws'")
     from eventual_nb.runtime import base
-    from eventual_nb.runtime.local import LocalRuntime
     from eventual_nb.runtime.local.server import create_app
     from eventual_nb.service import all_services, get_service
 
@@ -431,10 +426,19 @@ def _build_api_app(service: str | None) -> ASGIApp:
         raise errors.EventualError(
             f"no service named {service!r} was registered by importing the exported package (registered: {known})"
         )
-    runtime = LocalRuntime(os.environ.get("EVENTUAL_DB") or DEFAULT_DB, service=service)
-    process_loop().run(runtime.start())
+    runtime: Any
+    if kind == "aws":
+        from eventual_nb.aws import AwsRuntime
+
+        # the stack's names come from this function's own EVENTUAL_* variables (os.environ)
+        runtime = AwsRuntime(service=service)
+    else:
+        from eventual_nb.runtime.local import LocalRuntime
+
+        runtime = LocalRuntime(os.environ.get("EVENTUAL_DB") or DEFAULT_DB, service=service)
+        process_loop().run(runtime.start())
+        atexit.register(_stop_runtime, runtime)
     base.set_default_runtime(runtime)
-    atexit.register(_stop_runtime, runtime)
     app: ASGIApp = create_app(runtime, own_runtime=False)
     return app
 
@@ -450,9 +454,10 @@ def _stop_runtime(runtime: Any) -> None:
 # ------------------------------------------------------------------------------ the other entry points
 
 
-def worker_not_available(kind: str) -> NoReturn:
-    """What the orchestrator, worker, timer and schedule entry points do until the AWS runtime exists."""
-    raise errors.EventualError(
-        f"the {kind} handler lands with issue 6 (AWS runtime); only the API handler runs today "
-        "(with EVENTUAL_RUNTIME=local it serves on a LocalRuntime in this process)"
-    )
+def function_handler(function: str, event: dict[str, Any], context: Any, *, service: str | None = None) -> Any:
+    """Entry point of the queue-driven functions (`orchestrator`, `activity`, `subscription`, `timer`,
+    `schedule`): built once per process from the function's `EVENTUAL_*` variables. Imported lazily so an
+    API-only process (EVENTUAL_RUNTIME=local) never loads the AWS runtime's modules."""
+    from eventual_nb.runtime.aws import functions
+
+    return functions.invoke(function, event, context, service=service)
