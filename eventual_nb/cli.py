@@ -52,14 +52,11 @@ Handler = Callable[[argparse.Namespace], int]
 # Which issue brings each verb: (issue number, issue title). A verb leaves this table when its
 # real handler is wired in ``build_parser``.
 _LOCAL_RUNTIME = (3, "Local runtime")
-_AWS_RUNTIME = (6, "AWS runtime")
 _NOTEBOOKS = (7, "Notebooks")
 
 LANDS_WITH: dict[str, tuple[int, str]] = {
     "run": _NOTEBOOKS,
     "test": _NOTEBOOKS,
-    "deploy": _AWS_RUNTIME,
-    "destroy": _AWS_RUNTIME,
 }
 
 
@@ -647,6 +644,109 @@ def export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- deploy / destroy ---------------------------------------------------------------------------------
+
+
+def _stack_progress(out: Output) -> tuple[Callable[[Any], None], Any]:
+    """The progress callback of deploy/destroy and the context that shows it: phases and stack events as
+    lines (a spinner on a terminal); nothing with ``--json``, whose stdout is the one JSON result."""
+    import contextlib
+
+    if out.as_json:
+        return (lambda _item: None), contextlib.nullcontext()
+    from rich.text import Text
+
+    status: Any = contextlib.nullcontext()
+    if out.console.is_terminal:
+        status = out.console.status("working…")
+
+    def show(item: Any) -> None:
+        if isinstance(item, str):
+            out.console.print(Text(item))
+            if hasattr(status, "update"):
+                status.update(item)
+            return
+        style = "red" if item.failed else "green" if item.status.endswith("_COMPLETE") else "yellow"
+        line = Text(f"{item.time:%H:%M:%S} ")
+        line.append(f"{item.status:<22}", style=style)
+        line.append(f" {item.resource} ({item.resource_type})")
+        if item.reason:
+            line.append(f" {item.reason}", style="red" if item.failed else "dim")
+        out.console.print(line)
+
+    return show, status
+
+
+def _exporter_missing(out: Output, verb: str, exc: ImportError) -> int:
+    message = f"{PROG} {verb} needs the exporter and boto3: pip install 'eventual-nb[notebook,aws]' ({exc})"
+    return out.error("MissingDependency", message)
+
+
+def deploy(args: argparse.Namespace) -> int:
+    """Deploy an export (DIR) as a CloudFormation stack through a change set; print its outputs."""
+    out = Output(bool(args.json))
+    try:
+        from exporter.deploy import deploy as deploy_export
+    except ImportError as exc:
+        return _exporter_missing(out, "deploy", exc)
+    from eventual_nb import errors
+
+    show, status = _stack_progress(out)
+    try:
+        with status:
+            result = deploy_export(
+                args.dir,
+                args.stack,
+                region=args.region,
+                endpoint_url=args.endpoint_url,
+                bucket=args.bucket,
+                progress=show,
+            )
+    except errors.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message, exc.to_json())
+    if out.as_json:
+        out.json(
+            {
+                "stack": result.stack,
+                "stack_id": result.stack_id,
+                "region": result.region,
+                "action": result.action,
+                "status": result.status,
+                "bucket": result.bucket,
+                "code_key": result.code_key,
+                "emulator": result.emulator,
+                "outputs": result.outputs,
+            }
+        )
+        return EXIT_OK
+    done = {"created": "created", "updated": "updated", "unchanged": "is up to date"}[result.action]
+    out.line(f"stack {result.stack} {done} in {result.region} ({result.status})")
+    out.table("outputs", ["output", "value"], [[key, value] for key, value in sorted(result.outputs.items())])
+    return EXIT_OK
+
+
+def destroy(args: argparse.Namespace) -> int:
+    """Delete a deployed stack and wait until it is gone."""
+    out = Output(bool(args.json))
+    try:
+        from exporter.deploy import destroy as destroy_stack
+    except ImportError as exc:
+        return _exporter_missing(out, "destroy", exc)
+    from eventual_nb import errors
+
+    show, status = _stack_progress(out)
+    try:
+        with status:
+            result = destroy_stack(args.stack, region=args.region, endpoint_url=args.endpoint_url, progress=show)
+    except errors.EventualError as exc:
+        return out.error(type(exc).__name__, exc.message, exc.to_json())
+    if out.as_json:
+        out.json({"stack": result.stack, "stack_id": result.stack_id, "region": result.region, "status": result.status})
+    else:
+        out.line(f"stack {result.stack} deleted from {result.region} ({result.status})")
+    return EXIT_OK
+
+
 # -- the parser ---------------------------------------------------------------------------------------
 
 
@@ -749,13 +849,24 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--sys-prefix", action="store_true", help="install into this Python's prefix (sys.prefix)")
     k.set_defaults(handler=cmd_kernel_install)
 
-    p = add("deploy", "deploy an exported package to AWS", plain)
-    p.add_argument("dir", metavar="DIR", help="a directory written by `eventual-nb export`")
+    p = add(
+        "deploy", "deploy an exported package to AWS (creates or updates the stack via a change set)", plain, deploy
+    )
+    p.add_argument("dir", metavar="DIR", help="a directory written by `eventual-nb export NOTEBOOK -o DIR --zip`")
     p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name")
     p.add_argument("--region", metavar="REGION", help="AWS region (default: boto3's)")
-    p.add_argument("--endpoint-url", metavar="URL", help="AWS endpoint (an emulator such as moto's server)")
+    p.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="AWS endpoint (an emulator such as moto's server; deploys with Emulator=true)",
+    )
+    p.add_argument(
+        "--bucket",
+        metavar="BUCKET",
+        help="S3 bucket for lambda.zip (default: eventual-nb-code-<account>-<region>, created if missing)",
+    )
 
-    p = add("destroy", "delete a deployed stack", plain)
+    p = add("destroy", "delete a deployed stack (its tables, queues, functions and logs)", plain, destroy)
     p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name")
     p.add_argument("--region", metavar="REGION", help="AWS region (default: boto3's)")
     p.add_argument("--endpoint-url", metavar="URL", help="AWS endpoint (an emulator such as moto's server)")

@@ -15,8 +15,9 @@ Conventions the runtime (issue 6) relies on:
   `Detail` = the event's JSON. Each subscription's rule matches its `source` (default: this service)
   and its event names, and delivers to that subscription's own queue.
 * Every function gets the same `EVENTUAL_*` environment (table names, queue URLs, bus and log group
-  names) so one settings reader serves all handlers; the orchestrator also gets the Scheduler role and
-  target, the subscription worker a JSON map from queue ARN to subscription name.
+  names, the activity-token secret) so one settings reader serves all handlers; the orchestrator also
+  gets the Scheduler role and target, the subscription worker a JSON map from queue ARN to subscription
+  name.
 * Names of stack resources are `${AWS::StackName}-...`, so two stacks of one service never collide; the
   longest suffix is bounded so that any stack name up to `MAX_STACK_NAME_LENGTH` keeps SQS names within
   their 80-character limit (CloudFormation cannot truncate strings, so the deployer must check).
@@ -58,6 +59,11 @@ MAX_STACK_NAME_LENGTH = MAX_QUEUE_NAME_LENGTH - _LONGEST_QUEUE_SUFFIX
 
 _BUS_SLUG_LENGTH = 64
 _PARTITION_ARN_PREFIX = "arn:${AWS::Partition}"
+
+#: the NoEcho parameter holding the activity-token secret (eventual_nb/runtime/aws/workers.py reads it as
+#: EVENTUAL_SIGNING_KEY); a parameter rather than a Secrets Manager secret so that the functions get it in
+#: their environment without a call at cold start, and so moto can deploy it
+SIGNING_KEY_PARAMETER = "SigningKey"
 
 REAL = "Real"
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -226,6 +232,13 @@ class _Builder:
                     "Description": "S3 bucket holding lambda.zip",
                 },
                 "CodeKey": code_key,
+                SIGNING_KEY_PARAMETER: {
+                    "Type": "String",
+                    "NoEcho": True,
+                    "Default": "",
+                    "Description": "secret that signs activity tokens (EVENTUAL_SIGNING_KEY); `eventual-nb deploy` "
+                    "generates one on create and keeps it on update; empty: activities cannot ask for tokens",
+                },
             },
             "Conditions": {REAL: {"Fn::Equals": [{"Ref": "Emulator"}, "false"]}},
             "Resources": self.resources,
@@ -414,6 +427,9 @@ class _Builder:
             # the group's name rather than a Ref: the group is absent in the emulator, where the harness
             # creates one of this name
             "EVENTUAL_SCHEDULE_GROUP": _stack_named("-timers"),
+            # the activity worker signs tokens with it and the API checks them; every function gets it so
+            # that user code completing an activity by token works wherever it runs
+            "EVENTUAL_SIGNING_KEY": _ref(SIGNING_KEY_PARAMETER),
         }
 
     def statements(self, function: _Function) -> list[Any]:
