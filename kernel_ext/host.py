@@ -169,6 +169,8 @@ class RuntimeHost:
                 error = self._server_task.exception(timeout=5) if self._server_task.done() else None
                 self._server = self._server_task = None
                 raise ev.EventualError(f"could not serve on {host}:{port}: {error or 'the server did not start'}")
+            if port == 0:  # the system picked a free port: read it back from the listening socket
+                port = int(server.servers[0].sockets[0].getsockname()[1])
             self.server_url = f"http://{host}:{port}"
             return self.server_url
 

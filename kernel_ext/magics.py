@@ -369,9 +369,10 @@ class EventualMagics(Magics):
         for entry in entries:
             _say(f"{entry.time.isoformat(timespec='milliseconds')} [{entry.source}] {entry.message}")
 
-    def _verb_serve(self, words: list[str]) -> None:
+    def _verb_serve(self, words: list[str]) -> str:
+        """Serve and return the URL, so `url = %eventual serve --port 0` gets the port the system picked."""
         parser = self._parser("serve")
-        parser.add_argument("--port", type=int, default=3111)
+        parser.add_argument("--port", type=int, default=3111, help="0 picks a free port")
         parser.add_argument("--host", default="127.0.0.1")
         args = parser.parse_args(words)
         if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -381,6 +382,7 @@ class EventualMagics(Magics):
         except ev.EventualError as exc:
             raise UsageError(f"%eventual serve: {exc}") from None
         _say(f"serving {url} (API docs at {url}/docs); `%eventual stop` stops it")
+        return url
 
     def _verb_stop(self, words: list[str]) -> None:
         if words:
