@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -358,19 +359,25 @@ def test_the_getting_started_notebook_runs_on_the_eventual_kernel(tmp_path: Path
 
     prefix = tmp_path / "prefix"
     install_kernelspec(prefix=prefix)
-    notebook = nbformat.read(ROOT / "notebooks" / "getting-started.ipynb", as_version=4)
-    port = free_port()
-    cells = [
-        cell.source.replace("--port 3111", f"--port {port}") for cell in notebook.cells if cell.cell_type == "code"
-    ]
-    nb = run_notebook(cells, tmp_path, kernel_name="eventual", env={"JUPYTER_PATH": str(prefix / "share" / "jupyter")})
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    saved = work / "getting-started.ipynb"
+    shutil.copy(ROOT / "notebooks" / "getting-started.ipynb", saved)
+    notebook = nbformat.read(saved, as_version=4)
+    cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    # Jupyter tells the kernel its notebook through JPY_SESSION_NAME (what `%eventual export` reads)
+    environment = {"JUPYTER_PATH": str(prefix / "share" / "jupyter"), "JPY_SESSION_NAME": str(saved)}
+    nb = run_notebook(cells, work, kernel_name="eventual", env=environment)
     outputs = [text_of(cell) for cell in nb.cells]
     for cell in nb.cells:
         assert error_of(cell) is None, (cell.source, error_of(cell))
         assert "Error" not in text_of(cell, "stderr"), (cell.source, text_of(cell, "stderr"))
     assert any("Hello, Ada! (approved by a cell)" in text for text in outputs), outputs
-    assert any(f"serving http://127.0.0.1:{port}" in text for text in outputs), outputs
-    assert (tmp_path / ".eventual" / "greetings.db").exists()
+    served = [text for text in outputs if "serving http://127.0.0.1:" in text]
+    assert served and "'execution_id': 'greet/" in served[0], outputs  # the route answered over HTTP
+    assert (work / ".eventual" / "greetings.db").exists()
+    manifest = json.loads((tmp_path / "build" / "greetings" / "eventual.json").read_text())
+    assert manifest["name"] == "greetings"
 
 
 def test_executions_progress_while_a_cell_blocks(session: KernelSession) -> None:
