@@ -5,7 +5,8 @@ benchmark ran and its sanity checks (results, replay counts, virtual time) held.
 
 Engine benchmarks (`benchmarks.engine`) come first, then LocalRuntime against DBOS (`benchmarks.local`,
 each measurement in its own process; DBOS columns read "not installed" without the `bench` extra), then
-the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ext` time, widget latency).
+the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ext` time, widget latency),
+then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import engine, kernel, local
+from benchmarks import aws, engine, kernel, local
 from benchmarks.results import (
+    Comparison,
+    Result,
     environment,
     make_console,
     print_footers,
@@ -25,7 +28,7 @@ from benchmarks.results import (
     write_json,
 )
 
-NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS]
+NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS, *aws.BENCHMARKS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         kernel_results = []
         if only & set(kernel.BENCHMARKS):
             kernel_results = kernel.run(args.quick, sorted(only & set(kernel.BENCHMARKS)), progress)
+        aws_results = []
+        if only & set(aws.BENCHMARKS):
+            aws_results = aws.run(args.quick, sorted(only & set(aws.BENCHMARKS)), progress)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -73,8 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         table.title = "kernel extension in a real ipykernel (no peer; absolute numbers)"
         console.print(table)
         print_notes(console, kernel_results)
+    aws_comparisons = [item for item in aws_results if isinstance(item, Comparison)]
+    aws_plain = [item for item in aws_results if isinstance(item, Result)]
+    if aws_comparisons:
+        table = render_comparisons(aws_comparisons)
+        table.title = "AWS runtime on moto: requests and us-east-1 list-price cost per activity step"
+        console.print(table)
+        print_footers(console, aws_comparisons)
+        print_notes(console, aws_comparisons)
+    if aws_plain:
+        table = render(aws_plain)
+        table.title = "AWS runtime on moto: one execution with timers and a signal"
+        console.print(table)
+        print_notes(console, aws_plain)
     if args.json:
-        write_json(args.json, env, args.quick, [*results, *comparisons, *kernel_results])
+        write_json(args.json, env, args.quick, [*results, *comparisons, *kernel_results, *aws_results])
         console.print(f"results written to {args.json}")
     return 0
 

@@ -5,8 +5,11 @@ on are checked here: every benchmark produced numbers, cached instances never re
 replay-every-step replays once per step, the daily-timer workflow ends exactly N virtual days after
 its start, LocalRuntime group-commits concurrent work, commits once per workflow step, runs in WAL with
 synchronous=FULL and keeps no completed execution in memory, DBOS is either measured (when it is
-installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), and the
-kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result.
+installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), the
+kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, and
+the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consistent with the turns the
+orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
+per step when cold.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = {"daily_timers", "replay_history", "cached_instances", "always_replay"}
 LOCAL = {"local_throughput", "local_latency", "local_memory"}
 KERNEL = {"kernel_load", "widget_latency"}
-EXPECTED = ENGINE | LOCAL | KERNEL
+AWS = {"aws", "aws_timer_signal"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS
+#: benchmarks that report {system: {metric: value}}, and the system every run must have measured
+COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
 
 def dbos_importable() -> bool:
@@ -62,8 +68,8 @@ def test_every_benchmark_reports_numbers(report: dict) -> None:
     for key, bench in report["benchmarks"].items():
         assert bench["results"], f"{key} reported nothing"
         # engine benchmarks report one system's numbers; comparisons report {system: {metric: value}}
-        per_system = bench["results"] if key in LOCAL else {"engine": bench["results"]}
-        assert per_system.get("local", per_system.get("engine")), f"{key} has no LocalRuntime/engine numbers"
+        per_system = bench["results"] if key in COMPARED else {COMPARED.get(key, "engine"): bench["results"]}
+        assert per_system.get(COMPARED.get(key, "engine")), f"{key} has no numbers of its main system"
         for system, values in per_system.items():
             for name, value in values.items():
                 assert _is_number(value), f"{key}.{system}.{name} is not a number: {value!r}"
@@ -232,3 +238,61 @@ def test_missing_dbos_is_reported_not_fatal(tmp_path: Path) -> None:
     assert set(bench) == {"local_latency"}
     assert bench["local_latency"]["unavailable"] == {"dbos": "not installed"}
     assert bench["local_latency"]["results"]["local"]["p50_ms"] > 0
+
+
+def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
+    """Every step was billed for requests; the services' parts add up to the total, warm and cold."""
+    bench = report["benchmarks"]["aws"]
+    assert set(bench["systems"]) == {"warm", "cold"}
+    assert bench["unavailable"] == {}
+    assert bench["targets"]["usd_per_million_steps"] == "≤ $5"
+    assert set(bench["params"]["memory_mb"]) >= {"orchestrator", "activity", "timer", "schedule"}
+    for system in ("warm", "cold"):
+        found = bench["results"][system]
+        total = found["usd_per_million_steps"]
+        parts = sum(
+            value
+            for key, value in found.items()
+            if key.startswith("usd_")
+            and key
+            not in {"usd_per_million_steps", "usd_per_million_steps_moto_durations", "usd_without_activity_lambda"}
+        )
+        assert total > 0 and parts == pytest.approx(total)
+        for service in ("dynamodb", "sqs", "lambda", "cloudwatch_logs"):
+            assert found[f"usd_{service}"] > 0, f"{system}: nothing billed for {service}"
+        assert 0 < found["usd_without_activity_lambda"] < total
+        assert found["step_functions_ratio"] == pytest.approx(25 / total)
+        assert found["requests_per_step"] > 0 and found["wru_per_step"] > 0 and found["rru_per_step"] > 0
+        # each step is one activity attempt: one invocation, one claim, one outcome
+        assert found["activity_invocations_per_step"] == 1
+        assert found["requests_dynamodb.PutItem"] > 1  # claims, plus the records the client wrote
+        # a turn commits once, and reads its history once (the histories fit in one page)
+        turns = found["turns"]
+        steps = bench["params"]["steps"]
+        assert turns == pytest.approx((steps + 1) / steps)
+        assert found["requests_dynamodb.TransactWriteItems"] == pytest.approx(turns)
+        assert found["history_queries"] == pytest.approx(turns)
+        assert found["orchestrator_invocations_per_step"] <= turns
+        assert found["orchestrator_modelled_ms"] > 0 and found["activity_measured_ms"] > 0
+
+
+def test_aws_warm_orchestrator_never_replays_and_cold_replays_every_step(report: dict) -> None:
+    results = report["benchmarks"]["aws"]["results"]
+    assert results["warm"]["replays"] == 0
+    assert results["warm"]["warm_hits"] == 1  # every turn after the first of an execution
+    assert results["cold"]["warm_hits"] == 0
+    assert results["cold"]["replays"] == 1
+    # a cold turn reads the whole history: more read units than a warm one reading just the head
+    assert results["cold"]["rru_per_step"] >= results["warm"]["rru_per_step"]
+
+
+def test_aws_timer_signal_execution_uses_the_scheduler_once(report: dict) -> None:
+    bench = report["benchmarks"]["aws_timer_signal"]
+    results = bench["results"]
+    assert results["scheduler_invocations"] == 1
+    assert results["history_events"] == 9  # started, activity ×2, two timers ×2, signal, succeeded
+    assert results["replays"] == 0
+    assert results["orchestrator_turns"] == 5
+    assert results["requests"] > 0 and results["usd_per_million_executions"] > 0
+    assert results["usd_scheduler"] == pytest.approx(1.0)  # one invocation at $1 per million
+    assert "logs.PutLogEvents 1" in bench["info"]["requests"]
