@@ -1,0 +1,167 @@
+"""The bank-account tutorial's last step, for real: notebooks/bank-account.ipynb exported with `--zip`,
+deployed into moto with `eventual-nb deploy`, and its deployed code run as Lambda would run it (see
+tests/test_deploy.py for the container: Python 3.12, only the deployed zip and Lambda's boto3 on the path,
+the functions' own environment, moto as the endpoint). Through the API handler the test opens two
+accounts, makes one transfer that goes through and one that is cancelled within its window; the harness
+drives the functions; the accounts then live in the stack's DynamoDB table and their statements were
+written by the subscription, fed by the bus.
+
+The notebook itself (including its TestEnvironment tests) runs in CI through `eventual-nb test`; this
+module checks what only AWS exercises: the DynamoDB account store and the deploy of the tutorial.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import aws_support
+from tests.aws_support import REGION
+from tests.test_deploy import (
+    SUBPROCESS_TIMEOUT,
+    aws_environment,
+    cli,
+    deploy_cli,
+    deployed_code,
+    function_environment,
+    lambda_provided,
+)
+from tests.test_handlers_bundle import lambda_python
+
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "bank-account.ipynb"
+STACK = "bank-account-test"
+
+_CONTAINER = r"""
+import json, sys
+from datetime import UTC, datetime
+
+code, provided = sys.argv[1:3]
+sys.path[:0] = [code, provided]
+sys.dont_write_bytecode = True
+
+import handlers  # the generated entry points, from the deployed zip
+from eventual_nb.runtime.aws.functions import process_functions
+from eventual_nb.runtime.aws.harness import Harness
+
+
+def call(method, target, body=None):
+    path, _, query = target.partition("?")
+    event = {
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+        "headers": {"content-type": "application/json", "host": "bank.example"},
+        "requestContext": {"http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"},
+                           "domainName": "bank.example", "stage": "$default", "requestId": "r", "accountId": "123456789012"},
+        "isBase64Encoded": False,
+    }
+    if body is not None:
+        event["body"] = json.dumps(body)
+    answer = handlers.api(event, None)
+    return answer["statusCode"], json.loads(answer["body"]) if answer.get("body") else None
+
+
+functions = process_functions(handlers.SERVICE)
+harness = Harness(
+    functions.clients,
+    {
+        "orchestrator": handlers.orchestrator,
+        "activity": handlers.activity_worker,
+        "subscription": handlers.subscription_worker,
+        "timer": handlers.timer,
+        "schedule": handlers.schedule_forwarder,
+    },
+    lambda: datetime.now(UTC),
+)
+out = {}
+status, alice = call("POST", "/accounts", {"balance": 10000})
+status_b, bob = call("POST", "/accounts", {"balance": 0})
+out["opened"] = [status, status_b]
+out["refused"] = call("POST", "/accounts", {"balance": -1})
+a, b = alice["account_id"], bob["account_id"]
+
+status, started = call("POST", "/transfers", {"source": a, "target": b, "amount": 2500, "cancel_window": 0})
+out["started"] = status
+harness.run_until_idle(max_rounds=100, wait_seconds=30.0)
+out["completed"] = call("GET", "/_eventual/executions/" + started["execution_id"])[1]
+
+status, second = call("POST", "/transfers", {"source": a, "target": b, "amount": 5000, "cancel_window": 600})
+harness.run_until_idle(max_rounds=100, wait_seconds=1.0)  # debited; its 10-minute window is open
+out["during_window"] = call("GET", "/accounts/" + a)[1]["balance"]
+out["cancel"] = call("POST", "/transfers/" + second["execution_id"] + "/cancel?reason=wrong+amount")[0]
+harness.run_until_idle(max_rounds=100, wait_seconds=1.0)
+out["cancelled"] = call("GET", "/_eventual/executions/" + second["execution_id"])[1]
+out["alice"] = call("GET", "/accounts/" + a)[1]
+out["bob"] = call("GET", "/accounts/" + b)[1]
+out["names"] = [a, b]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("bank-account") / "export"
+    proc = cli("export", str(NOTEBOOK), "-o", str(directory), "--zip", "--json", env=aws_environment())
+    assert proc.returncode == 0, proc.stderr
+    return directory
+
+
+def run_container(endpoint: str, tmp_path: Path) -> dict[str, Any]:
+    code = deployed_code(endpoint, STACK, tmp_path)
+    provided = lambda_provided(tmp_path)
+    environment = aws_environment(endpoint, **function_environment(endpoint, STACK))
+    proc = subprocess.run(
+        [lambda_python(), "-I", "-S", "-c", _CONTAINER, str(code), str(provided)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env=environment,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_the_tutorial_deploys_and_moves_money_through_the_stack(
+    export_dir: Path, moto_endpoint: str, dummy_credentials: None, tmp_path: Path
+) -> None:
+    aws_support.reset_moto(moto_endpoint)
+    manifest = json.loads((export_dir / "eventual.json").read_text())
+    assert manifest["name"] == "bank"
+    proc = deploy_cli(export_dir, moto_endpoint, "--json", stack=STACK)
+    assert proc.returncode == 0, proc.stderr
+
+    ran = run_container(moto_endpoint, tmp_path)
+    assert ran["opened"] == [201, 201]
+    status, refused = ran["refused"]
+    assert status == 422 and refused["detail"][0]["loc"] == ["body", "balance"], refused
+    assert ran["started"] == 202
+    assert ran["completed"]["status"] == "SUCCEEDED", ran["completed"]
+    assert ran["completed"]["result"] == {"status": "completed", "detail": ""}
+    assert ran["during_window"] == 7500 - 5000  # the second transfer's money left at once
+    assert ran["cancel"] == 202
+    assert ran["cancelled"]["status"] == "SUCCEEDED", ran["cancelled"]
+    assert ran["cancelled"]["result"] == {"status": "cancelled", "detail": "wrong amount"}
+    alice, bob = ran["names"]
+    assert ran["alice"]["balance"] == 7500 and ran["bob"]["balance"] == 2500
+    # the subscription (bus -> rule -> queue -> function) wrote both statements
+    assert ran["bob"]["statement"] == [f"+25.00 from {alice}"]
+    assert ran["alice"]["statement"] == [f"-25.00 to {bob}", f"cancelled: 50.00 to {bob} (wrong amount)"]
+
+    # the accounts are items of the stack's own table, under their prefix
+    dynamodb = aws_support.aws_client(moto_endpoint, "dynamodb")
+    item = dynamodb.get_item(
+        TableName=f"{STACK}-executions", Key={"pk": {"S": f"account#{alice}"}, "sk": {"S": "balance"}}
+    )["Item"]
+    assert item["balance"] == {"N": "7500"}
+
+    proc = cli("destroy", "--stack", STACK, "--endpoint-url", moto_endpoint, "--region", REGION, env=aws_environment())
+    assert proc.returncode == 0, proc.stderr
