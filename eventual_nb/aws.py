@@ -38,6 +38,7 @@ from eventual_nb import errors
 from eventual_nb.durations import optional_duration
 from eventual_nb.engine.history import CancelRequested, HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import envelope, source_of
+from eventual_nb.runtime.activity_runner import AttemptOutcome
 from eventual_nb.runtime.aws.clients import (
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_TABLE_VARIABLE,
@@ -49,6 +50,13 @@ from eventual_nb.runtime.aws.clients import (
 )
 from eventual_nb.runtime.aws.orchestrator import TIMEOUT_ATTRIBUTE
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, execution_pk
+from eventual_nb.runtime.aws.workers import (
+    DEAD_LETTER_ATTEMPTS,
+    DEAD_LETTER_ERROR,
+    DEAD_LETTER_MESSAGE,
+    SIGNING_KEY_VARIABLE,
+    report_outcome,
+)
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -61,6 +69,8 @@ from eventual_nb.runtime.base import (
     signal_name_of,
 )
 from eventual_nb.runtime.ids import ulid
+from eventual_nb.runtime.tokens import TokenSigner
+from eventual_nb.serde import from_json, to_json
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import _NO_INPUT, check_execution_name
@@ -112,7 +122,10 @@ class AwsRuntime(RuntimeBase):
         services: list[Service | str] | None = None,
         environment: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] | None = None,
+        signing_key: bytes | str | None = None,
     ) -> None:
+        """`signing_key`: the secret activity tokens are signed with (the stack's `EVENTUAL_SIGNING_KEY`);
+        by default read from the stack's environment, needed only to complete activities by token."""
         try:
             import boto3
         except ModuleNotFoundError as exc:
@@ -135,6 +148,8 @@ class AwsRuntime(RuntimeBase):
                 "where an IAM role provides them (Lambda, EC2, ECS)"
             )
         self._lock = threading.Lock()
+        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        self._signer: TokenSigner | None = None
         self._clients: AwsClients | None = None
         self._executions: ExecutionStore | None = None
         self._history: HistoryStore | None = None
@@ -184,6 +199,8 @@ class AwsRuntime(RuntimeBase):
                 return built[name] if name in built else self.client(name)
 
             clients = AwsClients(settings, factory, clock=self.clock)
+            key = self._signing_key or (environment.get(SIGNING_KEY_VARIABLE) or "").encode()
+            self._signer = TokenSigner(key) if key else None
             dynamodb = clients.client("dynamodb")
             self._executions = ExecutionStore(dynamodb, settings.executions_table)
             self._history = HistoryStore(dynamodb, settings.history_table)
@@ -401,28 +418,92 @@ class AwsRuntime(RuntimeBase):
 
         await self._call(cancel)
 
-    def _token_completion(self, what: str) -> errors.EventualError:
+    # ------------------------------------------------------------------------- completion by token
+
+    def _verified(self, token: str) -> tuple[str, int, int]:
+        """(execution, seq, attempt) of a genuine token; `InvalidToken` for a forged or foreign one."""
+        self._resolve()
+        if self._signer is None:
+            raise errors.EventualError(
+                f"completing an activity by token needs the stack's signing key: pass AwsRuntime(signing_key=...) "
+                f"or give the runtime's environment {SIGNING_KEY_VARIABLE} (the secret the activity function has)"
+            )
+        return self._signer.verify(token)
+
+    def _pending(self, execution_id: str, seq: int, attempt: int) -> dict[str, Any]:
+        """The attempt's claim row while it still waits for its outcome and its execution runs."""
+        row = self.executions.pending_claim(execution_id, seq, attempt)
+        if row is None or self.executions.get(execution_id).status != ExecutionStatus.IN_PROGRESS:
+            raise self._not_pending(execution_id, seq, attempt)
+        return row
+
+    @staticmethod
+    def _not_pending(execution_id: str, seq: int, attempt: int) -> errors.EventualError:
         return errors.EventualError(
-            f"{what} by token is not available on AwsRuntime yet: completing an activity from outside needs "
-            "the activity worker's token store (issue 6, slice 4a, eventual_nb/runtime/aws/workers.py)"
+            f"activity token for '{execution_id}' seq {seq} attempt {attempt} is no longer pending "
+            "(it completed, timed out, was retried, or its execution ended)"
         )
 
+    def _settle(self, execution_id: str, seq: int, attempt: int, outcome: AttemptOutcome) -> None:
+        """Settle the attempt on its claim row (exactly one completion wins), then send what it means."""
+        row = self.executions.settle_claim(execution_id, seq, attempt, outcome.kind)
+        if row is None:
+            raise self._not_pending(execution_id, seq, attempt)
+        message: dict[str, Any] = (
+            json.loads(row["message"]["S"])
+            if "message" in row
+            # the attempt still runs (its token was used before it returned): no retry can follow it
+            else {"execution_id": execution_id, "seq": seq, "attempt": attempt, "options": {}}
+        )
+        report_outcome(self.clients, message, outcome, "failed")
+
     async def send_activity_success(self, token: str, result: Any = None) -> None:
-        raise self._token_completion("send_activity_success")
+        execution_id, seq, attempt = await self._call(self._verified, token)
+
+        def complete() -> None:
+            row = self._pending(execution_id, seq, attempt)
+            name = json.loads(row["message"]["S"]).get("name") if "message" in row else None
+            definition = self.activity_definition(str(name)) if name else None
+            annotation = definition.shape.return_annotation if definition is not None else Any
+            what = f"result of activity '{name or '?'}'"
+            encoded = to_json(from_json(to_json(result, what=what), annotation, what=what), annotation, what=what)
+            self._settle(execution_id, seq, attempt, AttemptOutcome(kind="succeeded", result=encoded))
+
+        await self._call(complete)
 
     async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
-        raise self._token_completion("send_activity_failure")
+        execution_id, seq, attempt = await self._call(self._verified, token)
+        outcome = AttemptOutcome(kind="failed", error=str(error), message=message or "", type_names=(str(error),))
+
+        def fail() -> None:
+            self._pending(execution_id, seq, attempt)
+            self._settle(execution_id, seq, attempt, outcome)
+
+        await self._call(fail)
 
     async def send_activity_heartbeat(self, token: str) -> HeartbeatResponse:
-        raise self._token_completion("send_activity_heartbeat")
+        """Stamp the waiting attempt's row; `cancelled` once it was settled or its execution ended."""
+        execution_id, seq, attempt = await self._call(self._verified, token)
+
+        def beat() -> HeartbeatResponse:
+            try:
+                running = self.executions.get(execution_id).status == ExecutionStatus.IN_PROGRESS
+            except errors.ExecutionNotFound:
+                running = False
+            alive = running and self.executions.heartbeat_claim(execution_id, seq, attempt, self.clock())
+            return HeartbeatResponse(cancelled=not alive)
+
+        return await self._call(beat)
 
     async def list_dead_letters(self) -> list[DeadLetter]:
         """Subscription deliveries that used up their retries, read from each subscription's dead-letter
         queue WITHOUT removing them: messages are received with `VisibilityTimeout=0`, so they stay
         visible (each look raises their receive count; dead-letter queues have no redrive of their own,
-        so nothing moves). `attempts` is the subscription queue's `maxReceiveCount`, after which SQS moved
-        the message; `time` is when the event was first sent. SQS keeps no failure reason, so `error` is
-        `MaxReceiveCountExceeded` (the subscription's function log has the exceptions)."""
+        so nothing moves). The subscription worker dead-letters a delivery's last failed attempt itself,
+        with the error's type, message and the attempts (message attributes); `time` is when it did. A
+        message SQS's redrive moved instead (a worker that died mid-delivery) carries no reason: its
+        `error` is `MaxReceiveCountExceeded`, `attempts` the queue's `maxReceiveCount`, `time` when the
+        event was first sent."""
         return await self._call(self._dead_letters)
 
     def _dead_letters(self) -> list[DeadLetter]:
@@ -447,6 +528,7 @@ class AwsRuntime(RuntimeBase):
                     VisibilityTimeout=0,
                     WaitTimeSeconds=0,
                     MessageSystemAttributeNames=["SentTimestamp"],
+                    MessageAttributeNames=["All"],
                 ).get("Messages", [])
                 fresh = [message for message in messages if message["MessageId"] not in seen]
                 if not fresh:
@@ -487,12 +569,20 @@ def _dead_letter(message: Mapping[str, Any], subscription: str, attempts: int) -
         body = message["Body"]
     if isinstance(body, dict) and "detail-type" in body:
         event: dict[str, Any] = {"name": body["detail-type"], "event": body.get("detail")}
-        if body.get("source"):
-            event["source"] = body["source"]
     else:
         event = {"name": None, "event": body}
     sent = message.get("Attributes", {}).get("SentTimestamp")
     moment = datetime.fromtimestamp(int(sent) / 1000, UTC) if sent else datetime.now(UTC)
+    reason = {name: value.get("StringValue") for name, value in (message.get("MessageAttributes") or {}).items()}
+    if reason.get(DEAD_LETTER_ERROR):
+        return DeadLetter(
+            event=event,
+            subscription=subscription,
+            error=str(reason[DEAD_LETTER_ERROR]),
+            message=str(reason.get(DEAD_LETTER_MESSAGE) or ""),
+            attempts=int(reason.get(DEAD_LETTER_ATTEMPTS) or attempts),
+            time=moment,
+        )
     return DeadLetter(
         event=event,
         subscription=subscription,

@@ -281,7 +281,9 @@ def test_a_long_timer_goes_through_the_scheduler_and_the_forwarder(rig: Rig) -> 
     assert types_of(rig.history(execution_id)) == asyncio.run(reference(long_nap, 41))[0]
 
 
-def test_a_failed_subscription_delivery_is_reported_and_redelivered(rig: Rig) -> None:
+def test_a_failed_subscription_delivery_is_dead_lettered_with_its_reason_or_reported(rig: Rig) -> None:
+    """`audit` has the default RetryPolicy (one attempt): its failed delivery goes to the dead-letter queue
+    with the error, and is acknowledged; a record no subscription maps to is reported for redelivery."""
     queue_arn, name = next(iter(rig.clients.settings.subscription_queues.items()))
     assert name == "audit"
     good = {
@@ -302,8 +304,20 @@ def test_a_failed_subscription_delivery_is_reported_and_redelivered(rig: Rig) ->
         {"messageId": "m-3", "receiptHandle": "r-3", "body": json.dumps(good), "eventSourceARN": "arn:unknown"},
     ]
     response = rig.subscriptions.handle_batch({"Records": records}, None)
-    assert response == {"batchItemFailures": [{"itemIdentifier": "m-2"}, {"itemIdentifier": "m-3"}]}
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m-3"}]}
     assert RECEIVED == [Paid(order="o-1")]
+    sqs = rig.clients.client("sqs")
+    url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+    )
+    dead_url = sqs.get_queue_url(QueueName=redrive["deadLetterTargetArn"].rsplit(":", 1)[-1])["QueueUrl"]
+    (letter,) = sqs.receive_message(QueueUrl=dead_url, MessageAttributeNames=["All"], MaxNumberOfMessages=10)[
+        "Messages"
+    ]
+    assert json.loads(letter["Body"]) == bad
+    reason = {name: value["StringValue"] for name, value in letter["MessageAttributes"].items()}
+    assert reason["eventual_error"] == "ValidationError" and reason["eventual_attempts"] == "1"
 
 
 def test_an_attempt_past_its_timeout_is_reported_as_timed_out(rig: Rig) -> None:

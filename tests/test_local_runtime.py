@@ -1,18 +1,20 @@
 """The behavioural suite on both runtimes, and what only `ev.LocalRuntime` promises (issue 3).
 
-The first part runs every behaviour twice through the `rig` fixture: once on a TestEnvironment (virtual
-time) and once on a LocalRuntime on a fresh SQLite file (real time, short durations). The assertions are
-the same for both; only the way a test waits differs (`Rig.until` ticks/advances the virtual clock, or
-sleeps briefly in real time) and, for activity timeouts, how a hanging activity is produced (a mock on
-the TestEnvironment, whose real activities finish at the virtual instant they start; the real slow
-activity on the LocalRuntime).
+The first part runs every behaviour three times through the `rig` fixture: on a TestEnvironment (virtual
+time), on a LocalRuntime on a fresh SQLite file (real time, short durations), and on `ev.aws.AwsRuntime`
+over a stack freshly deployed into moto's server on 127.0.0.1, whose real functions a background
+`Harness` drives (tests/aws_rig.py; real time, one-second timer hops). The assertions are the same for
+all; only the way a test waits differs (`Rig.until` ticks/advances the virtual clock, or sleeps briefly
+in real time) and, for activity timeouts, how a hanging activity is produced (a mock on the
+TestEnvironment, whose real activities finish at the virtual instant they start; the real slow activity
+on the real runtimes).
 
 The second part covers LocalRuntime-only promises: restart recovery, at-least-once activities after a
 crash, the exclusive database lock, durability pragmas, persistent signing keys, group commit, no
 executors kept for finished executions, and no polling while idle.
 
-Every LocalRuntime a test opens replays each recorded history against the current definitions before it
-closes (as tests/conftest.py does for TestEnvironments) and fails the test on any divergence.
+Every LocalRuntime (and AwsRuntime) a test opens replays each recorded history against the current
+definitions before it closes (as tests/conftest.py does for TestEnvironments) and fails the test on any divergence.
 """
 
 from __future__ import annotations
@@ -35,21 +37,32 @@ from pydantic import BaseModel
 import eventual_nb as ev
 from eventual_nb.runtime.local import DatabaseLocked
 from eventual_nb.runtime.tokens import InvalidToken
+from tests import aws_support
+from tests.aws_rig import aws_stack_runtime
+
+# the AWS leg's moto server (module-scoped, started only when an "aws" test asks for it) and credentials
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
 
 SERVICE = ev.Service("tests-local-runtime")
 
 #: how long a LocalRuntime test waits for anything before failing (real seconds)
 WAIT = 10
+#: the same on AWS: timers there hop through moto's queue in whole real seconds
+AWS_WAIT = 30
 
 
 # ------------------------------------------------------------------------------------------ replay check
 
 
-async def replay_divergences(rt: ev.LocalRuntime) -> list[str]:
-    """Replay every stored history against the current definition; describe each divergence."""
+async def replay_divergences(rt: Any) -> list[str]:
+    """Replay every stored history against the current definition; describe each divergence.
+
+    Executions the runtime reports as blocked are skipped (an AwsRuntime reports none: its orchestrator
+    leaves a blocked execution's messages on the queue and a line in its log)."""
     found: list[str] = []
     token: str | None = None
-    blocked = rt.blocked()
+    blocked = rt.blocked() if hasattr(rt, "blocked") else {}
     while True:
         page = await rt.list_executions(next_token=token, max_results=100)
         for execution in page.executions:
@@ -87,7 +100,7 @@ async def local_runtime(path: Path, *, replay_check: bool = True, **options: Any
 
 
 class Rig:
-    """One runtime under test plus the few operations whose mechanics differ between the two."""
+    """One runtime under test plus the few operations whose mechanics differ between them."""
 
     def __init__(self, kind: str, rt: Any) -> None:
         self.kind = kind
@@ -97,23 +110,36 @@ class Rig:
     def local(self) -> bool:
         return self.kind == "local"
 
+    @property
+    def real_time(self) -> bool:
+        """LocalRuntime and AwsRuntime run in real time; the TestEnvironment in virtual time."""
+        return self.kind in ("local", "aws")
+
+    @property
+    def wait(self) -> float:
+        return AWS_WAIT if self.kind == "aws" else WAIT
+
     def now(self) -> datetime:
-        return datetime.now(UTC) if self.local else self.rt.now
+        return datetime.now(UTC) if self.real_time else self.rt.now
 
     async def finish(self, handle: ev.ExecutionHandle) -> Any:
-        return await handle.result(timeout=WAIT)
+        return await handle.result(timeout=self.wait)
 
     async def until(self, predicate: Callable[[], Any], what: str = "the condition") -> None:
         """Wait until `predicate()` (sync or async) is true: ticking virtual time, or sleeping real time."""
-        for _ in range(WAIT * 100):
-            if not self.local:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        for _ in range(WAIT * 100) if not self.real_time else itertools.count():
+            if not self.real_time:
                 await self.rt.tick()
             value = predicate()
             if inspect.isawaitable(value):
                 value = await value
             if value:
                 return
-            if self.local:
+            if self.real_time:
+                if loop.time() > deadline:
+                    break
                 await asyncio.sleep(0.01)
             else:
                 await self.rt.advance(0.01)
@@ -121,7 +147,7 @@ class Rig:
 
     async def idle(self, seconds: float) -> None:
         """Let `seconds` pass with nothing sent in (virtual or real)."""
-        if self.local:
+        if self.real_time:
             await asyncio.sleep(seconds)
         else:
             await self.rt.advance(seconds)
@@ -130,8 +156,8 @@ class Rig:
         return types_of(await handle.history()).count(event_type) >= count
 
     def hangs(self, activity: Any, how: str) -> None:
-        """Make `activity` hang past its (heartbeat) timeout; on the LocalRuntime the real one does."""
-        if not self.local:
+        """Make `activity` hang past its (heartbeat) timeout; on the real runtimes the real one does."""
+        if not self.real_time:
             mock = self.rt.mock_activity(activity)
             if how == "timeout":
                 mock.timeout()
@@ -139,15 +165,24 @@ class Rig:
                 mock.heartbeat_timeout()
 
 
-@pytest.fixture(params=["test", "local"])
+@pytest.fixture(params=["test", "local", "aws"])
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    replay_check = request.node.get_closest_marker("no_replay_check") is None
     if request.param == "test":
         async with ev.testing.TestEnvironment(service=SERVICE) as env:
             yield Rig("test", env)
-    else:
-        replay_check = request.node.get_closest_marker("no_replay_check") is None
+    elif request.param == "local":
         async with local_runtime(tmp_path / "state.db", replay_check=replay_check) as rt:
             yield Rig("local", rt)
+    else:
+        request.getfixturevalue("dummy_credentials")
+        async with aws_stack_runtime(request.getfixturevalue("moto_endpoint"), SERVICE) as stack:
+            yield Rig("aws", stack.runtime)
+            stack.driver.stop()
+            if replay_check:
+                divergences = await replay_divergences(stack.runtime)
+                if divergences:
+                    pytest.fail("replaying recorded histories diverged:\n" + "\n".join(divergences))
 
 
 def types_of(history: list[Any]) -> list[str]:
@@ -257,6 +292,32 @@ async def lr_waits_external(order: str) -> dict[str, Any]:
         return {"result": await lr_external(order)}
     except ev.ActivityFailed as exc:
         return {"error": exc.error, "message": exc.message}
+
+
+@ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="0.05s"))
+async def lr_external_twice(order: str) -> str:
+    return ev.async_result(TOKENS.append)
+
+
+@ev.activity(heartbeat_timeout="0.3s")
+async def lr_external_beating(order: str) -> str:
+    return ev.async_result(TOKENS.append)
+
+
+@ev.workflow
+async def lr_waits_external_twice(order: str) -> dict[str, Any]:
+    try:
+        return {"result": await lr_external_twice(order)}
+    except ev.ActivityFailed as exc:
+        return {"error": exc.error, "message": exc.message}
+
+
+@ev.workflow
+async def lr_waits_external_beating(order: str) -> dict[str, Any]:
+    try:
+        return {"result": await lr_external_beating(order)}
+    except ev.Timeout as exc:
+        return {"timeout": type(exc).__name__}
 
 
 @ev.workflow
@@ -573,6 +634,39 @@ async def test_async_completion_with_failure(rig: Rig) -> None:
     assert [(e.error, e.message, e.attempts) for e in failed] == [("OutOfStock", "no more widgets", 1)]
     with pytest.raises(ev.EventualError):
         await rig.rt.send_activity_failure(TOKENS[0], "Again")
+
+
+async def test_a_failed_async_completion_is_retried_with_a_new_token(rig: Rig) -> None:
+    TOKENS.clear()
+    handle = await lr_waits_external_twice.start("order-3")
+    await rig.until(lambda: TOKENS, "the async_result callback")
+    await rig.rt.send_activity_failure(TOKENS[0], "Busy", "try again later")
+    await rig.until(lambda: len(TOKENS) >= 2, "the second attempt's callback")
+    assert TOKENS[1] != TOKENS[0]  # a new attempt, with its own token
+    with pytest.raises(ev.EventualError):
+        await rig.rt.send_activity_success(TOKENS[0], "from the failed attempt")
+    await rig.rt.send_activity_success(TOKENS[1], "done")
+    assert await rig.finish(handle) == {"result": "done"}
+    history = await handle.history()
+    assert by_seq(history, first(history, "ActivityScheduled").seq) == ["ActivityScheduled", "ActivitySucceeded"]
+    assert first(history, "ActivitySucceeded").attempts == 2
+    assert (await rig.rt.send_activity_heartbeat(TOKENS[1])).cancelled is True
+
+
+async def test_an_async_attempt_whose_heartbeats_stop_times_out(rig: Rig) -> None:
+    """Heartbeats by token keep a waiting attempt alive; once they stop, its heartbeat timeout fails it."""
+    TOKENS.clear()
+    handle = await lr_waits_external_beating.start("order-4")
+    await rig.until(lambda: TOKENS, "the async_result callback")
+    assert (await rig.rt.send_activity_heartbeat(TOKENS[0])).cancelled is False
+    assert await rig.finish(handle) == {"timeout": "HeartbeatTimeout"}
+    history = await handle.history()
+    scheduled = first(history, "ActivityScheduled")
+    assert by_seq(history, scheduled.seq) == ["ActivityScheduled", "ActivityHeartbeatTimedOut"]
+    assert first(history, "ActivityHeartbeatTimedOut").timestamp - scheduled.timestamp >= timedelta(seconds=0.299)
+    with pytest.raises(ev.EventualError):
+        await rig.rt.send_activity_success(TOKENS[0], "too late")
+    assert (await rig.rt.send_activity_heartbeat(TOKENS[0])).cancelled is True
 
 
 @ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="0.05s"))

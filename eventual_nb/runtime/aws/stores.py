@@ -562,6 +562,98 @@ class ExecutionStore:
         claimed_at = {"claimed_at": {"S": sort_time(datetime.now(UTC))}}
         return self._put_once(execution_id, f"claim#{seq:010d}#{attempt:04d}", claimed_at)
 
+    # --------------------------------------------------------------- attempts completed by token
+
+    def _claim_key(self, execution_id: str, seq: int, attempt: int) -> dict[str, dict[str, str]]:
+        return {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": f"claim#{seq:010d}#{attempt:04d}"}}
+
+    def wait_for_token(
+        self,
+        execution_id: str,
+        seq: int,
+        attempt: int,
+        message: dict[str, Any],
+        now: datetime,
+        deadline: datetime | None = None,
+    ) -> bool:
+        """Mark a claimed attempt as waiting for completion by token, keeping its activity message (what a
+        retry re-sends), its `deadline` (attempt timeout) and `now` as its last heartbeat (the heartbeat
+        timeout counts from there). False if the attempt was already settled (its token was used while
+        it ran)."""
+        values: dict[str, dict[str, Any]] = {
+            ":yes": {"BOOL": True},
+            ":message": {"S": _json_text(message)},
+            ":now": {"S": sort_time(now)},
+        }
+        expression = "SET #waiting = :yes, #message = :message, last_heartbeat = :now"
+        if deadline is not None:
+            expression += ", #deadline = :deadline"
+            values[":deadline"] = {"S": sort_time(deadline)}
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._claim_key(execution_id, seq, attempt),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#settled)",
+                ExpressionAttributeNames={
+                    "#waiting": "waiting",
+                    "#message": "message",
+                    "#settled": "settled",
+                    **({"#deadline": "deadline"} if deadline is not None else {}),
+                },
+                ExpressionAttributeValues=values,
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def settle_claim(self, execution_id: str, seq: int, attempt: int, outcome: str) -> dict[str, Any] | None:
+        """Settle a claimed attempt exactly once (`outcome` is recorded: "succeeded", "failed", ...).
+
+        Returns the row as it was (its `message` if it waited for a token) to the one caller that settled
+        it, None to every other (already settled, or never claimed)."""
+        try:
+            response = self.client.update_item(
+                TableName=self.table,
+                Key=self._claim_key(execution_id, seq, attempt),
+                UpdateExpression="SET #settled = :outcome, settled_at = :now",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#settled)",
+                ExpressionAttributeNames={"#settled": "settled"},
+                ExpressionAttributeValues={
+                    ":outcome": {"S": outcome},
+                    ":now": {"S": sort_time(datetime.now(UTC))},
+                },
+                ReturnValues="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return None
+        attributes: dict[str, Any] = response.get("Attributes") or {}
+        return attributes
+
+    def pending_claim(self, execution_id: str, seq: int, attempt: int) -> dict[str, Any] | None:
+        """The claim row of an attempt that is claimed and not settled yet (strongly consistent), else None."""
+        item: dict[str, Any] | None = self.client.get_item(
+            TableName=self.table, Key=self._claim_key(execution_id, seq, attempt), ConsistentRead=True
+        ).get("Item")
+        if item is None or "settled" in item:
+            return None
+        return item
+
+    def heartbeat_claim(self, execution_id: str, seq: int, attempt: int, moment: datetime) -> bool:
+        """Record a heartbeat on an unsettled claimed attempt; False when it is no longer pending."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._claim_key(execution_id, seq, attempt),
+                UpdateExpression="SET last_heartbeat = :now",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#settled)",
+                ExpressionAttributeNames={"#settled": "settled"},
+                ExpressionAttributeValues={":now": {"S": sort_time(moment)}},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def remember_signal(self, execution_id: str, signal_id: str) -> bool:
         """True the first time `signal_id` is sent to the execution, False for every repeat (signal ids
         de-duplicate sends; the FIFO queue's own de-duplication lasts only 5 minutes)."""

@@ -31,7 +31,26 @@ attempt of kind timeout: retried per the activity's `RetryPolicy`, then reported
 Activity tokens are HMAC-signed with `EVENTUAL_SIGNING_KEY` (the same variable the local runtime reads):
 the deploy must set it — the same secret on every function that signs or verifies tokens (the activity
 worker and the API). It is only needed by activities that ask for their token; without it, asking raises.
-Async completion (`AsyncResult`) is not supported on AWS yet: such an attempt fails, non-retryably.
+
+Completion by token (`return ev.async_result(callback)`)
+--------------------------------------------------------
+The attempt's claim row records that it waits (`waiting`, and the activity message a retry re-sends),
+then the callback gets the token. `AwsRuntime.send_activity_success/failure` verify the token, settle the
+row with ONE conditional update (`settled`, so exactly one completion wins, even against the worker of a
+still-running attempt whose token was handed out), and send the outcome like the worker would
+(`report_outcome`: ActivitySucceeded, the next attempt after a failure the retry policy retries, or
+ActivityFailed). A heartbeat by token stamps the row and answers `cancelled` once the attempt was settled
+or its execution ended. An attempt whose token was handed out settles its own outcome the same way, so a
+token used while it ran wins over the value it returns afterwards (as on the LocalRuntime).
+
+The `timeout` and `heartbeat_timeout` of a waiting attempt are watched through the activity queue: the
+worker sends a *check* message `{"check": true, "execution_id", "seq", "attempt", "name"}` delayed until the
+nearer deadline (the attempt's start + `timeout`; the last heartbeat + `heartbeat_timeout`, where the
+moment the attempt began to wait counts as a heartbeat). A check that finds the attempt still waiting
+past a deadline settles it as timed out (conditionally, like a completion) and reports it like any
+timed-out attempt (retried per the policy, else ActivityTimedOut / ActivityHeartbeatTimedOut); before the
+deadline (a heartbeat moved it), it sends itself again for the rest. SQS delays are whole seconds, so
+such a timeout is noticed up to a second late (and a check hops every 900 s for longer waits).
 
 Every handler is synchronous (Lambda calls it directly); coroutines — async activities and async
 subscription handlers — run on one event loop kept per worker (a warm container reuses it).
@@ -80,6 +99,10 @@ LAMBDA_SAFETY_SECONDS = 10.0
 HEARTBEAT_CHECK_SECONDS = 30.0
 #: SQS's largest visibility timeout (12 h): the longest backoff a failed subscription delivery can get
 MAX_VISIBILITY_SECONDS = 43_200
+#: message attributes of a delivery the subscription worker dead-lettered (AwsRuntime.list_dead_letters reads them)
+DEAD_LETTER_ERROR = "eventual_error"
+DEAD_LETTER_MESSAGE = "eventual_message"
+DEAD_LETTER_ATTEMPTS = "eventual_attempts"
 
 Handler = Callable[[dict[str, Any], Any], "dict[str, Any] | None"]
 T = TypeVar("T")
@@ -128,13 +151,15 @@ class _Watch:
     last_check: float = 0.0
     ended: bool = False
     stopped: bool = False
+    #: the attempt asked for its token: its outcome must be settled on the claim row (the token may win)
+    token_issued: bool = False
 
 
 @dataclass
 class AttemptReport:
     """What the worker did with one activity message (for tests and logs)."""
 
-    action: str  # "ran" | "duplicate" | "ended" | "unknown" | "deferred"
+    action: str  # "ran" | "duplicate" | "ended" | "unknown" | "deferred" | "waiting" | "settled"
     event: HistoryEvent | None = None
     retry_delay: int | None = None
     logs: list[LogEntry] = field(default_factory=list)
@@ -145,8 +170,9 @@ class ActivityWorker:
 
     Missing (documented, not silently wrong): an attempt whose container dies after its claim is lost
     (the claim row has no lease, so its redelivery is acknowledged without running; an activity `timeout`
-    cannot rescue it either, as nothing outside the attempt watches it); async completion by token;
-    cancelling a running attempt beyond `HeartbeatResponse.cancelled` once the execution ended."""
+    cannot rescue it either, as nothing outside the attempt watches it); the timeouts of an attempt that
+    waits for its token (module docstring); cancelling a running attempt beyond
+    `HeartbeatResponse.cancelled` once the execution ended."""
 
     def __init__(
         self,
@@ -191,6 +217,8 @@ class ActivityWorker:
 
     def handle_message(self, message: dict[str, Any], context: Any = None) -> AttemptReport:
         execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+        if message.get("check"):
+            return self._check_waiting(execution_id, seq, attempt, str(message["name"]))
         now = utc(self.clients.clock())
         not_before = message.get("not_before")
         if not_before and utc(datetime.fromisoformat(str(not_before))) > now:
@@ -208,9 +236,95 @@ class ActivityWorker:
             return AttemptReport("duplicate")
         outcome, kind, watch, logs = self._loop.run(self._attempt(message, context))
         self._write_logs(execution_id, logs)
-        report = self._settle(message, outcome, kind, watch)
+        if outcome.kind == "async":
+            report = self._wait_for_token(message, outcome, now)
+        elif watch.token_issued and self.executions.settle_claim(execution_id, seq, attempt, outcome.kind) is None:
+            report = AttemptReport("settled")  # its token was used while it ran: that completion won
+        else:
+            report = self._settle(message, outcome, kind, watch)
         report.logs = logs
         return report
+
+    def _wait_for_token(self, message: dict[str, Any], outcome: AttemptOutcome, started: datetime) -> AttemptReport:
+        """Record on the claim row that the attempt waits for its token (and watch its deadlines), then hand
+        the token to the callback."""
+        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+        try:
+            token = self._token(execution_id, seq, attempt)
+        except errors.EventualError as exc:
+            if self.executions.settle_claim(execution_id, seq, attempt, "failed") is None:
+                return AttemptReport("settled")
+            return self._settle(message, failure(exc, retryable=False), "failed", _Watch(None, False, None, None))
+        options = message.get("options") or {}
+        timeout, heartbeat_timeout = options.get("timeout"), options.get("heartbeat_timeout")
+        deadline = None if timeout is None else started + timedelta(seconds=float(timeout))
+        now = utc(self.clients.clock())
+        if not self.executions.wait_for_token(execution_id, seq, attempt, message, now, deadline):
+            return AttemptReport("settled")  # its token was used while it ran
+        if deadline is not None or heartbeat_timeout is not None:
+            due = min(
+                moment
+                for moment in (
+                    deadline,
+                    None if heartbeat_timeout is None else now + timedelta(seconds=heartbeat_timeout),
+                )
+                if moment is not None
+            )
+            self._send_check(execution_id, seq, attempt, str(message["name"]), due, now)
+        assert outcome.callback is not None
+        try:
+            value = outcome.callback(token)
+            if inspect.isawaitable(value):
+                self._loop.run(_awaited(value))
+        except Exception:  # the attempt stays waiting, as on the LocalRuntime; the function's log has why
+            LOGGER.exception("the async_result callback of activity %s of %s failed", seq, execution_id)
+        return AttemptReport("waiting")
+
+    def _send_check(self, execution_id: str, seq: int, attempt: int, name: str, due: datetime, now: datetime) -> None:
+        check = {"check": True, "execution_id": execution_id, "seq": seq, "attempt": attempt, "name": name}
+        self.clients.activity_queue.send(check, delay_seconds=max(1, _delay(due, now)))
+
+    def _check_waiting(self, execution_id: str, seq: int, attempt: int, name: str) -> AttemptReport:
+        """A waiting attempt's deadline may have passed: settle it as timed out, or look again later."""
+        row = self.executions.pending_claim(execution_id, seq, attempt)
+        if row is None or "message" not in row:
+            return AttemptReport("settled")
+        try:
+            if self.executions.get(execution_id).status != ExecutionStatus.IN_PROGRESS:
+                return AttemptReport("ended")
+        except errors.ExecutionNotFound:
+            return AttemptReport("unknown")
+        stored = json.loads(row["message"]["S"])
+        limit = (stored.get("options") or {}).get("heartbeat_timeout")
+        heartbeat_timeout = None if limit is None else float(limit)
+        deadline = utc(datetime.fromisoformat(row["deadline"]["S"])) if "deadline" in row else None
+        heartbeat_deadline = (
+            utc(datetime.fromisoformat(row["last_heartbeat"]["S"])) + timedelta(seconds=heartbeat_timeout)
+            if heartbeat_timeout is not None and "last_heartbeat" in row
+            else None
+        )
+        now = utc(self.clients.clock())
+        candidates = [moment for moment in (deadline, heartbeat_deadline) if moment is not None]
+        if not candidates:
+            return AttemptReport("waiting")
+        if now < min(candidates):
+            self._send_check(execution_id, seq, attempt, name, min(candidates), now)
+            return AttemptReport("waiting")
+        error: errors.Timeout
+        if (
+            heartbeat_deadline is not None
+            and heartbeat_deadline <= now
+            and (deadline is None or heartbeat_deadline <= deadline)
+        ):
+            kind = "heartbeat"
+            error = errors.HeartbeatTimeout(f"no heartbeat within {heartbeat_timeout:g}s")
+        else:
+            kind = "timeout"
+            timeout = (stored.get("options") or {}).get("timeout")
+            error = errors.Timeout(f"attempt {attempt} exceeded its timeout of {timeout}s")
+        if self.executions.settle_claim(execution_id, seq, attempt, kind) is None:
+            return AttemptReport("settled")
+        return report_outcome(self.clients, stored, failure(error), kind)
 
     # ------------------------------------------------------------------------------------ running
 
@@ -249,6 +363,10 @@ class ActivityWorker:
         )
         logs: list[LogEntry] = []
 
+        def token() -> str:
+            watch.token_issued = True
+            return self._token(execution_id, seq, attempt)
+
         def log_line(line: str) -> None:
             logs.append(LogEntry(time=utc(self.clients.clock()), message=line, source=name))
 
@@ -277,7 +395,7 @@ class ActivityWorker:
             activity=name,
             seq=seq,
             attempt=attempt,
-            token=lambda: self._token(execution_id, seq, attempt),
+            token=token,
             idempotency_key=f"{execution_id}/{seq}",
             heartbeat_details=message.get("heartbeat_details"),
         )
@@ -332,49 +450,53 @@ class ActivityWorker:
     # ----------------------------------------------------------------------------------- settling
 
     def _settle(self, message: dict[str, Any], outcome: AttemptOutcome, kind: str, watch: _Watch) -> AttemptReport:
-        """Success -> ActivitySucceeded; failure -> the next attempt's message (backoff) or the failure event."""
-        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
-        now = utc(self.clients.clock())
-        event: HistoryEvent
-        if outcome.kind == "succeeded":
-            event = ActivitySucceeded(seq=seq, timestamp=now, result=outcome.result, attempts=attempt)
-            self.clients.send_workflow_event(execution_id, event_to_dict(event))
-            return AttemptReport("ran", event=event)
-        if outcome.kind == "async":
-            outcome = AttemptOutcome(
-                kind="failed",
-                error="AsyncCompletionUnsupported",
-                message="the AWS runtime does not support completing an activity by token (AsyncResult) yet",
-                retryable=False,
-            )
-        options = message.get("options") or {}
-        policy = RetryPolicy.model_validate(options.get("retry") or {})
-        type_names = outcome.type_names or (outcome.error,)
-        if outcome.retryable and policy.retries(attempt, type_names):
-            backoff = policy.delay_after(attempt).total_seconds()
-            following: dict[str, Any] = {
-                key: message[key]
-                for key in ("execution_id", "seq", "name", "input", "options", "heartbeat_details")
-                if key in message
-            }
-            following["attempt"] = attempt + 1
-            if watch.has_details:
-                following["heartbeat_details"] = watch.details
-            if backoff > MAX_SQS_DELAY_SECONDS:  # hops through the queue until then
-                following["not_before"] = (now + timedelta(seconds=backoff)).isoformat()
-            delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
-            self.clients.activity_queue.send(following, delay_seconds=delay)
-            return AttemptReport("ran", retry_delay=delay)
-        if kind == "timeout":
-            event = ActivityTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
-        elif kind == "heartbeat":
-            event = ActivityHeartbeatTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
-        else:
-            event = ActivityFailed(
-                seq=seq, timestamp=now, error=outcome.error, message=outcome.message, attempts=attempt
-            )
-        self.clients.send_workflow_event(execution_id, event_to_dict(event))
+        details = watch.details if watch.has_details else _NO_DETAILS
+        return report_outcome(self.clients, message, outcome, kind, details)
+
+
+#: `report_outcome`'s marker for "the attempt reported no heartbeat details"
+_NO_DETAILS: Any = object()
+
+
+def report_outcome(
+    clients: AwsClients, message: dict[str, Any], outcome: AttemptOutcome, kind: str, details: Any = _NO_DETAILS
+) -> AttemptReport:
+    """Send a settled attempt's outcome: success -> ActivitySucceeded; failure -> the next attempt's message
+    (after its backoff) while the retry policy allows, else the failure event (timed out, heartbeat timed
+    out, or failed, by `kind`). Shared by the worker and by completion by token (`AwsRuntime`)."""
+    execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+    now = utc(clients.clock())
+    event: HistoryEvent
+    if outcome.kind == "succeeded":
+        event = ActivitySucceeded(seq=seq, timestamp=now, result=outcome.result, attempts=attempt)
+        clients.send_workflow_event(execution_id, event_to_dict(event))
         return AttemptReport("ran", event=event)
+    options = message.get("options") or {}
+    policy = RetryPolicy.model_validate(options.get("retry") or {})
+    type_names = outcome.type_names or (outcome.error,)
+    if outcome.retryable and policy.retries(attempt, type_names):
+        backoff = policy.delay_after(attempt).total_seconds()
+        following: dict[str, Any] = {
+            key: message[key]
+            for key in ("execution_id", "seq", "name", "input", "options", "heartbeat_details")
+            if key in message
+        }
+        following["attempt"] = attempt + 1
+        if details is not _NO_DETAILS:
+            following["heartbeat_details"] = details
+        if backoff > MAX_SQS_DELAY_SECONDS:  # hops through the queue until then
+            following["not_before"] = (now + timedelta(seconds=backoff)).isoformat()
+        delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
+        clients.activity_queue.send(following, delay_seconds=delay)
+        return AttemptReport("ran", retry_delay=delay)
+    if kind == "timeout":
+        event = ActivityTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
+    elif kind == "heartbeat":
+        event = ActivityHeartbeatTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
+    else:
+        event = ActivityFailed(seq=seq, timestamp=now, error=outcome.error, message=outcome.message, attempts=attempt)
+    clients.send_workflow_event(execution_id, event_to_dict(event))
+    return AttemptReport("ran", event=event)
 
 
 def _delay(until: datetime, now: datetime) -> int:
@@ -434,14 +556,19 @@ class SubscriptionWorker:
     name). A failed handler call is reported in `batchItemFailures`; the queue's redrive policy
     (maxReceiveCount = the subscription's `max_attempts`) retries it and then dead-letters it. Before
     reporting a failure, the worker sets the message's visibility to the subscription's backoff
-    (`RetryPolicy.delay_after(receive count)`), so retries wait as they do locally. Not done:
-    `non_retryable` errors are retried like any other (only the redrive count ends them); handler
-    output goes to the function's own log, not to an execution log."""
+    (`RetryPolicy.delay_after(receive count)`), so retries wait as they do locally.
+
+    The last failed attempt (the receive count reached `max_attempts`, or a `non_retryable` error) is
+    dead-lettered by the worker itself: it sends the envelope to the queue's dead-letter queue with the
+    error's type, message and the attempts as message attributes (SQS's own redrive keeps no reason),
+    then acknowledges the delivery. The redrive policy stays as the safety net for a worker that dies
+    mid-delivery. Not done: handler output goes to the function's own log, not to an execution log."""
 
     def __init__(self, clients: AwsClients, services: Sequence[Service]) -> None:
         self.clients = clients
         self.services = list(services)
         self._loop = _Loop()
+        self._dead_letter_urls: dict[str, str | None] = {}
 
     def handle_batch(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
         failed: list[str] = []
@@ -450,9 +577,58 @@ class SubscriptionWorker:
                 self.deliver(record)
             except Exception as exc:
                 LOGGER.exception("subscription delivery %s failed", record.get("messageId"))
+                if self._dead_letter(record, exc):
+                    continue
                 failed.append(str(record["messageId"]))
                 self._back_off(record, exc)
         return _batch_failures(failed)
+
+    def _dead_letter(self, record: Mapping[str, Any], error: BaseException) -> bool:
+        """Move a delivery whose last attempt failed to the dead-letter queue, with its error; True if moved.
+
+        False while the retry policy allows another attempt, or when the move itself failed (the redrive
+        policy then dead-letters it, without the reason)."""
+        try:
+            subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
+            policy: RetryPolicy = subscription.retry
+            received = int((record.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
+            if policy.retries(received, exception_type_names(error)):
+                return False
+            url = self._dead_letter_url(str(record["eventSourceARN"]))
+            if url is None:
+                return False
+            attributes = {
+                DEAD_LETTER_ERROR: errors.error_type_name(error),
+                DEAD_LETTER_MESSAGE: errors.error_message(error),
+                DEAD_LETTER_ATTEMPTS: str(received),
+            }
+            self.clients.client("sqs").send_message(
+                QueueUrl=url,
+                MessageBody=record["body"],
+                MessageAttributes={
+                    name: {"DataType": "Number" if name == DEAD_LETTER_ATTEMPTS else "String", "StringValue": value}
+                    for name, value in attributes.items()
+                    if value  # SQS refuses empty attribute values
+                },
+            )
+        except Exception:
+            LOGGER.exception("could not dead-letter delivery %s", record.get("messageId"))
+            return False
+        return True
+
+    def _dead_letter_url(self, queue_arn: str) -> str | None:
+        """The dead-letter queue of a subscription queue, from its redrive policy (looked up once)."""
+        if queue_arn not in self._dead_letter_urls:
+            sqs = self.clients.client("sqs")
+            url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
+            policy = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"].get(
+                "RedrivePolicy"
+            )
+            target = json.loads(policy).get("deadLetterTargetArn") if policy else None
+            self._dead_letter_urls[queue_arn] = (
+                sqs.get_queue_url(QueueName=str(target).rsplit(":", 1)[-1])["QueueUrl"] if target else None
+            )
+        return self._dead_letter_urls[queue_arn]
 
     def subscription_for(self, queue_arn: str) -> Any:
         name = self.clients.settings.subscription_queues.get(queue_arn)

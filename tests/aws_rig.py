@@ -1,0 +1,96 @@
+"""The AWS leg of the behavioural suite (tests/test_local_runtime.py): a stack in moto, driven in the background.
+
+`aws_stack_runtime(endpoint, service)` deploys the service's exported template into moto (after a reset:
+each test gets a fresh account), builds the stack's real functions (`StackFunctions`, over moto's endpoint,
+real clock, one-second timer hops since moto's SQS delays are whole real seconds) and an `AwsRuntime` over
+the same stack, and runs a `HarnessDriver` for the duration: one background thread that polls the queues
+and fires due schedules, so the suite's tests simply wait in real time, as they do on the LocalRuntime.
+
+Why one thread and not `asyncio.to_thread` per wait: the harness must never call handlers concurrently (its
+docstring), and the suite's waits overlap (a test may await `handle.result()` while a predicate polls), so
+exactly one owner of the harness runs for the whole test, independent of how the test waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import eventual_nb as ev
+from eventual_nb.aws import AwsRuntime
+from eventual_nb.runtime.aws.functions import StackFunctions
+from eventual_nb.runtime.aws.harness import Harness, RunReport
+from tests.aws_support import REGION, client_kwargs, deploy_stack, require_local, reset_moto
+
+LOGGER = logging.getLogger("tests.aws_rig")
+
+#: the activity tokens' secret, given to the stack's functions and to the runtime (as a deploy would)
+SIGNING_KEY = "aws-rig-signing-key-0123456789"
+#: pause of the driver after a round that found nothing to do (real seconds)
+IDLE_PAUSE = 0.02
+
+
+@dataclass
+class HarnessDriver:
+    """Calls `harness.poll_once()` in a loop on one background thread until stopped."""
+
+    harness: Harness
+    report: RunReport = field(default_factory=RunReport)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aws-rig-harness", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.harness.poll_once(self.report)
+            except Exception:  # the next round tries again; the test's own waits report what is missing
+                LOGGER.exception("harness round failed")
+                handled = 0
+            if not handled:
+                self._stop.wait(IDLE_PAUSE)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+
+@dataclass
+class AwsStack:
+    runtime: AwsRuntime
+    functions: StackFunctions
+    driver: HarnessDriver
+
+
+@contextlib.asynccontextmanager
+async def aws_stack_runtime(endpoint: str, service: ev.Service) -> AsyncIterator[AwsStack]:
+    """A fresh stack of `service` in moto, its functions driven in the background, and `AwsRuntime` entered."""
+    require_local(endpoint)
+    reset_moto(endpoint)
+    subscriptions = [subscription.spec() for subscription in service.subscriptions.values()]
+    stack = deploy_stack(endpoint, stack="suite", service=service.name, subscriptions=subscriptions)
+    environment = {**stack.environment, "EVENTUAL_SIGNING_KEY": SIGNING_KEY}
+    functions = StackFunctions(
+        [service],
+        environ=environment,
+        client_kwargs=client_kwargs(endpoint),
+        timer_hop_seconds=1,
+        signing_key=SIGNING_KEY.encode(),
+    )
+    harness = Harness(functions.clients, functions.handlers(), functions.clients.clock)
+    driver = HarnessDriver(harness)
+    runtime = AwsRuntime(region=REGION, endpoint_url=require_local(endpoint), environment=environment, service=service)
+    driver.start()
+    try:
+        async with runtime:
+            yield AwsStack(runtime, functions, driver)
+    finally:
+        driver.stop()
