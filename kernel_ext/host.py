@@ -1,4 +1,5 @@
-"""The in-kernel runtime: a LocalRuntime or TestEnvironment on its own thread and event loop.
+"""The in-kernel runtime: a LocalRuntime or TestEnvironment on its own thread and event loop, or an
+AwsRuntime, a client of a deployed stack whose functions run the code (`%eventual runtime aws`).
 
 Why a thread: asyncio tasks on the kernel's own loop stall while a synchronous cell blocks
 (`reference/jupyter-mechanics.md` §2.3), and executions must progress while cells run or the kernel
@@ -32,7 +33,7 @@ class RuntimeHost:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self.runtime: Any = None
-        #: "local" or "test"
+        #: "local", "test" or "aws"
         self.kind: str | None = None
         self.path: Path | None = None
         self.durability = "full"
@@ -115,6 +116,29 @@ class RuntimeHost:
             self.path = None
             return environment
 
+    def use_aws(self, stack: str, region: str | None = None, endpoint_url: str | None = None) -> Any:
+        """Switch to an AwsRuntime on `stack`, serving the current service.
+
+        The stack is read (its outputs, resources and the functions' variables) before the previous
+        runtime stops, so a wrong name, region or endpoint leaves the kernel on the runtime it had. The
+        AwsRuntime runs no workflow code: the stack's functions do (offline, the harness standing in for
+        Lambda). It cannot tell when they commit, so the widgets poll it (kernel_ext/widgets.py)."""
+        from eventual_nb.aws import AwsRuntime
+
+        with self._lock:
+            service = current_service().name
+            runtime = AwsRuntime(stack=stack, region=region, endpoint_url=endpoint_url, service=service)
+
+            async def enter() -> None:
+                await runtime.__aenter__()
+                runtime.exit_current()  # the process-wide default is set by `_activate`, not a ContextVar
+
+            self.call(enter())
+            self.stop_runtime()
+            self._activate(runtime, "aws", service)
+            self.path = None
+            return runtime
+
     #: called after every commit of the active runtime (the widget pump's `poke`)
     on_commit: Any = None
 
@@ -135,6 +159,8 @@ class RuntimeHost:
                 base.set_default_runtime(None)
             if self.kind == "test":
                 self.call(runtime.__aexit__(None, None, None))
+            elif self.kind == "aws":
+                pass  # a client of the stack: nothing of it runs here, nothing to stop
             else:
                 self.call(runtime.stop())
             self.kind = None

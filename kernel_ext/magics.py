@@ -292,12 +292,23 @@ class EventualMagics(Magics):
         parser.add_argument("--path", help="database file (local; default .eventual/<service>.db)")
         parser.add_argument("--durability", choices=["full", "normal", "off"], default="full")
         parser.add_argument("--start", help="virtual start time, ISO 8601 (test)")
+        parser.add_argument("--stack", help="CloudFormation stack deployed with `eventual-nb deploy` (aws)")
+        parser.add_argument("--region", help="AWS region of the stack (aws; default: boto3's)")
+        parser.add_argument("--endpoint-url", help="AWS endpoint, e.g. an emulator such as moto's server (aws)")
         args = parser.parse_args(words)
         if args.kind == "aws":
-            raise UsageError(
-                "%eventual runtime aws is not available yet: the AWS runtime lands with issue 6 "
-                "('Deployed runtime on AWS')"
-            )
+            if not args.stack:
+                raise UsageError(
+                    "%eventual runtime aws needs --stack NAME (the stack `eventual-nb deploy DIR --stack NAME` "
+                    "created), and optionally --region R and --endpoint-url URL"
+                )
+            try:
+                runtime = self.host.use_aws(args.stack, args.region, args.endpoint_url)
+            except ev.EventualError as exc:
+                raise UsageError(f"%eventual runtime aws: {exc.message}") from None
+            where = f" at {args.endpoint_url}" if args.endpoint_url else ""
+            _say(f"AwsRuntime on stack {args.stack} in {runtime.region}{where} (service '{self.host.service_name}')")
+            return
         if args.kind == "local":
             self.host.use_local(args.path, args.durability)
             _say(f"LocalRuntime on {self.host.path} (durability {args.durability})")
@@ -321,7 +332,9 @@ class EventualMagics(Magics):
             f"service      {service.name}: {len(service.workflows)} workflows, {len(service.activities)} activities, "
             f"{len(service.signals)} signals, {len(service.events)} events, {len(service.subscriptions)} "
             f"subscriptions, {len(service.api.routes) if service._router is not None else 0} routes",
-            f"runtime      {type(runtime).__name__}" + (f" on {self.host.path}" if self.host.path else ""),
+            f"runtime      {type(runtime).__name__}"
+            + (f" on {self.host.path}" if self.host.path else "")
+            + (f" on stack {runtime.stack} in {runtime.region}" if self.host.kind == "aws" else ""),
             f"in progress  {len(page.executions)}" + ("+" if page.next_token else ""),
         ]
         if self.host.kind == "test":
@@ -467,6 +480,8 @@ VERBS_HELP = """%eventual VERB
   service NAME                          use (create) service NAME; its database is .eventual/NAME.db
   runtime local [--path P] [--durability full|normal|off]
   runtime test [--start ISO]            virtual clock (see `advance`)
+  runtime aws --stack NAME [--region R] [--endpoint-url URL]
+                                        a deployed stack (eventual-nb deploy); its functions run the code
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
   history ID | logs ID                  an execution's history / captured output

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 #: seconds between two writes of the same widget (the ~10 Hz coalescing)
 REFRESH_INTERVAL = 0.1
-#: seconds between passes when no commit woke the pump (a runtime without commit listeners, a clock)
+#: seconds between passes when no commit woke the pump (a runtime without commit listeners, such as an
+#: AwsRuntime, whose stack's functions commit in other processes: its views are polled at this pace)
 IDLE_POLL = 1.0
 #: how long the pump waits for one runtime query
 QUERY_TIMEOUT = 10.0
@@ -307,6 +308,13 @@ class ExecutionsTable:
         self.shown = ""
         self.finished = False
         self.last_update = 0.0
+        # The pump holds views weakly; these observers make the table live as long as its widgets do (an
+        # ExecutionView is held by its buttons' callbacks), and an edited filter is shown on the next pass.
+        self.workflow.observe(self._filter_changed, names="value")
+        self.status.observe(self._filter_changed, names="value")
+
+    def _filter_changed(self, _change: Any) -> None:
+        self.seen = ()
 
     def refresh(self) -> None:
         key = (change_counter(self.runtime), self.workflow.value, self.status.value)

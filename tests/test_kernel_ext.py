@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import aws_support
 from tests.kernel_support import (
     KernelSession,
     error_of,
@@ -131,7 +134,7 @@ def test_a_notebook_using_every_magic_and_verb(tmp_path: Path) -> None:
     assert "TestEnvironment (virtual clock at 2024-01-01T00:00:00+00:00)" in text_of(c[19])
     assert "virtual clock at 2024-01-02T00:00:00+00:00" in text_of(c[22])
     assert text_of(c[23]).strip() == "SUCCEEDED rested"
-    assert "issue 6" in text_of(c[24], "stderr")
+    assert "%eventual runtime aws needs --stack NAME" in text_of(c[24], "stderr")
     assert (tmp_path / ".eventual" / "kitchen-sink.db").exists()
     assert "runtime local" in text_of(c[26])
 
@@ -405,3 +408,150 @@ def test_executions_progress_while_a_cell_blocks(session: KernelSession) -> None
     woke = [m for m in session.snapshot() if m["msg_type"] == "stream" and "woke" in m["content"].get("text", "")]
     assert finished and woke
     assert finished[0]["header"]["date"] < woke[0]["header"]["date"], "the timeline moved while the cell slept"
+
+
+# ------------------------------------------------------------------------------------- a deployed stack
+
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
+
+AWS_STACK = "kernel-aws"
+AWS_SERVICE = "kernel-aws"
+#: the definitions the notebook makes with magics, as the stack's functions import them (an export's package)
+AWS_SERVICE_MODULE = f"""
+import eventual_nb as ev
+from pydantic import BaseModel
+
+SERVICE = ev.Service({AWS_SERVICE!r})
+
+
+@ev.signal_model
+class Go(BaseModel):
+    ok: bool = True
+
+
+@ev.activity
+def shout(name: str) -> str:
+    print(f"shouting {{name}}")
+    return name.upper()
+
+
+@ev.workflow
+async def loud(name: str) -> str:
+    word = await shout(name)
+    await Go.expect()
+    return word
+"""
+AWS_CELLS = [
+    f"%load_ext eventual_nb\nfrom pydantic import BaseModel\n%eventual service {AWS_SERVICE}",
+    "%%signal\nclass Go(BaseModel):\n    ok: bool = True",
+    "%%activity\ndef shout(name: str) -> str:\n    print(f'shouting {name}')\n    return name.upper()",
+    "%%workflow\nasync def loud(name: str) -> str:\n    word = await shout(name)\n    await Go.expect()\n    return word",
+]
+#: the stack's functions, standing in for Lambda: the harness polls the queues until told to stop (a file
+#: appears) or its time is up, whichever comes first
+AWS_FUNCTIONS = r"""
+import json, pathlib, sys, time
+from datetime import UTC, datetime
+
+directory, endpoint, region = sys.argv[1:4]
+sys.path.insert(0, directory)
+import kernel_aws_service
+from eventual_nb.runtime.aws.functions import StackFunctions
+from eventual_nb.runtime.aws.harness import Harness
+
+environment = json.loads(pathlib.Path(directory, "environment.json").read_text())
+functions = StackFunctions(
+    [kernel_aws_service.SERVICE], environ=environment, client_kwargs={"endpoint_url": endpoint, "region_name": region}
+)
+harness = Harness(functions.clients, functions.handlers(), lambda: datetime.now(UTC))
+deadline = time.monotonic() + 150
+while time.monotonic() < deadline and not pathlib.Path(directory, "stop").exists():
+    harness.run_until_idle()
+    time.sleep(0.2)
+"""
+
+
+def test_the_kernel_runs_on_a_deployed_stack_with_live_widgets(
+    tmp_path: Path, moto_endpoint: str, dummy_credentials: None
+) -> None:
+    """`%eventual runtime aws --stack` in a real kernel (dummy credentials, moto's endpoint): a start from a cell
+    runs on the stack's functions (another process), the widget follows by polling, its Send click signals
+    through the stack, and status, executions, history and logs read the stack."""
+    aws_support.reset_moto(moto_endpoint)
+    stack = aws_support.deploy_stack(moto_endpoint, stack=AWS_STACK, service=AWS_SERVICE)
+    functions_dir = tmp_path / "functions"
+    functions_dir.mkdir()
+    (functions_dir / "kernel_aws_service.py").write_text(AWS_SERVICE_MODULE)
+    (functions_dir / "environment.json").write_text(json.dumps(stack.environment))
+    kernel = KernelSession(tmp_path)
+    functions = subprocess.Popen(
+        [sys.executable, "-c", AWS_FUNCTIONS, str(functions_dir), moto_endpoint, aws_support.REGION],
+        cwd=functions_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for cell in AWS_CELLS:
+            kernel.execute(cell)
+        switched = kernel.run(
+            f"%eventual runtime aws --stack {AWS_STACK} --region {aws_support.REGION} --endpoint-url {moto_endpoint}"
+        )
+        assert f"AwsRuntime on stack {AWS_STACK} in {aws_support.REGION}" in switched
+        kernel.execute("h = await loud.start('ada', name='ada')\nh")
+        opens = kernel.comm_opens()
+        status, timeline = _widget(opens, "eventual-status"), _widget(opens, "eventual-timeline")
+        send, result = _widget(opens, "eventual-signal-send"), _widget(opens, "eventual-result")
+
+        def widget_shows(comm_id: str, text: str) -> Any:
+            return lambda m: (
+                m["msg_type"] == "comm_msg"
+                and m["content"]["comm_id"] == comm_id
+                and text in m["content"]["data"].get("state", {}).get("value", "")
+            )
+
+        kernel.wait_for(widget_shows(timeline, "ActivitySucceeded"), 90, "the timeline to show the activity")
+        kernel.send_comm(send, {"method": "custom", "content": {"event": "click"}})
+        kernel.wait_for(widget_shows(status, "SUCCEEDED"), 90, "the status widget to show SUCCEEDED")
+        kernel.wait_for(widget_shows(result, "ADA"), 90, "the result widget to show the result")
+        assert kernel.run("print(await h.result())").strip() == "ADA"
+
+        report = kernel.run("%eventual status")
+        assert f"AwsRuntime on stack {AWS_STACK} in {aws_support.REGION}" in report
+        assert "in progress  0" in report
+        before = len(kernel.comm_opens())
+        kernel.execute("%eventual executions --workflow loud")
+        table = [state for state in list(kernel.comm_opens().values())[before:] if "eventual-executions" in
+                 state.get("_dom_classes", [])]  # fmt: skip
+        assert table, "the executions table is a widget"
+        kernel.wait_for(
+            lambda m: (
+                m["msg_type"] == "comm_msg"
+                and "loud/ada" in m["content"]["data"].get("state", {}).get("value", "")
+                and "SUCCEEDED" in m["content"]["data"].get("state", {}).get("value", "")
+                and m["content"]["comm_id"] not in (status, timeline, result)
+            ),
+            60,
+            "the executions table to list loud/ada",
+        )
+        history = kernel.execute("%eventual history loud/ada")
+        shown = "".join(
+            m["content"]["data"].get("text/html", "")
+            for m in kernel.snapshot()
+            if m["msg_type"] == "display_data"
+            and m["parent_header"].get("msg_id") == history["parent_header"]["msg_id"]
+        )
+        for event_type in ("WorkflowStarted", "ActivitySucceeded", "SignalReceived", "WorkflowSucceeded"):
+            assert event_type in shown, shown
+        assert "shouting ada" in kernel.run("%eventual logs loud/ada")
+    finally:
+        (functions_dir / "stop").touch()
+        try:
+            _, errors = functions.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            functions.kill()
+            _, errors = functions.communicate()
+        finally:
+            kernel.close()
+    assert functions.returncode == 0, errors
