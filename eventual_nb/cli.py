@@ -52,12 +52,8 @@ Handler = Callable[[argparse.Namespace], int]
 # Which issue brings each verb: (issue number, issue title). A verb leaves this table when its
 # real handler is wired in ``build_parser``.
 _LOCAL_RUNTIME = (3, "Local runtime")
-_NOTEBOOKS = (7, "Notebooks")
 
-LANDS_WITH: dict[str, tuple[int, str]] = {
-    "run": _NOTEBOOKS,
-    "test": _NOTEBOOKS,
-}
+LANDS_WITH: dict[str, tuple[int, str]] = {}
 
 
 def package_version() -> str:
@@ -644,6 +640,140 @@ def export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- notebooks as tests (papermill) -------------------------------------------------------------------
+
+
+def _usage_error(out: Output, message: str) -> int:
+    print(f"error: UsageError: {message}", file=sys.stderr, flush=True)
+    if out.as_json:
+        out.json({"error": "UsageError", "message": message})
+    return EXIT_USAGE
+
+
+def _notebook_runs(out: Output, verb: str) -> Any:
+    """kernel_ext.notebook_runs, or None after saying which extra is missing (papermill, nbformat)."""
+    try:
+        from kernel_ext import notebook_runs
+    except ImportError as exc:
+        message = f"{PROG} {verb} needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
+        print(message, file=sys.stderr)
+        if out.as_json:
+            out.json({"error": "MissingDependency", "message": message})
+        return None
+    return notebook_runs
+
+
+def _cell_timeout(runs: Any, seconds: float | None) -> float | None:
+    """``--timeout``: the engine's default when absent; 0 means no limit."""
+    if seconds is None:
+        return float(runs.DEFAULT_CELL_TIMEOUT)
+    return None if seconds == 0 else seconds
+
+
+def _report_runs(out: Output, runs: Any, results: list[Any], output_dir: str | None) -> int:
+    """The summary table, then every failure in full (notebook, cell index, source, traceback); exit 0/1."""
+    failed = [run for run in results if not run.passed]
+    if out.as_json:
+        out.json(
+            {
+                "runs": [run.to_json() for run in results],
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "output_dir": output_dir,
+            }
+        )
+        return EXIT_FAILED if failed else EXIT_OK
+    rows = []
+    for run in results:
+        runtime = run.runtime or "default"
+        if run.ran_runtime and run.ran_runtime != run.runtime:
+            runtime += f" (ran {run.ran_runtime})"
+        rows.append([run.notebook, runtime, run.status.upper(), f"{run.duration:.1f} s", run.output])
+    out.table("notebooks", ["notebook", "runtime", "status", "duration", "output"], rows)
+    for run in failed:
+        out.line("")
+        out.line(f"FAILED {run.notebook} (runtime {run.runtime or 'default'}; output {run.output})")
+        for line in runs.failure_text(run.failure).splitlines():
+            out.line(line)
+    total = sum(run.duration for run in results)
+    summary = f"{len(results) - len(failed)} passed, {len(failed)} failed ({total:.1f} s of notebook time)"
+    if output_dir is not None:
+        summary += f"; output notebooks in {output_dir}"
+    out.line("")
+    out.line(summary)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def run_notebook(args: argparse.Namespace) -> int:
+    """Run one notebook with papermill's `eventual` engine into a new output notebook (never the input)."""
+    import tempfile
+    from pathlib import Path
+
+    out = Output(bool(args.json))
+    runs = _notebook_runs(out, "run")
+    if runs is None:
+        return EXIT_FAILED
+    notebook = Path(args.notebook)
+    if not notebook.is_file() or notebook.suffix != ".ipynb":
+        return _usage_error(out, f"no such notebook: {notebook}")
+    if args.timeout is not None and args.timeout < 0:
+        return _usage_error(out, f"--timeout must be 0 (no limit) or more seconds, got {args.timeout}")
+    if args.output is None:
+        output = Path(tempfile.mkdtemp(prefix="eventual-nb-run-out-")) / notebook.name
+    else:
+        output = Path(args.output)
+        if output.is_dir():
+            output = output / notebook.name
+    if output.resolve() == notebook.resolve():
+        return _usage_error(out, f"the output {output} is the input notebook; name another file with -o")
+    parameters = {name: runs.parse_parameter_value(value) for name, value in args.parameter}
+    result = runs.run_notebook(notebook, output, parameters, cell_timeout=_cell_timeout(runs, args.timeout))
+    return _report_runs(out, runs, [result], None)
+
+
+def test_notebooks(args: argparse.Namespace) -> int:
+    """Run notebooks (files, or every notebook under directories) as tests, in parallel; exit 1 on a failure."""
+    import tempfile
+    from pathlib import Path
+
+    out = Output(bool(args.json))
+    runs = _notebook_runs(out, "test")
+    if runs is None:
+        return EXIT_FAILED
+    try:
+        notebooks = runs.discover(args.paths or ["notebooks"])
+    except (FileNotFoundError, ValueError) as exc:
+        return _usage_error(out, str(exc))
+    if not notebooks:
+        return _usage_error(out, f"no notebooks under {', '.join(args.paths or ['notebooks'])}")
+    if args.jobs is not None and args.jobs < 1:
+        return _usage_error(out, f"--jobs must be 1 or more, got {args.jobs}")
+    if args.timeout is not None and args.timeout < 0:
+        return _usage_error(out, f"--timeout must be 0 (no limit) or more seconds, got {args.timeout}")
+    output_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="eventual-nb-test-"))
+    outputs = runs.output_paths(notebooks, output_dir)
+    inputs = {notebook.resolve() for notebook in notebooks}
+    if any(output.resolve() in inputs for output in outputs):
+        return _usage_error(out, f"--output-dir {output_dir} would overwrite the notebooks it runs")
+    parameters = {name: runs.parse_parameter_value(value) for name, value in args.parameter}
+    jobs = min(args.jobs or os.cpu_count() or 1, len(notebooks))
+
+    def progress(run: Any) -> None:
+        if not out.as_json:
+            out.line(f"{run.status.upper():<6} {run.notebook} [{run.runtime or 'default'}] {run.duration:.1f} s")
+
+    if not out.as_json:
+        out.line(f"running {len(notebooks)} notebook(s), {jobs} at a time")
+    results = runs.run_notebooks(
+        notebooks, outputs, parameters, jobs=jobs, cell_timeout=_cell_timeout(runs, args.timeout), on_done=progress
+    )
+    if args.junit:
+        junit = Path(args.junit)
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_bytes(runs.junit_xml(results))
+    return _report_runs(out, runs, results, str(output_dir))
+
+
 # -- deploy / destroy ---------------------------------------------------------------------------------
 
 
@@ -818,20 +948,32 @@ def build_parser() -> argparse.ArgumentParser:
         "writes are replaced)",
     )
 
-    p = add("run", "run a notebook with papermill", plain)
+    parameter_help = (
+        "a papermill parameter, e.g. -p runtime local (repeatable; True/False/None, numbers, else a string, as "
+        "papermill's -p)"
+    )
+    timeout_help = "seconds one cell may run before the run fails (default 300; 0 for no limit)"
+    p = add(
+        "run", "run a notebook with papermill (the Eventual kernel, a fresh working directory)", plain, run_notebook
+    )
     p.add_argument("notebook", metavar="NOTEBOOK")
     p.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a papermill parameter (repeatable)",
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=parameter_help
     )
+    p.add_argument(
+        "-o", "--output", metavar="OUTPUT", help="the executed notebook (a file or a directory; default: a temp dir)"
+    )
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
 
-    p = add("test", "run notebooks as tests", plain)
+    p = add("test", "run notebooks as tests (in parallel; exit 1 if one fails)", plain, test_notebooks)
     p.add_argument("paths", nargs="*", metavar="PATHS", help="notebooks or directories (default: notebooks/)")
+    p.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=parameter_help
+    )
+    p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML to FILE")
+    p.add_argument("--jobs", type=int, metavar="N", help="notebooks run at the same time (default: the CPU count)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
+    p.add_argument("--output-dir", metavar="DIR", help="where the executed notebooks go (default: a new temp dir)")
 
     kernel = verbs.add_parser(
         "kernel", help="manage the Eventual Jupyter kernel", description="manage the Eventual Jupyter kernel"

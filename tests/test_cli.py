@@ -1,5 +1,5 @@
-"""The ``eventual-nb`` command line: every DESIGN §5 verb exists, takes its flags, and until its part
-lands says which issue brings it (exit status 2) instead of pretending to work.
+"""The ``eventual-nb`` command line: every DESIGN §5 verb exists and takes its flags; every verb's part
+has landed (none says "not available yet" any more).
 
 The verbs of issue 3 (serve and the service-client verbs) work; tests/test_cli_verbs.py runs them against
 a real server. Here they only appear in the shape checks (help, flags, usage errors).
@@ -40,12 +40,13 @@ VERBS = [
     "replay",
 ]
 
-# (argv, verb as named in the message, issue, title). Each argv uses the verb's DESIGN §5 flags so a
-# missing or misspelt flag shows up as argparse's usage error instead of the issue message.
-CASES = [
-    (["run", "nb.ipynb", "-p", "runtime", "test", "-p", "n", "3"], "run", 7, "Notebooks"),
-    (["test", "notebooks/", "other.ipynb"], "test", 7, "Notebooks"),
-    (["test"], "test", 7, "Notebooks"),
+# Usage errors of the notebook verbs (issue 7): exit 2 and a message naming what is wrong, before any kernel
+# starts. tests/test_notebook_runs.py runs real notebooks through them.
+USAGE_CASES = [
+    (["run", "missing.ipynb", "-p", "runtime", "test", "-p", "n", "3"], "no such notebook: missing.ipynb"),
+    (["test", "notebooks/", "no-such-dir/"], "no such notebook or directory: no-such-dir"),
+    (["test", "pyproject.toml"], "pyproject.toml is not a notebook"),
+    (["test", "notebooks/", "--jobs", "0"], "--jobs must be 1 or more"),
 ]
 
 
@@ -59,25 +60,28 @@ def cli(*args: str, module: str = "eventual_nb.cli") -> subprocess.CompletedProc
     )
 
 
-@pytest.mark.parametrize(("argv", "verb", "issue", "title"), CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_verb_not_available_names_its_issue(argv: list[str], verb: str, issue: int, title: str) -> None:
+@pytest.mark.parametrize(("argv", "message"), USAGE_CASES, ids=[" ".join(c[0]) for c in USAGE_CASES])
+def test_notebook_verbs_report_usage_errors(argv: list[str], message: str) -> None:
     proc = cli(*argv)
     assert proc.returncode == 2, proc.stderr
-    expected = f"eventual-nb {verb}: not available yet; it lands with issue {issue} ({title})"
-    assert expected in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize(("argv", "verb", "issue", "title"), CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_every_verb_takes_json(argv: list[str], verb: str, issue: int, title: str) -> None:
+@pytest.mark.parametrize(("argv", "message"), USAGE_CASES, ids=[" ".join(c[0]) for c in USAGE_CASES])
+def test_notebook_verbs_take_json(argv: list[str], message: str) -> None:
     proc = cli(*argv, "--json")
     assert proc.returncode == 2, proc.stderr
-    assert f"issue {issue} ({title})" in proc.stderr
     body = json.loads(proc.stdout)
-    assert body["error"] == "NotAvailable"
-    assert body["issue"] == issue
-    assert verb in body["message"]
+    assert body["error"] == "UsageError"
+    assert message in body["message"]
+
+
+def test_every_verb_has_landed() -> None:
+    from eventual_nb.cli import LANDS_WITH
+
+    assert LANDS_WITH == {}
 
 
 def test_help_lists_every_verb() -> None:
@@ -137,7 +141,7 @@ def test_python_dash_m_package_is_the_same_cli() -> None:
     assert proc.stdout.strip() == f"eventual-nb {VERSION}"
     proc = cli("run", "nb.ipynb", module="eventual_nb")
     assert proc.returncode == 2
-    assert "issue 7 (Notebooks)" in proc.stderr
+    assert "no such notebook: nb.ipynb" in proc.stderr
 
 
 def test_no_verb_prints_help_and_fails() -> None:
@@ -173,8 +177,8 @@ def test_main_returns_status_in_process(capsys: pytest.CaptureFixture[str]) -> N
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"eventual-nb {VERSION}"
-    assert main(["test"]) == 2
-    assert "issue 7" in capsys.readouterr().err
+    assert main(["test", "no-such-dir"]) == 2
+    assert "no such notebook or directory: no-such-dir" in capsys.readouterr().err
 
 
 def test_cli_module_imports_nothing_heavy() -> None:
