@@ -296,6 +296,24 @@ def deploy(
     validate_stack_name(stack)
     export = _read_export(Path(directory))
     aws = _Aws(region, endpoint_url)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _deploy(aws, export, stack, bucket, report, poll_seconds, wait_seconds)
+    except (BotoCoreError, ClientError) as exc:
+        raise _aws_error(f"deploying stack {stack!r} in {aws.region} failed", exc, stack) from exc
+
+
+def _deploy(
+    aws: _Aws,
+    export: _Export,
+    stack: str,
+    bucket: str | None,
+    report: Progress,
+    poll_seconds: float | None,
+    wait_seconds: float,
+) -> DeployResult:
+    endpoint_url = aws.endpoint_url
     emulator = endpoint_url is not None
     pause = poll_seconds if poll_seconds is not None else (EMULATOR_POLL_SECONDS if emulator else POLL_SECONDS)
     current = aws.describe(stack)
@@ -630,6 +648,16 @@ def destroy(
     report: Progress = progress or (lambda _item: None)
     validate_stack_name(stack)
     aws = _Aws(region, endpoint_url)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _destroy(aws, stack, report, poll_seconds, wait_seconds)
+    except (BotoCoreError, ClientError) as exc:
+        raise _aws_error(f"destroying stack {stack!r} in {aws.region} failed", exc, stack) from exc
+
+
+def _destroy(aws: _Aws, stack: str, report: Progress, poll_seconds: float | None, wait_seconds: float) -> DestroyResult:
+    endpoint_url = aws.endpoint_url
     pause = poll_seconds if poll_seconds is not None else (EMULATOR_POLL_SECONDS if endpoint_url else POLL_SECONDS)
     current = aws.describe(stack)
     if current is None:

@@ -394,3 +394,25 @@ def test_missing_region_or_credentials_are_clear_errors(export_dir: Path, moto: 
         assert "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert stack_names(moto) == [] and bucket_names(moto) == []
+
+
+def test_a_stack_operation_that_fails_exits_1_with_the_reason(export_dir: Path, moto: str, tmp_path: Path) -> None:
+    """moto cannot leave a resource CREATE_FAILED (it fails the ExecuteChangeSet call instead), so what is
+    checked here is its form of a failure: the reason reaches the user, exit 1, no traceback."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("eventual.json", "lambda.zip"):
+        (broken / name).write_bytes((export_dir / name).read_bytes())
+    template = json.loads((export_dir / "template.json").read_text())
+    template["Resources"]["BrokenQueue"] = {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "not a queue name"}}
+    (broken / "template.json").write_text(json.dumps(template))
+    proc = deploy_cli(broken, moto, "--json")
+    assert proc.returncode == 1
+    assert f"error: DeployError: deploying stack '{STACK}' in {REGION} failed" in proc.stderr
+    assert "Can only include alphanumeric characters, hyphens, or underscores" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["stack"] == STACK
+
+    proc = deploy_cli(export_dir, "http://127.0.0.1:1")
+    assert proc.returncode == 1
+    assert "cannot reach AWS" in proc.stderr and "Traceback" not in proc.stderr
