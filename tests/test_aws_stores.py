@@ -451,3 +451,25 @@ def test_claims_and_signal_ids_are_once_only(executions: ExecutionStore, dynamod
     assert "signal#sig-1" in sort_keys
     # claim and signal rows are not executions: they never show up in listings
     assert executions.list().executions == []
+
+
+def test_an_attempt_waiting_for_its_token_is_settled_exactly_once(executions: ExecutionStore) -> None:
+    message = {"execution_id": "order/w", "seq": 2, "attempt": 1, "name": "ship", "input": {}, "options": {}}
+    assert not executions.wait_for_token("order/w", 2, 1, message, T0)  # never claimed: nothing to wait on
+    assert executions.settle_claim("order/w", 2, 1, "succeeded") is None
+    assert executions.claim("order/w", 2, 1)
+    assert executions.wait_for_token("order/w", 2, 1, message, T0, deadline=T0 + timedelta(seconds=30))
+    pending = executions.pending_claim("order/w", 2, 1)
+    assert pending is not None and json.loads(pending["message"]["S"]) == message
+    assert datetime.fromisoformat(pending["deadline"]["S"]) == T0 + timedelta(seconds=30)
+    assert datetime.fromisoformat(pending["last_heartbeat"]["S"]) == T0
+    assert executions.heartbeat_claim("order/w", 2, 1, T0 + timedelta(seconds=1))
+    won = executions.settle_claim("order/w", 2, 1, "failed")
+    assert won is not None and json.loads(won["message"]["S"]) == message
+    assert executions.settle_claim("order/w", 2, 1, "succeeded") is None  # the second completion loses
+    assert executions.pending_claim("order/w", 2, 1) is None
+    assert not executions.heartbeat_claim("order/w", 2, 1, T0 + timedelta(seconds=2))
+    # an attempt whose token was used while it ran cannot start waiting afterwards
+    assert executions.claim("order/w", 3, 1)
+    assert executions.settle_claim("order/w", 3, 1, "succeeded") is not None
+    assert not executions.wait_for_token("order/w", 3, 1, {**message, "seq": 3}, T0)

@@ -107,6 +107,23 @@ async def impatient(seconds: float) -> str:
         return f"timed out: {type(exc).__name__}"
 
 
+#: tokens handed to `deferred`'s callback
+TOKENS: list[str] = []
+
+
+@ev.activity
+async def deferred(order: str) -> str:
+    return ev.async_result(TOKENS.append)
+
+
+@ev.workflow
+async def waits_outside(order: str) -> str:
+    try:
+        return await deferred(order)
+    except ev.ActivityFailed as exc:
+        return f"{exc.error}: {exc.message}"
+
+
 @ev.workflow
 async def long_nap(x: int) -> int:
     await ev.sleep("20m")
@@ -341,3 +358,17 @@ def test_messages_of_ended_executions_and_future_retries_do_not_run(rig: Rig) ->
     report = rig.activities.handle_message({**message, "not_before": future})
     assert (report.action, report.retry_delay) == ("deferred", 900)
     assert CALLS["greet"] == 1
+
+
+def test_an_async_attempt_without_a_signing_key_fails_and_its_callback_never_runs(rig: Rig) -> None:
+    TOKENS.clear()
+    keyless = ActivityWorker(rig.stores, rig.clients, [SERVICE], environ={})
+    execution_id = rig.start("waits_outside", "o-1")
+    run(rig)  # the orchestrator schedules it; the rig's own worker (with a key) would take the message
+    message = {"execution_id": execution_id, "seq": 0, "attempt": 2, "name": "deferred", "input": {"order": "o-1"}}
+    report = keyless.handle_message({**message, "options": {"retry": {"max_attempts": 3}}})
+    assert report.action == "ran" and report.event is not None and report.event.type == "ActivityFailed"
+    assert "EVENTUAL_SIGNING_KEY" in report.event.message
+    assert len(TOKENS) == 1  # only the rig's worker handed out a token (attempt 1)
+    assert rig.stores[0].pending_claim(execution_id, 0, 2) is None  # settled, not waiting
+    assert rig.stores[0].pending_claim(execution_id, 0, 1) is not None  # attempt 1 still waits

@@ -165,13 +165,13 @@ class Rig:
                 mock.heartbeat_timeout()
 
 
-@pytest.fixture(params=["test", "local", "aws"])
-async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def open_rig(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
     replay_check = request.node.get_closest_marker("no_replay_check") is None
-    if request.param == "test":
+    if kind == "test":
         async with ev.testing.TestEnvironment(service=SERVICE) as env:
             yield Rig("test", env)
-    elif request.param == "local":
+    elif kind == "local":
         async with local_runtime(tmp_path / "state.db", replay_check=replay_check) as rt:
             yield Rig("local", rt)
     else:
@@ -183,6 +183,19 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
                 divergences = await replay_divergences(stack.runtime)
                 if divergences:
                     pytest.fail("replaying recorded histories diverged:\n" + "\n".join(divergences))
+
+
+@pytest.fixture(params=["test", "local", "aws"])
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with open_rig(request.param, request, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["local", "aws"])
+async def real_rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    """The runtimes whose activities run in real time (a TestEnvironment's finish at the instant they start)."""
+    async with open_rig(request.param, request, tmp_path) as opened:
+        yield opened
 
 
 def types_of(history: list[Any]) -> list[str]:
@@ -318,6 +331,27 @@ async def lr_waits_external_beating(order: str) -> dict[str, Any]:
         return {"result": await lr_external_beating(order)}
     except ev.Timeout as exc:
         return {"timeout": type(exc).__name__}
+
+
+#: executions whose `lr_hands_out_token` may return (the test completed it by token first)
+RELEASED: set[str] = set()
+
+
+@ev.activity
+async def lr_hands_out_token() -> str:
+    """Hands its token out while it runs, then returns a value of its own once released (at most 5 s)."""
+    info = ev.activity_info()
+    TOKENS.append(info.token)
+    for _ in range(500):
+        if info.execution_id in RELEASED:
+            break
+        await asyncio.sleep(0.01)
+    return "returned"
+
+
+@ev.workflow
+async def lr_completed_while_running() -> str:
+    return await lr_hands_out_token()
 
 
 @ev.workflow
@@ -667,6 +701,20 @@ async def test_an_async_attempt_whose_heartbeats_stop_times_out(rig: Rig) -> Non
     with pytest.raises(ev.EventualError):
         await rig.rt.send_activity_success(TOKENS[0], "too late")
     assert (await rig.rt.send_activity_heartbeat(TOKENS[0])).cancelled is True
+
+
+async def test_a_token_used_while_the_attempt_runs_wins_over_its_return_value(real_rig: Rig) -> None:
+    rig = real_rig
+    TOKENS.clear()
+    handle = await lr_completed_while_running.start()
+    await rig.until(lambda: TOKENS, "the running activity to hand out its token")
+    await rig.rt.send_activity_success(TOKENS[0], "by token")
+    RELEASED.add(handle.id)
+    assert await rig.finish(handle) == "by token"
+    await rig.idle(0.2)  # the attempt's own value arrives after that: it is dropped
+    history = await handle.history()
+    assert types_of(history).count("ActivitySucceeded") == 1
+    assert first(history, "ActivitySucceeded").result == "by token"
 
 
 @ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="0.05s"))
