@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ import eventual_nb as ev
 from eventual_nb.aws import AwsRuntime
 from eventual_nb.engine.history import ActivitySucceeded
 from eventual_nb.runtime.aws.clients import AwsClients, event_to_dict
+from eventual_nb.runtime.aws.functions import StackFunctions
 from eventual_nb.runtime.aws.harness import Harness, ManualClock
 from eventual_nb.runtime.aws.orchestrator import Orchestrator
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
@@ -52,6 +53,12 @@ async def greeting(name: str) -> str:
 async def approval(order: str) -> str:
     answer = await approved.expect()
     return f"{order}:{answer}"
+
+
+@ev.workflow
+async def long_nap_then_greet(name: str) -> str:
+    await ev.sleep("20m")
+    return await greet(name)
 
 
 #: the activities' code, run by the test's activity handler on the message's input
@@ -293,3 +300,44 @@ async def test_clear_errors_without_region_stack_or_signing_key(
     monkeypatch.delenv("AWS_REGION", raising=False)
     with pytest.raises(ev.EventualError, match="no AWS region"):
         AwsRuntime(endpoint_url=require_local(moto_endpoint))
+
+
+async def test_a_long_timer_waits_on_the_scheduler_and_a_cancel_recalls_it(
+    deployed: Deployed, moto_endpoint: str
+) -> None:
+    """The stack's real functions on the manual clock: a 20-minute sleep becomes a Scheduler schedule (not
+    a queue hop), fires when the clock reaches it; cancelling another sleeper deletes its schedule."""
+    functions = StackFunctions(
+        [SERVICE],
+        environ=deployed.stack.environment,
+        client_kwargs=client_kwargs(moto_endpoint),
+        clock=deployed.clock,
+        timer_hop_seconds=1,
+    )
+    harness = Harness(functions.clients, functions.handlers(), deployed.clock)
+    runtime = deployed.runtime
+    napping = await runtime.start_execution(long_nap_then_greet, "di", name="napping")
+    cancelled = await runtime.start_execution(long_nap_then_greet, "ed", name="cancelled")
+    assert not harness.run_until_idle().errors
+    scheduler = functions.clients.client("scheduler")
+    group = deployed.stack.environment["EVENTUAL_SCHEDULE_GROUP"]
+
+    def schedules() -> int:
+        return len(scheduler.list_schedules(GroupName=group)["Schedules"])
+
+    assert schedules() == 2
+    await runtime.cancel_execution(cancelled.id)
+    assert not harness.advance(timedelta(minutes=19)).errors
+    assert (await runtime.get_execution(napping.id)).status == ExecutionStatus.IN_PROGRESS
+    assert (await runtime.get_execution(cancelled.id)).status == ExecutionStatus.CANCELLED
+    assert schedules() == 1  # the cancelled execution's schedule was recalled
+    report = harness.advance(timedelta(minutes=1, seconds=1))
+    assert not report.errors and len(report.fired_schedules) == 1
+    for _ in range(5):  # the harness may call it idle while the fired timer's relay is still in flight
+        if (await runtime.get_execution(napping.id)).status != ExecutionStatus.IN_PROGRESS:
+            break
+        harness.run_until_idle(wait_seconds=2)
+    assert await napping.result(timeout=5) == "hello di"
+    history = [event.type for event in await runtime.get_execution_history(napping.id)]
+    assert history.count("TimerScheduled") == 1 and history.count("TimerCompleted") == 1
+    assert schedules() == 0

@@ -170,9 +170,9 @@ class ActivityWorker:
 
     Missing (documented, not silently wrong): an attempt whose container dies after its claim is lost
     (the claim row has no lease, so its redelivery is acknowledged without running; an activity `timeout`
-    cannot rescue it either, as nothing outside the attempt watches it); the timeouts of an attempt that
-    waits for its token (module docstring); cancelling a running attempt beyond
-    `HeartbeatResponse.cancelled` once the execution ended."""
+    cannot rescue it either, as nothing outside the running attempt watches it — only an attempt that
+    waits for its token has its deadlines watched from the queue, see the module docstring); cancelling a
+    running attempt beyond `HeartbeatResponse.cancelled` once the execution ended."""
 
     def __init__(
         self,
