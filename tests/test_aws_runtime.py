@@ -158,7 +158,7 @@ async def test_start_runs_through_the_stack_and_reads_back(deployed: Deployed) -
         ]
         logs = await runtime.get_execution_logs(handle.id)
         assert [entry.message for entry in logs if "greeting" in entry.message] == ["greeting ada"]
-        assert [info.name for info in await runtime.list_workflows()] == ["greeting", "approval"]
+        assert [info.name for info in await runtime.list_workflows()] == ["greeting", "approval", "long_nap_then_greet"]
     assert ev.current_runtime(required=False) is not runtime
 
 
