@@ -4,7 +4,7 @@
 #   make lint   ruff check + ruff format --check + mypy
 #   make bench  side-by-side benchmarks (python -m benchmarks)
 #   make lab    JupyterLab with the Eventual kernel, getting-started notebook open
-#   make demo   headless tour of the notebooks (not yet: issue 7)
+#   make demo   the bank-account tutorial run headless, then exported to build/bank-account
 #   make clean  remove the venv, caches and build output
 
 PYTHON ?= python3
@@ -53,9 +53,14 @@ lab: $(DEV_STAMP)
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) \
 		notebooks/getting-started.ipynb
 
-demo:
-	@echo "make demo: not available yet; the headless tour lands with issue 7" >&2
-	@exit 2
+# The tutorial run headless on the local runtime (in a temporary working directory: no .eventual/ in the
+# repository), its executed copy kept in build/, then its service exported as a package.
+DEMO_NOTEBOOK ?= notebooks/bank-account.ipynb
+DEMO_NAME := $(basename $(notdir $(DEMO_NOTEBOOK)))
+demo: $(DEV_STAMP)
+	mkdir -p build
+	$(BIN)/eventual-nb run $(DEMO_NOTEBOOK) -p runtime local -o build/$(DEMO_NAME).out.ipynb
+	$(BIN)/eventual-nb export $(DEMO_NOTEBOOK) -o build/$(DEMO_NAME)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
