@@ -18,6 +18,12 @@ Durability of a start: `start_execution` returns once the execution record is wr
 message is on the FIFO queue. `WorkflowStarted` is committed by the orchestrator's first turn, built
 from that record only, so an acknowledged start can no longer be lost (DESIGN §3 asks for exactly that).
 
+Completing an activity by token (`send_activity_success/failure/heartbeat`) needs the stack's signing key
+(`signing_key=`, else `EVENTUAL_SIGNING_KEY` of the environment or of the stack's functions): the token is
+verified here, then the attempt's claim row is settled with one conditional update (so exactly one
+completion wins) and the outcome goes to the workflow queue, as the activity worker would send it
+(`workers.report_outcome`: a failure the retry policy retries becomes the next attempt).
+
 boto3 is synchronous: every call runs in a worker thread (`asyncio.to_thread`), so the event loop
 serving a notebook or an HTTP server never blocks on AWS. This module imports boto3 when a runtime is
 constructed, never at import time (`import eventual_nb` stays boto3-free).

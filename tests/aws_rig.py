@@ -29,8 +29,10 @@ LOGGER = logging.getLogger("tests.aws_rig")
 
 #: the activity tokens' secret, given to the stack's functions and to the runtime (as a deploy would)
 SIGNING_KEY = "aws-rig-signing-key-0123456789"
-#: pause of the driver after a round that found nothing to do (real seconds)
-IDLE_PAUSE = 0.02
+#: pauses of the driver after rounds that found nothing to do: the first, and the longest it grows to
+#: (doubling), so an idle stack costs moto a few requests a tenth of a second, not a busy loop
+FIRST_IDLE_PAUSE = 0.01
+LONGEST_IDLE_PAUSE = 0.1
 
 
 @dataclass
@@ -47,14 +49,18 @@ class HarnessDriver:
         self._thread.start()
 
     def _run(self) -> None:
+        pause = FIRST_IDLE_PAUSE
         while not self._stop.is_set():
             try:
                 handled = self.harness.poll_once(self.report)
             except Exception:  # the next round tries again; the test's own waits report what is missing
                 LOGGER.exception("harness round failed")
                 handled = 0
-            if not handled:
-                self._stop.wait(IDLE_PAUSE)
+            if handled:
+                pause = FIRST_IDLE_PAUSE
+            else:
+                self._stop.wait(pause)
+                pause = min(LONGEST_IDLE_PAUSE, pause * 2)
 
     def stop(self) -> None:
         self._stop.set()

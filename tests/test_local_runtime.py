@@ -107,10 +107,6 @@ class Rig:
         self.rt = rt
 
     @property
-    def local(self) -> bool:
-        return self.kind == "local"
-
-    @property
     def real_time(self) -> bool:
         """LocalRuntime and AwsRuntime run in real time; the TestEnvironment in virtual time."""
         return self.kind in ("local", "aws")
