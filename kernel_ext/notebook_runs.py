@@ -123,13 +123,21 @@ def requested_runtime(nb: Any) -> str | None:
 
 @contextmanager
 def run_directory(nb: Any, input_path: str | None) -> Iterator[Path]:
-    """A fresh temporary directory holding a copy of the notebook (yielded), removed afterwards."""
+    """A fresh temporary directory holding a copy of the notebook (yielded), all removed afterwards.
+
+    The copy sits one folder down, in a folder named like the notebook's own (`<tmp>/notebooks/x.ipynb`), so
+    a path the notebook writes relative to its parent (`%eventual export ../build/x`) stays inside the run's
+    directory instead of landing in the shared temp dir or in the repository.
+    """
     directory = Path(tempfile.mkdtemp(prefix="eventual-nb-run-"))
     try:
-        name = Path(input_path).name if input_path and input_path.endswith(".ipynb") else "notebook.ipynb"
-        copy = directory / name
-        if input_path and Path(input_path).is_file():
-            shutil.copyfile(input_path, copy)
+        source = Path(input_path) if input_path else None
+        name = source.name if source is not None and source.suffix == ".ipynb" else "notebook.ipynb"
+        folder = directory / ((source.resolve().parent.name if source is not None else "") or "notebooks")
+        folder.mkdir()
+        copy = folder / name
+        if source is not None and source.is_file():
+            shutil.copyfile(source, copy)
         else:
             import nbformat
 
