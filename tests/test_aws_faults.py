@@ -128,7 +128,7 @@ async def reference_history(ledger: Path) -> list[str]:
         return [event.type for event in await env.get_execution_history(handle.id)]
 
 
-async def check_completed(runtime: AwsRuntime, execution_id: str, ledger: Path) -> None:
+async def check_completed(runtime: AwsRuntime, execution_id: str, ledger: Path, charges: int = 1) -> None:
     execution = await runtime.get_execution(execution_id)
     assert execution.status == ExecutionStatus.SUCCEEDED, execution
     assert execution.result == {"approval": "yes", "receipt": "receipt: charged for reserved lamp"}
@@ -138,7 +138,7 @@ async def check_completed(runtime: AwsRuntime, execution_id: str, ledger: Path) 
     (child_id,) = [event.child_id for event in history if event.type == "ChildWorkflowScheduled"]
     child_history = await runtime.get_execution_history(child_id)
     assert [event.type for event in child_history] == ["WorkflowStarted", "WorkflowSucceeded"]
-    assert ledger.read_text().splitlines() == ["reserve lamp", "charge reserved lamp"]
+    assert ledger.read_text().splitlines() == ["reserve lamp"] + ["charge reserved lamp"] * charges
 
 
 async def drive_order(runtime: AwsRuntime, run: Any, ledger: Path) -> str:
@@ -231,6 +231,7 @@ from eventual_nb.runtime.aws.harness import Harness
 from tests.fixtures import fault_service
 
 environment, kwargs, crash_at = json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+function_timeout, visibility_timeout = float(sys.argv[5]), int(sys.argv[6])
 functions = StackFunctions([fault_service.SERVICE], environ=environment, client_kwargs=kwargs, timer_hop_seconds=1)
 commits = 0
 
@@ -242,9 +243,13 @@ def die_after_commit(**_):
         os.kill(os.getpid(), signal.SIGKILL)
 
 functions.clients.client("dynamodb").meta.events.register("after-call.dynamodb.TransactWriteItems", die_after_commit)
-Harness(functions.clients, functions.handlers(), functions.clients.clock, visibility_timeout=1).run_until_idle(
-    max_rounds=200, wait_seconds=60
-)
+Harness(
+    functions.clients,
+    functions.handlers(),
+    functions.clients.clock,
+    visibility_timeout=visibility_timeout,
+    function_timeout=function_timeout,
+).run_until_idle(max_rounds=200, wait_seconds=60)
 print(json.dumps({"finished_without_crash": commits}), flush=True)
 """
 
@@ -263,11 +268,51 @@ async def test_a_container_killed_between_commit_and_dispatch(
     charge never sent) and commit 2 schedules the child workflow (its start never sent). The message comes
     back after its visibility timeout and a fresh container finishes the order."""
     ledger = tmp_path / "ledger.txt"
+    crashes = await run_with_a_killed_container(moto_endpoint, stack, tmp_path, ledger, phase, crash_at)
+    ((returncode, stdout, stderr),) = crashes
+    assert returncode == -signal.SIGKILL, (returncode, stdout, stderr[-2000:])
+    assert json.loads(stdout.strip().splitlines()[-1]) == {"killed_after_commit": crash_at}
+
+
+async def test_a_container_killed_inside_an_activity_does_not_lose_the_attempt(
+    moto_endpoint: str, stack: Stack, tmp_path: Path
+) -> None:
+    """The container running `charge` dies (SIGKILL) after the charge's side effect and before it could
+    report. Its claim's lease is the invocation's remaining time (12 s here); the message comes back after
+    the queue's visibility timeout (13 s), finds the lease run out and the attempt unsettled, and another
+    container runs it again: the order completes, with the activity run twice (at least once) and its step
+    recorded once."""
+    ledger = tmp_path / "ledger.txt"
+    marker = tmp_path / "killed-in-charge"
+    crashes = await run_with_a_killed_container(
+        moto_endpoint, stack, tmp_path, ledger, "after-signal", 0, kill_in_charge=marker, charges=2
+    )
+    ((returncode, stdout, stderr),) = crashes
+    assert returncode == -signal.SIGKILL, (returncode, stdout, stderr[-2000:])
+    assert marker.read_text() == "killed\n"
+
+
+async def run_with_a_killed_container(
+    endpoint: str,
+    stack: Stack,
+    tmp_path: Path,
+    ledger: Path,
+    phase: str,
+    crash_at: int,
+    *,
+    kill_in_charge: Path | None = None,
+    charges: int = 1,
+) -> list[tuple[int, str, str]]:
+    """Drive the order; in `phase` a container process runs the functions first and is killed (after its
+    `crash_at`-th commit, or inside `charge`), then a surviving container finishes. Checks the end state."""
     script = tmp_path / "container.py"
     script.write_text(CONTAINER)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("EVENTUAL_")}
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
-    survivor = Container(moto_endpoint, stack)
+    if kill_in_charge is not None:
+        environment[fault_service.KILL_IN_CHARGE] = str(kill_in_charge)
+    survivor = Container(endpoint, stack)
+    crashes: list[tuple[int, str, str]] = []
 
     def run_killed_container() -> None:
         result = subprocess.run(
@@ -276,8 +321,10 @@ async def test_a_container_killed_between_commit_and_dispatch(
                 str(script),
                 str(ROOT),
                 json.dumps(stack.environment),
-                json.dumps(client_kwargs(moto_endpoint)),
+                json.dumps(client_kwargs(endpoint)),
                 str(crash_at),
+                "12",  # the function's time limit: the claim's lease
+                "13" if kill_in_charge is not None else "1",  # the queues' visibility timeout
             ],
             capture_output=True,
             text=True,
@@ -287,8 +334,7 @@ async def test_a_container_killed_between_commit_and_dispatch(
         )
         crashes.append((result.returncode, result.stdout, result.stderr))
 
-    crashes: list[tuple[int, str, str]] = []
-    async with runtime_for(moto_endpoint, stack) as runtime:
+    async with runtime_for(endpoint, stack) as runtime:
         calls = 0
 
         def run() -> None:
@@ -299,7 +345,5 @@ async def test_a_container_killed_between_commit_and_dispatch(
             survivor.run()
 
         execution_id = await drive_order(runtime, run, ledger)
-        ((returncode, stdout, stderr),) = crashes
-        assert returncode == -signal.SIGKILL, (returncode, stdout, stderr[-2000:])
-        assert json.loads(stdout.strip().splitlines()[-1]) == {"killed_after_commit": crash_at}
-        await check_completed(runtime, execution_id, ledger)
+        await check_completed(runtime, execution_id, ledger, charges)
+    return crashes

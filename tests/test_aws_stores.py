@@ -473,3 +473,19 @@ def test_an_attempt_waiting_for_its_token_is_settled_exactly_once(executions: Ex
     assert executions.claim("order/w", 3, 1)
     assert executions.settle_claim("order/w", 3, 1, "succeeded") is not None
     assert not executions.wait_for_token("order/w", 3, 1, {**message, "seq": 3}, T0)
+
+
+def test_a_claim_whose_lease_ran_out_is_taken_over_unless_settled_or_waiting(executions: ExecutionStore) -> None:
+    """The lease is how long the claiming invocation can still run: a delivery while it runs is a duplicate,
+    one after it ran out (the holder died) takes the attempt over; settled or token-waiting ones never."""
+    gone = timedelta(0)
+    assert executions.claim("order/l", 1, 1, lease=gone)
+    assert executions.claim("order/l", 1, 1)  # the holder's lease ran out and it never settled: taken over
+    assert not executions.claim("order/l", 1, 1)  # ...by a holder whose (default, 15 min) lease still runs
+    assert executions.claim("order/l", 2, 1, lease=gone)
+    assert executions.settle_claim("order/l", 2, 1, "succeeded") is not None
+    assert not executions.claim("order/l", 2, 1)  # settled: a late duplicate never runs it again
+    message = {"execution_id": "order/l", "seq": 3, "attempt": 1, "name": "ship", "input": {}, "options": {}}
+    assert executions.claim("order/l", 3, 1, lease=gone)
+    assert executions.wait_for_token("order/l", 3, 1, message, T0)
+    assert not executions.claim("order/l", 3, 1)  # waiting for its token: its own deadlines are watched

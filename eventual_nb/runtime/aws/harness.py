@@ -158,6 +158,7 @@ class Harness:
         subscription_queues: Mapping[str, str] | None = None,
         account: str = DEFAULT_ACCOUNT,
         visibility_timeout: int = 300,
+        function_timeout: float = 60.0,
     ) -> None:
         """`subscription_queues` maps queue ARN → subscription name (default: the clients' settings,
         i.e. `EVENTUAL_SUBSCRIPTION_QUEUES`). Queues without a handler are not polled."""
@@ -166,6 +167,8 @@ class Harness:
         self.clock = clock
         self.account = account
         self.visibility_timeout = visibility_timeout
+        #: the functions' time limit, in seconds: what each invocation's context reports as remaining
+        self.function_timeout = function_timeout
         self.sqs = clients.client("sqs")
         self.region = str(self.sqs.meta.region_name)
         self.subscription_queues = dict(
@@ -357,6 +360,7 @@ class Harness:
         return LambdaContext(
             function_name=f"harness-{function}",
             invoked_function_arn=f"arn:aws:lambda:{self.region}:{self.account}:function:harness-{function}",
+            remaining_millis=int(self.function_timeout * 1000),
         )
 
     def sqs_record(self, queue: _Queue, message: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,9 +44,10 @@ import builtins
 import hashlib
 import heapq
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventual_nb import errors
@@ -86,6 +87,9 @@ _HEAD_SK = "head"
 _EVENT_PREFIX = "ev#"
 _INDEX_WIDTH = 10
 _LAST_EVENT_SK = _EVENT_PREFIX + "9" * _INDEX_WIDTH
+LOGGER = logging.getLogger("eventual_nb.aws.stores")
+#: an activity claim's lease when the worker cannot tell how long it may run: Lambda's longest timeout
+DEFAULT_CLAIM_LEASE = timedelta(minutes=15)
 #: signal ids longer than this are stored by their hash (a sort key holds at most 1024 bytes)
 _MAX_SIGNAL_KEY_BYTES = 512
 #: conditional-failure codes that mean "another writer got there first": retry on fresh state
@@ -554,13 +558,46 @@ class ExecutionStore:
             return False
         return True
 
-    def claim(self, execution_id: str, seq: int, attempt: int) -> bool:
-        """True for exactly one caller per (execution, seq, attempt): the activity worker that may run it.
-        SQS delivers at least once, so a duplicate delivery of an attempt finds the claim taken."""
+    def claim(self, execution_id: str, seq: int, attempt: int, lease: timedelta = DEFAULT_CLAIM_LEASE) -> bool:
+        """True for the activity worker that may run (execution, seq, attempt) now.
+
+        SQS delivers at least once, so a duplicate delivery of an attempt finds the claim taken. The claim
+        holds a *lease*: how long its holder can still be running (the Lambda invocation's remaining time).
+        A redelivery after the lease ran out, of an attempt that is neither settled nor waiting for its
+        token, means its holder died (Lambda stops an invocation at its timeout, and the activity queue's
+        visibility timeout is never shorter than the function's): that delivery takes the claim over and
+        runs the attempt again — at least once, never lost. A delivery while the lease runs is dropped."""
         if seq < 0 or attempt < 0:
             raise errors.EventualError(f"claim needs seq and attempt >= 0, got seq={seq}, attempt={attempt}")
-        claimed_at = {"claimed_at": {"S": sort_time(datetime.now(UTC))}}
-        return self._put_once(execution_id, f"claim#{seq:010d}#{attempt:04d}", claimed_at)
+        now = datetime.now(UTC)
+        try:
+            previous = self.client.put_item(
+                TableName=self.table,
+                Item={
+                    **self._claim_key(execution_id, seq, attempt),
+                    "claimed_at": {"S": sort_time(now)},
+                    "lease_until": {"N": repr(round((now + lease).timestamp(), 3))},
+                },
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR (lease_until < :now AND attribute_not_exists(#settled) "
+                    "AND attribute_not_exists(#waiting))"
+                ),
+                ExpressionAttributeNames={"#settled": "settled", "#waiting": "waiting"},
+                ExpressionAttributeValues={":now": {"N": repr(round(now.timestamp(), 3))}},
+                ReturnValues="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        if previous.get("Attributes"):
+            LOGGER.warning(
+                "activity %s attempt %s of %s: the worker that claimed it at %s stopped before settling it "
+                "(its lease ran out); running it again",
+                seq,
+                attempt,
+                execution_id,
+                previous["Attributes"].get("claimed_at", {}).get("S"),
+            )
+        return True
 
     # --------------------------------------------------------------- attempts completed by token
 

@@ -14,12 +14,15 @@ container), and each speaks only the wire format of `clients.py`:
 * `schedule_forwarder(clients)` — the target of the Scheduler's `at()` schedules (timers further away
   than 900 s): puts the timer body back on the timer queue, which relays it when due.
 
-Activity attempts run at most once per `(execution, seq, attempt)`
---------------------------------------------------------------------
+Activity attempts: one runner at a time, never lost
+-----------------------------------------------------
 SQS delivers at least once, so the worker first takes the attempt's claim row
 (`ExecutionStore.claim`); a duplicate delivery finds it taken and is acknowledged without running. The
-price is at-most-once per attempt: a container that dies between the claim and sending the outcome loses
-that attempt (nothing re-runs it; see "missing" in the docstring of `ActivityWorker`).
+claim carries a lease — the invocation's remaining time (Lambda stops it then) — so a container that dies
+between the claim and sending the outcome does not lose the attempt: its message comes back after the
+activity queue's visibility timeout (never shorter than the function's timeout), finds the lease run out
+and the attempt unsettled, and runs it again. Activities are therefore at least once, as on the local
+runtime; the workflow records one outcome per step (a second outcome for a settled step is ignored).
 
 Timeouts: the attempt runs inside the Lambda invocation. Its `timeout` (and the function's own time
 limit, less a safety margin, whichever is sooner) is enforced here with a watchdog, and so is the
@@ -84,7 +87,7 @@ from eventual_nb.engine.history import (
 from eventual_nb.retry import RetryPolicy, exception_type_names
 from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_attempt
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
+from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
 from eventual_nb.runtime.base import ExecutionStatus, HeartbeatResponse
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import to_json
@@ -168,11 +171,8 @@ class AttemptReport:
 class ActivityWorker:
     """Runs activity attempts from the activity queue (the `activity` function; batch size 1 in the template).
 
-    Missing (documented, not silently wrong): an attempt whose container dies after its claim is lost
-    (the claim row has no lease, so its redelivery is acknowledged without running; an activity `timeout`
-    cannot rescue it either, as nothing outside the running attempt watches it — only an attempt that
-    waits for its token has its deadlines watched from the queue, see the module docstring); cancelling a
-    running attempt beyond `HeartbeatResponse.cancelled` once the execution ended."""
+    Missing (documented, not silently wrong): cancelling a running attempt beyond
+    `HeartbeatResponse.cancelled` once the execution ended."""
 
     def __init__(
         self,
@@ -232,7 +232,7 @@ class ActivityWorker:
             return AttemptReport("unknown")
         if status != ExecutionStatus.IN_PROGRESS:
             return AttemptReport("ended")
-        if not self.executions.claim(execution_id, seq, attempt):
+        if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context)):
             return AttemptReport("duplicate")
         outcome, kind, watch, logs = self._loop.run(self._attempt(message, context))
         self._write_logs(execution_id, logs)
@@ -501,6 +501,14 @@ def report_outcome(
 
 def _delay(until: datetime, now: datetime) -> int:
     return max(0, min(MAX_SQS_DELAY_SECONDS, math.ceil((until - now).total_seconds())))
+
+
+def _claim_lease(context: Any) -> timedelta:
+    """How long this invocation can still run: the claim's lease (Lambda's longest timeout without a context)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return DEFAULT_CLAIM_LEASE
+    return timedelta(milliseconds=max(0, remaining()))
 
 
 def _lambda_seconds_left(context: Any) -> float | None:
