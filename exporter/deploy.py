@@ -16,9 +16,11 @@ Choices a user relies on:
   bucket per account and region serves every stack: keys are content addressed, so stacks never overwrite
   each other's code and an unchanged zip is not uploaded again. `destroy` keeps the bucket (other stacks
   may use it); it holds only code.
-* Activity-token secret: the template's NoEcho parameter `SigningKey` (EVENTUAL_SIGNING_KEY in every
-  function) gets a fresh random secret when the stack is created and `UsePreviousValue` on every update,
-  so tokens handed out before a redeploy stay valid.
+* Activity-token secret (EVENTUAL_SIGNING_KEY in every function): on AWS the stack generates it as a
+  Secrets Manager secret, kept across updates. In emulator mode (moto cannot create secrets) the
+  template's NoEcho parameter `SigningKey` stands in: deploy gives it a fresh random secret when the
+  stack is created and `UsePreviousValue` on every update, so tokens handed out before a redeploy stay
+  valid either way.
 * Emulator mode: with an `endpoint_url` (moto's server, say) the stack is deployed with `Emulator=true`,
   which leaves out what the emulator cannot create (exporter/template.py), and deploy creates the
   EventBridge Scheduler group that the template then skips (destroy deletes it again).
@@ -343,7 +345,7 @@ def _deploy(
         {"ParameterKey": "CodeBucket", "ParameterValue": code_bucket},
         {"ParameterKey": "CodeKey", "ParameterValue": export.code_key},
     ]
-    if SIGNING_KEY_PARAMETER in export.template.get("Parameters", {}):
+    if emulator and SIGNING_KEY_PARAMETER in export.template.get("Parameters", {}):
         previous = {item["ParameterKey"] for item in (current or {}).get("Parameters", [])}
         if change_set_type == "UPDATE" and SIGNING_KEY_PARAMETER in previous:
             parameters.append({"ParameterKey": SIGNING_KEY_PARAMETER, "UsePreviousValue": True})

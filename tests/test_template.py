@@ -195,6 +195,7 @@ REAL_ONLY_TYPES = {
     "AWS::Lambda::Permission",
     "AWS::SQS::QueuePolicy",
     "AWS::Scheduler::ScheduleGroup",
+    "AWS::SecretsManager::Secret",  # the activity-token secret; the emulator gets a NoEcho parameter instead
 }
 PSEUDO_PARAMETERS = {"AWS::Partition", "AWS::Region", "AWS::AccountId", "AWS::StackName", "AWS::URLSuffix"}
 
@@ -403,6 +404,17 @@ def test_everything_moto_cannot_create_is_conditioned_on_real() -> None:
     left_to_harness = {template["Resources"][key]["Type"] for key in real_only}
     print("resource types left to the harness (Condition Real):", sorted(left_to_harness))
     assert left_to_harness == REAL_ONLY_TYPES
+    # on AWS every function's signing key is the stack's generated secret, resolved at deploy time
+    for key, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::Function":
+            key_source = resource["Properties"]["Environment"]["Variables"]["EVENTUAL_SIGNING_KEY"]
+            assert key_source == {
+                "Fn::If": [
+                    "Real",
+                    {"Fn::Sub": "{{resolve:secretsmanager:${SigningKeySecret}:SecretString}}"},
+                    {"Ref": "SigningKey"},
+                ]
+            }, key
     assert {key for key, output in template["Outputs"].items() if output.get("Condition") == "Real"} == {"ApiUrl"}
     # nothing that exists in the emulator names a Real-only resource outside `Fn::If [Real, ...]`
     unconditional = [
