@@ -40,7 +40,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/mypy eventual_nb kernel_ext exporter
 
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
