@@ -65,6 +65,7 @@ from urllib.parse import urlsplit
 
 import eventual_nb as ev
 from benchmarks.results import Comparison, Result
+from exporter.handlers import HANDLERS  # the handler names the manifest gives the template
 
 SERVICE = ev.Service("eventual-nb-benchmarks-aws")
 
@@ -587,16 +588,6 @@ def _require_loopback(endpoint: str) -> str:
         f"refusing endpoint {endpoint!r}: the AWS benchmark only talks to moto on http://127.0.0.1:<port>",
     )
     return endpoint
-
-
-HANDLERS = {
-    "api": "handlers.api",
-    "orchestrator": "handlers.orchestrator",
-    "activity": "handlers.activity_worker",
-    "subscription": "handlers.subscription_worker",
-    "timer": "handlers.timer",
-    "schedule": "handlers.schedule_forwarder",
-}
 
 
 @dataclass
