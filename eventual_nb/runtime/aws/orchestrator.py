@@ -479,45 +479,7 @@ class Orchestrator:
         extra: list[dict[str, Any]],
     ) -> int:
         """Events, head (length CAS + `pending` actions) and `extra` items in one TransactWriteItems."""
-        items = self.history.append_items(execution_id, expected, events)[:-1]  # the event Puts; head below
-        names = {"#length": "length", "#pending": "pending"}
-        values: dict[str, Any] = {":length": {"N": str(expected + len(events))}}
-        expression = "SET #length = :length"
-        if actions:
-            expression += ", #pending = :pending"
-            values[":pending"] = {"S": json.dumps(actions, separators=(",", ":"), ensure_ascii=False)}
-        else:
-            expression += " REMOVE #pending"
-        if expected:
-            values[":expected"] = {"N": str(expected)}
-        head = {
-            "TableName": self.history.table,
-            "Key": {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _HEAD_SK}},
-            "UpdateExpression": expression,
-            "ConditionExpression": "#length = :expected" if expected else "attribute_not_exists(sk)",
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-        }
-        items = [*items, {"Update": head}, *extra]
-        HistoryStore._check_limits(execution_id, expected, items, len(events))
-        client = self.history.client
-        try:
-            client.transact_write_items(TransactItems=items)
-        except client.exceptions.TransactionCanceledException as exc:
-            reasons = [str(reason.get("Code", "None")) for reason in exc.response.get("CancellationReasons", [])]
-            if any(code in _CONFLICT_CODES for code in reasons):
-                raise HistoryConflict(
-                    f"history of execution '{execution_id}' changed since it had {expected} events "
-                    f"(cancellation reasons: {', '.join(reasons)})",
-                    execution_id=execution_id,
-                    expected_length=expected,
-                    reasons=reasons,
-                ) from exc
-            raise errors.EventualError(
-                f"committing the turn of execution '{execution_id}' was cancelled by DynamoDB "
-                f"(reasons: {', '.join(reasons) or 'none given'}): {exc}"
-            ) from exc
-        return expected + len(events)
+        return self.history.append(execution_id, expected, events, extra, pending=actions)
 
     def _finish_item(self, execution_id: str, workflow: str, executor: WorkflowExecutor) -> dict[str, Any]:
         terminal = executor.terminal

@@ -248,11 +248,18 @@ class HistoryStore:
         return 0 if not item or "length" not in item else int(item["length"]["N"])
 
     def append_items(
-        self, execution_id: str, expected_length: int, events: Sequence[HistoryEvent]
+        self,
+        execution_id: str,
+        expected_length: int,
+        events: Sequence[HistoryEvent],
+        pending: Sequence[dict[str, Any]] | None = None,
     ) -> builtins.list[dict[str, Any]]:
         """The TransactItems that append `events` after `expected_length` events: a Put per event that
-        refuses to overwrite, and the head's compare-and-swap (a ConditionCheck when there are no events,
-        so extra items can still be guarded by the history being unchanged)."""
+        refuses to overwrite, and the head's compare-and-swap (a ConditionCheck when nothing on the head
+        changes, so extra items can still be guarded by the history being unchanged).
+
+        `pending` (the orchestrator's dispatch actions of this turn) is stored on the head, or removed
+        from it when empty; None leaves it as it is."""
         if expected_length < 0:
             raise errors.EventualError(f"expected history length must be >= 0, got {expected_length}")
         pk = {"S": execution_pk(execution_id)}
@@ -272,25 +279,31 @@ class HistoryStore:
                 }
             )
         # a head that does not exist yet stands for length 0
-        unchanged = "attribute_not_exists(sk)" if expected_length == 0 else "#length = :expected"
         head: dict[str, Any] = {
             "TableName": self.table,
             "Key": {"pk": pk, "sk": {"S": _HEAD_SK}},
-            "ConditionExpression": unchanged,
+            "ConditionExpression": "attribute_not_exists(sk)" if expected_length == 0 else "#length = :expected",
         }
+        names: dict[str, str] = {}
+        values: dict[str, dict[str, Any]] = {}
         if expected_length:
-            head["ExpressionAttributeNames"] = {"#length": "length"}
-            head["ExpressionAttributeValues"] = {":expected": {"N": str(expected_length)}}
-        if events:
-            head["UpdateExpression"] = "SET #length = :length"
-            head["ExpressionAttributeNames"] = {"#length": "length"}
-            head["ExpressionAttributeValues"] = {
-                **head.get("ExpressionAttributeValues", {}),
-                ":length": {"N": str(expected_length + len(events))},
-            }
-            items.append({"Update": head})
-        else:
-            items.append({"ConditionCheck": head})
+            names["#length"] = "length"
+            values[":expected"] = {"N": str(expected_length)}
+        if not events and pending is None:
+            items.append({"ConditionCheck": {**head, **_expression_parts(names, values)}})
+            return items
+        names["#length"] = "length"
+        values[":length"] = {"N": str(expected_length + len(events))}
+        expression = "SET #length = :length"
+        if pending is not None:
+            names["#pending"] = "pending"
+            if pending:
+                expression += ", #pending = :pending"
+                values[":pending"] = {"S": _json_text(builtins.list(pending))}
+            else:
+                expression += " REMOVE #pending"
+        head["UpdateExpression"] = expression
+        items.append({"Update": {**head, **_expression_parts(names, values)}})
         return items
 
     def append(
@@ -299,10 +312,12 @@ class HistoryStore:
         expected_length: int,
         events: Sequence[HistoryEvent],
         extra_items: Iterable[dict[str, Any]] = (),
+        *,
+        pending: Sequence[dict[str, Any]] | None = None,
     ) -> int:
         """Commit `events` at indexes `expected_length`, ... together with `extra_items` (TransactItems the
-        orchestrator built, e.g. `ExecutionStore.finish_item`) in ONE `TransactWriteItems`; returns the new
-        length.
+        orchestrator built, e.g. `ExecutionStore.finish_item`) and the head's `pending` actions (see
+        `append_items`) in ONE `TransactWriteItems`; returns the new length.
 
         Never split: a turn's events and the record changes that go with them commit together or not at
         all, so a commit that does not fit in one transaction is refused (before calling AWS) rather than
@@ -314,9 +329,9 @@ class HistoryStore:
         re-reads the history and finds its own events there.
         """
         extras = builtins.list(extra_items)
-        if not events and not extras:
+        if not events and not extras and pending is None:
             return expected_length
-        items = self.append_items(execution_id, expected_length, events) + extras
+        items = self.append_items(execution_id, expected_length, events, pending) + extras
         self._check_limits(execution_id, expected_length, items, len(events))
         try:
             self.client.transact_write_items(TransactItems=items)
@@ -369,6 +384,16 @@ class HistoryStore:
 
 
 # ---------------------------------------------------------------------------------------- executions
+
+
+def _expression_parts(names: dict[str, str], values: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The expression attribute maps of a request, left out when empty (DynamoDB refuses empty maps)."""
+    parts: dict[str, Any] = {}
+    if names:
+        parts["ExpressionAttributeNames"] = names
+    if values:
+        parts["ExpressionAttributeValues"] = values
+    return parts
 
 
 def _json_text(value: Any) -> str:
