@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from exporter.errors import ExportError, where
+from exporter.handlers import HANDLERS
 from exporter.notebook import ExportedSource, read_service
 
 __all__ = [
@@ -45,15 +46,6 @@ __all__ = [
 #: the manifest's file name and format version (a directory holding it with this format is an export)
 MANIFEST = "eventual.json"
 FORMAT = 1
-#: Lambda entry points of the generated handlers.py (DESIGN §7; fixed names the template refers to)
-HANDLERS = {
-    "api": "handlers.api",
-    "orchestrator": "handlers.orchestrator",
-    "activity": "handlers.activity_worker",
-    "subscription": "handlers.subscription_worker",
-    "timer": "handlers.timer",
-    "schedule": "handlers.schedule_forwarder",
-}
 #: every top-level file an export may write (the package directory comes on top)
 WRITTEN_FILES = ("pyproject.toml", MANIFEST, "openapi.json", "template.json", "handlers.py", "lambda.zip")
 #: seconds the child process that imports the package may take

@@ -29,19 +29,12 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
+from exporter.handlers import HANDLERS
 from exporter.template import build_template
 
 REGION = "us-east-1"
 STACK = "stores-test"
 
-HANDLERS = {
-    "api": "handlers.api",
-    "orchestrator": "handlers.orchestrator",
-    "activity": "handlers.activity_worker",
-    "subscription": "handlers.subscription_worker",
-    "timer": "handlers.timer",
-    "schedule": "handlers.schedule_forwarder",
-}
 
 RETRY_ONCE = {"max_attempts": 1, "initial_interval": 1.0, "backoff": 2.0, "max_interval": 300.0, "non_retryable": []}
 

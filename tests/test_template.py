@@ -21,6 +21,7 @@ from cfnlint.api import lint
 from cfnlint.config import ManualArgs
 
 import eventual_nb as ev
+from exporter.handlers import HANDLERS
 from exporter.template import (
     MAX_QUEUE_NAME_LENGTH,
     MAX_STACK_NAME_LENGTH,
@@ -93,14 +94,6 @@ async def start_open_account(body: dict) -> dict:
     return {"execution_id": handle.id}
 
 
-HANDLERS = {
-    "api": "handlers.api",
-    "orchestrator": "handlers.orchestrator",
-    "activity": "handlers.activity_worker",
-    "subscription": "handlers.subscription_worker",
-    "timer": "handlers.timer",
-    "schedule": "handlers.schedule_forwarder",
-}
 ZIP_SHA = "ab" * 32
 
 
