@@ -18,6 +18,7 @@ fast and must work on a core install. Verbs import what they need (rich, httpx, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -835,19 +836,7 @@ def deploy(args: argparse.Namespace) -> int:
     except errors.EventualError as exc:
         return out.error(type(exc).__name__, exc.message, exc.to_json())
     if out.as_json:
-        out.json(
-            {
-                "stack": result.stack,
-                "stack_id": result.stack_id,
-                "region": result.region,
-                "action": result.action,
-                "status": result.status,
-                "bucket": result.bucket,
-                "code_key": result.code_key,
-                "emulator": result.emulator,
-                "outputs": result.outputs,
-            }
-        )
+        out.json(dataclasses.asdict(result))
         return EXIT_OK
     done = {"created": "created", "updated": "updated", "unchanged": "is up to date"}[result.action]
     out.line(f"stack {result.stack} {done} in {result.region} ({result.status})")
@@ -871,7 +860,7 @@ def destroy(args: argparse.Namespace) -> int:
     except errors.EventualError as exc:
         return out.error(type(exc).__name__, exc.message, exc.to_json())
     if out.as_json:
-        out.json({"stack": result.stack, "stack_id": result.stack_id, "region": result.region, "status": result.status})
+        out.json(dataclasses.asdict(result))
     else:
         out.line(f"stack {result.stack} deleted from {result.region} ({result.status})")
     return EXIT_OK
