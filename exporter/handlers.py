@@ -11,6 +11,7 @@ import json
 import keyword
 from typing import Any
 
+from eventual_nb.runtime.aws.functions import ENTRY_POINTS as FUNCTION_ENTRY_POINTS
 from exporter.errors import ExportError
 
 #: entry point (function in handlers.py) → what invokes it on AWS; the manifest's "handlers" lists these
@@ -23,19 +24,14 @@ ENTRY_POINTS: dict[str, str] = {
     "schedule_forwarder": "Invoked by EventBridge Scheduler (timers over 15 minutes): forwards them to the timer queue",
 }
 
+#: entry point → the function key `eventual_nb.runtime.aws.functions` (and the harness) name it by
+FUNCTION_OF_ENTRY: dict[str, str] = {entry: key for key, entry in FUNCTION_ENTRY_POINTS.items()}
+
 #: the manifest's "handlers" field: role → "module.function" as Lambda names a handler
 HANDLERS: dict[str, str] = {
     "api": "handlers.api",
-    "orchestrator": "handlers.orchestrator",
-    "activity": "handlers.activity_worker",
-    "subscription": "handlers.subscription_worker",
-    "timer": "handlers.timer",
-    "schedule": "handlers.schedule_forwarder",
+    **{key: f"handlers.{entry}" for key, entry in FUNCTION_ENTRY_POINTS.items()},
 }
-
-
-#: entry point → the function key `eventual_nb.runtime.aws.functions` (and the harness) name it by
-FUNCTION_OF_ENTRY: dict[str, str] = {entry.split(".", 1)[1]: role for role, entry in HANDLERS.items() if role != "api"}
 
 
 def handlers_source(manifest: dict[str, Any]) -> str:

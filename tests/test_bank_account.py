@@ -41,15 +41,13 @@ STACK = "bank-account-test"
 
 _CONTAINER = r"""
 import json, sys
-from datetime import UTC, datetime
 
 code, provided = sys.argv[1:3]
 sys.path[:0] = [code, provided]
 sys.dont_write_bytecode = True
 
 import handlers  # the generated entry points, from the deployed zip
-from eventual_nb.runtime.aws.functions import process_functions
-from eventual_nb.runtime.aws.harness import Harness
+from eventual_nb.runtime.aws.functions import harness_for
 
 
 def call(method, target, body=None):
@@ -67,18 +65,7 @@ def call(method, target, body=None):
     return answer["statusCode"], json.loads(answer["body"]) if answer.get("body") else None
 
 
-functions = process_functions(handlers.SERVICE)
-harness = Harness(
-    functions.clients,
-    {
-        "orchestrator": handlers.orchestrator,
-        "activity": handlers.activity_worker,
-        "subscription": handlers.subscription_worker,
-        "timer": handlers.timer,
-        "schedule": handlers.schedule_forwarder,
-    },
-    lambda: datetime.now(UTC),
-)
+harness = harness_for(handlers)  # Lambda's queue triggers over the generated entry points
 out = {}
 status, alice = call("POST", "/accounts", {"balance": 10000})
 status_b, bob = call("POST", "/accounts", {"balance": 0})

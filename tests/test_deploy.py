@@ -133,7 +133,6 @@ def moto(moto_endpoint: str) -> Iterator[str]:
 
 _CONTAINER = r"""
 import json, sys
-from datetime import UTC, datetime
 
 code, provided, request_path = sys.argv[1:4]
 sys.path[:0] = [code, provided]
@@ -141,22 +140,10 @@ sys.dont_write_bytecode = True
 requests = json.loads(open(request_path, encoding="utf-8").read())
 
 import handlers  # the generated entry points, from the deployed zip
-from eventual_nb.runtime.aws.functions import process_functions
-from eventual_nb.runtime.aws.harness import Harness
+from eventual_nb.runtime.aws.functions import harness_for
 
 started = handlers.api(requests["start"], None)
-functions = process_functions(handlers.SERVICE)
-harness = Harness(
-    functions.clients,
-    {
-        "orchestrator": handlers.orchestrator,
-        "activity": handlers.activity_worker,
-        "subscription": handlers.subscription_worker,
-        "timer": handlers.timer,
-        "schedule": handlers.schedule_forwarder,
-    },
-    lambda: datetime.now(UTC),
-)
+harness = harness_for(handlers)  # Lambda's queue triggers over the generated entry points
 report = harness.run_until_idle(max_rounds=50, wait_seconds=30.0)
 execution = handlers.api(requests["execution"], None)
 logs = handlers.api(requests["logs"], None)

@@ -24,6 +24,7 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, AwsSettings
+from eventual_nb.runtime.aws.harness import Harness
 from eventual_nb.runtime.aws.orchestrator import Orchestrator
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
 from eventual_nb.runtime.aws.workers import (
@@ -35,12 +36,28 @@ from eventual_nb.runtime.aws.workers import (
 )
 from eventual_nb.service import Service, all_services, get_service
 
-__all__ = ["FUNCTION_KEYS", "StackFunctions", "invoke", "process_functions", "reset_process_functions"]
+__all__ = [
+    "ENTRY_POINTS",
+    "FUNCTION_KEYS",
+    "StackFunctions",
+    "harness_for",
+    "invoke",
+    "process_functions",
+    "reset_process_functions",
+]
 
 #: what every function needs from its environment (the rest is checked by the part that uses it)
 REQUIRED_SETTINGS = ("executions_table", "history_table", "workflow_queue_url")
-#: the template's function keys (exporter/template.py, harness.py) in the order a stack lists them
-FUNCTION_KEYS = ("orchestrator", "activity", "subscription", "timer", "schedule")
+#: function key (exporter/template.py, harness.py) → its entry point in an export's generated handlers.py
+ENTRY_POINTS: dict[str, str] = {
+    "orchestrator": "orchestrator",
+    "activity": "activity_worker",
+    "subscription": "subscription_worker",
+    "timer": "timer",
+    "schedule": "schedule_forwarder",
+}
+#: the template's function keys in the order a stack lists them
+FUNCTION_KEYS = tuple(ENTRY_POINTS)
 
 
 class StackFunctions:
@@ -139,3 +156,12 @@ def invoke(function: str, event: dict[str, Any], context: Any, *, service: str |
     if function not in FUNCTION_KEYS:
         raise errors.EventualError(f"unknown function {function!r}: expected one of {', '.join(FUNCTION_KEYS)}")
     return process_functions(service).handlers()[function](event, context)
+
+
+def harness_for(handlers: Any, clock: Callable[[], datetime] | None = None, **options: Any) -> Harness:
+    """A `Harness` driving an export's generated `handlers` module (imported from the export or its zip)
+    the way Lambda would: its entry points, over this process's functions' clients. `options` go to
+    `Harness` (e.g. `visibility_timeout`, `function_timeout`)."""
+    clients = process_functions(getattr(handlers, "SERVICE", None)).clients
+    entry_points = {key: getattr(handlers, entry) for key, entry in ENTRY_POINTS.items()}
+    return Harness(clients, entry_points, clock or clients.clock, **options)
