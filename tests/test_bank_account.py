@@ -2,9 +2,10 @@
 deployed into moto with `eventual-nb deploy`, and its deployed code run as Lambda would run it (see
 tests/test_deploy.py for the container: Python 3.12, only the deployed zip and Lambda's boto3 on the path,
 the functions' own environment, moto as the endpoint). Through the API handler the test opens two
-accounts, makes one transfer that goes through and one that is cancelled within its window; the harness
-drives the functions; the accounts then live in the stack's DynamoDB table and their statements were
-written by the subscription, fed by the bus.
+accounts, makes one transfer that goes through, one that is cancelled within its window and one whose
+execution is cancelled after its debit (and is refunded); the harness drives the functions; the accounts
+then live in the stack's DynamoDB table and their statements were written by the subscription, fed by
+the bus.
 
 The notebook itself (including its TestEnvironment tests) runs in CI through `eventual-nb test`; this
 module checks what only AWS exercises: the DynamoDB account store and the deploy of the tutorial.
@@ -84,6 +85,13 @@ out["during_window"] = call("GET", "/accounts/" + a)[1]["balance"]
 out["cancel"] = call("POST", "/transfers/" + second["execution_id"] + "/cancel?reason=wrong+amount")[0]
 harness.run_until_idle(max_rounds=100, wait_seconds=1.0)
 out["cancelled"] = call("GET", "/_eventual/executions/" + second["execution_id"])[1]
+
+status, third = call("POST", "/transfers", {"source": a, "target": b, "amount": 1000, "cancel_window": 600})
+harness.run_until_idle(max_rounds=100, wait_seconds=1.0)  # debited; its window is open
+out["before_execution_cancel"] = call("GET", "/accounts/" + a)[1]["balance"]
+out["execution_cancel"] = call("POST", "/_eventual/cancel/" + third["execution_id"])[0]
+harness.run_until_idle(max_rounds=100, wait_seconds=1.0)
+out["execution_cancelled"] = call("GET", "/_eventual/executions/" + third["execution_id"])[1]
 out["alice"] = call("GET", "/accounts/" + a)[1]
 out["bob"] = call("GET", "/accounts/" + b)[1]
 out["names"] = [a, b]
@@ -137,11 +145,19 @@ def test_the_tutorial_deploys_and_moves_money_through_the_stack(
     assert ran["cancel"] == 202
     assert ran["cancelled"]["status"] == "SUCCEEDED", ran["cancelled"]
     assert ran["cancelled"]["result"] == {"status": "cancelled", "detail": "wrong amount"}
+    # cancelling the third transfer's execution after its debit refunds it, then ends CANCELLED
+    assert ran["before_execution_cancel"] == 7500 - 1000
+    assert ran["execution_cancel"] == 202
+    assert ran["execution_cancelled"]["status"] == "CANCELLED", ran["execution_cancelled"]
     alice, bob = ran["names"]
     assert ran["alice"]["balance"] == 7500 and ran["bob"]["balance"] == 2500
     # the subscription (bus -> rule -> queue -> function) wrote both statements
     assert ran["bob"]["statement"] == [f"+25.00 from {alice}"]
-    assert ran["alice"]["statement"] == [f"-25.00 to {bob}", f"cancelled: 50.00 to {bob} (wrong amount)"]
+    assert ran["alice"]["statement"] == [
+        f"-25.00 to {bob}",
+        f"cancelled: 50.00 to {bob} (wrong amount)",
+        f"cancelled: 10.00 to {bob} (the execution was cancelled)",
+    ]
 
     # the accounts are items of the stack's own table, under their prefix
     dynamodb = aws_support.aws_client(moto_endpoint, "dynamodb")
