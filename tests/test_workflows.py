@@ -771,3 +771,74 @@ async def test_exception_in_a_task_nobody_awaited_fails_the_execution() -> None:
         assert info.value.message == "lost in a task"
         status = await handle.status()
         assert (status.error, status.message) == ("RuntimeError", "lost in a task")
+
+
+# ------------------------------------------------------------------------------------------ tasks at the end
+
+#: what the bodies of tasks that must never start would have recorded
+TASK_BODIES_RUN: list[str] = []
+
+
+async def _records_and_reserves(seat: str) -> str:
+    TASK_BODIES_RUN.append(seat)
+    return await reserve_seat(seat)
+
+
+@ev.workflow
+async def spawns_then_raises() -> None:
+    spawned = [asyncio.create_task(_records_and_reserves("1A")), asyncio.ensure_future(reserve_seat("1B"))]
+    raise RuntimeError(f"gave up on {len(spawned)} tasks")
+
+
+@ev.workflow
+async def spawns_then_returns() -> str:
+    spawned = [asyncio.create_task(_records_and_reserves("2A")), asyncio.ensure_future(reserve_seat("2B"))]
+    return f"spawned {len(spawned)}"
+
+
+@ev.workflow
+async def wakes_a_task_then_returns() -> str:
+    """A task that started, and is woken in the step where the function returns, does not run on either."""
+
+    async def waits_then_reserves() -> str:
+        await nudge.expect()
+        TASK_BODIES_RUN.append("woken")
+        return await reserve_seat("3A")
+
+    waiting = asyncio.create_task(waits_then_reserves())
+    await nudge.expect()
+    return "done" if not waiting.done() else "the task ran"
+
+
+@pytest.mark.parametrize(
+    ("workflow", "status", "terminal"),
+    [
+        (spawns_then_raises, "FAILED", "WorkflowFailed"),
+        (spawns_then_returns, "SUCCEEDED", "WorkflowSucceeded"),
+    ],
+)
+async def test_tasks_created_but_not_started_when_the_function_ends_never_start(
+    workflow: Any, status: str, terminal: str
+) -> None:
+    """DESIGN §3: neither their code runs nor does their first durable call reach the history."""
+    TASK_BODIES_RUN.clear()
+    async with make_env() as env:
+        handle = await workflow.start()
+        await env.tick()
+        assert (await handle.status()).status == status
+        assert types_of(await handle.history()) == ["WorkflowStarted", terminal]
+        await env.advance("1h")
+        assert types_of(await handle.history()) == ["WorkflowStarted", terminal]
+    assert TASK_BODIES_RUN == []
+
+
+async def test_a_task_woken_with_the_function_in_one_step_is_cancelled_not_run() -> None:
+    TASK_BODIES_RUN.clear()
+    async with make_env() as env:
+        handle = await wakes_a_task_then_returns.start()
+        await env.tick()
+        await handle.signal(nudge)
+        await env.tick()
+        assert await handle.result() == "done"
+        assert types_of(await handle.history()) == ["WorkflowStarted", "SignalReceived", "WorkflowSucceeded"]
+    assert TASK_BODIES_RUN == []

@@ -383,9 +383,12 @@ class WorkflowExecutor:
         self.main_task = self.loop.create_task(self._main(event.input), name=f"workflow {self.execution_id}")
 
     async def _main(self, raw_input: Any) -> Any:
-        if self.code.takes_input:
-            return await self.code.function(self.code.parse_input(raw_input))
-        return await self.code.function()
+        try:
+            if self.code.takes_input:
+                return await self.code.function(self.code.parse_input(raw_input))
+            return await self.code.function()
+        finally:
+            self.loop.function_ended = True
 
     def _settle(self) -> None:
         """Run woken code until idle, re-check conditions, repeat; then notice completion."""
@@ -499,6 +502,7 @@ class WorkflowExecutor:
         self.ended = True
         self.ending = True
         self.terminal = event
+        self.loop.function_ended = False  # what the loop held back now runs, to be cancelled
         self.signal_handlers.clear()
         for task in list(self.loop.tasks):
             if not task.done():
@@ -524,6 +528,7 @@ class WorkflowExecutor:
         self._out = StepOutput()  # whatever happens now is thrown away
         self.ended = True
         self.ending = True  # durable calls raise CancelledError, timers are not started
+        self.loop.function_ended = False
         self.signal_handlers.clear()
         with self.loop.running():
             for task in list(self.loop.tasks):

@@ -96,6 +96,9 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self.tasks: list[asyncio.Task[Any]] = []
         self._creation_order = itertools.count(execution_salt(executor.execution_id) | 1)
         self._exception_handler: Any = None
+        #: set when the workflow function has ended: `run_until_idle` stops there, so tasks it created but
+        #: that have not started yet never start (the executor then cancels them, which runs none of their code)
+        self.function_ended = False
 
     # -- stepping ---------------------------------------------------------------------------------------
 
@@ -122,6 +125,8 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
             if handle._cancelled:
                 continue
             handle._run()
+            if self.function_ended:
+                return
             count += 1
             if count > MAX_CALLBACKS_PER_STEP:
                 raise NonDeterministicOperation(
