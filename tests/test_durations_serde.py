@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import eventual_nb as ev
+from eventual_nb import durations
 from eventual_nb import errors as errors_module
 from eventual_nb.engine import history as h
 from eventual_nb.errors import error_from_json
@@ -154,6 +155,27 @@ def test_unknown_error_name_becomes_plain_eventual_error() -> None:
     rebuilt = error_from_json({"error": "SomethingNew", "message": "hello"})
     assert type(rebuilt) is ev.EventualError
     assert "SomethingNew" in str(rebuilt) and "hello" in str(rebuilt)
+
+
+def test_a_user_error_class_does_not_replace_the_one_the_client_rebuilds() -> None:
+    """A notebook's own `Timeout` (or any name eventual-nb uses) must not change what `Timeout` means on the wire."""
+
+    class Timeout(ev.EventualError):
+        pass
+
+    class InvalidDuration(ev.EventualError):
+        pass
+
+    rebuilt = error_from_json({"error": "Timeout", "message": "too slow"})
+    assert type(rebuilt) is ev.Timeout and rebuilt.message == "too slow"
+    assert type(error_from_json({"error": "InvalidDuration", "message": "x"})) is durations.InvalidDuration
+
+    # and the user's own classes are not rebuilt at all: they come back as a plain EventualError naming them
+    class Overdrawn(ev.EventualError):
+        pass
+
+    mine = error_from_json(Overdrawn("no money").to_json())
+    assert type(mine) is ev.EventualError and str(mine) == "Overdrawn: no money"
 
 
 def test_timeout_hierarchy() -> None:
