@@ -181,7 +181,7 @@ class ChildExecutionHandle(ExecutionHandle):
 
     async def result(self, timeout: Any = None) -> Any:
         if timeout is not None:
-            seconds = parse_duration(timeout, what="timeout").total_seconds()
+            seconds = parse_duration(timeout, what="timeout", after=self._executor.now).total_seconds()
             try:
                 raw = await asyncio.wait_for(asyncio.shield(self._future), seconds)
             except TimeoutError:
@@ -267,8 +267,8 @@ def check_execution_name(name: str) -> str:
 
 async def sleep(duration: DurationLike) -> None:
     """Durable sleep: `await ev.sleep("1 day")`."""
-    require_executor("ev.sleep()")
-    seconds = parse_duration(duration, what="sleep duration").total_seconds()
+    executor = require_executor("ev.sleep()")
+    seconds = parse_duration(duration, what="sleep duration", after=executor.now).total_seconds()
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     handle = loop.call_later(seconds, _resolve, future)
@@ -280,11 +280,13 @@ async def sleep(duration: DurationLike) -> None:
 
 async def sleep_until(when: datetime) -> None:
     """Durable sleep until an absolute time (a timezone-aware `datetime`; naive means UTC)."""
-    require_executor("ev.sleep_until()")
+    executor = require_executor("ev.sleep_until()")
     if not isinstance(when, datetime):
         raise TypeError(f"ev.sleep_until() needs a datetime, got {when!r}")
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    wait = max(when - executor.now, timedelta(0))
+    parse_duration(wait, what=f"ev.sleep_until({when.isoformat()}) wait", after=executor.now)
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     handle = loop.call_at(when.timestamp(), _resolve, future)
@@ -335,7 +337,7 @@ async def condition(predicate: Callable[[], Any], timeout: DurationLike | None =
     future = executor.add_condition(predicate)
     handle = None
     if timeout is not None:
-        seconds = parse_duration(timeout, what="condition timeout").total_seconds()
+        seconds = parse_duration(timeout, what="condition timeout", after=executor.now).total_seconds()
         handle = asyncio.get_running_loop().call_later(seconds, _resolve, future, False)
     try:
         return await future

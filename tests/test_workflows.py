@@ -842,3 +842,81 @@ async def test_a_task_woken_with_the_function_in_one_step_is_cancelled_not_run()
         assert await handle.result() == "done"
         assert types_of(await handle.history()) == ["WorkflowStarted", "SignalReceived", "WorkflowSucceeded"]
     assert TASK_BODIES_RUN == []
+
+
+# ------------------------------------------------------------------------------------------ durations & deadlines
+
+#: a virtual clock 49 years before the latest deadline eventual-nb stores (the start of year 9999)
+NEAR_THE_END = datetime(9950, 1, 1, tzinfo=UTC)
+SIXTY_YEARS = f"{60 * 365}d"
+
+
+@ev.workflow
+async def waits_past_the_latest_deadline(kind: str) -> None:
+    if kind == "sleep":
+        await ev.sleep(SIXTY_YEARS)
+    elif kind == "sleep_until":
+        await ev.sleep_until(datetime(9999, 6, 1, tzinfo=UTC))
+    elif kind == "asyncio.sleep":
+        await asyncio.sleep(60 * 365 * 86400)
+    elif kind == "expect":
+        await never.expect(timeout=SIXTY_YEARS)
+    elif kind == "condition":
+        await ev.condition(lambda: False, timeout=SIXTY_YEARS)
+    elif kind == "activity timeout":
+        await reserve_seat.options(timeout=SIXTY_YEARS)("4A")
+    elif kind == "heartbeat_timeout":
+        await reserve_seat.options(heartbeat_timeout=SIXTY_YEARS)("4B")
+    elif kind == "child timeout":
+        await sleepy_child.start(timeout=SIXTY_YEARS)
+    elif kind == "child result timeout":
+        child = await sleepy_child.start()
+        await child.result(timeout=SIXTY_YEARS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("sleep", f"sleep duration '{SIXTY_YEARS}'"),
+        ("sleep_until", "ev.sleep_until(9999-06-01T00:00:00+00:00) wait"),
+        ("asyncio.sleep", "asyncio delay"),
+        ("expect", f"expect timeout '{SIXTY_YEARS}'"),
+        ("condition", f"condition timeout '{SIXTY_YEARS}'"),
+        ("activity timeout", "timeout of activity 'reserve_seat'"),
+        ("heartbeat_timeout", "heartbeat_timeout of activity 'reserve_seat'"),
+        ("child timeout", "timeout of child workflow 'sleepy_child'"),
+        ("child result timeout", f"timeout '{SIXTY_YEARS}'"),
+    ],
+)
+async def test_a_deadline_past_the_latest_storable_one_fails_the_execution_where_the_call_is_made(
+    kind: str, named: str
+) -> None:
+    """On a virtual clock near year 9999 a legal duration can still lead past the last storable deadline:
+    the call raises `InvalidDuration` naming it (no ValueError/OverflowError from datetime), the execution fails
+    with that message, and nothing was scheduled."""
+    async with ev.testing.TestEnvironment(service=SERVICE, start=NEAR_THE_END) as env:
+        handle = await waits_past_the_latest_deadline.start(kind)
+        await env.tick()
+        status = await handle.status()
+        assert (status.status, status.error) == ("FAILED", "InvalidDuration"), status
+        assert named in (status.message or ""), status.message
+        assert "falls after 9999-01-01T00:00:00+00:00, the latest deadline" in (status.message or "")
+        scheduled = [t for t in types_of(await handle.history()) if t.endswith("Scheduled")]
+        assert scheduled == (["ChildWorkflowScheduled"] if kind == "child result timeout" else [])
+
+
+async def test_a_start_whose_timeout_ends_past_the_latest_deadline_is_refused_and_records_nothing() -> None:
+    async with ev.testing.TestEnvironment(service=SERVICE, start=NEAR_THE_END) as env:
+        with pytest.raises(ev.EventualError, match=r"invalid timeout 21900d: its deadline \(9950-01-01"):
+            await sleepy_child.start(timeout=SIXTY_YEARS)
+        with pytest.raises(ev.EventualError, match="100 years"):
+            await sleepy_child.start(timeout="36526d")
+        assert env.executions() == []
+
+
+def test_a_definition_timeout_longer_than_100_years_is_refused_at_decoration() -> None:
+    async def forever() -> None:
+        return None
+
+    with pytest.raises(ev.EventualError, match=r"timeout of workflow 'forever' '36526d': too long.*100 years"):
+        ev.workflow(timeout="36526d")(forever)
