@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from eventual_nb import errors
+from eventual_nb.determinism import warn_nondeterministic_calls
 from eventual_nb.durations import DurationLike, format_duration, optional_duration, parse_duration
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor, current_executor
 from eventual_nb.runtime.base import Execution, ExecutionHandle, current_runtime, signal_name_of
@@ -80,6 +81,7 @@ class Workflow(Generic[R]):
         self.input_annotation: Any = hints.get(parameters[0].name, Any) if parameters else Any
         self.return_annotation: Any = hints.get("return", Any)
         functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        warn_nondeterministic_calls(function, self.name)
 
     def __repr__(self) -> str:
         return f"<workflow {self.name!r}>"

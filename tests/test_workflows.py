@@ -920,3 +920,103 @@ def test_a_definition_timeout_longer_than_100_years_is_refused_at_decoration() -
 
     with pytest.raises(ev.EventualError, match=r"timeout of workflow 'forever' '36526d': too long.*100 years"):
         ev.workflow(timeout="36526d")(forever)
+
+
+# ------------------------------------------------------------------------------------------ live values
+
+LIVE_VALUES = """\
+import os
+import random
+import time as clock
+import uuid
+from datetime import date, datetime
+from datetime import datetime as dt
+from random import choice
+
+import eventual_nb as ev
+
+ev.Service("tests-workflows-live-values")
+
+
+def now() -> int:  # the user's own now(): not the clock
+    return 1
+
+
+@ev.workflow
+async def reads_live_values() -> list:
+    values = [
+        datetime.now(),  # datetime.now
+        dt.utcnow(),  # dt.utcnow
+        date.today(),  # date.today
+        clock.time(),  # clock.time
+        random.randint(1, 6),  # random.randint
+        choice([1, 2]),  # choice
+        uuid.uuid4(),  # uuid.uuid4
+        os.urandom(4),  # os.urandom
+        now(),
+        ev.now(),
+        ev.uuid4(),
+        ev.random(),
+    ]
+    import random as r
+    from uuid import uuid4 as make_id
+
+    values += [r.random(), make_id()]  # r.random, make_id
+    return values
+
+
+@ev.workflow
+async def deterministic() -> str:
+    return f"{ev.now()} {ev.uuid4()} {ev.random()} {now()}"
+"""
+
+
+def _import_file(path: Any, name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workflow_code_reading_the_clock_or_randomness_warns_at_decoration(tmp_path: Any) -> None:
+    path = tmp_path / "live_values.py"
+    path.write_text(LIVE_VALUES, encoding="utf-8")
+    lines = LIVE_VALUES.splitlines()
+    with pytest.warns(UserWarning) as caught:
+        _import_file(path, "live_values")
+    found = [(w.filename, w.lineno, str(w.message)) for w in caught if "workflow 'reads_live_values'" in str(w.message)]
+    expected = [
+        ("datetime.now()", "ev.now()"),
+        ("dt.utcnow() (datetime.datetime.utcnow)", "ev.now()"),
+        ("date.today()", "ev.now().date()"),
+        ("clock.time() (time.time)", "ev.now().timestamp()"),
+        ("random.randint()", "ev.random()"),
+        ("choice() (random.choice)", "ev.random()"),
+        ("uuid.uuid4()", "ev.uuid4()"),
+        ("os.urandom()", "ev.random() or ev.uuid4()"),
+        ("r.random() (random.random)", "ev.random()"),
+        ("make_id() (uuid.uuid4)", "ev.uuid4()"),
+    ]
+    assert len(found) == len(expected), [message for _, _, message in found]
+    for (filename, line, message), (call, replacement) in zip(found, expected, strict=True):
+        written = call.split("(")[0]
+        assert filename == str(path)
+        assert f"# {written}" in lines[line - 1] or f", {written}" in lines[line - 1], (line, lines[line - 1], call)
+        assert f"calls {call} at {path}:{line}:" in message, message
+        assert message.endswith(f"use {replacement} instead"), message
+    assert not [w for w in caught if "workflow 'deterministic'" in str(w.message)]
+
+
+def test_without_source_a_workflow_is_defined_without_warnings() -> None:
+    namespace: dict[str, Any] = {"ev": ev, "datetime": datetime}
+    code = compile("async def no_source() -> str:\n    return str(datetime.now())\n", "<generated>", "exec")
+    exec(code, namespace)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        definition = ev.workflow(namespace["no_source"])
+    assert definition.name == "no_source"
