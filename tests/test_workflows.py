@@ -914,6 +914,14 @@ async def test_a_start_whose_timeout_ends_past_the_latest_deadline_is_refused_an
         assert env.executions() == []
 
 
+async def test_result_without_a_timeout_works_on_a_clock_near_the_latest_deadline() -> None:
+    """`handle.result()`'s default wait (ten virtual years) stops at the latest deadline instead of refusing."""
+    async with ev.testing.TestEnvironment(service=SERVICE, start=datetime(9995, 1, 1, tzinfo=UTC)):
+        assert await double(21) == 42
+        with pytest.raises(ev.testing.Stuck):
+            await (await waits_forever.start()).result()
+
+
 def test_a_definition_timeout_longer_than_100_years_is_refused_at_decoration() -> None:
     async def forever() -> None:
         return None

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityInfo
-from eventual_nb.durations import DurationLike, deadline_after, format_duration, optional_duration
+from eventual_nb.durations import LATEST_DEADLINE, DurationLike, deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowExecutor
 from eventual_nb.engine.history import (
@@ -375,9 +375,10 @@ class TestEnvironment(RuntimeBase):
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         state = self._state(id)
-        deadline = deadline_after(
-            self._now, DEFAULT_RESULT_TIMEOUT if timeout is None else timeout, what="result timeout"
-        )
+        if timeout is None:  # the default wait stops at the latest deadline rather than refusing to start
+            deadline = self._now + max(timedelta(0), min(DEFAULT_RESULT_TIMEOUT, LATEST_DEADLINE - self._now))
+        else:
+            deadline = deadline_after(self._now, timeout, what="result timeout")
         while True:
             await self.tick()
             if state.status != ExecutionStatus.IN_PROGRESS:
