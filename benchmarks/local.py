@@ -6,6 +6,10 @@
 * `local_memory` — 10,000 short executions run to completion on one LocalRuntime; the process's RSS
   afterwards and how many workflow instances it still holds (completed executions live only in the
   database, so that count must be 0).
+* `local_in_flight` — two-step executions run in batches (of 2,000) on a LocalRuntime with nothing else
+  in flight, then on one where 10,000 executions wait on a one-hour timer: executions per second in
+  each batch. A runtime that keeps many executions in flight must not slow down unrelated work (nor get
+  slower batch after batch).
 
 Equal durability: LocalRuntime with `durability="full"` (WAL, `synchronous=FULL`: the WAL is fsynced
 at every commit) against DBOS on its SQLite system database with its own settings (rollback journal,
@@ -87,6 +91,12 @@ async def bench_short(i: int) -> int:
     return await bench_noop(i)
 
 
+@ev.workflow
+async def bench_waits_an_hour() -> None:
+    """What the in-flight benchmark keeps 10,000 of: an execution waiting on a one-hour timer."""
+    await ev.sleep("1h")
+
+
 def expected_sum(n: int) -> int:
     return n * (n - 1) // 2
 
@@ -98,6 +108,10 @@ class Sizes:
     latency_runs: int
     memory_executions: int
     memory_batch: int
+    #: executions waiting on a timer, and the batches of two-step executions run beside them
+    in_flight_waiting: int
+    in_flight_batch: int
+    in_flight_batches: int
     commit_samples: int
     #: DBOS columns measured (DBOS_DEFAULT, DBOS_WAL)
     dbos_systems: tuple[str, ...]
@@ -112,6 +126,9 @@ FULL = Sizes(
     latency_runs=200,
     memory_executions=10_000,
     memory_batch=500,
+    in_flight_waiting=10_000,
+    in_flight_batch=2_000,
+    in_flight_batches=5,
     commit_samples=300,
     dbos_systems=(DBOS_DEFAULT, DBOS_WAL),
     dbos_modes=("sync", "async"),
@@ -123,6 +140,9 @@ QUICK = Sizes(
     latency_runs=20,
     memory_executions=500,
     memory_batch=100,
+    in_flight_waiting=500,
+    in_flight_batch=200,
+    in_flight_batches=2,
     commit_samples=30,
     dbos_systems=(DBOS_DEFAULT,),
     dbos_modes=("sync",),
@@ -322,6 +342,40 @@ async def local_memory(params: dict[str, Any], directory: Path) -> dict[str, Any
     }
 
 
+async def _two_step_batches(runtime: ev.LocalRuntime, batch: int, batches: int) -> list[tuple[float, float]]:
+    """Run `batches` batches of `batch` two-step executions; the (wall, process CPU) seconds of each."""
+    times = []
+    for _ in range(batches):
+        start, cpu = time.perf_counter(), time.process_time()
+        handles = await asyncio.gather(*(bench_steps.start(2) for _ in range(batch)))
+        results = await asyncio.gather(*(handle.result() for handle in handles))
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+        _check(results == [expected_sum(2)] * batch, f"a batch returned {set(results)}")
+    return times
+
+
+async def local_in_flight(params: dict[str, Any], directory: Path) -> dict[str, Any]:
+    waiting, batch, batches = params["waiting"], params["batch"], params["batches"]
+    for name in ("alone", "beside"):
+        (directory / name).mkdir(exist_ok=True)
+    async with _runtime(directory / "alone", "full") as runtime:
+        _check(await bench_steps(2) == expected_sum(2), "warm-up run returned a wrong result")
+        alone = await _two_step_batches(runtime, batch, batches)
+    async with _runtime(directory / "beside", "full") as runtime:
+        _check(await bench_steps(2) == expected_sum(2), "warm-up run returned a wrong result")
+        steps = runtime.steps
+        sleepers = await asyncio.gather(*(bench_waits_an_hour.start() for _ in range(waiting)))
+        while runtime.steps - steps < waiting:  # every sleeper has taken its first step: its timer is set
+            await asyncio.sleep(0.05)
+        replays = runtime.replays
+        beside = await _two_step_batches(runtime, batch, batches)
+        _check(runtime.replays == replays, "executions were replayed from scratch")
+        statuses = {(await runtime.get_execution(handle.id)).status for handle in sleepers[:: max(1, waiting // 50)]}
+        _check(statuses == {ev.ExecutionStatus.IN_PROGRESS}, f"sleepers ended: {statuses}")
+        cached = _cached_executors(runtime)
+    return {"alone": alone, "beside": beside, "cached_executors": cached}
+
+
 # ---------------------------------------------------------------------------------------- DBOS workers
 
 
@@ -470,6 +524,7 @@ WORKERS: dict[str, Callable[[dict[str, Any], Path], Any]] = {
     "local_throughput": local_throughput,
     "local_latency": local_latency,
     "local_memory": local_memory,
+    "local_in_flight": local_in_flight,
     "dbos_throughput": dbos_throughput,
     "dbos_latency": dbos_latency,
 }
@@ -764,10 +819,47 @@ def memory(sizes: Sizes, workspace: Workspace) -> Comparison:
     return comparison
 
 
+def in_flight(sizes: Sizes, workspace: Workspace) -> Comparison:
+    waiting, batch, batches = sizes.in_flight_waiting, sizes.in_flight_batch, sizes.in_flight_batches
+    comparison = Comparison(
+        key="local_in_flight",
+        title=f"two-step executions, {batches} batches of {batch:,}, beside {waiting:,} waiting on a timer",
+        systems={LOCAL: SYSTEMS[LOCAL]},
+        params={"waiting": waiting, "batch": batch, "batches": batches},
+    )
+    found = workspace.run("local_in_flight", {"waiting": waiting, "batch": batch, "batches": batches})
+    alone = [batch / wall for wall, _ in found["alone"]]
+    beside = [batch / wall for wall, _ in found["beside"]]
+    alone_cpu = [batch / cpu for _, cpu in found["alone"] if cpu > 0]
+    beside_cpu = [batch / cpu for _, cpu in found["beside"] if cpu > 0]
+    mean = statistics.fmean
+    comparison.add("alone_per_second", "alone: executions/s (batch mean)", {LOCAL: mean(alone)}, "/s")
+    comparison.add("beside_per_second", "beside them: executions/s (batch mean)", {LOCAL: mean(beside)}, "/s")
+    comparison.add("beside_first_batch", "  first batch", {LOCAL: beside[0]}, "/s")
+    comparison.add("beside_last_batch", "  last batch", {LOCAL: beside[-1]}, "/s")
+    comparison.add("slowdown", "slowdown (alone ÷ beside them)", {LOCAL: mean(alone) / mean(beside)}, "×")
+    if alone_cpu and beside_cpu:
+        comparison.add("alone_per_cpu_second", "alone: executions per CPU-second", {LOCAL: mean(alone_cpu)}, "/s")
+        comparison.add(
+            "beside_per_cpu_second",
+            "beside them: executions per CPU-second",
+            {LOCAL: mean(beside_cpu)},
+            "/s",
+        )
+    comparison.add("cached_executors", "executors cached (the waiting ones)", {LOCAL: found["cached_executors"]})
+    comparison.notes.append(
+        "each batch is started at once and awaited; the waiting executions sleep one hour, so they take no "
+        "step during the measurement (no replays: checked). CPU time does not stretch when other work shares "
+        "the machine"
+    )
+    return comparison
+
+
 BENCHMARKS: dict[str, Callable[[Sizes, Workspace], Comparison]] = {
     "local_throughput": throughput,
     "local_latency": latency,
     "local_memory": memory,
+    "local_in_flight": in_flight,
 }
 
 

@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from eventual_nb import errors
-from eventual_nb.durations import optional_duration
+from eventual_nb.durations import deadline_after, optional_duration
 from eventual_nb.engine.history import CancelRequested, HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import envelope, source_of
 from eventual_nb.runtime.activity_runner import AttemptOutcome
@@ -301,6 +301,8 @@ class AwsRuntime(RuntimeBase):
         else:
             check_execution_name(name)
         limit = optional_duration(timeout, what="timeout")
+        if limit is not None:  # refused here, where the caller hears of it, not in the orchestrator's turn
+            deadline_after(now, limit, what="timeout")
         execution_id = f"{definition.name}/{name}"
         service = definition.service.name if definition.service is not None else None
 

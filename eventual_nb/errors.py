@@ -2,7 +2,9 @@
 
 Every error has an HTTP status (used by the server and restored by the client) and round-trips through
 JSON as `{"error": <type name>, "message": ..., **fields}` so that a `ServiceClient` raises the same
-class a runtime raised.
+class a runtime raised. Only eventual-nb's own classes are rebuilt that way: a user's subclass of the
+same name (a `Timeout` of their own) neither replaces ours nor gets rebuilt, and comes back as a plain
+`EventualError` naming it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ class EventualError(Exception):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        if cls.__module__ != "eventual_nb" and not cls.__module__.startswith("eventual_nb."):
+            return
+        known = _REGISTRY.get(cls.__name__)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"eventual-nb defines two errors named {cls.__name__}: JSON could not tell them apart")
+        _REGISTRY[cls.__name__] = cls  # (a reloaded module replaces its own class)
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)

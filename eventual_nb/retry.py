@@ -21,7 +21,7 @@ class RetryPolicy(BaseModel):
 
     max_attempts: int = Field(default=1, ge=1)
     initial_interval: timedelta = timedelta(seconds=1)
-    backoff: float = Field(default=2.0, ge=1.0)
+    backoff: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     max_interval: timedelta = timedelta(minutes=5)
     non_retryable: tuple[str, ...] = ()
 
@@ -63,9 +63,15 @@ class RetryPolicy(BaseModel):
         return value.total_seconds()
 
     def delay_after(self, attempt: int) -> timedelta:
-        """Wait before attempt `attempt + 1`: min(initial * backoff**(attempt-1), max)."""
-        seconds = self.initial_interval.total_seconds() * self.backoff ** (attempt - 1)
-        return min(timedelta(seconds=seconds), self.max_interval)
+        """Wait before attempt `attempt + 1`: min(initial * backoff**(attempt-1), max).
+
+        Computed in floats and capped before it becomes a `timedelta`: the uncapped value of a late attempt
+        (backoff 10, attempt 400) is too large for one."""
+        try:
+            seconds = self.initial_interval.total_seconds() * self.backoff ** (attempt - 1)
+        except OverflowError:
+            return self.max_interval
+        return min(timedelta(seconds=min(seconds, self.max_interval.total_seconds())), self.max_interval)
 
     def retries(self, attempt: int, error_types: tuple[str, ...]) -> bool:
         """Whether a failed `attempt` (whose error and its base classes are `error_types`) is retried."""

@@ -54,7 +54,7 @@ class Signal(Generic[T]):
         future = executor.add_signal_waiter(self.name)
         handle = None
         if timeout is not None:
-            limit = parse_duration(timeout, what="expect timeout")
+            limit = parse_duration(timeout, what="expect timeout", after=executor.now)
             handle = asyncio.get_running_loop().call_later(limit.total_seconds(), self._expire, future, limit)
         try:
             raw = await future

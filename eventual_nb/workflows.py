@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from eventual_nb import errors
+from eventual_nb.determinism import warn_nondeterministic_calls
 from eventual_nb.durations import DurationLike, format_duration, optional_duration, parse_duration
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor, current_executor
 from eventual_nb.runtime.base import Execution, ExecutionHandle, current_runtime, signal_name_of
@@ -80,6 +81,7 @@ class Workflow(Generic[R]):
         self.input_annotation: Any = hints.get(parameters[0].name, Any) if parameters else Any
         self.return_annotation: Any = hints.get("return", Any)
         functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        warn_nondeterministic_calls(function, self.name)
 
     def __repr__(self) -> str:
         return f"<workflow {self.name!r}>"
@@ -181,7 +183,7 @@ class ChildExecutionHandle(ExecutionHandle):
 
     async def result(self, timeout: Any = None) -> Any:
         if timeout is not None:
-            seconds = parse_duration(timeout, what="timeout").total_seconds()
+            seconds = parse_duration(timeout, what="timeout", after=self._executor.now).total_seconds()
             try:
                 raw = await asyncio.wait_for(asyncio.shield(self._future), seconds)
             except TimeoutError:
@@ -267,8 +269,8 @@ def check_execution_name(name: str) -> str:
 
 async def sleep(duration: DurationLike) -> None:
     """Durable sleep: `await ev.sleep("1 day")`."""
-    require_executor("ev.sleep()")
-    seconds = parse_duration(duration, what="sleep duration").total_seconds()
+    executor = require_executor("ev.sleep()")
+    seconds = parse_duration(duration, what="sleep duration", after=executor.now).total_seconds()
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     handle = loop.call_later(seconds, _resolve, future)
@@ -280,11 +282,13 @@ async def sleep(duration: DurationLike) -> None:
 
 async def sleep_until(when: datetime) -> None:
     """Durable sleep until an absolute time (a timezone-aware `datetime`; naive means UTC)."""
-    require_executor("ev.sleep_until()")
+    executor = require_executor("ev.sleep_until()")
     if not isinstance(when, datetime):
         raise TypeError(f"ev.sleep_until() needs a datetime, got {when!r}")
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    wait = max(when - executor.now, timedelta(0))
+    parse_duration(wait, what=f"ev.sleep_until({when.isoformat()}) wait", after=executor.now)
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     handle = loop.call_at(when.timestamp(), _resolve, future)
@@ -335,7 +339,7 @@ async def condition(predicate: Callable[[], Any], timeout: DurationLike | None =
     future = executor.add_condition(predicate)
     handle = None
     if timeout is not None:
-        seconds = parse_duration(timeout, what="condition timeout").total_seconds()
+        seconds = parse_duration(timeout, what="condition timeout", after=executor.now).total_seconds()
         handle = asyncio.get_running_loop().call_later(seconds, _resolve, future, False)
     try:
         return await future

@@ -19,6 +19,8 @@ import pytest
 from pydantic import BaseModel
 
 import eventual_nb as ev
+from eventual_nb.engine.executor import WorkflowExecutor
+from eventual_nb.engine.history import WorkflowStarted
 from eventual_nb.testing import TestEnvironment
 from tests.scenario import MODES, START, end_time, run_scenario, seconds, types
 
@@ -484,3 +486,64 @@ async def test_asyncio_sleep_is_a_durable_timer(always_replay: bool) -> None:
         assert history[2].timestamp == seconds(90)
 
     await run_scenario(scenario, always_replay, SERVICE)
+
+
+# ------------------------------------------------------------------------------------------ task hashes
+
+
+@ev.workflow
+async def waits_in_a_group(width: int) -> None:
+    async with asyncio.TaskGroup() as group:
+        for _ in range(width):
+            group.create_task(asyncio.sleep(3600))
+
+
+def _first_steps(ids: list[str], width: int) -> list[WorkflowExecutor]:
+    executors = []
+    for execution_id in ids:
+        started = WorkflowStarted(timestamp=START, workflow=waits_in_a_group.name, input=width)
+        executor = WorkflowExecutor(waits_in_a_group.code(), execution_id, [started], first_step_done=False)
+        executor.step()
+        executors.append(executor)
+    return executors
+
+
+def test_tasks_of_many_executions_do_not_share_hashes() -> None:
+    """asyncio registers every task of every loop in one global WeakSet, keyed by the task's hash: tasks of
+    different executions must not collide there (they did: every main task hashed alike, and each new task
+    probed past all the ones in flight), and the registry must have seen the hash the task keeps."""
+    executors = _first_steps([f"waits_in_a_group/{i}" for i in range(2000)], width=3)
+    try:
+        tasks = [task for executor in executors for task in executor.loop.tasks]
+        assert len(tasks) == 2000 * 4
+        assert len({hash(task) for task in tasks}) == len(tasks)
+        mains = [executor.main_task for executor in executors]
+        assert len({hash(task) for task in mains}) == len(mains)
+        ours = {id(task): hash(task) for task in tasks}
+        registered = {id(ref()): hash(ref) for ref in _task_registry().data if id(ref()) in ours}
+        assert registered == ours
+    finally:
+        for executor in executors:
+            executor.close()
+
+
+def test_set_order_within_an_execution_does_not_depend_on_its_id() -> None:
+    """The salt lives above the creation order, so sets of one execution's tasks (a TaskGroup's, `wait`'s)
+    iterate in the same order whatever the execution id: a replay under another id (`ev.testing.replay`
+    without one) and histories recorded before the salt existed cancel tasks, and so make clean-up calls,
+    in the same order."""
+    executors = _first_steps([f"waits_in_a_group/{i}" for i in range(200)], width=12)
+    try:
+        orders = set()
+        for executor in executors:
+            created = executor.loop.tasks
+            orders.add(tuple(created.index(task) for task in set(created)))
+        assert len(orders) == 1
+    finally:
+        for executor in executors:
+            executor.close()
+
+
+def _task_registry() -> Any:
+    """asyncio's global registry of tasks not yet done (`_scheduled_tasks` from Python 3.12 on)."""
+    return getattr(asyncio.tasks, "_scheduled_tasks", None) or asyncio.tasks._all_tasks  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ The benchmarks are not tests of speed (timings are never asserted, DESIGN §8), 
 on are checked here: every benchmark produced numbers, cached instances never replay from scratch,
 replay-every-step replays once per step, the daily-timer workflow ends exactly N virtual days after
 its start, LocalRuntime group-commits concurrent work, commits once per workflow step, runs in WAL with
-synchronous=FULL and keeps no completed execution in memory, DBOS is either measured (when it is
+synchronous=FULL, keeps no completed execution in memory and runs batches beside executions waiting on a timer, DBOS is either measured (when it is
 installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), the
 kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, and
 the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consistent with the turns the
@@ -30,7 +30,7 @@ SERVICE = ev.Service("test-benchmarks-smoke")
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = {"daily_timers", "replay_history", "cached_instances", "always_replay"}
-LOCAL = {"local_throughput", "local_latency", "local_memory"}
+LOCAL = {"local_throughput", "local_latency", "local_memory", "local_in_flight"}
 KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
 EXPECTED = ENGINE | LOCAL | KERNEL | AWS
@@ -161,6 +161,14 @@ def test_local_memory_keeps_no_completed_execution_in_memory(report: dict) -> No
     assert 0 < local["rss_before_mb"] <= local["peak_rss_mb"]
     assert 0 < local["rss_mb"] <= local["peak_rss_mb"]
     assert local["database_mb"] > 0
+
+
+def test_local_in_flight_ran_every_batch_beside_the_waiting_executions(report: dict) -> None:
+    bench = report["benchmarks"]["local_in_flight"]
+    local = bench["results"]["local"]
+    assert bench["params"]["waiting"] > 0 and bench["params"]["batches"] >= 2
+    assert local["alone_per_second"] > 0 and local["beside_per_second"] > 0 and local["slowdown"] > 0
+    assert 0 < local["cached_executors"] <= bench["params"]["waiting"]
 
 
 def test_kernel_benchmarks_load_the_runtime_and_see_every_widget_update(report: dict) -> None:

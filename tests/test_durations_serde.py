@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import eventual_nb as ev
+from eventual_nb import durations
 from eventual_nb import errors as errors_module
 from eventual_nb.engine import history as h
 from eventual_nb.errors import error_from_json
@@ -80,6 +82,68 @@ def test_options_taking_durations_reject_bad_values() -> None:
         ev.workflow(timeout="-3s")(wf)
 
 
+@pytest.mark.parametrize(
+    "long",
+    ["999999999 days", "36526d", 36526 * 86400, 1e300, 10**400, timedelta(days=36526), timedelta.max],
+    ids=["999999999 days", "36526d", "seconds", "1e300", "10**400", "timedelta", "timedelta.max"],
+)
+def test_durations_longer_than_100_years_are_refused_naming_value_and_limit(long: object) -> None:
+    with pytest.raises(ev.EventualError) as info:
+        ev.parse_duration(long, what="sleep duration")  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "sleep duration" in message and "100 years (36525 days)" in message, message
+    shown = repr(long) if not isinstance(long, timedelta) else durations.format_duration(long)
+    assert shown[:50] in message, message
+
+
+def test_the_longest_duration_is_accepted() -> None:
+    assert ev.parse_duration("36525d") == durations.MAX_DURATION == timedelta(days=36525)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "nan", "inf", "1e400"])
+def test_nan_and_infinite_durations_are_not_finite_rather_than_negative(value: object) -> None:
+    with pytest.raises(ev.EventualError) as info:
+        ev.parse_duration(value, what="timeout")  # type: ignore[arg-type]
+    assert "finite" in str(info.value) and "negative" not in str(info.value), str(info.value)
+
+
+def test_a_deadline_past_the_latest_storable_one_is_refused_naming_it() -> None:
+    late = datetime(9990, 1, 1, tzinfo=UTC)
+    assert durations.deadline_after(late, "3000d") == late + timedelta(days=3000)
+    with pytest.raises(ev.EventualError) as info:
+        durations.deadline_after(late, "3650d", what="expect timeout")
+    message = str(info.value)
+    assert "expect timeout '3650d'" in message
+    assert "9990-01-01T00:00:00+00:00 + 3650d" in message and "9999-01-01T00:00:00+00:00" in message, message
+    naive = datetime(9990, 1, 1)
+    with pytest.raises(ev.EventualError, match="falls after 9999-01-01T00:00:00"):
+        durations.deadline_after(naive, "3650d")
+
+
+def test_duration_fields_of_http_bodies_follow_the_same_rule() -> None:
+    """`true` is not one second, and the rule's errors are pydantic errors of the field (a 422 over HTTP)."""
+    from pydantic import BaseModel, ValidationError
+
+    class Body(BaseModel):
+        timeout: durations.DurationField | None = None
+
+    assert Body.model_validate_json('{"timeout": "5m"}').timeout == "5m"
+    assert Body.model_validate_json('{"timeout": 90}').timeout == 90.0
+    assert Body.model_validate_json('{"timeout": null}').timeout is None
+    for text, expected in [
+        ('{"timeout": true}', "invalid duration True"),
+        ('{"timeout": false}', "invalid duration False"),
+        ('{"timeout": NaN}', "finite"),
+        ('{"timeout": 1e300}', "100 years"),
+        ('{"timeout": "2000000d"}', "100 years"),
+        ('{"timeout": -1}', "negative"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            Body.model_validate_json(text)
+        (error,) = info.value.errors()
+        assert error["loc"] == ("timeout",) and expected in error["msg"], (text, error)
+
+
 # ------------------------------------------------------------------------------------------ retries
 
 
@@ -99,6 +163,14 @@ def test_retry_delay_schedule(initial: object, backoff: float, maximum: object) 
 def test_retry_delays_concrete_values() -> None:
     policy = ev.RetryPolicy(max_attempts=6, initial_interval="1s", backoff=2.0, max_interval="5s")
     assert [policy.delay_after(k).total_seconds() for k in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+def test_late_retry_delays_are_capped_instead_of_overflowing() -> None:
+    """The uncapped delay of attempt 400 with backoff 10 is 10**399 seconds: no timedelta holds it."""
+    policy = ev.RetryPolicy(max_attempts=1000, initial_interval="1s", backoff=10.0, max_interval="1h")
+    assert policy.delay_after(400) == timedelta(hours=1)
+    assert policy.delay_after(999) == timedelta(hours=1)
+    assert policy.delay_after(3) == timedelta(seconds=100)
 
 
 def test_retry_policy_defaults_to_one_attempt() -> None:
@@ -154,6 +226,27 @@ def test_unknown_error_name_becomes_plain_eventual_error() -> None:
     rebuilt = error_from_json({"error": "SomethingNew", "message": "hello"})
     assert type(rebuilt) is ev.EventualError
     assert "SomethingNew" in str(rebuilt) and "hello" in str(rebuilt)
+
+
+def test_a_user_error_class_does_not_replace_the_one_the_client_rebuilds() -> None:
+    """A notebook's own `Timeout` (or any name eventual-nb uses) must not change what `Timeout` means on the wire."""
+
+    class Timeout(ev.EventualError):
+        pass
+
+    class InvalidDuration(ev.EventualError):
+        pass
+
+    rebuilt = error_from_json({"error": "Timeout", "message": "too slow"})
+    assert type(rebuilt) is ev.Timeout and rebuilt.message == "too slow"
+    assert type(error_from_json({"error": "InvalidDuration", "message": "x"})) is durations.InvalidDuration
+
+    # and the user's own classes are not rebuilt at all: they come back as a plain EventualError naming them
+    class Overdrawn(ev.EventualError):
+        pass
+
+    mine = error_from_json(Overdrawn("no money").to_json())
+    assert type(mine) is ev.EventualError and str(mine) == "Overdrawn: no money"
 
 
 def test_timeout_hierarchy() -> None:

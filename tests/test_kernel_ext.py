@@ -170,6 +170,29 @@ def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path) -> None:
     assert text_of(c[8]).strip() == "False False"  # nothing was defined by the refused cells
 
 
+def test_workflow_code_reading_the_clock_or_randomness_is_warned_about_under_the_cell(tmp_path: Path) -> None:
+    """The warning `@ev.workflow` gives at decoration reaches the notebook (stderr under the cell), for the
+    cell magic and the decorator alike, pointing at the line in the cell."""
+    nb = run_notebook(
+        [
+            "%load_ext eventual_nb\nimport random\nfrom datetime import datetime",
+            "%%workflow\nasync def stamped() -> str:\n    return datetime.now().isoformat()",
+            "@ev.workflow\nasync def rolled() -> int:\n    x = 1\n    return random.randint(1, 6) + x",
+            "%%workflow\nasync def fine() -> str:\n    return ev.now().isoformat()",
+        ],
+        tmp_path,
+    )
+    c = nb.cells
+    stamped, rolled = text_of(c[1], "stderr"), text_of(c[2], "stderr")
+    assert "UserWarning: workflow 'stamped' calls datetime.now() at " in stamped, stamped
+    assert "use ev.now() instead" in stamped and "return datetime.now().isoformat()" in stamped, stamped
+    assert re.search(r"\.py:3: UserWarning", stamped), stamped  # the magic's line 1 is `%%workflow`
+    assert "UserWarning: workflow 'rolled' calls random.randint() at " in rolled, rolled
+    assert "use ev.random() instead" in rolled and re.search(r"\.py:4: UserWarning", rolled), rolled
+    assert "Warning" not in text_of(c[3], "stderr")
+    assert all(error_of(cell) is None for cell in c)
+
+
 def test_an_exception_in_a_magic_body_points_at_the_notebook_cell_and_line(tmp_path: Path) -> None:
     nb = run_notebook(
         [

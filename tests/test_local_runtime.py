@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import math
 import os
 import sqlite3
 from collections import Counter
@@ -758,6 +759,76 @@ async def test_result_timeout_raises_timeout_and_leaves_the_execution_running(ri
     await handle.cancel()
     with pytest.raises(ev.ExecutionCancelled):
         await rig.finish(handle)
+
+
+#: 10,000 years, in seconds: far past what a deadline can be
+TEN_THOUSAND_YEARS = 10_000 * 365 * 86400
+
+
+@ev.workflow
+async def lr_waits_ten_thousand_years(kind: str) -> None:
+    if kind == "ev.sleep":
+        await ev.sleep(TEN_THOUSAND_YEARS)
+    elif kind == "asyncio.sleep":
+        await asyncio.sleep(TEN_THOUSAND_YEARS)
+    elif kind == "asyncio.timeout":
+        async with asyncio.timeout(TEN_THOUSAND_YEARS):
+            await lr_note.expect()
+    elif kind == "wait_for":
+        await asyncio.wait_for(asyncio.get_running_loop().create_future(), TEN_THOUSAND_YEARS)
+    elif kind == "expect":
+        await lr_note.expect(timeout=f"{10_000 * 365} days")
+    elif kind == "condition":
+        await ev.condition(lambda: False, timeout=TEN_THOUSAND_YEARS)
+    elif kind == "activity":
+        await lr_slow.options(timeout=TEN_THOUSAND_YEARS)()
+    elif kind == "nan":
+        await asyncio.sleep(float("nan"))
+
+
+#: each way of waiting, and how the message names what was too long
+TOO_LONG_WAITS = {
+    "ev.sleep": f"sleep duration {TEN_THOUSAND_YEARS}",
+    "asyncio.sleep": "asyncio delay",
+    "asyncio.timeout": "asyncio delay",
+    "wait_for": "asyncio delay",
+    "expect": f"expect timeout '{10_000 * 365} days'",
+    "condition": f"condition timeout {TEN_THOUSAND_YEARS}",
+    "activity": f"timeout of activity 'lr_slow' {TEN_THOUSAND_YEARS}",
+    "nan": "asyncio delay",
+}
+
+
+async def test_a_wait_too_long_to_store_fails_the_execution_naming_value_and_limit(rig: Rig) -> None:
+    """No ValueError/OverflowError from datetime arithmetic: the call raises `InvalidDuration` (an EventualError)
+    and the execution fails with its message, which names the value and the limit (NaN: that it is no number)."""
+    handles = {kind: await lr_waits_ten_thousand_years.start(kind) for kind in TOO_LONG_WAITS}
+    for kind, handle in handles.items():
+        with pytest.raises(ev.ExecutionFailed) as info:
+            await rig.finish(handle)
+        assert info.value.error == "InvalidDuration", (kind, info.value)
+        message = info.value.message
+        assert TOO_LONG_WAITS[kind] in message, (kind, message)
+        limit = (
+            "a duration must be a finite number" if kind == "nan" else "a duration is at most 100 years (36525 days)"
+        )
+        assert limit in message, (kind, message)
+        status = await handle.status()
+        assert (status.error, status.message) == ("InvalidDuration", message)
+        assert types_of(await handle.history()) == ["WorkflowStarted", "WorkflowFailed"], kind
+
+
+async def test_a_start_timeout_too_long_to_store_is_refused_and_records_nothing(rig: Rig) -> None:
+    for timeout, named in [
+        (f"{10_000 * 365}d", "a duration is at most 100 years"),
+        (True, "expected seconds"),
+        (math.nan, "finite"),
+    ]:
+        with pytest.raises(ev.EventualError) as info:
+            await lr_sleepy_child.start(timeout=timeout)
+        assert named in str(info.value) and "timeout" in str(info.value), str(info.value)
+    page = await rig.rt.list_executions(workflow=lr_sleepy_child.name)
+    assert page.executions == []
 
 
 # ------------------------------------------------------------------------------------------ signals

@@ -578,6 +578,18 @@ async def test_wrong_types_on_internal_routes_are_422_naming_the_field(server: R
             ("POST", "/_eventual/executions", {"json": {"workflow": "sc_noop", "timeout": "soon"}}, "timeout"),
             ("POST", "/_eventual/executions", {"json": {"workflow": "sc_noop", "timeout": -1}}, "timeout"),
             ("POST", "/_eventual/executions", {"json": {"workflow": "sc_noop", "timeout": 1e300}}, "timeout"),
+            ("POST", "/_eventual/executions", {"json": {"workflow": "sc_noop", "timeout": True}}, "timeout"),
+            ("POST", "/_eventual/executions", {"json": {"workflow": "sc_noop", "timeout": False}}, "timeout"),
+            (
+                "POST",
+                "/_eventual/executions",
+                {
+                    "content": b'{"workflow": "sc_noop", "timeout": NaN}',
+                    "headers": {"content-type": "application/json"},
+                },
+                "finite",
+            ),
+            ("POST", "/_eventual/executions", {"json": {"workflow": "sc_noop", "timeout": "3650000d"}}, "100 years"),
             (
                 "POST",
                 "/_eventual/executions",

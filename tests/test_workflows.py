@@ -771,3 +771,260 @@ async def test_exception_in_a_task_nobody_awaited_fails_the_execution() -> None:
         assert info.value.message == "lost in a task"
         status = await handle.status()
         assert (status.error, status.message) == ("RuntimeError", "lost in a task")
+
+
+# ------------------------------------------------------------------------------------------ tasks at the end
+
+#: what the bodies of tasks that must never start would have recorded
+TASK_BODIES_RUN: list[str] = []
+
+
+async def _records_and_reserves(seat: str) -> str:
+    TASK_BODIES_RUN.append(seat)
+    return await reserve_seat(seat)
+
+
+@ev.workflow
+async def spawns_then_raises() -> None:
+    spawned = [asyncio.create_task(_records_and_reserves("1A")), asyncio.ensure_future(reserve_seat("1B"))]
+    raise RuntimeError(f"gave up on {len(spawned)} tasks")
+
+
+@ev.workflow
+async def spawns_then_returns() -> str:
+    spawned = [asyncio.create_task(_records_and_reserves("2A")), asyncio.ensure_future(reserve_seat("2B"))]
+    return f"spawned {len(spawned)}"
+
+
+@ev.workflow
+async def wakes_a_task_then_returns() -> str:
+    """A task that started, and is woken in the step where the function returns, does not run on either."""
+
+    async def waits_then_reserves() -> str:
+        await nudge.expect()
+        TASK_BODIES_RUN.append("woken")
+        return await reserve_seat("3A")
+
+    waiting = asyncio.create_task(waits_then_reserves())
+    await nudge.expect()
+    return "done" if not waiting.done() else "the task ran"
+
+
+@pytest.mark.parametrize(
+    ("workflow", "status", "terminal"),
+    [
+        (spawns_then_raises, "FAILED", "WorkflowFailed"),
+        (spawns_then_returns, "SUCCEEDED", "WorkflowSucceeded"),
+    ],
+)
+async def test_tasks_created_but_not_started_when_the_function_ends_never_start(
+    workflow: Any, status: str, terminal: str
+) -> None:
+    """DESIGN §3: neither their code runs nor does their first durable call reach the history."""
+    TASK_BODIES_RUN.clear()
+    async with make_env() as env:
+        handle = await workflow.start()
+        await env.tick()
+        assert (await handle.status()).status == status
+        assert types_of(await handle.history()) == ["WorkflowStarted", terminal]
+        await env.advance("1h")
+        assert types_of(await handle.history()) == ["WorkflowStarted", terminal]
+    assert TASK_BODIES_RUN == []
+
+
+async def test_a_task_woken_with_the_function_in_one_step_is_cancelled_not_run() -> None:
+    TASK_BODIES_RUN.clear()
+    async with make_env() as env:
+        handle = await wakes_a_task_then_returns.start()
+        await env.tick()
+        await handle.signal(nudge)
+        await env.tick()
+        assert await handle.result() == "done"
+        assert types_of(await handle.history()) == ["WorkflowStarted", "SignalReceived", "WorkflowSucceeded"]
+    assert TASK_BODIES_RUN == []
+
+
+# ------------------------------------------------------------------------------------------ durations & deadlines
+
+#: a virtual clock 49 years before the latest deadline eventual-nb stores (the start of year 9999)
+NEAR_THE_END = datetime(9950, 1, 1, tzinfo=UTC)
+SIXTY_YEARS = f"{60 * 365}d"
+
+
+@ev.workflow
+async def waits_past_the_latest_deadline(kind: str) -> None:
+    if kind == "sleep":
+        await ev.sleep(SIXTY_YEARS)
+    elif kind == "sleep_until":
+        await ev.sleep_until(datetime(9999, 6, 1, tzinfo=UTC))
+    elif kind == "asyncio.sleep":
+        await asyncio.sleep(60 * 365 * 86400)
+    elif kind == "expect":
+        await never.expect(timeout=SIXTY_YEARS)
+    elif kind == "condition":
+        await ev.condition(lambda: False, timeout=SIXTY_YEARS)
+    elif kind == "activity timeout":
+        await reserve_seat.options(timeout=SIXTY_YEARS)("4A")
+    elif kind == "heartbeat_timeout":
+        await reserve_seat.options(heartbeat_timeout=SIXTY_YEARS)("4B")
+    elif kind == "child timeout":
+        await sleepy_child.start(timeout=SIXTY_YEARS)
+    elif kind == "child result timeout":
+        child = await sleepy_child.start()
+        await child.result(timeout=SIXTY_YEARS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("sleep", f"sleep duration '{SIXTY_YEARS}'"),
+        ("sleep_until", "ev.sleep_until(9999-06-01T00:00:00+00:00) wait"),
+        ("asyncio.sleep", "asyncio delay"),
+        ("expect", f"expect timeout '{SIXTY_YEARS}'"),
+        ("condition", f"condition timeout '{SIXTY_YEARS}'"),
+        ("activity timeout", "timeout of activity 'reserve_seat'"),
+        ("heartbeat_timeout", "heartbeat_timeout of activity 'reserve_seat'"),
+        ("child timeout", "timeout of child workflow 'sleepy_child'"),
+        ("child result timeout", f"timeout '{SIXTY_YEARS}'"),
+    ],
+)
+async def test_a_deadline_past_the_latest_storable_one_fails_the_execution_where_the_call_is_made(
+    kind: str, named: str
+) -> None:
+    """On a virtual clock near year 9999 a legal duration can still lead past the last storable deadline:
+    the call raises `InvalidDuration` naming it (no ValueError/OverflowError from datetime), the execution fails
+    with that message, and nothing was scheduled."""
+    async with ev.testing.TestEnvironment(service=SERVICE, start=NEAR_THE_END) as env:
+        handle = await waits_past_the_latest_deadline.start(kind)
+        await env.tick()
+        status = await handle.status()
+        assert (status.status, status.error) == ("FAILED", "InvalidDuration"), status
+        assert named in (status.message or ""), status.message
+        assert "falls after 9999-01-01T00:00:00+00:00, the latest deadline" in (status.message or "")
+        scheduled = [t for t in types_of(await handle.history()) if t.endswith("Scheduled")]
+        assert scheduled == (["ChildWorkflowScheduled"] if kind == "child result timeout" else [])
+
+
+async def test_a_start_whose_timeout_ends_past_the_latest_deadline_is_refused_and_records_nothing() -> None:
+    async with ev.testing.TestEnvironment(service=SERVICE, start=NEAR_THE_END) as env:
+        with pytest.raises(ev.EventualError, match=r"invalid timeout 21900d: its deadline \(9950-01-01"):
+            await sleepy_child.start(timeout=SIXTY_YEARS)
+        with pytest.raises(ev.EventualError, match="100 years"):
+            await sleepy_child.start(timeout="36526d")
+        assert env.executions() == []
+
+
+async def test_result_without_a_timeout_works_on_a_clock_near_the_latest_deadline() -> None:
+    """`handle.result()`'s default wait (ten virtual years) stops at the latest deadline instead of refusing."""
+    async with ev.testing.TestEnvironment(service=SERVICE, start=datetime(9995, 1, 1, tzinfo=UTC)):
+        assert await double(21) == 42
+        with pytest.raises(ev.testing.Stuck):
+            await (await waits_forever.start()).result()
+
+
+def test_a_definition_timeout_longer_than_100_years_is_refused_at_decoration() -> None:
+    async def forever() -> None:
+        return None
+
+    with pytest.raises(ev.EventualError, match=r"timeout of workflow 'forever' '36526d': too long.*100 years"):
+        ev.workflow(timeout="36526d")(forever)
+
+
+# ------------------------------------------------------------------------------------------ live values
+
+LIVE_VALUES = """\
+import os
+import random
+import time as clock
+import uuid
+from datetime import date, datetime
+from datetime import datetime as dt
+from random import choice
+
+import eventual_nb as ev
+
+ev.Service("tests-workflows-live-values")
+
+
+def now() -> int:  # the user's own now(): not the clock
+    return 1
+
+
+@ev.workflow
+async def reads_live_values() -> list:
+    values = [
+        datetime.now(),  # datetime.now
+        dt.utcnow(),  # dt.utcnow
+        date.today(),  # date.today
+        clock.time(),  # clock.time
+        random.randint(1, 6),  # random.randint
+        choice([1, 2]),  # choice
+        uuid.uuid4(),  # uuid.uuid4
+        os.urandom(4),  # os.urandom
+        now(),
+        ev.now(),
+        ev.uuid4(),
+        ev.random(),
+    ]
+    import random as r
+    from uuid import uuid4 as make_id
+
+    values += [r.random(), make_id()]  # r.random, make_id
+    return values
+
+
+@ev.workflow
+async def deterministic() -> str:
+    return f"{ev.now()} {ev.uuid4()} {ev.random()} {now()}"
+"""
+
+
+def _import_file(path: Any, name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workflow_code_reading_the_clock_or_randomness_warns_at_decoration(tmp_path: Any) -> None:
+    path = tmp_path / "live_values.py"
+    path.write_text(LIVE_VALUES, encoding="utf-8")
+    lines = LIVE_VALUES.splitlines()
+    with pytest.warns(UserWarning) as caught:
+        _import_file(path, "live_values")
+    found = [(w.filename, w.lineno, str(w.message)) for w in caught if "workflow 'reads_live_values'" in str(w.message)]
+    expected = [
+        ("datetime.now()", "ev.now()"),
+        ("dt.utcnow() (datetime.datetime.utcnow)", "ev.now()"),
+        ("date.today()", "ev.now().date()"),
+        ("clock.time() (time.time)", "ev.now().timestamp()"),
+        ("random.randint()", "ev.random()"),
+        ("choice() (random.choice)", "ev.random()"),
+        ("uuid.uuid4()", "ev.uuid4()"),
+        ("os.urandom()", "ev.random() or ev.uuid4()"),
+        ("r.random() (random.random)", "ev.random()"),
+        ("make_id() (uuid.uuid4)", "ev.uuid4()"),
+    ]
+    assert len(found) == len(expected), [message for _, _, message in found]
+    for (filename, line, message), (call, replacement) in zip(found, expected, strict=True):
+        written = call.split("(")[0]
+        assert filename == str(path)
+        assert f"# {written}" in lines[line - 1] or f", {written}" in lines[line - 1], (line, lines[line - 1], call)
+        assert f"calls {call} at {path}:{line}:" in message, message
+        assert message.endswith(f"use {replacement} instead"), message
+    assert not [w for w in caught if "workflow 'deterministic'" in str(w.message)]
+
+
+def test_without_source_a_workflow_is_defined_without_warnings() -> None:
+    namespace: dict[str, Any] = {"ev": ev, "datetime": datetime}
+    code = compile("async def no_source() -> str:\n    return str(datetime.now())\n", "<generated>", "exec")
+    exec(code, namespace)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        definition = ev.workflow(namespace["no_source"])
+    assert definition.name == "no_source"

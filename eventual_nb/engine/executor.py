@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import math
 import random
 import uuid
 from collections import defaultdict, deque
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eventual_nb import errors
-from eventual_nb.durations import format_duration
+from eventual_nb.durations import format_duration, parse_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.history import (
     ACTIVITY_RESULTS,
@@ -383,9 +384,12 @@ class WorkflowExecutor:
         self.main_task = self.loop.create_task(self._main(event.input), name=f"workflow {self.execution_id}")
 
     async def _main(self, raw_input: Any) -> Any:
-        if self.code.takes_input:
-            return await self.code.function(self.code.parse_input(raw_input))
-        return await self.code.function()
+        try:
+            if self.code.takes_input:
+                return await self.code.function(self.code.parse_input(raw_input))
+            return await self.code.function()
+        finally:
+            self.loop.function_ended = True
 
     def _settle(self) -> None:
         """Run woken code until idle, re-check conditions, repeat; then notice completion."""
@@ -499,6 +503,7 @@ class WorkflowExecutor:
         self.ended = True
         self.ending = True
         self.terminal = event
+        self.loop.function_ended = False  # what the loop held back now runs, to be cancelled
         self.signal_handlers.clear()
         for task in list(self.loop.tasks):
             if not task.done():
@@ -524,6 +529,7 @@ class WorkflowExecutor:
         self._out = StepOutput()  # whatever happens now is thrown away
         self.ended = True
         self.ending = True  # durable calls raise CancelledError, timers are not started
+        self.loop.function_ended = False
         self.signal_handlers.clear()
         with self.loop.running():
             for task in list(self.loop.tasks):
@@ -591,6 +597,9 @@ class WorkflowExecutor:
         return not self.replaying or seq not in self.recorded_calls
 
     def schedule_activity(self, command: ScheduleActivity) -> tuple[int, asyncio.Future[Any]]:
+        for limit, what in ((command.timeout, "timeout"), (command.heartbeat_timeout, "heartbeat_timeout")):
+            if limit is not None:
+                parse_duration(limit, what=f"{what} of activity '{command.name}'", after=self.now)
         seq = self._next_seq_for(
             lambda s: ActivityScheduled(seq=s, timestamp=self.now, name=command.name, input=command.input),
             functools.partial(_with_seq, command),
@@ -600,6 +609,8 @@ class WorkflowExecutor:
         return seq, future
 
     def start_child(self, workflow: str, child_input: Any, timeout: Any = None) -> tuple[int, str, asyncio.Future[Any]]:
+        if timeout is not None:
+            parse_duration(timeout, what=f"timeout of child workflow '{workflow}'", after=self.now)
         seq = self.next_seq
         child_id = f"{workflow}/~{self.execution_id.replace('/', '-')}-{seq}"
         self._next_seq_for(
@@ -643,6 +654,9 @@ class WorkflowExecutor:
     def start_timer(self, handle: asyncio.TimerHandle) -> None:
         if self.ending:
             return
+        delay = handle.when() - self.loop.time()
+        if delay > 0 or not math.isfinite(delay):  # `ev.sleep` & co. checked theirs; this is asyncio's own
+            parse_duration(delay, what="asyncio delay (asyncio.sleep, wait_for, timeout)", after=self.now)
         until = _when_to_datetime(handle.when())
         seq = self._next_seq_for(
             lambda s: TimerScheduled(seq=s, timestamp=self.now, until=until),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import hashlib
 import itertools
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -36,21 +37,52 @@ class _OrderedFuture(asyncio.Future[Any]):
     asyncio keeps tasks and futures in sets (`TaskGroup` cancels its tasks in set order; `wait` and
     `as_completed` iterate sets), and set order follows hashes. With address-based hashes a cached
     instance and a replay could cancel tasks, and so make clean-up calls, in different orders.
+
+    The hash is `salt | order`: the order in the low 32 bits, which are all a set of fewer than 2**32
+    entries looks at, so iteration order is the creation order whatever the execution (and the same as
+    before the salt existed, so older histories replay); the loop's salt, derived from the execution id,
+    in the bits above. Without it the main task of every execution would have the same hash, and asyncio's
+    global registry of tasks (one `WeakSet` for all loops) would make every new task probe past all the
+    tasks in flight.
     """
 
-    _eventual_order = 0
+    _eventual_hash = 0
 
     def __hash__(self) -> int:
-        return self._eventual_order
+        return self._eventual_hash
 
 
 class _OrderedTask(asyncio.Task[Any]):
-    """A task hashed by its creation order on its workflow loop (see `_OrderedFuture`)."""
+    """A task hashed by its loop's salt and its creation order on that loop (see `_OrderedFuture`).
 
-    _eventual_order = 0
+    The hash is set before `Task.__init__`, which registers the task in that global `WeakSet`: a weak
+    reference keeps the hash it saw first.
+    """
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        loop: WorkflowEventLoop,
+        name: str | None,
+        context: contextvars.Context | None,
+        eventual_hash: int,
+    ) -> None:
+        self._eventual_hash = eventual_hash
+        super().__init__(coro, loop=loop, name=name, context=context)
 
     def __hash__(self) -> int:
-        return self._eventual_order
+        return self._eventual_hash
+
+
+def execution_salt(execution_id: str) -> int:
+    """28 stable bits from the execution id, shifted above the creation order (see `_OrderedFuture`).
+
+    blake2b, not `hash(str)`, which Python randomises per process: a replay in another process must
+    build the same sets. 28 bits keep `salt | order` below 2**61 - 1, where Python would fold the hash.
+    """
+    digest = hashlib.blake2b(execution_id.encode("utf-8"), digest_size=4).digest()
+    return (int.from_bytes(digest, "big") >> 4) << 32
 
 
 class WorkflowEventLoop(asyncio.AbstractEventLoop):
@@ -62,8 +94,11 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._time = 0.0
         self.tasks: list[asyncio.Task[Any]] = []
-        self._creation_order = itertools.count(1)
+        self._creation_order = itertools.count(execution_salt(executor.execution_id) | 1)
         self._exception_handler: Any = None
+        #: set when the workflow function has ended: `run_until_idle` stops there, so tasks it created but
+        #: that have not started yet never start (the executor then cancels them, which runs none of their code)
+        self.function_ended = False
 
     # -- stepping ---------------------------------------------------------------------------------------
 
@@ -90,6 +125,8 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
             if handle._cancelled:
                 continue
             handle._run()
+            if self.function_ended:
+                return
             count += 1
             if count > MAX_CALLBACKS_PER_STEP:
                 raise NonDeterministicOperation(
@@ -142,7 +179,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
 
     def create_future(self) -> asyncio.Future[Any]:
         future = _OrderedFuture(loop=self)
-        future._eventual_order = next(self._creation_order)
+        future._eventual_hash = next(self._creation_order)
         return future
 
     def create_task(  # type: ignore[override]
@@ -152,8 +189,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
-        task = _OrderedTask(coro, loop=self, name=name, context=context)
-        task._eventual_order = next(self._creation_order)
+        task = _OrderedTask(coro, loop=self, name=name, context=context, eventual_hash=next(self._creation_order))
         self.tasks.append(task)
         return task
 

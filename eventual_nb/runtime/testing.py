@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityInfo
-from eventual_nb.durations import DurationLike, format_duration, optional_duration, parse_duration
+from eventual_nb.durations import LATEST_DEADLINE, DurationLike, deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowExecutor
 from eventual_nb.engine.history import (
@@ -338,7 +338,7 @@ class TestEnvironment(RuntimeBase):
 
     async def advance(self, duration: DurationLike) -> None:
         """Move the clock forward by `duration`, stopping at each due time on the way to tick."""
-        target = self._now + parse_duration(duration, what="advance duration")
+        target = deadline_after(self._now, duration, what="advance duration")
         await self._advance_to(target)
 
     async def tick_until(self, when: datetime) -> None:
@@ -375,7 +375,10 @@ class TestEnvironment(RuntimeBase):
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         state = self._state(id)
-        deadline = self._now + (DEFAULT_RESULT_TIMEOUT if timeout is None else timedelta(seconds=timeout))
+        if timeout is None:  # the default wait stops at the latest deadline rather than refusing to start
+            deadline = self._now + max(timedelta(0), min(DEFAULT_RESULT_TIMEOUT, LATEST_DEADLINE - self._now))
+        else:
+            deadline = deadline_after(self._now, timeout, what="result timeout")
         while True:
             await self.tick()
             if state.status != ExecutionStatus.IN_PROGRESS:
@@ -480,7 +483,7 @@ class TestEnvironment(RuntimeBase):
         limit = optional_duration(timeout, what="timeout")
         if limit is None:
             limit = definition.timeout
-        timeout_at = None if limit is None else self._now + limit
+        timeout_at = None if limit is None else deadline_after(self._now, limit, what="timeout")
         started = WorkflowStarted(
             timestamp=self._now,
             workflow=definition.name,
@@ -792,13 +795,15 @@ class TestEnvironment(RuntimeBase):
         token = self._signer.sign(activity.execution_id, activity.seq, attempt)
         if activity.timeout is not None:
             self._schedule(
-                self._now + activity.timeout,
+                deadline_after(self._now, activity.timeout, what=f"timeout of activity '{activity.name}'"),
                 lambda: self._attempt_deadline(activity, attempt),
                 f"activity timeout {activity.name}",
             )
         if activity.heartbeat_timeout is not None:
             self._schedule(
-                self._now + activity.heartbeat_timeout,
+                deadline_after(
+                    self._now, activity.heartbeat_timeout, what=f"heartbeat_timeout of activity '{activity.name}'"
+                ),
                 lambda: self._heartbeat_deadline(activity, attempt),
                 f"heartbeat check {activity.name}",
             )
@@ -920,7 +925,7 @@ class TestEnvironment(RuntimeBase):
         if retryable and activity.retry.retries(attempt, type_names):
             activity.status = "backoff"
             self._schedule(
-                self._now + activity.retry.delay_after(attempt),
+                deadline_after(self._now, activity.retry.delay_after(attempt), what="retry interval"),
                 lambda: self._attempt(activity),
                 f"retry {activity.name}",
             )
@@ -951,7 +956,7 @@ class TestEnvironment(RuntimeBase):
         if activity.attempt != attempt or activity.status not in ("running", "async"):
             return
         assert activity.heartbeat_timeout is not None and activity.last_heartbeat is not None
-        expires = activity.last_heartbeat + activity.heartbeat_timeout
+        expires = deadline_after(activity.last_heartbeat, activity.heartbeat_timeout, what="heartbeat_timeout")
         if expires <= self._now:
             await self._attempt_expired(activity, attempt, heartbeat=True)
         else:
@@ -1073,7 +1078,7 @@ class TestEnvironment(RuntimeBase):
         except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
             if subscription.retry.retries(attempt, exception_type_names(exc)):
                 self._schedule(
-                    self._now + subscription.retry.delay_after(attempt),
+                    deadline_after(self._now, subscription.retry.delay_after(attempt), what="retry interval"),
                     lambda: self._deliver_event(subscription, item, attempt + 1),
                     f"subscription retry {subscription.name}",
                 )

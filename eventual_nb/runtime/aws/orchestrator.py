@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from eventual_nb import errors
-from eventual_nb.durations import format_duration
+from eventual_nb.durations import deadline_after, format_duration
 from eventual_nb.engine.executor import WorkflowExecutor
 from eventual_nb.engine.history import (
     ACTIVITY_RESULTS,
@@ -465,7 +465,7 @@ class Orchestrator:
             workflow=workflow,
             input=json.loads(record["input"]["S"]) if "input" in record else None,
             parent=record["parent"]["S"] if "parent" in record else None,
-            timeout_at=None if limit is None else start + limit,
+            timeout_at=None if limit is None else deadline_after(start, limit, what="timeout"),
         )
 
     # ------------------------------------------------------------------------------------------ commit

@@ -76,6 +76,7 @@ from typing import Any, TypeVar
 
 from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo, find_activity
+from eventual_nb.durations import deadline_after
 from eventual_nb.engine.history import (
     ActivityFailed,
     ActivityHeartbeatTimedOut,
@@ -257,7 +258,7 @@ class ActivityWorker:
             return self._settle(message, failure(exc, retryable=False), "failed", _Watch(None, False, None, None))
         options = message.get("options") or {}
         timeout, heartbeat_timeout = options.get("timeout"), options.get("heartbeat_timeout")
-        deadline = None if timeout is None else started + timedelta(seconds=float(timeout))
+        deadline = None if timeout is None else deadline_after(started, float(timeout), what="activity timeout")
         now = utc(self.clients.clock())
         if not self.executions.wait_for_token(execution_id, seq, attempt, message, now, deadline):
             return AttemptReport("settled")  # its token was used while it ran
@@ -266,7 +267,9 @@ class ActivityWorker:
                 moment
                 for moment in (
                     deadline,
-                    None if heartbeat_timeout is None else now + timedelta(seconds=heartbeat_timeout),
+                    None
+                    if heartbeat_timeout is None
+                    else deadline_after(now, heartbeat_timeout, what="heartbeat_timeout"),
                 )
                 if moment is not None
             )
@@ -299,7 +302,9 @@ class ActivityWorker:
         heartbeat_timeout = None if limit is None else float(limit)
         deadline = utc(datetime.fromisoformat(row["deadline"]["S"])) if "deadline" in row else None
         heartbeat_deadline = (
-            utc(datetime.fromisoformat(row["last_heartbeat"]["S"])) + timedelta(seconds=heartbeat_timeout)
+            deadline_after(
+                utc(datetime.fromisoformat(row["last_heartbeat"]["S"])), heartbeat_timeout, what="heartbeat_timeout"
+            )
             if heartbeat_timeout is not None and "last_heartbeat" in row
             else None
         )
@@ -485,7 +490,7 @@ def report_outcome(
         if details is not _NO_DETAILS:
             following["heartbeat_details"] = details
         if backoff > MAX_SQS_DELAY_SECONDS:  # hops through the queue until then
-            following["not_before"] = (now + timedelta(seconds=backoff)).isoformat()
+            following["not_before"] = deadline_after(now, backoff, what="retry interval").isoformat()
         delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
         clients.activity_queue.send(following, delay_seconds=delay)
         return AttemptReport("ran", retry_delay=delay)

@@ -31,7 +31,7 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo
-from eventual_nb.durations import format_duration, optional_duration
+from eventual_nb.durations import deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
 from eventual_nb.engine.history import (
@@ -785,7 +785,7 @@ class LocalRuntime(RuntimeBase):
         if limit is None:
             limit = definition.timeout
         start = _dt(now)
-        timeout_at = None if limit is None else start + limit
+        timeout_at = None if limit is None else deadline_after(start, limit, what="timeout")
         started = WorkflowStarted(
             timestamp=start, workflow=definition.name, input=raw_input, parent=parent, timeout_at=timeout_at
         )
