@@ -350,6 +350,48 @@ def test_widget_keeps_updating_after_the_cell_returned_and_send_delivers_the_sig
     assert final.strip() == "SUCCEEDED"
 
 
+def test_handles_and_widgets_follow_a_rerun_of_runtime_local_and_say_plainly_when_replaced(
+    session: KernelSession,
+) -> None:
+    """Run All twice re-runs `%eventual runtime local`: the widget shown before and the handle keep working
+    on the new runtime (same database); after `%eventual runtime test` the old handle says why it cannot."""
+    session.execute("%eventual runtime local")
+    session.execute("h = await progress.start(3)\nh")
+    opens = session.comm_opens()
+    status = _widget(opens, "eventual-status")
+    timeline = _widget(opens, "eventual-timeline")
+    send = _widget(opens, "eventual-signal-send")
+    session.wait_for(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == timeline
+            and "ActivitySucceeded" in m["content"]["data"].get("state", {}).get("value", "")
+        ),
+        60,
+        "the first activity to finish",
+    )
+    session.execute("%eventual runtime local")  # the execution is in flight: activities still to run
+    session.send_comm(send, {"method": "custom", "content": {"event": "click"}})  # the old widget's Send
+    session.wait_for(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == status
+            and "SUCCEEDED" in m["content"]["data"].get("state", {}).get("value", "")
+        ),
+        60,
+        "the widget shown before the re-run to show SUCCEEDED",
+    )
+    assert session.run("print(await h.result())").strip() == "3"
+    session.execute("%eventual runtime test")
+    said = session.run(
+        "try:\n    await h.status()\nexcept ev.EventualError as exc:\n    print(type(exc).__name__, exc)"
+    )
+    assert "belongs to the runtime replaced by `%eventual runtime test`" in said, said
+    assert "Traceback" not in said and "not running" not in said, said
+    session.execute("%eventual runtime local")  # back on the same database: the handle follows again
+    assert session.run("print((await h.status()).status.value)").strip() == "SUCCEEDED"
+
+
 # ------------------------------------------------------------------------------------------- notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
