@@ -370,6 +370,7 @@ class ExecutionView:
             description="Cancel execution…",
             button_style="warning",
             tooltip="cancel this execution (asks first; this is not a signal)",
+            layout=widgets.Layout(width="auto", flex="0 0 auto"),  # its whole label, however narrow the row
             _dom_classes=["eventual-cancel"],
         )
         self.confirm_text = widgets.HTML(
@@ -378,9 +379,16 @@ class ExecutionView:
             _dom_classes=["eventual-cancel-question"],
         )
         self.confirm = widgets.Button(
-            description="Yes, cancel execution", button_style="danger", _dom_classes=["eventual-cancel-confirm"]
+            description="Yes, cancel execution",
+            button_style="danger",
+            layout=widgets.Layout(width="auto"),
+            _dom_classes=["eventual-cancel-confirm"],
         )
-        self.keep = widgets.Button(description="No, keep it running", _dom_classes=["eventual-cancel-keep"])
+        self.keep = widgets.Button(
+            description="No, keep it running",
+            layout=widgets.Layout(width="auto"),
+            _dom_classes=["eventual-cancel-keep"],
+        )
         self.confirmation = widgets.VBox(
             [self.confirm_text, widgets.HBox([self.confirm, self.keep])],
             layout=widgets.Layout(display="none"),
