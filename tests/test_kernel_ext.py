@@ -384,7 +384,7 @@ def test_handles_and_widgets_follow_a_rerun_of_runtime_local_and_say_plainly_whe
     assert session.run("print(await h.result())").strip() == "3"
     session.execute("%eventual runtime test")
     said = session.run(
-        "try:\n    await h.status()\nexcept ev.EventualError as exc:\n    print(type(exc).__name__, exc)"
+        "try:\n    await h.result()\nexcept ev.EventualError as exc:\n    print(type(exc).__name__, exc)"
     )
     assert "belongs to the runtime replaced by `%eventual runtime test`" in said, said
     assert "Traceback" not in said and "not running" not in said, said

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 import eventual_nb as ev
 from eventual_nb.runtime.base import ExecutionHandle
 from kernel_ext.host import RuntimeHost
-from kernel_ext.widgets import ExecutionView, example_payload
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, example_payload
 
 SERVICE = ev.Service("widget-content")
 
@@ -245,3 +245,18 @@ def test_a_widget_says_whose_execution_it_shows_after_a_switch_and_revives_on_th
     view.refresh()
     view.confirm.click()
     shown(view, "CANCELLED", "status")  # the buttons act on the runtime that now holds the execution
+
+
+def test_the_executions_table_follows_a_rerun_and_says_whose_executions_it_listed(
+    host: RuntimeHost, tmp_path: Path
+) -> None:
+    handle: ExecutionHandle = host.call(approves.start())
+    table = ExecutionsTable(host, host.runtime, None, None)
+    table.refresh()
+    assert handle.id in table.table.value
+    host.use_test()
+    table.refresh()
+    assert "this table belongs to the runtime replaced by `%eventual runtime test`" in html.unescape(table.table.value)
+    host.use_local(tmp_path / "widgets.db")
+    table.refresh()
+    assert handle.id in table.table.value
