@@ -85,10 +85,8 @@ def test_jupyter_checkpoints_are_ignored_by_git() -> None:
     assert answer.returncode == 0, f"git does not ignore {checkpoint}: {answer.stdout}{answer.stderr}"
 
 
-def test_without_a_browser_the_run_names_the_browser_tests_it_could_not_run(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if key != "CI"}
-    env["EVENTUAL_CHROMIUM"] = str(tmp_path / "no-chromium-here")
-    answer = subprocess.run(
+def browser_tests(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_browser.py"],
         cwd=ROOT,
         env=env,
@@ -96,6 +94,12 @@ def test_without_a_browser_the_run_names_the_browser_tests_it_could_not_run(tmp_
         text=True,
         timeout=120,
     )
+
+
+def test_without_a_browser_the_run_names_the_browser_tests_it_could_not_run(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    env["EVENTUAL_CHROMIUM"] = str(tmp_path / "no-chromium-here")
+    answer = browser_tests(env)
     out = answer.stdout + answer.stderr
     assert answer.returncode == 0, out  # everything else still runs on a machine without a browser
     assert "browser tests not run (3)" in out, out
@@ -107,12 +111,5 @@ def test_without_a_browser_the_run_names_the_browser_tests_it_could_not_run(tmp_
     ):
         assert f"tests/test_browser.py::{name}" in out, out
     env["CI"] = "true"  # where a browser is part of the deal, a browser test that could not run fails
-    answer = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_browser.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    answer = browser_tests(env)
     assert answer.returncode != 0 and "skipped in CI" in answer.stdout, answer.stdout + answer.stderr
