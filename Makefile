@@ -1,6 +1,6 @@
 # eventual-nb developer entry points. Every target sets up .venv itself (DESIGN §2).
 #
-#   make test   lint, then the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
+#   make test   lint, Debian's chromium if missing (browser tests), then the test suite (PYTEST_ARGS="-k foo -x")
 #   make lint   ruff check + ruff format --check + mypy
 #   make bench  side-by-side benchmarks (python -m benchmarks)
 #   make lab    JupyterLab with the Eventual kernel, getting-started notebook open
@@ -20,7 +20,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # arrive with later issues).
 LINT_PATHS := $(wildcard eventual_nb kernel_ext exporter tests benchmarks)
 
-.PHONY: venv .venv lab test lint bench demo clean
+.PHONY: venv .venv lab test lint browser bench demo clean
 
 venv .venv: $(DEV_STAMP)
 
@@ -39,19 +39,27 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy eventual_nb kernel_ext exporter
 
-test: lint
+# Debian's chromium for the browser tests, installed when it is missing and apt-get is usable; without it
+# the run names the browser tests it could not run (tests/conftest.py).
+browser:
+	@.ci/chromium
+
+test: lint browser
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
 # JupyterLab on 127.0.0.1 with the "Eventual (Python 3)" kernel installed into the venv (never into the
-# user's or system kernels), opening the getting-started notebook. LAB_ARGS passes more options.
+# user's or system kernels), serving notebooks/. The lab's default URL is the getting-started notebook, so
+# the URL it prints (and opens) is .../lab/tree/getting-started.ipynb?token=..., not the launcher's.
+# LAB_ARGS passes more options (e.g. LAB_ARGS=--no-browser).
 LAB_ARGS ?=
+LAB_NOTEBOOK ?= getting-started.ipynb
 lab: $(DEV_STAMP)
 	$(BIN)/eventual-nb kernel install --sys-prefix
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) \
-		notebooks/getting-started.ipynb
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+		--LabApp.default_url=/lab/tree/$(LAB_NOTEBOOK) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # The tutorial run headless on the local runtime (in a temporary working directory: no .eventual/ in the
 # repository), its executed copy kept in build/, then its service exported as a package.

@@ -56,6 +56,7 @@ class Signal(Generic[T]):
         if timeout is not None:
             limit = parse_duration(timeout, what="expect timeout", after=executor.now)
             handle = asyncio.get_running_loop().call_later(limit.total_seconds(), self._expire, future, limit)
+            executor.mark_signal_timeout(handle, self.name)
         try:
             raw = await future
         finally:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -76,47 +77,51 @@ class RuntimeHost:
         """`.eventual/<service>.db` beside the notebook (the kernel's working directory)."""
         return Path.cwd() / ".eventual" / f"{service}.db"
 
-    def ensure_runtime(self) -> Any:
-        """The active runtime, starting the default one (a LocalRuntime for the current service)."""
+    def ensure_runtime(self, command: str | None = None) -> Any:
+        """The active runtime, starting the default one (a LocalRuntime for the current service); `command`
+        is what the user ran, named to handles of a runtime this replaces (`%eventual service other`)."""
         with self._lock:
             service = current_service().name
             if self.runtime is None:
-                self.use_local(None)
+                self.use_local(None, command=command)
             elif self.kind == "local" and self.service_name != service and self._uses_default_path:
-                self.use_local(None)  # `%eventual service other`: its own database
+                self.use_local(None, command=command)  # `%eventual service other`: its own database
             return self.runtime
 
     _uses_default_path = True
 
-    def use_local(self, path: str | Path | None, durability: str = "full") -> Any:
-        """Switch to a LocalRuntime on `path` (default `.eventual/<service>.db`)."""
+    def use_local(self, path: str | Path | None, durability: str = "full", *, command: str | None = None) -> Any:
+        """Switch to a LocalRuntime on `path` (default `.eventual/<service>.db`). `command` is what the user
+        ran, for handles of the runtime this replaces (see `_replacing`)."""
         with self._lock:
             service = current_service().name
-            self.stop_runtime()
-            self._uses_default_path = path is None
-            database = Path(path).resolve() if path is not None else self.default_path(service)
-            runtime = ev.LocalRuntime(database, durability=durability, service=service)
-            self.call(runtime.start())
-            self._activate(runtime, "local", service)
-            self.path, self.durability = database, durability
+            with self._replacing(command or "%eventual runtime local"):
+                self._uses_default_path = path is None
+                database = Path(path).resolve() if path is not None else self.default_path(service)
+                runtime = ev.LocalRuntime(database, durability=durability, service=service)
+                self.call(runtime.start())
+                self._activate(runtime, "local", service)
+                self.path, self.durability = database, durability
             return runtime
 
-    def use_test(self, start: datetime | None = None) -> Any:
+    def use_test(self, start: datetime | None = None, *, command: str | None = None) -> Any:
         """Switch to a TestEnvironment (virtual clock) serving every service of the notebook."""
         with self._lock:
-            self.stop_runtime()
-            environment = ev.testing.TestEnvironment(start=start)
+            with self._replacing(command or "%eventual runtime test"):
+                environment = ev.testing.TestEnvironment(start=start)
 
-            async def enter() -> None:
-                await environment.__aenter__()
-                environment.exit_current()  # the process-wide default is set below, not a ContextVar
+                async def enter() -> None:
+                    await environment.__aenter__()
+                    environment.exit_current()  # the process-wide default is set below, not a ContextVar
 
-            self.call(enter())
-            self._activate(environment, "test", current_service().name)
-            self.path = None
+                self.call(enter())
+                self._activate(environment, "test", current_service().name)
+                self.path = None
             return environment
 
-    def use_aws(self, stack: str, region: str | None = None, endpoint_url: str | None = None) -> Any:
+    def use_aws(
+        self, stack: str, region: str | None = None, endpoint_url: str | None = None, *, command: str | None = None
+    ) -> Any:
         """Switch to an AwsRuntime on `stack`, serving the current service.
 
         The stack is read (its outputs, resources and the functions' variables) before the previous
@@ -134,10 +139,29 @@ class RuntimeHost:
                 runtime.exit_current()  # the process-wide default is set by `_activate`, not a ContextVar
 
             self.call(enter())
-            self.stop_runtime()
-            self._activate(runtime, "aws", service)
-            self.path = None
+            with self._replacing(command or f"%eventual runtime aws --stack {stack}"):
+                self._activate(runtime, "aws", service)
+                self.path = None
             return runtime
+
+    @contextmanager
+    def _replacing(self, command: str) -> Iterator[None]:
+        """Stop the active runtime, then let the block start its replacement.
+
+        Handles and widgets bound to the stopped runtime wait until the block is done, then follow the new
+        runtime when it opens the same store (Run All re-runs `%eventual runtime local`), and otherwise say
+        plainly that their execution belongs to the runtime `command` replaced (`ev.runtime.base.serving_runtime`).
+        """
+        old = self.runtime
+        handover = threading.Event()
+        if old is not None:
+            old._handover = handover
+            old.replaced_because = f"the runtime replaced by `{command}`"
+        try:
+            self.stop_runtime()
+            yield
+        finally:
+            handover.set()
 
     #: called after every commit of the active runtime (the widget pump's `poke`)
     on_commit: Any = None
@@ -148,13 +172,16 @@ class RuntimeHost:
             runtime.add_commit_listener(self.on_commit)
         base.set_default_runtime(runtime)
 
-    def stop_runtime(self) -> None:
-        """Stop the server and the runtime (its executions resume when a runtime opens the database again)."""
+    def stop_runtime(self, command: str | None = None) -> None:
+        """Stop the server and the runtime (its executions resume when a runtime opens the database again);
+        `command` is what the user ran, named to handles of the stopped runtime (`%eventual stop`)."""
         with self._lock:
             self.stop_server()
             runtime, self.runtime = self.runtime, None
             if runtime is None:
                 return
+            if command is not None:
+                runtime.replaced_because = f"the runtime stopped by `{command}`"
             if base._default_runtime is runtime:
                 base.set_default_runtime(None)
             if self.kind == "test":

@@ -283,7 +283,7 @@ class EventualMagics(Magics):
         args = parser.parse_args(words)
         service = ev.Service(args.name)
         if self.host.runtime is not None and self.host.kind == "local":
-            self.host.ensure_runtime()
+            self.host.ensure_runtime(command=f"%eventual service {shlex.join(words)}")
         _say(f"service '{service.name}'" + (f" on {self.host.path}" if self.host.path else ""))
 
     def _verb_runtime(self, words: list[str]) -> None:
@@ -296,6 +296,7 @@ class EventualMagics(Magics):
         parser.add_argument("--region", help="AWS region of the stack (aws; default: boto3's)")
         parser.add_argument("--endpoint-url", help="AWS endpoint, e.g. an emulator such as moto's server (aws)")
         args = parser.parse_args(words)
+        command = f"%eventual runtime {shlex.join(words)}"  # named to handles of the runtime it replaces
         if args.kind == "aws":
             if not args.stack:
                 raise UsageError(
@@ -303,14 +304,14 @@ class EventualMagics(Magics):
                     "created), and optionally --region R and --endpoint-url URL"
                 )
             try:
-                runtime = self.host.use_aws(args.stack, args.region, args.endpoint_url)
+                runtime = self.host.use_aws(args.stack, args.region, args.endpoint_url, command=command)
             except ev.EventualError as exc:
                 raise UsageError(f"%eventual runtime aws: {exc.message}") from None
             where = f" at {args.endpoint_url}" if args.endpoint_url else ""
             _say(f"AwsRuntime on stack {args.stack} in {runtime.region}{where} (service '{self.host.service_name}')")
             return
         if args.kind == "local":
-            self.host.use_local(args.path, args.durability)
+            self.host.use_local(args.path, args.durability, command=command)
             _say(f"LocalRuntime on {self.host.path} (durability {args.durability})")
         else:
             start = None
@@ -319,7 +320,7 @@ class EventualMagics(Magics):
                     start = datetime.fromisoformat(args.start)
                 except ValueError:
                     raise UsageError(f"%eventual runtime test: --start must be ISO 8601, got {args.start!r}") from None
-            environment = self.host.use_test(start)
+            environment = self.host.use_test(start, command=command)
             _say(f"TestEnvironment (virtual clock at {environment.now.isoformat()})")
 
     def _verb_status(self, words: list[str]) -> None:
@@ -400,7 +401,7 @@ class EventualMagics(Magics):
     def _verb_stop(self, words: list[str]) -> None:
         if words:
             raise UsageError("%eventual stop takes no arguments")
-        self.host.stop_runtime()
+        self.host.stop_runtime("%eventual stop")
         _say("stopped the server and the runtime; executions resume when the runtime starts again")
 
     def _verb_export(self, words: list[str]) -> None:

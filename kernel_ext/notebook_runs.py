@@ -170,6 +170,40 @@ class EventualEngine:
 
 
 @functools.cache
+def _kernel_manager() -> Any:
+    """The kernel manager of headless runs: Unix sockets (zmq IPC) in a directory only this user can enter,
+    instead of TCP ports on 127.0.0.1. Nothing else on the machine can connect to the kernel, and it does not
+    warn that it runs "over TCP without encryption" (the warning is right about TCP, so it is not silenced:
+    kernels Jupyter starts elsewhere keep it). Windows has no zmq IPC: there it stays TCP."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class LocalSocketKernelManager(AsyncKernelManager):  # type: ignore[misc]
+        _socket_dir: str | None = None
+
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "tcp" if sys.platform == "win32" else "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            if self.transport != "ipc":
+                return str(super()._ip_default())
+            # absolute (the kernel runs in another working directory) and short (a socket path has ~100 bytes)
+            self._socket_dir = tempfile.mkdtemp(prefix="eventual-kernel-")
+            return os.path.join(self._socket_dir, "kernel")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)  # removes the sockets
+            if not restart and self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+        cleanup_resources = _async_cleanup_resources
+
+    return LocalSocketKernelManager
+
+
+@functools.cache
 def _nbclient_engine() -> Any:
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
@@ -220,6 +254,7 @@ def _nbclient_engine() -> Any:
             with run_directory(nb, input_path) as copy:
                 client = RecordingClient(
                     nb_man,
+                    kernel_manager_class=_kernel_manager(),
                     timeout=execution_timeout or None,
                     startup_timeout=start_timeout,
                     kernel_name=kernel_name,

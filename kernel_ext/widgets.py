@@ -16,14 +16,24 @@ import html
 import json
 import threading
 import time
+import types
+import typing
 import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from eventual_nb.engine.history import HistoryEvent
-from eventual_nb.runtime.base import Execution, ExecutionStatus
+from eventual_nb.engine.history import (
+    TERMINAL_EVENTS,
+    EventsPublished,
+    HistoryEvent,
+    SignalReceived,
+    TimerCompleted,
+    TimerScheduled,
+)
+from eventual_nb.errors import EventualError
+from eventual_nb.runtime.base import Execution, ExecutionHandle, ExecutionStatus, serving_runtime
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
@@ -64,15 +74,19 @@ def status_badge(status: str) -> str:
 
 def describe_event(event: HistoryEvent) -> str:
     """The name column of the timeline: what the event is about."""
+    if isinstance(event, EventsPublished):
+        return ", ".join(str(item.get("name", "?")) for item in event.events)
+    if isinstance(event, SignalReceived):
+        return f"{event.signal} {_short_json(event.payload)}"
+    if isinstance(event, TimerScheduled):
+        until = f"until {event.until.isoformat(timespec='seconds')}"
+        return f"timeout of signal {event.signal_timeout}, {until}" if event.signal_timeout else until
     for attribute in ("name", "signal", "child_id", "patch_id"):
         value = getattr(event, attribute, None)
         if isinstance(value, str):
             return value
     if event.type == "WorkflowStarted":
         return str(getattr(event, "workflow", ""))
-    until = getattr(event, "until", None)
-    if isinstance(until, datetime):
-        return f"until {until.isoformat(timespec='seconds')}"
     return ""
 
 
@@ -84,12 +98,38 @@ def _failure(event: HistoryEvent) -> str:
     return f"{error}: {message}" if message else error
 
 
+def _ended_timers(history: list[HistoryEvent]) -> dict[int, tuple[datetime, str]]:
+    """Timers that ended without firing, by seq: when and why.
+
+    History records a timer's firing (`TimerCompleted`) but not its cancellation, so a signal's `expect`
+    timeout that the signal beat would look pending forever. It ends when that signal arrives (the
+    oldest waiting expect takes the next signal), and any timer left ends with its execution."""
+    pending: dict[int, TimerScheduled] = {}
+    ended: dict[int, tuple[datetime, str]] = {}
+    for event in history:
+        if isinstance(event, TimerScheduled) and event.seq is not None:
+            pending[event.seq] = event
+        elif isinstance(event, TimerCompleted) and event.seq is not None:
+            pending.pop(event.seq, None)
+        elif isinstance(event, SignalReceived):
+            waiting = [seq for seq, timer in pending.items() if timer.signal_timeout == event.signal]
+            if waiting:
+                del pending[waiting[0]]
+                ended[waiting[0]] = (event.timestamp, f"signal {event.signal} arrived")
+        elif isinstance(event, TERMINAL_EVENTS):
+            for seq in pending:
+                ended[seq] = (event.timestamp, "the execution ended")
+            pending.clear()
+    return ended
+
+
 def timeline_rows(history: list[HistoryEvent]) -> list[dict[str, str]]:
     """One row per event: type, seq, name, time since start, duration since its call, attempts."""
     if not history:
         return []
     start = history[0].timestamp
     called_at: dict[int, tuple[datetime, str]] = {}
+    ended = _ended_timers(history)
     rows = []
     for event in history:
         name = describe_event(event)
@@ -100,6 +140,10 @@ def timeline_rows(history: list[HistoryEvent]) -> list[dict[str, str]]:
                 duration = f"{(event.timestamp - began).total_seconds():.3f} s"
             else:
                 called_at[event.seq] = (event.timestamp, name)
+                if event.seq in ended:  # a timer that ended without a completion of its own
+                    when, why = ended[event.seq]
+                    name = f"{name} — ended: {why} (+{(when - start).total_seconds():.3f} s)"
+                    duration = f"{(when - event.timestamp).total_seconds():.3f} s"
         failure = _failure(event)
         if failure:
             name = f"{name} — {failure}" if name else failure
@@ -139,13 +183,167 @@ def _json(value: Any) -> str:
         return repr(value)
 
 
+#: longest payload shown in a timeline row (the full one is in `%eventual history` / `handle.history()`)
+SHORT_JSON = 120
+
+
+def _short_json(value: Any) -> str:
+    text = _json(value)
+    return text if len(text) <= SHORT_JSON else text[: SHORT_JSON - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------------ signal form
+
+#: how deep an example payload follows nested models (a model that contains itself stops here)
+EXAMPLE_DEPTH = 6
+_STRING_EXAMPLES = {
+    "date-time": "2025-01-01T00:00:00Z",
+    "date": "2025-01-01",
+    "time": "12:00:00",
+    "duration": "PT1H",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "email": "ada@example.com",
+    "uri": "https://example.com",
+}
+
+
+def takes_text(payload_type: Any) -> bool:
+    """Whether a signal's payload is a string (optionally None): its box takes plain text, not JSON."""
+    if payload_type is str:
+        return True
+    options = [option for option in typing.get_args(payload_type) if option is not type(None)]
+    is_union = typing.get_origin(payload_type) in (typing.Union, types.UnionType)
+    return is_union and options == [str]
+
+
+def example_payload(payload_type: Any) -> Any:
+    """A payload of `payload_type` built from its JSON schema: defaults and examples where the model gives
+    them, else a placeholder value of each field's type (what the signal box shows as its placeholder)."""
+    from eventual_nb.serde import adapter
+
+    schema = adapter(payload_type).json_schema()
+    return _example(schema, schema.get("$defs", {}), 0)
+
+
+def _example(schema: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
+    if depth > EXAMPLE_DEPTH:
+        return None
+    for key in ("default", "const"):
+        if key in schema:
+            return schema[key]
+    for key in ("examples", "enum"):
+        if schema.get(key):
+            return schema[key][0]
+    reference = schema.get("$ref")
+    if isinstance(reference, str):
+        return _example(defs.get(reference.rsplit("/", 1)[-1], {}), defs, depth + 1)
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = [option for option in schema.get(key, []) if option.get("type") != "null"]
+        if options:
+            return _example(options[0], defs, depth + 1)
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        if not properties and isinstance(schema.get("additionalProperties"), dict):
+            return {"key": _example(schema["additionalProperties"], defs, depth + 1)}
+        return {name: _example(field, defs, depth + 1) for name, field in properties.items()}
+    if kind == "array":
+        items = schema.get("prefixItems") or [schema.get("items", {})]
+        return [_example(item, defs, depth + 1) for item in items]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = low + 1 if "exclusiveMinimum" in schema else low
+        return int(value) if kind == "integer" else float(value)
+    if kind == "string":
+        return _STRING_EXAMPLES.get(schema.get("format", ""), "text")
+    if kind == "boolean":
+        return True
+    return None
+
+
+def payload_placeholder(signal: Any) -> str:
+    """What the empty signal box shows: how to write this signal's payload."""
+    payload_type = getattr(signal, "payload_type", None)
+    if signal is None:
+        return "JSON payload"
+    if payload_type is None:
+        return "JSON payload (optional)"
+    if takes_text(payload_type):
+        return "plain text (sent as the signal's string)"
+    try:
+        return f"JSON, e.g. {_json(example_payload(payload_type))}"
+    except Exception:  # noqa: BLE001 - a type pydantic cannot describe: no example, still a form
+        return "JSON payload"
+
+
+def read_payload(signal_name: str, text: str) -> Any:
+    """The payload the signal box describes, checked against the signal's type; raises `ValueError` with a
+    message for the form (the field a payload lacks, the text that is not JSON)."""
+    from eventual_nb.errors import InputValidationError
+    from eventual_nb.signals import find_signal
+
+    signal = find_signal(signal_name)
+    payload_type = getattr(signal, "payload_type", None)
+    empty = not text.strip()
+    if takes_text(payload_type):
+        if empty and payload_type is str:
+            raise ValueError(f"signal '{signal_name}' needs text: the box is empty")
+        payload: Any = None if empty else text
+    elif empty:
+        payload = {} if _is_model(payload_type) else None  # a model's defaults; else no payload
+    else:
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the payload is not JSON ({exc}); {payload_placeholder(signal)}") from None
+    if signal is None:
+        return payload
+    try:
+        signal.encode(payload)
+    except InputValidationError as exc:
+        raise ValueError(_payload_problem(signal, exc.errors or [], empty)) from None
+    return payload
+
+
+def _is_model(payload_type: Any) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(payload_type, type) and issubclass(payload_type, (BaseModel, dict))
+
+
+def _payload_problem(signal: Any, problems: list[dict[str, Any]], empty: bool) -> str:
+    """One sentence for the form: which fields are missing, else what pydantic said about each field."""
+    where = "the box is empty, but" if empty else "the payload is incomplete:"
+    missing = [".".join(str(part) for part in p.get("loc", ())) for p in problems if p.get("type") == "missing"]
+    if missing:
+        fields = ", ".join(f"'{name}'" for name in missing)
+        need = f"field {fields}" if len(missing) == 1 else f"fields {fields}"
+        return f"{where} signal '{signal.name}' needs {need}; {payload_placeholder(signal)}"
+    said = "; ".join(
+        (f"field '{'.'.join(str(part) for part in p['loc'])}': " if p.get("loc") else "") + str(p.get("msg"))
+        for p in problems[:3]
+    )
+    return f"invalid payload for signal '{signal.name}': {said}; {payload_placeholder(signal)}"
+
+
+# ------------------------------------------------------------------------------------- execution view
+
+
+def _error(text: str) -> str:
+    return f"<span style='color:#d93025'>{html.escape(text)}</span>"
+
+
 class ExecutionView:
-    """The live widget for one execution; only `WidgetPump` writes its traits."""
+    """The live widget for one execution; only `WidgetPump` writes its traits.
+
+    It reaches its execution through an `ExecutionHandle`, so it follows the runtime that replaces its own on
+    the same database (Run All re-runs `%eventual runtime local`) and otherwise says which runtime its
+    execution belongs to. Cancel asks first: it cancels the execution, which is not a signal."""
 
     def __init__(self, host: RuntimeHost, execution_id: str, runtime: Any, signal_names: list[str]) -> None:
         self.host = host
         self.execution_id = execution_id
-        self.runtime = runtime
+        self.handle = ExecutionHandle(execution_id, runtime=runtime)
         self.title = widgets.HTML(f"<b>{html.escape(execution_id)}</b>")
         self.status = widgets.HTML(status_badge(ExecutionStatus.IN_PROGRESS.value), _dom_classes=["eventual-status"])
         self.timeline = widgets.HTML("<i>loading…</i>", _dom_classes=["eventual-timeline"])
@@ -160,79 +358,156 @@ class ExecutionView:
             _dom_classes=["eventual-signal-name"],
         )
         self.payload = widgets.Textarea(
-            placeholder="JSON payload (empty: the defaults)", rows=1, _dom_classes=["eventual-signal-payload"]
+            placeholder=self._placeholder(), rows=1, _dom_classes=["eventual-signal-payload"]
         )
-        self.send = widgets.Button(description="Send", button_style="primary", _dom_classes=["eventual-signal-send"])
-        self.cancel = widgets.Button(description="Cancel", button_style="warning", _dom_classes=["eventual-cancel"])
+        self.send = widgets.Button(
+            description="Send",
+            button_style="primary",
+            tooltip="send the chosen signal with the payload in the box",
+            _dom_classes=["eventual-signal-send"],
+        )
+        self.cancel = widgets.Button(
+            description="Cancel execution…",
+            button_style="warning",
+            tooltip="cancel this execution (asks first; this is not a signal)",
+            layout=widgets.Layout(width="auto", flex="0 0 auto"),  # its whole label, however narrow the row
+            _dom_classes=["eventual-cancel"],
+        )
+        self.confirm_text = widgets.HTML(
+            f"Cancel execution <b>{html.escape(execution_id)}</b>? Its workflow stops where it waits (its clean-up "
+            "code still runs) and it ends CANCELLED. This cancels the execution; it does not send a signal.",
+            _dom_classes=["eventual-cancel-question"],
+        )
+        self.confirm = widgets.Button(
+            description="Yes, cancel execution",
+            button_style="danger",
+            layout=widgets.Layout(width="auto"),
+            _dom_classes=["eventual-cancel-confirm"],
+        )
+        self.keep = widgets.Button(
+            description="No, keep it running",
+            layout=widgets.Layout(width="auto"),
+            _dom_classes=["eventual-cancel-keep"],
+        )
+        self.confirmation = widgets.VBox(
+            [self.confirm_text, widgets.HBox([self.confirm, self.keep])],
+            layout=widgets.Layout(display="none"),
+            _dom_classes=["eventual-cancel-confirmation"],
+        )
         self.message = widgets.HTML("", _dom_classes=["eventual-message"])
         self.send.on_click(self._on_send)
         self.cancel.on_click(self._on_cancel)
+        self.confirm.on_click(self._on_confirm)
+        self.keep.on_click(self._on_keep)
+        self.signal_name.observe(self._on_signal_chosen, names="value")
         controls = widgets.HBox([self.signal_name, self.payload, self.send, self.cancel])
         self.root = widgets.VBox(
-            [widgets.HBox([self.title, self.status]), self.timeline, self.logs, self.result, controls, self.message],
+            [
+                widgets.HBox([self.title, self.status]),
+                self.timeline,
+                self.logs,
+                self.result,
+                controls,
+                self.confirmation,
+                self.message,
+            ],
             _dom_classes=["eventual-execution"],
         )
         # state the pump compares against (written by the pump only)
         self.seen_counter: int | None = -1
+        self.seen_runtime: Any = runtime
         self.shown_status = ""
         self.shown_timeline = ""
         self.shown_logs = 0
         self.shown_result = ""
+        self.shown_detached: str | None = None
         self.finished = False
         # set by callbacks on any thread, rendered by the pump
-        self._pending_message: str | None = None
+        self._pending: dict[str, Any] = {}
         self._lock = threading.Lock()
         #: time.monotonic() when the pump last sent something (benchmarks read it)
         self.last_update = 0.0
 
+    @property
+    def runtime(self) -> Any:
+        """The runtime the view reads its execution from (the replacement, once it followed one)."""
+        return self.handle._runtime
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
     # -------------------------------------------------------------------------------------- callbacks
 
-    def _say(self, text: str) -> None:
+    def _later(self, **changes: Any) -> None:
+        """Hand trait changes to the pump (the one thread that writes them) and wake it."""
         with self._lock:
-            self._pending_message = text
+            self._pending.update(changes)
         self.seen_counter = -1  # refresh on the next pass
         self.finished = False
+        wake = getattr(self.host, "on_commit", None)
+        if callable(wake):
+            wake()
+
+    def _say(self, text: str) -> None:
+        self._later(message=text)
+
+    def _placeholder(self) -> str:
+        from eventual_nb.signals import find_signal
+
+        name = self.signal_name.value
+        return payload_placeholder(find_signal(name)) if name else "this workflow's service declares no signal"
+
+    def _on_signal_chosen(self, _change: Any) -> None:
+        self._later(placeholder=self._placeholder())
 
     def _on_send(self, _button: Any) -> None:
         name = self.signal_name.value
-        text = (self.payload.value or "").strip()
         if not name:
-            self._say("<span style='color:#d93025'>this workflow's service declares no signal</span>")
+            self._say(_error("this workflow's service declares no signal"))
             return
         try:
-            payload = json.loads(text) if text else _empty_payload(name)
-        except json.JSONDecodeError as exc:
-            self._say(f"<span style='color:#d93025'>payload is not JSON: {html.escape(str(exc))}</span>")
+            payload = read_payload(name, self.payload.value or "")
+        except ValueError as exc:
+            self._say(_error(str(exc)))
             return
-        future = self.host.submit(self.runtime.send_signal(self.execution_id, name, payload))
+        future = self.host.submit(self.handle.signal(name, payload))
         future.add_done_callback(lambda done: self._report(done, f"sent signal '{name}'"))
 
     def _on_cancel(self, _button: Any) -> None:
-        future = self.host.submit(self.runtime.cancel_execution(self.execution_id))
-        future.add_done_callback(lambda done: self._report(done, "cancellation requested"))
+        self._later(confirming=True, message="")
+
+    def _on_keep(self, _button: Any) -> None:
+        self._later(confirming=False, message="the execution keeps running")
+
+    def _on_confirm(self, _button: Any) -> None:
+        self._later(confirming=False)
+        future = self.host.submit(self.handle.cancel())
+        future.add_done_callback(lambda done: self._report(done, "cancellation of the execution requested"))
 
     def _report(self, done: Any, success: str) -> None:
         error = done.exception()
-        if error is None:
-            self._say(html.escape(success))
-        else:
-            self._say(
-                f"<span style='color:#d93025'>{html.escape(type(error).__name__)}: {html.escape(str(error))}</span>"
-            )
+        self._say(html.escape(success) if error is None else _error(f"{type(error).__name__}: {error}"))
 
     # ------------------------------------------------------------------------------------------- pump
 
     def refresh(self) -> None:
         """Fetch state if the runtime changed and write what differs (the pump's thread only)."""
-        counter = change_counter(self.runtime)
         with self._lock:
-            message, self._pending_message = self._pending_message, None
-        if counter is not None and counter == self.seen_counter and message is None:
+            pending, self._pending = self._pending, {}
+        try:
+            runtime = serving_runtime(self.handle._runtime, f"this execution ('{self.execution_id}')")
+        except EventualError as exc:  # its runtime was replaced by one on another store: say so, keep checking
+            self._detach(str(exc), pending)
             return
-        execution: Execution = self.host.call(self.runtime.get_execution(self.execution_id), QUERY_TIMEOUT)
-        history = self.host.call(self.runtime.get_execution_history(self.execution_id), QUERY_TIMEOUT)
-        logs = self.host.call(self.runtime.get_execution_logs(self.execution_id), QUERY_TIMEOUT)
-        self.seen_counter = counter
+        self.handle._runtime = runtime
+        counter = change_counter(runtime)
+        if runtime is self.seen_runtime and counter is not None and counter == self.seen_counter and not pending:
+            return
+        execution: Execution = self.host.call(runtime.get_execution(self.execution_id), QUERY_TIMEOUT)
+        history = self.host.call(runtime.get_execution_history(self.execution_id), QUERY_TIMEOUT)
+        logs = self.host.call(runtime.get_execution_logs(self.execution_id), QUERY_TIMEOUT)
+        self.seen_counter, self.seen_runtime = counter, runtime
         status = status_badge(execution.status.value)
         timeline = timeline_html(history)
         result = ""
@@ -243,11 +518,15 @@ class ExecutionView:
                 f"<b>{html.escape(execution.error or execution.status.value)}</b> "
                 f"{html.escape(execution.message or '')}"
             )
+        ended = execution.status != ExecutionStatus.IN_PROGRESS
+        if self.shown_detached is not None:  # reachable again (a runtime on its database is back)
+            pending.setdefault("message", "")
+            self.shown_detached = None
         new_logs = logs[self.shown_logs :]
         changed = (
             status != self.shown_status or timeline != self.shown_timeline or result != self.shown_result or new_logs
         )
-        if changed or message is not None:
+        if changed or pending:
             with self.root.hold_sync():
                 if status != self.shown_status:
                     self.status.value = status
@@ -258,28 +537,39 @@ class ExecutionView:
                 for entry in new_logs:
                     stamp = entry.time.strftime("%H:%M:%S")
                     self.logs.append_stdout(f"{stamp} [{entry.source}] {entry.message}\n")
-                if message is not None:
-                    self.message.value = message
+                self._apply(pending, ended)
             self.last_update = time.monotonic()
         self.shown_status, self.shown_timeline, self.shown_result = status, timeline, result
         self.shown_logs = len(logs)
-        if execution.status != ExecutionStatus.IN_PROGRESS:
-            self.finished = True
-            self.send.disabled = True
-            self.cancel.disabled = True
+        self.finished = ended
+        self._controls(enabled=not ended)
 
+    def _apply(self, pending: dict[str, Any], ended: bool) -> None:
+        """Write what callbacks asked for (the pump's thread, inside `hold_sync`)."""
+        if "placeholder" in pending:
+            self.payload.placeholder = pending["placeholder"]
+        if "confirming" in pending:
+            self.confirmation.layout.display = "flex" if pending["confirming"] and not ended else "none"
+        if "message" in pending:
+            self.message.value = pending["message"]
 
-def _empty_payload(signal_name: str) -> Any:
-    """What an empty payload box sends: `{}` for a model payload (its defaults), else nothing."""
-    from pydantic import BaseModel
+    def _controls(self, *, enabled: bool) -> None:
+        for button in (self.send, self.cancel, self.confirm):
+            if button.disabled == enabled:
+                button.disabled = not enabled
+        if not enabled and self.confirmation.layout.display != "none":
+            self.confirmation.layout.display = "none"
 
-    from eventual_nb.signals import find_signal
-
-    signal = find_signal(signal_name)
-    payload_type = getattr(signal, "payload_type", None)
-    if isinstance(payload_type, type) and (issubclass(payload_type, BaseModel) or issubclass(payload_type, dict)):
-        return {}
-    return None
+    def _detach(self, reason: str, pending: dict[str, Any]) -> None:
+        pending["message"] = _error(reason)
+        pending.pop("confirming", None)
+        if reason != self.shown_detached or len(pending) > 1:
+            with self.root.hold_sync():
+                self._apply(pending, ended=True)
+                self._controls(enabled=False)
+            self.shown_detached = reason
+            self.last_update = time.monotonic()
+        self.seen_counter = -1  # when a runtime on its database is back, read everything again
 
 
 class ExecutionsTable:
@@ -316,9 +606,22 @@ class ExecutionsTable:
     def _filter_changed(self, _change: Any) -> None:
         self.seen = ()
 
+    def has_pending(self) -> bool:
+        return False
+
     def refresh(self) -> None:
-        key = (change_counter(self.runtime), self.workflow.value, self.status.value)
-        if key[0] is not None and key == self.seen:
+        try:
+            # the runtime that replaced its own on the same database (Run All), or why there is none
+            self.runtime = serving_runtime(self.runtime, "this table")
+        except EventualError as exc:
+            shown = _error(str(exc))
+            if shown != self.shown:
+                self.table.value = self.shown = shown
+                self.last_update = time.monotonic()
+            self.seen = ()
+            return
+        key = (id(self.runtime), change_counter(self.runtime), self.workflow.value, self.status.value)
+        if key[1] is not None and key == self.seen:
             return
         self.seen = key
         statuses = None if self.status.value == "any" else [ExecutionStatus(self.status.value)]
@@ -379,7 +682,7 @@ class WidgetPump:
         while not self._stop.is_set():
             started = time.monotonic()
             for view in list(self._views):
-                if getattr(view, "finished", False) and not getattr(view, "_pending_message", None):
+                if getattr(view, "finished", False) and not view.has_pending():
                     continue
                 try:
                     view.refresh()

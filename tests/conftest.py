@@ -1,6 +1,11 @@
 """Test plumbing that keeps CI honest.
 
 * With CI=true a skipped test fails: a test that never ran is not a passing test.
+* Browser tests (`@pytest.mark.browser`) need Debian's Chromium at /usr/bin/chromium, which `make test`
+  installs when it is missing and apt-get is usable (.ci/chromium). Where it cannot be had they do not
+  run, and the run ends with a "browser tests not run" section naming each of them and why (with
+  CI=true they fail instead, like every skip): a machine without a browser still tests everything else,
+  and nobody mistakes that for a run that checked the notebook in a browser.
 * Hypothesis runs without deadlines (timings belong in benchmarks/, never in tests).
 * Every history a TestEnvironment produced is replayed through `ev.testing.replay` against the
   current workflow definition when the environment closes; a divergence fails the test. So a
@@ -13,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +40,37 @@ settings.load_profile("ci" if IN_CI else os.environ.get("HYPOTHESIS_PROFILE", "d
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_replay_check: the test changes workflow code on purpose")
+    config.addinivalue_line("markers", "browser: drives JupyterLab in Debian's Chromium (/usr/bin/chromium)")
+
+
+#: browser tests this run could not run (no Chromium), named at the end of the run
+_browser_not_run: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    browser = [item for item in items if item.get_closest_marker("browser") is not None]
+    if not browser:
+        return
+    from tests.jupyter_lab import CHROMIUM
+
+    if shutil.which(CHROMIUM) is not None:
+        return
+    reason = (
+        f"no {CHROMIUM}: install Debian's `chromium` package (`make test` does when apt-get is usable, "
+        "as root or with passwordless sudo)"
+    )
+    for item in browser:
+        item.add_marker(pytest.mark.skip(reason=reason))
+    _browser_not_run[:] = [reason, *(item.nodeid for item in browser)]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _browser_not_run:
+        reason, *names = _browser_not_run
+        terminalreporter.section(f"browser tests not run ({len(names)})", yellow=True)
+        terminalreporter.line(reason)
+        for name in names:
+            terminalreporter.line(f"  {name}")
 
 
 @pytest.hookimpl(hookwrapper=True)

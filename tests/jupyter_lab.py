@@ -37,7 +37,8 @@ from playwright.sync_api import Browser, Locator, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-CHROMIUM = "/usr/bin/chromium"
+#: Debian's Chromium (`make test` installs it when missing); EVENTUAL_CHROMIUM points elsewhere
+CHROMIUM = os.environ.get("EVENTUAL_CHROMIUM", "/usr/bin/chromium")
 # Generous on purpose: CI shares 2 cores between the lab server, the kernel and Chromium.
 TIMEOUT_S = 60.0
 _TIMEOUT_MS = TIMEOUT_S * 1000
@@ -207,7 +208,7 @@ class LabServer:
                 self.process.wait(timeout=10)
 
 
-def _lab_environment(state_dir: Path, jupyter_path: Sequence[Path]) -> dict[str, str]:
+def lab_environment(state_dir: Path, jupyter_path: Sequence[Path]) -> dict[str, str]:
     """Point every Jupyter and IPython directory into `state_dir` so the user's settings never leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_", "JPY_", "IPYTHON"))}
     dirs = {name: state_dir / name for name in ("config", "data", "runtime", "ipython")}
@@ -263,7 +264,7 @@ def running_lab(root_dir: Path, state_dir: Path, jupyter_path: Sequence[Path] = 
         process = subprocess.Popen(
             argv,
             cwd=root_dir,
-            env=_lab_environment(state_dir, jupyter_path),
+            env=lab_environment(state_dir, jupyter_path),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -452,7 +453,7 @@ def _describe_output(out: dict[str, Any]) -> str:
 def chromium() -> Iterator[Browser]:
     """Debian's Chromium, headless; `--no-sandbox` because tests and CI run as root."""
     if shutil.which(CHROMIUM) is None:
-        raise AssertionError(f"{CHROMIUM} is missing: install Debian's `chromium` package (.ci/run does)")
+        raise AssertionError(f"{CHROMIUM} is missing: install Debian's `chromium` package (`make test` does)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,

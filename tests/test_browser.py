@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.jupyter_lab import (
     LabPage,
     chromium,
@@ -20,6 +22,8 @@ from tests.jupyter_lab import (
     running_lab,
     write_notebook,
 )
+
+pytestmark = pytest.mark.browser
 
 # The thread parks until the test drops a flag file, so "the DOM changed after the cell returned" is
 # proven by ordering, not by timing: the cell has replied before the flag exists.
@@ -135,3 +139,37 @@ def test_execution_widget_goes_live_and_send_releases_signal(tmp_path: Path) -> 
 
     assert shot.is_file() and shot.stat().st_size > 0
     assert (root / ".eventual" / "browser-demo.db").is_file(), "the local runtime's database is not beside the notebook"
+
+
+def test_cancel_asks_for_confirmation_and_cancels_the_execution(tmp_path: Path) -> None:
+    """The widget's Cancel is a question in the widget (plain ipywidgets, so JupyterLab and Notebook 7 show
+    it alike): "No" keeps the execution running, "Yes" cancels the execution (not a signal)."""
+    root = tmp_path / "root"
+    write_notebook(root / "eventual.ipynb", EVENTUAL_CELLS, "eventual", "Eventual (Python 3)")
+    from kernel_ext.kernelspec import install_kernelspec
+
+    install_kernelspec(prefix=tmp_path / "kernels")
+    with lab_session(tmp_path, root, [tmp_path / "kernels" / "share" / "jupyter"]) as lab:
+        lab.open_notebook("eventual.ipynb", "eventual", cells=len(EVENTUAL_CELLS))
+        lab.run_cells(len(EVENTUAL_CELLS))
+        lab.wait_for_text(".eventual-execution .eventual-status", "IN_PROGRESS")
+        question = ".eventual-cancel-confirmation"
+        if lab.page.locator(question).is_visible():
+            lab.fail("the cancel question shows before anyone clicked Cancel")
+        lab.click("button.eventual-cancel")
+        lab.wait_for_text(question, "cancels the execution")
+        asked = lab.page.locator(question).inner_text()
+        lab.screenshot(tmp_path / "cancel-question.png", scroll_to=question)
+        if "not send a signal" not in asked or "waits_for_go/" not in asked:
+            lab.fail(f"the question should name the execution and say it is not a signal: {asked!r}")
+        lab.click("button.eventual-cancel-keep")
+        lab.wait_for_text(".eventual-execution .eventual-message", "keeps running")
+        lab.page.locator(question).wait_for(state="hidden")
+        lab.click("button.eventual-cancel")
+        lab.wait_for_text(question, "cancels the execution")
+        lab.click("button.eventual-cancel-confirm")
+        lab.wait_for_text(".eventual-execution .eventual-status", "CANCELLED")
+        lab.wait_for_text(".eventual-execution .eventual-message", "cancellation of the execution requested")
+        shot = lab.screenshot(tmp_path / "cancelled-widget.png", scroll_to=".eventual-execution")
+
+    assert shot.is_file() and shot.stat().st_size > 0

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +326,19 @@ def _updates(session: KernelSession, comm_id: str) -> list[tuple[str, dict[str, 
     ]  # fmt: skip
 
 
+def _shown(session: KernelSession, comm_id: str, shows: Callable[[str], bool], what: str) -> dict[str, Any]:
+    """Wait for the update of widget `comm_id` whose `value` `shows` accepts (the frontend would render it)."""
+    return session.wait_for(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == comm_id
+            and shows(m["content"]["data"].get("state", {}).get("value", ""))
+        ),
+        60,
+        what,
+    )
+
+
 def test_widget_keeps_updating_after_the_cell_returned_and_send_delivers_the_signal(session: KernelSession) -> None:
     reply = session.execute("h = await progress.start(4)\nh")
     cell_done = reply["header"]["date"]
@@ -334,13 +348,10 @@ def test_widget_keeps_updating_after_the_cell_returned_and_send_delivers_the_sig
     send = _widget(opens, "eventual-signal-send")
     result = _widget(opens, "eventual-result")
     # the activities run after the cell returned: the timeline grows through comm updates
-    session.wait_for(
-        lambda m: (
-            m["msg_type"] == "comm_msg"
-            and m["content"]["comm_id"] == timeline
-            and m["content"]["data"].get("state", {}).get("value", "").count("ActivitySucceeded") == 4
-        ),
-        60,
+    _shown(
+        session,
+        timeline,
+        lambda value: value.count("ActivitySucceeded") == 4,
         "the timeline to show four finished activities",
     )
     timeline_updates = [
@@ -351,26 +362,37 @@ def test_widget_keeps_updating_after_the_cell_returned_and_send_delivers_the_sig
     assert all("SUCCEEDED" not in state.get("value", "") for _, state in _updates(session, status))
     # a click on Send, as the frontend sends it, delivers the signal (no cell runs)
     session.send_comm(send, {"method": "custom", "content": {"event": "click"}})
-    session.wait_for(
-        lambda m: (
-            m["msg_type"] == "comm_msg"
-            and m["content"]["comm_id"] == status
-            and "SUCCEEDED" in m["content"]["data"].get("state", {}).get("value", "")
-        ),
-        60,
-        "the status widget to show SUCCEEDED",
-    )
-    session.wait_for(  # each widget sends its own update: the result's may follow the status's
-        lambda m: (
-            m["msg_type"] == "comm_msg"
-            and m["content"]["comm_id"] == result
-            and "<code>6</code>" in m["content"]["data"].get("state", {}).get("value", "")
-        ),
-        60,
-        "the result widget to show 6 (0 + 1 + 2 + 3)",
-    )
+    _shown(session, status, lambda value: "SUCCEEDED" in value, "the status widget to show SUCCEEDED")
+    # each widget sends its own update: the result's may follow the status's
+    _shown(session, result, lambda value: "<code>6</code>" in value, "the result widget to show 6 (0 + 1 + 2 + 3)")
     final = session.run("print((await h.status()).status.value)")
     assert final.strip() == "SUCCEEDED"
+
+
+def test_handles_and_widgets_follow_a_rerun_of_runtime_local_and_say_plainly_when_replaced(
+    session: KernelSession,
+) -> None:
+    """Run All twice re-runs `%eventual runtime local`: the widget shown before and the handle keep working
+    on the new runtime (same database); after `%eventual runtime test` the old handle says why it cannot."""
+    session.execute("%eventual runtime local")
+    session.execute("h = await progress.start(3)\nh")
+    opens = session.comm_opens()
+    status = _widget(opens, "eventual-status")
+    timeline = _widget(opens, "eventual-timeline")
+    send = _widget(opens, "eventual-signal-send")
+    _shown(session, timeline, lambda value: "ActivitySucceeded" in value, "the first activity to finish")
+    session.execute("%eventual runtime local")  # the execution is in flight: activities still to run
+    session.send_comm(send, {"method": "custom", "content": {"event": "click"}})  # the old widget's Send
+    _shown(session, status, lambda value: "SUCCEEDED" in value, "the widget shown before the re-run to show SUCCEEDED")
+    assert session.run("print(await h.result())").strip() == "3"
+    session.execute("%eventual runtime test")
+    said = session.run(
+        "try:\n    await h.result()\nexcept ev.EventualError as exc:\n    print(type(exc).__name__, exc)"
+    )
+    assert "belongs to the runtime replaced by `%eventual runtime test`" in said, said
+    assert "Traceback" not in said and "not running" not in said, said
+    session.execute("%eventual runtime local")  # back on the same database: the handle follows again
+    assert session.run("print((await h.status()).status.value)").strip() == "SUCCEEDED"
 
 
 # ------------------------------------------------------------------------------------------- notebooks
@@ -411,13 +433,10 @@ def test_executions_progress_while_a_cell_blocks(session: KernelSession) -> None
     session.execute("h = await progress.start(3)\nh")
     timeline = _widget(session.comm_opens(), "eventual-timeline")
     blocking = session.client.execute("import time\ntime.sleep(4)\nprint('woke')")
-    session.wait_for(
-        lambda m: (
-            m["msg_type"] == "comm_msg"
-            and m["content"]["comm_id"] == timeline
-            and m["content"]["data"].get("state", {}).get("value", "").count("ActivitySucceeded") == 3
-        ),
-        60,
+    _shown(
+        session,
+        timeline,
+        lambda value: value.count("ActivitySucceeded") == 3,
         "three finished activities in the timeline",
     )
     session.wait_idle(blocking)

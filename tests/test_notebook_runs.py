@@ -111,6 +111,14 @@ def test_run_passes_parameters_and_runs_in_a_fresh_directory(tmp_path: Path) -> 
     assert f"cwd {ROOT}" not in printed
 
 
+def test_a_headless_run_does_not_print_the_kernels_tcp_warning(tmp_path: Path) -> None:
+    """`make demo` and `eventual-nb run/test` talk to their kernel over Unix sockets, so the kernel has no reason to
+    warn "running over TCP without encryption" into the run's output."""
+    proc = eventual_nb("run", str(FIXTURES / "passing.ipynb"), "-o", str(tmp_path / "out.ipynb"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "without encryption" not in proc.stdout + proc.stderr, proc.stderr
+
+
 def test_usage_errors_and_timeouts_name_their_cell(tmp_path: Path) -> None:
     """A magic's UsageError reaches papermill only as stderr text (empty evalue); a timeout as
     CellTimeoutError without an error output. Both are reported with their cell."""

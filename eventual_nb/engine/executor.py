@@ -665,6 +665,14 @@ class WorkflowExecutor:
         self.timers[seq] = handle
         self._timer_seqs[id(handle)] = seq
 
+    def mark_signal_timeout(self, handle: asyncio.TimerHandle, signal: str) -> None:
+        """Name on a timer scheduled in this step the signal whose `expect(timeout=)` it is (recorded history
+        stays as it was recorded: the mark is for readers, replay compares timers by kind only)."""
+        seq = self._timer_seqs.get(id(handle))
+        for event in self._out.events:
+            if isinstance(event, TimerScheduled) and event.seq == seq:
+                event.signal_timeout = signal
+
     def cancel_timer(self, handle: asyncio.TimerHandle) -> None:
         seq = self._timer_seqs.pop(id(handle), None)
         if seq is None or seq not in self.timers:

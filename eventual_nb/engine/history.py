@@ -65,6 +65,9 @@ class ActivityHeartbeatTimedOut(_Event):
 class TimerScheduled(_Event):
     type: Literal["TimerScheduled"] = "TimerScheduled"
     until: datetime
+    #: the signal whose `expect(timeout=)` this timer is: history records no cancelled timer, so this is how a
+    #: reader (the notebook's timeline) knows the timer ended when that signal arrived; not part of replay
+    signal_timeout: str | None = None
 
 
 class TimerCompleted(_Event):

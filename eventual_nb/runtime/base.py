@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from enum import StrEnum
@@ -251,6 +252,23 @@ class RuntimeBase:
     def retry_blocked(self) -> None:
         """Try executions that stopped on a missing or incompatible definition again."""
 
+    #: why handles and widgets bound to this runtime cannot reach their executions through it once it stopped
+    #: ("the runtime replaced by `%eventual runtime test`"); set by whoever stops it to start another
+    replaced_because: str | None = None
+    #: set while whoever stopped this runtime starts its replacement; handles wait for it before deciding
+    _handover: threading.Event | None = None
+
+    def is_running(self) -> bool:
+        """Whether this runtime still serves calls (a stopped LocalRuntime or a closed TestEnvironment does not;
+        a client of a deployed stack always does)."""
+        return True
+
+    def store(self) -> object:
+        """What holds this runtime's executions: runtimes with equal stores serve the same executions, so a
+        handle bound to a stopped one follows the current runtime when that opens the same store. By default
+        a runtime's executions live in it alone (a TestEnvironment's memory)."""
+        return self
+
     _commit_listeners: list[Callable[[], None]] | None = None
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
@@ -350,8 +368,45 @@ def signal_name_of(signal: Any) -> str:
     raise errors.EventualError(f"expected a signal or its name, got {signal!r}")
 
 
+#: how long a handle waits for a runtime switch in progress (the kernel's `%eventual runtime`) to finish
+HANDOVER_TIMEOUT = 60.0
+
+
+def _is_running(runtime: Any) -> bool:
+    check = getattr(runtime, "is_running", None)
+    return True if check is None else bool(check())  # a client (ServiceClient) has no lifecycle here
+
+
+def serving_runtime(bound: Any, what: str) -> Any:
+    """The runtime that serves `what` (a handle's execution, a widget) now, for one bound to `bound`.
+
+    `bound` itself while it runs. Once it stopped, the current runtime if that opens the same store (a
+    notebook re-running `%eventual runtime local`: handles and widgets follow the new runtime); otherwise
+    an `EventualError` saying plainly why the execution cannot be reached. Blocks while a switch started by
+    whoever stopped `bound` is still in progress (call it from a thread that is not the runtime's)."""
+    if _is_running(bound):
+        return bound
+    handover = getattr(bound, "_handover", None)
+    if handover is not None:
+        handover.wait(HANDOVER_TIMEOUT)
+    current = current_runtime(required=False)
+    if (
+        current is not None
+        and current is not bound
+        and _is_running(current)
+        and callable(getattr(current, "store", None))
+        and current.store() == bound.store()
+    ):
+        return current
+    reason = getattr(bound, "replaced_because", None) or f"a {type(bound).__name__} that was stopped"
+    raise errors.EventualError(f"{what} belongs to {reason}")
+
+
 class ExecutionHandle:
-    """A reference to one execution, bound to the runtime or client that started or found it."""
+    """A reference to one execution, bound to the runtime or client that started or found it.
+
+    A handle whose runtime stopped follows the runtime that replaced it on the same store (a re-run of
+    `%eventual runtime local` in a notebook), and otherwise says which runtime it belongs to."""
 
     def __init__(self, id: str, workflow: str | None = None, *, runtime: Any = None, already_running: bool = False):
         self.id = id
@@ -373,28 +428,47 @@ class ExecutionHandle:
     def runtime(self) -> Any:
         return self._runtime if self._runtime is not None else current_runtime()
 
+    async def _serving(self) -> Any:
+        """The runtime to call now (`serving_runtime`), remembered so later calls go straight to it."""
+        bound = self._runtime
+        if bound is None:
+            return current_runtime()
+        if not _is_running(bound):
+            # waits for a switch in progress on a worker thread: the switching thread may need this loop
+            self._runtime = await asyncio.to_thread(serving_runtime, bound, f"this execution ('{self.id}')")
+        return self._runtime
+
     async def status(self) -> Execution:
-        return await self.runtime.get_execution(self.id)  # type: ignore[no-any-return]
+        return await (await self._serving()).get_execution(self.id)  # type: ignore[no-any-return]
 
     async def result(self, timeout: Any = None) -> Any:
         """Wait for the execution to end; return its result or raise why it did not succeed."""
         from eventual_nb.durations import optional_duration
 
         limit = optional_duration(timeout, what="timeout")
-        execution = await self.runtime.wait_for_execution(self.id, None if limit is None else limit.total_seconds())
-        return outcome_of(execution)
+        deadline = None if limit is None else time.monotonic() + limit.total_seconds()
+        while True:
+            runtime = await self._serving()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                execution = await runtime.wait_for_execution(self.id, left)
+            except errors.EventualError:
+                if _is_running(runtime):
+                    raise
+                continue  # its runtime stopped while waiting: wait on the one that replaced it
+            return outcome_of(execution)
 
     async def signal(self, signal: Signal | str, payload: Any = None, id: str | None = None) -> None:
-        await self.runtime.send_signal(self.id, signal, payload, id=id)
+        await (await self._serving()).send_signal(self.id, signal, payload, id=id)
 
     async def cancel(self) -> None:
-        await self.runtime.cancel_execution(self.id)
+        await (await self._serving()).cancel_execution(self.id)
 
     async def history(self) -> list[HistoryEvent]:
-        return await self.runtime.get_execution_history(self.id)  # type: ignore[no-any-return]
+        return await (await self._serving()).get_execution_history(self.id)  # type: ignore[no-any-return]
 
     async def logs(self) -> list[LogEntry]:
-        return await self.runtime.get_execution_logs(self.id)  # type: ignore[no-any-return]
+        return await (await self._serving()).get_execution_logs(self.id)  # type: ignore[no-any-return]
 
 
 def outcome_of(execution: Execution) -> Any:

@@ -295,6 +295,9 @@ class TestEnvironment(RuntimeBase):
         self.enter_current()
         return self
 
+    def is_running(self) -> bool:
+        return self._home_loop is not None
+
     async def __aexit__(self, *exc_info: Any) -> None:
         self.exit_current()
         self._home_loop = None

@@ -319,6 +319,13 @@ class LocalRuntime(RuntimeBase):
             self._db = None
         self._home_loop = None
 
+    def is_running(self) -> bool:
+        return self._scheduler is not None
+
+    def store(self) -> object:
+        """The database file: every LocalRuntime opened on it serves the same executions."""
+        return ("sqlite", os.path.realpath(self.path))
+
     def _recover(self) -> None:
         """Work left 'running' by a crashed process runs again; executions with news get a step."""
         cx = self._cx
