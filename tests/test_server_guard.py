@@ -25,7 +25,7 @@ from eventual_nb.runtime.aws import lambda_api
 from eventual_nb.runtime.local.server import create_app
 from eventual_nb.runtime.tokens import InvalidToken, TokenSigner
 from tests import test_server_client as sc
-from tests.test_cli_verbs import FIXTURE, start_server
+from tests.test_cli_verbs import FIXTURE, free_port, run_cli, start_server
 
 RunningServer = sc.RunningServer
 run_server = sc.run_server
@@ -159,6 +159,12 @@ def test_allowed_hosts_adds_names_and_patterns_and_star_allows_any(tmp_path: Pat
         assert "403" not in schema["paths"]["/echo"]["post"]["responses"]
     with pytest.raises(TypeError, match="list of host names"):
         create_app(runtime, allowed_hosts="bank.test")
+
+
+def test_an_empty_allowed_host_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    proc = run_cli("serve", str(FIXTURE), "--allow-host", "", "--port", str(free_port()), "--db", str(tmp_path / "db"))
+    assert proc.returncode == 1, proc.stderr
+    assert "allowed host name is empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_eventual_nb_serve_allow_host(tmp_path: Path) -> None:

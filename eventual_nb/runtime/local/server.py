@@ -558,7 +558,7 @@ class HostCheck:
             raise TypeError("allowed_hosts is a list of host names, not one string")
         names = {name.strip().lower().rstrip(".") for name in allowed}
         if "" in names:
-            raise ValueError("allowed_hosts has an empty host name")
+            raise errors.InputValidationError("an allowed host name is empty: give a name like 'shop.lan'")
         self.any = "*" in names
         self.suffixes = tuple(name[1:] for name in names if name.startswith("*."))
         self.names = {name for name in names if not name.startswith("*")} | set(LOOPBACK_NAMES)
