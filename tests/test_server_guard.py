@@ -7,11 +7,13 @@ answer the routes give. Real uvicorn on 127.0.0.1 (tests/test_server_client.py's
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,28 @@ from eventual_nb.client import ServiceClient
 from eventual_nb.runtime.aws import lambda_api
 from eventual_nb.runtime.local.server import create_app
 from eventual_nb.runtime.tokens import InvalidToken, TokenSigner
-from tests import test_server_client as sc
+from tests.server_support import RunningServer, run_server
 from tests.test_cli_verbs import FIXTURE, free_port, run_cli, start_server
-
-RunningServer = sc.RunningServer
-run_server = sc.run_server
-runtime_kind = sc.runtime_kind
-server = sc.server
-client = sc.client
 
 GUARD = ev.Service("tests-server-guard")
 SECRET = "s3cret-connection-string"
+#: activity tokens handed out by `guard_external`, by key (written in the server's thread)
+TOKENS: dict[str, str] = {}
+
+
+@ev.workflow
+async def guard_noop() -> str:
+    return "done"
+
+
+@ev.activity(retry=ev.RetryPolicy(max_attempts=1))
+async def guard_external(key: str) -> str:
+    return ev.async_result(lambda token: TOKENS.__setitem__(key, token))
+
+
+@ev.workflow
+async def guard_uses_external(key: str) -> str:
+    return await guard_external(key)
 
 
 @GUARD.api.get("/explode")
@@ -47,10 +60,38 @@ async def echo(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def make_runtime(kind: str, tmp_path: Path) -> Any:
+    if kind == "test":
+        return ev.testing.TestEnvironment(service=GUARD)
+    return ev.LocalRuntime(tmp_path / "state.db", service=GUARD)
+
+
+@pytest.fixture(params=["test", "local"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    with run_server(make_runtime(str(request.param), tmp_path)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[ServiceClient]:
+    async with ServiceClient(server.url, timeout=30) as service_client:
+        yield service_client
+
+
 @pytest.fixture
 def guard_server(tmp_path: Path) -> Iterator[RunningServer]:
-    with run_server(ev.testing.TestEnvironment(service=GUARD)) as running:
+    with run_server(make_runtime("test", tmp_path)) as running:
         yield running
+
+
+async def wait_for_token(handle: ev.ExecutionHandle, key: str) -> str:
+    """Drive the execution until its `guard_external` activity has handed out its token."""
+    for _ in range(200):
+        if key in TOKENS:
+            return TOKENS[key]
+        with contextlib.suppress(ev.Timeout, ev.testing.Stuck):
+            await handle.result(timeout=0.05)
+    raise AssertionError(f"activity guard_external({key!r}) never handed out a token")
 
 
 # --------------------------------------------------------------------------------------------- page tokens
@@ -60,7 +101,7 @@ async def test_page_tokens_no_listing_issued_are_400_naming_next_token(
     server: RunningServer, client: ServiceClient
 ) -> None:
     for number in range(3):
-        await client.start_execution("sc_noop", name=f"page-{number}")
+        await client.start_execution("guard_noop", name=f"page-{number}")
     async with httpx.AsyncClient(base_url=server.url) as http:
         for token in ["9223372036854775808", "99999999999999999999", "-50", "-0", " 7", "7 ", "1_0", "+1", "007"]:
             answer = await http.get("/_eventual/executions", params={"next_token": token})
@@ -184,10 +225,10 @@ def test_eventual_nb_serve_allow_host(tmp_path: Path) -> None:
 async def test_a_boolean_is_not_a_workflow_timeout(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         for value in [True, False]:
-            answer = await http.post("/_eventual/executions", json={"workflow": "sc_noop", "timeout": value})
+            answer = await http.post("/_eventual/executions", json={"workflow": "guard_noop", "timeout": value})
             assert answer.status_code == 422, answer.text
             assert "body.timeout" in answer.json()["message"]
-        answer = await http.post("/_eventual/executions", json={"workflow": "sc_noop", "timeout": 30, "name": "t"})
+        answer = await http.post("/_eventual/executions", json={"workflow": "guard_noop", "timeout": 30, "name": "t"})
         assert answer.status_code == 200, answer.text
 
 
@@ -229,9 +270,9 @@ def test_activity_tokens_decode_only_in_the_form_they_were_issued() -> None:
 async def test_a_respelled_activity_token_does_not_complete_the_activity(
     client: ServiceClient, server: RunningServer
 ) -> None:
-    key = sc.unique("respelled")
-    handle = await client.start_execution(sc.sc_uses_external, key)
-    token = await sc.wait_for_token(client, handle, key)
+    key = f"respelled-{uuid.uuid4().hex}"
+    handle = await client.start_execution(guard_uses_external, key)
+    token = await wait_for_token(handle, key)
     encoded, mac = token.split(".")
     async with httpx.AsyncClient(base_url=server.url) as http:
         for variant in [f"{encoded}=.{mac}", f"{encoded[:2]}*{encoded[2:]}.{mac}"]:
