@@ -301,7 +301,7 @@ def test_start_unknown_workflow_and_invalid_input_are_errors(server: Server) -> 
     assert proc.returncode == 1
     assert "error: InputValidationError:" in proc.stderr
     body = json.loads(proc.stdout)
-    assert body["error"] == "InvalidPageToken" and "invalid next_token 'garbage!'" in body["message"], body
+    assert body["error"] == "InputValidationError"
     assert body["errors"]
 
 
