@@ -59,3 +59,15 @@ def run_server(runtime: Any, **options: Any) -> Iterator[RunningServer]:
         thread.join(timeout=30)
         sock.close()
         assert not thread.is_alive(), "the test server did not shut down"
+
+
+async def token_from(tokens: dict[str, str], handle: Any, key: str) -> str:
+    """Drive `handle`'s execution until an async activity has put its token under `key` in `tokens`."""
+    import eventual_nb as ev
+
+    for _ in range(200):
+        if key in tokens:
+            return tokens[key]
+        with contextlib.suppress(ev.Timeout, ev.testing.Stuck):
+            await handle.result(timeout=0.05)
+    raise AssertionError(f"the activity for {key!r} never handed out a token")

@@ -14,7 +14,6 @@ work to happen (an activity handing out its token, a subscription failing) drive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import uuid
@@ -32,7 +31,7 @@ from pydantic import BaseModel, Field
 import eventual_nb as ev
 from eventual_nb.client import ServerUnreachable, ServiceClient, Unauthorized
 from eventual_nb.runtime.tokens import InvalidToken
-from tests.server_support import RunningServer, run_server
+from tests.server_support import RunningServer, run_server, token_from
 
 SERVICE = ev.Service("tests-server-client")
 
@@ -179,12 +178,7 @@ def unique(prefix: str) -> str:
 
 async def wait_for_token(client: ServiceClient, handle: ev.ExecutionHandle, key: str) -> str:
     """Drive the execution until its `sc_external` activity has handed out its token."""
-    for _ in range(200):
-        if key in TOKENS:
-            return TOKENS[key]
-        with contextlib.suppress(ev.Timeout, ev.testing.Stuck):
-            await handle.result(timeout=0.05)
-    raise AssertionError(f"activity sc_external({key!r}) never handed out a token")
+    return await token_from(TOKENS, handle, key)
 
 
 # ------------------------------------------------------------------------------------------ round trips

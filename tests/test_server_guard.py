@@ -7,7 +7,6 @@ answer the routes give. Real uvicorn on 127.0.0.1 (tests/test_server_client.py's
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -26,7 +25,7 @@ from eventual_nb.client import ServiceClient
 from eventual_nb.runtime.aws import lambda_api
 from eventual_nb.runtime.local.server import create_app
 from eventual_nb.runtime.tokens import InvalidToken, TokenSigner
-from tests.server_support import RunningServer, run_server
+from tests.server_support import RunningServer, run_server, token_from
 from tests.test_cli_verbs import FIXTURE, free_port, run_cli, start_server
 
 GUARD = ev.Service("tests-server-guard")
@@ -82,16 +81,6 @@ async def client(server: RunningServer) -> AsyncIterator[ServiceClient]:
 def guard_server(tmp_path: Path) -> Iterator[RunningServer]:
     with run_server(make_runtime("test", tmp_path)) as running:
         yield running
-
-
-async def wait_for_token(handle: ev.ExecutionHandle, key: str) -> str:
-    """Drive the execution until its `guard_external` activity has handed out its token."""
-    for _ in range(200):
-        if key in TOKENS:
-            return TOKENS[key]
-        with contextlib.suppress(ev.Timeout, ev.testing.Stuck):
-            await handle.result(timeout=0.05)
-    raise AssertionError(f"activity guard_external({key!r}) never handed out a token")
 
 
 # --------------------------------------------------------------------------------------------- page tokens
@@ -272,7 +261,7 @@ async def test_a_respelled_activity_token_does_not_complete_the_activity(
 ) -> None:
     key = f"respelled-{uuid.uuid4().hex}"
     handle = await client.start_execution(guard_uses_external, key)
-    token = await wait_for_token(handle, key)
+    token = await token_from(TOKENS, handle, key)
     encoded, mac = token.split(".")
     async with httpx.AsyncClient(base_url=server.url) as http:
         for variant in [f"{encoded}=.{mac}", f"{encoded[:2]}*{encoded[2:]}.{mac}"]:
