@@ -118,6 +118,8 @@ MAX_DEAD_LETTER_RECEIVES = 100
 class AwsRuntime(RuntimeBase):
     """The service-client protocol against one AWS stack (see the module docstring)."""
 
+    page_token_pattern = None  # opaque: base64 of the listing's per-partition cursors
+
     def __init__(
         self,
         stack: str | None = None,

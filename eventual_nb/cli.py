@@ -578,7 +578,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         _check_database(db)
         runtime = local_runtime(path=str(db), services=services)
-        app = create_app(runtime, services, token=token)
+        wide = args.host not in LOOPBACK_HOSTS  # clients name the machine however they reach it
+        app = create_app(runtime, services, token=token, allowed_hosts=["*"] if wide else args.allow_host)
     except ev.EventualError as exc:
         return out.error(type(exc).__name__, exc.message, exc.to_json())
     names = ", ".join(service.name for service in services)
@@ -925,6 +926,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"interface to listen on (default {DEFAULT_HOST}; anything but loopback needs ${TOKEN_ENV})",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; '*.example.com' for its subdomains, "
+        "'*' for any). A loopback server answers only localhost and loopback addresses, against DNS rebinding; "
+        "beyond loopback every host is answered (the token guards the internal routes)",
+    )
 
     p = add("export", "export a notebook as a deployable service package", plain, export)
     p.add_argument("notebook", metavar="NOTEBOOK")

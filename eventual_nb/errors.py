@@ -78,6 +78,12 @@ class InputValidationError(EventualError, ValueError):
         self.errors = errors or []
 
 
+class InvalidPageToken(InputValidationError):
+    """A `next_token` that no listing issued: malformed, out of range, or made by another listing (HTTP 400)."""
+
+    status_code = 400
+
+
 class ActivityFailed(EventualError):
     """An activity failed for good; `error` is the original exception's type name."""
 

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,11 +119,12 @@ def start_server(
     host: str = "127.0.0.1",
     cwd: Path = ROOT,
     env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> Server:
-    """Start `eventual-nb serve` and wait until its internal health route answers."""
+    """Start `eventual-nb serve` (with `extra` options) and wait until its internal health route answers."""
     port = free_port()
     log = (db.parent if db is not None else cwd) / f"serve-{port}.log"
-    args = [sys.executable, "-m", "eventual_nb.cli", "serve", str(target), "--port", str(port), "--host", host]
+    args = [sys.executable, "-m", "eventual_nb.cli", "serve", str(target), "--port", str(port), "--host", host, *extra]
     if db is not None:
         args += ["--db", str(db)]
     with log.open("w") as sink:
@@ -467,7 +468,7 @@ def test_executions_rejects_bad_options(server: Server) -> None:
     proc = server.cli("executions", "--next-token", "garbage!", "--json")
     assert proc.returncode == 1
     body = json.loads(proc.stdout)
-    assert body["error"] == "InputValidationError"
+    assert body["error"] == "InvalidPageToken" and "invalid next_token 'garbage!'" in body["message"], body
 
 
 # -- history, logs, execution -------------------------------------------------------------------------

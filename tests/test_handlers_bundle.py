@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -176,9 +177,11 @@ def json_body(answer: dict[str, Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    """The service's app on a LocalRuntime; the adapter's lifespan starts the runtime on the process loop."""
+    """The service's app on a LocalRuntime; the adapter's lifespan starts the runtime on the process loop.
+
+    Any Host, as the API function's own app (`lambda_api.api_app`): events carry the API's domain."""
     runtime = ev.LocalRuntime(tmp_path_factory.mktemp("lambda-api") / "state.db", service=SERVICE)
-    served = create_app(runtime, services=[SERVICE], own_runtime=True)
+    served = create_app(runtime, services=[SERVICE], own_runtime=True, allowed_hosts=["*"])
     yield served
     lambda_api.shutdown_app(served)
 
@@ -294,12 +297,15 @@ def test_named_stage_becomes_the_root_path(app: FastAPI) -> None:
     assert json_body(answer) == {"id": 3, "q": None, "tags": []}
 
 
-def test_unhandled_error_answers_500(app: FastAPI) -> None:
-    answer = call(app, http_event("GET", "/boom"))
+def test_unhandled_error_answers_500_with_an_error_id_only(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="eventual_nb.server"):
+        answer = call(app, http_event("GET", "/boom"))
     assert answer["statusCode"] == 500
     body = json_body(answer)
     assert body["error"] == "EventualError"
-    assert "the ledger is on fire" in body["message"]
+    assert "the ledger is on fire" not in answer["body"] and "RuntimeError" not in answer["body"]
+    logged = [record for record in caplog.records if body["error_id"] in record.getMessage()]
+    assert logged and "the ledger is on fire" in str(logged[0].exc_info[1] if logged[0].exc_info else None)
 
 
 def test_workflow_runs_between_requests_and_internal_routes_take_ids_with_slashes(app: FastAPI) -> None:

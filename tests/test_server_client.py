@@ -14,29 +14,24 @@ work to happen (an activity handing out its token, a subscription failing) drive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 import eventual_nb as ev
 from eventual_nb.client import ServerUnreachable, ServiceClient, Unauthorized
-from eventual_nb.runtime.local.server import create_app
 from eventual_nb.runtime.tokens import InvalidToken
+from tests.server_support import RunningServer, run_server, token_from
 
 SERVICE = ev.Service("tests-server-client")
 
@@ -138,47 +133,6 @@ def make_runtime(kind: str, tmp_path: Path) -> Any:
     raise ValueError(f"unknown runtime kind {kind!r}")
 
 
-@dataclass
-class RunningServer:
-    url: str
-    runtime: Any
-    token: str | None
-
-    def headers(self) -> dict[str, str]:
-        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
-
-
-@contextlib.contextmanager
-def run_server(runtime: Any, **options: Any) -> Iterator[RunningServer]:
-    """uvicorn serving `create_app(runtime, **options)` in a thread, on a free loopback port."""
-    app = create_app(runtime, **options)
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it each
-    # response waits ~40 ms for a delayed ACK (Nagle)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
-    thread.start()
-    running = RunningServer(url=f"http://127.0.0.1:{port}", runtime=runtime, token=options.get("token"))
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the test server stopped during startup (see the log above)")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start within 20 s")
-            time.sleep(0.01)
-        health = httpx.get(f"{running.url}/_eventual/health", headers=running.headers(), timeout=10)
-        assert health.status_code == 200, health.text
-        yield running
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "the test server did not shut down"
-
-
 @pytest.fixture(params=["test", "local"])
 def runtime_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -224,12 +178,7 @@ def unique(prefix: str) -> str:
 
 async def wait_for_token(client: ServiceClient, handle: ev.ExecutionHandle, key: str) -> str:
     """Drive the execution until its `sc_external` activity has handed out its token."""
-    for _ in range(200):
-        if key in TOKENS:
-            return TOKENS[key]
-        with contextlib.suppress(ev.Timeout, ev.testing.Stuck):
-            await handle.result(timeout=0.05)
-    raise AssertionError(f"activity sc_external({key!r}) never handed out a token")
+    return await token_from(TOKENS, handle, key)
 
 
 # ------------------------------------------------------------------------------------------ round trips
@@ -601,7 +550,6 @@ async def test_wrong_types_on_internal_routes_are_422_naming_the_field(server: R
             ("GET", "/_eventual/executions", {"params": {"max_results": "0"}}, "query.max_results"),
             ("GET", "/_eventual/executions", {"params": {"status": "SLEEPING"}}, "query.status"),
             ("GET", "/_eventual/executions", {"params": {"sort": "sideways"}}, "query.sort"),
-            ("GET", "/_eventual/executions", {"params": {"next_token": "not-a-token"}}, "next_token"),
             ("GET", "/_eventual/result/sc_noop/x", {"params": {"timeout": "-3"}}, "query.timeout"),
             ("GET", "/_eventual/result/sc_noop/x", {"params": {"timeout": "nan"}}, "query.timeout"),
             ("POST", "/_eventual/signals", {"json": {"execution": "sc_noop/x"}}, "body.signal"),

@@ -13,12 +13,13 @@ import contextvars
 import functools
 import inspect
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -173,6 +174,12 @@ def _on_home_loop(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[.
     return on_home_loop
 
 
+#: What the page tokens of offset-paged runtimes (LocalRuntime, TestEnvironment) look like: `str(offset)` of
+#: the next page, at most 18 digits (below SQLite's signed 64-bit OFFSET), or empty for the first page.
+#: Their `page_token_pattern`, which the server's OpenAPI shows for `next_token`.
+OFFSET_TOKEN_PATTERN = r"^(0|[1-9][0-9]{0,17})?$"
+
+
 class RuntimeBase:
     """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments.
 
@@ -181,6 +188,9 @@ class RuntimeBase:
     cells, its widgets and an HTTP server at once."""
 
     _home_loop: asyncio.AbstractEventLoop | None = None
+    #: what this runtime's `list_executions` page tokens look like (a regular expression), for the server's
+    #: OpenAPI; None for opaque tokens
+    page_token_pattern: ClassVar[str | None] = OFFSET_TOKEN_PATTERN
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -338,15 +348,32 @@ def current_runtime(required: bool = True) -> Any:
 
 
 def listing_offset(sort: str, max_results: int, next_token: str | None) -> int:
-    """Check `list_executions` arguments; the page token is the offset of the next page."""
+    """Check `list_executions` arguments; the page token is the offset of the next page.
+
+    A token that does not match `OFFSET_TOKEN_PATTERN` was not issued by a listing and is refused
+    (`InvalidPageToken`, 400) rather than read loosely (`int()` would take '-50', ' 7', '1_0' or
+    Arabic-Indic digits, and SQLite overflows past 2**63 - 1).
+    """
     if sort not in ("asc", "desc"):
         raise errors.InputValidationError(f"sort must be 'asc' or 'desc', got {sort!r}")
     if max_results < 1:
         raise errors.InputValidationError(f"max_results must be at least 1, got {max_results}")
-    try:
-        return int(next_token) if next_token else 0
-    except ValueError:
-        raise errors.InputValidationError(f"invalid next_token {next_token!r}") from None
+    if next_token is None:
+        return 0
+    if re.fullmatch(OFFSET_TOKEN_PATTERN, next_token) is None:
+        raise invalid_page_token(next_token)
+    return int(next_token or 0)
+
+
+def invalid_page_token(
+    token: str, reason: str = "not a page token (pass the next_token of the page before)"
+) -> errors.InvalidPageToken:
+    """The one error every runtime raises for a `next_token` it did not issue (HTTP 400, naming the field)."""
+    shown = token if len(token) <= 80 else token[:77] + "..."
+    return errors.InvalidPageToken(
+        f"invalid next_token {shown!r}: {reason}; omit it for the first page",
+        errors=[{"loc": ["query", "next_token"], "msg": reason, "type": "invalid_page_token"}],
+    )
 
 
 def execution_id_of(execution: Any) -> str:

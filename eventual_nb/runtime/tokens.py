@@ -31,22 +31,38 @@ class TokenSigner:
 
     def sign(self, execution_id: str, seq: int, attempt: int) -> str:
         body = json.dumps([execution_id, seq, attempt], separators=(",", ":")).encode()
-        encoded = base64.urlsafe_b64encode(body).decode().rstrip("=")
-        return f"{encoded}.{self._mac(body)}"
+        return f"{_encode(body)}.{self._mac(body)}"
 
     def verify(self, token: str) -> tuple[str, int, int]:
-        """Return (execution id, seq, attempt) of a genuine token; raise `InvalidToken` otherwise."""
-        if not isinstance(token, str) or token.count(".") != 1:
+        """Return (execution id, seq, attempt) of a genuine token; raise `InvalidToken` otherwise.
+
+        Only the exact text `sign` makes is genuine: the base64 decoder would also take other spellings of the
+        same bytes (stray characters, padding, non-zero trailing bits), so the body is re-encoded and compared.
+        """
+        if not isinstance(token, str) or not token.isascii() or token.count(".") != 1:
             raise InvalidToken("invalid activity token: not a token issued by this runtime")
         encoded, mac = token.split(".")
         try:
             body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         except (ValueError, TypeError):
             raise InvalidToken("invalid activity token: cannot decode it") from None
-        if not mac.isascii() or not hmac.compare_digest(self._mac(body), mac):
+        if _encode(body) != encoded:
+            raise InvalidToken("invalid activity token: not in the form this runtime issues (non-canonical base64)")
+        if not hmac.compare_digest(self._mac(body), mac):
             raise InvalidToken("invalid activity token: its signature does not match (forged or from another runtime)")
         try:
-            execution_id, seq, attempt = json.loads(body)
-        except (ValueError, TypeError):
-            raise InvalidToken("invalid activity token: malformed contents") from None
-        return str(execution_id), int(seq), int(attempt)
+            contents = json.loads(body)
+        except ValueError:
+            contents = None
+        if (
+            not isinstance(contents, list)
+            or len(contents) != 3
+            or not isinstance(contents[0], str)
+            or not all(type(number) is int for number in contents[1:])  # not bool, not float
+        ):
+            raise InvalidToken("invalid activity token: malformed contents")
+        return contents[0], contents[1], contents[2]
+
+
+def _encode(body: bytes) -> str:
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")

@@ -332,8 +332,10 @@ async def _call(app: ASGIApp, scope: dict[str, Any], body: bytes) -> tuple[int, 
             return status, headers, chunks
         if status is not None:
             raise  # the response had started but not finished: there is no honest way to answer now
-        LOGGER.exception("the app raised before answering %s %s", scope["method"], scope["path"])
-        return _internal_error(f"internal server error: {type(exc).__name__}: {exc}")
+        from eventual_nb.runtime.local.server import internal_error
+
+        payload = json.dumps(internal_error(exc, scope["method"], scope["path"])).encode()
+        return 500, [(b"content-type", b"application/json")], [payload]
     finally:
         finished.set()
     if status is None:
@@ -439,7 +441,9 @@ def _build_api_app(service: str | None) -> ASGIApp:
         process_loop().run(runtime.start())
         atexit.register(_stop_runtime, runtime)
     base.set_default_runtime(runtime)
-    app: ASGIApp = create_app(runtime, own_runtime=False)
+    # API Gateway delivers requests with the API's own domain as Host and guards the API itself: the
+    # loopback Host check of a local server does not apply
+    app: ASGIApp = create_app(runtime, own_runtime=False, allowed_hosts=["*"])
     return app
 
 

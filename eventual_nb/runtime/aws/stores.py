@@ -52,7 +52,7 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent
-from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, listing_offset
+from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, invalid_page_token, listing_offset
 from eventual_nb.serde import input_hash
 
 #: DynamoDB's limit of items in one TransactWriteItems call (moto enforces it as well)
@@ -877,13 +877,13 @@ def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, s
         done = {str(key) for key in body["d"]}
         made_by = body["q"]
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError):
-        raise errors.InputValidationError(f"invalid next_token {token!r}") from None
+        raise invalid_page_token(token) from None
     if made_by != query:
-        raise errors.InputValidationError(
-            "next_token belongs to another listing (different workflow, statuses or sort); pass the same arguments"
+        raise invalid_page_token(
+            token, "it belongs to another listing (different workflow, statuses or sort); pass the same arguments"
         )
     if any("#" not in cursor for cursor in cursors.values()):
-        raise errors.InputValidationError(f"invalid next_token {token!r}")
+        raise invalid_page_token(token)
     return cursors, done
 
 

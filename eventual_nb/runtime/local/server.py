@@ -10,7 +10,12 @@
   "message": ..., **fields}` (so the client raises the same class); invalid requests answer 422 (400
   for a body that is not JSON) naming the fields; bodies over `max_body_bytes` answer 413;
 * with `token=` set, every `/_eventual/` route demands `Authorization: Bearer <token>` (401 otherwise);
-  the service's own routes stay open, as a service's public API.
+  the service's own routes stay open, as a service's public API;
+* requests must name the server by a loopback name in their `Host` header (`localhost`, `127.0.0.1`,
+  `[::1]`, any port), or one of `allowed_hosts`; others answer 403. As in Jupyter Server, this stops a
+  web page from driving a local server through DNS rebinding (its requests carry the page's host name);
+* an unexpected exception answers 500 with a generic message and an error id; the traceback goes to the
+  `eventual_nb.server` log under that id, never to the client.
 
 The app runs the runtime for its lifetime (`async with runtime:`) and makes it the process-wide default,
 so route handlers that call `await wf.start(x)` use it.
@@ -20,8 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import json
-from collections.abc import AsyncIterator
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -31,6 +39,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventual_nb import errors
@@ -53,6 +62,10 @@ from eventual_nb.service import Service, current_service
 
 INTERNAL_PREFIX = "/_eventual"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Host names a loopback server answers to besides loopback IP addresses (as Jupyter Server's `local_hostnames`).
+LOOPBACK_NAMES = ("localhost",)
+
+LOGGER = logging.getLogger("eventual_nb.server")
 
 # ------------------------------------------------------------------------------------------ request bodies
 
@@ -99,6 +112,28 @@ class HeartbeatRequest(_Body):
     token: str
 
 
+class ErrorAnswer(BaseModel):
+    """The body of every error answer: the error's type name (the class `ServiceClient` raises) and a message,
+    with the error's own fields (`execution_id`, `errors`, ...) beside them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="error type name, e.g. ExecutionNotFound")
+    message: str = Field(description="what was wrong, and where")
+
+
+def _answers(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error answers, so its schema lists every status it gives."""
+    return {code: {"model": ErrorAnswer, "description": text} for code, text in descriptions.items()}
+
+
+_NO_EXECUTION = {404: "no execution has this id (ExecutionNotFound)"}
+_ACTIVITY_TOKEN = {
+    400: "the activity is no longer pending, or the body is not JSON",
+    403: "the token was not issued by this runtime: malformed, forged or signed by another key (InvalidToken)",
+}
+
+
 # ---------------------------------------------------------------------------------------------- the app
 
 
@@ -109,6 +144,7 @@ def create_app(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     own_runtime: bool = True,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving `services` (default: what `runtime` serves) and the internal routes.
 
@@ -116,11 +152,16 @@ def create_app(
     `max_body_bytes`: larger request bodies are refused with 413 before any handler runs.
     `own_runtime`: start and stop `runtime` with the app (`eventual-nb serve`); False when it already
     runs and outlives the server (`%eventual serve` in a kernel).
+    `allowed_hosts`: `Host` names accepted besides the loopback ones (`localhost`, loopback addresses):
+    exact names (`myhost.lan`), `*.example.com` for its subdomains, or `"*"` for any host, which turns
+    the check off (a server behind a gateway or listening beyond loopback, where clients name the
+    machine however they reach it). Any port is accepted. Others answer 403.
     """
     if max_body_bytes < 0:
         raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
     if token is not None and not token:
         raise ValueError("token must be a non-empty string (or None for no authentication)")
+    hosts = HostCheck(allowed_hosts)
     served = _services_of(runtime, services)
 
     @contextlib.asynccontextmanager
@@ -151,17 +192,25 @@ def create_app(
     @app.get(f"{INTERNAL_PREFIX}/openapi.json", include_in_schema=False)
     async def internal_openapi() -> dict[str, Any]:
         if not internal_schema:
-            internal_schema.update(
-                get_openapi(title="eventual-nb internal API", version=_version(), routes=internal.routes)
-            )
+            schema = get_openapi(title="eventual-nb internal API", version=_version(), routes=internal.routes)
+            internal_schema.update(_with_guard_answers(schema, hosts, internal=True, token=token is not None))
         return internal_schema
+
+    service_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _with_guard_answers(service_openapi(), hosts, internal=False, token=False)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     app.add_exception_handler(errors.EventualError, _eventual_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _request_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_exception)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes, hosts=hosts)
     return app
 
 
@@ -196,6 +245,9 @@ def _services_of(runtime: Any, services: list[Service] | None) -> list[Service]:
 
 def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX, tags=["eventual"])
+    # documented, not enforced here: the runtime checks tokens and answers 400 (InvalidPageToken)
+    pattern = getattr(runtime, "page_token_pattern", None)
+    token_schema: dict[str, Any] = {"json_schema_extra": {"pattern": pattern}} if isinstance(pattern, str) else {}
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
@@ -211,17 +263,31 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     async def list_workflows() -> list[WorkflowInfo]:
         return list(await runtime.list_workflows())
 
-    @router.post("/executions")
+    @router.post(
+        "/executions",
+        responses=_answers(
+            {
+                404: "no workflow of this name is served (WorkflowNotFound)",
+                409: "an execution of this name exists with another input (ExecutionAlreadyExists)",
+            }
+        ),
+    )
     async def start_execution(body: StartRequest) -> StartResponse:
         """Start an execution; answers once its start is committed (`already_running` for a repeated start)."""
         handle = await runtime.start_execution(body.workflow, body.input, name=body.name, timeout=body.timeout)
         return StartResponse(execution_id=handle.id, already_running=bool(getattr(handle, "already_running", False)))
 
-    @router.get("/executions")
+    @router.get(
+        "/executions",
+        responses=_answers({400: "next_token is not a page token of this listing (InvalidPageToken)"}),
+    )
     async def list_executions(
         workflow: str | None = None,
         status: Annotated[list[ExecutionStatus] | None, Query(description="repeatable")] = None,
-        next_token: str | None = None,
+        # a default rather than Annotated: the annotation is a string (future import) that cannot name a local
+        next_token: str | None = Query(
+            None, description="the `next_token` of the page before; none for the first page", **token_schema
+        ),
         max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
         sort: Literal["asc", "desc"] = "asc",
     ) -> ExecutionPage:
@@ -230,20 +296,20 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
         )
         return page
 
-    @router.get("/executions/{id:path}")
+    @router.get("/executions/{id:path}", responses=_answers(_NO_EXECUTION))
     async def get_execution(id: str) -> Execution:
         execution: Execution = await runtime.get_execution(id)
         return execution
 
-    @router.get("/history/{id:path}")
+    @router.get("/history/{id:path}", responses=_answers(_NO_EXECUTION))
     async def get_execution_history(id: str) -> list[dict[str, Any]]:
         return dump_history(await runtime.get_execution_history(id))
 
-    @router.get("/logs/{id:path}")
+    @router.get("/logs/{id:path}", responses=_answers(_NO_EXECUTION))
     async def get_execution_logs(id: str) -> list[dict[str, Any]]:
         return [entry.model_dump(mode="json") for entry in await runtime.get_execution_logs(id)]
 
-    @router.get("/result/{id:path}")
+    @router.get("/result/{id:path}", responses=_answers(_NO_EXECUTION))
     async def wait_for_result(
         id: str,
         timeout: Annotated[float, Query(ge=0, allow_inf_nan=False, description="seconds to wait (at most 30)")] = (
@@ -257,7 +323,11 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
             execution = await runtime.get_execution(id)
         return execution
 
-    @router.post("/signals", status_code=202)
+    @router.post(
+        "/signals",
+        status_code=202,
+        responses=_answers({**_NO_EXECUTION, 400: "the execution has ended, or the body is not JSON"}),
+    )
     async def send_signal(body: SignalRequest) -> dict[str, Any]:
         """Send a signal; one no execution waits for yet is buffered for the next `expect()`."""
         await runtime.send_signal(body.execution, body.signal, body.payload, id=body.id)
@@ -284,22 +354,26 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
         await runtime.publish_events(*items)
         return {"published": len(items)}
 
-    @router.post("/cancel/{id:path}", status_code=202)
+    @router.post(
+        "/cancel/{id:path}",
+        status_code=202,
+        responses=_answers({**_NO_EXECUTION, 400: "the execution has already ended"}),
+    )
     async def cancel_execution(id: str) -> dict[str, Any]:
         await runtime.cancel_execution(id)
         return {"execution_id": id}
 
-    @router.post("/activities/success")
+    @router.post("/activities/success", responses=_answers(_ACTIVITY_TOKEN))
     async def send_activity_success(body: ActivitySuccessRequest) -> dict[str, Any]:
         await runtime.send_activity_success(body.token, body.result)
         return {"ok": True}
 
-    @router.post("/activities/failure")
+    @router.post("/activities/failure", responses=_answers(_ACTIVITY_TOKEN))
     async def send_activity_failure(body: ActivityFailureRequest) -> dict[str, Any]:
         await runtime.send_activity_failure(body.token, body.error, body.message)
         return {"ok": True}
 
-    @router.post("/activities/heartbeat")
+    @router.post("/activities/heartbeat", responses=_answers(_ACTIVITY_TOKEN))
     async def send_activity_heartbeat(body: HeartbeatRequest) -> HeartbeatResponse:
         response: HeartbeatResponse = await runtime.send_activity_heartbeat(body.token)
         return response
@@ -388,6 +462,12 @@ async def _validation_error(request: Request, exc: ValidationError) -> Response:
 
 
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # FastAPI could not read the body (e.g. not UTF-8): the documented 400 shape, on every route
+        message = f"the request body cannot be read: {exc.__cause__}"
+        return JSONResponse({"error": "InputValidationError", "message": message, "detail": exc.detail}, 400)
     if not _is_internal(request.url.path):
         return await http_exception_handler(request, exc)
     message = str(exc.detail)
@@ -402,35 +482,151 @@ async def _http_exception(request: Request, exc: StarletteHTTPException) -> Resp
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path: Starlette's 405 names only the first route's methods.
+
+    Found by asking the routes whether each method would match, which holds however routers nest."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+def internal_error(exc: BaseException, method: str, path: str) -> dict[str, Any]:
+    """Log an unexpected exception with its traceback under a fresh error id; the client's answer names only the id.
+
+    The exception's type and message may hold internals (SQL, file paths, secrets in values), so they go to
+    the `eventual_nb.server` log, never to the client, who quotes the id to whoever reads the log.
+    """
+    error_id = uuid.uuid4().hex[:16]
+    LOGGER.error("internal server error %s answering %s %s", error_id, method, path, exc_info=exc)
+    return {
+        "error": "EventualError",
+        "message": f"internal server error (error id {error_id}): the server's log has the details under this id",
+        "error_id": error_id,
+    }
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse(
-        {"error": "EventualError", "message": f"internal server error: {type(exc).__name__}: {exc}"},
-        status_code=500,
-    )
+    return JSONResponse(internal_error(exc, request.method, request.url.path), status_code=500)
 
 
-# --------------------------------------------------------------------------------- auth and body limit
+# --------------------------------------------------------------------------- host, auth and body limit
+
+
+class HostCheck:
+    """Which `Host` headers the server answers: loopback names and addresses, plus `allowed` (see `create_app`).
+
+    A request without a Host header passes: browsers, the only clients DNS rebinding can use, always send one.
+    """
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        if isinstance(allowed, str):
+            raise TypeError("allowed_hosts is a list of host names, not one string")
+        names = {name.strip().lower().rstrip(".") for name in allowed}
+        if "" in names:
+            raise errors.InputValidationError("an allowed host name is empty: give a name like 'shop.lan'")
+        self.any = "*" in names
+        self.suffixes = tuple(name[1:] for name in names if name.startswith("*."))
+        self.names = {name for name in names if not name.startswith("*")} | set(LOOPBACK_NAMES)
+
+    def allows(self, header: bytes | None) -> bool:
+        if self.any or header is None:
+            return True
+        name = host_name(header.decode("latin-1"))
+        if name in self.names or name.endswith(self.suffixes):
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def refusal(self, header: bytes) -> str:
+        name = host_name(header.decode("latin-1")) or "?"
+        return (
+            f"host {header.decode('latin-1')!r} is not allowed: this server answers requests addressed to "
+            "localhost or a loopback address, so that a web page cannot reach it through DNS rebinding; "
+            f"to reach it as {name!r}, start it with `eventual-nb serve ... --allow-host {name}` "
+            f"(or create_app(..., allowed_hosts=[{name!r}]))"
+        )
+
+
+def host_name(header: str) -> str:
+    """The host name of a Host header, without port or IPv6 brackets, lower case, without a trailing dot."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        name, bracket, _ = header[1:].partition("]")
+        return name if bracket else header
+    name, colon, port = header.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        header = name
+    return header.rstrip(".")
+
+
+def _with_guard_answers(schema: dict[str, Any], hosts: HostCheck, *, internal: bool, token: bool) -> dict[str, Any]:
+    """Add the answers `_Guard` gives before any route runs to every operation of an OpenAPI schema."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(ErrorAnswer.__name__, ErrorAnswer.model_json_schema())
+    answer = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorAnswer.__name__}"}}}
+    guard: dict[str, str] = {}
+    if not hosts.any:
+        guard["403"] = "the Host header names neither a loopback host nor an allowed one"
+    if internal and token:
+        guard["401"] = "missing or wrong `Authorization: Bearer <token>`"
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            answers = dict(guard)
+            if "requestBody" in operation:
+                answers["400"] = "the body is not valid JSON"
+                answers["413"] = "the body is larger than the server's limit"
+            for code, text in answers.items():
+                if code in responses:
+                    if text not in responses[code].get("description", ""):
+                        responses[code]["description"] += f"; or {text}"
+                else:
+                    responses[code] = {"description": text, "content": answer}
+    return schema
 
 
 class _Guard:
-    """ASGI middleware: bearer token on `/_eventual/` routes, and a hard limit on request body size.
+    """ASGI middleware: the Host check, bearer token on `/_eventual/` routes, a hard limit on request body
+    size, and the last word on unexpected exceptions.
 
     The body is read (at most `max_body_bytes`) before the app sees it, so the limit holds whether or not
     the client sent Content-Length. A refused body is drained (up to a bound) before answering 413 so the
     client, still sending, gets to read the answer instead of a reset connection.
     """
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int, hosts: HostCheck) -> None:
         self.app = app
         self.token = None if token is None else token.encode()
         self.max_body_bytes = max_body_bytes
         self.drain_limit = max(8 * max_body_bytes, 16 << 20)
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        host = headers.get(b"host")
+        if not self.hosts.allows(host):
+            assert host is not None
+            LOGGER.warning("refused a request for %s with Host %r", scope.get("path"), host)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await _send_json(send, 403, {"error": "HttpError", "message": self.hosts.refusal(host), "status": 403})
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         if self.token is not None and _is_internal(scope.get("path", "")):
             problem = self._auth_problem(headers.get(b"authorization"))
             if problem is not None:
@@ -482,7 +678,21 @@ class _Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        except Exception as exc:
+            # answered here rather than by Starlette's last-resort handler, which answers and then re-raises
+            # for the server to log the traceback a second time, without the error id
+            if started:
+                raise  # the answer is under way: there is no honest way to finish it
+            await _send_json(send, 500, internal_error(exc, scope.get("method", "?"), scope.get("path", "?")))
 
     def _auth_problem(self, header: bytes | None) -> str | None:
         assert self.token is not None
