@@ -12,7 +12,12 @@ cells the service needs, and nothing else:
   and helper models the definitions need come along, in notebook order;
 * everything else stays in the notebook: exploration cells, `%`/`!` lines, cells tagged
   `parameters`, `injected-parameters`, `test`, `skip-execution`, `raises-exception` (or marked
-  `#| test` / `#| hide`), markdown, outputs.
+  `#| test` / `#| hide`), cells of other magics (`%%time`, `%%bash`, ...), markdown, outputs.
+
+What would silently go missing is refused instead, naming the cell: another magic's cell marked for
+export, a magic name close to one of ours on a cell defining a function or class (`%%workfow`: "did
+you mean %%workflow?"), a name an exported function reads when called that no exported code defines
+(`_check_free_names`), and a service name `check_service_name` refuses.
 
 The result is deterministic: it depends only on the notebook's cells (never on the clock, the path,
 or random cell ids — ids missing from old notebooks are derived from the cell index).

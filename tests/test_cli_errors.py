@@ -66,6 +66,13 @@ CASES = {
 }
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without the user's EVENTUAL_* settings, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTUAL_")}
+    env.update(extra)
+    return env
+
+
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     """A port another socket listens on."""
@@ -82,13 +89,11 @@ def test_bad_command_lines_get_one_error_line_and_an_exit_status(name: str, tmp_
     (tmp_path / "notjson.ipynb").write_text("not json\n")
     (tmp_path / "binary.ipynb").write_bytes(bytes(range(200, 256)) * 4)
     (tmp_path / "noservice.py").write_text("x = 1\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTUAL_")}
-    env.update(case.env)
     argv = [arg.format(busy=busy_port) for arg in case.argv]
     proc = subprocess.run(
         [sys.executable, "-m", "eventual_nb.cli", *argv],
         cwd=tmp_path,
-        env=env,
+        env=clean_env(**case.env),
         capture_output=True,
         text=True,
         timeout=90,
@@ -107,11 +112,10 @@ def test_serve_says_serving_with_the_port_it_bound(tmp_path: Path) -> None:
     the port it got, and that URL answers."""
     import httpx
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTUAL_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "eventual_nb.cli", "serve", str(SERVICE), "--port", "0", "--db", "state.db"],
         cwd=tmp_path,
-        env=env,
+        env=clean_env(),
         stderr=subprocess.PIPE,
         text=True,
     )
