@@ -6,8 +6,9 @@ A verb whose part has not landed says which issue brings it and exits with statu
 argparse uses for a usage error), rather than pretending to work.
 
 Exit statuses: 0 success; 1 the operation failed (an error from the service, an unreachable server, a
-replay that diverged, a followed execution that did not succeed); 2 a usage error or a part that has
-not landed. Errors go to stderr as ``error: <Type>: <message>``; with ``--json`` the same error is also
+port in use, a target that defines nothing, a replay that diverged, a followed execution that did not
+succeed); 2 a usage error (argparse's, a malformed ``--url``, a port outside 0-65535, a file that is
+not a notebook) or a part that has not landed. Never a traceback: a failure the verb foresaw is one line. Errors go to stderr as ``error: <Type>: <message>``; with ``--json`` the same error is also
 printed to stdout as ``{"error": <Type>, "message": ..., ...}``, the HTTP API's error shape.
 
 This module imports only the standard library at module level: ``eventual-nb --help`` must stay
@@ -136,15 +137,22 @@ class Output:
         print(text, flush=True)
 
     def table(self, title: str | None, columns: list[str], rows: list[list[Any]], caption: str | None = None) -> None:
+        """A table, its title above and caption below as lines of their own that rich never wraps (the
+        terminal does, if it must): they hold execution ids and tokens, which a table-width wrap would
+        cut in the middle."""
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=title, caption=caption, show_lines=False, title_justify="left", caption_justify="left")
+        table = Table(show_lines=False)
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(Text(_cell(value)) for value in row))
+        if title:
+            self.console.print(Text(title, style="table.title"), soft_wrap=True)
         self.console.print(table)
+        if caption:
+            self.console.print(Text(caption, style="table.caption"), soft_wrap=True)
 
     def panel(self, title: str, fields: list[tuple[str, Any]]) -> None:
         from rich.panel import Panel
@@ -285,18 +293,19 @@ async def _run_client(run: ClientVerb, args: argparse.Namespace) -> int:
     import httpx
 
     from eventual_nb import errors
-    from eventual_nb.client import ServiceClient
+    from eventual_nb.client import InvalidURL, ServiceClient
 
     out = Output(bool(getattr(args, "json", False)))
     url = client_url(args)
-    client = ServiceClient(url, token=client_token(args))
+    try:
+        client = ServiceClient(url, token=client_token(args))
+    except InvalidURL as exc:
+        source = "--url" if getattr(args, "url", None) else f"${URL_ENV}"
+        return _client_usage_error(args, out, f"{source}: {exc}")
     try:
         return await run(client, args, out)
     except UsageError as exc:
-        print(f"{PROG} {args.verb}: error: {exc}", file=sys.stderr)
-        if out.as_json:
-            out.json({"error": "UsageError", "message": str(exc)})
-        return 2
+        return _client_usage_error(args, out, str(exc))
     except errors.EventualError as exc:
         return out.error(type(exc).__name__, exc.message or str(exc), exc.to_json())
     except (httpx.TransportError, ConnectionError) as exc:
@@ -310,6 +319,13 @@ async def _run_client(run: ClientVerb, args: argparse.Namespace) -> int:
         close = getattr(client, "aclose", None)
         if callable(close):
             await close()
+
+
+def _client_usage_error(args: argparse.Namespace, out: Output, message: str) -> int:
+    print(f"{PROG} {args.verb}: error: {message}", file=sys.stderr)
+    if out.as_json:
+        out.json({"error": "UsageError", "message": message})
+    return EXIT_USAGE
 
 
 class UsageError(Exception):
@@ -440,6 +456,8 @@ async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
     logs = await client.get_execution_logs(args.id)
     if out.as_json:
         out.json(logs)
+    elif not logs:
+        out.line(f"no logs for {args.id}: nothing it ran has printed or logged anything")
     else:
         rows = [[entry.time, entry.source, entry.message] for entry in logs]
         out.table(f"logs of {args.id}", ["time", "source", "message"], rows)
@@ -572,10 +590,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from eventual_nb.runtime.local.server import create_app
     from eventual_nb.runtime.local.server import serve as serve_app
+    from eventual_nb.runtime.tokens import environment_signing_key
 
     first = services[0].name if services else "state"
     db = Path(args.db) if args.db else Path(".eventual") / (re.sub(r"[^A-Za-z0-9._-]", "_", first) + ".db")
     try:
+        environment_signing_key()  # the runtime reads it at start, inside the server: refuse a bad one here
         _check_database(db)
         runtime = local_runtime(path=str(db), services=services)
         wide = args.host not in LOOPBACK_HOSTS  # clients name the machine however they reach it
@@ -583,10 +603,12 @@ def serve(args: argparse.Namespace) -> int:
     except ev.EventualError as exc:
         return out.error(type(exc).__name__, exc.message, exc.to_json())
     names = ", ".join(service.name for service in services)
-    shown_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {names} on http://{shown_host}:{args.port} (db {db})", file=sys.stderr, flush=True)
+
+    def ready(url: str) -> None:
+        print(f"serving {names} on {url} (db {db})", file=sys.stderr, flush=True)
+
     try:
-        serve_app(app, args.host, args.port)  # uvicorn.run: blocks until SIGINT/SIGTERM
+        serve_app(app, args.host, args.port, on_ready=ready)  # blocks until SIGINT/SIGTERM
     except KeyboardInterrupt:
         return 0
     except ev.EventualError as exc:
@@ -718,6 +740,10 @@ def run_notebook(args: argparse.Namespace) -> int:
     notebook = Path(args.notebook)
     if not notebook.is_file() or notebook.suffix != ".ipynb":
         return _usage_error(out, f"no such notebook: {notebook}")
+    try:
+        runs.check_notebook(notebook)
+    except ValueError as exc:
+        return _usage_error(out, str(exc))
     if args.timeout is not None and args.timeout < 0:
         return _usage_error(out, f"--timeout must be 0 (no limit) or more seconds, got {args.timeout}")
     if args.output is None:
@@ -899,6 +925,17 @@ def _common(client: bool) -> _Parser:
     return parent
 
 
+def _port(text: str) -> int:
+    """argparse type of ``--port``: a TCP port, 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 (any free port) to 65535, got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Declare every verb with its DESIGN §5 flags; a separate function so tests and docs can inspect it."""
     parser = _Parser(
@@ -925,7 +962,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HOST,
         help=f"interface to listen on (default {DEFAULT_HOST}; anything but loopback needs ${TOKEN_ENV})",
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
     p.add_argument(
         "--allow-host",
         action="append",

@@ -59,16 +59,45 @@ class ServerUnreachable(errors.EventualError, ConnectionError):
     status_code = 503
 
 
+class InvalidURL(errors.EventualError, ValueError):
+    """A service URL the client cannot connect to as written (no host, a port out of range, not http)."""
+
+
+def check_url(url: str) -> str:
+    """Return `url` if it names a server the client can talk to: `http(s)://HOST[:PORT][/prefix]`.
+
+    Checked when the client is made, so a typo is reported as what it is rather than as a connection
+    failure (or an `OverflowError` from the socket) at the first request. Raises `InvalidURL`.
+    """
+    from urllib.parse import urlsplit
+
+    def invalid(reason: str) -> InvalidURL:
+        return InvalidURL(f"invalid service URL {url!r}: {reason}; expected http://HOST:PORT, e.g. {DEFAULT_URL}")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    if parts.scheme not in ("http", "https"):
+        raise invalid(f"the scheme must be http or https, not {parts.scheme!r}" if parts.scheme else "no scheme")
+    if not parts.hostname:
+        raise invalid("no host")
+    if port == 0:
+        raise invalid("port 0 cannot be connected to")
+    return url
+
+
 class ServiceClient:
     """Eventual's service client over HTTP (`/_eventual/` routes of `eventual-nb serve`).
 
     `url` is the server's base URL; `token` the bearer token it demands when it listens beyond loopback
     (`EVENTUAL_TOKEN`); `timeout` the seconds any one request may take (result long-polls add the time
-    they wait on top). Usable with or without `async with` (then call `await client.aclose()`).
+    they wait on top). A malformed `url` raises `InvalidURL` here (see `check_url`). Usable with or without `async with` (then call `await client.aclose()`).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_url(url).rstrip("/")
         self.token = token
         self.timeout = float(timeout)
         self._http: httpx.AsyncClient | None = None

@@ -51,16 +51,25 @@ def load_target(target: str) -> list[Service]:
     """Import the code TARGET names; return the services that gained or replaced definitions.
 
     When the load changed no service (its code was already imported), every service that has any
-    definition is returned (or every service, if none has one).
+    definition is returned. A target that leaves nothing defined (a module such as `os`, a script
+    without definitions, a bare `ev.Service("x")`) raises `TargetError`: there would be nothing to serve
+    or replay, and serving an empty service hides the mistake.
     """
     before = _snapshot()
     _import_target(target)
     after = _snapshot()
+
+    def defines(service: Service) -> bool:
+        return any(after.get(service.name, {}).values())
+
     changed = [service for service in all_services() if after.get(service.name) != before.get(service.name)]
-    if changed:
-        return changed
-    with_definitions = [service for service in all_services() if any(after.get(service.name, {}).values())]
-    return with_definitions or all_services()
+    found = changed if any(defines(service) for service in changed) else [s for s in all_services() if defines(s)]
+    if not found:
+        raise TargetError(
+            f"cannot load {target}: it defines no workflow, activity, signal, event, subscription or API route "
+            "(point at the service's code: a .py file, a module, an exported package directory or a notebook)"
+        )
+    return found
 
 
 # -- what changed -------------------------------------------------------------------------------------

@@ -7,8 +7,11 @@ cells, threads and the kernel's runtime thread must all see the same one.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import TYPE_CHECKING, Any
+
+from eventual_nb.errors import EventualError
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -25,10 +28,51 @@ _current: Service | None = None
 generation = 0
 
 DEFAULT_SERVICE = "default"
+#: the longest service name: it becomes part of AWS resource names, which are short
+MAX_SERVICE_NAME = 64
+SERVICE_NAME_RULE = (
+    f"a service name is 1 to {MAX_SERVICE_NAME} ASCII letters, digits, '.', '_', '-' and inner spaces, starting "
+    "with a letter or digit"
+)
+_SERVICE_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._ -]")
+
+
+class InvalidServiceName(EventualError, ValueError):
+    """A service name that cannot name a package, a database file, an event source and AWS resources."""
+
+
+def check_service_name(name: object) -> str:
+    """Return `name` if it may name a service; raise `InvalidServiceName` saying what is wrong otherwise.
+
+    The one rule for `ev.Service(NAME)`, `%eventual service NAME` and the exporter: a service's name
+    becomes its package name, its local database file, the `source` of the events it publishes (which
+    EventBridge matches, and whose `aws.` prefix it reserves) and part of its AWS resources' names.
+    """
+    if not isinstance(name, str):
+        raise InvalidServiceName(f"a service name must be a string, got {type(name).__name__} {name!r}")
+    reason = None
+    bad = sorted({ch for ch in name if not _SERVICE_NAME_CHARACTERS.fullmatch(ch)})
+    if not name:
+        reason = "it is empty"
+    elif bad:
+        reason = f"{', '.join(repr(ch) for ch in bad)} {'is' if len(bad) == 1 else 'are'} not allowed"
+    elif len(name) > MAX_SERVICE_NAME:
+        reason = f"it is {len(name)} characters long"
+    elif not name[0].isalnum():
+        reason = "it must start with a letter or digit"
+    elif name.endswith(" "):
+        reason = "it ends with a space"
+    elif name.lower().startswith("aws."):
+        reason = "EventBridge reserves event sources starting with 'aws.'"
+    if reason is not None:
+        raise InvalidServiceName(f"invalid service name {name!r}: {reason}; {SERVICE_NAME_RULE}")
+    return name
 
 
 class Service:
-    """A named collection of building blocks; `Service(name)` returns the existing one of that name."""
+    """A named collection of building blocks; `Service(name)` returns the existing one of that name.
+
+    `name` must pass `check_service_name` (else `InvalidServiceName`, a `ValueError`)."""
 
     name: str
     workflows: dict[str, Workflow]
@@ -39,8 +83,7 @@ class Service:
 
     def __new__(cls, name: str = DEFAULT_SERVICE) -> Service:
         global _current, generation
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a service name must be a non-empty string, got {name!r}")
+        check_service_name(name)
         with _lock:
             service = _services.get(name)
             if service is None:

@@ -12,7 +12,12 @@ cells the service needs, and nothing else:
   and helper models the definitions need come along, in notebook order;
 * everything else stays in the notebook: exploration cells, `%`/`!` lines, cells tagged
   `parameters`, `injected-parameters`, `test`, `skip-execution`, `raises-exception` (or marked
-  `#| test` / `#| hide`), markdown, outputs.
+  `#| test` / `#| hide`), cells of other magics (`%%time`, `%%bash`, ...), markdown, outputs.
+
+What would silently go missing is refused instead, naming the cell: another magic's cell marked for
+export, a magic name close to one of ours on a cell defining a function or class (`%%workfow`: "did
+you mean %%workflow?"), a name an exported function reads when called that no exported code defines
+(`_check_free_names`), and a service name `check_service_name` refuses.
 
 The result is deterministic: it depends only on the notebook's cells (never on the clock, the path,
 or random cell ids — ids missing from old notebooks are derived from the cell index).
@@ -21,18 +26,23 @@ or random cell ids — ids missing from old notebooks are derived from the cell 
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
+import difflib
 import functools
 import json
 import keyword
 import re
 import shlex
+import symtable
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eventual_nb.errors import EventualError
+from eventual_nb.service import check_service_name
 from exporter.errors import ExportError, where
 
 __all__ = [
@@ -60,9 +70,13 @@ NEVER_EXPORT_DIRECTIVES = frozenset({"test", "hide"})
 EXPORT_DIRECTIVES = frozenset({"export", "exports", "exporti"})
 #: the module-level name the generated package binds its service to
 SERVICE_VARIABLE = "SERVICE"
+#: how alike (difflib's ratio) another cell magic's name must be to one of MAGICS to be taken for a typo
+#: of it: `%%workfow` (0.93), `%%signals` (0.92), `%%activty` (0.93) are; IPython's own cell magics
+#: (`%%script` 0.67 to `subscription`) are not
+SIMILAR_MAGIC = 0.7
 
 _DIRECTIVE = re.compile(r"^#\|\s*([\w-]+)(.*)$")
-_EVENTUAL_SERVICE_LINE = re.compile(r"^\s*%eventual\s+service\s+(.+?)\s*$")
+_EVENTUAL_SERVICE_LINE = re.compile(r"^\s*%eventual\s+service\b(.*)$")
 
 
 @dataclass(frozen=True)
@@ -320,6 +334,7 @@ class _Reader:
         if cell.tags & NEVER_EXPORT_TAGS or directives & NEVER_EXPORT_DIRECTIVES:
             return
         if magic is not None and magic not in MAGICS:
+            self.check_other_magic(cell, magic, magic_line, lines, directives)
             return  # %%time, %%bash, %%capture ...: not service code
         exported = magic is not None or "export" in cell.tags or bool(directives & EXPORT_DIRECTIVES)
         if not exported:
@@ -345,6 +360,44 @@ class _Reader:
             body, origins = body[:-1], origins[:-1]
         public = "exporti" not in directives
         self.chunks.append(_Chunk(exported_cell, body, origins, public, future))
+
+    def check_other_magic(
+        self, cell: Cell, magic: str, magic_line: int, lines: list[str], directives: set[str]
+    ) -> None:
+        """Refuse a cell magic that is not one of ours where leaving the cell out would lose service code.
+
+        Another magic's cell (`%%time`, `%%capture`, `%%bash`, `%%sql` ...) stays in the notebook, like any
+        exploration cell, except: a cell marked for export (its code would silently not be), and a name
+        close to one of ours (`%%workfow`) on a cell that defines a function or class: that is a typo, and
+        the definition would silently be missing from the service.
+        """
+        ours = ", ".join(f"%%{name}" for name in MAGICS)
+        if "export" in cell.tags or directives & EXPORT_DIRECTIVES:
+            raise self.error(
+                cell,
+                magic_line,
+                f"%%{magic} is not an eventual-nb magic, so this cell cannot be exported (export keeps {ours} "
+                "cells and plain code cells marked `#| export`); remove the magic or the export mark",
+            )
+        close = difflib.get_close_matches(magic.lower(), MAGICS, n=1, cutoff=SIMILAR_MAGIC)
+        if not close:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(_transform("\n".join(lines)))
+        except SyntaxError:
+            return  # not Python: a prompt, a query, a script for another magic
+        defined = [
+            node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ]
+        if defined:
+            raise self.error(
+                cell,
+                magic_line,
+                f"unknown cell magic %%{magic}: did you mean %%{close[0]}? As written, the cell and its "
+                f"'{defined[-1]}' are left out of the service (the magics are {ours})",
+            )
 
     # -------------------------------------------------------------------------- cleaning one cell
 
@@ -532,14 +585,8 @@ class _Reader:
         found: list[tuple[int, int, str]] = []
         for position, line in enumerate(lines):
             match = _EVENTUAL_SERVICE_LINE.match(line)
-            if match is None:
-                continue
-            try:
-                words = shlex.split(match.group(1))
-            except ValueError:
-                continue
-            if len(words) == 1 and not any(ch in words[0] for ch in "{}$"):
-                found.append((numbers[position], 0, words[0]))
+            if match is not None:
+                found.append((numbers[position], 0, self.service_line(cell, numbers[position], match.group(1))))
         tree: ast.Module | None = None
         tree_numbers = numbers
         if parsed is not None:
@@ -555,9 +602,35 @@ class _Reader:
             for node in ast.walk(tree):
                 name = _service_call(node)
                 if name is not None and isinstance(node, ast.expr):
-                    found.append((_number(tree_numbers, node.lineno) or 0, node.col_offset, name))
+                    number = _number(tree_numbers, node.lineno) or 0
+                    try:
+                        check_service_name(name)
+                    except EventualError as exc:
+                        raise self.error(cell, number or None, exc.message) from None
+                    found.append((number, node.col_offset, name))
         self.service_names.extend(name for _, _, name in sorted(found))
         return tree
+
+    def service_line(self, cell: Cell, line: int, text: str) -> str:
+        """The NAME of a `%eventual service NAME` line, read as the kernel reads it (a name it would refuse
+        is refused here, with its words)."""
+        from IPython.core.error import UsageError
+
+        from kernel_ext.magics import service_argument
+
+        if any(ch in text for ch in "{}$"):
+            raise self.error(
+                cell,
+                line,
+                f"%eventual service {text.strip()}: the exporter cannot evaluate a name computed when the cell "
+                "runs ({...} or $...); write the service name out",
+            )
+        try:
+            return service_argument(shlex.split(text))
+        except ValueError as exc:  # unbalanced quotes
+            raise self.error(cell, line, f"%eventual service: {exc}") from None
+        except UsageError as exc:
+            raise self.error(cell, line, str(exc)) from None
 
 
 # -- assembling the module -----------------------------------------------------------------------------
@@ -592,6 +665,14 @@ def read_service(notebook_path: str | Path) -> ExportedSource:
             "%%subscription and %%signal cells (plus cells marked `#| export`), and this notebook has none"
         )
     service = reader.service_names[-1] if reader.service_names else reader.stem
+    if not reader.service_names:
+        try:
+            check_service_name(service)
+        except EventualError as exc:
+            raise ExportError(
+                f"{reader.notebook}: the service is named after the notebook's file, and {exc.message}; name it "
+                "in a cell with `%eventual service NAME` (or rename the file)"
+            ) from None
     package = package_name(service)
     _check_package(service, package, reader.notebook)
     version = package_version()
@@ -649,7 +730,110 @@ def read_service(notebook_path: str | Path) -> ExportedSource:
         compile(source, f"{package}/__init__.py", "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise exported.error_at(exc.lineno, _syntax_message(exc)) from None
+    _check_free_names(exported)
     return exported
+
+
+# -- names exported code needs at call time ------------------------------------------------------------
+
+#: the ast nodes that open a scope of their own (a symtable "function" table; classes are checked through
+#: their methods), by the name symtable gives their table
+_SCOPE_NODES: dict[str, tuple[type[ast.AST], ...]] = {
+    "lambda": (ast.Lambda,),
+    "listcomp": (ast.ListComp,),
+    "setcomp": (ast.SetComp,),
+    "dictcomp": (ast.DictComp,),
+    "genexpr": (ast.GeneratorExp,),
+}
+
+
+def _check_free_names(exported: ExportedSource) -> None:
+    """Refuse names that exported functions read at call time but nothing in the package defines.
+
+    A function body runs long after the import that checks the package, so a name that only an
+    unexported cell defines (the notebook had it, the package does not) would export cleanly and fail
+    with `NameError` in production. `symtable` says which names each function, lambda and
+    comprehension takes from the module's globals; each must be bound at the module's top level
+    (assignment, `for`, `with`, `import`, `def`, `class`, any branch), declared `global` and assigned by
+    some function, or be a builtin or a module dunder. Annotations are not read at call time (and not at
+    all under `from __future__ import annotations`), so names only they use are not checked. A package
+    with `from x import *` is not checked: what the star binds is unknown until import.
+    """
+    tree = ast.parse(exported.source)
+    if any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names) for node in ast.walk(tree)):
+        return
+    module = symtable.symtable(exported.source, f"{exported.package}/__init__.py", "exec")
+    defined = {symbol.get_name() for symbol in module.get_symbols() if symbol.is_local()}
+    defined |= set(dir(builtins))
+    missing: list[tuple[str, str, symtable.SymbolTable]] = []  # (name, owning function, table)
+
+    def walk(table: symtable.SymbolTable, owner: str | None) -> None:
+        if table.get_type() == "function":
+            owner = owner if table.get_name() in _SCOPE_NODES else table.get_name()
+            for symbol in table.get_symbols():
+                if symbol.is_declared_global() and symbol.is_assigned():
+                    defined.add(symbol.get_name())
+                elif symbol.is_global() and symbol.is_referenced():
+                    missing.append((symbol.get_name(), owner or "<module>", table))
+        for child in table.get_children():
+            walk(child, owner)
+
+    walk(module, None)
+    found: dict[str, tuple[int, str]] = {}  # name → (line of its first call-time use, function)
+    for name, owner, table in missing:
+        if name in defined or (name.startswith("__") and name.endswith("__")):
+            continue
+        line = _first_use(tree, table, name)
+        if line is not None and (name not in found or line < found[name][0]):
+            found[name] = (line, owner)
+    if not found:
+        return
+    problems = sorted((line, name, owner) for name, (line, owner) in found.items())
+    line, name, owner = problems[0]
+    message = (
+        f"name '{name}' is used by the exported function '{owner}' but nothing exported defines it (it is not a "
+        "builtin, and no exported cell assigns or imports it), so calling it would raise NameError"
+    )
+    if name in exported.unexported_names:
+        index, cell_id = exported.unexported_names[name]
+        message += f"; cell index {index} (id '{cell_id}') defines it: mark that cell `#| export`"
+    else:
+        message += "; define or import it in an exported cell"
+    others = []
+    for other_line, other_name, _ in problems[1:]:
+        origin = exported.origin_of(other_line)
+        place = f"cell index {origin.cell_index} (id '{origin.cell_id}'), line {origin.line}" if origin else ""
+        others.append(f"'{other_name}' ({place})" if place else f"'{other_name}'")
+    if others:
+        message += f". Also undefined: {', '.join(others)}"
+    raise exported.error_at(line, message)
+
+
+def _first_use(tree: ast.Module, table: symtable.SymbolTable, name: str) -> int | None:
+    """The first line where the scope of `table` reads `name`, outside annotations; None if only
+    annotations do (symtable counts `x: Name = ...` in a function body as a use; it is never evaluated)."""
+    kinds = _SCOPE_NODES.get(table.get_name(), (ast.FunctionDef, ast.AsyncFunctionDef))
+    lines: list[int] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, kinds) or getattr(node, "lineno", None) != table.get_lineno():
+            continue
+        body: list[ast.AST] = [node]  # a comprehension: all of it
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if node.name != table.get_name():
+                continue
+            body = list(node.body)  # decorators, defaults and argument annotations run in the enclosing scope
+        elif isinstance(node, ast.Lambda):
+            body = [node.body]
+        inner = [child for root in body for child in ast.walk(root)]
+        annotations = {
+            id(part) for child in inner if isinstance(child, ast.AnnAssign) for part in ast.walk(child.annotation)
+        }
+        lines += [
+            child.lineno
+            for child in inner
+            if isinstance(child, ast.Name) and child.id == name and id(child) not in annotations
+        ]
+    return min(lines, default=None)
 
 
 # -- helpers -------------------------------------------------------------------------------------------

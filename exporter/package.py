@@ -93,6 +93,25 @@ def export_package(
     }
 
     directory = Path(out_dir)
+    try:
+        files, lambda_zip = _write_package(directory, exported, manifest, openapi, version, zip=zip, force=force)
+    except OSError as exc:  # a file where a directory should be, no permission, a full disk...
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+        raise ExportError(f"cannot write the package to {directory}: {exc.strerror or exc}{where}") from None
+    return ExportResult(directory=directory, files=files, lambda_zip=lambda_zip, manifest=manifest)
+
+
+def _write_package(
+    directory: Path,
+    exported: ExportedSource,
+    manifest: dict[str, Any],
+    openapi: dict[str, Any],
+    version: str,
+    *,
+    zip: bool,
+    force: bool,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Write the export's files into `directory`; return their names and the zip's facts. Raises OSError."""
     _prepare(directory, exported.package, force=force)
     files: list[str] = []
 
@@ -122,7 +141,7 @@ def export_package(
     template = _piece("exporter.template")
     if template is not None:
         write("template.json", json_text(template.build_template(manifest)))
-    return ExportResult(directory=directory, files=sorted(set(files)), lambda_zip=lambda_zip, manifest=manifest)
+    return sorted(set(files)), lambda_zip
 
 
 # -- text of the files ---------------------------------------------------------------------------------

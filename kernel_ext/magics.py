@@ -27,7 +27,7 @@ from IPython.display import HTML, display
 import eventual_nb as ev
 from eventual_nb.durations import parse_duration
 from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
-from eventual_nb.service import current_service
+from eventual_nb.service import check_service_name, current_service
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
 from kernel_ext.redefine import check_redefinition
 from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump, timeline_rows
@@ -278,10 +278,7 @@ class EventualMagics(Magics):
         return MagicArgumentParser(prog=f"%eventual {verb}", add_help=False)
 
     def _verb_service(self, words: list[str]) -> None:
-        parser = self._parser("service")
-        parser.add_argument("name")
-        args = parser.parse_args(words)
-        service = ev.Service(args.name)
+        service = ev.Service(service_argument(words))
         if self.host.runtime is not None and self.host.kind == "local":
             self.host.ensure_runtime(command=f"%eventual service {shlex.join(words)}")
         _say(f"service '{service.name}'" + (f" on {self.host.path}" if self.host.path else ""))
@@ -465,6 +462,20 @@ class EventualMagics(Magics):
         view = ExecutionView(self.host, handle.id, runtime, signals)
         self.pump.add(view)
         display(view.root)
+
+
+def service_argument(words: list[str]) -> str:
+    """The NAME of `%eventual service NAME` (its words after `service`, split as the shell would), checked
+    by `check_service_name`; anything else is a `UsageError`. The exporter reads the line with this too."""
+    if len(words) != 1:
+        got = f"{len(words)} words: {' '.join(words)}" if words else "none"
+        raise UsageError(
+            f'%eventual service takes one NAME (quote a name with spaces: %eventual service "my service"), got {got}'
+        )
+    try:
+        return check_service_name(words[0])
+    except ev.EventualError as exc:
+        raise UsageError(f"%eventual service: {exc.message}") from None
 
 
 def _signal_names(workflow: str) -> list[str]:

@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -440,9 +441,30 @@ def _read(path: Path) -> Any:
         return None
 
 
+def check_notebook(path: Path) -> None:
+    """Raise ValueError saying why nbformat cannot read `path` as a notebook (not JSON, not UTF-8 text, not
+    a notebook's structure), so a run is never started on it only to fail with nbformat's traceback."""
+    import nbformat
+    from nbformat.reader import NotJSONError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nbformat.read(str(path), as_version=4)
+    except NotJSONError:
+        raise ValueError(f"{path} is not a notebook: it is not valid JSON") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a notebook: it is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - nbformat raises many types for JSON that is no notebook
+        raise ValueError(f"{path} is not a notebook nbformat can read: {type(exc).__name__}: {exc}") from None
+
+
 def discover(paths: Sequence[str | Path]) -> list[Path]:
     """Notebooks named or found (recursively, sorted) under directories; checkpoints and hidden dirs skipped.
-    Raises FileNotFoundError naming a path that does not exist, ValueError for a file that is no notebook."""
+    Raises FileNotFoundError naming a path that does not exist, ValueError for a file that is no notebook
+    (see `check_notebook`)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -460,6 +482,8 @@ def discover(paths: Sequence[str | Path]) -> list[Path]:
     unique: dict[Path, Path] = {}
     for path in found:
         unique.setdefault(path.resolve(), path)
+    for path in unique.values():
+        check_notebook(path)
     return list(unique.values())
 
 

@@ -514,6 +514,24 @@ def test_logs_show_workflow_and_activity_output(server: Server) -> None:
     assert "notify" in table
 
 
+def test_logs_of_an_execution_without_logs_says_so(server: Server) -> None:
+    id = f"echo/{unique('quiet')}"
+    server.ok("start", "echo", "1", "--name", id.split("/", 1)[1])
+    server.wait_status(id, "SUCCEEDED")
+    assert server.json("logs", id) == []
+    assert server.ok("logs", id).stdout.startswith(f"no logs for {id}")
+
+
+def test_table_titles_keep_execution_ids_whole(server: Server) -> None:
+    """On a terminal narrower than a title, the title is still one line: rich does not wrap it to the
+    table's width, which would cut the execution id in two."""
+    id = approved(server, unique("a-rather-long-order-name-for-a-narrow-terminal"))
+    for verb in ("history", "logs"):
+        proc = server.cli(verb, id, env=_env(COLUMNS="60"))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == f"{verb} of {id}"
+
+
 def test_execution_panel_shows_the_result(server: Server) -> None:
     id = approved(server, unique("e"), approver="fay")
     shown = server.ok("execution", id).stdout

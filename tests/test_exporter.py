@@ -31,6 +31,7 @@ import pytest
 
 import eventual_nb as ev
 from exporter import ExportError, export_notebook
+from exporter.notebook import read_service
 from tests.kernel_support import run_notebook, text_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -577,6 +578,149 @@ def test_service_name_last_one_wins(tmp_path: Path) -> None:
     assert tomllib.loads((tmp_path / "plain" / "pyproject.toml").read_text())["project"]["name"] == "plain-name-service"
 
 
+WORKFLOW = C("%%workflow\nasync def w() -> int:\n    return 1", "w")
+
+
+def test_an_unknown_cell_magic_close_to_ours_is_refused_with_the_closest_one(tmp_path: Path) -> None:
+    """A typo such as %%workfow would drop the cell and its workflow from the export without a word."""
+    error = _export_error(
+        tmp_path,
+        [C("# Title", "md", markdown=True), C("%%workfow\nasync def transfer() -> int:\n    return 1", "typo")],
+    )
+    assert_located(error, 1, "typo", 1)
+    assert "unknown cell magic %%workfow: did you mean %%workflow?" in error.message
+    assert "'transfer'" in error.message
+
+    error = _export_error(tmp_path, [WORKFLOW, C("\n%%signals\nclass Approval(ev.Event):\n    by: str", "signals")])
+    assert_located(error, 1, "signals", 2)
+    assert "did you mean %%signal?" in error.message
+
+    # another magic's cell that is marked for export would silently not be
+    error = _export_error(tmp_path, [WORKFLOW, C("%%time\n#| export\nRATE = 3", "timed")])
+    assert_located(error, 1, "timed", 1)
+    assert "%%time is not an eventual-nb magic, so this cell cannot be exported" in error.message
+    error = _export_error(tmp_path, [WORKFLOW, C("%%capture\nRATE = 3", "captured", tags=("export",))])
+    assert_located(error, 1, "captured", 1)
+
+
+def test_other_cell_magics_stay_in_the_notebook(tmp_path: Path) -> None:
+    """Every cell magic IPython itself registers, even on a cell that defines a function, and a magic
+    close to ours whose body is not Python (a prompt for `%%ai`), are exploration: left out, no error."""
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from IPython.core.interactiveshell import InteractiveShell; "
+            "print(json.dumps(sorted(InteractiveShell.instance().magics_manager.magics['cell'])))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    magics = json.loads(listed.stdout)
+    assert {"time", "capture", "writefile", "bash", "script"} <= set(magics)
+    cells = [WORKFLOW]
+    cells += [C(f"%%{magic}\ndef helper_{n}():\n    return 1", f"m{n}") for n, magic in enumerate(magics)]
+    cells.append(C("%%ai chatgpt\nWrite a workflow that refunds a transfer.", "prompt"))
+    exported = read_service(write_notebook(tmp_path / "magics.ipynb", cells))
+    assert [cell.id for cell in exported.cells] == ["w"]
+
+
+def test_a_name_only_an_unexported_cell_defines_is_refused(tmp_path: Path) -> None:
+    """The function would export and import cleanly, then raise NameError when called."""
+    error = _export_error(
+        tmp_path,
+        [
+            C("import asyncio\nRATE = 3", "setup"),
+            C("%%workflow\nasync def w(x: int) -> int:\n    y = x * 2\n    await asyncio.sleep(1)\n    return y", "w"),
+        ],
+    )
+    assert_located(error, 1, "w", 4)
+    assert "name 'asyncio' is used by the exported function 'w' but nothing exported defines it" in error.message
+    assert "cell index 0 (id 'setup') defines it: mark that cell `#| export`" in error.message
+
+    error = _export_error(
+        tmp_path,
+        [
+            C("%%activity\ndef fee(x: int) -> int:\n    return [x * RATE for _ in range(1)][0]", "fee"),
+            C("#| export\nhelper = lambda v: v + OFFSET", "helper"),
+        ],
+    )
+    assert_located(error, 0, "fee", 3)  # inside a comprehension
+    assert "name 'RATE'" in error.message and "define or import it in an exported cell" in error.message
+    assert "Also undefined: 'OFFSET' (cell index 1 (id 'helper'), line 2)" in error.message
+
+    notebook = write_notebook(
+        tmp_path / "rate.ipynb", [C("RATE = 3", "rate"), C("%%workflow\nasync def w() -> int:\n    return RATE", "w")]
+    )
+    proc = cli("export", str(notebook), "-o", str(tmp_path / "never"))
+    assert proc.returncode == 1
+    assert "rate.ipynb, cell index 1 (id 'w'), line 3: name 'RATE'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_names_exported_code_defines_in_any_way_are_not_refused(tmp_path: Path) -> None:
+    """Everything a module binds (imports in branches and try blocks, for and with targets, `global`
+    assignments in functions), builtins, dunders, comprehension variables, the generated `ev` and
+    `SERVICE`, `%%event`/`%%signal` classes; annotations, which are not read at call time."""
+    notebook = write_notebook(
+        tmp_path / "names.ipynb",
+        [
+            C(
+                "#| export\nfrom __future__ import annotations\nimport os, json as j\nfrom typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n    from decimal import Decimal\nfor K in range(2):\n    pass\n"
+                "with open(os.devnull) as DEVNULL:\n    pass\ntry:\n    import ujson as fastjson\n"
+                "except ImportError:\n    fastjson = None\n\ndef init():\n    global LATE\n    LATE = 1\n\n"
+                "def helper(x: Missing) -> Decimal:\n    y: Undefined = 3\n"
+                "    return [a + b for a in range(K) for b in {c: 1 for c in 'ab'}.values()] + [LATE, j.dumps(y), "
+                "os.sep, __name__, DEVNULL, fastjson, len]\n",
+                "helpers",
+            ),
+            C("%%event\nclass Placed(ev.Event):\n    id: str", "event"),
+            C("%%signal\nclass Approval(ev.Event):\n    by: str", "signal"),
+            C(
+                "%%workflow\nasync def w() -> str:\n    await ev.publish(Placed(id='x'))\n"
+                "    approval = await Approval.expect()\n    init()\n    return str(helper(1)) + SERVICE.name + approval.by",
+                "w",
+            ),
+            C(
+                "#| export\nclass Thing:\n    attr = 1\n\n    def m(self) -> int:\n        return Thing.attr + self.attr",
+                "thing",
+            ),
+        ],
+    )
+    export_notebook(notebook, tmp_path / "out")  # also imports the package
+    for shipped in (ROOT / "notebooks").glob("*.ipynb"):
+        assert read_service(shipped).cells
+
+
+def test_invalid_service_names_are_refused(tmp_path: Path) -> None:
+    """One rule (eventual_nb.service.check_service_name) for ev.Service, `%eventual service` and the export."""
+    from eventual_nb.service import InvalidServiceName, check_service_name
+
+    with pytest.raises(InvalidServiceName, match="'!' is not allowed"):
+        ev.Service("bad name!!")
+    for name in ("", "-leading", "aws.reserved", "x" * 65, "trailing "):
+        with pytest.raises(InvalidServiceName):
+            ev.Service(name)
+    assert check_service_name("Plain Name") == "Plain Name"
+
+    error = _export_error(tmp_path, [C("%eventual service bad name!!", "unquoted"), WORKFLOW])
+    assert_located(error, 0, "unquoted", 1)
+    assert "%eventual service takes one NAME" in error.message
+    error = _export_error(tmp_path, [C("%eventual service 'bad name!!'", "quoted"), WORKFLOW])
+    assert_located(error, 0, "quoted", 1)
+    assert "invalid service name 'bad name!!': '!' is not allowed" in error.message
+    error = _export_error(tmp_path, [C("#| export\nSERVICE_NAME = 1\nev.Service('bad name!!')", "call"), WORKFLOW])
+    assert_located(error, 0, "call", 3)
+    error = _export_error(tmp_path, [C("%eventual service {name}", "dynamic"), WORKFLOW])
+    assert "write the service name out" in error.message
+    error = _export_error(tmp_path, [WORKFLOW], name="orders (1).ipynb")
+    assert "the service is named after the notebook's file" in error.message
+    assert "%eventual service NAME" in error.message
+
+
 # -- the command line ----------------------------------------------------------------------------------
 
 
@@ -651,6 +795,30 @@ def test_eventual_export_magic_exports_the_kernels_notebook(orders: Path, tmp_pa
     assert "pass it: %eventual export DIR --notebook PATH" in text_of(cells[1])
     assert "exported service 'orders'" in text_of(cells[2]), text_of(cells[2])
     assert files_of(work / "again") == files_of(work / "out")
+
+
+def test_the_kernel_refuses_bad_service_names_and_exports_with_undefined_names(tmp_path: Path) -> None:
+    """In a real kernel, `%eventual service` refuses what the exporter refuses (same words), and
+    `%eventual export` says which name an exported function lacks."""
+    undefined = write_notebook(
+        tmp_path / "undefined.ipynb",
+        [C("RATE = 3", "rate"), C("%%workflow\nasync def w() -> int:\n    return RATE", "w")],
+    )
+    cells = run_notebook(
+        [
+            "%load_ext eventual_nb",
+            "%eventual service bad name!!",
+            "%eventual service 'bad name!!'",
+            "%eventual service fine-name",
+            f"%eventual export out --notebook {undefined}",
+        ],
+        tmp_path,
+    ).cells
+    assert "%eventual service takes one NAME" in text_of(cells[1]), text_of(cells[1])
+    assert "invalid service name 'bad name!!': '!' is not allowed" in text_of(cells[2]), text_of(cells[2])
+    assert "service 'fine-name'" in text_of(cells[3]), text_of(cells[3])
+    assert "undefined.ipynb, cell index 1 (id 'w'), line 3: name 'RATE'" in text_of(cells[4]), text_of(cells[4])
+    assert not (tmp_path / "out").exists()
 
 
 # -- round trip ---------------------------------------------------------------------------------------

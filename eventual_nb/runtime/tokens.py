@@ -10,8 +10,37 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+from collections.abc import Mapping
 
 from eventual_nb.errors import EventualError
+
+#: the environment variable holding the secret activity tokens are signed with
+SIGNING_KEY_VARIABLE = "EVENTUAL_SIGNING_KEY"
+#: the shortest key HMAC-SHA256 tokens are signed with
+MIN_KEY_BYTES = 16
+
+
+class InvalidSigningKey(EventualError, ValueError):
+    """A signing key too short to sign tokens with (fewer than `MIN_KEY_BYTES` bytes)."""
+
+
+def environment_signing_key(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """`EVENTUAL_SIGNING_KEY` as bytes, or None when it is unset or empty.
+
+    Raises `InvalidSigningKey` naming the variable when it is too short, so a runtime refuses it where it
+    is made rather than failing later at start (inside a server's startup, say).
+    """
+    text = (os.environ if environ is None else environ).get(SIGNING_KEY_VARIABLE)
+    if not text:
+        return None
+    key = text.encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise InvalidSigningKey(
+            f"{SIGNING_KEY_VARIABLE} is {len(key)} bytes long; an activity signing key needs at least "
+            f"{MIN_KEY_BYTES} bytes (e.g. the output of `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return key
 
 
 class InvalidToken(EventualError):
@@ -22,8 +51,8 @@ class InvalidToken(EventualError):
 
 class TokenSigner:
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ValueError("an activity signing key needs at least 16 bytes")
+        if len(key) < MIN_KEY_BYTES:
+            raise InvalidSigningKey(f"an activity signing key needs at least {MIN_KEY_BYTES} bytes, got {len(key)}")
         self._key = key
 
     def _mac(self, body: bytes) -> str:

@@ -67,7 +67,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,13 +89,12 @@ from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_att
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
 from eventual_nb.runtime.base import ExecutionStatus, HeartbeatResponse
-from eventual_nb.runtime.tokens import TokenSigner
+from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE, TokenSigner, environment_signing_key
 from eventual_nb.serde import to_json
 from eventual_nb.service import Service
 
 LOGGER = logging.getLogger("eventual_nb.aws.workers")
 
-SIGNING_KEY_VARIABLE = "EVENTUAL_SIGNING_KEY"
 #: stop an attempt this long before the Lambda's own limit, so its outcome can still be sent
 LAMBDA_SAFETY_SECONDS = 10.0
 #: a heartbeat asks DynamoDB whether the execution ended at most this often
@@ -188,8 +186,7 @@ class ActivityWorker:
         self.clients = clients
         self.services = list(services)
         if signing_key is None:
-            text = (os.environ if environ is None else environ).get(SIGNING_KEY_VARIABLE)
-            signing_key = text.encode() if text else None
+            signing_key = environment_signing_key(environ)
         self._signer = TokenSigner(signing_key) if signing_key else None
         self._loop = _Loop()
         self.reports: list[AttemptReport] = []

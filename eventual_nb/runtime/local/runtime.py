@@ -77,7 +77,7 @@ from eventual_nb.runtime.base import (
 )
 from eventual_nb.runtime.ids import ulid
 from eventual_nb.runtime.local.store import Database, dumps
-from eventual_nb.runtime.tokens import TokenSigner
+from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
 from eventual_nb.serde import from_json, input_hash, to_json
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import encode_payload
@@ -268,16 +268,14 @@ class LocalRuntime(RuntimeBase):
             self._served_names = [current_service().name]
         capture.install()
         self._db = Database(self.path, self.durability)
-        key = os.environ.get("EVENTUAL_SIGNING_KEY")
-        if key:
-            secret = key.encode()
-        else:
-            stored = self._db.meta("signing_key")
-            if stored is None:
-                stored = secrets.token_hex(32)
-                self._db.set_meta("signing_key", stored)
-            secret = bytes.fromhex(stored)
         try:
+            secret = environment_signing_key()
+            if secret is None:
+                stored = self._db.meta("signing_key")
+                if stored is None:
+                    stored = secrets.token_hex(32)
+                    self._db.set_meta("signing_key", stored)
+                secret = bytes.fromhex(stored)
             self._signer = TokenSigner(secret)
             self._recover()
         except BaseException:  # a failed start must not keep the database (and its lock) open

@@ -29,7 +29,7 @@ import ipaddress
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -214,12 +214,50 @@ def create_app(
     return app
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 3111, **options: Any) -> None:
-    """Run `app` with uvicorn until interrupted (log level `warning` unless `log_level=` says otherwise)."""
+def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 3111,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    **options: Any,
+) -> None:
+    """Run `app` with uvicorn until interrupted (log level `warning` unless `log_level=` says otherwise).
+
+    The socket is bound here first, so a port in use (or a host that cannot be listened on) raises one
+    `EventualError` naming it, before the app starts. `on_ready(url)` is called once the app has started
+    and listens, with the port actually bound (`port=0` picks a free one). An app whose startup fails
+    raises `EventualError` (uvicorn has logged why).
+    """
+    import socket
+
     import uvicorn
 
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # the family uvicorn would pick
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise errors.EventualError(f"cannot listen on {host} port {port}: {reason}") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if on_ready is not None:
+                on_ready(f"http://{shown}:{bound}")
+
     options.setdefault("log_level", "warning")
-    uvicorn.run(app, host=host, port=port, **options)
+    server = Server(uvicorn.Config(app, host=host, port=bound, **options))
+    with sock:
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:  # uvicorn exits when the app's startup fails, after logging why
+            raise errors.EventualError(f"the service on {host} port {bound} did not start (see above)") from None
 
 
 def _version() -> str:
