@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from eventual_nb.errors import EventualError
+from eventual_nb.http import declared_responses
 from eventual_nb.service import check_service_name
 from exporter.errors import ExportError, where
 
@@ -538,6 +539,16 @@ class _Reader:
             options.append(_literal(args.path))
             if args.status_code is not None:
                 options.append(f"status_code={args.status_code}")
+            if args.responses:
+                try:
+                    declared = declared_responses(args.responses)
+                    entries = ", ".join(
+                        f"{code}: {{{_literal('description')}: {_literal(answer['description'])}}}"
+                        for code, answer in declared.items()
+                    )
+                    options.append(f"responses={{{entries}}}")
+                except EventualError as exc:
+                    raise self.error(cell, magic_line, f"%%api: {exc}") from None
             method = str(args.method).lower()
             return _call(f"@ev.api.{method}", options, bare=False), ("route", f"{args.method} {args.path}")
         # subscription

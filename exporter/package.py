@@ -214,10 +214,14 @@ else:
         }
         if any(kinds.values()):
             strays[other.name] = kinds
+    from eventual_nb.runtime.local.server import HostCheck, with_guard_answers
+
     routes = service.api.routes if service is not None else []
+    # the schema `eventual-nb serve DIR` answers on loopback: the routes plus the server's own answers
+    openapi = get_openapi(title=f"{service_name} (eventual-nb)", version=__version__, routes=routes)
     result = {
         "spec": service.spec() if service is not None else None,
-        "openapi": get_openapi(title=f"{service_name} (eventual-nb)", version=__version__, routes=routes),
+        "openapi": with_guard_answers(openapi, HostCheck(()), internal=False, token=False),
         "strays": strays,
     }
 with open(out, "w", encoding="utf-8") as sink:

@@ -26,6 +26,7 @@ from IPython.display import HTML, display
 
 import eventual_nb as ev
 from eventual_nb.durations import parse_duration
+from eventual_nb.http import declared_responses
 from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
 from eventual_nb.service import check_service_name, current_service
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
@@ -172,6 +173,13 @@ class EventualMagics(Magics):
     @argument("method", type=str.upper, choices=HTTP_METHODS, help="HTTP method")
     @argument("path", help="route path, e.g. /carts/{cart_id}")
     @argument("--status-code", type=int, help="status code of a successful response")
+    @argument(
+        "--responses",
+        type=int,
+        nargs="+",
+        metavar="CODE",
+        help="error statuses the handler answers (ev.HttpError), listed in the OpenAPI, e.g. --responses 404 409",
+    )
     @cell_magic
     def api(self, line: str, cell: str) -> None:
         """Define an API route: the cell defines the handler (FastAPI path operation)."""
@@ -190,6 +198,11 @@ class EventualMagics(Magics):
             )
         ]  # re-running the cell replaces its route
         options: dict[str, Any] = {} if args.status_code is None else {"status_code": args.status_code}
+        if args.responses:
+            try:
+                options["responses"] = declared_responses(args.responses)
+            except ev.EventualError as exc:
+                raise UsageError(f"%%api: {exc}") from None
         router.add_api_route(args.path, self.user_ns[target], methods=[args.method], **options)
         _say(f"route {args.method} {args.path} in service '{current_service().name}'")
 

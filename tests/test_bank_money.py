@@ -110,6 +110,34 @@ def test_numbers_past_the_models_bounds_are_422_naming_the_field_and_move_no_mon
     assert (balance(http, source), balance(http, target)) == (100, 0)
 
 
+NOT_NUMBERS: list[tuple[str, str, Any]] = [
+    ("/accounts", "balance", False),  # was a 201: an account opened with 0 (pydantic's lax int)
+    ("/transfers", "amount", True),  # would have moved 1 cent
+    ("/transfers", "cancel_window", False),  # was a 202 with no window
+]
+
+
+@pytest.mark.parametrize(("path", "field", "value"), NOT_NUMBERS, ids=[f"{p}.{f}={v}" for p, f, v in NOT_NUMBERS])
+def test_booleans_are_not_amounts_or_windows(http: httpx.Client, path: str, field: str, value: Any) -> None:
+    source, target = open_account(http, 100), open_account(http, 0)
+    body: dict[str, Any] = (
+        {"balance": value}
+        if path == "/accounts"
+        else {"source": source, "target": target, "amount": 1, "cancel_window": 0, field: value}
+    )
+    answer = http.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    assert [error["loc"] for error in answer.json()["detail"]] == [["body", field]]
+    assert (balance(http, source), balance(http, target)) == (100, 0)
+
+
+def test_the_routes_openapi_lists_the_errors_they_answer(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    assert "404" in paths["/accounts/{account_id}"]["get"]["responses"]
+    assert "404" in paths["/transfers"]["post"]["responses"]
+    assert {"400", "404"} <= set(paths["/transfers/{execution_id}/cancel"]["post"]["responses"])
+
+
 # --------------------------------------------------------------- the workflow on the test runtime
 
 # The exported package, imported into this process for the TestEnvironment tests. Its accounts live in a

@@ -108,7 +108,7 @@ ORDERS = [
         "post-orders",
     ),
     C(
-        "%%api GET /orders/{order_id}\n"
+        "%%api GET /orders/{order_id} --responses 404\n"
         "async def get_order(order_id: str) -> dict:\n"
         "    execution = await ev.current_runtime().get_execution(f'place_order/{order_id}')\n"
         "    return {'status': str(execution.status), 'result': execution.result}",
@@ -182,7 +182,7 @@ def test_export_writes_exactly_the_contract_files(orders: Path, tmp_path: Path) 
         "@ev.workflow\nasync def ship(",
         '@ev.subscription(OrderPlaced, name="ship-placed-orders", retry=ev.RetryPolicy(max_attempts=3))\n',
         '@ev.api.post("/orders", status_code=202)\nasync def create_order(',
-        '@ev.api.get("/orders/{order_id}")\nasync def get_order(',
+        '@ev.api.get("/orders/{order_id}", responses={404: {"description": "Not Found"}})\nasync def get_order(',
         "@ev.signal_model\nclass Approval(BaseModel):",
     ):
         assert decorator in source, decorator
@@ -434,6 +434,10 @@ def test_syntax_error_in_an_export_cell_and_bad_flags(tmp_path: Path) -> None:
     error = _export_error(tmp_path, [C("\n%%api GET items\nasync def items() -> list: ...", "path")])
     assert_located(error, 0, "path", 2)
     assert "must start with '/'" in error.message
+
+    error = _export_error(tmp_path, [C("%%api GET /items --responses 200\nasync def items() -> list: ...", "ok")])
+    assert_located(error, 0, "ok", 1)
+    assert "200 is not an error status" in error.message
 
 
 def test_notebook_without_service_cells(tmp_path: Path) -> None:

@@ -54,13 +54,14 @@ KITCHEN_SINK = [
     "%%workflow --timeout 1h\nasync def order(n: int) -> int:\n    approval = await Approval.expect()\n"
     "    await ev.publish(OrderPlaced(order_id=f'o{n}'))\n    return await double(n) if approval.ok else -1",
     # 8
-    "%%api POST /orders/{n} --status-code 201\nasync def place(n: int) -> dict:\n"
+    "%%api POST /orders/{n} --status-code 201 --responses 409\nasync def place(n: int) -> dict:\n"
     "    handle = await order.start(n)\n    return {'id': handle.id}",
     # 9: `$port` is expanded by IPython (only %%api opts out of expansion)
     "%eventual serve --port $port",
     # 10
     "response = httpx.post(f'http://127.0.0.1:{port}/orders/21', timeout=30)\n"
-    "print(response.status_code)\nexecution_id = response.json()['id']",
+    "print(response.status_code)\nexecution_id = response.json()['id']\n"
+    "print(sorted(httpx.get(f'http://127.0.0.1:{port}/openapi.json').json()['paths']['/orders/{n}']['post']['responses']))",
     # 11
     "await Approval.send(execution_id, Approval(ok=True))\nprint(await ev.ExecutionHandle(execution_id).result())",
     # 12
@@ -112,7 +113,8 @@ def test_a_notebook_using_every_magic_and_verb(tmp_path: Path) -> None:
     assert "workflow 'order' (timeout 1:00:00)" in text_of(c[7])
     assert "route POST /orders/{n}" in text_of(c[8])  # the braces survived: %%api is @no_var_expand
     assert "serving http://127.0.0.1:" in text_of(c[9])
-    assert text_of(c[10]).strip() == "201"
+    assert text_of(c[10]).splitlines()[0] == "201"
+    assert "'409'" in text_of(c[10]).splitlines()[1]  # --responses 409 is in the route's OpenAPI
     assert text_of(c[11]).strip() == "42"
     assert text_of(c[12]).strip() == "['o21']"
     status = text_of(c[13])

@@ -34,18 +34,6 @@ ALLOWED: list[tuple[str, str, str]] = [
     # "workflow 'transfer' needs an input", "invalid timeout ''"), which one schema for every workflow
     # cannot express. Schema-invalid bodies are still refused (negative_data_rejection runs and passes).
     ("POST /_eventual/executions", "ST202", r"\[422\] Unprocessable Content"),
-    # The rest are defects of the tutorial's own code (notebooks/bank-account.ipynb), not of the server:
-    # - its `balance: int` model field is lax, so `{"balance": false}` opens an account with 0;
-    ("POST /accounts", "ST201", r"in body - balance: Incorrect type"),
-    # - it does not bound `balance`, and its SQLite account store cannot hold 2**63 or more (OverflowError,
-    #   500; the answer names only an error id);
-    ("POST /accounts", "ST101, ST103", r"Received: 500[\s\S]*\"balance\": -?\d{19,}"),
-    # - `cancel_window: false` is taken as 0 (lax number field);
-    ("POST /transfers", "ST201", r"in body - cancel_window: Incorrect type"),
-    # - routes that answer 404 without declaring it (`responses={404: ...}`): an unknown account, and
-    #   cancelling a transfer whose execution does not exist (ExecutionNotFound).
-    ("GET /accounts/{account_id}", "ST103", r"Received: 404[\s\S]*no account"),
-    ("POST /transfers/{execution_id}/cancel", "ST103", r"Received: 404[\s\S]*ExecutionNotFound"),
 ]
 
 

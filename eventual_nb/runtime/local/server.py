@@ -193,14 +193,14 @@ def create_app(
     async def internal_openapi() -> dict[str, Any]:
         if not internal_schema:
             schema = get_openapi(title="eventual-nb internal API", version=_version(), routes=internal.routes)
-            internal_schema.update(_with_guard_answers(schema, hosts, internal=True, token=token is not None))
+            internal_schema.update(with_guard_answers(schema, hosts, internal=True, token=token is not None))
         return internal_schema
 
     service_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _with_guard_answers(service_openapi(), hosts, internal=False, token=False)
+            app.openapi_schema = with_guard_answers(service_openapi(), hosts, internal=False, token=False)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -606,7 +606,7 @@ def host_name(header: str) -> str:
     return header.rstrip(".")
 
 
-def _with_guard_answers(schema: dict[str, Any], hosts: HostCheck, *, internal: bool, token: bool) -> dict[str, Any]:
+def with_guard_answers(schema: dict[str, Any], hosts: HostCheck, *, internal: bool, token: bool) -> dict[str, Any]:
     """Add the answers `_Guard` gives before any route runs to every operation of an OpenAPI schema."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault(ErrorAnswer.__name__, ErrorAnswer.model_json_schema())
