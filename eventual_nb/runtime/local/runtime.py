@@ -3,7 +3,9 @@
 One scheduler task owns the database. Each round it takes everything that is ready — API requests
 (starts, signals, cancels, publishes, token completions), finished activity attempts and subscription
 deliveries, due timers — steps every execution that has new events, and commits all of it in ONE
-transaction (group commit). Because every command a step issues is itself a row written in that same
+transaction (group commit). What a step means is the execution core's decision (`core.turn`, and
+`core.retry_or_settle` after an attempt); this runtime stores and wakes. Because every action of a turn is
+itself a row written in that same
 transaction (activity rows, timer rows, inbox rows, delivery rows, child executions), history is never
 committed without its commands, nor commands without their history (a transactional outbox). Side
 effects (activity and subscription code) run only after the commit and report back through the next
@@ -31,38 +33,13 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo
-from eventual_nb.durations import deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
-from eventual_nb.engine.history import (
-    EVENT_ADAPTER,
-    ActivityFailed,
-    ActivityHeartbeatTimedOut,
-    ActivitySucceeded,
-    ActivityTimedOut,
-    CancelChildWorkflow,
-    CancelRequested,
-    CancelTimer,
-    ChildWorkflowFailed,
-    ChildWorkflowSucceeded,
-    Command,
-    HistoryEvent,
-    LogEntry,
-    PublishEvents,
-    ScheduleActivity,
-    SendSignal,
-    SignalReceived,
-    StartChildWorkflow,
-    StartTimer,
-    TimerCompleted,
-    WorkflowCancelled,
-    WorkflowFailed,
-    WorkflowStarted,
-    WorkflowSucceeded,
-)
+from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import Subscription, envelope, source_of
-from eventual_nb.retry import RetryPolicy, exception_type_names
-from eventual_nb.runtime.activity_runner import AttemptOutcome, activity_options, failure, run_attempt
+from eventual_nb.retry import RetryPolicy
+from eventual_nb.runtime import core
+from eventual_nb.runtime.activity_runner import run_attempt, token_result
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -75,13 +52,28 @@ from eventual_nb.runtime.base import (
     listing_offset,
     signal_name_of,
 )
-from eventual_nb.runtime.ids import ulid
+from eventual_nb.runtime.core import (
+    NO_DEADLINES,
+    ActivityOptions,
+    ArmTimer,
+    AttemptOutcome,
+    Deadlines,
+    Deliver,
+    DisarmTimer,
+    Finish,
+    Lineage,
+    Outcome,
+    Publish,
+    StartAttempt,
+    StartChild,
+    wire,
+)
 from eventual_nb.runtime.local.store import Database, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
-from eventual_nb.serde import from_json, input_hash, to_json
+from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
+from eventual_nb.workflows import _NO_INPUT, Workflow
 
 LOGGER = logging.getLogger("eventual_nb.runtime")
 
@@ -123,13 +115,23 @@ async def _resume(coroutine: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _Resumed(coroutine, yielded)
 
 
-def _deadlines(options: dict[str, Any], now: float) -> tuple[float | None, float | None, float | None]:
-    """(attempt deadline, heartbeat deadline, when to check them) for an attempt starting `now`."""
-    timeout, heartbeat = options.get("timeout"), options.get("heartbeat_timeout")
-    deadline = None if timeout is None else now + timeout
-    heartbeat_deadline = None if heartbeat is None else now + heartbeat
-    candidates = [moment for moment in (deadline, heartbeat_deadline) if moment is not None]
-    return deadline, heartbeat_deadline, min(candidates) if candidates else None
+def _moments(deadlines: Deadlines) -> tuple[float | None, float | None, float | None]:
+    """(attempt deadline, heartbeat deadline, when to check them) as the activities table stores them."""
+    if deadlines is NO_DEADLINES:
+        return None, None, None
+    return _timestamp(deadlines.deadline), _timestamp(deadlines.heartbeat), _timestamp(deadlines.next)
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _deadlines(deadline: float | None, heartbeat: float | None) -> Deadlines:
+    return Deadlines(None if deadline is None else _dt(deadline), None if heartbeat is None else _dt(heartbeat))
+
+
+def _service_of(definition: Workflow[Any]) -> str | None:
+    return definition.service.name if definition.service is not None else None
 
 
 def _iso(moment: float) -> str:
@@ -181,9 +183,7 @@ class _Cached:
 
     executor: WorkflowExecutor
     workflow: str
-    service: str | None
-    parent: str | None
-    parent_seq: int | None
+    lineage: Lineage
     history_length: int
     first_step_done: bool = True
 
@@ -192,6 +192,8 @@ class _Cached:
 class _Round:
     """What one transaction did, for the work that must wait until it is committed."""
 
+    #: the round's clock (what it records is stamped with it)
+    moment: datetime = field(default_factory=lambda: datetime.now(UTC))
     start_attempts: list[_Start] = field(default_factory=list)
     start_deliveries: list[int] = field(default_factory=list)
     async_callbacks: list[tuple[Callable[[str], Any], str]] = field(default_factory=list)
@@ -229,7 +231,8 @@ class LocalRuntime(RuntimeBase):
         self._inbox_rows: set[str] = set()
         #: executions that keep running on an earlier definition of their workflow (`rebind_executions`)
         self._pinned: dict[str, WorkflowCode] = {}
-        self._options_cache: dict[tuple[Any, ...], tuple[RetryPolicy, dict[str, Any], str]] = {}
+        self._options_cache: dict[tuple[Any, ...], tuple[RetryPolicy, str]] = {}
+        self._parsed_options: dict[str, ActivityOptions] = {}
         #: a lower bound of every `due` in the timers, activities and deliveries tables, so rounds skip
         #: the due queries until something may be due (exact again after each round that ran them)
         self._earliest_due = -math.inf
@@ -417,7 +420,7 @@ class LocalRuntime(RuntimeBase):
     def _round(self) -> bool:
         cx = self._cx
         now = time.time()
-        work = _Round()
+        work = _Round(moment=_dt(now))
         requests, self._requests = self._requests, []
         attempts, self._attempts = self._attempts, []
         deliveries, self._deliveries_done = self._deliveries_done, []
@@ -603,7 +606,8 @@ class LocalRuntime(RuntimeBase):
                 code = pinned if pinned is not None else self.workflow_definition(workflow_name).code()
                 history = self._history(execution_id)
                 executor = WorkflowExecutor(code, execution_id, history, first_step_done=bool(first_step_done))
-                cached = _Cached(executor, workflow_name, service, parent, parent_seq, len(history))
+                lineage = Lineage(service, parent, parent_seq)
+                cached = _Cached(executor, workflow_name, lineage, len(history))
                 if first_step_done:
                     self.replays += 1
             output = cached.executor.step(events)
@@ -629,30 +633,34 @@ class LocalRuntime(RuntimeBase):
                 [(execution_id, length + i, event.model_dump_json()) for i, event in enumerate(output.events)],
             )
             cached.history_length = length + len(output.events)
-        if output.logs:
+        turn = core.turn(executor, output, cached.lineage, now=self._work.moment, status_of=self._status_of)
+        if turn.logs:
             cx.executemany(
                 "INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)",
-                [(execution_id, entry.time.isoformat(), entry.message, entry.source) for entry in output.logs],
+                [(execution_id, entry.time.isoformat(), entry.message, entry.source) for entry in turn.logs],
             )
         if not first_step_done:
             cx.execute("UPDATE executions SET first_step_done = 1 WHERE id = ?", (execution_id,))
             cached.first_step_done = True
-        for command in output.commands:
-            self._carry_out(execution_id, cached.service, command, now)
+        for action in turn.actions:
+            self._carry_out(action, now)
         if executor.ended:
             executor.close()
             self._pinned.pop(execution_id, None)
-            self._finish(execution_id, executor, cached.parent, cached.parent_seq, now)
         else:
             self._executors[execution_id] = cached
             while len(self._executors) > self._max_cached:
                 _, evicted = self._executors.popitem(last=False)
                 evicted.executor.close()
 
+    def _status_of(self, execution_id: str) -> ExecutionStatus | None:
+        row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
+        return None if row is None else ExecutionStatus(row[0])
+
     def _block(self, execution_id: str, error: errors.EventualError, now: float) -> None:
         """The execution cannot step (changed code, missing definition): it waits, IN_PROGRESS, with a note."""
         if execution_id not in self._blocked:
-            self._log(execution_id, now, f"execution cannot continue: {type(error).__name__}: {error}", "runtime")
+            self._log(execution_id, now, core.blocked_note(error), "runtime")
         self._blocked[execution_id] = error
 
     def retry_blocked(self) -> None:
@@ -670,21 +678,38 @@ class LocalRuntime(RuntimeBase):
         self._blocked.clear()
         self._wake_up()
 
-    def _finish(
-        self, execution_id: str, executor: WorkflowExecutor, parent: str | None, parent_seq: int | None, now: float
-    ) -> None:
+    def _carry_out(self, action: core.Action, now: float) -> None:
+        """Inside the step's transaction: every action is a row (or a change of one) committed with it."""
+        match action:
+            case StartAttempt():
+                self._schedule_activity(action, now)
+            case ArmTimer():
+                due = action.due.timestamp()
+                self._cx.execute(
+                    "INSERT OR REPLACE INTO timers(execution_id, key, due, payload) VALUES (?, ?, ?, ?)",
+                    (action.execution_id, action.key, due, action.fires.model_dump_json()),
+                )
+                self._note_due(due)
+            case DisarmTimer():
+                self._cx.execute(
+                    "DELETE FROM timers WHERE execution_id = ? AND key = ?", (action.execution_id, action.key)
+                )
+            case Deliver():
+                self._deliver(action.target, action.event)
+            case Publish():
+                self._publish(action.envelopes, action.source, now)
+            case StartChild():
+                self._start_child(action, now)
+            case Finish():
+                self._finish(action)
+
+    def _finish(self, action: Finish) -> None:
         cx = self._cx
-        terminal = executor.terminal
-        status, result, error, message = ExecutionStatus.FAILED, None, None, None
-        if isinstance(terminal, WorkflowSucceeded):
-            status, result = ExecutionStatus.SUCCEEDED, dumps(terminal.result)
-        elif isinstance(terminal, WorkflowFailed):
-            error, message = terminal.error, terminal.message
-        elif isinstance(terminal, WorkflowCancelled):
-            status = ExecutionStatus.CANCELLED
+        execution_id = action.execution_id
+        result = dumps(action.result) if action.status == ExecutionStatus.SUCCEEDED else None
         cx.execute(
             "UPDATE executions SET status = ?, result = ?, error = ?, message = ?, end_time = ? WHERE id = ?",
-            (status.value, result, error, message, _iso(now), execution_id),
+            (action.status.value, result, action.error, action.message, action.end_time.isoformat(), execution_id),
         )
         cx.execute("DELETE FROM timers WHERE execution_id = ?", (execution_id,))
         cx.execute("DELETE FROM activities WHERE execution_id = ?", (execution_id,))
@@ -693,76 +718,26 @@ class LocalRuntime(RuntimeBase):
             self._inbox_rows.discard(execution_id)
         self._fresh.pop(execution_id, None)
         self._ready.discard(execution_id)
-        for (child_id,) in cx.execute(
-            "SELECT id FROM executions WHERE parent = ? AND status = 'IN_PROGRESS'", (execution_id,)
-        ).fetchall():
-            self._enqueue(child_id, CancelRequested(timestamp=_dt(now)))
-        if parent is not None and parent_seq is not None:
-            parent_status = cx.execute("SELECT status FROM executions WHERE id = ?", (parent,)).fetchone()
-            if parent_status is not None and parent_status[0] == ExecutionStatus.IN_PROGRESS:
-                event: HistoryEvent
-                if status == ExecutionStatus.SUCCEEDED:
-                    assert isinstance(terminal, WorkflowSucceeded)
-                    event = ChildWorkflowSucceeded(seq=parent_seq, timestamp=_dt(now), result=terminal.result)
-                elif status == ExecutionStatus.CANCELLED:
-                    event = ChildWorkflowFailed(
-                        seq=parent_seq,
-                        timestamp=_dt(now),
-                        error="ExecutionCancelled",
-                        message=f"child execution '{execution_id}' was cancelled",
-                    )
-                else:
-                    event = ChildWorkflowFailed(
-                        seq=parent_seq, timestamp=_dt(now), error=error or "Error", message=message or ""
-                    )
-                self._enqueue(parent, event)
         self._work.ended.append(execution_id)
 
-    def _carry_out(self, execution_id: str, service: str | None, command: Command, now: float) -> None:
-        cx = self._cx
-        if isinstance(command, ScheduleActivity):
-            self._schedule_activity(execution_id, command, now)
-        elif isinstance(command, StartTimer):
-            cx.execute(
-                "INSERT OR REPLACE INTO timers(execution_id, key, due) VALUES (?, ?, ?)",
-                (execution_id, f"t:{command.seq}", command.until.timestamp()),
+    def _deliver(self, target: str, event: HistoryEvent) -> None:
+        """An event for another execution (or from outside); a signal id it has seen is dropped here."""
+        if isinstance(event, SignalReceived) and event.id is not None:
+            inserted = self._cx.execute(
+                "INSERT OR IGNORE INTO signal_ids(execution_id, id) VALUES (?, ?)", (target, event.id)
             )
-            self._note_due(command.until.timestamp())
-        elif isinstance(command, CancelTimer):
-            cx.execute("DELETE FROM timers WHERE execution_id = ? AND key = ?", (execution_id, f"t:{command.seq}"))
-        elif isinstance(command, SendSignal):
-            target = cx.execute("SELECT status FROM executions WHERE id = ?", (command.target,)).fetchone()
-            if target is None:
-                self._log(
-                    execution_id, now, f"signal '{command.signal}' to '{command.target}' ignored: no such execution"
-                )
-            elif target[0] != ExecutionStatus.IN_PROGRESS:
-                self._log(
-                    execution_id, now, f"signal '{command.signal}' to '{command.target}' ignored: it is {target[0]}"
-                )
-            else:
-                self._receive_signal(command.target, command.signal, command.payload, command.id, now)
-        elif isinstance(command, PublishEvents):
-            self._publish(command.events, service, now)
-        elif isinstance(command, StartChildWorkflow):
-            if cx.execute("SELECT 1 FROM executions WHERE id = ?", (command.child_id,)).fetchone() is not None:
+            if inserted.rowcount == 0:
                 return
-            try:
-                definition = self.workflow_definition(command.workflow)
-            except errors.EventualError as exc:
-                self._enqueue(
-                    execution_id,
-                    ChildWorkflowFailed(
-                        seq=command.seq, timestamp=_dt(now), error=type(exc).__name__, message=str(exc)
-                    ),
-                )
-                return
-            name = command.child_id.split("/", 1)[1]
-            self._create(definition, command.input, name, command.timeout, execution_id, command.seq, now)
-        elif isinstance(command, CancelChildWorkflow):
-            child = cx.execute("SELECT status FROM executions WHERE id = ?", (command.child_id,)).fetchone()
-            if child is not None and child[0] == ExecutionStatus.IN_PROGRESS:
-                self._enqueue(command.child_id, CancelRequested(timestamp=_dt(now)))
+        self._enqueue(target, event)
+
+    def _start_child(self, action: StartChild, now: float) -> None:
+        try:
+            definition = self.workflow_definition(action.workflow)
+            limit = core.timeout_limit(action.timeout, definition.timeout)
+            lineage = Lineage(_service_of(definition), action.parent, action.seq)
+            self._create(definition, action.input, action.child_id, limit, lineage, action.start_time)
+        except errors.EventualError as exc:
+            self._carry_out(core.child_not_started(action, exc), now)
 
     # ------------------------------------------------------------------------------------------- starting
 
@@ -770,30 +745,17 @@ class LocalRuntime(RuntimeBase):
         self,
         definition: Workflow[Any],
         raw_input: Any,
-        name: str,
-        timeout: Any,
-        parent: str | None,
-        parent_seq: int | None,
-        now: float,
+        execution_id: str,
+        limit: timedelta | None,
+        lineage: Lineage,
+        start: datetime,
     ) -> tuple[str, bool]:
         cx = self._cx
-        execution_id = f"{definition.name}/{name}"
         digest = input_hash(raw_input)
         existing = cx.execute("SELECT input_hash FROM executions WHERE id = ?", (execution_id,)).fetchone()
-        if existing is not None:
-            if existing[0] == digest:
-                return execution_id, True
-            raise errors.ExecutionAlreadyExists(
-                f"execution '{execution_id}' already exists with a different input", execution_id=execution_id
-            )
-        limit = optional_duration(timeout, what="timeout")
-        if limit is None:
-            limit = definition.timeout
-        start = _dt(now)
-        timeout_at = None if limit is None else deadline_after(start, limit, what="timeout")
-        started = WorkflowStarted(
-            timestamp=start, workflow=definition.name, input=raw_input, parent=parent, timeout_at=timeout_at
-        )
+        if core.admit(execution_id, digest, None if existing is None else existing[0]):
+            return execution_id, True
+        begun = core.begin(execution_id, definition.name, raw_input, start=start, limit=limit, parent=lineage.parent)
         cx.execute(
             "INSERT INTO executions(id, workflow, status, input, input_hash, start_time, parent, parent_seq, service) "
             "VALUES (?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?)",
@@ -803,204 +765,178 @@ class LocalRuntime(RuntimeBase):
                 dumps(raw_input),
                 digest,
                 start.isoformat(),
-                parent,
-                parent_seq,
-                definition.service.name if definition.service else None,
+                lineage.parent,
+                lineage.parent_seq,
+                lineage.service,
             ),
         )
         cx.execute(
-            "INSERT INTO history(execution_id, idx, event) VALUES (?, 0, ?)", (execution_id, started.model_dump_json())
+            "INSERT INTO history(execution_id, idx, event) VALUES (?, 0, ?)",
+            (execution_id, begun.started.model_dump_json()),
         )
-        if timeout_at is not None:
-            assert limit is not None
-            cx.execute(
-                "INSERT INTO timers(execution_id, key, due, payload) VALUES (?, 'timeout', ?, ?)",
-                (execution_id, timeout_at.timestamp(), str(limit.total_seconds())),
-            )
-            self._note_due(timeout_at.timestamp())
+        if begun.timeout is not None:
+            self._carry_out(begun.timeout, start.timestamp())
         try:  # its first step needs no SELECT: everything it needs is here
-            executor = WorkflowExecutor(definition.code(), execution_id, [started], first_step_done=False)
+            executor = WorkflowExecutor(definition.code(), execution_id, [begun.started], first_step_done=False)
         except Exception:  # noqa: BLE001 - the step will meet the same problem and report it
             pass
         else:
-            service = definition.service.name if definition.service else None
-            self._executors[execution_id] = _Cached(executor, definition.name, service, parent, parent_seq, 1, False)
+            self._executors[execution_id] = _Cached(executor, definition.name, lineage, 1, False)
             self._work.created.append(execution_id)
         self._ready.add(execution_id)
         self._work.did_work = True
         return execution_id, False
 
-    # ----------------------------------------------------------------------------------- timers & signals
+    # ------------------------------------------------------------------------------------------- timers
 
     def _due_timers(self, now: float) -> None:
         cx = self._cx
         rows = cx.execute("SELECT execution_id, key, payload FROM timers WHERE due <= ?", (now,)).fetchall()
         for execution_id, key, payload in rows:
             cx.execute("DELETE FROM timers WHERE execution_id = ? AND key = ?", (execution_id, key))
-            if key == "timeout":
-                limit = timedelta(seconds=float(payload or 0))
-                self._enqueue(
-                    execution_id,
-                    WorkflowFailed(
-                        timestamp=_dt(now),
-                        error="WorkflowTimeout",
-                        message=f"execution '{execution_id}' exceeded its timeout of {format_duration(limit)}",
-                    ),
-                )
-            else:
-                self._enqueue(execution_id, TimerCompleted(seq=int(key[2:]), timestamp=_dt(now)))
-
-    def _receive_signal(self, execution_id: str, signal: str, payload: Any, signal_id: str | None, now: float) -> None:
-        if signal_id is not None:
-            inserted = self._cx.execute(
-                "INSERT OR IGNORE INTO signal_ids(execution_id, id) VALUES (?, ?)", (execution_id, signal_id)
-            )
-            if inserted.rowcount == 0:
-                return
-        self._enqueue(execution_id, SignalReceived(timestamp=_dt(now), signal=signal, payload=payload, id=signal_id))
+            self._enqueue(execution_id, core.timer_fired(EVENT_ADAPTER.validate_json(payload), self._work.moment))
 
     # ------------------------------------------------------------------------------------------ activities
 
-    def _activity_options(self, command: ScheduleActivity) -> tuple[dict[str, Any], str]:
-        """Timeouts and retry policy as stored with the activity, memoised (few distinct ones per service).
+    def _options_text(self, options: ActivityOptions) -> str:
+        """The `options` column of an activity, memoised (few distinct options per service).
 
         Keyed by the identity of the (immutable) retry policy object, which the entry keeps alive so the
         identity cannot be reused by another object."""
-        key = (command.timeout, command.heartbeat_timeout, id(command.retry))
+        key = (options.timeout, options.heartbeat_timeout, id(options.retry))
         found = self._options_cache.get(key)
-        if found is None or found[0] is not command.retry:
-            options = activity_options(command)
+        if found is None or found[0] is not options.retry:
             if len(self._options_cache) > 1024:
                 self._options_cache.clear()
-            found = self._options_cache[key] = (command.retry, options, dumps(options))
-        return found[1], found[2]
+            found = self._options_cache[key] = (options.retry, dumps(wire.options_to_json(options)))
+        return found[1]
 
-    def _schedule_activity(self, execution_id: str, command: ScheduleActivity, now: float) -> None:
+    def _options_of(self, text: str) -> ActivityOptions:
+        """An `options` column read back, memoised by its text."""
+        found = self._parsed_options.get(text)
+        if found is None:
+            if len(self._parsed_options) > 1024:
+                self._parsed_options.clear()
+            found = self._parsed_options[text] = wire.options_from_json(json.loads(text))
+        return found
+
+    def _schedule_activity(self, action: StartAttempt, now: float) -> None:
         """Record the activity as running its first attempt; it starts right after this transaction commits."""
-        options, options_text = self._activity_options(command)
-        deadline, heartbeat_deadline, due = _deadlines(options, now)
-        input_text = dumps(command.input)
+        options_text = self._options_text(action.options)
+        deadline, heartbeat_deadline, due = _moments(core.attempt_deadlines(action.options, self._work.moment))
+        input_text = dumps(action.input)
         inserted = self._cx.execute(
             "INSERT OR IGNORE INTO activities(execution_id, seq, name, input, options, attempt, status, due, deadline, "
-            "heartbeat_deadline, runs) VALUES (?, ?, ?, ?, ?, 1, 'running', ?, ?, ?, 1)",
-            (execution_id, command.seq, command.name, input_text, options_text, due, deadline, heartbeat_deadline),
+            "heartbeat_deadline, runs) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, 1)",
+            (
+                action.execution_id,
+                action.seq,
+                action.name,
+                input_text,
+                options_text,
+                action.attempt,
+                due,
+                deadline,
+                heartbeat_deadline,
+            ),
         )
         self._note_due(due)
         if inserted.rowcount:
-            self._work.start_attempts.append(_Start(execution_id, command.seq, 1, command.name, input_text))
+            self._work.start_attempts.append(
+                _Start(action.execution_id, action.seq, action.attempt, action.name, input_text)
+            )
             self._work.did_work = True
 
     def _due_activities(self, now: float) -> None:
-        cx = self._cx
-        rows = cx.execute(
+        rows = self._cx.execute(
             "SELECT execution_id, seq, name, input, options, attempt, status, deadline, heartbeat_deadline, "
             "heartbeat_details FROM activities WHERE due IS NOT NULL AND due <= ?",
             (now,),
         ).fetchall()
         for row in rows:
-            execution_id, seq, name, input_text, options_text, attempt, status, deadline, heartbeat_deadline, _ = row
-            options = json.loads(options_text)
-            if status == "scheduled":
-                attempt += 1
-                new_deadline, new_heartbeat, due = _deadlines(options, now)
-                cx.execute(
-                    "UPDATE activities SET attempt = ?, status = 'running', deadline = ?, heartbeat_deadline = ?, "
-                    "due = ?, runs = runs + 1 WHERE execution_id = ? AND seq = ?",
-                    (attempt, new_deadline, new_heartbeat, due, execution_id, seq),
-                )
-                self._note_due(due)
-                self._work.start_attempts.append(_Start(execution_id, seq, attempt, name, input_text, row[9]))
-                self._work.did_work = True
-            elif status in ("running", "async"):
-                heartbeat_missed = heartbeat_deadline is not None and heartbeat_deadline <= now
-                if heartbeat_missed and (deadline is None or heartbeat_deadline <= deadline):
-                    limit = options.get("heartbeat_timeout") or 0
-                    error: errors.Timeout = errors.HeartbeatTimeout(
-                        f"no heartbeat within {format_duration(timedelta(seconds=limit))}"
-                    )
-                    kind = "heartbeat"
-                else:
-                    limit = options.get("timeout") or 0
-                    error = errors.Timeout(
-                        f"attempt {attempt} exceeded its timeout of {format_duration(timedelta(seconds=limit))}"
-                    )
-                    kind = "timeout"
-                self._attempt_failed(
-                    execution_id, seq, attempt, options, kind, type(error).__name__, str(error),
-                    exception_type_names(error), True, now,
+            if row[6] == "scheduled":
+                self._start_next_attempt(row)
+            elif row[6] in ("running", "async"):
+                execution_id, seq, options_text, attempt, deadline, heartbeat_deadline = (
+                    row[0], row[1], row[4], row[5], row[7], row[8]
                 )  # fmt: skip
+                missed = core.missed_deadline(deadline, heartbeat_deadline, now)
+                if missed is not None:
+                    outcome = core.expired(missed, attempt, self._options_of(options_text))
+                    attempt_missed = _Attempt(execution_id, seq, attempt, outcome)
+                    self._decide(attempt_missed, options_text, (deadline, heartbeat_deadline))
+
+    def _start_next_attempt(self, row: Any) -> None:
+        """A retry whose backoff is over: its next attempt runs once this transaction committed."""
+        execution_id, seq, name, input_text, options_text, attempt = row[:6]
+        attempt += 1
+        deadline, heartbeat_deadline, due = _moments(
+            core.attempt_deadlines(self._options_of(options_text), self._work.moment)
+        )
+        self._cx.execute(
+            "UPDATE activities SET attempt = ?, status = 'running', deadline = ?, heartbeat_deadline = ?, "
+            "due = ?, runs = runs + 1 WHERE execution_id = ? AND seq = ?",
+            (attempt, deadline, heartbeat_deadline, due, execution_id, seq),
+        )
+        self._note_due(due)
+        self._work.start_attempts.append(_Start(execution_id, seq, attempt, name, input_text, row[9]))
+        self._work.did_work = True
 
     def _settle_attempt(self, attempt: _Attempt, now: float) -> None:
         outcome = attempt.outcome
-        if outcome.kind == "succeeded":  # the common case, in one statement
+        if outcome.kind is Outcome.SUCCEEDED:  # the common case, in one statement
             deleted = self._cx.execute(
                 "DELETE FROM activities WHERE execution_id = ? AND seq = ? AND attempt = ? "
                 "AND status IN ('running', 'async')",
                 (attempt.execution_id, attempt.seq, attempt.attempt),
             )
             if deleted.rowcount:
-                self._enqueue(
-                    attempt.execution_id,
-                    ActivitySucceeded(
-                        seq=attempt.seq, timestamp=_dt(now), result=outcome.result, attempts=attempt.attempt
-                    ),
+                decision = core.retry_or_settle(
+                    outcome, seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
                 )
+                assert isinstance(decision, core.Settle)
+                self._enqueue(attempt.execution_id, decision.event)
             return  # otherwise a late result of an attempt that timed out, was retried, or whose execution ended
         row = self._cx.execute(
-            "SELECT attempt, status, options FROM activities WHERE execution_id = ? AND seq = ?",
+            "SELECT attempt, status, options, deadline, heartbeat_deadline FROM activities "
+            "WHERE execution_id = ? AND seq = ?",
             (attempt.execution_id, attempt.seq),
         ).fetchone()
         if row is None or row[0] != attempt.attempt or row[1] not in ("running", "async"):
             return  # a late result of an attempt that timed out, was retried, or whose execution ended
-        options = json.loads(row[2])
-        if outcome.kind == "async":
-            self._cx.execute(
-                "UPDATE activities SET status = 'async' WHERE execution_id = ? AND seq = ?",
-                (attempt.execution_id, attempt.seq),
-            )
-            assert outcome.callback is not None
-            assert self._signer is not None
-            token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
-            self._work.async_callbacks.append((outcome.callback, token))
-        else:
-            self._attempt_failed(
-                attempt.execution_id, attempt.seq, attempt.attempt, options, "failed", outcome.error,
-                outcome.message, outcome.type_names, outcome.retryable, now,
-            )  # fmt: skip
+        self._decide(attempt, row[2], (row[3], row[4]))
 
-    def _attempt_failed(
-        self,
-        execution_id: str,
-        seq: int,
-        attempt: int,
-        options: dict[str, Any],
-        kind: str,
-        error: str,
-        message: str,
-        type_names: tuple[str, ...],
-        retryable: bool,
-        now: float,
-    ) -> None:
-        policy = RetryPolicy.model_validate(options.get("retry") or {})
-        if retryable and policy.retries(attempt, type_names):
-            due = now + policy.delay_after(attempt).total_seconds()
-            self._cx.execute(
-                "UPDATE activities SET status = 'scheduled', due = ?, deadline = NULL, heartbeat_deadline = NULL "
-                "WHERE execution_id = ? AND seq = ?",
-                (due, execution_id, seq),
-            )
-            self._note_due(due)
-            self._work.did_work = True
-            return
-        self._cx.execute("DELETE FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq))
-        event: HistoryEvent
-        if kind == "timeout":
-            event = ActivityTimedOut(seq=seq, timestamp=_dt(now), message=message, attempts=attempt)
-        elif kind == "heartbeat":
-            event = ActivityHeartbeatTimedOut(seq=seq, timestamp=_dt(now), message=message, attempts=attempt)
-        else:
-            event = ActivityFailed(seq=seq, timestamp=_dt(now), error=error, message=message, attempts=attempt)
-        self._enqueue(execution_id, event)
+    def _decide(self, attempt: _Attempt, options_text: str, deadlines: tuple[float | None, float | None]) -> None:
+        """Carry out what the core decides about the outcome of a current attempt (its row's `deadlines`)."""
+        cx, key = self._cx, (attempt.execution_id, attempt.seq)
+        options = self._options_of(options_text)
+        decision = core.retry_or_settle(
+            attempt.outcome, seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=options.retry
+        )
+        match decision:
+            case core.Settle(event=event):
+                cx.execute("DELETE FROM activities WHERE execution_id = ? AND seq = ?", key)
+                self._enqueue(attempt.execution_id, event)
+            case core.RetryAt(due=due):
+                cx.execute(
+                    "UPDATE activities SET status = 'scheduled', due = ?, deadline = NULL, heartbeat_deadline = NULL "
+                    "WHERE execution_id = ? AND seq = ?",
+                    (due.timestamp(), *key),
+                )
+                self._note_due(due.timestamp())
+                self._work.did_work = True
+            case core.AwaitToken():
+                waiting = core.heartbeat_at(_deadlines(*deadlines), options, self._work.moment)
+                _, heartbeat_deadline, next_due = _moments(waiting)
+                cx.execute(
+                    "UPDATE activities SET status = 'async', heartbeat_deadline = ?, due = ? "
+                    "WHERE execution_id = ? AND seq = ?",
+                    (heartbeat_deadline, next_due, *key),
+                )
+                self._note_due(next_due)
+                assert attempt.outcome.callback is not None and self._signer is not None
+                token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
+                self._work.async_callbacks.append((attempt.outcome.callback, token))
 
     async def _run_activity(self, start: _Start) -> None:
         execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name
@@ -1018,12 +954,7 @@ class LocalRuntime(RuntimeBase):
             heartbeat_details=None if details is None else json.loads(details),
         )
         if definition is None:
-            outcome = AttemptOutcome(
-                kind="failed",
-                error="ActivityNotFound",
-                message=f"no activity named '{name}' is served by this runtime",
-                retryable=False,
-            )
+            outcome = core.not_served(name, "LocalRuntime")
         else:
 
             def log_line(line: str) -> None:
@@ -1040,7 +971,7 @@ class LocalRuntime(RuntimeBase):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
-                outcome = failure(exc)
+                outcome = core.failed(exc)
         self._attempts.append(_Attempt(execution_id, seq, attempt, outcome))
         self._wake_up()
 
@@ -1064,11 +995,8 @@ class LocalRuntime(RuntimeBase):
             ).fetchone()
             if row is None or row[0] != attempt or row[1] not in ("running", "async") or row[4] != "IN_PROGRESS":
                 return HeartbeatResponse(cancelled=True)
-            options = json.loads(row[2])
-            heartbeat = options.get("heartbeat_timeout")
-            heartbeat_deadline = None if heartbeat is None else now + heartbeat
-            candidates = [d for d in (row[3], heartbeat_deadline) if d is not None]
-            due = min(candidates) if candidates else None
+            beaten = core.heartbeat_at(_deadlines(row[3], None), self._options_of(row[2]), self._work.moment)
+            _, heartbeat_deadline, due = _moments(beaten)
             cx.execute(
                 "UPDATE activities SET heartbeat_deadline = ?, due = ?, heartbeat_details = COALESCE(?, heartbeat_details) "
                 "WHERE execution_id = ? AND seq = ?",
@@ -1086,26 +1014,20 @@ class LocalRuntime(RuntimeBase):
             "SELECT attempt, status FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
         ).fetchone()
         if row is None or row[0] != attempt or row[1] not in ("running", "async"):
-            raise errors.EventualError(
-                f"activity token for '{execution_id}' seq {seq} attempt {attempt} is no longer pending "
-                "(it completed, timed out, was retried, or its execution ended)"
-            )
+            raise core.token_not_pending(execution_id, seq, attempt)
         return execution_id, seq, attempt
 
     # ------------------------------------------------------------------------------------------- events
 
     def _publish(self, envelopes: list[dict[str, Any]], source: str | None, now: float) -> None:
         for item in envelopes:
-            for service in self.served_services():
-                for subscription in service.subscriptions.values():
-                    if subscription.matches(item["name"], source):
-                        self._cx.execute(
-                            "INSERT INTO deliveries(subscription, event, source, status, due) "
-                            "VALUES (?, ?, ?, 'scheduled', ?)",
-                            (subscription.name, dumps(item), source, now),
-                        )
-                        self._note_due(now)
-                        self._work.did_work = True
+            for subscription in core.subscriptions_for(self.served_services(), item["name"], source):
+                self._cx.execute(
+                    "INSERT INTO deliveries(subscription, event, source, status, due) VALUES (?, ?, ?, 'scheduled', ?)",
+                    (subscription.name, dumps(item), source, now),
+                )
+                self._note_due(now)
+                self._work.did_work = True
 
     def _subscription(self, name: str) -> Subscription | None:
         for service in self.served_services():
@@ -1164,9 +1086,12 @@ class LocalRuntime(RuntimeBase):
             cx.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
             return
         subscription = self._subscription(delivery.subscription)
-        policy = subscription.retry if subscription is not None else RetryPolicy()
-        if policy.retries(delivery.attempt, exception_type_names(delivery.error)):
-            due = now + policy.delay_after(delivery.attempt).total_seconds()
+        policy = subscription.retry if subscription is not None else core.DEFAULT_RETRY
+        decision = core.after_delivery(
+            delivery.subscription, policy, delivery.event, delivery.attempt, delivery.error, self._work.moment
+        )
+        if isinstance(decision, core.RetryDeliveryAt):
+            due = decision.due.timestamp()
             cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE id = ?", (due, delivery.id))
             self._note_due(due)
             return
@@ -1174,12 +1099,12 @@ class LocalRuntime(RuntimeBase):
         cx.execute(
             "INSERT INTO dead_letters(event, subscription, error, message, attempts, time) VALUES (?, ?, ?, ?, ?, ?)",
             (
-                dumps(delivery.event),
-                delivery.subscription,
-                errors.error_type_name(delivery.error),
-                errors.error_message(delivery.error),
-                delivery.attempt,
-                _iso(now),
+                dumps(decision.event),
+                decision.subscription,
+                decision.error,
+                decision.message,
+                decision.attempts,
+                decision.time.isoformat(),
             ),
         )
 
@@ -1192,7 +1117,7 @@ class LocalRuntime(RuntimeBase):
             (execution_id,),
         ).fetchone()
         if row is None:
-            raise errors.ExecutionNotFound(f"no execution with id '{execution_id}'", execution_id=execution_id)
+            raise core.not_found(execution_id)
         return _to_execution(row)
 
     async def start_execution(
@@ -1203,13 +1128,11 @@ class LocalRuntime(RuntimeBase):
             raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
         definition = self.workflow_definition(workflow_name)
         raw_input = definition.validate_input(_NO_INPUT if input is None else input)
-        if name is None:
-            name = ulid(datetime.now(UTC))
-        else:
-            check_execution_name(name)
-        optional_duration(timeout, what="timeout")
+        wanted = core.execution_id_for(definition.name, name, datetime.now(UTC))
+        limit = core.timeout_limit(timeout, definition.timeout)
+        lineage = Lineage(_service_of(definition))
         execution_id, already = await self._submit(
-            lambda now: self._create(definition, raw_input, name, timeout, None, None, now)
+            lambda now: self._create(definition, raw_input, wanted, limit, lineage, self._work.moment)
         )
         return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=already)
 
@@ -1263,12 +1186,10 @@ class LocalRuntime(RuntimeBase):
         encoded = encode_payload(signal, payload, self.served_services())
 
         def apply(now: float) -> None:
-            row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
-            if row is None:
-                raise errors.ExecutionNotFound(f"no execution with id '{execution_id}'", execution_id=execution_id)
-            if row[0] != ExecutionStatus.IN_PROGRESS:
-                raise errors.EventualError(f"cannot send signal '{name}' to execution '{execution_id}': it is {row[0]}")
-            self._receive_signal(execution_id, name, encoded, id, now)
+            status = self._status_of(execution_id)
+            self._deliver(
+                execution_id, core.signal_received(execution_id, status, name, encoded, id, self._work.moment)
+            )
 
         await self._submit(apply)
 
@@ -1283,12 +1204,7 @@ class LocalRuntime(RuntimeBase):
 
     async def cancel_execution(self, id: str) -> None:
         def apply(now: float) -> None:
-            row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (id,)).fetchone()
-            if row is None:
-                raise errors.ExecutionNotFound(f"no execution with id '{id}'", execution_id=id)
-            if row[0] != ExecutionStatus.IN_PROGRESS:
-                raise errors.EventualError(f"cannot cancel execution '{id}': it already ended {row[0]}")
-            self._enqueue(id, CancelRequested(timestamp=_dt(now)))
+            self._enqueue(id, core.cancel_requested(id, self._status_of(id), self._work.moment))
 
         await self._submit(apply)
 
@@ -1297,22 +1213,18 @@ class LocalRuntime(RuntimeBase):
         name_row = self._cx.execute(
             "SELECT name FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
         ).fetchone()
-        definition = self.activity_definition(name_row[0]) if name_row else None
-        annotation = definition.shape.return_annotation if definition is not None else Any
-        what = f"result of activity '{name_row[0] if name_row else '?'}'"
-        encoded = to_json(from_json(to_json(result, what=what), annotation, what=what), annotation, what=what)
+        name = str(name_row[0]) if name_row else "?"
+        encoded = token_result(self.activity_definition(name) if name_row else None, name, result)
 
         def apply(now: float) -> None:
             self._pending(token)
-            self._settle_attempt(
-                _Attempt(execution_id, seq, attempt, AttemptOutcome(kind="succeeded", result=encoded)), now
-            )
+            self._settle_attempt(_Attempt(execution_id, seq, attempt, core.succeeded(encoded)), now)
 
         await self._submit(apply)
 
     async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
         execution_id, seq, attempt = self._pending(token)
-        outcome = AttemptOutcome(kind="failed", error=str(error), message=message or "", type_names=(str(error),))
+        outcome = core.failed_named(error, message)
 
         def apply(now: float) -> None:
             self._pending(token)
