@@ -103,12 +103,18 @@ def begin(
     started = WorkflowStarted(timestamp=start, workflow=workflow, input=raw_input, parent=parent, timeout_at=timeout_at)
     if timeout_at is None or limit is None:
         return Begun(started, None)
-    fails = WorkflowFailed(
-        timestamp=timeout_at,
+    return Begun(
+        started, ArmTimer(execution_id, TIMEOUT_TIMER_KEY, timeout_at, timed_out(execution_id, limit, timeout_at))
+    )
+
+
+def timed_out(execution_id: str, limit: timedelta, at: datetime) -> WorkflowFailed:
+    """What the workflow timeout of `limit` delivers at `at`: the execution fails with `WorkflowTimeout`."""
+    return WorkflowFailed(
+        timestamp=at,
         error="WorkflowTimeout",
         message=f"execution '{execution_id}' exceeded its timeout of {format_duration(limit)}",
     )
-    return Begun(started, ArmTimer(execution_id, TIMEOUT_TIMER_KEY, timeout_at, fails))
 
 
 def child_not_started(action: StartChild, error: errors.EventualError) -> Deliver:

@@ -34,8 +34,8 @@ from typing import Any
 from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo
 from eventual_nb.engine import capture
-from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
-from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent, LogEntry, SignalReceived
+from eventual_nb.engine.executor import StepOutput, WorkflowCode, WorkflowExecutor
+from eventual_nb.engine.history import HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import Subscription, envelope, source_of
 from eventual_nb.retry import RetryPolicy
 from eventual_nb.runtime import core
@@ -68,7 +68,7 @@ from eventual_nb.runtime.core import (
     StartChild,
     wire,
 )
-from eventual_nb.runtime.local.store import Database, dumps
+from eventual_nb.runtime.local.store import ActivityRow, Database, StepRow, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
 from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service, current_service
@@ -132,10 +132,6 @@ def _deadlines(deadline: float | None, heartbeat: float | None) -> Deadlines:
 
 def _service_of(definition: Workflow[Any]) -> str | None:
     return definition.service.name if definition.service is not None else None
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 def _dt(moment: float) -> datetime:
@@ -329,23 +325,16 @@ class LocalRuntime(RuntimeBase):
 
     def _recover(self) -> None:
         """Work left 'running' by a crashed process runs again; executions with news get a step."""
-        cx = self._cx
-        now = time.time()
-        cx.execute("UPDATE activities SET status = 'scheduled', due = ? WHERE status = 'running'", (now,))
-        cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE status = 'running'", (now,))
+        self._database.requeue_running(time.time())
         self._earliest_due = -math.inf
-        self._inbox_rows = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
-        self._ready = set(self._inbox_rows)
-        self._ready |= {
-            row[0]
-            for row in cx.execute("SELECT id FROM executions WHERE status = 'IN_PROGRESS' AND first_step_done = 0")
-        }
+        self._ready = set()
+        self._recover_ready()
 
     @property
-    def _cx(self) -> Any:
+    def _database(self) -> Database:
         if self._db is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
-        return self._db.connection
+        return self._db
 
     # --------------------------------------------------------------------------------------- definitions
 
@@ -409,16 +398,11 @@ class LocalRuntime(RuntimeBase):
 
     def _next_due(self) -> float:
         """The earliest `due` of any row (infinity if none): when the scheduler must wake by itself."""
-        cx = self._cx
-        dues = [
-            cx.execute("SELECT MIN(due) FROM timers").fetchone()[0],
-            cx.execute("SELECT MIN(due) FROM activities WHERE due IS NOT NULL").fetchone()[0],
-            cx.execute("SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL").fetchone()[0],
-        ]
-        return min((due for due in dues if due is not None), default=math.inf)
+        due = self._database.next_due()
+        return math.inf if due is None else due
 
     def _round(self) -> bool:
-        cx = self._cx
+        database = self._database
         now = time.time()
         work = _Round(moment=_dt(now))
         requests, self._requests = self._requests, []
@@ -427,22 +411,20 @@ class LocalRuntime(RuntimeBase):
         logs, self._pending_logs = self._pending_logs, []
         results: list[tuple[_Request, Any, BaseException | None]] = []
         self._work = work
-        cx.execute("BEGIN IMMEDIATE")
+        database.begin()
         try:
             if logs:
-                cx.executemany("INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)", logs)
+                database.add_log_rows(logs)
             for request in requests:
-                cx.execute("SAVEPOINT request")
                 try:
-                    value = request.apply(now)
+                    with database.savepoint():
+                        value = request.apply(now)
                 except Exception as exc:  # noqa: BLE001 - a bad request fails alone, the round goes on
-                    cx.execute("ROLLBACK TO request")
                     if not isinstance(exc, errors.EventualError):
                         exc = errors.InputValidationError(f"request rejected: {type(exc).__name__}: {exc}")
                     results.append((request, None, exc))
                 else:
                     results.append((request, value, None))
-                cx.execute("RELEASE request")
             for attempt in attempts:
                 self._settle_attempt(attempt, now)
             for delivery in deliveries:
@@ -467,9 +449,9 @@ class LocalRuntime(RuntimeBase):
                 self._due_deliveries(now)
             if due_checked or self._earliest_due <= now:
                 self._earliest_due = self._next_due()
-            cx.execute("COMMIT")
+            database.commit()
         except BaseException:
-            cx.execute("ROLLBACK")
+            database.rollback()
             self._fresh.clear()
             self._earliest_due = -math.inf
             for execution_id in work.stepped + work.created:
@@ -498,21 +480,16 @@ class LocalRuntime(RuntimeBase):
         """Events not consumed by a step in this transaction become inbox rows before it commits."""
         if not self._fresh:
             return
-        rows = [
-            (execution_id, event.model_dump_json()) for execution_id, events in self._fresh.items() for event in events
-        ]
-        self._cx.executemany("INSERT INTO inbox(execution_id, event) VALUES (?, ?)", rows)
+        self._database.add_to_inbox(
+            (execution_id, event) for execution_id, events in self._fresh.items() for event in events
+        )
         self._inbox_rows.update(self._fresh)
         self._fresh.clear()
 
     def _recover_ready(self) -> None:
-        cx = self._cx
-        self._inbox_rows = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
+        self._inbox_rows = self._database.executions_with_inbox()
         self._ready |= self._inbox_rows
-        self._ready |= {
-            row[0]
-            for row in cx.execute("SELECT id FROM executions WHERE status = 'IN_PROGRESS' AND first_step_done = 0")
-        }
+        self._ready |= self._database.unstarted_executions()
 
     def _after_commit(self, work: _Round) -> None:
         ended = set(work.ended)
@@ -561,55 +538,24 @@ class LocalRuntime(RuntimeBase):
         self._ready.add(execution_id)
         self._work.did_work = True
 
-    def _log(self, execution_id: str, now: float, message: str, source: str = "workflow") -> None:
-        self._cx.execute(
-            "INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)",
-            (execution_id, _iso(now), message, source),
-        )
-
-    def _history(self, execution_id: str) -> list[HistoryEvent]:
-        rows = self._cx.execute(
-            "SELECT event FROM history WHERE execution_id = ? ORDER BY idx", (execution_id,)
-        ).fetchall()
-        return [EVENT_ADAPTER.validate_json(row[0]) for row in rows]
-
     def _step(self, execution_id: str, now: float) -> None:
-        cx = self._cx
+        database = self._database
         cached = self._executors.pop(execution_id, None)
-        if cached is None:
-            row = cx.execute(
-                "SELECT workflow, status, first_step_done, parent, parent_seq, service FROM executions WHERE id = ?",
-                (execution_id,),
-            ).fetchone()
-            if row is None:
-                self._fresh.pop(execution_id, None)
+        row: StepRow | None = None
+        if cached is None:  # a cached instance belongs to an execution in progress (ending one drops it)
+            row = database.step_row(execution_id)
+            if row is None or row.status != ExecutionStatus.IN_PROGRESS:
+                self._drop_events(execution_id)
                 return
-            workflow_name, status, first_step_done, parent, parent_seq, service = row
-            if status != ExecutionStatus.IN_PROGRESS:
-                self._fresh.pop(execution_id, None)
-                if execution_id in self._inbox_rows:
-                    cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
-                    self._inbox_rows.discard(execution_id)
-                return
-        else:  # a cached instance belongs to an execution in progress (ending one drops it from the cache)
-            workflow_name, first_step_done = cached.workflow, cached.first_step_done
-        stored: list[Any] = []
+        last_stored: int | None = None
+        events: list[HistoryEvent] = []
         if execution_id in self._inbox_rows:
-            stored = cx.execute(
-                "SELECT id, event FROM inbox WHERE execution_id = ? ORDER BY id", (execution_id,)
-            ).fetchall()
-        events = [EVENT_ADAPTER.validate_json(item[1]) for item in stored]
+            events, last_stored = database.inbox(execution_id)
         events.extend(self._fresh.get(execution_id, ()))
         try:
             if cached is None:
-                pinned = self._pinned.get(execution_id)
-                code = pinned if pinned is not None else self.workflow_definition(workflow_name).code()
-                history = self._history(execution_id)
-                executor = WorkflowExecutor(code, execution_id, history, first_step_done=bool(first_step_done))
-                lineage = Lineage(service, parent, parent_seq)
-                cached = _Cached(executor, workflow_name, lineage, len(history))
-                if first_step_done:
-                    self.replays += 1
+                assert row is not None
+                cached = self._replayed(execution_id, row)
             output = cached.executor.step(events)
         except Exception as exc:  # noqa: BLE001 - one broken execution must not stop the others
             if cached is not None:
@@ -618,29 +564,43 @@ class LocalRuntime(RuntimeBase):
                 exc = errors.EventualError(f"internal error while stepping: {type(exc).__name__}: {exc}")
             self._block(execution_id, exc, now)
             return
-        executor = cached.executor
         self._fresh.pop(execution_id, None)
+        if last_stored is not None:
+            database.clear_inbox(execution_id, last_stored)
+            self._inbox_rows.discard(execution_id)
+        self._record(execution_id, cached, output, now)
+
+    def _drop_events(self, execution_id: str) -> None:
+        """Events for an execution that does not exist or has ended are dropped."""
+        self._fresh.pop(execution_id, None)
+        if execution_id in self._inbox_rows:
+            self._database.clear_inbox(execution_id)
+            self._inbox_rows.discard(execution_id)
+
+    def _replayed(self, execution_id: str, row: StepRow) -> _Cached:
+        """A workflow instance rebuilt from the execution's history (after a restart or an eviction)."""
+        pinned = self._pinned.get(execution_id)
+        code = pinned if pinned is not None else self.workflow_definition(row.workflow).code()
+        history = self._database.history(execution_id)
+        executor = WorkflowExecutor(code, execution_id, history, first_step_done=row.first_step_done)
+        if row.first_step_done:
+            self.replays += 1
+        return _Cached(executor, row.workflow, row.lineage, len(history), row.first_step_done)
+
+    def _record(self, execution_id: str, cached: _Cached, output: StepOutput, now: float) -> None:
+        """Write what the step means (the core's turn) into the round's transaction."""
+        database, executor = self._database, cached.executor
         self._work.stepped.append(execution_id)
         self._work.did_work = True
         self.steps += 1
-        if stored:
-            cx.execute("DELETE FROM inbox WHERE execution_id = ? AND id <= ?", (execution_id, stored[-1][0]))
-            self._inbox_rows.discard(execution_id)
         if output.events:
-            length = cached.history_length
-            cx.executemany(
-                "INSERT INTO history(execution_id, idx, event) VALUES (?, ?, ?)",
-                [(execution_id, length + i, event.model_dump_json()) for i, event in enumerate(output.events)],
-            )
-            cached.history_length = length + len(output.events)
-        turn = core.turn(executor, output, cached.lineage, now=self._work.moment, status_of=self._status_of)
+            database.append_history(execution_id, cached.history_length, output.events)
+            cached.history_length += len(output.events)
+        turn = core.turn(executor, output, cached.lineage, now=self._work.moment, status_of=database.status_of)
         if turn.logs:
-            cx.executemany(
-                "INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)",
-                [(execution_id, entry.time.isoformat(), entry.message, entry.source) for entry in turn.logs],
-            )
-        if not first_step_done:
-            cx.execute("UPDATE executions SET first_step_done = 1 WHERE id = ?", (execution_id,))
+            database.add_logs(execution_id, turn.logs)
+        if not cached.first_step_done:
+            database.mark_first_step_done(execution_id)
             cached.first_step_done = True
         for action in turn.actions:
             self._carry_out(action, now)
@@ -653,14 +613,11 @@ class LocalRuntime(RuntimeBase):
                 _, evicted = self._executors.popitem(last=False)
                 evicted.executor.close()
 
-    def _status_of(self, execution_id: str) -> ExecutionStatus | None:
-        row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
-        return None if row is None else ExecutionStatus(row[0])
-
     def _block(self, execution_id: str, error: errors.EventualError, now: float) -> None:
         """The execution cannot step (changed code, missing definition): it waits, IN_PROGRESS, with a note."""
         if execution_id not in self._blocked:
-            self._log(execution_id, now, core.blocked_note(error), "runtime")
+            line = LogEntry(time=_dt(now), message=core.blocked_note(error), source="runtime")
+            self._database.add_logs(execution_id, [line])
         self._blocked[execution_id] = error
 
     def retry_blocked(self) -> None:
@@ -682,18 +639,11 @@ class LocalRuntime(RuntimeBase):
         """Inside the step's transaction: every action is a row (or a change of one) committed with it."""
         match action:
             case StartAttempt():
-                self._schedule_activity(action, now)
+                self._schedule_activity(action)
             case ArmTimer():
-                due = action.due.timestamp()
-                self._cx.execute(
-                    "INSERT OR REPLACE INTO timers(execution_id, key, due, payload) VALUES (?, ?, ?, ?)",
-                    (action.execution_id, action.key, due, action.fires.model_dump_json()),
-                )
-                self._note_due(due)
+                self._note_due(self._database.arm_timer(action))
             case DisarmTimer():
-                self._cx.execute(
-                    "DELETE FROM timers WHERE execution_id = ? AND key = ?", (action.execution_id, action.key)
-                )
+                self._database.disarm_timer(action.execution_id, action.key)
             case Deliver():
                 self._deliver(action.target, action.event)
             case Publish():
@@ -704,29 +654,17 @@ class LocalRuntime(RuntimeBase):
                 self._finish(action)
 
     def _finish(self, action: Finish) -> None:
-        cx = self._cx
         execution_id = action.execution_id
         result = dumps(action.result) if action.status == ExecutionStatus.SUCCEEDED else None
-        cx.execute(
-            "UPDATE executions SET status = ?, result = ?, error = ?, message = ?, end_time = ? WHERE id = ?",
-            (action.status.value, result, action.error, action.message, action.end_time.isoformat(), execution_id),
-        )
-        cx.execute("DELETE FROM timers WHERE execution_id = ?", (execution_id,))
-        cx.execute("DELETE FROM activities WHERE execution_id = ?", (execution_id,))
-        if execution_id in self._inbox_rows:
-            cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
-            self._inbox_rows.discard(execution_id)
-        self._fresh.pop(execution_id, None)
+        self._database.finish(action, result)
+        self._drop_events(execution_id)
         self._ready.discard(execution_id)
         self._work.ended.append(execution_id)
 
     def _deliver(self, target: str, event: HistoryEvent) -> None:
         """An event for another execution (or from outside); a signal id it has seen is dropped here."""
         if isinstance(event, SignalReceived) and event.id is not None:
-            inserted = self._cx.execute(
-                "INSERT OR IGNORE INTO signal_ids(execution_id, id) VALUES (?, ?)", (target, event.id)
-            )
-            if inserted.rowcount == 0:
+            if not self._database.remember_signal(target, event.id):
                 return
         self._enqueue(target, event)
 
@@ -750,32 +688,14 @@ class LocalRuntime(RuntimeBase):
         lineage: Lineage,
         start: datetime,
     ) -> tuple[str, bool]:
-        cx = self._cx
+        database = self._database
         digest = input_hash(raw_input)
-        existing = cx.execute("SELECT input_hash FROM executions WHERE id = ?", (execution_id,)).fetchone()
-        if core.admit(execution_id, digest, None if existing is None else existing[0]):
+        if core.admit(execution_id, digest, database.input_hash_of(execution_id)):
             return execution_id, True
         begun = core.begin(execution_id, definition.name, raw_input, start=start, limit=limit, parent=lineage.parent)
-        cx.execute(
-            "INSERT INTO executions(id, workflow, status, input, input_hash, start_time, parent, parent_seq, service) "
-            "VALUES (?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?)",
-            (
-                execution_id,
-                definition.name,
-                dumps(raw_input),
-                digest,
-                start.isoformat(),
-                lineage.parent,
-                lineage.parent_seq,
-                lineage.service,
-            ),
-        )
-        cx.execute(
-            "INSERT INTO history(execution_id, idx, event) VALUES (?, 0, ?)",
-            (execution_id, begun.started.model_dump_json()),
-        )
+        database.create_execution(begun.started, execution_id, digest, dumps(raw_input), lineage)
         if begun.timeout is not None:
-            self._carry_out(begun.timeout, start.timestamp())
+            self._note_due(database.arm_timer(begun.timeout))
         try:  # its first step needs no SELECT: everything it needs is here
             executor = WorkflowExecutor(definition.code(), execution_id, [begun.started], first_step_done=False)
         except Exception:  # noqa: BLE001 - the step will meet the same problem and report it
@@ -790,11 +710,8 @@ class LocalRuntime(RuntimeBase):
     # ------------------------------------------------------------------------------------------- timers
 
     def _due_timers(self, now: float) -> None:
-        cx = self._cx
-        rows = cx.execute("SELECT execution_id, key, payload FROM timers WHERE due <= ?", (now,)).fetchall()
-        for execution_id, key, payload in rows:
-            cx.execute("DELETE FROM timers WHERE execution_id = ? AND key = ?", (execution_id, key))
-            self._enqueue(execution_id, core.timer_fired(EVENT_ADAPTER.validate_json(payload), self._work.moment))
+        for execution_id, fires in self._database.take_due_timers(now):
+            self._enqueue(execution_id, core.timer_fired(fires, self._work.moment))
 
     # ------------------------------------------------------------------------------------------ activities
 
@@ -820,119 +737,75 @@ class LocalRuntime(RuntimeBase):
             found = self._parsed_options[text] = wire.options_from_json(json.loads(text))
         return found
 
-    def _schedule_activity(self, action: StartAttempt, now: float) -> None:
+    def _schedule_activity(self, action: StartAttempt) -> None:
         """Record the activity as running its first attempt; it starts right after this transaction commits."""
-        options_text = self._options_text(action.options)
-        deadline, heartbeat_deadline, due = _moments(core.attempt_deadlines(action.options, self._work.moment))
+        moments = _moments(core.attempt_deadlines(action.options, self._work.moment))
         input_text = dumps(action.input)
-        inserted = self._cx.execute(
-            "INSERT OR IGNORE INTO activities(execution_id, seq, name, input, options, attempt, status, due, deadline, "
-            "heartbeat_deadline, runs) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, 1)",
-            (
-                action.execution_id,
-                action.seq,
-                action.name,
-                input_text,
-                options_text,
-                action.attempt,
-                due,
-                deadline,
-                heartbeat_deadline,
-            ),
-        )
-        self._note_due(due)
-        if inserted.rowcount:
+        inserted = self._database.add_activity(action, input_text, self._options_text(action.options), moments)
+        self._note_due(moments[2])
+        if inserted:
             self._work.start_attempts.append(
                 _Start(action.execution_id, action.seq, action.attempt, action.name, input_text)
             )
             self._work.did_work = True
 
     def _due_activities(self, now: float) -> None:
-        rows = self._cx.execute(
-            "SELECT execution_id, seq, name, input, options, attempt, status, deadline, heartbeat_deadline, "
-            "heartbeat_details FROM activities WHERE due IS NOT NULL AND due <= ?",
-            (now,),
-        ).fetchall()
-        for row in rows:
-            if row[6] == "scheduled":
+        for row in self._database.due_activities(now):
+            if row.status == "scheduled":
                 self._start_next_attempt(row)
-            elif row[6] in ("running", "async"):
-                execution_id, seq, options_text, attempt, deadline, heartbeat_deadline = (
-                    row[0], row[1], row[4], row[5], row[7], row[8]
-                )  # fmt: skip
-                missed = core.missed_deadline(deadline, heartbeat_deadline, now)
+            elif row.status in ("running", "async"):
+                missed = core.missed_deadline(row.deadline, row.heartbeat_deadline, now)
                 if missed is not None:
-                    outcome = core.expired(missed, attempt, self._options_of(options_text))
-                    attempt_missed = _Attempt(execution_id, seq, attempt, outcome)
-                    self._decide(attempt_missed, options_text, (deadline, heartbeat_deadline))
+                    outcome = core.expired(missed, row.attempt, self._options_of(row.options))
+                    self._decide(_Attempt(row.execution_id, row.seq, row.attempt, outcome), row)
 
-    def _start_next_attempt(self, row: Any) -> None:
+    def _start_next_attempt(self, row: ActivityRow) -> None:
         """A retry whose backoff is over: its next attempt runs once this transaction committed."""
-        execution_id, seq, name, input_text, options_text, attempt = row[:6]
-        attempt += 1
-        deadline, heartbeat_deadline, due = _moments(
-            core.attempt_deadlines(self._options_of(options_text), self._work.moment)
+        attempt = row.attempt + 1
+        moments = _moments(core.attempt_deadlines(self._options_of(row.options), self._work.moment))
+        self._database.run_attempt(row.execution_id, row.seq, attempt, moments)
+        self._note_due(moments[2])
+        self._work.start_attempts.append(
+            _Start(row.execution_id, row.seq, attempt, row.name, row.input, row.heartbeat_details)
         )
-        self._cx.execute(
-            "UPDATE activities SET attempt = ?, status = 'running', deadline = ?, heartbeat_deadline = ?, "
-            "due = ?, runs = runs + 1 WHERE execution_id = ? AND seq = ?",
-            (attempt, deadline, heartbeat_deadline, due, execution_id, seq),
-        )
-        self._note_due(due)
-        self._work.start_attempts.append(_Start(execution_id, seq, attempt, name, input_text, row[9]))
         self._work.did_work = True
 
     def _settle_attempt(self, attempt: _Attempt, now: float) -> None:
         outcome = attempt.outcome
         if outcome.kind is Outcome.SUCCEEDED:  # the common case, in one statement
-            deleted = self._cx.execute(
-                "DELETE FROM activities WHERE execution_id = ? AND seq = ? AND attempt = ? "
-                "AND status IN ('running', 'async')",
-                (attempt.execution_id, attempt.seq, attempt.attempt),
-            )
-            if deleted.rowcount:
+            if self._database.settle_current(attempt.execution_id, attempt.seq, attempt.attempt):
                 decision = core.retry_or_settle(
                     outcome, seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
                 )
                 assert isinstance(decision, core.Settle)
                 self._enqueue(attempt.execution_id, decision.event)
             return  # otherwise a late result of an attempt that timed out, was retried, or whose execution ended
-        row = self._cx.execute(
-            "SELECT attempt, status, options, deadline, heartbeat_deadline FROM activities "
-            "WHERE execution_id = ? AND seq = ?",
-            (attempt.execution_id, attempt.seq),
-        ).fetchone()
-        if row is None or row[0] != attempt.attempt or row[1] not in ("running", "async"):
+        row = self._database.activity(attempt.execution_id, attempt.seq)
+        if row is None or row.attempt != attempt.attempt or row.status not in ("running", "async"):
             return  # a late result of an attempt that timed out, was retried, or whose execution ended
-        self._decide(attempt, row[2], (row[3], row[4]))
+        self._decide(attempt, row)
 
-    def _decide(self, attempt: _Attempt, options_text: str, deadlines: tuple[float | None, float | None]) -> None:
-        """Carry out what the core decides about the outcome of a current attempt (its row's `deadlines`)."""
-        cx, key = self._cx, (attempt.execution_id, attempt.seq)
-        options = self._options_of(options_text)
+    def _decide(self, attempt: _Attempt, row: ActivityRow) -> None:
+        """Carry out what the core decides about the outcome of the current attempt of `row`."""
+        database, key = self._database, (attempt.execution_id, attempt.seq)
+        options = self._options_of(row.options)
         decision = core.retry_or_settle(
             attempt.outcome, seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=options.retry
         )
         match decision:
             case core.Settle(event=event):
-                cx.execute("DELETE FROM activities WHERE execution_id = ? AND seq = ?", key)
+                database.delete_activity(*key)
                 self._enqueue(attempt.execution_id, event)
             case core.RetryAt(due=due):
-                cx.execute(
-                    "UPDATE activities SET status = 'scheduled', due = ?, deadline = NULL, heartbeat_deadline = NULL "
-                    "WHERE execution_id = ? AND seq = ?",
-                    (due.timestamp(), *key),
-                )
+                database.retry_activity(*key, due.timestamp())
                 self._note_due(due.timestamp())
                 self._work.did_work = True
             case core.AwaitToken():
-                waiting = core.heartbeat_at(_deadlines(*deadlines), options, self._work.moment)
-                _, heartbeat_deadline, next_due = _moments(waiting)
-                cx.execute(
-                    "UPDATE activities SET status = 'async', heartbeat_deadline = ?, due = ? "
-                    "WHERE execution_id = ? AND seq = ?",
-                    (heartbeat_deadline, next_due, *key),
+                waiting = core.heartbeat_at(
+                    _deadlines(row.deadline, row.heartbeat_deadline), options, self._work.moment
                 )
+                _, heartbeat_deadline, next_due = _moments(waiting)
+                database.await_token(*key, heartbeat_deadline, next_due)
                 self._note_due(next_due)
                 assert attempt.outcome.callback is not None and self._signer is not None
                 token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
@@ -987,45 +860,39 @@ class LocalRuntime(RuntimeBase):
         encoded = None if details is None else dumps(to_json(details, what="heartbeat details"))
 
         def apply(now: float) -> HeartbeatResponse:
-            cx = self._cx
-            row = cx.execute(
-                "SELECT a.attempt, a.status, a.options, a.deadline, e.status FROM activities a "
-                "JOIN executions e ON e.id = a.execution_id WHERE a.execution_id = ? AND a.seq = ?",
-                (execution_id, seq),
-            ).fetchone()
-            if row is None or row[0] != attempt or row[1] not in ("running", "async") or row[4] != "IN_PROGRESS":
+            found = self._database.heartbeat_target(execution_id, seq)
+            if found is None:
                 return HeartbeatResponse(cancelled=True)
-            beaten = core.heartbeat_at(_deadlines(row[3], None), self._options_of(row[2]), self._work.moment)
+            row, status = found
+            if (
+                row.attempt != attempt
+                or row.status not in ("running", "async")
+                or status != ExecutionStatus.IN_PROGRESS
+            ):
+                return HeartbeatResponse(cancelled=True)
+            beaten = core.heartbeat_at(_deadlines(row.deadline, None), self._options_of(row.options), self._work.moment)
             _, heartbeat_deadline, due = _moments(beaten)
-            cx.execute(
-                "UPDATE activities SET heartbeat_deadline = ?, due = ?, heartbeat_details = COALESCE(?, heartbeat_details) "
-                "WHERE execution_id = ? AND seq = ?",
-                (heartbeat_deadline, due, encoded, execution_id, seq),
-            )
+            self._database.record_heartbeat(execution_id, seq, heartbeat_deadline, due, encoded)
             self._note_due(due)
             return HeartbeatResponse(cancelled=False)
 
         return await self._submit(apply)  # type: ignore[no-any-return]
 
-    def _pending(self, token: str) -> tuple[str, int, int]:
+    def _pending(self, token: str) -> ActivityRow:
+        """The current attempt `token` was issued for, while it runs or waits; raises otherwise."""
         assert self._signer is not None
         execution_id, seq, attempt = self._signer.verify(token)
-        row = self._cx.execute(
-            "SELECT attempt, status FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
-        ).fetchone()
-        if row is None or row[0] != attempt or row[1] not in ("running", "async"):
+        row = self._database.activity(execution_id, seq)
+        if row is None or row.attempt != attempt or row.status not in ("running", "async"):
             raise core.token_not_pending(execution_id, seq, attempt)
-        return execution_id, seq, attempt
+        return row
 
     # ------------------------------------------------------------------------------------------- events
 
     def _publish(self, envelopes: list[dict[str, Any]], source: str | None, now: float) -> None:
         for item in envelopes:
             for subscription in core.subscriptions_for(self.served_services(), item["name"], source):
-                self._cx.execute(
-                    "INSERT INTO deliveries(subscription, event, source, status, due) VALUES (?, ?, ?, 'scheduled', ?)",
-                    (subscription.name, dumps(item), source, now),
-                )
+                self._database.add_delivery(subscription.name, dumps(item), source, now)
                 self._note_due(now)
                 self._work.did_work = True
 
@@ -1037,25 +904,16 @@ class LocalRuntime(RuntimeBase):
         return None
 
     def _due_deliveries(self, now: float) -> None:
-        rows = self._cx.execute(
-            "SELECT id FROM deliveries WHERE status = 'scheduled' AND due IS NOT NULL AND due <= ?", (now,)
-        ).fetchall()
-        for (delivery_id,) in rows:
-            self._cx.execute(
-                "UPDATE deliveries SET status = 'running', attempt = attempt + 1, due = NULL WHERE id = ?",
-                (delivery_id,),
-            )
-            self._work.start_deliveries.append(delivery_id)
+        started = self._database.start_due_deliveries(now)
+        if started:
+            self._work.start_deliveries.extend(started)
             self._work.did_work = True
 
     async def _run_delivery(self, delivery_id: int) -> None:
-        row = self._cx.execute(
-            "SELECT subscription, event, attempt FROM deliveries WHERE id = ?", (delivery_id,)
-        ).fetchone()
-        if row is None:
+        delivery = self._database.delivery(delivery_id)
+        if delivery is None:
             return
-        name, event_text, attempt = row
-        item = json.loads(event_text)
+        name, item, attempt = delivery.subscription, delivery.event, delivery.attempt
         subscription = self._subscription(name)
         error: BaseException | None = None
         if subscription is None:
@@ -1081,9 +939,8 @@ class LocalRuntime(RuntimeBase):
         self._wake_up()
 
     def _settle_delivery(self, delivery: _Delivery, now: float) -> None:
-        cx = self._cx
         if delivery.error is None:
-            cx.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
+            self._database.delete_delivery(delivery.id)
             return
         subscription = self._subscription(delivery.subscription)
         policy = subscription.retry if subscription is not None else core.DEFAULT_RETRY
@@ -1092,33 +949,18 @@ class LocalRuntime(RuntimeBase):
         )
         if isinstance(decision, core.RetryDeliveryAt):
             due = decision.due.timestamp()
-            cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE id = ?", (due, delivery.id))
+            self._database.retry_delivery(delivery.id, due)
             self._note_due(due)
-            return
-        cx.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
-        cx.execute(
-            "INSERT INTO dead_letters(event, subscription, error, message, attempts, time) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                dumps(decision.event),
-                decision.subscription,
-                decision.error,
-                decision.message,
-                decision.attempts,
-                decision.time.isoformat(),
-            ),
-        )
+        else:
+            self._database.dead_letter(delivery.id, decision)
 
     # ------------------------------------------------------------------------------ the client protocol
 
     def _execution(self, execution_id: str) -> Execution:
-        row = self._cx.execute(
-            "SELECT id, workflow, status, input, result, error, message, start_time, end_time, parent "
-            "FROM executions WHERE id = ?",
-            (execution_id,),
-        ).fetchone()
-        if row is None:
+        execution = self._database.execution(execution_id)
+        if execution is None:
             raise core.not_found(execution_id)
-        return _to_execution(row)
+        return execution
 
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
@@ -1148,37 +990,20 @@ class LocalRuntime(RuntimeBase):
         sort: str = "asc",
     ) -> ExecutionPage:
         offset = listing_offset(sort, max_results, next_token)
-        clauses, params = [], []
-        if workflow is not None:
-            clauses.append("workflow = ?")
-            params.append(workflow)
-        if statuses:
-            wanted = [ExecutionStatus(status).value for status in statuses]
-            clauses.append(f"status IN ({', '.join('?' for _ in wanted)})")
-            params.extend(wanted)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = "DESC" if sort == "desc" else "ASC"
-        rows = self._cx.execute(
-            "SELECT id, workflow, status, input, result, error, message, start_time, end_time, parent "
-            f"FROM executions {where} ORDER BY rowid {order} LIMIT ? OFFSET ?",
-            (*params, max_results + 1, offset),
-        ).fetchall()
-        more = len(rows) > max_results
+        found = self._database.executions(workflow, statuses, offset, max_results + 1, descending=sort == "desc")
+        more = len(found) > max_results
         return ExecutionPage(
-            executions=[_to_execution(row) for row in rows[:max_results]],
+            executions=found[:max_results],
             next_token=str(offset + max_results) if more else None,
         )
 
     async def get_execution_history(self, id: str) -> list[HistoryEvent]:
         self._execution(id)
-        return self._history(id)
+        return self._database.history(id)
 
     async def get_execution_logs(self, id: str) -> list[LogEntry]:
         self._execution(id)
-        rows = self._cx.execute(
-            "SELECT time, message, source FROM logs WHERE execution_id = ? ORDER BY id", (id,)
-        ).fetchall()
-        return [LogEntry(time=datetime.fromisoformat(row[0]), message=row[1], source=row[2]) for row in rows]
+        return self._database.logs(id)
 
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
         execution_id = execution_id_of(execution)
@@ -1186,7 +1011,7 @@ class LocalRuntime(RuntimeBase):
         encoded = encode_payload(signal, payload, self.served_services())
 
         def apply(now: float) -> None:
-            status = self._status_of(execution_id)
+            status = self._database.status_of(execution_id)
             self._deliver(
                 execution_id, core.signal_received(execution_id, status, name, encoded, id, self._work.moment)
             )
@@ -1204,31 +1029,22 @@ class LocalRuntime(RuntimeBase):
 
     async def cancel_execution(self, id: str) -> None:
         def apply(now: float) -> None:
-            self._enqueue(id, core.cancel_requested(id, self._status_of(id), self._work.moment))
+            self._enqueue(id, core.cancel_requested(id, self._database.status_of(id), self._work.moment))
 
         await self._submit(apply)
 
     async def send_activity_success(self, token: str, result: Any = None) -> None:
-        execution_id, seq, attempt = self._pending(token)
-        name_row = self._cx.execute(
-            "SELECT name FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
-        ).fetchone()
-        name = str(name_row[0]) if name_row else "?"
-        encoded = token_result(self.activity_definition(name) if name_row else None, name, result)
-
-        def apply(now: float) -> None:
-            self._pending(token)
-            self._settle_attempt(_Attempt(execution_id, seq, attempt, core.succeeded(encoded)), now)
-
-        await self._submit(apply)
+        row = self._pending(token)
+        encoded = token_result(self.activity_definition(row.name), row.name, result)
+        await self._complete_by_token(token, row, core.succeeded(encoded))
 
     async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
-        execution_id, seq, attempt = self._pending(token)
-        outcome = core.failed_named(error, message)
+        await self._complete_by_token(token, self._pending(token), core.failed_named(error, message))
 
+    async def _complete_by_token(self, token: str, row: ActivityRow, outcome: AttemptOutcome) -> None:
         def apply(now: float) -> None:
-            self._pending(token)
-            self._settle_attempt(_Attempt(execution_id, seq, attempt, outcome), now)
+            self._pending(token)  # still pending when the round applies it
+            self._settle_attempt(_Attempt(row.execution_id, row.seq, row.attempt, outcome), now)
 
         await self._submit(apply)
 
@@ -1238,20 +1054,7 @@ class LocalRuntime(RuntimeBase):
         return await self._heartbeat(execution_id, seq, attempt, None)
 
     async def list_dead_letters(self) -> list[DeadLetter]:
-        rows = self._cx.execute(
-            "SELECT event, subscription, error, message, attempts, time FROM dead_letters ORDER BY id"
-        ).fetchall()
-        return [
-            DeadLetter(
-                event=json.loads(row[0]),
-                subscription=row[1],
-                error=row[2],
-                message=row[3],
-                attempts=row[4],
-                time=datetime.fromisoformat(row[5]),
-            )
-            for row in rows
-        ]
+        return self._database.dead_letters()
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         execution = self._execution(id)
@@ -1281,18 +1084,3 @@ class LocalRuntime(RuntimeBase):
     def blocked(self) -> dict[str, errors.EventualError]:
         """Executions that cannot continue (changed code, missing definition), with the reason."""
         return dict(self._blocked)
-
-
-def _to_execution(row: Any) -> Execution:
-    return Execution(
-        id=row[0],
-        workflow=row[1],
-        status=ExecutionStatus(row[2]),
-        input=None if row[3] is None else json.loads(row[3]),
-        result=None if row[4] is None else json.loads(row[4]),
-        error=row[5],
-        message=row[6],
-        start_time=datetime.fromisoformat(row[7]),
-        end_time=None if row[8] is None else datetime.fromisoformat(row[8]),
-        parent=row[9],
-    )
