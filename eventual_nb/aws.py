@@ -79,7 +79,6 @@ from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, wire
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT
 
 __all__ = ["AwsRuntime"]
 
@@ -292,17 +291,13 @@ class AwsRuntime(RuntimeBase):
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
-        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
-        if not isinstance(workflow_name, str):
-            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self.workflow_definition(workflow_name)
-        raw_input = definition.validate_input(_NO_INPUT if input is None else input)
+        definition, raw_input = self.start_definition(workflow, input)
         now = self.clock()
         execution_id = core.execution_id_for(definition.name, name, now)
         limit = core.timeout_limit(timeout, None)  # only an explicit one rides on the record
         if limit is not None:  # refused here, where the caller hears of it, not in the orchestrator's turn
             deadline_after(now, limit, what="timeout")
-        service = definition.service.name if definition.service is not None else None
+        service = core.service_of(definition)
 
         def start() -> bool:
             created = self.executions.create(execution_id, definition.name, raw_input, now, service=service)

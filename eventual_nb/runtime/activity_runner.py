@@ -1,4 +1,5 @@
-"""Runs one attempt of an activity with its context set: the part every runtime shares.
+"""Runs one attempt of an activity with its context set, and one subscription delivery: the part every
+runtime shares.
 
 It rebuilds the arguments from JSON, sets `ev.activity_info()`/`ev.heartbeat()` and output capture,
 runs the function (plain `def` in a worker thread), and turns the outcome into an `AttemptOutcome`. What
@@ -16,9 +17,45 @@ from typing import Any
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityContext, ActivityInfo, AsyncResult, _activity_context
 from eventual_nb.engine import capture
+from eventual_nb.events import Subscription
 from eventual_nb.runtime.base import HeartbeatResponse
 from eventual_nb.runtime.core.attempts import AttemptOutcome, failed, succeeded, waiting
 from eventual_nb.serde import from_json, to_json
+
+
+def attempt_info(
+    execution_id: str, name: str, seq: int, attempt: int, token: str | Callable[[], str], heartbeat_details: Any
+) -> ActivityInfo:
+    """What an attempt knows about itself (`ev.activity_info()`); its idempotency key names the call, so
+    every attempt of it (and every re-run after a crash) has the same one."""
+    return ActivityInfo(
+        execution_id=execution_id,
+        activity=name,
+        seq=seq,
+        attempt=attempt,
+        token=token,
+        idempotency_key=f"{execution_id}/{seq}",
+        heartbeat_details=heartbeat_details,
+    )
+
+
+async def run_delivery(
+    subscription: Subscription, item: dict[str, Any], log_line: Callable[[str], None] | None
+) -> Exception | None:
+    """Deliver one event (`{"name", "event"}`) to a subscription's handler (sync or async), its output
+    captured by `log_line`; returns what the handler raised (retried or dead-lettered by the core's rule)."""
+    token = capture.log_sink.set(log_line) if log_line is not None else None
+    try:
+        value = subscription.handler(subscription.decode(item))
+        if inspect.isawaitable(value):
+            await value
+    except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
+        return exc
+    finally:
+        if token is not None and log_line is not None:
+            capture.flush_sink(log_line)
+            capture.log_sink.reset(token)
+    return None
 
 
 def token_result(activity: Activity[Any, Any] | None, name: str, result: Any) -> Any:

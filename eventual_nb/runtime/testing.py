@@ -28,7 +28,7 @@ from eventual_nb.engine.executor import WorkflowExecutor
 from eventual_nb.engine.history import Command, HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import Event, Subscription, envelope, event_name, find_event, source_of
 from eventual_nb.runtime import core
-from eventual_nb.runtime.activity_runner import run_attempt, token_result
+from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery, token_result
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -59,7 +59,7 @@ from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT, Workflow
+from eventual_nb.workflows import Workflow
 
 DEFAULT_RESULT_TIMEOUT = timedelta(days=3650)
 
@@ -439,13 +439,9 @@ class TestEnvironment(RuntimeBase):
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
-        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
-        if not isinstance(workflow_name, str):
-            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self.workflow_definition(workflow_name)
-        raw_input = definition.validate_input(_NO_INPUT if input is None else input)
+        definition, raw_input = self.start_definition(workflow, input)
         execution_id = core.execution_id_for(definition.name, name, self._now)
-        return self._start(definition, raw_input, execution_id, timeout, Lineage(_service_of(definition)))
+        return self._start(definition, raw_input, execution_id, timeout, Lineage.of(definition))
 
     def _start(
         self, definition: Workflow[Any], raw_input: Any, execution_id: str, timeout: Any, lineage: Lineage
@@ -582,7 +578,7 @@ class TestEnvironment(RuntimeBase):
             return
         try:
             definition = self.workflow_definition(action.workflow)
-            lineage = Lineage(_service_of(definition), action.parent, action.seq)
+            lineage = Lineage.of(definition, action.parent, action.seq)
             self._start(definition, action.input, action.child_id, action.timeout, lineage)
         except errors.EventualError as exc:
             self._carry_out(core.child_not_started(action, exc))
@@ -681,14 +677,8 @@ class TestEnvironment(RuntimeBase):
         mock = self._mocks.get(activity.name)
         behaviour = mock.next_behaviour() if mock is not None else None
         definition = self.activity_definition(activity.name)
-        info = ActivityInfo(
-            execution_id=activity.execution_id,
-            activity=activity.name,
-            seq=activity.seq,
-            attempt=attempt,
-            token=token,
-            idempotency_key=f"{activity.execution_id}/{activity.seq}",
-            heartbeat_details=activity.heartbeat_details,
+        info = attempt_info(
+            activity.execution_id, activity.name, activity.seq, attempt, token, activity.heartbeat_details
         )
         outcome = await self._run_behaviour(activity, attempt, behaviour, definition, info)
         if outcome is not None:
@@ -855,24 +845,18 @@ class TestEnvironment(RuntimeBase):
         def log_line(line: str) -> None:
             self.subscription_logs.append(LogEntry(time=self._now, message=line, source=subscription.name))
 
-        token = capture.log_sink.set(log_line)
-        try:
-            value = subscription.handler(subscription.decode(item))
-            if inspect.isawaitable(value):
-                await value
-        except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
-            decision = core.after_delivery(subscription.name, subscription.retry, item, attempt, exc, self._now)
-            if isinstance(decision, DeadLetter):
-                self._dead_letters.append(decision)
-            else:
-                self._schedule(
-                    decision.due,
-                    lambda: self._deliver_event(subscription, item, decision.attempt),
-                    f"subscription retry {subscription.name}",
-                )
-        finally:
-            capture.flush_sink(log_line)
-            capture.log_sink.reset(token)
+        error = await run_delivery(subscription, item, log_line)
+        if error is None:
+            return
+        decision = core.after_delivery(subscription.name, subscription.retry, item, attempt, error, self._now)
+        if isinstance(decision, DeadLetter):
+            self._dead_letters.append(decision)
+        else:
+            self._schedule(
+                decision.due,
+                lambda: self._deliver_event(subscription, item, decision.attempt),
+                f"subscription retry {subscription.name}",
+            )
 
     async def _deliver_to_test(self, subscriber: _TestSubscriber, item: dict[str, Any]) -> None:
         if subscriber.disposed:
@@ -944,10 +928,6 @@ def _mocked_failure(error: Any, message: str) -> AttemptOutcome:
 
 def _no_callback(token: str) -> None:
     """`async_result()` without a callback: the test completes the activity with a token it gets elsewhere."""
-
-
-def _service_of(definition: Workflow[Any]) -> str | None:
-    return definition.service.name if definition.service is not None else None
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:

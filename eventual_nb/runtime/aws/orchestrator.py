@@ -386,8 +386,7 @@ class Orchestrator:
             record = self._record(execution_id)  # the parent must hear how it ended
         if record is not None and "parent_seq" in record:
             parent_seq = int(record["parent_seq"]["N"])
-        service = definition.service.name if definition.service is not None else None
-        return core.Lineage(service, started.parent, parent_seq)
+        return core.Lineage.of(definition, started.parent, parent_seq)
 
     def _status_of(self, execution_id: str) -> ExecutionStatus | None:
         """The status of a signal's target (one strongly consistent read), None if there is no such execution."""
@@ -553,7 +552,7 @@ class Orchestrator:
                 action.start_time,
                 parent=action.parent,
                 parent_seq=action.seq,
-                service=definition.service.name if definition.service is not None else None,
+                service=core.service_of(definition),
             )
         except errors.EventualError as exc:  # no such workflow, or the id is taken with another input
             self._carry_out(core.child_not_started(action, exc))

@@ -75,11 +75,10 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from eventual_nb import errors
-from eventual_nb.activities import ActivityInfo, find_activity
-from eventual_nb.durations import deadline_after
+from eventual_nb.activities import find_activity
 from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.runtime import core
-from eventual_nb.runtime.activity_runner import run_attempt
+from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
 from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse
@@ -289,16 +288,10 @@ class ActivityWorker:
         except errors.ExecutionNotFound:
             return AttemptReport("unknown")
         start = wire.attempt_from_message(json.loads(row["message"]["S"]))
-        deadlines = core.Deadlines(
-            utc(datetime.fromisoformat(row["deadline"]["S"])) if "deadline" in row else None,
-            None
-            if start.options.heartbeat_timeout is None or "last_heartbeat" not in row
-            else deadline_after(
-                utc(datetime.fromisoformat(row["last_heartbeat"]["S"])),
-                start.options.heartbeat_timeout,
-                what="heartbeat_timeout",
-            ),
-        )
+        deadlines = core.Deadlines(utc(datetime.fromisoformat(row["deadline"]["S"])) if "deadline" in row else None)
+        if "last_heartbeat" in row:
+            last = utc(datetime.fromisoformat(row["last_heartbeat"]["S"]))
+            deadlines = core.heartbeat_at(deadlines, start.options, last)
         now = utc(self.clients.clock())
         missed = core.missed_deadline(deadlines.deadline, deadlines.heartbeat, now)
         if missed is None:
@@ -347,15 +340,7 @@ class ActivityWorker:
         definition = find_activity(name, self.services)
         if definition is None:
             return core.not_served(name, "worker"), watch, logs
-        info = ActivityInfo(
-            execution_id=execution_id,
-            activity=name,
-            seq=seq,
-            attempt=attempt,
-            token=token,
-            idempotency_key=f"{execution_id}/{seq}",
-            heartbeat_details=start.heartbeat_details,
-        )
+        info = attempt_info(execution_id, name, seq, attempt, token, start.heartbeat_details)
         task = asyncio.ensure_future(run_attempt(definition, start.input, info, heartbeat, log_line))
         while True:
             waits = [d - loop.time() for d in (watch.deadline, watch.heartbeat_deadline) if d is not None]
@@ -607,9 +592,9 @@ class SubscriptionWorker:
         subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
         envelope = json.loads(record["body"])
         item = {"name": str(envelope["detail-type"]), "event": envelope["detail"]}
-        value = subscription.handler(subscription.decode(item))
-        if inspect.isawaitable(value):
-            self._loop.run(_awaited(value))
+        error = self._loop.run(run_delivery(subscription, item, None))
+        if error is not None:
+            raise error
 
     def _back_off(self, record: Mapping[str, Any], retry: core.RetryDeliveryAt) -> None:
         """Make a failed delivery wait its subscription's backoff before SQS offers it again (best effort)."""

@@ -48,7 +48,7 @@ from eventual_nb.runtime.core.actions import (
 )
 from eventual_nb.runtime.core.attempts import ActivityOptions
 from eventual_nb.runtime.ids import ulid
-from eventual_nb.workflows import check_execution_name
+from eventual_nb.workflows import Workflow, check_execution_name
 
 #: a fact only storage has: the status of an execution, None when there is no such execution
 StatusLookup = Callable[[str], ExecutionStatus | None]
@@ -135,6 +135,16 @@ class Lineage:
     service: str | None = None
     parent: str | None = None
     parent_seq: int | None = None
+
+    @classmethod
+    def of(cls, definition: Workflow[Any], parent: str | None = None, parent_seq: int | None = None) -> Lineage:
+        """An execution of `definition` (a child of `parent`'s call at `parent_seq`)."""
+        return cls(service_of(definition), parent, parent_seq)
+
+
+def service_of(definition: Workflow[Any]) -> str | None:
+    """The name of the service a workflow belongs to (its executions publish as that service)."""
+    return definition.service.name if definition.service is not None else None
 
 
 @dataclass(slots=True)

@@ -32,14 +32,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventual_nb import errors
-from eventual_nb.activities import ActivityInfo
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import StepOutput, WorkflowCode, WorkflowExecutor
 from eventual_nb.engine.history import HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import Subscription, envelope, source_of
 from eventual_nb.retry import RetryPolicy
 from eventual_nb.runtime import core
-from eventual_nb.runtime.activity_runner import run_attempt, token_result
+from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery, token_result
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -73,7 +72,7 @@ from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
 from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT, Workflow
+from eventual_nb.workflows import Workflow
 
 LOGGER = logging.getLogger("eventual_nb.runtime")
 
@@ -128,10 +127,6 @@ def _timestamp(moment: datetime | None) -> float | None:
 
 def _deadlines(deadline: float | None, heartbeat: float | None) -> Deadlines:
     return Deadlines(None if deadline is None else _dt(deadline), None if heartbeat is None else _dt(heartbeat))
-
-
-def _service_of(definition: Workflow[Any]) -> str | None:
-    return definition.service.name if definition.service is not None else None
 
 
 def _dt(moment: float) -> datetime:
@@ -672,7 +667,7 @@ class LocalRuntime(RuntimeBase):
         try:
             definition = self.workflow_definition(action.workflow)
             limit = core.timeout_limit(action.timeout, definition.timeout)
-            lineage = Lineage(_service_of(definition), action.parent, action.seq)
+            lineage = Lineage.of(definition, action.parent, action.seq)
             self._create(definition, action.input, action.child_id, limit, lineage, action.start_time)
         except errors.EventualError as exc:
             self._carry_out(core.child_not_started(action, exc), now)
@@ -817,15 +812,8 @@ class LocalRuntime(RuntimeBase):
         input_text = start.input
         definition = self.activity_definition(name)
         assert self._signer is not None
-        info = ActivityInfo(
-            execution_id=execution_id,
-            activity=name,
-            seq=seq,
-            attempt=attempt,
-            token=functools.partial(self._signer.sign, execution_id, seq, attempt),
-            idempotency_key=f"{execution_id}/{seq}",
-            heartbeat_details=None if details is None else json.loads(details),
-        )
+        token = functools.partial(self._signer.sign, execution_id, seq, attempt)
+        info = attempt_info(execution_id, name, seq, attempt, token, None if details is None else json.loads(details))
         if definition is None:
             outcome = core.not_served(name, "LocalRuntime")
         else:
@@ -923,18 +911,7 @@ class LocalRuntime(RuntimeBase):
             def log_line(line: str) -> None:
                 self._pending_logs.append((f"subscription:{name}", datetime.now(UTC).isoformat(), line, name))
 
-            token = capture.log_sink.set(log_line)
-            try:
-                value = subscription.handler(subscription.decode(item))
-                if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-                    await value
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
-                error = exc
-            finally:
-                capture.flush_sink(log_line)
-                capture.log_sink.reset(token)
+            error = await run_delivery(subscription, item, log_line)
         self._deliveries_done.append(_Delivery(delivery_id, name, item, attempt, error))
         self._wake_up()
 
@@ -965,14 +942,10 @@ class LocalRuntime(RuntimeBase):
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
-        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
-        if not isinstance(workflow_name, str):
-            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self.workflow_definition(workflow_name)
-        raw_input = definition.validate_input(_NO_INPUT if input is None else input)
+        definition, raw_input = self.start_definition(workflow, input)
         wanted = core.execution_id_for(definition.name, name, datetime.now(UTC))
         limit = core.timeout_limit(timeout, definition.timeout)
-        lineage = Lineage(_service_of(definition))
+        lineage = Lineage.of(definition)
         execution_id, already = await self._submit(
             lambda now: self._create(definition, raw_input, wanted, limit, lineage, self._work.moment)
         )
