@@ -404,59 +404,24 @@ class LocalRuntime(RuntimeBase):
         attempts, self._attempts = self._attempts, []
         deliveries, self._deliveries_done = self._deliveries_done, []
         logs, self._pending_logs = self._pending_logs, []
-        results: list[tuple[_Request, Any, BaseException | None]] = []
         self._work = work
         database.begin()
         try:
             if logs:
                 database.add_log_rows(logs)
-            for request in requests:
-                try:
-                    with database.savepoint():
-                        value = request.apply(now)
-                except Exception as exc:  # noqa: BLE001 - a bad request fails alone, the round goes on
-                    if not isinstance(exc, errors.EventualError):
-                        exc = errors.InputValidationError(f"request rejected: {type(exc).__name__}: {exc}")
-                    results.append((request, None, exc))
-                else:
-                    results.append((request, value, None))
+            results = self._apply_requests(requests, now)
             for attempt in attempts:
                 self._settle_attempt(attempt, now)
             for delivery in deliveries:
                 self._settle_delivery(delivery, now)
-            due_checked = now >= self._earliest_due
-            if due_checked:
-                self._earliest_due = math.inf  # exact again below; rows written meanwhile lower it
-                self._due_timers(now)
-                self._due_activities(now)
-                self._due_deliveries(now)
-            for _ in range(MAX_ROUNDS_PER_COMMIT):
-                ready = self._ready - set(self._blocked)
-                if not ready:
-                    break
-                self._ready -= ready
-                for execution_id in sorted(ready):
-                    self._step(execution_id, now)
-            self._store_fresh()
-            if self._earliest_due <= now:
-                # deliveries the steps above just scheduled start in this same transaction, not one round
-                # (and one fsynced commit) later; activities start as they are scheduled (`_carry_out`)
-                self._due_deliveries(now)
-            if due_checked or self._earliest_due <= now:
-                self._earliest_due = self._next_due()
+            self._work_through(now)
             database.commit()
         except BaseException:
             database.rollback()
-            self._fresh.clear()
-            self._earliest_due = -math.inf
-            for execution_id in work.stepped + work.created:
-                cached = self._executors.pop(execution_id, None)
-                if cached is not None:
-                    cached.executor.close()
+            self._undo(work)
             self._requests = requests + self._requests
             self._attempts = attempts + self._attempts
             self._deliveries_done = deliveries + self._deliveries_done
-            self._recover_ready()
             raise
         self.commits += 1
         if self._commit_listeners:
@@ -470,6 +435,54 @@ class LocalRuntime(RuntimeBase):
                 request.future.set_result(value)
         self._after_commit(work)
         return bool(requests or attempts or deliveries or work.did_work)
+
+    def _apply_requests(self, requests: list[_Request], now: float) -> list[tuple[_Request, Any, BaseException | None]]:
+        """Each request in its own savepoint: a bad one fails alone (its caller hears why), the round goes on."""
+        results: list[tuple[_Request, Any, BaseException | None]] = []
+        for request in requests:
+            try:
+                with self._database.savepoint():
+                    value = request.apply(now)
+            except Exception as exc:  # noqa: BLE001 - reported to the request's caller
+                if not isinstance(exc, errors.EventualError):
+                    exc = errors.InputValidationError(f"request rejected: {type(exc).__name__}: {exc}")
+                results.append((request, None, exc))
+            else:
+                results.append((request, value, None))
+        return results
+
+    def _work_through(self, now: float) -> None:
+        """Inside the round's transaction: what is due, then every execution that has news, in rounds."""
+        due_checked = now >= self._earliest_due
+        if due_checked:
+            self._earliest_due = math.inf  # exact again below; rows written meanwhile lower it
+            self._due_timers(now)
+            self._due_activities(now)
+            self._due_deliveries(now)
+        for _ in range(MAX_ROUNDS_PER_COMMIT):
+            ready = self._ready - set(self._blocked)
+            if not ready:
+                break
+            self._ready -= ready
+            for execution_id in sorted(ready):
+                self._step(execution_id, now)
+        self._store_fresh()
+        if self._earliest_due <= now:
+            # deliveries the steps above just scheduled start in this same transaction, not one round
+            # (and one fsynced commit) later; activities start as they are scheduled (`_carry_out`)
+            self._due_deliveries(now)
+        if due_checked or self._earliest_due <= now:
+            self._earliest_due = self._next_due()
+
+    def _undo(self, work: _Round) -> None:
+        """After a rolled-back round: forget what it changed in memory; storage says what is ready."""
+        self._fresh.clear()
+        self._earliest_due = -math.inf
+        for execution_id in work.stepped + work.created:
+            cached = self._executors.pop(execution_id, None)
+            if cached is not None:
+                cached.executor.close()
+        self._recover_ready()
 
     def _store_fresh(self) -> None:
         """Events not consumed by a step in this transaction become inbox rows before it commits."""
