@@ -471,8 +471,7 @@ class EventualMagics(Magics):
     def show_handle(self, handle: ExecutionHandle) -> None:
         """How an `ExecutionHandle` displays in the kernel: its live execution widget."""
         runtime = handle._runtime if handle._runtime is not None else self.host.ensure_runtime()
-        signals = _signal_names(handle.workflow)
-        view = ExecutionView(self.host, handle.id, runtime, signals)
+        view = ExecutionView(self.host, handle.id, runtime, _signals_of(handle.workflow))
         self.pump.add(view)
         display(view.root)
 
@@ -491,13 +490,13 @@ def service_argument(words: list[str]) -> str:
         raise UsageError(f"%eventual service: {exc.message}") from None
 
 
-def _signal_names(workflow: str) -> list[str]:
-    """The signals a workflow's service declares (what the widget's Send form offers)."""
+def _signals_of(workflow: str) -> dict[str, Any]:
+    """The signals a workflow's service declares, by name (what the widget's Send form offers)."""
     from eventual_nb.workflows import find_workflow
 
     definition = find_workflow(workflow)
     service = definition.service if definition is not None and definition.service is not None else current_service()
-    return sorted(service.signals)
+    return dict(service.signals)
 
 
 VERBS = ("service", "runtime", "status", "executions", "history", "logs", "serve", "stop", "export", "advance")

@@ -19,6 +19,7 @@ import time
 import types
 import typing
 import weakref
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -276,13 +277,12 @@ def payload_placeholder(signal: Any) -> str:
         return "JSON payload"
 
 
-def read_payload(signal_name: str, text: str) -> Any:
-    """The payload the signal box describes, checked against the signal's type; raises `ValueError` with a
+def read_payload(signal_name: str, signal: Any, text: str) -> Any:
+    """The payload the signal box describes, checked against `signal`'s type (the workflow's own service's
+    signal of that name: another service may declare one with the same name); raises `ValueError` with a
     message for the form (the field a payload lacks, the text that is not JSON)."""
     from eventual_nb.errors import InputValidationError
-    from eventual_nb.signals import find_signal
 
-    signal = find_signal(signal_name)
     payload_type = getattr(signal, "payload_type", None)
     empty = not text.strip()
     if takes_text(payload_type):
@@ -340,8 +340,11 @@ class ExecutionView:
     the same database (Run All re-runs `%eventual runtime local`) and otherwise says which runtime its
     execution belongs to. Cancel asks first: it cancels the execution, which is not a signal."""
 
-    def __init__(self, host: RuntimeHost, execution_id: str, runtime: Any, signal_names: list[str]) -> None:
+    def __init__(self, host: RuntimeHost, execution_id: str, runtime: Any, signals: Mapping[str, Any]) -> None:
+        """`signals`: the signals the execution's workflow's service declares, by name (what Send offers)."""
         self.host = host
+        self.signals = dict(signals)
+        signal_names = sorted(self.signals)
         self.execution_id = execution_id
         self.handle = ExecutionHandle(execution_id, runtime=runtime)
         self.title = widgets.HTML(f"<b>{html.escape(execution_id)}</b>")
@@ -453,10 +456,8 @@ class ExecutionView:
         self._later(message=text)
 
     def _placeholder(self) -> str:
-        from eventual_nb.signals import find_signal
-
         name = self.signal_name.value
-        return payload_placeholder(find_signal(name)) if name else "this workflow's service declares no signal"
+        return payload_placeholder(self.signals.get(name)) if name else "this workflow's service declares no signal"
 
     def _on_signal_chosen(self, _change: Any) -> None:
         self._later(placeholder=self._placeholder())
@@ -467,7 +468,7 @@ class ExecutionView:
             self._say(_error("this workflow's service declares no signal"))
             return
         try:
-            payload = read_payload(name, self.payload.value or "")
+            payload = read_payload(name, self.signals.get(name), self.payload.value or "")
         except ValueError as exc:
             self._say(_error(str(exc)))
             return

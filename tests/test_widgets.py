@@ -24,6 +24,11 @@ from eventual_nb.runtime.base import ExecutionHandle
 from kernel_ext.host import RuntimeHost
 from kernel_ext.widgets import ExecutionsTable, ExecutionView, example_payload
 
+# Another service, declared first, with an untyped signal of the same name: the form must use the signal of
+# the execution's own service (it once took the first service's, so a str signal lost its plain-text box).
+OTHER = ev.Service("widget-content-other")
+ev.signal("note")
+
 SERVICE = ev.Service("widget-content")
 
 note = ev.signal("note", str)
@@ -87,7 +92,7 @@ def host(tmp_path: Path) -> Iterator[RuntimeHost]:
 
 def view_of(host: RuntimeHost, workflow: Any) -> tuple[ExecutionView, ExecutionHandle]:
     handle: ExecutionHandle = host.call(workflow.start())
-    view = ExecutionView(host, handle.id, host.runtime, sorted(SERVICE.signals))
+    view = ExecutionView(host, handle.id, host.runtime, SERVICE.signals)
     view.refresh()
     return view, handle
 
