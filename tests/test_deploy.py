@@ -140,7 +140,7 @@ sys.dont_write_bytecode = True
 requests = json.loads(open(request_path, encoding="utf-8").read())
 
 import handlers  # the generated entry points, from the deployed zip
-from eventual_nb.runtime.aws.functions import harness_for
+from eventual_nb.runtime.aws.harness import harness_for
 
 started = handlers.api(requests["start"], None)
 harness = harness_for(handlers)  # Lambda's queue triggers over the generated entry points

@@ -440,6 +440,26 @@ def test_syntax_error_in_an_export_cell_and_bad_flags(tmp_path: Path) -> None:
     assert "200 is not an error status" in error.message
 
 
+def test_magic_lines_split_as_a_shell_splits_them(tmp_path: Path) -> None:
+    """Quotes group words and are not part of them (the kernel reads the line with the same grammar,
+    eventual_nb.magic_syntax); an unclosed quote is an error at the magic line, not a traceback."""
+    exported = read_service(
+        write_notebook(
+            tmp_path / "quoted.ipynb",
+            [
+                C("%%workflow --name \"nightly report\" --timeout '2h'\nasync def w() -> None: ...", "w"),
+                C("%%subscription 'order placed' --name ship\ndef ship(event: dict) -> None: ...", "s"),
+            ],
+        )
+    )
+    assert '@ev.workflow(name="nightly report", timeout="2h")' in exported.source
+    assert '@ev.subscription("order placed", name="ship")' in exported.source
+
+    error = _export_error(tmp_path, [C('\n%%workflow --name "nightly\nasync def w() -> None: ...', "open")])
+    assert_located(error, 0, "open", 2)
+    assert "%%workflow: No closing quotation" in error.message
+
+
 def test_notebook_without_service_cells(tmp_path: Path) -> None:
     error = _export_error(
         tmp_path,

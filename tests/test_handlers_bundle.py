@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 
 import eventual_nb as ev
 from eventual_nb.runtime.aws import lambda_api
-from eventual_nb.runtime.local.server import create_app
+from eventual_nb.server import create_app
 from exporter.bundle import SIZE_LIMIT, build_lambda_zip, core_requirements
 from exporter.errors import ExportError
 from exporter.handlers import HANDLERS, handlers_source
