@@ -70,6 +70,6 @@ demo: $(DEV_STAMP)
 	$(BIN)/eventual-nb export $(DEMO_NOTEBOOK) -o build/$(DEMO_NAME)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache .grimp_cache
 	rm -rf *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
