@@ -150,7 +150,7 @@ PRICES: dict[str, Price] = {
 }
 #: AWS Step Functions pricing, "Standard Workflows": $0.025 per 1,000 state transitions
 STEP_FUNCTIONS_STANDARD_PER_MILLION = 25.0
-#: the issue's target for a million activity steps
+#: the cost this runtime aims to stay under for a million activity steps (USD)
 TARGET_PER_MILLION = 5.0
 
 SQS_CHUNK_BYTES = 64 * 1024

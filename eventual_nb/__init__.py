@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from eventual_nb import testing
+from eventual_nb._version import __version__ as __version__
 from eventual_nb.activities import (
     Activity,
     ActivityInfo,
@@ -77,8 +78,6 @@ from eventual_nb.workflows import (
     workflow,
     workflow_info,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Activity",
@@ -147,28 +146,24 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`ev.aws` loads boto3 only when used; parts that have not landed say which issue brings them."""
+    """`ev.aws` (the AWS runtime) is imported on first use, so `import eventual_nb` never loads boto3."""
     if name == "aws":
         import importlib
 
         try:
             return importlib.import_module("eventual_nb.aws")
         except ModuleNotFoundError as exc:
-            if exc.name == "eventual_nb.aws":
-                raise AttributeError(
-                    "ev.aws (AwsRuntime) has not landed yet: it comes with issue 6, 'Deployed runtime on AWS'"
-                ) from None
             raise ImportError(f"ev.aws needs boto3: pip install 'eventual-nb[aws]' ({exc})") from exc
     raise AttributeError(f"module 'eventual_nb' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext eventual_nb` delegates to the kernel extension."""
+    """`%load_ext eventual_nb` delegates to the kernel extension (`kernel_ext`), imported only here: the
+    SDK itself never depends on it."""
     try:
         import kernel_ext
     except ImportError as exc:
         raise ImportError(
-            "the notebook extension is not installed yet (it lands with issue 4, 'Kernel extension'); "
-            "install it with `pip install 'eventual-nb[notebook]'` once available"
+            f"the notebook extension needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
         ) from exc
     kernel_ext.load_ipython_extension(ipython)

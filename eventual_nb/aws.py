@@ -16,7 +16,7 @@ queue map). Nothing is looked up before the first call (or `async with`), so con
 
 Durability of a start: `start_execution` returns once the execution record is written and its start
 message is on the FIFO queue. `WorkflowStarted` is committed by the orchestrator's first turn, built
-from that record only, so an acknowledged start can no longer be lost (DESIGN §3 asks for exactly that).
+from that record only, so an acknowledged start can no longer be lost.
 
 Completing an activity by token (`send_activity_success/failure/heartbeat`) needs the stack's signing key
 (`signing_key=`, else `EVENTUAL_SIGNING_KEY` of the environment or of the stack's functions): the token is

@@ -1,4 +1,4 @@
-"""`template.json`: plain CloudFormation for an exported service (DESIGN §5 "AwsRuntime", aws-target §1.2).
+"""`template.json`: plain CloudFormation for an exported service (what `eventual-nb deploy` creates).
 
 Plain CloudFormation rather than SAM because it deploys with boto3 alone, cfn-lint checks all of it offline,
 and moto's CloudFormation can create most of it, so the same file serves the real deploy and the offline
@@ -9,7 +9,7 @@ Everything moto cannot create (API Gateway v2, EventBridge Scheduler, SQS queue 
 Lambda permission) and every output or policy statement that refers to one carries the `Real` condition,
 which is false when the stack is deployed with `Emulator=true`; the test harness stands in for those parts.
 
-Conventions the runtime (issue 6) relies on:
+Conventions the AWS runtime (eventual_nb/runtime/aws/) relies on:
 
 * Events go onto the bus with `Source` = the publishing service's name, `DetailType` = the event name and
   `Detail` = the event's JSON. Each subscription's rule matches its `source` (default: this service)
@@ -34,11 +34,11 @@ from typing import Any
 import eventual_nb as ev
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
 
-#: the Lambda runtime the zip is built for (DESIGN §7)
+#: the Lambda runtime the zip is built for (exporter/bundle.py)
 LAMBDA_RUNTIME = "python3.12"
 LOG_RETENTION_DAYS = 30
 #: every queue keeps messages as long as SQS allows: a workflow turn or timer must outlive a broken
-#: deploy, and dead letters stay listable (DESIGN §3 "Events and subscriptions")
+#: deploy, and dead letters stay listable
 MESSAGE_RETENTION_SECONDS = 1_209_600
 #: AWS guidance for SQS → Lambda: a queue's visibility timeout at least six times the consumer's timeout
 VISIBILITY_FACTOR = 6
@@ -61,7 +61,7 @@ _BUS_SLUG_LENGTH = 64
 _PARTITION_ARN_PREFIX = "arn:${AWS::Partition}"
 
 #: the activity-token secret (eventual_nb/runtime/aws/workers.py reads it as EVENTUAL_SIGNING_KEY). On AWS
-#: the stack generates it as a Secrets Manager secret (DESIGN §3) and CloudFormation resolves it into the
+#: the stack generates it as a Secrets Manager secret and CloudFormation resolves it into the
 #: functions' environment at deploy time (a dynamic reference), so no function calls Secrets Manager at cold
 #: start. moto's CloudFormation cannot create secrets, so with Emulator=true the value comes from this
 #: NoEcho parameter instead (`eventual-nb deploy` generates it on create and keeps it on update).

@@ -1,6 +1,6 @@
 """Live widgets: an execution view (status, timeline, logs, result, signal form, cancel) and a table.
 
-Rules from `reference/jupyter-mechanics.md` §2.3–2.5 that shape this module:
+How widgets behave in a kernel, and the rules that follow for this module:
 
 * One owner thread (`WidgetPump`) writes every widget trait, at most ~10 times a second, batching a
   view's changes with `hold_sync()` into one comm message. Runtime threads never print or display.

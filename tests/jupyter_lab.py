@@ -1,6 +1,6 @@
 """A real JupyterLab in a real browser, for tests that must see what a person sees.
 
-Widget state tests without a browser (reference/jupyter-mechanics.md §3.2) cannot show that the
+Widget state tests without a browser cannot show that the
 frontend renders updates sent from a background thread after a cell returned, nor that a click in the
 page reaches the kernel. These helpers start `jupyter lab` as a subprocess (sealed off from the user's
 Jupyter and IPython settings), drive it with Debian's Chromium through Playwright for Python (the only
@@ -10,7 +10,7 @@ the page's console and the notebook's outputs, because a bare Playwright Timeout
 about why the lab never got there.
 
 Used by tests/test_browser.py; the mechanics (fire-and-forget commands, fresh workspaces with
-`?reset`, active-cell pitfalls) are the ones measured in reference/jupyter-mechanics.md §3.3.
+`?reset`, active-cell pitfalls) are handled here once.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def install_python_kernelspec(prefix: Path) -> Path:
 
     The venv's own share/jupyter/kernels/python3 says just `python`, which resolves through PATH; an
     absolute interpreter path guarantees the kernel imports the venv's ipykernel and ipywidgets. It lands
-    in a temporary prefix, never in the user's Jupyter dirs (DESIGN §6: the project never installs or
+    in a temporary prefix, never in the user's Jupyter dirs (the project never installs or
     overwrites a user's `python3` kernelspec).
     """
     from ipykernel.kernelspec import install  # only the browser tests need ipykernel here

@@ -1,4 +1,4 @@
-"""JupyterLab in Debian's Chromium: what a person sees in the notebook (DESIGN §6, §8).
+"""JupyterLab in Debian's Chromium: what a person sees in the notebook.
 
 Kernel-level and widget-state tests prove the messages; only a browser proves that JupyterLab renders
 updates sent after the cell returned, and that a click on a widget reaches the runtime. Each test starts
@@ -64,7 +64,7 @@ _WATCH_PROBE_JS = """() => {
   }).observe(el, {subtree: true, childList: true, characterData: true});
 }"""
 
-# The kernel extension's contract (DESIGN §6): cell 0 imports, cells 1-5 are the notebook a
+# The kernel extension's contract: cell 0 imports, cells 1-5 are the notebook a
 # person writes; the last line of cell 5 displays the live execution widget.
 EVENTUAL_CELLS = [
     "from pydantic import BaseModel\nimport asyncio",

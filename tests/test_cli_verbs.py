@@ -765,7 +765,6 @@ def test_url_defaults_to_eventual_url(server: Server) -> None:
 # -- serve --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(not hasattr(ev, "LocalRuntime"), reason="ev.LocalRuntime lands with issue 3", strict=False)
 def test_serve_keeps_state_across_restarts(tmp_path: Path) -> None:
     """A real `eventual-nb serve` process: it says what it serves, and an execution waiting for a signal
     survives a stop and restart on the same database, then completes when signalled."""

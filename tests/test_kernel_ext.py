@@ -157,11 +157,14 @@ def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path) -> None:
             "%eventual frobnicate",
             "%eventual advance 1d",
             "print('a' in dir(), 'w' in dir())",
+            '%%workflow --name "nightly\nasync def q() -> None:\n    pass',
+            '%%workflow --name "nightly report"\nasync def r() -> None:\n    pass',
+            "print(get_ipython().find_cell_magic('activity').__doc__)",
         ],
         tmp_path,
     )
     c = nb.cells
-    for index in range(1, 8):  # usage errors go to stderr; they are not exceptions of the user's code
+    for index in (*range(1, 8), 9):  # usage errors go to stderr; they are not exceptions of the user's code
         assert error_of(c[index]) is None, c[index].source
     assert "unrecognized arguments: --bogus 1" in text_of(c[1], "stderr")
     assert "argument --timeout: invalid duration value: '1fortnight'" in text_of(c[2], "stderr")
@@ -171,6 +174,10 @@ def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path) -> None:
     assert "unknown verb 'frobnicate'" in text_of(c[6], "stderr")
     assert "needs the test runtime" in text_of(c[7], "stderr")
     assert text_of(c[8]).strip() == "False False"  # nothing was defined by the refused cells
+    # the line is split as a shell splits it (eventual_nb.magic_syntax, which the exporter reads too)
+    assert "%%workflow: No closing quotation" in text_of(c[9], "stderr")
+    assert "workflow 'nightly report'" in text_of(c[10])
+    assert "--heartbeat-timeout HEARTBEAT_TIMEOUT" in text_of(c[11])  # `%%activity?` lists the flags
 
 
 def test_workflow_code_reading_the_clock_or_randomness_is_warned_about_under_the_cell(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The service-client protocol (DESIGN §3 "Runtimes and clients — one protocol") on a TestEnvironment."""
+"""The service-client protocol (one protocol for runtimes and clients) on a TestEnvironment."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import eventual_nb as ev
 from eventual_nb import errors
 from eventual_nb.client import ServiceClient
 from eventual_nb.runtime.aws import lambda_api
-from eventual_nb.runtime.local.server import create_app
 from eventual_nb.runtime.tokens import InvalidToken, TokenSigner
+from eventual_nb.server import create_app
 from tests.server_support import RunningServer, run_server, token_from
 from tests.test_cli_verbs import FIXTURE, free_port, run_cli, start_server
 

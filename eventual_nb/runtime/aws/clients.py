@@ -2,7 +2,7 @@
 
 Every piece of the AWS runtime (API, orchestrator, activity worker, timer, schedule forwarder,
 subscription worker) talks to the others only through the JSON bodies built here, so the format lives
-in one place (aws-target §1.2):
+in one place:
 
 * workflow FIFO queue, `MessageGroupId` derived from the execution id (`group_id`):
   `{"type": "start", "execution_id": ID}` and `{"type": "event", "execution_id": ID, "event": {...}}`;
@@ -13,7 +13,7 @@ in one place (aws-target §1.2):
 * bus: `put_events` entries with `Source` = service name, `DetailType` = event name, `Detail` = event JSON.
 
 Why every send must be safe to repeat: the orchestrator dispatches only after committing history, and
-re-dispatches when it may have died in between (aws-target §1.3), so each send is keyed — FIFO dedup
+re-dispatches when it may have died in between (see orchestrator.py), so each send is keyed — FIFO dedup
 ids, Scheduler names (`ConflictException` = already scheduled) — and every consumer still expects
 duplicates (SQS dedup lasts five minutes, and moto forgets it once a message is deleted).
 

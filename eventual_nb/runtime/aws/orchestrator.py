@@ -1,4 +1,4 @@
-"""The orchestrator of the AWS runtime: one turn per execution per SQS FIFO batch (aws-target §1.3).
+"""The orchestrator of the AWS runtime: one turn per execution per SQS FIFO batch.
 
 `Orchestrator.handle_batch(event, context)` is what the orchestrator Lambda calls with a batch of the
 workflow FIFO queue (MessageGroupId = execution id). Records are grouped by execution, in order, and

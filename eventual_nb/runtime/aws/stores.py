@@ -3,7 +3,7 @@
 Both tables are the ones `exporter/template.py` declares (`pk`/`sk` strings, PAY_PER_REQUEST); the
 executions table also carries the listing indexes below. The stores take a boto3 DynamoDB *client*
 (not a resource) so that items built here can go straight into a `TransactWriteItems` call, which is
-how the orchestrator commits a turn (aws-target §1.3): new history events, the history head's
+how the orchestrator commits a turn: new history events, the history head's
 compare-and-swap and any execution-record update in ONE transaction, before any command is dispatched.
 
 Layout
