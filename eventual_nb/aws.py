@@ -46,16 +46,20 @@ from eventual_nb.engine.history import CancelRequested, HistoryEvent, LogEntry, 
 from eventual_nb.events import envelope, source_of
 from eventual_nb.runtime.activity_runner import AttemptOutcome
 from eventual_nb.runtime.aws.clients import (
+    ACTIVITY_QUEUE_VARIABLE,
+    BUS_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_TABLE_VARIABLE,
+    LOG_GROUP_VARIABLE,
+    SCHEDULE_GROUP_VARIABLE,
+    TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
     AwsClients,
     AwsSettings,
     Bus,
     event_to_dict,
 )
-from eventual_nb.runtime.aws.orchestrator import TIMEOUT_ATTRIBUTE
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, execution_pk
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
 from eventual_nb.runtime.aws.workers import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_ERROR,
@@ -90,20 +94,20 @@ STACK_OUTPUTS = {
     "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
     "HistoryTableName": HISTORY_TABLE_VARIABLE,
     "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
-    "ActivityQueueUrl": "EVENTUAL_ACTIVITY_QUEUE_URL",
-    "TimerQueueUrl": "EVENTUAL_TIMER_QUEUE_URL",
-    "BusName": "EVENTUAL_BUS_NAME",
-    "ExecutionLogGroupName": "EVENTUAL_EXECUTION_LOG_GROUP",
-    "ScheduleGroupName": "EVENTUAL_SCHEDULE_GROUP",
+    "ActivityQueueUrl": ACTIVITY_QUEUE_VARIABLE,
+    "TimerQueueUrl": TIMER_QUEUE_VARIABLE,
+    "BusName": BUS_VARIABLE,
+    "ExecutionLogGroupName": LOG_GROUP_VARIABLE,
+    "ScheduleGroupName": SCHEDULE_GROUP_VARIABLE,
 }
 #: stack resource (logical id) -> variable, for stacks whose outputs lack one (older templates)
 STACK_RESOURCES = {
     "ExecutionsTable": EXECUTIONS_TABLE_VARIABLE,
     "HistoryTable": HISTORY_TABLE_VARIABLE,
     "WorkflowQueue": WORKFLOW_QUEUE_VARIABLE,
-    "ActivityQueue": "EVENTUAL_ACTIVITY_QUEUE_URL",
-    "TimerQueue": "EVENTUAL_TIMER_QUEUE_URL",
-    "ExecutionLogGroup": "EVENTUAL_EXECUTION_LOG_GROUP",
+    "ActivityQueue": ACTIVITY_QUEUE_VARIABLE,
+    "TimerQueue": TIMER_QUEUE_VARIABLE,
+    "ExecutionLogGroup": LOG_GROUP_VARIABLE,
 }
 #: what every call of the runtime needs from the stack
 REQUIRED_VARIABLES = (EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE, WORKFLOW_QUEUE_VARIABLE)
@@ -325,14 +329,7 @@ class AwsRuntime(RuntimeBase):
 
         Written right after the record and before the start message, so the first turn sees it; a start
         that dies in between leaves an execution with its workflow's default timeout."""
-        executions = self.executions
-        executions.client.update_item(
-            TableName=executions.table,
-            Key={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": "exec"}},
-            UpdateExpression="SET #timeout = :timeout",
-            ExpressionAttributeNames={"#timeout": TIMEOUT_ATTRIBUTE},
-            ExpressionAttributeValues={":timeout": {"N": repr(limit.total_seconds())}},
-        )
+        self.executions.set_timeout(execution_id, limit.total_seconds())
 
     async def get_execution(self, id: str) -> Execution:
         return await self._call(lambda: self.executions.get(id))
@@ -460,7 +457,7 @@ class AwsRuntime(RuntimeBase):
         if row is None:
             raise self._not_pending(execution_id, seq, attempt)
         message: dict[str, Any] = (
-            json.loads(row["message"]["S"])
+            row["message"]
             if "message" in row
             # the attempt still runs (its token was used before it returned): no retry can follow it
             else {"execution_id": execution_id, "seq": seq, "attempt": attempt, "options": {}}
@@ -472,7 +469,7 @@ class AwsRuntime(RuntimeBase):
 
         def complete() -> None:
             row = self._pending(execution_id, seq, attempt)
-            name = json.loads(row["message"]["S"]).get("name") if "message" in row else None
+            name = row["message"].get("name") if "message" in row else None
             definition = self.activity_definition(str(name)) if name else None
             annotation = definition.shape.return_annotation if definition is not None else Any
             what = f"result of activity '{name or '?'}'"

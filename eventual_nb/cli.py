@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 PROG = "eventual-nb"
-DEFAULT_URL = "http://127.0.0.1:3111"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3111
 STATUSES = ("IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -230,6 +229,8 @@ ClientVerb = Callable[[Any, argparse.Namespace, Output], Awaitable[int]]
 
 
 def client_url(args: argparse.Namespace) -> str:
+    from eventual_nb.client import DEFAULT_URL
+
     return str(getattr(args, "url", None) or os.environ.get(URL_ENV) or DEFAULT_URL)
 
 
@@ -865,6 +866,8 @@ def _common(client: bool) -> _Parser:
     parent = _Parser(add_help=False)
     parent.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     if client:
+        from eventual_nb.client import DEFAULT_URL
+
         parent.add_argument(
             "--url",
             default=None,

@@ -42,6 +42,7 @@ from eventual_nb.serde import to_json
 if TYPE_CHECKING:
     import httpx
 
+#: where `ServiceClient()` and the CLI's client verbs look when no URL is given: `eventual-nb serve`'s default
 DEFAULT_URL = "http://127.0.0.1:3111"
 #: the longest the server holds a result long-poll open; the client polls again until its own deadline
 LONG_POLL_SECONDS = 30.0

@@ -32,7 +32,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import eventual_nb as ev
+from eventual_nb.runtime.aws.clients import (
+    ACTIVITY_QUEUE_VARIABLE,
+    BUS_VARIABLE,
+    EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_TABLE_VARIABLE,
+    LOG_GROUP_VARIABLE,
+    SCHEDULE_GROUP_VARIABLE,
+    SCHEDULE_TARGET_VARIABLE,
+    SCHEDULER_ROLE_VARIABLE,
+    SERVICE_VARIABLE,
+    SUBSCRIPTION_QUEUES_VARIABLE,
+    TIMER_QUEUE_VARIABLE,
+    WORKFLOW_QUEUE_VARIABLE,
+)
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
 LAMBDA_RUNTIME = "python3.12"
@@ -432,20 +447,20 @@ class _Builder:
     def environment(self) -> dict[str, Any]:
         return {
             "EVENTUAL_RUNTIME": "aws",
-            "EVENTUAL_SERVICE": self.service_name,
-            "EVENTUAL_EXECUTIONS_TABLE": _ref("ExecutionsTable"),
-            "EVENTUAL_HISTORY_TABLE": _ref("HistoryTable"),
-            "EVENTUAL_WORKFLOW_QUEUE_URL": _ref("WorkflowQueue"),
-            "EVENTUAL_ACTIVITY_QUEUE_URL": _ref("ActivityQueue"),
-            "EVENTUAL_TIMER_QUEUE_URL": _ref("TimerQueue"),
-            "EVENTUAL_BUS_NAME": {"Fn::GetAtt": ["Bus", "Name"]},
-            "EVENTUAL_EXECUTION_LOG_GROUP": _ref("ExecutionLogGroup"),
+            SERVICE_VARIABLE: self.service_name,
+            EXECUTIONS_TABLE_VARIABLE: _ref("ExecutionsTable"),
+            HISTORY_TABLE_VARIABLE: _ref("HistoryTable"),
+            WORKFLOW_QUEUE_VARIABLE: _ref("WorkflowQueue"),
+            ACTIVITY_QUEUE_VARIABLE: _ref("ActivityQueue"),
+            TIMER_QUEUE_VARIABLE: _ref("TimerQueue"),
+            BUS_VARIABLE: {"Fn::GetAtt": ["Bus", "Name"]},
+            LOG_GROUP_VARIABLE: _ref("ExecutionLogGroup"),
             # the group's name rather than a Ref: the group is absent in the emulator, where the harness
             # creates one of this name
-            "EVENTUAL_SCHEDULE_GROUP": _stack_named("-timers"),
+            SCHEDULE_GROUP_VARIABLE: _stack_named("-timers"),
             # the activity worker signs tokens with it and the API checks them; every function gets it so
             # that user code completing an activity by token works wherever it runs
-            "EVENTUAL_SIGNING_KEY": {
+            SIGNING_KEY_VARIABLE: {
                 "Fn::If": [
                     REAL,
                     {"Fn::Sub": "{{resolve:secretsmanager:${" + SIGNING_KEY_SECRET + "}:SecretString}}"},
@@ -552,10 +567,10 @@ class _Builder:
             )
             variables = self.environment()
             if function is _ORCHESTRATOR:
-                variables["EVENTUAL_SCHEDULER_ROLE_ARN"] = _arn("SchedulerRole")
-                variables["EVENTUAL_SCHEDULE_TARGET_ARN"] = _arn(f"{_SCHEDULE.stem}Function")
+                variables[SCHEDULER_ROLE_VARIABLE] = _arn("SchedulerRole")
+                variables[SCHEDULE_TARGET_VARIABLE] = _arn(f"{_SCHEDULE.stem}Function")
             if function is _SUBSCRIPTION:
-                variables["EVENTUAL_SUBSCRIPTION_QUEUES"] = self.subscription_queue_map()
+                variables[SUBSCRIPTION_QUEUES_VARIABLE] = self.subscription_queue_map()
             logical_id = self.add(
                 f"{function.stem}Function",
                 "AWS::Lambda::Function",

@@ -37,6 +37,7 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent, LogEntry
+from eventual_nb.serde import canonical_json
 
 #: SQS's largest `DelaySeconds`; a timer further away than this goes to EventBridge Scheduler
 MAX_SQS_DELAY_SECONDS = 900
@@ -78,11 +79,6 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, UTF-8 kept: equal values give equal text, hence equal dedup ids."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def event_to_dict(event: HistoryEvent) -> dict[str, Any]:
     """A history event as the JSON dict the messages carry (the form `EVENT_ADAPTER` reads back)."""
     dumped: dict[str, Any] = EVENT_ADAPTER.dump_python(event, mode="json")
@@ -107,7 +103,9 @@ def event_dedup_id(execution_id: str, event: Mapping[str, Any]) -> str:
     """The FIFO dedup id of an event message: a hash of the execution id and the event's canonical JSON.
 
     The execution id is part of it (the contract's first draft hashed the event alone) because moto
-    ignores `DeduplicationScope=messageGroup` and would drop an equal event of another execution."""
+    ignores `DeduplicationScope=messageGroup` and would drop an equal event of another execution. The
+    event's text is `serde.canonical_json`, so an event holding NaN is refused (`NotJsonable`) rather
+    than keyed by a text no JSON reader accepts."""
     return _sha256(execution_id + ":" + canonical_json(event))[:64]
 
 

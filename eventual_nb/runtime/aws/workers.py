@@ -294,13 +294,13 @@ class ActivityWorker:
                 return AttemptReport("ended")
         except errors.ExecutionNotFound:
             return AttemptReport("unknown")
-        stored = json.loads(row["message"]["S"])
+        stored = row["message"]
         limit = (stored.get("options") or {}).get("heartbeat_timeout")
         heartbeat_timeout = None if limit is None else float(limit)
-        deadline = utc(datetime.fromisoformat(row["deadline"]["S"])) if "deadline" in row else None
+        deadline = utc(datetime.fromisoformat(row["deadline"])) if "deadline" in row else None
         heartbeat_deadline = (
             deadline_after(
-                utc(datetime.fromisoformat(row["last_heartbeat"]["S"])), heartbeat_timeout, what="heartbeat_timeout"
+                utc(datetime.fromisoformat(row["last_heartbeat"])), heartbeat_timeout, what="heartbeat_timeout"
             )
             if heartbeat_timeout is not None and "last_heartbeat" in row
             else None
