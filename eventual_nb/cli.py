@@ -482,7 +482,8 @@ async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
         if out.as_json:
             out.json({"execution_id": args.id, "html": str(path), "events": timeline.events})
         else:
-            out.line(f"wrote the timeline of {args.id} ({timeline.events} events) to {path}")
+            said = f"wrote the timeline of {args.id} ({timeline.events} events) to {path}"
+            out.console.print(said, soft_wrap=True)  # the path whole, however narrow the terminal
         return 0
     if out.as_json:
         out.json(timeline_json(timeline))

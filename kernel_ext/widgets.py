@@ -248,6 +248,10 @@ def _runtime_now(runtime: Any, waits: ExecutionWaits | None, fetched: float) -> 
 class ExecutionView:
     """The live widget for one execution; only `WidgetPump` writes its traits.
 
+    It shows the execution's timeline as a picture (`eventual_nb.timeline`: redrawn on every commit, and about
+    once a second while it runs so its "now" moves), its result, the signal form and Cancel, the last
+    `WIDGET_HISTORY_ROWS` history events with their payloads, and its logs.
+
     It reaches its execution through an `ExecutionHandle`, so it follows the runtime that replaces its own on
     the same database (Run All re-runs `%eventual runtime local`) and otherwise says which runtime its
     execution belongs to. Cancel asks first: it cancels the execution, which is not a signal."""

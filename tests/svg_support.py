@@ -41,7 +41,7 @@ class _Reader(HTMLParser):
         self.items: list[Item] = []
         self._depth = 0
         self._item_depth: int | None = None
-        self._in_tspan = False
+        self._in_tip = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._depth += 1
@@ -49,8 +49,8 @@ class _Reader(HTMLParser):
         if tag == "g" and "ev-item" in found.get("class", "").split():
             self.items.append(Item(found))
             self._item_depth = self._depth
-        elif tag == "tspan" and self._item_depth is not None:
-            self._in_tspan = True
+        elif tag == "div" and "ev-tipbox" in found.get("class", "").split() and self._item_depth is not None:
+            self._in_tip = True
             self.items[-1].lines.append("")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -58,21 +58,27 @@ class _Reader(HTMLParser):
         self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "tspan":
-            self._in_tspan = False
+        if tag == "div":
+            self._in_tip = False
         if self._item_depth is not None and self._depth == self._item_depth and tag == "g":
             self._item_depth = None
         self._depth -= 1
 
     def handle_data(self, data: str) -> None:
-        if self._in_tspan and self.items:
+        if self._in_tip and self.items:
             self.items[-1].lines[-1] += data
+
+    def close(self) -> None:
+        super().close()
+        for item in self.items:  # the details box is one block of lines
+            item.lines = "\n".join(item.lines).split("\n") if item.lines else []
 
 
 def items(markup: str) -> list[Item]:
     """Every bar and mark of the timelines in `markup`, in document order."""
     reader = _Reader()
     reader.feed(markup)
+    reader.close()
     return reader.items
 
 

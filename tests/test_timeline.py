@@ -52,8 +52,8 @@ def one(timeline: Timeline, kind: str) -> Span:
 
 # ------------------------------------------------------------------------------------------ definitions
 
-approve = ev.signal("Approve")
-ping = ev.signal("ping")
+approve = ev.signal("TlApprove")
+ping = ev.signal("tl_ping")
 
 
 class Shipped(ev.Event):
@@ -61,51 +61,51 @@ class Shipped(ev.Event):
 
 
 @ev.activity(retry=ev.RetryPolicy(max_attempts=3, initial_interval="2s"))
-async def flaky(x: int) -> int:
+async def tl_flaky(x: int) -> int:
     if ev.activity_info().attempt < 3:
         raise ValueError(f"attempt {ev.activity_info().attempt} not yet")
     return x * 2
 
 
 @ev.activity
-async def quick(x: int) -> int:
+async def tl_quick(x: int) -> int:
     return x
 
 
 @ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="1s"))
-async def always_fails(x: int) -> int:
+async def tl_always_fails(x: int) -> int:
     raise RuntimeError("no luck")
 
 
 @ev.activity
-async def by_token(x: int) -> int:
+async def tl_by_token(x: int) -> int:
     return ev.async_result(lambda token: None)
 
 
 @ev.workflow
-async def child_sleeps(n: int) -> int:
+async def tl_child_sleeps(n: int) -> int:
     await ev.sleep("1h")
     return n + 1
 
 
 @ev.workflow
-async def child_fails(n: int) -> int:
+async def tl_child_fails(n: int) -> int:
     raise ValueError("child broke")
 
 
 @ev.workflow
-async def tour(n: int) -> int:
+async def tl_tour(n: int) -> int:
     """A retried activity, a timer, an `expect` with a timeout (answered), a child, then an `expect` without one."""
-    doubled = await flaky(n)
+    doubled = await tl_flaky(n)
     await ev.sleep("30 days")
     await approve.expect(timeout="10m")
-    grown = await child_sleeps(doubled)
+    grown = await tl_child_sleeps(doubled)
     await ping.expect()
     return grown
 
 
 @ev.workflow
-async def times_out_waiting() -> str:
+async def tl_times_out_waiting() -> str:
     try:
         await approve.expect(timeout="5m")
     except ev.Timeout:
@@ -114,7 +114,7 @@ async def times_out_waiting() -> str:
 
 
 @ev.workflow
-async def waits_on_condition() -> int:
+async def tl_waits_on_condition() -> int:
     seen: list[Any] = []
     ping.on(seen.append)
     await ev.sleep("1m")
@@ -123,7 +123,7 @@ async def waits_on_condition() -> int:
 
 
 @ev.workflow
-async def publishes_and_sends(target: str) -> str:
+async def tl_publishes_and_sends(target: str) -> str:
     if ev.patched("v2"):
         await ev.publish(Shipped(order="o1"))
     await ping.send(target, {"hello": 1})
@@ -131,34 +131,34 @@ async def publishes_and_sends(target: str) -> str:
 
 
 @ev.workflow
-async def guarded_call() -> int:
-    value = await asyncio.wait_for(quick(7), timeout=60)
+async def tl_guarded_call() -> int:
+    value = await asyncio.wait_for(tl_quick(7), timeout=60)
     await ev.sleep("5s")
     return value
 
 
 @ev.workflow
-async def waits_for_token() -> int:
-    return await by_token(1)
+async def tl_waits_for_token() -> int:
+    return await tl_by_token(1)
 
 
 @ev.workflow
-async def fails_after_retries() -> int:
-    return await always_fails(1)
+async def tl_fails_after_retries() -> int:
+    return await tl_always_fails(1)
 
 
 @ev.workflow
-async def parent_of_failing_child() -> str:
+async def tl_parent_of_failing_child() -> str:
     try:
-        await child_fails(1)
+        await tl_child_fails(1)
     except ev.ExecutionFailed:
         return "recovered"
     return "?"
 
 
 @ev.workflow
-async def long_wait() -> None:
-    await quick(1)
+async def tl_long_wait() -> None:
+    await tl_quick(1)
     await approve.expect()
 
 
@@ -167,15 +167,15 @@ async def long_wait() -> None:
 
 async def test_a_tour_in_progress_shows_attempts_timer_signal_wait_child_and_what_it_waits_on() -> None:
     async with make_env() as env:
-        handle = await tour.start(3)
+        handle = await tl_tour.start(3)
         await env.tick()
         await env.advance("30 days 1m")  # the timer fired; `expect(timeout=10m)` waits since 30d6s
         timeline = await timeline_of(handle, env)
         assert timeline.status == "IN_PROGRESS" and timeline.now == env.now
-        assert timeline.waiting == ["signal Approve, 9 min left"]
+        assert timeline.waiting == ["signal TlApprove, 9 min left"]
         wait = one(timeline, "signal")
         assert (wait.label, wait.outcome, wait.start, wait.end) == (
-            "expect Approve",
+            "expect TlApprove",
             "waiting",
             at(30 * 86400 + 6),
             None,
@@ -187,7 +187,7 @@ async def test_a_tour_in_progress_shows_attempts_timer_signal_wait_child_and_wha
         timeline = await timeline_of(handle, env)
 
     flaky_call = next(span for span in timeline.spans if span.kind == "activity")
-    assert flaky_call.label == "flaky ×3" and flaky_call.outcome == "succeeded"
+    assert flaky_call.label == "tl_flaky ×3" and flaky_call.outcome == "succeeded"
     parts = [(part.kind, part.label, part.start, part.end, part.outcome) for part in flaky_call.parts]
     assert parts == [
         ("attempt", "attempt 1", at(0), at(0), "failed"),
@@ -206,36 +206,36 @@ async def test_a_tour_in_progress_shows_attempts_timer_signal_wait_child_and_wha
     answered, pending = sorted(spans(timeline, "signal"), key=lambda span: span.start)
     assert (answered.outcome, answered.details["payload"]) == ("received", {"by": "ada"})
     assert answered.end == at(30 * 86400 + 60)
-    assert (pending.label, pending.outcome, pending.start) == ("expect ping", "waiting", at(30 * 86400 + 3660))
+    assert (pending.label, pending.outcome, pending.start) == ("expect tl_ping", "waiting", at(30 * 86400 + 3660))
     child = one(timeline, "child")
     assert (child.outcome, child.details["result"], child.end - child.start) == ("succeeded", 7, timedelta(hours=1))
-    assert timeline.waiting == ["signal ping"]
+    assert timeline.waiting == ["signal tl_ping"]
     received = [(i.kind, i.label, i.row) for i in timeline.instants]
-    assert received == [("signal", "Approve received", "signal Approve")]
+    assert received == [("signal", "TlApprove received", "signal TlApprove")]
     assert [row.key for row in timeline.rows] == [
         "workflow",
-        "activity flaky",
+        "activity tl_flaky",
         "timer",
-        "signal Approve",
-        "child child_sleeps",
-        "signal ping",
+        "signal TlApprove",
+        "child tl_child_sleeps",
+        "signal tl_ping",
     ]
 
 
 async def test_without_waits_a_running_execution_shows_only_what_history_records() -> None:
     async with make_env() as env:
-        handle = await long_wait.start()
+        handle = await tl_long_wait.start()
         await env.tick()
         history = await handle.history()
         assert spans(build_timeline(history), "signal") == []  # `expect()` without a timeout is in no history
         waits = await env.get_execution_waits(handle.id)
         timeline = build_timeline(history, waits=waits.waits, now=waits.now)
-        assert [(s.label, s.start) for s in spans(timeline, "signal")] == [("expect Approve", START)]
+        assert [(s.label, s.start) for s in spans(timeline, "signal")] == [("expect TlApprove", START)]
 
 
 async def test_an_expect_that_times_out_ends_at_its_timeout() -> None:
     async with make_env() as env:
-        handle = await times_out_waiting.start()
+        handle = await tl_times_out_waiting.start()
         assert await handle.result() == "no answer"
         wait = one(await timeline_of(handle, env), "signal")
     assert (wait.outcome, wait.start, wait.end, wait.planned_end) == ("timed_out", START, at(300), None)
@@ -243,7 +243,7 @@ async def test_an_expect_that_times_out_ends_at_its_timeout() -> None:
 
 async def test_a_condition_is_shown_while_it_waits() -> None:
     async with make_env() as env:
-        handle = await waits_on_condition.start()
+        handle = await tl_waits_on_condition.start()
         await env.advance("2m")
         await ping.send(handle, 1)
         timeline = await timeline_of(handle, env)
@@ -257,21 +257,21 @@ async def test_a_condition_is_shown_while_it_waits() -> None:
 
 async def test_instants_for_published_events_sent_signals_patches_and_a_cancel() -> None:
     async with make_env() as env:
-        target = await long_wait.start()
-        handle = await publishes_and_sends.start(target.id)
+        target = await tl_long_wait.start()
+        handle = await tl_publishes_and_sends.start(target.id)
         assert await handle.result() == "done"
         kinds = [(i.kind, i.label, i.row) for i in (await timeline_of(handle, env)).instants]
         assert kinds == [
             ("patch", "patch v2", "workflow"),
             ("events", "Shipped", "events published"),
-            ("sent", f"ping → {target.id}", "signals sent"),
+            ("sent", f"tl_ping → {target.id}", "signals sent"),
         ]
         await target.cancel()
         await env.tick()
         timeline = await timeline_of(target, env)
     assert timeline.status == "CANCELLED" and one(timeline, "workflow").outcome == "cancelled"
     assert [(i.kind, i.label) for i in timeline.instants] == [
-        ("signal", "ping received"),
+        ("signal", "tl_ping received"),
         ("cancel", "cancel requested"),
     ]
     assert one(timeline, "activity").outcome == "succeeded"
@@ -279,18 +279,18 @@ async def test_instants_for_published_events_sent_signals_patches_and_a_cancel()
 
 async def test_a_timer_a_call_beat_is_cancelled_at_the_next_call() -> None:
     async with make_env() as env:
-        handle = await guarded_call.start()
+        handle = await tl_guarded_call.start()
         assert await handle.result() == 7
         timeline = await timeline_of(handle, env)
     guard, sleep = sorted(spans(timeline, "timer"), key=lambda span: span.seq or 0)
-    assert (guard.outcome, guard.end) == ("cancelled", START)  # cancelled when quick(7) answered, at once
+    assert (guard.outcome, guard.end) == ("cancelled", START)  # cancelled when tl_quick(7) answered, at once
     assert "history records no time" in guard.details["outcome"]
     assert (sleep.outcome, sleep.end) == ("fired", at(5))
 
 
 async def test_completion_by_token_is_a_wait_after_the_attempt() -> None:
     async with make_env() as env:
-        handle = await waits_for_token.start()
+        handle = await tl_waits_for_token.start()
         await env.advance("10s")
         timeline = await timeline_of(handle, env)
         call = one(timeline, "activity")
@@ -298,12 +298,12 @@ async def test_completion_by_token_is_a_wait_after_the_attempt() -> None:
             ("attempt", "succeeded", START, START),
             ("async", "waiting", START, None),
         ]
-        assert timeline.waiting == ["activity by_token: completion by token"]
+        assert timeline.waiting == ["activity tl_by_token: completion by token"]
 
 
 async def test_a_call_that_used_up_its_retries_fails_on_its_last_attempt() -> None:
     async with make_env() as env:
-        handle = await fails_after_retries.start()
+        handle = await tl_fails_after_retries.start()
         with pytest.raises(ev.ExecutionFailed):
             await handle.result()
         timeline = await timeline_of(handle, env)
@@ -319,7 +319,7 @@ async def test_a_call_that_used_up_its_retries_fails_on_its_last_attempt() -> No
 
 async def test_a_failed_child_is_a_failed_span_in_a_parent_that_recovered() -> None:
     async with make_env() as env:
-        handle = await parent_of_failing_child.start()
+        handle = await tl_parent_of_failing_child.start()
         assert await handle.result() == "recovered"
         timeline = await timeline_of(handle, env)
     child = one(timeline, "child")
@@ -329,7 +329,7 @@ async def test_a_failed_child_is_a_failed_span_in_a_parent_that_recovered() -> N
 
 async def test_calls_pending_when_the_execution_ended_end_with_it() -> None:
     async with make_env() as env:
-        handle = await waits_for_token.start()
+        handle = await tl_waits_for_token.start()
         await env.advance("1m")
         await handle.cancel()
         await env.tick()
@@ -340,14 +340,14 @@ async def test_calls_pending_when_the_execution_ended_end_with_it() -> None:
 
 async def test_parallel_calls_take_lanes_of_one_row() -> None:
     @ev.workflow
-    async def fan_out() -> list[int]:
-        return list(await asyncio.gather(*(child_sleeps(i) for i in range(3))))
+    async def tl_fan_out() -> list[int]:
+        return list(await asyncio.gather(*(tl_child_sleeps(i) for i in range(3))))
 
     async with make_env() as env:
-        handle = await fan_out.start()
+        handle = await tl_fan_out.start()
         assert await handle.result() == [1, 2, 3]
         timeline = await timeline_of(handle, env)
-    row = next(row for row in timeline.rows if row.key == "child child_sleeps")
+    row = next(row for row in timeline.rows if row.key == "child tl_child_sleeps")
     assert row.lanes == 3 and sorted(span.lane for span in spans(timeline, "child")) == [0, 1, 2]
 
 
@@ -362,15 +362,15 @@ def shape(timeline: Timeline) -> list[tuple[Any, ...]]:
 
 
 @ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="50ms"))
-async def flaky_fast(x: int) -> int:
+async def tl_flaky_fast(x: int) -> int:
     if ev.activity_info().attempt < 2:
         raise ValueError("first time fails")
     return x
 
 
 @ev.workflow
-async def short_tour() -> int:
-    value = await flaky_fast(4)
+async def tl_short_tour() -> int:
+    value = await tl_flaky_fast(4)
     await ev.sleep("100ms")
     await approve.expect(timeout="1h")
     return value
@@ -380,7 +380,7 @@ async def test_a_local_runtime_gives_the_same_timeline_as_a_test_environment(tmp
     shapes = []
     for runtime in (make_env(), ev.LocalRuntime(tmp_path / "timeline.db", service=SERVICE)):
         async with runtime:
-            handle = await short_tour.start(name="same")
+            handle = await tl_short_tour.start(name="same")
             for _ in range(200):
                 if (await runtime.get_execution_waits(handle.id)).waits[:1] and any(
                     e.type == "TimerCompleted" for e in await handle.history()
@@ -390,12 +390,26 @@ async def test_a_local_runtime_gives_the_same_timeline_as_a_test_environment(tmp
                     runtime.advance("1s") if isinstance(runtime, ev.testing.TestEnvironment) else asyncio.sleep(0.02)
                 )
             running = await timeline_of(handle, runtime)
-            assert running.waiting[0].startswith("signal Approve, ") and running.waiting[0].endswith(" left")
+            assert running.waiting[0].startswith("signal TlApprove, ") and running.waiting[0].endswith(" left")
             await approve.send(handle, "yes")
             assert await handle.result(timeout=30) == 4
             shapes.append(shape(await timeline_of(handle, runtime)))
     assert shapes[0] == shapes[1]
-    assert ("attempt", "activity flaky_fast", "attempt 1", "failed", 0) in shapes[0]
+    assert ("attempt", "activity tl_flaky_fast", "attempt 1", "failed", 0) in shapes[0]
+
+
+async def test_a_local_runtime_notes_an_attempt_that_waits_for_its_token(tmp_path: Path) -> None:
+    async with ev.LocalRuntime(tmp_path / "token.db", service=SERVICE) as runtime:
+        handle = await tl_waits_for_token.start(name="token")
+        for _ in range(500):
+            timeline = await timeline_of(handle, runtime)
+            if len(one(timeline, "activity").parts) == 2:
+                break
+            await asyncio.sleep(0.01)
+        parts = [(part.kind, part.outcome, part.end) for part in one(timeline, "activity").parts]
+        assert parts[0][:2] == ("attempt", "succeeded") and parts[1] == ("async", "waiting", None), parts
+        assert timeline.waiting == ["activity tl_by_token: completion by token"]
+        await handle.cancel()
 
 
 # ---------------------------------------------------------------------------------------- attempt notes
@@ -453,7 +467,7 @@ def test_the_axis_keeps_order_and_spans_zero_to_one(offsets: list[float], probe:
 
 
 async def tour_page(env: ev.testing.TestEnvironment) -> tuple[Timeline, str]:
-    handle = await tour.start(3)
+    handle = await tl_tour.start(3)
     await env.tick()
     await env.advance("30 days 1m")
     await approve.send(handle, {"by": "ada"})
@@ -478,7 +492,7 @@ async def test_the_svg_has_one_bar_per_span_with_its_label_and_details() -> None
     assert "result: 6" in final.details and 'input: {"x":3}' in final.details
     first = next(item for item in items(page) if item.label == "attempt 1")
     assert "error: ValueError: attempt 1 not yet" in first.details
-    assert "waiting:</b> signal ping" in page and 'class="ev-now"' in page
+    assert "waiting:</b> signal tl_ping" in page and 'class="ev-now"' in page
     assert 'class="ev-axis-break"' in page and "≈ 30d" in page  # the month is drawn as a break
 
 
@@ -490,11 +504,11 @@ async def test_the_page_is_self_contained() -> None:
     assert re.search(r"\b(src|href)=", page) is None
     for event_type in ("WorkflowStarted", "ActivitySucceeded", "TimerCompleted", "SignalReceived"):
         assert event_type in page  # the history table
-    assert "attempt 1 of activity &#x27;flaky&#x27; (seq 0) failed" in page  # the logs
+    assert "attempt 1 of activity &#x27;tl_flaky&#x27; (seq 0) failed" in page  # the logs
 
 
 def dense_history(events: int) -> list[Any]:
-    """A workflow that called one quick activity after another: `events` history events."""
+    """A workflow that called one tl_quick activity after another: `events` history events."""
     from eventual_nb.engine.history import ActivitySucceeded
 
     history: list[Any] = [WorkflowStarted(timestamp=START, workflow="loop", input=None)]

@@ -324,34 +324,16 @@ def _apply(builder: _Builder, event: HistoryEvent, workflow: Span) -> None:
         result.update(_failure(event))
         builder.close(event.seq, event.timestamp, _outcome_of(event), result)
     elif isinstance(event, TimerScheduled):
-        if event.signal_timeout is not None:
-            name = event.signal_timeout
-            span = Span(
-                f"s{event.seq}",
-                "signal",
-                f"signal {name}",
-                f"expect {name}",
-                event.timestamp,
-                None,
-                "waiting",
-                seq=event.seq,
-                planned_end=event.until,
-                details={"timeout at": event.until.isoformat()},
-            )
+        # a timer is either a sleep or the timeout of a signal's `expect`, drawn as that signal's wait
+        name = event.signal_timeout
+        kind, row, label = (
+            ("timer", "timer", "timer") if name is None else ("signal", f"signal {name}", f"expect {name}")
+        )
+        due = {"until" if name is None else "timeout at": event.until.isoformat()}
+        span = Span(f"s{event.seq}", kind, row, label, event.timestamp, None, "waiting", seq=event.seq,
+                    planned_end=event.until, details=due)  # fmt: skip
+        if name is not None:
             builder.signal_timers.setdefault(name, []).append(span)
-        else:
-            span = Span(
-                f"s{event.seq}",
-                "timer",
-                "timer",
-                "timer",
-                event.timestamp,
-                None,
-                "waiting",
-                seq=event.seq,
-                planned_end=event.until,
-                details={"until": event.until.isoformat()},
-            )
         builder.call(span)
     elif isinstance(event, TimerCompleted):
         fired = builder.close(event.seq, event.timestamp, "fired", {})
@@ -717,6 +699,16 @@ class Axis:
             digits = max(0, min(3, -math.floor(math.log10(resolution))))
             found.append((self.x(self.start + timedelta(seconds=seconds)), short_duration(seconds, digits)))
         return found
+
+
+def rough_duration(seconds: float) -> str:
+    """How long a break lasts, to the precision a glance needs: "250ms", "2.5s", "10m", "3h20m", "30d"."""
+    if seconds < 1:
+        return format_duration(timedelta(seconds=seconds))
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    unit = 1 if seconds < 3600 else (60 if seconds < 86400 else 3600)
+    return format_duration(timedelta(seconds=round(seconds / unit) * unit))
 
 
 def short_duration(seconds: float, digits: int = 1) -> str:

@@ -15,12 +15,21 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from eventual_nb.durations import format_duration
 from eventual_nb.engine.history import HistoryEvent, LogEntry
-from eventual_nb.timeline.model import OUTCOME_ORDER, Axis, Instant, Span, Timeline, duration_of, elapsed
+from eventual_nb.timeline.model import (
+    OUTCOME_ORDER,
+    Axis,
+    Instant,
+    Span,
+    Timeline,
+    duration_of,
+    elapsed,
+    rough_duration,
+)
 
 WIDTH = 960
 LABEL_WIDTH = 200
@@ -42,6 +51,8 @@ HIT_WIDTH = 8
 MAX_ROWS = 40
 #: history rows the notebook widget shows (the HTML export and `%eventual timeline` show all)
 WIDGET_HISTORY_ROWS = 500
+#: histories up to this long are shown open in the page and `%eventual timeline` (longer ones: a click away)
+HISTORY_OPEN = 1000
 #: a payload longer than this is cut in the history table, the rest behind "more"
 SHORT_PAYLOAD = 100
 #: payloads longer than this are cut even when opened (the CLI's `history --json` has them whole)
@@ -95,17 +106,19 @@ CSS = """
 .ev-tl .ev-k-cancel .ev-mark { fill: var(--ev-bad); }
 .ev-tl .ev-retry { stroke: var(--ev-bad); stroke-width: 2; }
 .ev-tl .ev-hit { fill: transparent; }
-.ev-tl .ev-bar-label { fill: var(--ev-bg); font-size: 10px; pointer-events: none; }
+.ev-tl .ev-bar-label { fill: #ffffff; font-size: 10px; pointer-events: none; }
 .ev-tl .ev-k-workflow .ev-bar-label, .ev-tl .ev-o-waiting .ev-bar-label, .ev-tl .ev-o-backoff .ev-bar-label,
-  .ev-tl .ev-o-cancelled .ev-bar-label { fill: var(--ev-fg); }
+  .ev-tl .ev-o-cancelled .ev-bar-label, .ev-tl .ev-o-received .ev-bar-label,
+  .ev-tl .ev-o-fired .ev-bar-label { fill: var(--ev-fg); }
 .ev-tl .ev-item { cursor: pointer; outline: none; }
 .ev-tl .ev-item:hover .ev-bar, .ev-tl .ev-item:focus .ev-bar, .ev-tl .ev-item:hover .ev-mark,
   .ev-tl .ev-item:focus .ev-mark { stroke: var(--ev-fg); stroke-width: 2; }
-.ev-tl .ev-tip { visibility: hidden; pointer-events: none; }
-.ev-tl .ev-item:hover .ev-tip, .ev-tl .ev-item:focus .ev-tip { visibility: visible; }
-.ev-tl .ev-tip rect { fill: var(--ev-tip); stroke: var(--ev-muted); }
-.ev-tl .ev-tip text { font-family: var(--jp-code-font-family, ui-monospace, monospace); font-size: 11px; }
-.ev-tl .ev-tip .ev-tip-head { font-weight: bold; }
+.ev-tl .ev-tip { display: none; pointer-events: none; }
+.ev-tl .ev-item:hover .ev-tip, .ev-tl .ev-item:focus .ev-tip { display: inline; }
+.ev-tl .ev-tipbox { display: inline-block; white-space: pre; box-sizing: border-box; max-width: 100%;
+  overflow: hidden; font-family: var(--jp-code-font-family, ui-monospace, monospace); font-size: 11px;
+  line-height: 14px; color: var(--ev-fg); background: var(--ev-tip); border: 1px solid var(--ev-muted);
+  border-radius: 3px; padding: 3px 6px; }
 .ev-tl .ev-legend rect { stroke-width: 1; }
 .ev-tl .ev-waiting { margin: 2px 0 6px; }
 .ev-tl table.ev-history, .ev-tl table.ev-logs { border-collapse: collapse; font-size: 12px; }
@@ -118,9 +131,10 @@ CSS = """
 .ev-tl pre { margin: 2px 0; white-space: pre-wrap; word-break: break-all; max-height: 320px; overflow: auto; }
 .ev-tl details > summary { cursor: pointer; }
 .ev-tl .ev-type { white-space: nowrap; }
+.ev-tl table.ev-history i { font-style: normal; color: var(--ev-muted); }
 .ev-tl .ev-bad-text { color: var(--ev-bad); }
 .ev-tl h4 { margin: 10px 0 4px; font-size: 13px; }
-.ev-tl .ev-history-body { content-visibility: auto; contain-intrinsic-size: auto 600px; }
+.ev-tl summary h4 { display: inline; }
 """
 
 
@@ -192,18 +206,19 @@ def instant_lines(instant: Instant, timeline: Timeline) -> list[str]:
     return [_cut(line, TIP_CHARS) for line in lines[:TIP_LINES]]
 
 
-def _tip(lines: list[str], x: float, y: float, right: float) -> str:
-    width = max(len(line) for line in lines) * CHAR_WIDTH + 12
-    height = len(lines) * TIP_LINE_HEIGHT + 8
+def _tip(frame: _Frame, lines: list[str], x: float, y: float) -> str:
+    """A bar's details box (shown on hover and focus): one HTML block in a `foreignObject`, far lighter for
+    the browser than a text element per line when a picture holds hundreds of bars."""
+    right = frame.width - 4
+    width = min(max(len(line) for line in lines) * CHAR_WIDTH + 16, right - 8)
+    height = len(lines) * TIP_LINE_HEIGHT + 10
     left = max(4.0, min(x, right - width))
-    head = ' class="ev-tip-head"'
-    spans = "".join(
-        f'<tspan x="{_num(left + 6)}" dy="{TIP_LINE_HEIGHT if i else 0}"{"" if i else head}>{_e(line)}</tspan>'
-        for i, line in enumerate(lines)
-    )
+    frame.lowest = max(frame.lowest, y + height + 4)
+    head, *rest = lines
+    body = "\n".join(_e(line) for line in rest)
     return (
-        f'<g class="ev-tip"><rect x="{_num(left)}" y="{_num(y)}" width="{_num(width)}" height="{_num(height)}" '
-        f'rx="3"/><text y="{_num(y + 15)}">{spans}</text></g>'
+        f'<g class="ev-tip"><foreignObject x="{_num(left)}" y="{_num(y)}" width="{_num(width)}" '
+        f'height="{height}"><div class="ev-tipbox"><b>{_e(head)}</b>\n{body}</div></foreignObject></g>'
     )
 
 
@@ -227,8 +242,9 @@ class _Frame:
             self.row_top[row.key] = top
             top += row.lanes * LANE_HEIGHT
         self.rows_bottom = top
-        self.tip_room = TIP_LINES * TIP_LINE_HEIGHT + 14
-        self.height = int(top + (16 if self.hidden_rows else 0) + self.tip_room)
+        self.legend_y = top + (16 if self.hidden_rows else 0) + 18
+        #: the lowest point a details box reaches: the picture is made that tall (`render_svg`)
+        self.lowest = self.legend_y + 8
         self.axis = Axis(timeline.start, timeline.last_moment(), timeline.moments())
 
     def x(self, moment: datetime) -> float:
@@ -263,11 +279,7 @@ def _extent(frame: _Frame, span: Span) -> tuple[float, float, float | None]:
 def render_svg(timeline: Timeline, *, width: int = WIDTH, max_rows: int = MAX_ROWS) -> str:
     """The timeline as one `<svg>` (for an `.ev-tl` container, whose CSS is `CSS`)."""
     frame = _Frame(timeline, width, max_rows)
-    out: list[str] = [
-        f'<svg class="ev-timeline-svg" viewBox="0 0 {width} {frame.height}" '
-        f'width="{width}" height="{frame.height}" role="img" '
-        f'aria-label="timeline of {_e(timeline.execution_id or timeline.workflow)}">'
-    ]
+    out: list[str] = []
     _background(frame, out)
     _axis(frame, out)
     groups: dict[tuple[str, int], list[str]] = {}
@@ -277,8 +289,13 @@ def render_svg(timeline: Timeline, *, width: int = WIDTH, max_rows: int = MAX_RO
     for row in reversed(frame.rows):  # bottom-up: a bar's details paint over the rows below it
         for lane in reversed(range(row.lanes)):
             out.extend(groups.get((row.key, lane), ()))
-    out.append("</svg>")
-    return "".join(out)
+    height = int(frame.lowest)  # room below the last row for its details
+    label = _e(timeline.execution_id or timeline.workflow)
+    head = (
+        f'<svg class="ev-timeline-svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="timeline of {label}">'
+    )
+    return head + "".join(out) + "</svg>"
 
 
 def _background(frame: _Frame, out: list[str]) -> None:
@@ -308,7 +325,7 @@ def _axis(frame: _Frame, out: list[str]) -> None:
         out.append(
             f'<g class="ev-axis-break"><rect class="ev-break" x="{_num(x0)}" y="{top}" width="{_num(max(x1 - x0, 1))}" '
             f'height="{_num(bottom - top)}"/><text class="ev-muted" x="{_num(middle)}" y="{top - 4}" '
-            f'text-anchor="middle">≈ {_e(format_duration(timedelta(seconds=seconds)))}</text></g>'
+            f'text-anchor="middle">≈ {_e(rough_duration(seconds))}</text></g>'
         )
     in_break = [(left, right) for left, right, _ in frame.axis.breaks]
     shown: list[float] = []
@@ -401,7 +418,7 @@ def _bar(frame: _Frame, top: float, left: float, right: float, planned: float | 
     text = span.label if span.kind != "workflow" else f"{span.label} · {frame.timeline.status}"
     if (right - left) > len(text) * 6.0 + 8:
         parts.append(f'<text class="ev-bar-label" x="{_num(left + 4)}" y="{_num(y + 10.5)}">{_e(text)}</text>')
-    parts.append(_tip(span_lines(span, frame.timeline), left, top + LANE_HEIGHT, frame.width - 4))
+    parts.append(_tip(frame, span_lines(span, frame.timeline), left, top + LANE_HEIGHT))
     parts.append("</g>")
     return "".join(parts)
 
@@ -429,7 +446,7 @@ def _cluster(frame: _Frame, top: float, run: list[tuple[float, float, float | No
         f"<g {_attributes('cluster', outcome, label, first.row, None, count)}>"
         f'<rect class="ev-bar" x="{_num(left)}" y="{_num(y)}" width="{_num(max(right - left, MIN_BAR))}" '
         f'height="{BAR_HEIGHT}" rx="2"/>'
-        + _tip([_cut(line, TIP_CHARS) for line in lines], left, top + LANE_HEIGHT, frame.width - 4)
+        + _tip(frame, [_cut(line, TIP_CHARS) for line in lines], left, top + LANE_HEIGHT)
         + "</g>"
     )
 
@@ -445,14 +462,14 @@ def _draw_instants(frame: _Frame, groups: dict[tuple[str, int], list[str]]) -> N
         groups.setdefault((instant.row, 0), []).append(
             f"<g {_attributes(instant.kind, 'instant', instant.label, instant.row, instant.details.get('seq'))}>"
             f'<path class="ev-mark" d="{diamond}"/>'
-            + _tip(instant_lines(instant, frame.timeline), x - size, top + LANE_HEIGHT, frame.width - 4)
+            + _tip(frame, instant_lines(instant, frame.timeline), x - size, top + LANE_HEIGHT)
             + "</g>"
         )
 
 
 def _legend(frame: _Frame, out: list[str]) -> None:
     used = {span.outcome for span in _bars(frame.timeline)}
-    y = frame.rows_bottom + (16 if frame.hidden_rows else 0) + 18
+    y = frame.legend_y
     x = 6.0
     items = [outcome for outcome in LABELS if outcome in used]
     parts = ['<g class="ev-legend">']
@@ -528,17 +545,17 @@ def _event_cell(event: HistoryEvent) -> str:
         value = getattr(event, name, None)
         if value is not None:
             shown = value.isoformat() if isinstance(value, datetime) else str(value)
-            parts.append(f"<span class='ev-muted'>{name}</span> {_e(shown)}")
+            parts.append(f"<i>{name}</i> {_e(shown)}")
     error = getattr(event, "error", None)
     if isinstance(error, str):
         message = getattr(event, "message", "") or ""
         parts.append(f"<span class='ev-bad-text'>{_e(error)}{': ' + _e(message) if message else ''}</span>")
     attempts = getattr(event, "attempts", None)
     if isinstance(attempts, int) and attempts > 1:
-        parts.append(f"<span class='ev-muted'>attempts</span> {attempts}")
+        parts.append(f"<i>attempts</i> {attempts}")
     for name in _PAYLOAD_FIELDS:
         if name in type(event).model_fields and (name != "input" or getattr(event, name) not in (None, {})):
-            parts.append(f"<span class='ev-muted'>{name}</span> {_payload(getattr(event, name))}")
+            parts.append(f"<i>{name}</i> {_payload(getattr(event, name))}")
     return " ".join(parts)
 
 
@@ -558,6 +575,7 @@ def history_table(history: Sequence[HistoryEvent], *, limit: int | None = None) 
         "</tr>"
         for event in shown
     ]
+
     note = ""
     if len(shown) < len(history):
         note = (
@@ -566,7 +584,7 @@ def history_table(history: Sequence[HistoryEvent], *, limit: int | None = None) 
         )
     return (
         f"{note}<table class='ev-history'><thead><tr><th>seq</th><th>type</th><th>time</th><th>details</th></tr>"
-        f"</thead><tbody class='ev-history-body'>{''.join(rows)}</tbody></table>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -592,6 +610,16 @@ def timeline_html(timeline: Timeline) -> str:
     return f"<div class='ev-tl'><style>{CSS}</style>{waiting_line(timeline)}{render_svg(timeline)}</div>"
 
 
+def history_section(history: Sequence[HistoryEvent]) -> str:
+    """The history table under a heading that opens and closes it: closed when long (`HISTORY_OPEN`), so a
+    long history costs the browser its parsing, not its layout, until someone opens it."""
+    opened = " open" if len(history) <= HISTORY_OPEN else ""
+    return (
+        f"<details class='ev-history-section'{opened}><summary><h4>History · {len(history)} events</h4></summary>"
+        f"{history_table(history)}</details>"
+    )
+
+
 def render_fragment(
     timeline: Timeline, history: Sequence[HistoryEvent], logs: Sequence[LogEntry], *, title: bool = True
 ) -> str:
@@ -605,7 +633,7 @@ def render_fragment(
         )
     return (
         f"<div class='ev-tl'><style>{CSS}</style>{heading}{waiting_line(timeline)}{render_svg(timeline)}"
-        f"<h4>History</h4>{history_table(history)}<h4>Logs</h4>{logs_table(logs)}</div>"
+        f"{history_section(history)}<h4>Logs</h4>{logs_table(logs)}</div>"
     )
 
 

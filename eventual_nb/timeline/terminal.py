@@ -8,14 +8,14 @@ ran or ended, `░` a retry's backoff, `▒` still waiting, `┄` due later, `�
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from eventual_nb.durations import format_duration
-from eventual_nb.timeline.model import Axis, Span, Timeline, duration_of
+from eventual_nb.timeline.model import Axis, Span, Timeline, duration_of, rough_duration
 from eventual_nb.timeline.svg import LABELS
 
 STYLES = {
@@ -107,7 +107,7 @@ def _axis_line(grid: _Grid) -> Text:
         start, end = int(left * grid.width), max(int(left * grid.width) + 1, int(right * grid.width))
         for index in range(start, end):
             line.put(index, "≈")
-        label = format_duration(timedelta(seconds=seconds))
+        label = rough_duration(seconds)
         middle = max(start, (start + end - len(label)) // 2)
         for offset, char in enumerate(label):
             line.put(middle + offset, char)
