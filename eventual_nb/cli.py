@@ -428,6 +428,36 @@ async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """Draw an execution's timeline in the terminal, or write it as one self-contained HTML page (--html)."""
+    from pathlib import Path
+
+    from eventual_nb.timeline import read_snapshot, timeline_json
+    from eventual_nb.timeline.svg import render_page
+
+    snapshot = await read_snapshot(client, args.id)
+    timeline = snapshot.timeline()
+    if args.html:
+        path = Path(args.html)
+        try:
+            path.write_text(render_page(timeline, snapshot.history, snapshot.logs), encoding="utf-8")
+        except OSError as exc:
+            return out.error("OSError", f"cannot write the timeline of {args.id} to {path}: {exc.strerror or exc}")
+        if out.as_json:
+            out.json({"execution_id": args.id, "html": str(path), "events": timeline.events})
+        else:
+            said = f"wrote the timeline of {args.id} ({timeline.events} events) to {path}"
+            out.console.print(said, soft_wrap=True)  # the path whole, however narrow the terminal
+        return 0
+    if out.as_json:
+        out.json(timeline_json(timeline))
+        return 0
+    from eventual_nb.timeline.terminal import render_terminal
+
+    out.console.print(render_terminal(timeline, width=out.console.width))
+    return 0
+
+
 async def _signal(client: Any, args: argparse.Namespace, out: Output) -> int:
     payload = _parse_json_or_string(args.payload)
     await client.send_signal(args.id, args.signal, payload, id=args.signal_id)
@@ -1051,6 +1081,19 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = add(name, help, client, client_verb(run))
         p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
+
+    p = add(
+        "timeline",
+        "draw an execution's timeline: its calls, waits and retries on a time axis (or write it as HTML)",
+        client,
+        client_verb(_timeline),
+    )
+    p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
+    p.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write one self-contained HTML page (picture, history, logs; no network) to PATH, e.g. for a bug report",
+    )
 
     p = add(
         "replay",

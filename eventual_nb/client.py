@@ -32,6 +32,7 @@ from eventual_nb.runtime.base import (
     ExecutionHandle,
     ExecutionPage,
     ExecutionStatus,
+    ExecutionWaits,
     HeartbeatResponse,
     WorkflowInfo,
     execution_id_of,
@@ -272,6 +273,10 @@ class ServiceClient:
     async def get_execution_logs(self, id: str) -> list[LogEntry]:
         answer = await self._request("GET", f"/_eventual/logs/{_quote_id(id)}")
         return [LogEntry.model_validate(item) for item in answer]
+
+    async def get_execution_waits(self, id: str) -> ExecutionWaits:
+        answer = await self._request("GET", f"/_eventual/waits/{_quote_id(id)}")
+        return ExecutionWaits.model_validate(answer)
 
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
         execution_id = execution_id_of(execution)

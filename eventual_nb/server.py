@@ -56,6 +56,7 @@ from eventual_nb.runtime.base import (
     Execution,
     ExecutionPage,
     ExecutionStatus,
+    ExecutionWaits,
     HeartbeatResponse,
     StartResponse,
     WorkflowInfo,
@@ -343,6 +344,12 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     @router.get("/logs/{id:path}", responses=_answers(_NO_EXECUTION))
     async def get_execution_logs(id: str) -> list[dict[str, Any]]:
         return [entry.model_dump(mode="json") for entry in await runtime.get_execution_logs(id)]
+
+    @router.get("/waits/{id:path}", responses=_answers(_NO_EXECUTION))
+    async def get_execution_waits(id: str) -> ExecutionWaits:
+        """What the execution is blocked on now (signal `expect`s and conditions are recorded nowhere else)."""
+        waits: ExecutionWaits = await runtime.get_execution_waits(id)
+        return waits
 
     @router.get("/result/{id:path}", responses=_answers(_NO_EXECUTION))
     async def wait_for_result(

@@ -11,7 +11,6 @@ helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistak
 from __future__ import annotations
 
 import collections
-import html
 import logging
 import os
 import shlex
@@ -31,9 +30,11 @@ from eventual_nb.durations import parse_duration
 from eventual_nb.magic_syntax import FlagError, max_attempts
 from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
 from eventual_nb.service import current_service
+from eventual_nb.timeline import read_snapshot
+from eventual_nb.timeline.svg import CSS, history_table, render_fragment
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
 from kernel_ext.redefine import check_redefinition
-from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump, timeline_rows
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
@@ -357,11 +358,21 @@ class EventualMagics(Magics):
         args = parser.parse_args(words)
         runtime = self.host.ensure_runtime()
         history = self.host.call(runtime.get_execution_history(args.id))
-        rows = timeline_rows(history)
-        columns = ("type", "seq", "name", "time", "duration", "attempt")
-        header = "".join(f"<th style='text-align:left'>{c}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in columns) + "</tr>" for r in rows)
-        display(HTML(f"<table class='eventual-history'><tr>{header}</tr>{body}</table>"))
+        display(HTML(f"<div class='ev-tl eventual-history'><style>{CSS}</style>{history_table(history)}</div>"))
+
+    def _verb_timeline(self, words: list[str]) -> None:
+        """The execution's timeline, history and logs as they are now (a picture; the widget is the live one)."""
+        parser = self._parser("timeline")
+        parser.add_argument("id")
+        args = parser.parse_args(words)
+        runtime = self.host.ensure_runtime()
+        snapshot = self.host.call(read_snapshot(runtime, args.id))
+        timeline = snapshot.timeline()
+        display(
+            HTML(
+                f"<div class='eventual-timeline-view'>{render_fragment(timeline, snapshot.history, snapshot.logs)}</div>"
+            )
+        )
 
     def _verb_logs(self, words: list[str]) -> None:
         parser = self._parser("logs")
@@ -466,7 +477,19 @@ def _signals_of(workflow: str) -> dict[str, Any]:
     return dict(service.signals)
 
 
-VERBS = ("service", "runtime", "status", "executions", "history", "logs", "serve", "stop", "export", "advance")
+VERBS = (
+    "service",
+    "runtime",
+    "status",
+    "executions",
+    "history",
+    "timeline",
+    "logs",
+    "serve",
+    "stop",
+    "export",
+    "advance",
+)
 VERBS_HELP = """%eventual VERB
   service NAME                          use (create) service NAME; its database is .eventual/NAME.db
   runtime local [--path P] [--durability full|normal|off]
@@ -476,6 +499,7 @@ VERBS_HELP = """%eventual VERB
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
   history ID | logs ID                  an execution's history / captured output
+  timeline ID                           an execution's timeline as a picture, its history and logs
   serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)
   stop                                  stop the server and the runtime
   advance DURATION                      move the test runtime's clock, e.g. 1d

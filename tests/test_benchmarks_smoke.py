@@ -33,7 +33,8 @@ ENGINE = {"daily_timers", "replay_history", "cached_instances", "always_replay"}
 LOCAL = {"local_throughput", "local_latency", "local_memory", "local_in_flight"}
 KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS
+TIMELINE = {"timeline"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 

@@ -293,6 +293,21 @@ Command = Annotated[
 COMMAND_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(list[Command])
 
 
+class Wait(BaseModel):
+    """One thing an execution is blocked on now (`WorkflowExecutor.open_waits`).
+
+    History records the calls an execution made, not a `Signal.expect()` without a timeout nor an
+    `ev.condition()`: those waits exist only in the running workflow, so readers (the timeline, the
+    executions table) ask for them. `name` is the activity's name, the child's execution id or the
+    signal's name; `since` is when the wait began (history time); `until` when a timer fires."""
+
+    kind: Literal["activity", "child", "signal", "condition", "timer"]
+    seq: int | None = None
+    name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
 class LogEntry(BaseModel):
     """One captured line of output: `source` is `workflow`, an activity name or a subscription name."""
 

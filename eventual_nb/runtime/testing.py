@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityInfo
+from eventual_nb.attempts import async_note, retry_note
 from eventual_nb.durations import LATEST_DEADLINE, DurationLike, deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowExecutor
@@ -869,7 +870,7 @@ class TestEnvironment(RuntimeBase):
             return None
         if kind == "async_result":
             assert behaviour is not None
-            activity.status = "async"
+            self._waits_for_completion(activity, attempt)
             if behaviour.value is not None:
                 await _call(behaviour.value, info.token)
             return None
@@ -899,7 +900,7 @@ class TestEnvironment(RuntimeBase):
                 ActivitySucceeded(seq=activity.seq, timestamp=self._now, result=outcome.result, attempts=attempt),
             )
         elif outcome.kind == "async":
-            activity.status = "async"
+            self._waits_for_completion(activity, attempt)
             assert outcome.callback is not None
             await _call(outcome.callback, self._signer.sign(activity.execution_id, activity.seq, attempt))
         else:
@@ -912,6 +913,10 @@ class TestEnvironment(RuntimeBase):
                 outcome.type_names,
                 outcome.retryable,
             )
+
+    def _waits_for_completion(self, activity: _ActivityState, attempt: int) -> None:
+        activity.status = "async"
+        self._log_for(activity.execution_id, activity.name)(async_note(activity.name, activity.seq, attempt))
 
     def _attempt_failed(
         self,
@@ -927,11 +932,11 @@ class TestEnvironment(RuntimeBase):
             return
         if retryable and activity.retry.retries(attempt, type_names):
             activity.status = "backoff"
-            self._schedule(
-                deadline_after(self._now, activity.retry.delay_after(attempt), what="retry interval"),
-                lambda: self._attempt(activity),
-                f"retry {activity.name}",
-            )
+            delay = activity.retry.delay_after(attempt)
+            due = deadline_after(self._now, delay, what="retry interval")
+            note = retry_note(activity.name, activity.seq, attempt, error, message, due, delay)
+            self._log_for(activity.execution_id, activity.name)(note)
+            self._schedule(due, lambda: self._attempt(activity), f"retry {activity.name}")
             return
         event: HistoryEvent
         if kind == "timeout":

@@ -75,6 +75,7 @@ from typing import Any, TypeVar
 
 from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo, find_activity
+from eventual_nb.attempts import async_note, retry_note
 from eventual_nb.durations import deadline_after
 from eventual_nb.engine.history import (
     ActivityFailed,
@@ -259,6 +260,8 @@ class ActivityWorker:
         now = utc(self.clients.clock())
         if not self.executions.wait_for_token(execution_id, seq, attempt, message, now, deadline):
             return AttemptReport("settled")  # its token was used while it ran
+        name = str(message["name"])
+        self._write_logs(execution_id, [LogEntry(time=now, message=async_note(name, seq, attempt), source=name)])
         if deadline is not None or heartbeat_timeout is not None:
             due = min(
                 moment
@@ -460,6 +463,19 @@ class ActivityWorker:
 _NO_DETAILS: Any = object()
 
 
+def _note_retry(
+    clients: AwsClients, message: dict[str, Any], outcome: AttemptOutcome, now: datetime, delay: timedelta
+) -> None:
+    """Log the retry in the execution's logs (`eventual_nb.attempts`); a note that cannot be written is only
+    a note: the retry itself is already on its way."""
+    name, seq, attempt = str(message.get("name", "")), int(message["seq"]), int(message["attempt"])
+    try:
+        note = retry_note(name, seq, attempt, outcome.error, outcome.message, now + delay, delay)
+        clients.write_logs(str(message["execution_id"]), [LogEntry(time=now, message=note, source=name)])
+    except Exception:
+        LOGGER.exception("could not note the retry of activity %s of %s", seq, message["execution_id"])
+
+
 def report_outcome(
     clients: AwsClients, message: dict[str, Any], outcome: AttemptOutcome, kind: str, details: Any = _NO_DETAILS
 ) -> AttemptReport:
@@ -490,6 +506,7 @@ def report_outcome(
             following["not_before"] = deadline_after(now, backoff, what="retry interval").isoformat()
         delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
         clients.activity_queue.send(following, delay_seconds=delay)
+        _note_retry(clients, message, outcome, now, policy.delay_after(attempt))
         return AttemptReport("ran", retry_delay=delay)
     if kind == "timeout":
         event = ActivityTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)

@@ -31,6 +31,7 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.activities import ActivityInfo
+from eventual_nb.attempts import async_note, retry_note
 from eventual_nb.durations import deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
@@ -958,6 +959,9 @@ class LocalRuntime(RuntimeBase):
                 "UPDATE activities SET status = 'async' WHERE execution_id = ? AND seq = ?",
                 (attempt.execution_id, attempt.seq),
             )
+            self._note_attempt(
+                attempt.execution_id, attempt.seq, now, lambda name: async_note(name, attempt.seq, attempt.attempt)
+            )
             assert outcome.callback is not None
             assert self._signer is not None
             token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
@@ -967,6 +971,14 @@ class LocalRuntime(RuntimeBase):
                 attempt.execution_id, attempt.seq, attempt.attempt, options, "failed", outcome.error,
                 outcome.message, outcome.type_names, outcome.retryable, now,
             )  # fmt: skip
+
+    def _note_attempt(self, execution_id: str, seq: int, now: float, note: Callable[[str], str]) -> None:
+        """Log `note(activity name)` for an attempt that did not end its call (`eventual_nb.attempts`)."""
+        row = self._cx.execute(
+            "SELECT name FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
+        ).fetchone()
+        if row is not None:
+            self._log(execution_id, now, note(str(row[0])), source=str(row[0]))
 
     def _attempt_failed(
         self,
@@ -983,7 +995,11 @@ class LocalRuntime(RuntimeBase):
     ) -> None:
         policy = RetryPolicy.model_validate(options.get("retry") or {})
         if retryable and policy.retries(attempt, type_names):
-            due = now + policy.delay_after(attempt).total_seconds()
+            delay = policy.delay_after(attempt)
+            due = now + delay.total_seconds()
+            self._note_attempt(
+                execution_id, seq, now, lambda name: retry_note(name, seq, attempt, error, message, _dt(due), delay)
+            )
             self._cx.execute(
                 "UPDATE activities SET status = 'scheduled', due = ?, deadline = NULL, heartbeat_deadline = NULL "
                 "WHERE execution_id = ? AND seq = ?",
