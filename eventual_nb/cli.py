@@ -168,28 +168,14 @@ def _cell(value: Any) -> str:
     return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(", ", ": "))
 
 
-def _event_details(event: Any) -> str:
-    """An event's payload fields as ``name=value`` pairs (what the history table's details column shows)."""
-    data = to_jsonable(event)
-    if not isinstance(data, dict):
-        return _cell(data)
-    parts = []
-    for key, value in data.items():
-        if key in ("seq", "timestamp", "type") or value is None or value == {} or value == []:
-            continue
-        if key == "attempts" and value == 1:
-            continue
-        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        parts.append(f"{key}={shown}")
-    return " ".join(parts)
-
-
 def _history_row(event: Any) -> list[Any]:
+    from eventual_nb.engine.history import describe_event
+
     return [
         getattr(event, "seq", None),
         getattr(event, "type", type(event).__name__),
         event.timestamp,
-        _event_details(event),
+        describe_event(event),
     ]
 
 

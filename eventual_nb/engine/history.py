@@ -6,6 +6,7 @@ contract (stored in databases, shown by the CLI and widgets), so they never chan
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -198,6 +199,27 @@ def parse_history(history: Any) -> list[HistoryEvent]:
     if all(isinstance(item, _Event) for item in items):
         return items
     return HISTORY_ADAPTER.validate_python([item.model_dump() if isinstance(item, _Event) else item for item in items])
+
+
+def event_fields(event: HistoryEvent) -> list[tuple[str, Any]]:
+    """What an event says beyond its type, seq and time, as (field, JSON value) pairs in declaration order.
+
+    Every history table (the CLI's, the widget's, the HTML page's) shows these, so they agree on what an
+    event holds; empty values and the `attempts=1` of a call decided on its first attempt are left out."""
+    data = event.model_dump(mode="json", exclude={"type", "seq", "timestamp"})
+    return [
+        (name, value)
+        for name, value in data.items()
+        if value is not None and value != {} and value != [] and not (name == "attempts" and value == 1)
+    ]
+
+
+def describe_event(event: HistoryEvent) -> str:
+    """`event_fields` as one line of ``name=value`` pairs (strings as they are, anything else as compact JSON)."""
+    return " ".join(
+        f"{name}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(',', ':'))}"
+        for name, value in event_fields(event)
+    )
 
 
 def dump_history(history: list[HistoryEvent]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from eventual_nb.durations import format_duration
-from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.engine.history import HistoryEvent, LogEntry, describe_event, event_fields
 from eventual_nb.timeline.model import (
     OUTCOME_ORDER,
     Axis,
@@ -534,28 +534,19 @@ def _payload(value: Any) -> str:
     )
 
 
-#: what the history table shows of each event type, besides its type, seq and time
-_FIELDS = ("workflow", "name", "child_id", "signal", "target", "patch_id", "until", "signal_timeout", "parent")
+#: the fields whose values are payloads (long ones open with a click)
 _PAYLOAD_FIELDS = ("input", "result", "payload", "events")
 
 
 def _event_cell(event: HistoryEvent) -> str:
-    parts = []
-    for name in _FIELDS:
-        value = getattr(event, name, None)
-        if value is not None:
-            shown = value.isoformat() if isinstance(value, datetime) else str(value)
-            parts.append(f"<i>{name}</i> {_e(shown)}")
-    error = getattr(event, "error", None)
+    fields = dict(event_fields(event))
+    error, message = fields.pop("error", None), fields.pop("message", None)
+    parts = [
+        f"<i>{name}</i> {_payload(value) if name in _PAYLOAD_FIELDS else _e(value if isinstance(value, str) else _json(value))}"
+        for name, value in fields.items()
+    ]
     if isinstance(error, str):
-        message = getattr(event, "message", "") or ""
         parts.append(f"<span class='ev-bad-text'>{_e(error)}{': ' + _e(message) if message else ''}</span>")
-    attempts = getattr(event, "attempts", None)
-    if isinstance(attempts, int) and attempts > 1:
-        parts.append(f"<i>attempts</i> {attempts}")
-    for name in _PAYLOAD_FIELDS:
-        if name in type(event).model_fields and (name != "input" or getattr(event, name) not in (None, {})):
-            parts.append(f"<i>{name}</i> {_payload(getattr(event, name))}")
     return " ".join(parts)
 
 
@@ -611,12 +602,27 @@ def timeline_html(timeline: Timeline) -> str:
 
 
 def history_section(history: Sequence[HistoryEvent]) -> str:
-    """The history table under a heading that opens and closes it: closed when long (`HISTORY_OPEN`), so a
-    long history costs the browser its parsing, not its layout, until someone opens it."""
-    opened = " open" if len(history) <= HISTORY_OPEN else ""
+    """The history under a heading that opens and closes it, closed when long (`HISTORY_OPEN`).
+
+    A table row costs a browser about ten elements to parse, so a history longer than `HISTORY_OPEN` shows its
+    last `HISTORY_OPEN` events as table rows and all of them as plain text lines (one text node: a 10,000-event
+    page opens as fast as a 1,000-event one, and still holds every event for a bug report)."""
+    if len(history) <= HISTORY_OPEN:
+        return (
+            f"<details class='ev-history-section' open><summary><h4>History · {len(history)} events</h4></summary>"
+            f"{history_table(history)}</details>"
+        )
+    start = history[0].timestamp
+    lines = "\n".join(
+        f"{'' if event.seq is None else event.seq}\t{event.type}\t+{format_duration(event.timestamp - start)}"
+        f"\t{describe_event(event)}"
+        for event in history
+    )
     return (
-        f"<details class='ev-history-section'{opened}><summary><h4>History · {len(history)} events</h4></summary>"
-        f"{history_table(history)}</details>"
+        f"<details class='ev-history-section'><summary><h4>History · {len(history)} events</h4></summary>"
+        f"{history_table(history, limit=HISTORY_OPEN)}"
+        f"<details class='ev-history-text'><summary>all {len(history)} events as text (seq, type, time, details)"
+        f"</summary><pre>{_e(lines)}</pre></details></details>"
     )
 
 
