@@ -75,6 +75,17 @@ def fires(schedule: Schedule, after: datetime, until: datetime) -> list[datetime
 
 # ------------------------------------------------------------------------------ the decorator
 
+#: the manifest entry (`Service.spec()["schedules"]`) of a weekday 09:00 Paris report with default options
+MORNING_REPORT = {
+    "name": "morning_report",
+    "workflow": "morning_report",
+    "cron": "0 9 * * MON-FRI",
+    "every_seconds": None,
+    "timezone": "Europe/Paris",
+    "overlap": "skip",
+    "catchup": "latest",
+}
+
 
 def test_schedule_registers_in_the_workflows_service_under_the_workflows_name() -> None:
     @ev.schedule("0 9 * * MON-FRI", timezone="Europe/Paris")
@@ -84,24 +95,9 @@ def test_schedule_registers_in_the_workflows_service_under_the_workflows_name() 
 
     assert isinstance(morning_report, ev.Workflow)  # the decorator gives the workflow back
     found = SERVICE.schedules["morning_report"]
-    assert (found.name, found.workflow, found.cron, found.every, found.timezone) == (
-        "morning_report",
-        "morning_report",
-        "0 9 * * MON-FRI",
-        None,
-        "Europe/Paris",
-    )
-    assert (found.overlap, found.catchup) == ("skip", "latest")
-    spec = json.loads(json.dumps(SERVICE.spec()))
-    assert {
-        "name": "morning_report",
-        "workflow": "morning_report",
-        "cron": "0 9 * * MON-FRI",
-        "every_seconds": None,
-        "timezone": "Europe/Paris",
-        "overlap": "skip",
-        "catchup": "latest",
-    } in spec["schedules"]
+    assert (found.every, found.overlap, found.catchup) == (None, "skip", "latest")
+    assert found.spec() == MORNING_REPORT
+    assert MORNING_REPORT in json.loads(json.dumps(SERVICE.spec()))["schedules"]
 
 
 def test_every_name_overlap_and_catchup_and_stacked_schedules() -> None:
@@ -280,94 +276,37 @@ def test_cron_extensions_fire_when_they_say() -> None:
 # ------------------------------------------------------------------------------ fire times and DST
 
 
-@pytest.mark.parametrize(
-    ("line", "timezone", "after", "until", "expected"),
-    [
-        # spring forward: 02:30 does not exist on 2025-03-30 in Paris, 2025-03-09 in New York
-        (
-            "30 2 * * *",
-            "Europe/Paris",
-            Z(2025, 3, 29),
-            Z(2025, 4, 1, 12),
-            [Z(2025, 3, 29, 1, 30), Z(2025, 3, 31, 0, 30), Z(2025, 4, 1, 0, 30)],
-        ),
-        (
-            "30 2 * * *",
-            "America/New_York",
-            Z(2025, 3, 8),
-            Z(2025, 3, 11, 12),
-            [Z(2025, 3, 8, 7, 30), Z(2025, 3, 10, 6, 30), Z(2025, 3, 11, 6, 30)],
-        ),
-        # fall back: 02:30 happens twice on 2025-10-26 in Paris, 01:30 on 2025-11-02 in New York: the first one fires
-        (
-            "30 2 * * *",
-            "Europe/Paris",
-            Z(2025, 10, 25),
-            Z(2025, 10, 27, 12),
-            [Z(2025, 10, 25, 0, 30), Z(2025, 10, 26, 0, 30), Z(2025, 10, 27, 1, 30)],
-        ),
-        (
-            "30 1 * * *",
-            "America/New_York",
-            Z(2025, 11, 1),
-            Z(2025, 11, 3, 12),
-            [Z(2025, 11, 1, 5, 30), Z(2025, 11, 2, 5, 30), Z(2025, 11, 3, 6, 30)],
-        ),
-        # 01:30 is an ordinary time in Paris on its fall-back day; 01:30 in New York on its spring-forward day too
-        ("30 1 * * *", "Europe/Paris", Z(2025, 10, 25, 12), Z(2025, 10, 26, 12), [Z(2025, 10, 25, 23, 30)]),
-        ("30 1 * * *", "America/New_York", Z(2025, 3, 9), Z(2025, 3, 9, 12), [Z(2025, 3, 9, 6, 30)]),
-        # hourly: the missing hour gives no fire, the repeated hour one
-        (
-            "0 * * * *",
-            "America/New_York",
-            Z(2025, 3, 9, 4, 30),
-            Z(2025, 3, 9, 8),
-            [Z(2025, 3, 9, 5), Z(2025, 3, 9, 6), Z(2025, 3, 9, 7), Z(2025, 3, 9, 8)],
-        ),
-        (
-            "0 * * * *",
-            "America/New_York",
-            Z(2025, 11, 2, 3, 30),
-            Z(2025, 11, 2, 8),
-            [Z(2025, 11, 2, 4), Z(2025, 11, 2, 5), Z(2025, 11, 2, 7), Z(2025, 11, 2, 8)],
-        ),
-        (
-            "*/20 2 * * *",
-            "Europe/Paris",
-            Z(2025, 10, 25, 23),
-            Z(2025, 10, 26, 3),
-            [Z(2025, 10, 26, 0), Z(2025, 10, 26, 0, 20), Z(2025, 10, 26, 0, 40)],
-        ),
-        # a span ending inside the repeated hour (01:15 EST, the second 01:15) still holds the first hour's fires
-        (
-            "*/20 1 * * *",
-            "America/New_York",
-            Z(2025, 11, 2, 4, 30),
-            Z(2025, 11, 2, 6, 15),
-            [Z(2025, 11, 2, 5), Z(2025, 11, 2, 5, 20), Z(2025, 11, 2, 5, 40)],
-        ),
-        # year boundary
-        ("0 0 1 1 *", "UTC", Z(2025, 12, 31), Z(2027, 1, 1), [Z(2026, 1, 1), Z(2027, 1, 1)]),
-        ("59 23 31 12 *", "UTC", Z(2025, 6, 1), Z(2026, 1, 1), [Z(2025, 12, 31, 23, 59)]),
-        (
-            "*/30 * * * *",
-            "UTC",
-            Z(2025, 12, 31, 23),
-            Z(2026, 1, 1, 1),
-            [Z(2025, 12, 31, 23, 30), Z(2026, 1, 1), Z(2026, 1, 1, 0, 30), Z(2026, 1, 1, 1)],
-        ),
-        ("0 0 1 1 *", "Pacific/Auckland", Z(2025, 12, 1), Z(2026, 2, 1), [Z(2025, 12, 31, 11)]),
-        ("0 9 1 JAN *", "Asia/Tokyo", Z(2025, 12, 1), Z(2026, 2, 1), [Z(2026, 1, 1, 0)]),
-        ("0 18 31 DEC *", "America/New_York", Z(2025, 12, 1), Z(2026, 2, 1), [Z(2025, 12, 31, 23)]),
-        (
-            "0 0 * * *",
-            "America/Los_Angeles",
-            Z(2025, 12, 31, 7),
-            Z(2026, 1, 2, 9),
-            [Z(2025, 12, 31, 8), Z(2026, 1, 1, 8), Z(2026, 1, 2, 8)],
-        ),
-    ],
-)
+# (line, timezone, after, until, the fires in (after, until])
+# fmt: off
+CRON_CASES = [
+    # spring forward: 02:30 does not exist on 2025-03-30 in Paris, 2025-03-09 in New York
+    ("30 2 * * *", "Europe/Paris", Z(2025, 3, 29), Z(2025, 4, 1, 12), [Z(2025, 3, 29, 1, 30), Z(2025, 3, 31, 0, 30), Z(2025, 4, 1, 0, 30)]),
+    ("30 2 * * *", "America/New_York", Z(2025, 3, 8), Z(2025, 3, 11, 12), [Z(2025, 3, 8, 7, 30), Z(2025, 3, 10, 6, 30), Z(2025, 3, 11, 6, 30)]),
+    # fall back: 02:30 happens twice on 2025-10-26 in Paris, 01:30 on 2025-11-02 in New York: the first one fires
+    ("30 2 * * *", "Europe/Paris", Z(2025, 10, 25), Z(2025, 10, 27, 12), [Z(2025, 10, 25, 0, 30), Z(2025, 10, 26, 0, 30), Z(2025, 10, 27, 1, 30)]),
+    ("30 1 * * *", "America/New_York", Z(2025, 11, 1), Z(2025, 11, 3, 12), [Z(2025, 11, 1, 5, 30), Z(2025, 11, 2, 5, 30), Z(2025, 11, 3, 6, 30)]),
+    # 01:30 is an ordinary time in Paris on its fall-back day; 01:30 in New York on its spring-forward day too
+    ("30 1 * * *", "Europe/Paris", Z(2025, 10, 25, 12), Z(2025, 10, 26, 12), [Z(2025, 10, 25, 23, 30)]),
+    ("30 1 * * *", "America/New_York", Z(2025, 3, 9), Z(2025, 3, 9, 12), [Z(2025, 3, 9, 6, 30)]),
+    # hourly: the missing hour gives no fire, the repeated hour one
+    ("0 * * * *", "America/New_York", Z(2025, 3, 9, 4, 30), Z(2025, 3, 9, 8), [Z(2025, 3, 9, 5), Z(2025, 3, 9, 6), Z(2025, 3, 9, 7), Z(2025, 3, 9, 8)]),
+    ("0 * * * *", "America/New_York", Z(2025, 11, 2, 3, 30), Z(2025, 11, 2, 8), [Z(2025, 11, 2, 4), Z(2025, 11, 2, 5), Z(2025, 11, 2, 7), Z(2025, 11, 2, 8)]),
+    ("*/20 2 * * *", "Europe/Paris", Z(2025, 10, 25, 23), Z(2025, 10, 26, 3), [Z(2025, 10, 26, 0), Z(2025, 10, 26, 0, 20), Z(2025, 10, 26, 0, 40)]),
+    # a span ending inside the repeated hour (01:15 EST, the second 01:15) still holds the first hour's fires
+    ("*/20 1 * * *", "America/New_York", Z(2025, 11, 2, 4, 30), Z(2025, 11, 2, 6, 15), [Z(2025, 11, 2, 5), Z(2025, 11, 2, 5, 20), Z(2025, 11, 2, 5, 40)]),
+    # year boundary
+    ("0 0 1 1 *", "UTC", Z(2025, 12, 31), Z(2027, 1, 1), [Z(2026, 1, 1), Z(2027, 1, 1)]),
+    ("59 23 31 12 *", "UTC", Z(2025, 6, 1), Z(2026, 1, 1), [Z(2025, 12, 31, 23, 59)]),
+    ("*/30 * * * *", "UTC", Z(2025, 12, 31, 23), Z(2026, 1, 1, 1), [Z(2025, 12, 31, 23, 30), Z(2026, 1, 1), Z(2026, 1, 1, 0, 30), Z(2026, 1, 1, 1)]),
+    ("0 0 1 1 *", "Pacific/Auckland", Z(2025, 12, 1), Z(2026, 2, 1), [Z(2025, 12, 31, 11)]),
+    ("0 9 1 JAN *", "Asia/Tokyo", Z(2025, 12, 1), Z(2026, 2, 1), [Z(2026, 1, 1, 0)]),
+    ("0 18 31 DEC *", "America/New_York", Z(2025, 12, 1), Z(2026, 2, 1), [Z(2025, 12, 31, 23)]),
+    ("0 0 * * *", "America/Los_Angeles", Z(2025, 12, 31, 7), Z(2026, 1, 2, 9), [Z(2025, 12, 31, 8), Z(2026, 1, 1, 8), Z(2026, 1, 2, 8)]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("line", "timezone", "after", "until", "expected"), CRON_CASES)
 def test_cron_fires(line: str, timezone: str, after: datetime, until: datetime, expected: list[datetime]) -> None:
     assert fires(cron(line, timezone), after, until) == expected
 
@@ -779,17 +718,7 @@ def test_a_plain_python_module_with_a_schedule_imports_and_exports_as_ordinary_c
         "import json, sys; sys.path.insert(0, sys.argv[1]); import eventual_nb as ev, reports; "
         "print(json.dumps(ev.Service('reports').spec()['schedules']))"
     )
-    expected = [
-        {
-            "name": "morning_report",
-            "workflow": "morning_report",
-            "cron": "0 9 * * MON-FRI",
-            "every_seconds": None,
-            "timezone": "Europe/Paris",
-            "overlap": "skip",
-            "catchup": "all",
-        }
-    ]
+    expected = [{**MORNING_REPORT, "catchup": "all"}]
     plain = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout) == expected

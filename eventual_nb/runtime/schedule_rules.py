@@ -92,20 +92,28 @@ class InvalidSchedule(EventualError, ValueError):
 # -------------------------------------------------------------------------------------- the definition
 
 
-@dataclass(frozen=True)
-class Schedule:
+class ScheduleFields(BaseModel):
+    """What defines a schedule: shared by the definition (`Schedule`) and what the protocol shows (`ScheduleInfo`)."""
+
+    name: str
+    workflow: str
+    #: a 5-field cron line, or None for an interval
+    cron: str | None
+    #: the interval, or None for a cron line
+    every: timedelta | None
+    #: the IANA zone the cron line is read in ("UTC" for intervals)
+    timezone: str
+    overlap: Overlap
+    catchup: Catchup
+
+
+class Schedule(ScheduleFields):
     """One schedule of a service: a cron line or an interval that starts `workflow` at each fire.
 
     Build it with `define_schedule`, which checks every option; `ev.schedule` does so at decoration.
     """
 
-    name: str
-    workflow: str
-    cron: str | None
-    every: timedelta | None
-    timezone: str
-    overlap: Overlap
-    catchup: Catchup
+    model_config = ConfigDict(frozen=True)
 
     def next_fire(self, after: datetime) -> datetime | None:
         """The first fire strictly after `after` (aware UTC), or None when there is none before year 9999."""
@@ -227,7 +235,7 @@ def define_schedule(
         cron=line,
         every=interval,
         timezone=zone_name,
-        overlap=overlap,  # type: ignore[arg-type]  # checked above
+        overlap=overlap,  # type: ignore[arg-type]  # checked above (and by pydantic)
         catchup=catchup,  # type: ignore[arg-type]
     )
 
@@ -390,33 +398,22 @@ def resume(state: ScheduleState, now: datetime) -> ScheduleState:
 # -------------------------------------------------------------------------------------- what the protocol shows
 
 
-class ScheduleInfo(BaseModel):
-    """One schedule as `list_schedules()` shows it."""
+class ScheduleInfo(ScheduleFields):
+    """One schedule as `list_schedules()` shows it: its definition and its state."""
 
-    name: str
-    workflow: str
-    cron: str | None
-    every: timedelta | None
-    timezone: str
-    overlap: Overlap
-    catchup: Catchup
     paused: bool
     #: the next fire (aware UTC), None while paused or when it never fires again
     next_fire: datetime | None
+    #: the scheduled time of the latest fire that started an execution (triggers included)
     last_fire: datetime | None
     last_execution_id: str | None
+    #: fires that started nothing because the previous execution was still running (`overlap="skip"`)
     skipped: int
 
 
 def schedule_info(schedule: Schedule, state: ScheduleState) -> ScheduleInfo:
     return ScheduleInfo(
-        name=schedule.name,
-        workflow=schedule.workflow,
-        cron=schedule.cron,
-        every=schedule.every,
-        timezone=schedule.timezone,
-        overlap=schedule.overlap,
-        catchup=schedule.catchup,
+        **schedule.model_dump(),
         paused=state.paused,
         next_fire=_wake_at(schedule, state),
         last_fire=state.last_fire,
