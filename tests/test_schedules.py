@@ -241,6 +241,48 @@ def test_bad_definitions_are_refused_at_decoration_naming_what_is_wrong(options:
     assert "bad" not in SERVICE.schedules
 
 
+TZ_PROBE = """
+import importlib.abc, sys
+from datetime import UTC, datetime
+
+if sys.argv[1] == "block":
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "tzdata":
+                raise ImportError("blocked in this test")
+
+    sys.meta_path.insert(0, Block())
+
+import eventual_nb as ev
+
+async def report(fired_at: datetime) -> None:
+    return None
+
+try:
+    ev.schedule("0 9 * * *", timezone="Europe/Paris")(ev.workflow(report))
+except ev.EventualError as exc:
+    print(exc)
+else:
+    print("next", ev.current_service().schedules["report"].next_fire(datetime(2025, 7, 1, tzinfo=UTC)))
+"""
+
+
+def test_the_zone_database_comes_from_tzdata_where_the_system_has_none(tmp_path: Path) -> None:
+    """With no system zone database (PYTHONTZPATH pointing nowhere), the tzdata dependency supplies the zones;
+    without tzdata either, the error says what to install instead of calling Europe/Paris unknown."""
+    environment = {"PYTHONTZPATH": str(tmp_path / "no-zoneinfo"), "PATH": "/usr/bin:/bin"}
+    found = {
+        mode: subprocess.run(
+            [sys.executable, "-c", TZ_PROBE, mode], capture_output=True, text=True, timeout=60, env=environment
+        )
+        for mode in ("tzdata", "block")
+    }
+    assert found["tzdata"].returncode == 0, found["tzdata"].stderr
+    assert found["tzdata"].stdout.strip() == "next 2025-07-01 07:00:00+00:00"
+    assert found["block"].returncode == 0, found["block"].stderr
+    assert "no IANA time zone database" in found["block"].stdout and "pip install tzdata" in found["block"].stdout
+
+
 def test_longest_name_and_the_cron_grammar_users_write() -> None:
     """Names of days and months in any case, ranges, lists, steps, L, 5L, MON#2, 7 for Sunday, extra spaces."""
     assert define_schedule(name="x" * 63, workflow="w", every="1m").name == "x" * 63

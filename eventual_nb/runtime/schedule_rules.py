@@ -481,7 +481,13 @@ def _check_timezone(timezone: object, what: str) -> str:
     try:
         _zone(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        close = difflib.get_close_matches(timezone, sorted(zoneinfo.available_timezones()), n=3)
+        known = zoneinfo.available_timezones()
+        if not known:
+            raise InvalidSchedule(
+                f"{what}: cannot read timezone {timezone!r}: this Python finds no IANA time zone database (neither "
+                "the system's nor the tzdata package, which eventual-nb depends on): pip install tzdata"
+            ) from None
+        close = difflib.get_close_matches(timezone, sorted(known), n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise InvalidSchedule(
             f"{what}: unknown timezone {timezone!r}{hint}; use an IANA name such as 'Europe/Paris', "
