@@ -63,6 +63,8 @@ from eventual_nb.runtime.base import (
     set_default_runtime,
 )
 from eventual_nb.runtime.local import LocalRuntime
+from eventual_nb.runtime.schedule_rules import ScheduleInfo
+from eventual_nb.schedules import schedule
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal, signal_model
 from eventual_nb.workflows import (
@@ -104,6 +106,7 @@ __all__ = [
     "LogEntry",
     "RetryPolicy",
     "RunningWorkflowInfo",
+    "ScheduleInfo",
     "Service",
     "ServiceClient",
     "Signal",
@@ -132,6 +135,7 @@ __all__ = [
     "publish",
     "race",
     "random",
+    "schedule",
     "set_default_runtime",
     "signal",
     "signal_model",
