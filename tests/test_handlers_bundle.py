@@ -412,9 +412,17 @@ def test_handlers_without_their_stack_say_which_variables_are_missing(monkeypatc
 PACKAGE_SOURCE = '''\
 """An exported-like service for the Lambda tests."""
 
+from datetime import datetime
+
 import eventual_nb as ev
 
 SERVICE = ev.Service("lambda-shop")
+
+
+@ev.schedule("0 9 * * MON-FRI", timezone="Europe/Paris")  # the cron library and the zone database come along
+@ev.workflow
+async def morning(fired_at: datetime) -> str:
+    return fired_at.isoformat()
 
 
 @ev.activity
@@ -460,6 +468,12 @@ from eventual_nb.errors import EventualError
 
 out = {"version": list(sys.version_info[:2]), "answers": [handlers.api(event, None) for event in json.loads(sys.argv[2])]}
 out["modules"] = {name: sys.modules[name].__file__ for name in ("handlers", "eventual_nb", "pydantic_core", "lambda_shop")}
+from datetime import datetime, timezone
+import lambda_shop
+
+after = datetime(2026, 3, 27, 12, tzinfo=timezone.utc)  # a Friday before Paris moves to summer time
+out["next_fires"] = [str(lambda_shop.SERVICE.schedules["morning"].next_fire(after))]
+out["next_fires"].append(str(lambda_shop.SERVICE.schedules["morning"].next_fire(datetime.fromisoformat(out["next_fires"][0]))))
 out["workers"] = {}
 for entry in ("orchestrator", "activity_worker", "subscription_worker", "timer", "schedule_forwarder"):
     try:
@@ -516,6 +530,8 @@ def check_shop_answers(out: dict[str, Any], code_dir: Path) -> None:
     assert missing["statusCode"] == 404
     assert Path(out["modules"]["handlers"]) == code_dir / "handlers.py"
     assert Path(out["modules"]["lambda_shop"]) == code_dir / "lambda_shop" / "__init__.py"
+    # the schedule fired on Monday at 09:00 in Paris, which is UTC+2 from that Sunday on
+    assert out["next_fires"] == ["2026-03-30 07:00:00+00:00", "2026-03-31 07:00:00+00:00"]
     assert sorted(out["workers"]) == sorted(WORKER_ENTRY_POINTS)
     for entry, (kind, not_implemented, message) in out["workers"].items():
         assert (kind, not_implemented) == ("EventualError", False), entry
