@@ -1,7 +1,7 @@
-# eventual-nb developer entry points. Every target sets up .venv itself (DESIGN §2).
+# eventual-nb developer entry points. Every target sets up .venv itself.
 #
 #   make test   lint, Debian's chromium if missing (browser tests), then the test suite (PYTEST_ARGS="-k foo -x")
-#   make lint   ruff check + ruff format --check + mypy
+#   make lint   ruff check + ruff format --check + mypy + lint-imports (the layers, pyproject.toml)
 #   make bench  side-by-side benchmarks (python -m benchmarks)
 #   make lab    JupyterLab with the Eventual kernel, getting-started notebook open
 #   make demo   the bank-account tutorial run headless, then exported to build/bank-account
@@ -16,9 +16,7 @@ PYTEST_ARGS ?=
 DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-# Lint only the top-level code directories that exist yet (kernel_ext/, exporter/ and benchmarks/
-# arrive with later issues).
-LINT_PATHS := $(wildcard eventual_nb kernel_ext exporter tests benchmarks)
+LINT_PATHS := eventual_nb kernel_ext exporter tests benchmarks
 
 .PHONY: venv .venv lab test lint browser bench demo clean
 
@@ -38,6 +36,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy eventual_nb kernel_ext exporter
+	$(BIN)/lint-imports --no-logo
 
 # Debian's chromium for the browser tests, installed when it is missing and apt-get is usable; without it
 # the run names the browser tests it could not run (tests/conftest.py).
@@ -71,6 +70,6 @@ demo: $(DEV_STAMP)
 	$(BIN)/eventual-nb export $(DEMO_NOTEBOOK) -o build/$(DEMO_NAME)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache .grimp_cache
 	rm -rf *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -2,7 +2,7 @@
 
 Each benchmark returns a `Result` with plain numbers; `__main__` prints them as a rich table and can
 write them as JSON (`--json PATH`). Benchmarks report absolute numbers and the target each one is
-meant to meet; they never assert timings (DESIGN §8) — the smoke test checks only behavioural facts
+meant to meet; they never assert timings — the smoke test checks only behavioural facts
 (replay counts, virtual time) of a `--quick` run.
 
 * `engine` — the replay engine and the in-memory TestEnvironment: durable timers, replay of a long

@@ -6,7 +6,8 @@ benchmark ran and its sanity checks (results, replay counts, virtual time) held.
 Engine benchmarks (`benchmarks.engine`) come first, then LocalRuntime against DBOS (`benchmarks.local`,
 each measurement in its own process; DBOS columns read "not installed" without the `bench` extra), then
 the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ext` time, widget latency),
-then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`).
+then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`),
+then the execution timeline's build and draw times by history length (`benchmarks.timeline`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import aws, engine, kernel, local
+from benchmarks import aws, engine, kernel, local, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -28,7 +29,7 @@ from benchmarks.results import (
     write_json,
 )
 
-NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS, *aws.BENCHMARKS]
+NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS, *aws.BENCHMARKS, *timeline.BENCHMARKS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         aws_results = []
         if only & set(aws.BENCHMARKS):
             aws_results = aws.run(args.quick, sorted(only & set(aws.BENCHMARKS)), progress)
+        timeline_results = []
+        if only & set(timeline.BENCHMARKS):
+            timeline_results = timeline.run(args.quick, sorted(only & set(timeline.BENCHMARKS)), progress)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -92,8 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         table.title = "AWS runtime on moto: one execution with timers and a signal"
         console.print(table)
         print_notes(console, aws_plain)
+    if timeline_results:
+        table = render(timeline_results)
+        table.title = "execution timeline: build and draw (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, timeline_results)
     if args.json:
-        write_json(args.json, env, args.quick, [*results, *comparisons, *kernel_results, *aws_results])
+        write_json(
+            args.json, env, args.quick, [*results, *comparisons, *kernel_results, *aws_results, *timeline_results]
+        )
         console.print(f"results written to {args.json}")
     return 0
 

@@ -150,7 +150,7 @@ PRICES: dict[str, Price] = {
 }
 #: AWS Step Functions pricing, "Standard Workflows": $0.025 per 1,000 state transitions
 STEP_FUNCTIONS_STANDARD_PER_MILLION = 25.0
-#: the issue's target for a million activity steps
+#: the cost this runtime aims to stay under for a million activity steps (USD)
 TARGET_PER_MILLION = 5.0
 
 SQS_CHUNK_BYTES = 64 * 1024
@@ -607,6 +607,11 @@ def deploy(endpoint: str) -> Deployed:
 
     import boto3
 
+    from eventual_nb.runtime.aws.clients import (
+        EXECUTIONS_TABLE_VARIABLE,
+        HISTORY_TABLE_VARIABLE,
+        SCHEDULE_GROUP_VARIABLE,
+    )
     from exporter.template import build_template
 
     template = build_template({"name": SERVICE.name, "handlers": dict(HANDLERS), "service": {"subscriptions": []}})
@@ -643,7 +648,7 @@ def deploy(endpoint: str) -> Deployed:
         if logical_id.endswith("Function"):
             configuration = functions.get_function_configuration(FunctionName=physical_id)
             environment.update(configuration.get("Environment", {}).get("Variables", {}))
-    boto3.client("scheduler", **kwargs).create_schedule_group(Name=environment["EVENTUAL_SCHEDULE_GROUP"])
+    boto3.client("scheduler", **kwargs).create_schedule_group(Name=environment[SCHEDULE_GROUP_VARIABLE])
     by_handler = {handler: key for key, handler in HANDLERS.items()}
     memory = {
         by_handler[resource["Properties"]["Handler"]]: int(resource["Properties"]["MemorySize"])
@@ -652,7 +657,7 @@ def deploy(endpoint: str) -> Deployed:
     }
     dynamodb = boto3.client("dynamodb", **kwargs)
     indexes: dict[str, list[tuple[str, str]]] = {}
-    for variable in ("EVENTUAL_EXECUTIONS_TABLE", "EVENTUAL_HISTORY_TABLE"):
+    for variable in (EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE):
         table = dynamodb.describe_table(TableName=environment[variable])["Table"]
         indexes[table["TableName"]] = [
             (
@@ -706,25 +711,22 @@ class Bench:
 
     def purge(self, ids: list[str]) -> None:
         """Delete finished executions' items through the unmetered client (see `WAVE`)."""
-        from eventual_nb.runtime.aws.stores import execution_pk
+        from eventual_nb.runtime.aws.clients import EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE
+        from eventual_nb.runtime.aws.stores import execution_pk, to_attributes
 
         client = self.meter.inspector
-        tables = [self.deployed.environment[name] for name in ("EVENTUAL_EXECUTIONS_TABLE", "EVENTUAL_HISTORY_TABLE")]
+        tables = [self.deployed.environment[name] for name in (EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE)]
         for table in tables:
             for execution_id in ids:
-                request: dict[str, Any] = {
-                    "TableName": table,
-                    "KeyConditionExpression": "pk = :pk",
-                    "ExpressionAttributeValues": {":pk": {"S": execution_pk(execution_id)}},
-                    "ProjectionExpression": "pk, sk",
-                }
-                while True:
-                    page = client.query(**request)
+                pages = client.get_paginator("query").paginate(
+                    TableName=table,
+                    KeyConditionExpression="pk = :pk",
+                    ExpressionAttributeValues=to_attributes({":pk": execution_pk(execution_id)}),
+                    ProjectionExpression="pk, sk",
+                )
+                for page in pages:
                     for item in page.get("Items", []):
                         client.delete_item(TableName=table, Key={"pk": item["pk"], "sk": item["sk"]})
-                    if not page.get("LastEvaluatedKey"):
-                        break
-                    request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def handlers(self, cold: bool) -> tuple[dict[str, Any], Callable[[], dict[str, int]]]:
         """Metered handlers of the stack's functions and a reader of the orchestrator's summed stats."""

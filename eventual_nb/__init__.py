@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from eventual_nb import testing
+from eventual_nb._version import __version__ as __version__
 from eventual_nb.activities import (
     Activity,
     ActivityInfo,
@@ -62,6 +63,8 @@ from eventual_nb.runtime.base import (
     set_default_runtime,
 )
 from eventual_nb.runtime.local import LocalRuntime
+from eventual_nb.runtime.schedule_rules import ScheduleInfo
+from eventual_nb.schedules import schedule
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal, signal_model
 from eventual_nb.workflows import (
@@ -77,8 +80,6 @@ from eventual_nb.workflows import (
     workflow,
     workflow_info,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Activity",
@@ -105,6 +106,7 @@ __all__ = [
     "LogEntry",
     "RetryPolicy",
     "RunningWorkflowInfo",
+    "ScheduleInfo",
     "Service",
     "ServiceClient",
     "Signal",
@@ -133,6 +135,7 @@ __all__ = [
     "publish",
     "race",
     "random",
+    "schedule",
     "set_default_runtime",
     "signal",
     "signal_model",
@@ -147,28 +150,24 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`ev.aws` loads boto3 only when used; parts that have not landed say which issue brings them."""
+    """`ev.aws` (the AWS runtime) is imported on first use, so `import eventual_nb` never loads boto3."""
     if name == "aws":
         import importlib
 
         try:
             return importlib.import_module("eventual_nb.aws")
         except ModuleNotFoundError as exc:
-            if exc.name == "eventual_nb.aws":
-                raise AttributeError(
-                    "ev.aws (AwsRuntime) has not landed yet: it comes with issue 6, 'Deployed runtime on AWS'"
-                ) from None
             raise ImportError(f"ev.aws needs boto3: pip install 'eventual-nb[aws]' ({exc})") from exc
     raise AttributeError(f"module 'eventual_nb' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext eventual_nb` delegates to the kernel extension."""
+    """`%load_ext eventual_nb` delegates to the kernel extension (`kernel_ext`), imported only here: the
+    SDK itself never depends on it."""
     try:
         import kernel_ext
     except ImportError as exc:
         raise ImportError(
-            "the notebook extension is not installed yet (it lands with issue 4, 'Kernel extension'); "
-            "install it with `pip install 'eventual-nb[notebook]'` once available"
+            f"the notebook extension needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
         ) from exc
     kernel_ext.load_ipython_extension(ipython)

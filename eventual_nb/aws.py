@@ -16,7 +16,7 @@ queue map). Nothing is looked up before the first call (or `async with`), so con
 
 Durability of a start: `start_execution` returns once the execution record is written and its start
 message is on the FIFO queue. `WorkflowStarted` is committed by the orchestrator's first turn, built
-from that record only, so an acknowledged start can no longer be lost (DESIGN §3 asks for exactly that).
+from that record only, so an acknowledged start can no longer be lost.
 
 Completing an activity by token (`send_activity_success/failure/heartbeat`) needs the stack's signing key
 (`signing_key=`, else `EVENTUAL_SIGNING_KEY` of the environment or of the stack's functions): the token is
@@ -47,16 +47,20 @@ from eventual_nb.events import envelope, source_of
 from eventual_nb.runtime import core
 from eventual_nb.runtime.activity_runner import token_result
 from eventual_nb.runtime.aws.clients import (
+    ACTIVITY_QUEUE_VARIABLE,
+    BUS_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_TABLE_VARIABLE,
+    LOG_GROUP_VARIABLE,
+    SCHEDULE_GROUP_VARIABLE,
+    TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
     AwsClients,
     AwsSettings,
     Bus,
     event_to_dict,
 )
-from eventual_nb.runtime.aws.orchestrator import TIMEOUT_ATTRIBUTE
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, execution_pk
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
 from eventual_nb.runtime.aws.workers import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_ERROR,
@@ -89,20 +93,20 @@ STACK_OUTPUTS = {
     "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
     "HistoryTableName": HISTORY_TABLE_VARIABLE,
     "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
-    "ActivityQueueUrl": "EVENTUAL_ACTIVITY_QUEUE_URL",
-    "TimerQueueUrl": "EVENTUAL_TIMER_QUEUE_URL",
-    "BusName": "EVENTUAL_BUS_NAME",
-    "ExecutionLogGroupName": "EVENTUAL_EXECUTION_LOG_GROUP",
-    "ScheduleGroupName": "EVENTUAL_SCHEDULE_GROUP",
+    "ActivityQueueUrl": ACTIVITY_QUEUE_VARIABLE,
+    "TimerQueueUrl": TIMER_QUEUE_VARIABLE,
+    "BusName": BUS_VARIABLE,
+    "ExecutionLogGroupName": LOG_GROUP_VARIABLE,
+    "ScheduleGroupName": SCHEDULE_GROUP_VARIABLE,
 }
 #: stack resource (logical id) -> variable, for stacks whose outputs lack one (older templates)
 STACK_RESOURCES = {
     "ExecutionsTable": EXECUTIONS_TABLE_VARIABLE,
     "HistoryTable": HISTORY_TABLE_VARIABLE,
     "WorkflowQueue": WORKFLOW_QUEUE_VARIABLE,
-    "ActivityQueue": "EVENTUAL_ACTIVITY_QUEUE_URL",
-    "TimerQueue": "EVENTUAL_TIMER_QUEUE_URL",
-    "ExecutionLogGroup": "EVENTUAL_EXECUTION_LOG_GROUP",
+    "ActivityQueue": ACTIVITY_QUEUE_VARIABLE,
+    "TimerQueue": TIMER_QUEUE_VARIABLE,
+    "ExecutionLogGroup": LOG_GROUP_VARIABLE,
 }
 #: what every call of the runtime needs from the stack
 REQUIRED_VARIABLES = (EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE, WORKFLOW_QUEUE_VARIABLE)
@@ -316,14 +320,7 @@ class AwsRuntime(RuntimeBase):
 
         Written right after the record and before the start message, so the first turn sees it; a start
         that dies in between leaves an execution with its workflow's default timeout."""
-        executions = self.executions
-        executions.client.update_item(
-            TableName=executions.table,
-            Key={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": "exec"}},
-            UpdateExpression="SET #timeout = :timeout",
-            ExpressionAttributeNames={"#timeout": TIMEOUT_ATTRIBUTE},
-            ExpressionAttributeValues={":timeout": {"N": repr(limit.total_seconds())}},
-        )
+        self.executions.set_timeout(execution_id, limit.total_seconds())
 
     async def get_execution(self, id: str) -> Execution:
         return await self._call(lambda: self.executions.get(id))
@@ -540,7 +537,7 @@ def _claimed_attempt(row: Mapping[str, Any], execution_id: str, seq: int, attemp
     """The attempt a claim row holds (its activity message); a row without one (a worker of an earlier
     release) stands for an attempt of an unknown activity with the default options."""
     if "message" in row:
-        return wire.attempt_from_message(json.loads(row["message"]["S"]))
+        return wire.attempt_from_message(row["message"])
     return StartAttempt(execution_id, seq, attempt, "?", {}, core.ActivityOptions())
 
 

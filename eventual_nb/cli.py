@@ -1,14 +1,11 @@
 """The ``eventual-nb`` command line (also ``python -m eventual_nb.cli`` and ``python -m eventual_nb``).
 
-The whole verb set from DESIGN §5 is declared here up front so that ``--help``, scripts and tests
-can rely on the final shape of the command line while the parts behind it land one issue at a time.
-A verb whose part has not landed says which issue brings it and exits with status 2 (the same status
-argparse uses for a usage error), rather than pretending to work.
+Every verb is declared in ``build_parser``, so ``--help``, scripts and tests see the whole command line.
 
 Exit statuses: 0 success; 1 the operation failed (an error from the service, an unreachable server, a
 port in use, a target that defines nothing, a replay that diverged, a followed execution that did not
 succeed); 2 a usage error (argparse's, a malformed ``--url``, a port outside 0-65535, a file that is
-not a notebook) or a part that has not landed. Never a traceback: a failure the verb foresaw is one line. Errors go to stderr as ``error: <Type>: <message>``; with ``--json`` the same error is also
+not a notebook). Never a traceback: a failure the verb foresaw is one line. Errors go to stderr as ``error: <Type>: <message>``; with ``--json`` the same error is also
 printed to stdout as ``{"error": <Type>, "message": ..., ...}``, the HTTP API's error shape.
 
 This module imports only the standard library at module level: ``eventual-nb --help`` must stay
@@ -27,10 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
 PROG = "eventual-nb"
-DEFAULT_URL = "http://127.0.0.1:3111"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3111
 STATUSES = ("IN_PROGRESS", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -41,8 +39,6 @@ TOKEN_ENV = "EVENTUAL_TOKEN"
 #: seconds between two history polls of ``start --follow``
 FOLLOW_POLL_SECONDS = 0.2
 
-#: Exit status of a verb whose part has not landed yet.
-EXIT_NOT_AVAILABLE = 2
 #: Exit status of an operation that failed (service error, unreachable server, divergent replay).
 EXIT_FAILED = 1
 EXIT_OK = 0
@@ -50,40 +46,6 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
-
-# Which issue brings each verb: (issue number, issue title). A verb leaves this table when its
-# real handler is wired in ``build_parser``.
-_LOCAL_RUNTIME = (3, "Local runtime")
-
-LANDS_WITH: dict[str, tuple[int, str]] = {}
-
-
-def package_version() -> str:
-    """Return the installed distribution's version, so ``--version`` matches what pip installed.
-
-    Falls back to the source version when the package runs from a checkout that was never installed.
-    """
-    from importlib import metadata
-
-    try:
-        return metadata.version("eventual-nb")
-    except metadata.PackageNotFoundError:
-        return "0.1.0"
-
-
-def not_available(verb: str) -> Handler:
-    """Build the handler of a verb whose part has not landed, so it fails loudly and says when it will."""
-
-    def handler(args: argparse.Namespace) -> int:
-        issue, title = LANDS_WITH[verb]
-        message = f"{PROG} {verb}: not available yet; it lands with issue {issue} ({title})"
-        print(message, file=sys.stderr)
-        if getattr(args, "json", False):
-            # Same shape as the HTTP API's errors, so scripts parse one format.
-            print(json.dumps({"error": "NotAvailable", "message": message, "issue": issue}))
-        return EXIT_NOT_AVAILABLE
-
-    return handler
 
 
 def cmd_kernel_install(args: argparse.Namespace) -> int:
@@ -206,28 +168,14 @@ def _cell(value: Any) -> str:
     return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(", ", ": "))
 
 
-def _event_details(event: Any) -> str:
-    """An event's payload fields as ``name=value`` pairs (what the history table's details column shows)."""
-    data = to_jsonable(event)
-    if not isinstance(data, dict):
-        return _cell(data)
-    parts = []
-    for key, value in data.items():
-        if key in ("seq", "timestamp", "type") or value is None or value == {} or value == []:
-            continue
-        if key == "attempts" and value == 1:
-            continue
-        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        parts.append(f"{key}={shown}")
-    return " ".join(parts)
-
-
 def _history_row(event: Any) -> list[Any]:
+    from eventual_nb.engine.history import describe_event
+
     return [
         getattr(event, "seq", None),
         getattr(event, "type", type(event).__name__),
         event.timestamp,
-        _event_details(event),
+        describe_event(event),
     ]
 
 
@@ -267,6 +215,8 @@ ClientVerb = Callable[[Any, argparse.Namespace, Output], Awaitable[int]]
 
 
 def client_url(args: argparse.Namespace) -> str:
+    from eventual_nb.client import DEFAULT_URL
+
     return str(getattr(args, "url", None) or os.environ.get(URL_ENV) or DEFAULT_URL)
 
 
@@ -464,6 +414,36 @@ async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """Draw an execution's timeline in the terminal, or write it as one self-contained HTML page (--html)."""
+    from pathlib import Path
+
+    from eventual_nb.timeline import read_snapshot, timeline_json
+    from eventual_nb.timeline.svg import render_page
+
+    snapshot = await read_snapshot(client, args.id)
+    timeline = snapshot.timeline()
+    if args.html:
+        path = Path(args.html)
+        try:
+            path.write_text(render_page(timeline, snapshot.history, snapshot.logs), encoding="utf-8")
+        except OSError as exc:
+            return out.error("OSError", f"cannot write the timeline of {args.id} to {path}: {exc.strerror or exc}")
+        if out.as_json:
+            out.json({"execution_id": args.id, "html": str(path), "events": timeline.events})
+        else:
+            said = f"wrote the timeline of {args.id} ({timeline.events} events) to {path}"
+            out.console.print(said, soft_wrap=True)  # the path whole, however narrow the terminal
+        return 0
+    if out.as_json:
+        out.json(timeline_json(timeline))
+        return 0
+    from eventual_nb.timeline.terminal import render_terminal
+
+    out.console.print(render_terminal(timeline, width=out.console.width))
+    return 0
+
+
 async def _signal(client: Any, args: argparse.Namespace, out: Output) -> int:
     payload = _parse_json_or_string(args.payload)
     await client.send_signal(args.id, args.signal, payload, id=args.signal_id)
@@ -498,20 +478,14 @@ async def _cancel(client: Any, args: argparse.Namespace, out: Output) -> int:
 async def _replay(client: Any, args: argparse.Namespace, out: Output) -> int:
     """Fetch the recorded history over HTTP and re-run it against TARGET's code, here, in this process."""
     import eventual_nb as ev
-    from eventual_nb.loader import NotAvailableTarget, load_target
+    from eventual_nb.loader import load_target
     from eventual_nb.workflows import find_workflow
 
     history = await client.get_execution_history(args.id)
     if not history or history[0].type != "WorkflowStarted":
         return out.error("DeterminismError", f"the history of {args.id} does not start with WorkflowStarted")
     name = history[0].workflow
-    try:
-        services = load_target(args.target)
-    except NotAvailableTarget as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if out.as_json:
-            out.json({"error": "NotAvailable", "message": exc.message, "issue": 5})
-        return EXIT_NOT_AVAILABLE
+    services = load_target(args.target)
     definition = find_workflow(name, services) or find_workflow(name)
     if definition is None:
         defined = sorted({w for service in services for w in service.workflows}) or ["none"]
@@ -569,35 +543,23 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
     import eventual_nb as ev
-    from eventual_nb.loader import NotAvailableTarget, load_target
+    from eventual_nb.loader import load_target
 
-    local_runtime = getattr(ev, "LocalRuntime", None)
-    if local_runtime is None:
-        message = f"{PROG} serve: not available yet; LocalRuntime lands with issue 3 (Local runtime)"
-        print(message, file=sys.stderr)
-        if out.as_json:
-            out.json({"error": "NotAvailable", "message": message, "issue": 3})
-        return EXIT_NOT_AVAILABLE
     try:
         services = load_target(args.target)
-    except NotAvailableTarget as exc:
-        print(f"{PROG} serve: {exc.message}", file=sys.stderr)
-        if out.as_json:
-            out.json({"error": "NotAvailable", "message": exc.message, "issue": 5})
-        return EXIT_NOT_AVAILABLE
     except ev.EventualError as exc:
         return out.error(type(exc).__name__, exc.message, exc.to_json())
 
-    from eventual_nb.runtime.local.server import create_app
-    from eventual_nb.runtime.local.server import serve as serve_app
     from eventual_nb.runtime.tokens import environment_signing_key
+    from eventual_nb.server import create_app
+    from eventual_nb.server import serve as serve_app
 
     first = services[0].name if services else "state"
     db = Path(args.db) if args.db else Path(".eventual") / (re.sub(r"[^A-Za-z0-9._-]", "_", first) + ".db")
     try:
         environment_signing_key()  # the runtime reads it at start, inside the server: refuse a bad one here
         _check_database(db)
-        runtime = local_runtime(path=str(db), services=services)
+        runtime = ev.LocalRuntime(path=str(db), services=[*services])
         wide = args.host not in LOOPBACK_HOSTS  # clients name the machine however they reach it
         app = create_app(runtime, services, token=token, allowed_hosts=["*"] if wide else args.allow_host)
     except ev.EventualError as exc:
@@ -633,21 +595,32 @@ def _check_database(db: Any) -> None:
 # -- export -------------------------------------------------------------------------------------------
 
 
+def export_service(notebook: str | Path, output: str | Path, *, zip: bool, force: bool) -> Any:
+    """Write NOTEBOOK's service as a package into OUTPUT: what `eventual-nb export` and the notebook's
+    `%eventual export` both run (`exporter.export_package`, whose result they report).
+
+    The exporter is imported here, when asked for, so that neither `eventual_nb` nor the kernel extension
+    loads it otherwise. Raises `EventualError` (the exporter's errors name the cell and line) and
+    `ImportError` when the notebook extra is missing.
+    """
+    from exporter import export_package
+
+    return export_package(notebook, output, zip=zip, force=force)
+
+
 def export(args: argparse.Namespace) -> int:
-    """Write NOTEBOOK's service as a package into DIR (DESIGN §7); exit 1 with the cell and line on bad input."""
+    """Write NOTEBOOK's service as a package into DIR; exit 1 with the cell and line on bad input."""
     out = Output(bool(args.json))
+    from eventual_nb import errors
+
     try:
-        from exporter import export_package
+        result = export_service(args.notebook, args.output, zip=args.zip, force=args.force)
     except ImportError as exc:
         message = f"{PROG} export needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
         print(message, file=sys.stderr)
         if out.as_json:
             out.json({"error": "MissingDependency", "message": message})
         return EXIT_FAILED
-    from eventual_nb import errors
-
-    try:
-        result = export_package(args.notebook, args.output, zip=args.zip, force=args.force)
     except errors.EventualError as exc:
         return out.error(type(exc).__name__, exc.message, exc.to_json())
     if out.as_json:
@@ -909,6 +882,8 @@ def _common(client: bool) -> _Parser:
     parent = _Parser(add_help=False)
     parent.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     if client:
+        from eventual_nb.client import DEFAULT_URL
+
         parent.add_argument(
             "--url",
             default=None,
@@ -937,20 +912,22 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Declare every verb with its DESIGN §5 flags; a separate function so tests and docs can inspect it."""
+    """Declare every verb with its flags; a separate function so tests and docs can inspect it."""
     parser = _Parser(
         prog=PROG,
         description="Durable workflows, events and APIs for Python and Jupyter (Eventual's model).",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    from eventual_nb._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
     plain = [_common(client=False)]
     client = [_common(client=True)]
 
-    def add(name: str, help: str, parents: list[_Parser], handler: Handler | None = None) -> _Parser:
+    def add(name: str, help: str, parents: list[_Parser], handler: Handler) -> _Parser:
         sub = verbs.add_parser(name, help=help, description=help, parents=parents)
-        sub.set_defaults(handler=handler or not_available(name))
+        sub.set_defaults(handler=handler)
         return sub
 
     # --- running and packaging a service ----------------------------------------------------------
@@ -1090,6 +1067,19 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = add(name, help, client, client_verb(run))
         p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
+
+    p = add(
+        "timeline",
+        "draw an execution's timeline: its calls, waits and retries on a time axis (or write it as HTML)",
+        client,
+        client_verb(_timeline),
+    )
+    p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
+    p.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write one self-contained HTML page (picture, history, logs; no network) to PATH, e.g. for a bug report",
+    )
 
     p = add(
         "replay",

@@ -32,6 +32,7 @@ from eventual_nb.runtime.base import (
     ExecutionHandle,
     ExecutionPage,
     ExecutionStatus,
+    ExecutionWaits,
     HeartbeatResponse,
     WorkflowInfo,
     execution_id_of,
@@ -42,6 +43,7 @@ from eventual_nb.serde import to_json
 if TYPE_CHECKING:
     import httpx
 
+#: where `ServiceClient()` and the CLI's client verbs look when no URL is given: `eventual-nb serve`'s default
 DEFAULT_URL = "http://127.0.0.1:3111"
 #: the longest the server holds a result long-poll open; the client polls again until its own deadline
 LONG_POLL_SECONDS = 30.0
@@ -271,6 +273,10 @@ class ServiceClient:
     async def get_execution_logs(self, id: str) -> list[LogEntry]:
         answer = await self._request("GET", f"/_eventual/logs/{_quote_id(id)}")
         return [LogEntry.model_validate(item) for item in answer]
+
+    async def get_execution_waits(self, id: str) -> ExecutionWaits:
+        answer = await self._request("GET", f"/_eventual/waits/{_quote_id(id)}")
+        return ExecutionWaits.model_validate(answer)
 
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
         execution_id = execution_id_of(execution)

@@ -34,17 +34,11 @@ from typing import Any
 from eventual_nb import errors
 from eventual_nb.service import Service, all_services
 
-__all__ = ["NotAvailableTarget", "TargetError", "load_target"]
+__all__ = ["TargetError", "load_target"]
 
 
 class TargetError(errors.EventualError):
     """A TARGET that could not be found or whose code failed to import."""
-
-
-class NotAvailableTarget(errors.EventualError):
-    """A kind of TARGET whose support has not landed yet (the CLI exits 2 for it, like other such verbs)."""
-
-    exit_status = 2
 
 
 def load_target(target: str) -> list[Service]:

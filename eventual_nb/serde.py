@@ -3,6 +3,11 @@
 Arguments, results, signal payloads and events are stored as JSON (never pickled) so that history can
 be read by other tools and replayed by other processes. Call inputs are hashed from canonical JSON so
 that `debit("a", 10)` and `debit(account_id="a", amount=10)` are the same call.
+
+NaN and Infinity are not JSON, so every boundary refuses them with `NotJsonable` (a 422), wherever they
+sit in the value: `to_json` (pydantic alone would write a nested NaN as `null`, silently changing the
+value, yet refuse a top-level one) and `canonical_json`. The exception is a pydantic model or dataclass
+passed as itself: its own config says how its float fields serialize (pydantic's default: `null`).
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from eventual_nb.errors import EventualError, InputValidationError
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+#: serialization keeps NaN and Infinity as floats, so that the strict encoding refuses them (see above)
+_KEEP_NON_FINITE = ConfigDict(ser_json_inf_nan="constants")
 #: encoders built once: `json.dumps` with options builds a new one per call (a hot path)
 _STRICT_ENCODER = json.JSONEncoder(allow_nan=False)
 _CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_COMPACT_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class NotJsonable(EventualError, TypeError):
@@ -35,11 +43,18 @@ def adapter(annotation: Any) -> TypeAdapter[Any]:
     try:
         cached = _ADAPTERS.get(annotation)
     except TypeError:  # unhashable annotation
-        return TypeAdapter(annotation)
+        return _new_adapter(annotation)
     if cached is None:
-        cached = TypeAdapter(annotation)
+        cached = _new_adapter(annotation)
         _ADAPTERS[annotation] = cached
     return cached
+
+
+def _new_adapter(annotation: Any) -> TypeAdapter[Any]:
+    try:
+        return TypeAdapter(annotation, config=_KEEP_NON_FINITE)
+    except PydanticUserError:  # a model, dataclass or TypedDict: pydantic takes its own config only
+        return TypeAdapter(annotation)
 
 
 #: values that are their own JSON form; a hot path (every activity argument and result) skips pydantic
@@ -100,7 +115,25 @@ def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def canonical_json(value: Any) -> str:
-    return _CANONICAL_ENCODER.encode(value)
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 kept, so equal values give equal text
+    (input hashes, de-duplication ids).
+
+    NaN and Infinity are refused with `NotJsonable`, as `to_json` refuses them: they have no JSON form
+    (Python's `NaN` token is not JSON, and other readers reject it)."""
+    return _encode(_CANONICAL_ENCODER, value)
+
+
+def compact_json(value: Any) -> str:
+    """JSON text to store: no spaces, UTF-8 kept, keys in the value's own order (a workflow reads its
+    input back as it was given); NaN and Infinity refused as by `canonical_json`."""
+    return _encode(_COMPACT_ENCODER, value)
+
+
+def _encode(encoder: json.JSONEncoder, value: Any) -> str:
+    try:
+        return encoder.encode(value)
+    except (ValueError, TypeError) as exc:  # NaN/Infinity ("out of range float"), a cycle, a non-JSON type
+        raise NotJsonable(f"{value!r:.80} is not JSON: {exc}") from None
 
 
 def input_hash(value: Any) -> str:

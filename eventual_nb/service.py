@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from eventual_nb.activities import Activity
     from eventual_nb.events import Event, Subscription
+    from eventual_nb.runtime.schedule_rules import Schedule
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
 
@@ -80,6 +81,7 @@ class Service:
     signals: dict[str, Signal]
     events: dict[str, type[Event]]
     subscriptions: dict[str, Subscription]
+    schedules: dict[str, Schedule]
 
     def __new__(cls, name: str = DEFAULT_SERVICE) -> Service:
         global _current, generation
@@ -94,6 +96,7 @@ class Service:
                 service.signals = {}
                 service.events = {}
                 service.subscriptions = {}
+                service.schedules = {}
                 service._router = None
                 _services[name] = service
                 generation += 1
@@ -114,7 +117,8 @@ class Service:
     def __repr__(self) -> str:
         return (
             f"<Service {self.name!r}: {len(self.workflows)} workflows, {len(self.activities)} activities, "
-            f"{len(self.signals)} signals, {len(self.events)} events, {len(self.subscriptions)} subscriptions>"
+            f"{len(self.signals)} signals, {len(self.events)} events, {len(self.subscriptions)} subscriptions, "
+            f"{len(self.schedules)} schedules>"
         )
 
     def spec(self) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class Service:
             "signals": [signal.spec() for signal in self.signals.values()],
             "events": [_event_spec(name, event) for name, event in self.events.items()],
             "subscriptions": [subscription.spec() for subscription in self.subscriptions.values()],
+            "schedules": [schedule.spec() for schedule in self.schedules.values()],
             "routes": routes,
         }
 

@@ -63,6 +63,8 @@ class Workflow(Generic[R]):
         self.name = name or function.__name__
         self.timeout: timedelta | None = optional_duration(timeout, what=f"timeout of workflow '{self.name}'")
         self.service = service
+        #: the schedules declared on this definition by `@ev.schedule` (stacked decorators need distinct names)
+        self.schedule_names: list[str] = []
         signature = inspect.signature(function)
         parameters = list(signature.parameters.values())
         if len(parameters) > 1:
@@ -240,6 +242,10 @@ def workflow(
         service = current_service()
         definition: Workflow[Any] = Workflow(target, name=name, timeout=timeout, service=service)
         service.workflows[definition.name] = definition
+        # a workflow defined again (a re-run cell) keeps only the schedules declared on it now: the
+        # `@ev.schedule` lines above this one, which run next, register them again
+        for schedule_name in [key for key, item in service.schedules.items() if item.workflow == definition.name]:
+            del service.schedules[schedule_name]
         return definition
 
     if function is not None:

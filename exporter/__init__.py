@@ -1,4 +1,4 @@
-"""Notebook → deployable service package (DESIGN §7).
+"""Notebook → deployable service package.
 
 `export_notebook(notebook, out_dir, zip=False, force=False)` writes the package directory:
 `pyproject.toml`, `eventual.json`, `openapi.json`, `template.json`, `handlers.py`, the service's

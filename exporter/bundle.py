@@ -1,9 +1,13 @@
-"""`lambda.zip`: the exported service, eventual-nb and its core dependencies for Lambda's Python 3.12 on x86_64.
+"""`lambda.zip`: the exported service, eventual-nb and what Lambda imports of its dependencies, for Lambda's
+Python 3.12 on x86_64.
 
 Layout (everything at the zip's root, as Lambda imports it): `handlers.py`, the exported package,
 `eventual_nb/` (the SDK only: the notebook extension and the exporter do not run on Lambda) with a small
-`eventual_nb-<version>.dist-info`, and eventual-nb's core dependencies unpacked from manylinux wheels.
-boto3 and botocore are left out because every Lambda Python runtime ships them.
+`eventual_nb-<version>.dist-info`, and the dependencies the functions import (`LAMBDA_DEPENDENCIES`: pydantic,
+fastapi, and cronsim and tzdata for schedules, with everything they require) unpacked from manylinux wheels. The rest of the core install is for the command
+line, the local server and `ServiceClient` (rich, uvicorn, httpx and what they pull in: pygments,
+markdown-it-py, click, h11, httpcore, certifi) and stays out: nothing on the Lambda path imports them at
+module level. boto3 and botocore are left out because every Lambda Python runtime ships them.
 
 Reproducible: the bytes depend only on the exported files, the eventual-nb source and the versions installed
 in the building environment. Dependencies are pinned to exactly the versions installed here (resolved from
@@ -52,6 +56,9 @@ TARGET_ENVIRONMENT: dict[str, str] = {
 }
 #: provided by every Lambda Python runtime
 PROVIDED_BY_LAMBDA = frozenset({"boto3", "botocore"})
+#: eventual-nb's own dependencies that the functions import: the SDK's models (pydantic) and the API
+#: function's app (fastapi); each comes with what it requires
+LAMBDA_DEPENDENCIES = frozenset({"pydantic", "fastapi", "cronsim", "tzdata"})
 #: Lambda's limit for a zip uploaded directly
 SIZE_LIMIT = 50 * 1024 * 1024
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
@@ -77,7 +84,7 @@ def build_lambda_zip(export_dir: Path, out: Path, *, cache_dir: Path | None = No
     with tempfile.TemporaryDirectory(prefix="eventual-lambda-") as scratch:
         stage = Path(scratch) / "stage"
         stage.mkdir()
-        install_dependencies(stage, core_requirements(), cache_dir=cache_dir)
+        install_dependencies(stage, lambda_requirements(), cache_dir=cache_dir)
         for top_level in (package, "eventual_nb", "handlers.py", "handlers"):
             if (stage / top_level).exists():
                 raise ExportError(
@@ -121,8 +128,9 @@ def _package_of(export_dir: Path) -> str:
 # -------------------------------------------------------------------------------------------- requirements
 
 
-def core_requirements() -> list[str]:
-    """eventual-nb's core dependencies, recursively, as `name==version` of what is installed here (sorted).
+def lambda_requirements() -> list[str]:
+    """What the functions import: eventual-nb's dependencies named in `LAMBDA_DEPENDENCIES`, recursively, as
+    `name==version` of what is installed here (sorted).
 
     Markers are evaluated for Lambda's interpreter: a dependency only Python 3.12 needs must be installed
     here too (its version is taken from here), one only this interpreter needs is left out.
@@ -151,6 +159,8 @@ def core_requirements() -> list[str]:
             dependency = canonicalize_name(requirement.name)
             if dependency in PROVIDED_BY_LAMBDA or dependency == DISTRIBUTION:
                 continue
+            if name == DISTRIBUTION and dependency not in LAMBDA_DEPENDENCIES:
+                continue  # the command line's, the local server's or ServiceClient's
             try:
                 installed = importlib.metadata.version(dependency)
             except importlib.metadata.PackageNotFoundError:

@@ -6,8 +6,9 @@ cells the service needs, and nothing else:
 * magic cells (`%%workflow`, `%%activity`, `%%api`, `%%event`, `%%subscription`, `%%signal`) keep
   their text; the magic line becomes the decorator the magic would have applied, written above the
   definition the magic would have decorated (the last top-level function; every class for
-  `%%signal`). Flags are parsed by the kernel's own parsers, so a flag the kernel refuses is refused
-  here with the same words, and a flag the kernel accepts means the same thing;
+  `%%signal`). Flags are read by the grammar the kernel reads them with (`eventual_nb.magic_syntax`),
+  so a flag the kernel refuses is refused here with the same words, and a flag the kernel accepts means
+  the same thing;
 * code cells marked `#| export` (or tagged `export`) keep their text minus the directive, so imports
   and helper models the definitions need come along, in notebook order;
 * everything else stays in the notebook: exploration cells, `%`/`!` lines, cells tagged
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import copy
 import difflib
 import functools
 import json
@@ -41,8 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import eventual_nb
+from eventual_nb import magic_syntax
 from eventual_nb.errors import EventualError
-from eventual_nb.http import declared_responses
+from eventual_nb.magic_syntax import CELL_MAGICS as MAGICS
+from eventual_nb.magic_syntax import FlagError, max_attempts
 from eventual_nb.service import check_service_name
 from exporter.errors import ExportError, where
 
@@ -59,8 +62,6 @@ __all__ = [
     "read_service",
 ]
 
-#: the cell magics of kernel_ext.magics, each of which becomes a definition in the package
-MAGICS = ("workflow", "activity", "api", "event", "subscription", "signal")
 #: tags of cells that are never exported (papermill's, nbclient's and nbdev's conventions, plus `test`)
 NEVER_EXPORT_TAGS = frozenset(
     {"parameters", "injected-parameters", "test", "skip-execution", "raises-exception", "papermill-error-cell-tag"}
@@ -470,43 +471,34 @@ class _Reader:
         functions = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
         classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
         insertions: list[tuple[ast.stmt, str]] = []
+        try:
+            args = magic_syntax.parse_flags(magic, flags)
+        except FlagError as exc:
+            raise self.error(cell, magic_line, exc.message) from None
         if magic in ("event", "signal"):
-            if flags.strip():
-                what = "the event name is the class name (or `__event_name__`)"
-                if magic == "signal":
-                    what = "the signal is named after the class"
-                raise self.error(cell, magic_line, f"%%{magic} takes no flags: {what}")
             if magic == "event":
                 if not classes:
-                    raise self.error(cell, magic_line, "%%event: the cell must define a class that subclasses ev.Event")
+                    raise self.error(cell, magic_line, magic_syntax.NO_EVENT_CLASS)
                 for event_class in classes:
                     self.define(cell, exported, "event", event_class.name, event_class.lineno, origins)
             else:
                 assigned = _signal_assignments(tree)
                 if not classes and not assigned:
-                    raise self.error(
-                        cell, magic_line, "%%signal: the cell must define a payload class or `name = ev.signal(...)`"
-                    )
+                    raise self.error(cell, magic_line, magic_syntax.NO_SIGNAL)
                 for node in classes:
                     insertions.append((node, "@ev.signal_model"))
                     self.define(cell, exported, "signal", node.name, node.lineno, origins)
                 for signal_name, statement in assigned:
                     self.define(cell, exported, "signal", signal_name, statement.lineno, origins)
         else:
-            args, raw = _parse_flags(magic, flags, lambda message: self.error(cell, magic_line, message))
-            candidates: list[ast.FunctionDef | ast.AsyncFunctionDef] = list(functions)
-            kind = "a function"
-            if magic == "workflow":
-                candidates = [node for node in functions if isinstance(node, ast.AsyncFunctionDef)]
-                kind = "an `async def` function"
-            if not candidates:
-                raise self.error(
-                    cell,
-                    magic_line,
-                    f"%%{magic}: the cell must define {kind} (the magic's flags are its decorator's options)",
+            try:
+                name = magic_syntax.decorated_function(
+                    magic, [(node.name, isinstance(node, ast.AsyncFunctionDef)) for node in functions]
                 )
-            target = candidates[-1]
-            decorator, definition = self.decorator(cell, magic, args, raw, target.name, magic_line)
+            except FlagError as exc:
+                raise self.error(cell, magic_line, exc.message) from None
+            target = [node for node in functions if node.name == name][-1]
+            decorator, definition = self.decorator(magic, args, target.name)
             insertions.append((target, decorator))
             self.define(cell, exported, definition[0], definition[1], target.lineno, origins)
         lines, line_origins = list(body), list(origins)
@@ -517,46 +509,37 @@ class _Reader:
             line_origins.insert(position, at_magic)
         return lines, line_origins
 
-    def decorator(
-        self, cell: Cell, magic: str, args: Any, raw: Any, function: str, magic_line: int
-    ) -> tuple[str, tuple[str, str]]:
-        """The decorator text for one magic and the (kind, name) it registers."""
+    def decorator(self, magic: str, args: Any, function: str) -> tuple[str, tuple[str, str]]:
+        """The decorator text for one magic (its flags as `magic_syntax.parse_flags` read them: durations
+        as written) and the (kind, name) it registers."""
         options: list[str] = []
         if magic == "workflow":
-            _option(options, "name", raw.name)
-            _option(options, "timeout", raw.timeout)
+            _option(options, "name", args.name)
+            _option(options, "timeout", args.timeout)
             return _call("@ev.workflow", options, bare=True), ("workflow", args.name or function)
         if magic == "activity":
-            _option(options, "name", raw.name)
-            _option(options, "timeout", raw.timeout)
-            _option(options, "heartbeat_timeout", raw.heartbeat_timeout)
-            if args.retries is not None:
-                options.append(f"retry=ev.RetryPolicy(max_attempts={args.retries + 1})")
+            _option(options, "name", args.name)
+            _option(options, "timeout", args.timeout)
+            _option(options, "heartbeat_timeout", args.heartbeat_timeout)
+            _retry(options, args.retries)
             return _call("@ev.activity", options, bare=True), ("activity", args.name or function)
         if magic == "api":
-            if not args.path.startswith("/"):
-                raise self.error(cell, magic_line, f"%%api: the path must start with '/', got {args.path!r}")
             options.append(_literal(args.path))
             if args.status_code is not None:
                 options.append(f"status_code={args.status_code}")
             if args.responses:
-                try:
-                    declared = declared_responses(args.responses)
-                    entries = ", ".join(
-                        f"{code}: {{{_literal('description')}: {_literal(answer['description'])}}}"
-                        for code, answer in declared.items()
-                    )
-                    options.append(f"responses={{{entries}}}")
-                except EventualError as exc:
-                    raise self.error(cell, magic_line, f"%%api: {exc}") from None
+                entries = ", ".join(
+                    f"{code}: {{{_literal('description')}: {_literal(answer['description'])}}}"
+                    for code, answer in args.responses.items()
+                )
+                options.append(f"responses={{{entries}}}")
             method = str(args.method).lower()
             return _call(f"@ev.api.{method}", options, bare=False), ("route", f"{args.method} {args.path}")
         # subscription
         for event in args.events:
             options.append(event if event.isidentifier() and event in self.classes else _literal(event))
         _option(options, "name", args.name)
-        if args.retries is not None:
-            options.append(f"retry=ev.RetryPolicy(max_attempts={args.retries + 1})")
+        _retry(options, args.retries)
         _option(options, "source", args.source)
         return _call("@ev.subscription", options, bare=False), ("subscription", args.name or function)
 
@@ -625,10 +608,6 @@ class _Reader:
     def service_line(self, cell: Cell, line: int, text: str) -> str:
         """The NAME of a `%eventual service NAME` line, read as the kernel reads it (a name it would refuse
         is refused here, with its words)."""
-        from IPython.core.error import UsageError
-
-        from kernel_ext.magics import service_argument
-
         if any(ch in text for ch in "{}$"):
             raise self.error(
                 cell,
@@ -637,11 +616,11 @@ class _Reader:
                 "runs ({...} or $...); write the service name out",
             )
         try:
-            return service_argument(shlex.split(text))
+            return magic_syntax.service_name(shlex.split(text))
         except ValueError as exc:  # unbalanced quotes
             raise self.error(cell, line, f"%eventual service: {exc}") from None
-        except UsageError as exc:
-            raise self.error(cell, line, str(exc)) from None
+        except FlagError as exc:
+            raise self.error(cell, line, exc.message) from None
 
 
 # -- assembling the module -----------------------------------------------------------------------------
@@ -654,16 +633,12 @@ def read_service(notebook_path: str | Path) -> ExportedSource:
     (a syntax error, bad flags, a magic cell without its definition), for two definitions of one name,
     and for a notebook without any service cell.
     """
-    from eventual_nb.cli import package_version
-
     notebook = Path(notebook_path)
     if notebook.suffix != ".ipynb":
         raise ExportError(f"expected a notebook (.ipynb), got {notebook.name}")
     try:
-        # the kernel's magics parse the flags, and IPython's transformer finds `%` and `!` lines
+        # IPython's transformer finds `%` and `!` lines
         import IPython.core.inputtransformer2  # noqa: F401
-
-        import kernel_ext.magics  # noqa: F401
     except ImportError as exc:
         raise ExportError(
             f"exporting {notebook.name} needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
@@ -686,7 +661,7 @@ def read_service(notebook_path: str | Path) -> ExportedSource:
             ) from None
     package = package_name(service)
     _check_package(service, package, reader.notebook)
-    version = package_version()
+    version = eventual_nb.__version__
 
     body_lines: list[str] = []
     body_origins: list[LineOrigin | None] = []
@@ -1028,36 +1003,10 @@ def _call(decorator: str, options: list[str], *, bare: bool) -> str:
     return f"{decorator}({', '.join(options)})"
 
 
-@functools.cache
-def _raw_parser(magic: str) -> Any:
-    """A copy of the magic's parser that keeps durations as the text the user wrote ("1h", not 3600 s)."""
-    from kernel_ext.magics import EventualMagics, duration
-
-    parser = copy.deepcopy(getattr(EventualMagics, magic).parser)
-    for action in parser._actions:
-        if action.type is duration:
-            action.type = None
-    return parser
-
-
-def _parse_flags(magic: str, flags: str, fail: Any) -> tuple[Any, Any]:
-    """Parse the magic line with the kernel's parser (validation and meaning) and with a copy that keeps
-    duration text (what the decorator is given). Usage errors become ExportErrors at the magic line."""
-    try:
-        from IPython.core.error import UsageError
-        from IPython.core.magic_arguments import parse_argstring
-
-        from kernel_ext.magics import EventualMagics
-    except ImportError as exc:
-        raise ExportError(
-            f"reading magic cells needs the notebook extra: pip install 'eventual-nb[notebook]' ({exc})"
-        ) from None
-    try:
-        args = parse_argstring(getattr(EventualMagics, magic), flags)
-        raw = _raw_parser(magic).parse_argstring(flags)
-    except UsageError as exc:
-        raise fail(f"%%{magic}: {exc}") from None
-    return args, raw
+def _retry(options: list[str], retries: int | None) -> None:
+    attempts = max_attempts(retries)
+    if attempts is not None:
+        options.append(f"retry=ev.RetryPolicy(max_attempts={attempts})")
 
 
 def _bound_names(tree: ast.Module) -> list[str]:

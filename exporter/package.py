@@ -1,4 +1,4 @@
-"""Write an exported service package: the directory layout of DESIGN §7, byte for byte reproducible.
+"""Write an exported service package: the directory layout below, byte for byte reproducible.
 
     DIR/pyproject.toml  DIR/eventual.json  DIR/openapi.json  DIR/template.json  DIR/handlers.py
     DIR/<package>/__init__.py  [DIR/lambda.zip]
@@ -28,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import eventual_nb
 from exporter.errors import ExportError, where
 from exporter.handlers import HANDLERS
 from exporter.notebook import ExportedSource, read_service
@@ -76,11 +77,9 @@ def export_package(
     notebook: str | Path, out_dir: str | Path, *, zip: bool = False, force: bool = False
 ) -> ExportResult:
     """`export_notebook`, returning everything the command line reports (files written, zip facts)."""
-    from eventual_nb.cli import package_version
-
     exported = read_service(notebook)
     spec, openapi = inspect_package(exported)
-    version = package_version()
+    version = eventual_nb.__version__
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "name": exported.service,
@@ -198,7 +197,6 @@ except BaseException as exc:
 else:
     from fastapi.openapi.utils import get_openapi
 
-    from eventual_nb import __version__
     from eventual_nb.service import all_services, get_service
 
     service = get_service(service_name)
@@ -214,7 +212,8 @@ else:
         }
         if any(kinds.values()):
             strays[other.name] = kinds
-    from eventual_nb.runtime.local.server import HostCheck, with_guard_answers
+    from eventual_nb import __version__
+    from eventual_nb.server import HostCheck, with_guard_answers
 
     routes = service.api.routes if service is not None else []
     # the schema `eventual-nb serve DIR` answers on loopback: the routes plus the server's own answers

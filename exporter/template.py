@@ -1,4 +1,4 @@
-"""`template.json`: plain CloudFormation for an exported service (DESIGN §5 "AwsRuntime", aws-target §1.2).
+"""`template.json`: plain CloudFormation for an exported service (what `eventual-nb deploy` creates).
 
 Plain CloudFormation rather than SAM because it deploys with boto3 alone, cfn-lint checks all of it offline,
 and moto's CloudFormation can create most of it, so the same file serves the real deploy and the offline
@@ -9,7 +9,7 @@ Everything moto cannot create (API Gateway v2, EventBridge Scheduler, SQS queue 
 Lambda permission) and every output or policy statement that refers to one carries the `Real` condition,
 which is false when the stack is deployed with `Emulator=true`; the test harness stands in for those parts.
 
-Conventions the runtime (issue 6) relies on:
+Conventions the AWS runtime (eventual_nb/runtime/aws/) relies on:
 
 * Events go onto the bus with `Source` = the publishing service's name, `DetailType` = the event name and
   `Detail` = the event's JSON. Each subscription's rule matches its `source` (default: this service)
@@ -32,13 +32,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import eventual_nb as ev
+from eventual_nb.runtime.aws.clients import (
+    ACTIVITY_QUEUE_VARIABLE,
+    BUS_VARIABLE,
+    EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_TABLE_VARIABLE,
+    LOG_GROUP_VARIABLE,
+    SCHEDULE_GROUP_VARIABLE,
+    SCHEDULE_TARGET_VARIABLE,
+    SCHEDULER_ROLE_VARIABLE,
+    SERVICE_VARIABLE,
+    SUBSCRIPTION_QUEUES_VARIABLE,
+    TIMER_QUEUE_VARIABLE,
+    WORKFLOW_QUEUE_VARIABLE,
+)
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
-#: the Lambda runtime the zip is built for (DESIGN §7)
+#: the Lambda runtime the zip is built for (exporter/bundle.py)
 LAMBDA_RUNTIME = "python3.12"
 LOG_RETENTION_DAYS = 30
 #: every queue keeps messages as long as SQS allows: a workflow turn or timer must outlive a broken
-#: deploy, and dead letters stay listable (DESIGN §3 "Events and subscriptions")
+#: deploy, and dead letters stay listable
 MESSAGE_RETENTION_SECONDS = 1_209_600
 #: AWS guidance for SQS → Lambda: a queue's visibility timeout at least six times the consumer's timeout
 VISIBILITY_FACTOR = 6
@@ -61,7 +76,7 @@ _BUS_SLUG_LENGTH = 64
 _PARTITION_ARN_PREFIX = "arn:${AWS::Partition}"
 
 #: the activity-token secret (eventual_nb/runtime/aws/workers.py reads it as EVENTUAL_SIGNING_KEY). On AWS
-#: the stack generates it as a Secrets Manager secret (DESIGN §3) and CloudFormation resolves it into the
+#: the stack generates it as a Secrets Manager secret and CloudFormation resolves it into the
 #: functions' environment at deploy time (a dynamic reference), so no function calls Secrets Manager at cold
 #: start. moto's CloudFormation cannot create secrets, so with Emulator=true the value comes from this
 #: NoEcho parameter instead (`eventual-nb deploy` generates it on create and keeps it on update).
@@ -432,20 +447,20 @@ class _Builder:
     def environment(self) -> dict[str, Any]:
         return {
             "EVENTUAL_RUNTIME": "aws",
-            "EVENTUAL_SERVICE": self.service_name,
-            "EVENTUAL_EXECUTIONS_TABLE": _ref("ExecutionsTable"),
-            "EVENTUAL_HISTORY_TABLE": _ref("HistoryTable"),
-            "EVENTUAL_WORKFLOW_QUEUE_URL": _ref("WorkflowQueue"),
-            "EVENTUAL_ACTIVITY_QUEUE_URL": _ref("ActivityQueue"),
-            "EVENTUAL_TIMER_QUEUE_URL": _ref("TimerQueue"),
-            "EVENTUAL_BUS_NAME": {"Fn::GetAtt": ["Bus", "Name"]},
-            "EVENTUAL_EXECUTION_LOG_GROUP": _ref("ExecutionLogGroup"),
+            SERVICE_VARIABLE: self.service_name,
+            EXECUTIONS_TABLE_VARIABLE: _ref("ExecutionsTable"),
+            HISTORY_TABLE_VARIABLE: _ref("HistoryTable"),
+            WORKFLOW_QUEUE_VARIABLE: _ref("WorkflowQueue"),
+            ACTIVITY_QUEUE_VARIABLE: _ref("ActivityQueue"),
+            TIMER_QUEUE_VARIABLE: _ref("TimerQueue"),
+            BUS_VARIABLE: {"Fn::GetAtt": ["Bus", "Name"]},
+            LOG_GROUP_VARIABLE: _ref("ExecutionLogGroup"),
             # the group's name rather than a Ref: the group is absent in the emulator, where the harness
             # creates one of this name
-            "EVENTUAL_SCHEDULE_GROUP": _stack_named("-timers"),
+            SCHEDULE_GROUP_VARIABLE: _stack_named("-timers"),
             # the activity worker signs tokens with it and the API checks them; every function gets it so
             # that user code completing an activity by token works wherever it runs
-            "EVENTUAL_SIGNING_KEY": {
+            SIGNING_KEY_VARIABLE: {
                 "Fn::If": [
                     REAL,
                     {"Fn::Sub": "{{resolve:secretsmanager:${" + SIGNING_KEY_SECRET + "}:SecretString}}"},
@@ -552,10 +567,10 @@ class _Builder:
             )
             variables = self.environment()
             if function is _ORCHESTRATOR:
-                variables["EVENTUAL_SCHEDULER_ROLE_ARN"] = _arn("SchedulerRole")
-                variables["EVENTUAL_SCHEDULE_TARGET_ARN"] = _arn(f"{_SCHEDULE.stem}Function")
+                variables[SCHEDULER_ROLE_VARIABLE] = _arn("SchedulerRole")
+                variables[SCHEDULE_TARGET_VARIABLE] = _arn(f"{_SCHEDULE.stem}Function")
             if function is _SUBSCRIPTION:
-                variables["EVENTUAL_SUBSCRIPTION_QUEUES"] = self.subscription_queue_map()
+                variables[SUBSCRIPTION_QUEUES_VARIABLE] = self.subscription_queue_map()
             logical_id = self.add(
                 f"{function.stem}Function",
                 "AWS::Lambda::Function",

@@ -1,4 +1,4 @@
-"""The notebook side of eventual-nb (DESIGN §6): magics, the in-kernel runtime, live widgets.
+"""The notebook side of eventual-nb: magics, the in-kernel runtime, live widgets.
 
 Loaded with `%load_ext eventual_nb` (which delegates here) or by the "Eventual (Python 3)" kernel.
 """

@@ -2,8 +2,8 @@
 
 The body goes through the shell's caching compiler with one leading newline (the `%%magic` line is
 line 1 of the cell), labelled with the current execution count, so a traceback reads
-`Cell In[5], line 4` and functions defined in the body keep correct tracebacks later
-(`reference/jupyter-mechanics.md` §1.3). Frames of the extension set `__tracebackhide__`.
+`Cell In[5], line 4` and functions defined in the body keep correct tracebacks later (the compiler
+caches the source under the cell's name). Frames of the extension set `__tracebackhide__`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The in-kernel runtime: a LocalRuntime or TestEnvironment on its own thread and event loop, or an
 AwsRuntime, a client of a deployed stack whose functions run the code (`%eventual runtime aws`).
 
-Why a thread: asyncio tasks on the kernel's own loop stall while a synchronous cell blocks
-(`reference/jupyter-mechanics.md` §2.3), and executions must progress while cells run or the kernel
-sits idle. Cells reach the runtime through its protocol methods, which hop to this loop by
-themselves (`RuntimeBase`), so `h = await transfer.start(x)` in a cell just works.
+Why a thread: asyncio tasks on the kernel's own loop stall while a synchronous cell blocks, and
+executions must progress while cells run or the kernel sits idle. Cells reach the runtime through its
+protocol methods, which hop to this loop by themselves (`RuntimeBase`), so `h = await transfer.start(x)`
+in a cell just works.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ class RuntimeHost:
         """Serve the notebook's API (its routes and `/_eventual/`) from the kernel, on the runtime loop."""
         import uvicorn
 
-        from eventual_nb.runtime.local.server import create_app
+        from eventual_nb.server import create_app
 
         with self._lock:
             runtime = self.ensure_runtime()

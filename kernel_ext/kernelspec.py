@@ -1,6 +1,6 @@
 """The "Eventual (Python 3)" kernelspec (name `eventual`): ipykernel with the extension loaded at start.
 
-Nothing here installs or overwrites a kernelspec named `python3` (DESIGN §6).
+Nothing here installs or overwrites a kernelspec named `python3`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The cell magics (`%%workflow`, `%%activity`, `%%api`, `%%event`, `%%subscription`, `%%signal`) and
 the `%eventual` line magic.
 
-Magics are thin sugar over the decorators (DESIGN §6): a magic cell *defines* its function or class
+Magics are thin sugar over the decorators: a magic cell *defines* its function or class
 as plain Python, the flags are the decorator's options, and the magic applies the decorator to what
 the cell defined. Which definition: the last top-level function of the cell (earlier ones stay plain
 helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistakes are `UsageError`s
@@ -11,52 +11,59 @@ helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistak
 from __future__ import annotations
 
 import collections
-import html
 import logging
 import os
 import shlex
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import HTML, display
 
 import eventual_nb as ev
+from eventual_nb import magic_syntax
 from eventual_nb.durations import parse_duration
-from eventual_nb.http import declared_responses
+from eventual_nb.magic_syntax import FlagError, max_attempts
 from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
-from eventual_nb.service import check_service_name, current_service
+from eventual_nb.service import current_service
+from eventual_nb.timeline import read_snapshot
+from eventual_nb.timeline.svg import CSS, history_table, render_fragment
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
 from kernel_ext.redefine import check_redefinition
-from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump, timeline_rows
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
 
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def duration(text: str) -> timedelta:
-    """argparse type for `--timeout 1h`: a bad value becomes `invalid duration value: '...'`."""
+def _flags(magic: str) -> Callable[[F], F]:
+    """Document a cell magic's flags (what `%%magic?` shows) from `eventual_nb.magic_syntax`, the grammar
+    the exporter reads too."""
+
+    def document(method: F) -> F:
+        method.__doc__ = f"{method.__doc__}\n\n{magic_syntax.flags_help(magic)}"
+        return method
+
+    return document
+
+
+def _parse(magic: str, line: str) -> Any:
+    """The magic line's flags; a flag mistake is IPython's `UsageError` (printed without a traceback)."""
     try:
-        return parse_duration(text, what="duration")
-    except (ev.EventualError, TypeError) as exc:
-        raise ValueError(str(exc)) from None
+        return magic_syntax.parse_flags(magic, line)
+    except FlagError as exc:
+        raise UsageError(exc.message) from None
 
 
-def retries(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("retries must be 0 or more")
-    return value
-
-
-def _retry_policy(count: int | None) -> ev.RetryPolicy | None:
-    """`--retries N` means `RetryPolicy(max_attempts=N+1)` (DESIGN §6)."""
-    return None if count is None else ev.RetryPolicy(max_attempts=count + 1)
+def _retry_policy(retries: int | None) -> ev.RetryPolicy | None:
+    attempts = max_attempts(retries)
+    return None if attempts is None else ev.RetryPolicy(max_attempts=attempts)
 
 
 def _say(text: str) -> None:
@@ -99,18 +106,15 @@ class EventualMagics(Magics):
             raise UsageError("the cell does not parse")  # not reached: IPython's parser agrees with ast's
         return found
 
-    def _target(self, magic: str, cell: str, *, asynchronous: bool | None = None) -> str:
+    def _target(self, magic: str, cell: str) -> str:
+        """The function the magic decorates (`magic_syntax.decorated_function`)."""
         __tracebackhide__ = True
         found = self._definitions(cell)
-        if asynchronous is True:
-            names = found.async_functions
-            kind = "an `async def` function"
-        else:
-            names = found.all_functions
-            kind = "a function"
-        if not names:
-            raise UsageError(f"%%{magic}: the cell must define {kind} (the magic's flags are its decorator's options)")
-        return names[-1]
+        functions = [(name, name in found.async_functions) for name in found.all_functions]
+        try:
+            return magic_syntax.decorated_function(magic, functions)
+        except FlagError as exc:
+            raise UsageError(exc.message) from None
 
     def _run(self, cell: str) -> None:
         __tracebackhide__ = True
@@ -123,15 +127,13 @@ class EventualMagics(Magics):
 
     # ------------------------------------------------------------------------------------ cell magics
 
-    @magic_arguments()
-    @argument("--timeout", type=duration, help="time limit of each execution, e.g. 1h")
-    @argument("--name", help="workflow name (default: the function's name)")
     @cell_magic
+    @_flags("workflow")
     def workflow(self, line: str, cell: str) -> None:
         """Define a workflow: the cell defines an `async def` taking at most one input."""
         __tracebackhide__ = True
-        args = parse_argstring(self.workflow, line)
-        target = self._target("workflow", cell, asynchronous=True)
+        args = _parse("workflow", line)
+        target = self._target("workflow", cell)
         name = args.name or target
         previous = current_service().workflows.get(name)
         self._run(cell)
@@ -142,21 +144,17 @@ class EventualMagics(Magics):
             report = check_redefinition(self.host, previous, definition)
         if self.host.runtime is not None:
             self.host.runtime.retry_blocked()
-        timeout = f" (timeout {args.timeout})" if args.timeout else ""
+        timeout = f" (timeout {definition.timeout})" if definition.timeout is not None else ""
         _say(f"workflow '{name}'{timeout} in service '{current_service().name}'")
         if report is not None and report.text():
             _say(report.text())
 
-    @magic_arguments()
-    @argument("--timeout", type=duration, help="time limit of each attempt")
-    @argument("--heartbeat-timeout", type=duration, help="longest gap between heartbeats")
-    @argument("--retries", type=retries, help="retries after a failed attempt (max_attempts = N + 1)")
-    @argument("--name", help="activity name (default: the function's name)")
     @cell_magic
+    @_flags("activity")
     def activity(self, line: str, cell: str) -> None:
         """Define an activity: the cell defines a function (`async def` or plain `def`)."""
         __tracebackhide__ = True
-        args = parse_argstring(self.activity, line)
+        args = _parse("activity", line)
         target = self._target("activity", cell)
         self._run(cell)
         definition = ev.activity(
@@ -169,24 +167,12 @@ class EventualMagics(Magics):
         _say(f"activity '{definition.name}' in service '{current_service().name}'")
 
     @no_var_expand
-    @magic_arguments()
-    @argument("method", type=str.upper, choices=HTTP_METHODS, help="HTTP method")
-    @argument("path", help="route path, e.g. /carts/{cart_id}")
-    @argument("--status-code", type=int, help="status code of a successful response")
-    @argument(
-        "--responses",
-        type=int,
-        nargs="+",
-        metavar="CODE",
-        help="error statuses the handler answers (ev.HttpError), listed in the OpenAPI, e.g. --responses 404 409",
-    )
     @cell_magic
+    @_flags("api")
     def api(self, line: str, cell: str) -> None:
         """Define an API route: the cell defines the handler (FastAPI path operation)."""
         __tracebackhide__ = True
-        args = parse_argstring(self.api, line)
-        if not args.path.startswith("/"):
-            raise UsageError(f"%%api: the path must start with '/', got {args.path!r}")
+        args = _parse("api", line)
         target = self._target("api", cell)
         self._run(cell)
         router = current_service().api
@@ -199,19 +185,16 @@ class EventualMagics(Magics):
         ]  # re-running the cell replaces its route
         options: dict[str, Any] = {} if args.status_code is None else {"status_code": args.status_code}
         if args.responses:
-            try:
-                options["responses"] = declared_responses(args.responses)
-            except ev.EventualError as exc:
-                raise UsageError(f"%%api: {exc}") from None
+            options["responses"] = args.responses
         router.add_api_route(args.path, self.user_ns[target], methods=[args.method], **options)
         _say(f"route {args.method} {args.path} in service '{current_service().name}'")
 
     @cell_magic
+    @_flags("event")
     def event(self, line: str, cell: str) -> None:
         """Define events: the cell defines `ev.Event` subclasses (pydantic models)."""
         __tracebackhide__ = True
-        if line.strip():
-            raise UsageError("%%event takes no flags: the event name is the class name (or `__event_name__`)")
+        _parse("event", line)
         classes = self._definitions(cell).classes
         self._run(cell)
         events = [
@@ -220,19 +203,15 @@ class EventualMagics(Magics):
             if isinstance(self.user_ns.get(name), type) and issubclass(self.user_ns[name], ev.Event)
         ]
         if not events:
-            raise UsageError("%%event: the cell must define a class that subclasses ev.Event")
+            raise UsageError(magic_syntax.NO_EVENT_CLASS)
         _say(f"event(s) {', '.join(events)} in service '{current_service().name}'")
 
-    @magic_arguments()
-    @argument("events", nargs="+", help="event classes (names in the notebook) or event names")
-    @argument("--name", help="subscription name (default: the handler's name)")
-    @argument("--retries", type=retries, help="retries after a failed delivery (max_attempts = N + 1)")
-    @argument("--source", help="receive these events from another service")
     @cell_magic
+    @_flags("subscription")
     def subscription(self, line: str, cell: str) -> None:
         """Define a subscription: the cell defines the handler, called with each event."""
         __tracebackhide__ = True
-        args = parse_argstring(self.subscription, line)
+        args = _parse("subscription", line)
         target = self._target("subscription", cell)
         events: list[Any] = []
         for name in args.events:
@@ -246,13 +225,13 @@ class EventualMagics(Magics):
         _say(f"subscription '{definition.name}' to {', '.join(args.events)} in service '{current_service().name}'")
 
     @cell_magic
+    @_flags("signal")
     def signal(self, line: str, cell: str) -> None:
         """Define signals: each class the cell defines is a payload model, and a signal named after it
         (`await Approval.expect()`, `await Approval.send(execution, Approval(...))`); or write
         `name = ev.signal("name", Payload)` lines."""
         __tracebackhide__ = True
-        if line.strip():
-            raise UsageError("%%signal takes no flags: the signal is named after the class")
+        _parse("signal", line)
         found = self._definitions(cell)
         self._run(cell)
         declared = []
@@ -263,7 +242,7 @@ class EventualMagics(Magics):
                 declared.append(name)
         declared += [name for name in found.assigned if isinstance(self.user_ns.get(name), ev.Signal)]
         if not declared:
-            raise UsageError("%%signal: the cell must define a payload class or `name = ev.signal(...)`")
+            raise UsageError(magic_syntax.NO_SIGNAL)
         _say(f"signal(s) {', '.join(declared)} in service '{current_service().name}'")
 
     # ---------------------------------------------------------------------------------- %eventual
@@ -291,7 +270,10 @@ class EventualMagics(Magics):
         return MagicArgumentParser(prog=f"%eventual {verb}", add_help=False)
 
     def _verb_service(self, words: list[str]) -> None:
-        service = ev.Service(service_argument(words))
+        try:
+            service = ev.Service(magic_syntax.service_name(words))
+        except FlagError as exc:
+            raise UsageError(exc.message) from None
         if self.host.runtime is not None and self.host.kind == "local":
             self.host.ensure_runtime(command=f"%eventual service {shlex.join(words)}")
         _say(f"service '{service.name}'" + (f" on {self.host.path}" if self.host.path else ""))
@@ -376,11 +358,21 @@ class EventualMagics(Magics):
         args = parser.parse_args(words)
         runtime = self.host.ensure_runtime()
         history = self.host.call(runtime.get_execution_history(args.id))
-        rows = timeline_rows(history)
-        columns = ("type", "seq", "name", "time", "duration", "attempt")
-        header = "".join(f"<th style='text-align:left'>{c}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in columns) + "</tr>" for r in rows)
-        display(HTML(f"<table class='eventual-history'><tr>{header}</tr>{body}</table>"))
+        display(HTML(f"<div class='ev-tl eventual-history'><style>{CSS}</style>{history_table(history)}</div>"))
+
+    def _verb_timeline(self, words: list[str]) -> None:
+        """The execution's timeline, history and logs as they are now (a picture; the widget is the live one)."""
+        parser = self._parser("timeline")
+        parser.add_argument("id")
+        args = parser.parse_args(words)
+        runtime = self.host.ensure_runtime()
+        snapshot = self.host.call(read_snapshot(runtime, args.id))
+        timeline = snapshot.timeline()
+        display(
+            HTML(
+                f"<div class='eventual-timeline-view'>{render_fragment(timeline, snapshot.history, snapshot.logs)}</div>"
+            )
+        )
 
     def _verb_logs(self, words: list[str]) -> None:
         parser = self._parser("logs")
@@ -423,13 +415,13 @@ class EventualMagics(Magics):
         parser.add_argument("--notebook", help="the notebook file (default: the one this kernel was started for)")
         args = parser.parse_args(words)
         notebook = Path(args.notebook) if args.notebook else self._notebook_path()
-        from exporter import ExportError, export_package
+        from eventual_nb.cli import export_service
 
         try:
             # The definitions are read from the saved file and imported in a child process, so exporting
             # never touches the definitions this kernel's executions run on.
-            result = export_package(notebook, args.dir, zip=args.zip, force=args.force)
-        except ExportError as exc:
+            result = export_service(notebook, args.dir, zip=args.zip, force=args.force)
+        except ev.EventualError as exc:
             raise UsageError(f"%eventual export: {exc.message}") from None
         _say(
             f"exported service '{result.manifest['name']}' from {notebook.name} (as saved) to {result.directory}: "
@@ -458,12 +450,12 @@ class EventualMagics(Magics):
 
     def _verb_advance(self, words: list[str]) -> None:
         parser = self._parser("advance")
-        parser.add_argument("duration", type=duration)
+        parser.add_argument("duration", type=magic_syntax.duration)
         args = parser.parse_args(words)
         if self.host.kind != "test":
             raise UsageError("%eventual advance needs the test runtime: run `%eventual runtime test` first")
         environment = self.host.runtime
-        self.host.call(environment.advance(args.duration))
+        self.host.call(environment.advance(parse_duration(args.duration)))
         _say(f"virtual clock at {environment.now.isoformat()}")
 
     # --------------------------------------------------------------------------------------- display
@@ -471,36 +463,33 @@ class EventualMagics(Magics):
     def show_handle(self, handle: ExecutionHandle) -> None:
         """How an `ExecutionHandle` displays in the kernel: its live execution widget."""
         runtime = handle._runtime if handle._runtime is not None else self.host.ensure_runtime()
-        signals = _signal_names(handle.workflow)
-        view = ExecutionView(self.host, handle.id, runtime, signals)
+        view = ExecutionView(self.host, handle.id, runtime, _signals_of(handle.workflow))
         self.pump.add(view)
         display(view.root)
 
 
-def service_argument(words: list[str]) -> str:
-    """The NAME of `%eventual service NAME` (its words after `service`, split as the shell would), checked
-    by `check_service_name`; anything else is a `UsageError`. The exporter reads the line with this too."""
-    if len(words) != 1:
-        got = f"{len(words)} words: {' '.join(words)}" if words else "none"
-        raise UsageError(
-            f'%eventual service takes one NAME (quote a name with spaces: %eventual service "my service"), got {got}'
-        )
-    try:
-        return check_service_name(words[0])
-    except ev.EventualError as exc:
-        raise UsageError(f"%eventual service: {exc.message}") from None
-
-
-def _signal_names(workflow: str) -> list[str]:
-    """The signals a workflow's service declares (what the widget's Send form offers)."""
+def _signals_of(workflow: str) -> dict[str, Any]:
+    """The signals a workflow's service declares, by name (what the widget's Send form offers)."""
     from eventual_nb.workflows import find_workflow
 
     definition = find_workflow(workflow)
     service = definition.service if definition is not None and definition.service is not None else current_service()
-    return sorted(service.signals)
+    return dict(service.signals)
 
 
-VERBS = ("service", "runtime", "status", "executions", "history", "logs", "serve", "stop", "export", "advance")
+VERBS = (
+    "service",
+    "runtime",
+    "status",
+    "executions",
+    "history",
+    "timeline",
+    "logs",
+    "serve",
+    "stop",
+    "export",
+    "advance",
+)
 VERBS_HELP = """%eventual VERB
   service NAME                          use (create) service NAME; its database is .eventual/NAME.db
   runtime local [--path P] [--durability full|normal|off]
@@ -510,6 +499,7 @@ VERBS_HELP = """%eventual VERB
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
   history ID | logs ID                  an execution's history / captured output
+  timeline ID                           an execution's timeline as a picture, its history and logs
   serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)
   stop                                  stop the server and the runtime
   advance DURATION                      move the test runtime's clock, e.g. 1d

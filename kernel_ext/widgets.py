@@ -1,6 +1,6 @@
 """Live widgets: an execution view (status, timeline, logs, result, signal form, cancel) and a table.
 
-Rules from `reference/jupyter-mechanics.md` §2.3–2.5 that shape this module:
+How widgets behave in a kernel, and the rules that follow for this module:
 
 * One owner thread (`WidgetPump`) writes every widget trait, at most ~10 times a second, batching a
   view's changes with `hold_sync()` into one comm message. Runtime threads never print or display.
@@ -12,6 +12,7 @@ Rules from `reference/jupyter-mechanics.md` §2.3–2.5 that shape this module:
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import threading
@@ -19,21 +20,17 @@ import time
 import types
 import typing
 import weakref
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from eventual_nb.engine.history import (
-    TERMINAL_EVENTS,
-    EventsPublished,
-    HistoryEvent,
-    SignalReceived,
-    TimerCompleted,
-    TimerScheduled,
-)
+from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.errors import EventualError
-from eventual_nb.runtime.base import Execution, ExecutionHandle, ExecutionStatus, serving_runtime
+from eventual_nb.runtime.base import Execution, ExecutionHandle, ExecutionStatus, ExecutionWaits, serving_runtime
+from eventual_nb.timeline import build_timeline
+from eventual_nb.timeline.svg import CSS, WIDGET_HISTORY_ROWS, history_table, render_sparkline, timeline_html
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
@@ -45,6 +42,12 @@ REFRESH_INTERVAL = 0.1
 IDLE_POLL = 1.0
 #: how long the pump waits for one runtime query
 QUERY_TIMEOUT = 10.0
+#: seconds between redraws of a running execution's timeline when nothing was committed (its "now" line and
+#: "9 min left" move); at least `NOW_COST_FACTOR` times what the last drawing took
+NOW_INTERVAL = 1.0
+NOW_COST_FACTOR = 10.0
+#: seconds between re-reads of the executions table while a shown execution runs ("9 min left" moves)
+TABLE_NOW_INTERVAL = 5.0
 
 STATUS_COLOURS = {
     ExecutionStatus.IN_PROGRESS: "#1a73e8",
@@ -72,124 +75,11 @@ def status_badge(status: str) -> str:
     )
 
 
-def describe_event(event: HistoryEvent) -> str:
-    """The name column of the timeline: what the event is about."""
-    if isinstance(event, EventsPublished):
-        return ", ".join(str(item.get("name", "?")) for item in event.events)
-    if isinstance(event, SignalReceived):
-        return f"{event.signal} {_short_json(event.payload)}"
-    if isinstance(event, TimerScheduled):
-        until = f"until {event.until.isoformat(timespec='seconds')}"
-        return f"timeout of signal {event.signal_timeout}, {until}" if event.signal_timeout else until
-    for attribute in ("name", "signal", "child_id", "patch_id"):
-        value = getattr(event, attribute, None)
-        if isinstance(value, str):
-            return value
-    if event.type == "WorkflowStarted":
-        return str(getattr(event, "workflow", ""))
-    return ""
-
-
-def _failure(event: HistoryEvent) -> str:
-    error = getattr(event, "error", None)
-    if not isinstance(error, str):
-        return ""
-    message = getattr(event, "message", "") or ""
-    return f"{error}: {message}" if message else error
-
-
-def _ended_timers(history: list[HistoryEvent]) -> dict[int, tuple[datetime, str]]:
-    """Timers that ended without firing, by seq: when and why.
-
-    History records a timer's firing (`TimerCompleted`) but not its cancellation, so a signal's `expect`
-    timeout that the signal beat would look pending forever. It ends when that signal arrives (the
-    oldest waiting expect takes the next signal), and any timer left ends with its execution."""
-    pending: dict[int, TimerScheduled] = {}
-    ended: dict[int, tuple[datetime, str]] = {}
-    for event in history:
-        if isinstance(event, TimerScheduled) and event.seq is not None:
-            pending[event.seq] = event
-        elif isinstance(event, TimerCompleted) and event.seq is not None:
-            pending.pop(event.seq, None)
-        elif isinstance(event, SignalReceived):
-            waiting = [seq for seq, timer in pending.items() if timer.signal_timeout == event.signal]
-            if waiting:
-                del pending[waiting[0]]
-                ended[waiting[0]] = (event.timestamp, f"signal {event.signal} arrived")
-        elif isinstance(event, TERMINAL_EVENTS):
-            for seq in pending:
-                ended[seq] = (event.timestamp, "the execution ended")
-            pending.clear()
-    return ended
-
-
-def timeline_rows(history: list[HistoryEvent]) -> list[dict[str, str]]:
-    """One row per event: type, seq, name, time since start, duration since its call, attempts."""
-    if not history:
-        return []
-    start = history[0].timestamp
-    called_at: dict[int, tuple[datetime, str]] = {}
-    ended = _ended_timers(history)
-    rows = []
-    for event in history:
-        name = describe_event(event)
-        duration = ""
-        if event.seq is not None:
-            if event.seq in called_at:  # a completion: named after its call, timed from it
-                began, name = called_at[event.seq]
-                duration = f"{(event.timestamp - began).total_seconds():.3f} s"
-            else:
-                called_at[event.seq] = (event.timestamp, name)
-                if event.seq in ended:  # a timer that ended without a completion of its own
-                    when, why = ended[event.seq]
-                    name = f"{name} — ended: {why} (+{(when - start).total_seconds():.3f} s)"
-                    duration = f"{(when - event.timestamp).total_seconds():.3f} s"
-        failure = _failure(event)
-        if failure:
-            name = f"{name} — {failure}" if name else failure
-        attempts = getattr(event, "attempts", None)
-        rows.append(
-            {
-                "type": event.type,
-                "seq": "" if event.seq is None else str(event.seq),
-                "name": name,
-                "time": f"+{(event.timestamp - start).total_seconds():.3f} s",
-                "duration": duration,
-                "attempt": "" if attempts is None else str(attempts),
-            }
-        )
-    return rows
-
-
-def timeline_html(history: list[HistoryEvent]) -> str:
-    rows = timeline_rows(history)
-    if not rows:
-        return "<i>no history yet</i>"
-    header = "".join(f"<th style='text-align:left;padding:0 8px'>{c}</th>" for c in _COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='padding:0 8px'>{html.escape(row[c])}</td>" for c in _COLUMNS) + "</tr>"
-        for row in rows
-    )
-    return f"<table style='font-family:monospace;font-size:12px'><tr>{header}</tr>{body}</table>"
-
-
-_COLUMNS = ("type", "seq", "name", "time", "duration", "attempt")
-
-
 def _json(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return repr(value)
-
-
-#: longest payload shown in a timeline row (the full one is in `%eventual history` / `handle.history()`)
-SHORT_JSON = 120
-
-
-def _short_json(value: Any) -> str:
-    text = _json(value)
-    return text if len(text) <= SHORT_JSON else text[: SHORT_JSON - 1] + "…"
 
 
 # ------------------------------------------------------------------------------------------ signal form
@@ -276,13 +166,12 @@ def payload_placeholder(signal: Any) -> str:
         return "JSON payload"
 
 
-def read_payload(signal_name: str, text: str) -> Any:
-    """The payload the signal box describes, checked against the signal's type; raises `ValueError` with a
+def read_payload(signal_name: str, signal: Any, text: str) -> Any:
+    """The payload the signal box describes, checked against `signal`'s type (the workflow's own service's
+    signal of that name: another service may declare one with the same name); raises `ValueError` with a
     message for the form (the field a payload lacks, the text that is not JSON)."""
     from eventual_nb.errors import InputValidationError
-    from eventual_nb.signals import find_signal
 
-    signal = find_signal(signal_name)
     payload_type = getattr(signal, "payload_type", None)
     empty = not text.strip()
     if takes_text(payload_type):
@@ -333,20 +222,52 @@ def _error(text: str) -> str:
     return f"<span style='color:#d93025'>{html.escape(text)}</span>"
 
 
+@dataclasses.dataclass
+class _Read:
+    """One fetch of an execution's history, logs and waits (`fetched`: time.monotonic() of the fetch)."""
+
+    history: list[HistoryEvent]
+    logs: list[LogEntry]
+    waits: ExecutionWaits | None
+    fetched: float
+
+
+def _runtime_now(runtime: Any, waits: ExecutionWaits | None, fetched: float) -> datetime | None:
+    """The runtime's clock now: its own (a TestEnvironment's virtual time) when it has one, else the time it
+    reported with the waits plus what passed since (a `ServiceClient`'s server)."""
+    clock = getattr(runtime, "current_time", None)
+    if callable(clock):
+        moment = clock()
+        if isinstance(moment, datetime):
+            return moment
+    if waits is None:
+        return None
+    return waits.now + timedelta(seconds=time.monotonic() - fetched)
+
+
 class ExecutionView:
     """The live widget for one execution; only `WidgetPump` writes its traits.
+
+    It shows the execution's timeline as a picture (`eventual_nb.timeline`: redrawn on every commit, and about
+    once a second while it runs so its "now" moves), its result, the signal form and Cancel, the last
+    `WIDGET_HISTORY_ROWS` history events with their payloads, and its logs.
 
     It reaches its execution through an `ExecutionHandle`, so it follows the runtime that replaces its own on
     the same database (Run All re-runs `%eventual runtime local`) and otherwise says which runtime its
     execution belongs to. Cancel asks first: it cancels the execution, which is not a signal."""
 
-    def __init__(self, host: RuntimeHost, execution_id: str, runtime: Any, signal_names: list[str]) -> None:
+    def __init__(self, host: RuntimeHost, execution_id: str, runtime: Any, signals: Mapping[str, Any]) -> None:
+        """`signals`: the signals the execution's workflow's service declares, by name (what Send offers)."""
         self.host = host
+        self.signals = dict(signals)
+        signal_names = sorted(self.signals)
         self.execution_id = execution_id
         self.handle = ExecutionHandle(execution_id, runtime=runtime)
         self.title = widgets.HTML(f"<b>{html.escape(execution_id)}</b>")
         self.status = widgets.HTML(status_badge(ExecutionStatus.IN_PROGRESS.value), _dom_classes=["eventual-status"])
         self.timeline = widgets.HTML("<i>loading…</i>", _dom_classes=["eventual-timeline"])
+        self.history = widgets.HTML("", _dom_classes=["eventual-history"])
+        self.logs_heading = widgets.HTML("<b>Logs</b>", _dom_classes=["eventual-logs-heading"])
         self.logs = widgets.Output(
             layout=widgets.Layout(max_height="160px", overflow="auto"), _dom_classes=["eventual-logs"]
         )
@@ -405,11 +326,13 @@ class ExecutionView:
             [
                 widgets.HBox([self.title, self.status]),
                 self.timeline,
-                self.logs,
                 self.result,
                 controls,
                 self.confirmation,
                 self.message,
+                self.history,
+                self.logs_heading,
+                self.logs,
             ],
             _dom_classes=["eventual-execution"],
         )
@@ -418,7 +341,11 @@ class ExecutionView:
         self.seen_runtime: Any = runtime
         self.shown_status = ""
         self.shown_timeline = ""
+        self.shown_history = ""
         self.shown_logs = 0
+        #: what the last fetch read, kept to redraw the timeline as its "now" moves (`_redraw`)
+        self._read: _Read | None = None
+        self._next_redraw = 0.0
         self.shown_result = ""
         self.shown_detached: str | None = None
         self.finished = False
@@ -453,10 +380,8 @@ class ExecutionView:
         self._later(message=text)
 
     def _placeholder(self) -> str:
-        from eventual_nb.signals import find_signal
-
         name = self.signal_name.value
-        return payload_placeholder(find_signal(name)) if name else "this workflow's service declares no signal"
+        return payload_placeholder(self.signals.get(name)) if name else "this workflow's service declares no signal"
 
     def _on_signal_chosen(self, _change: Any) -> None:
         self._later(placeholder=self._placeholder())
@@ -467,7 +392,7 @@ class ExecutionView:
             self._say(_error("this workflow's service declares no signal"))
             return
         try:
-            payload = read_payload(name, self.payload.value or "")
+            payload = read_payload(name, self.signals.get(name), self.payload.value or "")
         except ValueError as exc:
             self._say(_error(str(exc)))
             return
@@ -503,28 +428,44 @@ class ExecutionView:
         self.handle._runtime = runtime
         counter = change_counter(runtime)
         if runtime is self.seen_runtime and counter is not None and counter == self.seen_counter and not pending:
+            self._redraw(runtime)
             return
         execution: Execution = self.host.call(runtime.get_execution(self.execution_id), QUERY_TIMEOUT)
         history = self.host.call(runtime.get_execution_history(self.execution_id), QUERY_TIMEOUT)
         logs = self.host.call(runtime.get_execution_logs(self.execution_id), QUERY_TIMEOUT)
         self.seen_counter, self.seen_runtime = counter, runtime
+        ended = execution.status != ExecutionStatus.IN_PROGRESS
+        waits = None
+        if not ended:  # only a running execution waits; what on changes only with its history
+            waits = self._waits(runtime, len(history))
+        self._read = _Read(history, logs, waits, time.monotonic())
         status = status_badge(execution.status.value)
-        timeline = timeline_html(history)
+        timeline = self._draw(runtime)
+        history_html = self.shown_history
+        if len(history) != self._history_length:
+            self._history_length = len(history)
+            history_html = (
+                f"<div class='ev-tl'><style>{CSS}</style><b>History</b>"
+                f"{history_table(history, limit=WIDGET_HISTORY_ROWS)}</div>"
+            )
         result = ""
         if execution.status == ExecutionStatus.SUCCEEDED:
             result = f"<b>result</b> <code>{html.escape(_json(execution.result))}</code>"
-        elif execution.status != ExecutionStatus.IN_PROGRESS:
+        elif ended:
             result = (
                 f"<b>{html.escape(execution.error or execution.status.value)}</b> "
                 f"{html.escape(execution.message or '')}"
             )
-        ended = execution.status != ExecutionStatus.IN_PROGRESS
         if self.shown_detached is not None:  # reachable again (a runtime on its database is back)
             pending.setdefault("message", "")
             self.shown_detached = None
         new_logs = logs[self.shown_logs :]
         changed = (
-            status != self.shown_status or timeline != self.shown_timeline or result != self.shown_result or new_logs
+            status != self.shown_status
+            or timeline != self.shown_timeline
+            or history_html != self.shown_history
+            or result != self.shown_result
+            or new_logs
         )
         if changed or pending:
             with self.root.hold_sync():
@@ -532,6 +473,8 @@ class ExecutionView:
                     self.status.value = status
                 if timeline != self.shown_timeline:
                     self.timeline.value = timeline
+                if history_html != self.shown_history:
+                    self.history.value = history_html
                 if result != self.shown_result:
                     self.result.value = result
                 for entry in new_logs:
@@ -540,9 +483,49 @@ class ExecutionView:
                 self._apply(pending, ended)
             self.last_update = time.monotonic()
         self.shown_status, self.shown_timeline, self.shown_result = status, timeline, result
+        self.shown_history = history_html
         self.shown_logs = len(logs)
         self.finished = ended
         self._controls(enabled=not ended)
+
+    _history_length = -1
+    _waits_read: tuple[int, ExecutionWaits | None] = (-1, None)
+
+    def _waits(self, runtime: Any, length: int) -> ExecutionWaits | None:
+        """What the execution waits on, asked again only when its history grew (replaying costs O(history))."""
+        if self._waits_read[0] != length:
+            ask = getattr(runtime, "get_execution_waits", None)
+            waits = None if ask is None else self.host.call(ask(self.execution_id), QUERY_TIMEOUT)
+            self._waits_read = (length, waits)
+        return self._waits_read[1]
+
+    def _draw(self, runtime: Any) -> str:
+        """The timeline's HTML from the last fetch, at the runtime's current time."""
+        read = self._read
+        assert read is not None
+        started = time.monotonic()
+        now = _runtime_now(runtime, read.waits, read.fetched)
+        drawn = timeline_html(
+            build_timeline(
+                read.history,
+                logs=read.logs,
+                waits=None if read.waits is None else read.waits.waits,
+                now=now,
+                execution_id=self.execution_id,
+            )
+        )
+        took = time.monotonic() - started
+        self._next_redraw = time.monotonic() + max(NOW_INTERVAL, NOW_COST_FACTOR * took)
+        return drawn
+
+    def _redraw(self, runtime: Any) -> None:
+        """Nothing was committed: move a running execution's "now" (at most every `NOW_INTERVAL`)."""
+        if self.finished or self._read is None or self._read.waits is None or time.monotonic() < self._next_redraw:
+            return
+        timeline = self._draw(runtime)
+        if timeline != self.shown_timeline:
+            self.timeline.value = self.shown_timeline = timeline
+            self.last_update = time.monotonic()
 
     def _apply(self, pending: dict[str, Any], ended: bool) -> None:
         """Write what callbacks asked for (the pump's thread, inside `hold_sync`)."""
@@ -598,6 +581,8 @@ class ExecutionsTable:
         self.shown = ""
         self.finished = False
         self.last_update = 0.0
+        self._lines: dict[str, _Line] = {}
+        self._next_tick = 0.0
         # The pump holds views weakly; these observers make the table live as long as its widgets do (an
         # ExecutionView is held by its buttons' callbacks), and an edited filter is shown on the next pass.
         self.workflow.observe(self._filter_changed, names="value")
@@ -621,9 +606,11 @@ class ExecutionsTable:
             self.seen = ()
             return
         key = (id(self.runtime), change_counter(self.runtime), self.workflow.value, self.status.value)
-        if key[1] is not None and key == self.seen:
+        running_rows = any(line.running for line in self._lines.values())
+        if key[1] is not None and key == self.seen and not (running_rows and time.monotonic() >= self._next_tick):
             return
         self.seen = key
+        self._next_tick = time.monotonic() + TABLE_NOW_INTERVAL
         statuses = None if self.status.value == "any" else [ExecutionStatus(self.status.value)]
         page = self.host.call(
             self.runtime.list_executions(
@@ -631,20 +618,26 @@ class ExecutionsTable:
             ),
             QUERY_TIMEOUT,
         )
+        lines = {execution.id: self._line(execution) for execution in page.executions}
+        self._lines = lines
         rows = "".join(
             "<tr>"
             f"<td style='padding:0 8px'>{html.escape(e.id)}</td>"
             f"<td style='padding:0 8px'>{status_badge(e.status.value)}</td>"
+            f"<td style='padding:0 8px' class='eventual-sparkline'>{lines[e.id].sparkline}</td>"
+            f"<td style='padding:0 8px' class='eventual-waiting'>{html.escape(lines[e.id].waiting)}</td>"
             f"<td style='padding:0 8px'>{e.start_time.isoformat(timespec='seconds')}</td>"
             f"<td style='padding:0 8px'>{'' if e.end_time is None else e.end_time.isoformat(timespec='seconds')}</td>"
             "</tr>"
             for e in page.executions
         )
         header = "".join(
-            f"<th style='text-align:left;padding:0 8px'>{c}</th>" for c in ("id", "status", "start", "end")
+            f"<th style='text-align:left;padding:0 8px'>{c}</th>"
+            for c in ("id", "status", "timeline", "waiting on", "start", "end")
         )
         shown = (
-            f"<table style='font-family:monospace;font-size:12px'><tr>{header}</tr>{rows}</table>"
+            f"<div class='ev-tl'><style>{CSS}</style>"
+            f"<table style='font-family:monospace;font-size:12px'><tr>{header}</tr>{rows}</table></div>"
             if rows
             else "<i>no executions match</i>"
         )
@@ -652,6 +645,43 @@ class ExecutionsTable:
             self.table.value = shown
             self.shown = shown
             self.last_update = time.monotonic()
+
+    def _line(self, execution: Execution) -> _Line:
+        """An execution's sparkline and what it waits on: read again while it runs, kept once it ended."""
+        known = self._lines.get(execution.id)
+        running = execution.status == ExecutionStatus.IN_PROGRESS
+        if known is not None and not running and known.status == execution.status:
+            return known
+        history = self.host.call(self.runtime.get_execution_history(execution.id), QUERY_TIMEOUT)
+        waits = None
+        if running:
+            if known is not None and known.length == len(history):
+                waits = known.waits  # it waits on the same things until its history grows
+            else:
+                ask = getattr(self.runtime, "get_execution_waits", None)
+                waits = None if ask is None else self.host.call(ask(execution.id), QUERY_TIMEOUT)
+        timeline = build_timeline(
+            history,
+            waits=None if waits is None else waits.waits,
+            now=_runtime_now(self.runtime, waits, time.monotonic()) if running else None,
+            execution_id=execution.id,
+        )
+        return _Line(execution.status, len(history), waits, render_sparkline(timeline), "; ".join(timeline.waiting))
+
+
+@dataclasses.dataclass
+class _Line:
+    """What the executions table shows of one execution beyond its row (see `ExecutionsTable._line`)."""
+
+    status: ExecutionStatus
+    length: int
+    waits: ExecutionWaits | None
+    sparkline: str
+    waiting: str
+
+    @property
+    def running(self) -> bool:
+        return self.status == ExecutionStatus.IN_PROGRESS
 
 
 class WidgetPump:

@@ -1,6 +1,6 @@
 """A real JupyterLab in a real browser, for tests that must see what a person sees.
 
-Widget state tests without a browser (reference/jupyter-mechanics.md §3.2) cannot show that the
+Widget state tests without a browser cannot show that the
 frontend renders updates sent from a background thread after a cell returned, nor that a click in the
 page reaches the kernel. These helpers start `jupyter lab` as a subprocess (sealed off from the user's
 Jupyter and IPython settings), drive it with Debian's Chromium through Playwright for Python (the only
@@ -10,7 +10,7 @@ the page's console and the notebook's outputs, because a bare Playwright Timeout
 about why the lab never got there.
 
 Used by tests/test_browser.py; the mechanics (fire-and-forget commands, fresh workspaces with
-`?reset`, active-cell pitfalls) are the ones measured in reference/jupyter-mechanics.md §3.3.
+`?reset`, active-cell pitfalls) are handled here once.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def install_python_kernelspec(prefix: Path) -> Path:
 
     The venv's own share/jupyter/kernels/python3 says just `python`, which resolves through PATH; an
     absolute interpreter path guarantees the kernel imports the venv's ipykernel and ipywidgets. It lands
-    in a temporary prefix, never in the user's Jupyter dirs (DESIGN §6: the project never installs or
+    in a temporary prefix, never in the user's Jupyter dirs (the project never installs or
     overwrites a user's `python3` kernelspec).
     """
     from ipykernel.kernelspec import install  # only the browser tests need ipykernel here
@@ -168,12 +168,14 @@ def write_notebook(path: Path, sources: Sequence[str], kernel_name: str, display
 
 @dataclass
 class LabServer:
-    """A running `jupyter lab` subprocess; its log file is the first thing to read when a test fails."""
+    """A running `jupyter lab` (or Notebook 7: `app="notebook"`) subprocess; its log file is the first thing
+    to read when a test fails."""
 
     url: str
     root_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    app: str = "lab"
 
     def log_tail(self, lines: int = 80) -> str:
         try:
@@ -231,11 +233,15 @@ def lab_environment(state_dir: Path, jupyter_path: Sequence[Path]) -> dict[str, 
 
 
 @contextmanager
-def running_lab(root_dir: Path, state_dir: Path, jupyter_path: Sequence[Path] = ()) -> Iterator[LabServer]:
-    """Run `jupyter lab` on 127.0.0.1 serving `root_dir`, with kernelspecs also found in `jupyter_path`.
+def running_lab(
+    root_dir: Path, state_dir: Path, jupyter_path: Sequence[Path] = (), app: str = "lab"
+) -> Iterator[LabServer]:
+    """Run `jupyter lab` (or `jupyter notebook`, Notebook 7, with `app="notebook"`) on 127.0.0.1 serving
+    `root_dir`, with kernelspecs also found in `jupyter_path`.
 
     Token, password and XSRF checks are off (loopback, test only), and `expose_app_in_browser` gives
-    the page `window.jupyterapp`, the handle the tests drive the lab with.
+    the page `window.jupyterapp`, the handle the tests drive the lab with (Notebook 7 is built from the
+    lab's parts: the same commands and notebook panels).
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     workspaces = state_dir / "workspaces"
@@ -246,7 +252,7 @@ def running_lab(root_dir: Path, state_dir: Path, jupyter_path: Sequence[Path] = 
         sys.executable,
         "-m",
         "jupyter",
-        "lab",
+        app,
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
@@ -256,10 +262,15 @@ def running_lab(root_dir: Path, state_dir: Path, jupyter_path: Sequence[Path] = 
         "--PasswordIdentityProvider.hashed_password=",
         "--ServerApp.disable_check_xsrf=True",
         f"--ServerApp.root_dir={root_dir}",
-        f"--LabApp.workspaces_dir={workspaces}",
-        "--LabApp.expose_app_in_browser=True",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
+    if app == "lab":
+        argv += [
+            f"--LabApp.workspaces_dir={workspaces}",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
+    else:
+        argv += ["--JupyterNotebookApp.expose_app_in_browser=True"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv,
@@ -269,7 +280,7 @@ def running_lab(root_dir: Path, state_dir: Path, jupyter_path: Sequence[Path] = 
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LabServer(url=f"http://127.0.0.1:{port}", root_dir=root_dir, log_path=log_path, process=process)
+    server = LabServer(url=f"http://127.0.0.1:{port}", root_dir=root_dir, log_path=log_path, process=process, app=app)
     try:
         _wait_until_serving(server)
         yield server
@@ -315,8 +326,11 @@ class LabPage:
         """
         __tracebackhide__ = True  # pytest: show the test line, not harness internals
         self.notebook = notebook
-        workspace = f"t{uuid.uuid4().hex[:12]}"
-        self.page.goto(f"{self.server.url}/lab/workspaces/{workspace}/tree/{notebook}?reset")
+        if self.server.app == "lab":
+            workspace = f"t{uuid.uuid4().hex[:12]}"
+            self.page.goto(f"{self.server.url}/lab/workspaces/{workspace}/tree/{notebook}?reset")
+        else:  # Notebook 7: one notebook per page
+            self.page.goto(f"{self.server.url}/notebooks/{notebook}")
         started = self._wait(
             _KERNEL_IDLE_JS,
             [notebook, kernel_name, cells],

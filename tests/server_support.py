@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from eventual_nb.runtime.local.server import create_app
+from eventual_nb.server import create_app
 
 
 @dataclass

@@ -881,9 +881,20 @@ async def test_activity_output_is_captured_once_per_attempt(always_replay: bool)
         assert await h.result() == 5
         logs = await h.logs()
         activity_lines = [(entry.message, entry.time) for entry in logs if entry.source == "noisy"]
+        # each retried failure is noted after the attempt's own output (what the timeline draws attempts from)
         assert activity_lines == [
             ("noisy attempt 1", START),
+            (
+                "attempt 1 of activity 'noisy' (seq 0) failed: RuntimeError: not yet; "
+                "retrying at 2024-01-01T12:00:01+00:00 (in 1s)",
+                START,
+            ),
             ("noisy attempt 2", START + timedelta(seconds=1)),
+            (
+                "attempt 2 of activity 'noisy' (seq 0) failed: RuntimeError: not yet; "
+                "retrying at 2024-01-01T12:00:03+00:00 (in 2s)",
+                START + timedelta(seconds=1),
+            ),
             ("noisy attempt 3", START + timedelta(seconds=3)),
         ]
         workflow_lines = [entry.message for entry in logs if entry.source == "workflow"]

@@ -1,4 +1,4 @@
-"""Plain asyncio inside workflows (DESIGN §3 "Concurrency is plain asyncio", §4 deterministic loop).
+"""Plain asyncio inside workflows (concurrency is plain asyncio; the deterministic loop runs it).
 
 `gather`, `wait`, `wait_for`, `create_task`, `TaskGroup` and `asyncio.sleep` run on the workflow's
 deterministic loop, where every `call_at`/`call_later` becomes a durable timer with the next seq. The
@@ -348,7 +348,7 @@ async def orphan_task(await_it: bool) -> str:
 @MODES
 @pytest.mark.parametrize("await_it", [True, False], ids=["retrieved", "never-retrieved"])
 async def test_create_task_exception(await_it: bool, always_replay: bool) -> None:
-    """DESIGN §3: a task's exception reaches whoever awaits it, even 10s later; if nobody ever retrieves it,
+    """A task's exception reaches whoever awaits it, even 10s later; if nobody ever retrieves it,
     the execution fails with it when the workflow function ends (instead of a 'never retrieved' warning)."""
 
     async def scenario(env: TestEnvironment) -> None:

@@ -21,7 +21,6 @@ from eventual_nb.runtime.aws.clients import (
     AwsSettings,
     TimerClient,
     WorkflowQueue,
-    canonical_json,
     delay_until,
     event_dedup_id,
     event_to_dict,
@@ -30,6 +29,7 @@ from eventual_nb.runtime.aws.clients import (
     schedule_name,
     start_dedup_id,
 )
+from eventual_nb.serde import NotJsonable, canonical_json, compact_json, input_hash, to_json
 from tests import aws_support
 from tests.aws_support import Stack, client_kwargs, deploy_stack, require_local, reset_moto
 
@@ -111,6 +111,29 @@ def test_a_session_is_used_as_given(moto_endpoint: str, stack: Stack, monkeypatc
     assert clients.client("sqs") is clients.client("sqs")  # built once per process
     clients.start_child("wf/session")
     assert attribute(clients.client("sqs"), clients.settings.workflow_queue_url, "ApproximateNumberOfMessages") == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_one_canonical_json_refuses_nan_and_infinity_everywhere(bad: float) -> None:
+    """NaN is not JSON: the canonical text behind de-duplication ids and input hashes, the stored JSON and
+    `to_json` (nested too: pydantic alone writes a nested NaN as null) all refuse it with `NotJsonable`.
+    The AWS clients once kept a second canonical_json that wrote the token `NaN`."""
+    event = {"type": "SignalReceived", "payload": {"x": bad}, "timestamp": "2025-03-01T12:00:00Z"}
+    with pytest.raises(NotJsonable, match="not JSON"):
+        canonical_json({"x": [bad]})
+    with pytest.raises(NotJsonable, match="not JSON"):
+        compact_json({"x": [bad]})
+    with pytest.raises(NotJsonable, match="not JSON"):
+        event_dedup_id("wf/a", event)
+    with pytest.raises(NotJsonable):
+        input_hash({"x": bad})
+    with pytest.raises(NotJsonable):
+        to_json({"x": bad})
+    with pytest.raises(NotJsonable):
+        to_json({"x": [bad]}, dict[str, list[float]], what="result of activity 'a'")
+    # the rule refuses only what JSON cannot hold
+    assert canonical_json({"y": [None, True], "x": 1.5}) == '{"x":1.5,"y":[null,true]}'
+    assert compact_json({"y": [None, True], "x": 1.5}) == '{"y":[null,true],"x":1.5}'
 
 
 def test_keys_are_stable_and_fit_aws_limits() -> None:

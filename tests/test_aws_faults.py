@@ -1,4 +1,4 @@
-"""Fault injection on the whole AWS runtime (issue 6 acceptance): the stack deployed into moto, the real
+"""Fault injection on the whole AWS runtime: the stack deployed into moto, the real
 functions (`StackFunctions`) driven by the harness over real SQS queues, and three faults AWS really has:
 
 * duplicate SQS deliveries — every message on every queue (workflow FIFO, activity, timer) is delivered

@@ -221,6 +221,8 @@ async def test_a_signal_releases_an_expect_once_and_ended_executions_refuse(depl
     assert (await runtime.get_execution(handle.id)).status == ExecutionStatus.IN_PROGRESS
     with pytest.raises(ev.Timeout):
         await runtime.wait_for_execution(handle.id, 0.2)
+    waits = await runtime.get_execution_waits(handle.id)  # replayed here, from the stack's history
+    assert [(wait.kind, wait.name) for wait in waits.waits] == [("signal", "approved")]
 
     await handle.signal(approved, "yes", id="approval-1")
     deployed.clock.advance(1)  # a client's retry, a second later: only the id tells them apart

@@ -32,13 +32,18 @@ from eventual_nb.runtime.aws.stores import (
     LISTING_INDEXES,
     MAX_TRANSACTION_ITEMS,
     SHARDS,
+    TIMEOUT_ATTRIBUTE,
     ExecutionStore,
     HistoryConflict,
+    HistoryHead,
     HistoryStore,
+    from_attributes,
     shard_of,
     table_names_from_environment,
+    to_attributes,
 )
 from eventual_nb.runtime.base import Execution, ExecutionStatus
+from eventual_nb.serde import NotJsonable
 from tests import aws_support
 from tests.aws_support import STACK, aws_client, require_local, reset_moto, template_tables
 
@@ -175,6 +180,26 @@ def test_read_follows_query_pages(history: HistoryStore, dynamodb: Any) -> None:
     assert history.read("big/one", after=7) == big[7:]
 
 
+def test_read_with_head_follows_query_pages_and_counts_them(history: HistoryStore, dynamodb: Any) -> None:
+    """The orchestrator's read (events and head in one query) pages like `read` and says how many requests
+    it took (the orchestrator's `history_queries`)."""
+    big = [
+        ActivitySucceeded(seq=index, timestamp=T0, result="x" * 150_000 + str(index), attempts=1) for index in range(9)
+    ]
+    history.append("big/two", 0, big[:5])
+    history.append("big/two", 5, big[5:], pending=[{"kind": "cancel_timer", "key": "3"}])
+    counter = CallCounter(dynamodb)
+    found = history.read_with_head("big/two")
+    assert found.events == big
+    assert found.head == HistoryHead(length=9, pending=[{"kind": "cancel_timer", "key": "3"}])
+    assert found.queries == counter.calls.count("Query") >= 2
+    assert counter.calls == ["Query"] * found.queries
+    tail = history.read_with_head("big/two", after=8)
+    assert (tail.events, tail.head.length, tail.queries) == (big[8:], 9, 1)
+    empty = history.read_with_head("big/none")
+    assert (empty.events, empty.head, empty.queries) == ([], HistoryHead(length=0, pending=[]), 1)
+
+
 def test_a_stale_writer_gets_history_conflict_and_writes_nothing(history: HistoryStore) -> None:
     execution_id = "order/race"
     started, *rest = story()
@@ -295,6 +320,84 @@ def test_create_is_idempotent_by_input_and_get_reads_it(executions: ExecutionSto
     with pytest.raises(ev.ExecutionNotFound) as missing:
         executions.get("order/nope")
     assert missing.value.execution_id == "order/nope"
+
+
+def test_items_keep_their_stored_types_and_come_back_as_python_values(
+    history: HistoryStore, executions: ExecutionStore, dynamodb: Any
+) -> None:
+    """Items go through boto3's TypeSerializer now: the attribute types stored are the ones the hand-written
+    items had (so tables written before read the same), and what the stores hand back is plain Python."""
+    execution_id = "order/shape"
+    executions.create(
+        execution_id, "order", {"n": 3, "amount": 12.5}, T0, parent="batch/b", parent_seq=3, service="shop"
+    )
+    executions.set_timeout(execution_id, 30.0)
+    raw = dynamodb.get_item(TableName=executions.table, Key={"pk": {"S": f"exec#{execution_id}"}, "sk": {"S": "exec"}})
+    item = raw["Item"]
+    kinds = {name: next(iter(value)) for name, value in item.items()}
+    assert kinds == {
+        **dict.fromkeys(
+            ["pk", "sk", "id", "workflow", "status", "input", "input_hash", "start_time", "gsisk", "parent", "service"],
+            "S",
+        ),
+        **dict.fromkeys(["gsi1pk", "gsi2pk", "gsi3pk", "gsi4pk"], "S"),
+        "parent_seq": "N",
+        TIMEOUT_ATTRIBUTE: "N",
+    }
+    assert item["parent_seq"] == {"N": "3"} and item[TIMEOUT_ATTRIBUTE] == {"N": "30.0"}
+    assert item["input"]["S"] == '{"n":3,"amount":12.5}'  # compact, in the order given
+    record = executions.record(execution_id)
+    assert record is not None
+    assert (record["parent_seq"], record[TIMEOUT_ATTRIBUTE], record["input"]) == (3, 30.0, {"n": 3, "amount": 12.5})
+    assert list(record["input"]) == ["n", "amount"]
+    assert type(record["parent_seq"]) is int and type(record[TIMEOUT_ATTRIBUTE]) is float
+    assert (record["status"], record["service"], record["parent"]) == ("IN_PROGRESS", "shop", "batch/b")
+    assert executions.record("order/none") is None
+
+    assert executions.claim(execution_id, 0, 1)
+    claim = dynamodb.get_item(
+        TableName=executions.table, Key={"pk": {"S": f"exec#{execution_id}"}, "sk": {"S": "claim#0000000000#0001"}}
+    )["Item"]
+    assert {name: next(iter(value)) for name, value in claim.items()} == {
+        "pk": "S",
+        "sk": "S",
+        "claimed_at": "S",
+        "lease_until": "N",
+    }
+    assert float(claim["lease_until"]["N"]) > T0.timestamp()
+
+    history.append(execution_id, 0, story()[:1], pending=[{"kind": "timer", "due": "2025-03-01T12:00:00+00:00"}])
+    head = dynamodb.get_item(TableName=history.table, Key={"pk": {"S": f"exec#{execution_id}"}, "sk": {"S": "head"}})
+    assert head["Item"]["length"] == {"N": "1"}
+    assert json.loads(head["Item"]["pending"]["S"]) == [{"kind": "timer", "due": "2025-03-01T12:00:00+00:00"}]
+
+
+def test_the_item_codec_keeps_ints_floats_and_refuses_nan() -> None:
+    values = {"i": 7500, "f": 30.0, "g": 0.1, "b": True, "none": None, "s": "é", "l": [1, 2.5], "m": {"k": -2}}
+    attributes = to_attributes(values)
+    assert attributes["i"] == {"N": "7500"} and attributes["f"] == {"N": "30.0"} and attributes["g"] == {"N": "0.1"}
+    assert attributes["b"] == {"BOOL": True} and attributes["none"] == {"NULL": True} and attributes["s"] == {"S": "é"}
+    assert attributes["l"] == {"L": [{"N": "1"}, {"N": "2.5"}]} and attributes["m"] == {"M": {"k": {"N": "-2"}}}
+    back = from_attributes(attributes)
+    assert back == values
+    assert [type(back[name]) for name in ("i", "f", "g")] == [int, float, float]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(TypeError, match="not supported"):
+            to_attributes({"x": bad})
+
+
+def test_json_attributes_refuse_nan_before_any_request(executions: ExecutionStore, dynamodb: Any) -> None:
+    """Every JSON attribute is `serde.compact_json`: NaN is refused with `NotJsonable`, nothing is sent."""
+    counter = CallCounter(dynamodb)
+    with pytest.raises(NotJsonable):
+        executions.create("order/nan", "order", {"amount": float("nan")}, T0)
+    assert executions.claim("order/nan", 0, 1)
+    counter.calls.clear()
+    with pytest.raises(NotJsonable):
+        executions.wait_for_token("order/nan", 0, 1, {"input": [float("inf")]}, T0)
+    with pytest.raises(NotJsonable):
+        executions.finish_item("order/nan", "order", ExecutionStatus.SUCCEEDED, T0, result=float("nan"))
+    assert counter.calls == []
 
 
 def test_finish_through_extra_items_moves_status_and_listing(history: HistoryStore, executions: ExecutionStore) -> None:
@@ -460,12 +563,13 @@ def test_an_attempt_waiting_for_its_token_is_settled_exactly_once(executions: Ex
     assert executions.claim("order/w", 2, 1)
     assert executions.wait_for_token("order/w", 2, 1, message, T0, deadline=T0 + timedelta(seconds=30))
     pending = executions.pending_claim("order/w", 2, 1)
-    assert pending is not None and json.loads(pending["message"]["S"]) == message
-    assert datetime.fromisoformat(pending["deadline"]["S"]) == T0 + timedelta(seconds=30)
-    assert datetime.fromisoformat(pending["last_heartbeat"]["S"]) == T0
+    # claim rows come back as Python values, the activity message decoded
+    assert pending is not None and pending["message"] == message
+    assert datetime.fromisoformat(pending["deadline"]) == T0 + timedelta(seconds=30)
+    assert datetime.fromisoformat(pending["last_heartbeat"]) == T0
     assert executions.heartbeat_claim("order/w", 2, 1, T0 + timedelta(seconds=1))
     won = executions.settle_claim("order/w", 2, 1, "failed")
-    assert won is not None and json.loads(won["message"]["S"]) == message
+    assert won is not None and won["message"] == message
     assert executions.settle_claim("order/w", 2, 1, "succeeded") is None  # the second completion loses
     assert executions.pending_claim("order/w", 2, 1) is None
     assert not executions.heartbeat_claim("order/w", 2, 1, T0 + timedelta(seconds=2))

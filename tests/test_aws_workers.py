@@ -28,6 +28,7 @@ from eventual_nb.runtime.aws.orchestrator import Orchestrator
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
 from eventual_nb.runtime.aws.workers import ActivityWorker, SubscriptionWorker, schedule_forwarder, timer_handler
 from eventual_nb.runtime.base import ExecutionStatus
+from eventual_nb.timeline import build_timeline
 from tests import aws_support
 from tests.aws_support import Stack, client_kwargs, deploy_stack, reset_moto
 
@@ -262,6 +263,18 @@ def test_a_failing_activity_is_retried_and_succeeds_on_the_third_attempt(rig: Ri
     assert CALLS["k1"] == 3
     assert [report.retry_delay for report in rig.activities.reports] == [1, 1, None]
     assert types_of(history) == asyncio.run(reference(persistent, "k2"))[0]
+    # each retried failure is noted in the execution's logs, so its timeline draws every attempt
+    logs = rig.clients.logs.read(execution_id)
+    notes = [entry.message for entry in logs if entry.source == "flaky"]
+    assert notes[0].startswith("attempt 1 of activity 'flaky' (seq 0) failed: ConnectionError: attempt 1 of k1 fails; ")
+    call = next(span for span in build_timeline(history, logs=logs).spans if span.kind == "activity")
+    assert [(part.label, part.outcome) for part in call.parts] == [
+        ("attempt 1", "failed"),
+        ("backoff before attempt 2", "backoff"),
+        ("attempt 2", "failed"),
+        ("backoff before attempt 3", "backoff"),
+        ("attempt 3", "succeeded"),
+    ]
 
 
 def test_a_duplicate_activity_message_runs_the_activity_once(rig: Rig) -> None:

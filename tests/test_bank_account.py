@@ -48,7 +48,7 @@ sys.path[:0] = [code, provided]
 sys.dont_write_bytecode = True
 
 import handlers  # the generated entry points, from the deployed zip
-from eventual_nb.runtime.aws.functions import harness_for
+from eventual_nb.runtime.aws.harness import harness_for
 
 
 def call(method, target, body=None):

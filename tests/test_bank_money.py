@@ -1,4 +1,4 @@
-"""The bank-account tutorial never loses or creates money (issue 12, part 1).
+"""The bank-account tutorial never loses or creates money.
 
 notebooks/bank-account.ipynb is exported with `eventual-nb export` once per module, and the package is
 used two ways: served by a real `eventual-nb serve` process on 127.0.0.1 (LocalRuntime; the accounts in a

@@ -1,6 +1,6 @@
 """`python -m benchmarks --quick --json PATH` runs end to end and reports the behavioural facts.
 
-The benchmarks are not tests of speed (timings are never asserted, DESIGN §8), but the facts they rest
+The benchmarks are not tests of speed (timings are never asserted), but the facts they rest
 on are checked here: every benchmark produced numbers, cached instances never replay from scratch,
 replay-every-step replays once per step, the daily-timer workflow ends exactly N virtual days after
 its start, LocalRuntime group-commits concurrent work, commits once per workflow step, runs in WAL with
@@ -33,7 +33,8 @@ ENGINE = {"daily_timers", "replay_history", "cached_instances", "always_replay"}
 LOCAL = {"local_throughput", "local_latency", "local_memory", "local_in_flight"}
 KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS
+TIMELINE = {"timeline"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 

@@ -541,6 +541,65 @@ def test_execution_panel_shows_the_result(server: Server) -> None:
     assert server.json("execution", id)["result"] == f"{order} approved by fay"
 
 
+# -- timeline -----------------------------------------------------------------------------------------
+
+
+def test_timeline_draws_what_a_running_execution_waits_on(server: Server) -> None:
+    """`approve` waits on `approval.expect()` (no timeout): history does not record that wait; the server's
+    waits route does, and the terminal picture and its JSON say so."""
+    order = unique("t")
+    id = f"approve/{order}"
+    server.ok("start", "approve", json.dumps(order), "--name", order)
+    shown = server.cli("timeline", id, env=_env(COLUMNS="120"))
+    assert shown.returncode == 0, shown.stderr
+    drawn = shown.stdout
+    assert drawn.splitlines()[0].startswith(f"{id}  IN_PROGRESS")
+    assert "waiting: signal approval" in drawn
+    assert "workflow" in drawn and "signal approval" in drawn and "▒" in drawn
+    model = server.json("timeline", id)
+    assert model["status"] == "IN_PROGRESS" and model["waiting"] == ["signal approval"]
+    assert [(span["kind"], span["label"], span["outcome"]) for span in model["spans"]] == [
+        ("workflow", "workflow approve", "running"),
+        ("signal", "expect approval", "waiting"),
+    ]
+    server.ok("signal", id, "approval", "hal")
+    server.wait_status(id, "SUCCEEDED")
+    done = server.json("timeline", id)
+    assert done["waiting"] == [] and done["now"] is None
+    notify = next(span for span in done["spans"] if span["kind"] == "activity")
+    assert notify["details"]["result"] == f"{order} approved by hal"
+    drawn = server.ok("timeline", id).stdout
+    assert "notify: succeeded" in drawn and "waiting:" not in drawn
+
+
+def test_timeline_html_writes_one_self_contained_page(server: Server, tmp_path: Path) -> None:
+    id = approved(server, unique("th"), approver="ivy")
+    page = tmp_path / "report" / "timeline.html"
+    page.parent.mkdir()
+    said = server.ok("timeline", id, "--html", str(page)).stdout
+    assert said.strip() == f"wrote the timeline of {id} (6 events) to {page}"
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<script" not in text
+    assert "http://" not in text and "https://" not in text
+    assert 'data-label="notify"' in text and "ActivitySucceeded" in text and "notifying ivy" in text
+    assert server.json("timeline", id, "--html", str(page)) == {"execution_id": id, "html": str(page), "events": 6}
+
+
+def test_timeline_errors_say_what_was_wrong(server: Server, tmp_path: Path) -> None:
+    missing = server.cli("timeline", "approve/no-such-order")
+    assert (
+        missing.returncode == 1 and "ExecutionNotFound" in missing.stderr and "approve/no-such-order" in missing.stderr
+    )
+    id = approved(server, unique("te"))
+    nowhere = tmp_path / "no-such-dir" / "t.html"
+    unwritable = server.cli("timeline", id, "--html", str(nowhere))
+    assert unwritable.returncode == 1, unwritable.stderr
+    assert f"cannot write the timeline of {id} to {nowhere}" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr + missing.stderr
+    usage = server.cli("timeline")
+    assert usage.returncode == 2 and "ID" in usage.stderr
+
+
 # -- signal, publish, cancel --------------------------------------------------------------------------
 
 
@@ -765,7 +824,6 @@ def test_url_defaults_to_eventual_url(server: Server) -> None:
 # -- serve --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(not hasattr(ev, "LocalRuntime"), reason="ev.LocalRuntime lands with issue 3", strict=False)
 def test_serve_keeps_state_across_restarts(tmp_path: Path) -> None:
     """A real `eventual-nb serve` process: it says what it serves, and an execution waiting for a signal
     survives a stop and restart on the same database, then completes when signalled."""

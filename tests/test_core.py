@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import eventual_nb as ev
+from eventual_nb.attempts import async_note, read_note, retry_note
 from eventual_nb.engine.history import (
     CancelRequested,
     SignalReceived,
@@ -85,13 +86,13 @@ def failure(kind: core.Outcome = core.Outcome.FAILED, error: str = "ConnectionEr
 
 
 def test_a_failure_is_retried_with_backoff_until_the_attempts_run_out() -> None:
-    first = core.retry_or_settle(failure(), seq=3, attempt=1, now=T0, policy=POLICY)
-    second = core.retry_or_settle(failure(), seq=3, attempt=2, now=T0, policy=POLICY)
+    first = core.retry_or_settle(failure(), name="charge", seq=3, attempt=1, now=T0, policy=POLICY)
+    second = core.retry_or_settle(failure(), name="charge", seq=3, attempt=2, now=T0, policy=POLICY)
     assert (first, second) == (
         core.RetryAt(T0 + timedelta(seconds=2), 2),
         core.RetryAt(T0 + timedelta(seconds=6), 3),
     )
-    last = core.retry_or_settle(failure(), seq=3, attempt=3, now=T0, policy=POLICY)
+    last = core.retry_or_settle(failure(), name="charge", seq=3, attempt=3, now=T0, policy=POLICY)
     assert isinstance(last, core.Settle)
     assert (last.event.type, last.event.error, last.event.message, last.event.attempts) == (  # type: ignore[union-attr]
         "ActivityFailed",
@@ -107,27 +108,64 @@ def test_a_failure_is_retried_with_backoff_until_the_attempts_run_out() -> None:
 )
 def test_a_missed_deadline_is_retried_like_a_failure_then_settles_as_such(kind: core.Outcome, settled: str) -> None:
     outcome = core.expired(kind, 1, OPTIONS)
-    assert isinstance(core.retry_or_settle(outcome, seq=3, attempt=1, now=T0, policy=POLICY), core.RetryAt)
-    decision = core.retry_or_settle(outcome, seq=3, attempt=3, now=T0, policy=POLICY)
+    assert isinstance(
+        core.retry_or_settle(outcome, name="charge", seq=3, attempt=1, now=T0, policy=POLICY), core.RetryAt
+    )
+    decision = core.retry_or_settle(outcome, name="charge", seq=3, attempt=3, now=T0, policy=POLICY)
     assert isinstance(decision, core.Settle) and decision.event.type == settled
     assert decision.event.attempts == 3
 
 
 def test_non_retryable_errors_and_unretryable_outcomes_settle_at_once() -> None:
-    picky = core.retry_or_settle(failure(error="ValueError"), seq=1, attempt=1, now=T0, policy=POLICY)
+    picky = core.retry_or_settle(failure(error="ValueError"), name="charge", seq=1, attempt=1, now=T0, policy=POLICY)
     assert isinstance(picky, core.Settle) and picky.event.attempts == 1
-    named = core.retry_or_settle(core.failed_named("ValueError", "by token"), seq=1, attempt=1, now=T0, policy=POLICY)
+    named = core.retry_or_settle(
+        core.failed_named("ValueError", "by token"), name="charge", seq=1, attempt=1, now=T0, policy=POLICY
+    )
     assert isinstance(named, core.Settle)
-    missing = core.retry_or_settle(core.not_served("charge", "worker"), seq=1, attempt=1, now=T0, policy=POLICY)
+    missing = core.retry_or_settle(
+        core.not_served("charge", "worker"), name="charge", seq=1, attempt=1, now=T0, policy=POLICY
+    )
     assert isinstance(missing, core.Settle) and missing.event.error == "ActivityNotFound"  # type: ignore[union-attr]
 
 
 def test_success_and_waiting_need_no_policy_but_a_failure_does() -> None:
-    done = core.retry_or_settle(core.succeeded(41), seq=2, attempt=2, now=T0, policy=None)
+    done = core.retry_or_settle(core.succeeded(41), name="charge", seq=2, attempt=2, now=T0, policy=None)
     assert isinstance(done, core.Settle) and (done.event.result, done.event.attempts) == (41, 2)  # type: ignore[union-attr]
-    assert isinstance(core.retry_or_settle(core.waiting(print), seq=2, attempt=1, now=T0, policy=None), core.AwaitToken)
+    assert isinstance(
+        core.retry_or_settle(core.waiting(print), name="charge", seq=2, attempt=1, now=T0, policy=None), core.AwaitToken
+    )
     with pytest.raises(ValueError, match="retry policy"):
-        core.retry_or_settle(failure(), seq=2, attempt=1, now=T0, policy=None)
+        core.retry_or_settle(failure(), name="charge", seq=2, attempt=1, now=T0, policy=None)
+
+
+def test_the_core_writes_the_note_of_a_retried_and_of_a_waiting_attempt() -> None:
+    """The note a runtime logs for an attempt that does not end its call is the core's (one rule for all
+    three runtimes); the timeline reads it back."""
+    retry = core.retry_or_settle(failure(), name="charge", seq=3, attempt=1, now=T0, policy=POLICY)
+    assert isinstance(retry, core.RetryAt)
+    assert retry.note == retry_note(
+        "charge", 3, 1, "ConnectionError", "down", T0 + timedelta(seconds=2), timedelta(seconds=2)
+    )
+    read = read_note(T0, "charge", retry.note)
+    assert read is not None and (read.kind, read.seq, read.attempt, read.error, read.message, read.due) == (
+        "retry",
+        3,
+        1,
+        "ConnectionError",
+        "down",
+        T0 + timedelta(seconds=2),
+    )
+    waiting = core.retry_or_settle(core.waiting(print), name="charge", seq=4, attempt=2, now=T0, policy=None)
+    assert isinstance(waiting, core.AwaitToken)
+    assert waiting.note == async_note("charge", 4, 2)
+    read = read_note(T0, "charge", waiting.note)
+    assert read is not None and (read.kind, read.seq, read.attempt) == ("async", 4, 2)
+    # a timeout that is retried says so
+    expired = core.retry_or_settle(
+        core.expired(core.Outcome.TIMED_OUT, 1, OPTIONS), name="charge", seq=3, attempt=1, now=T0, policy=POLICY
+    )
+    assert isinstance(expired, core.RetryAt) and "failed: Timeout: attempt 1 exceeded its timeout" in expired.note
 
 
 def test_which_deadline_an_attempt_missed() -> None:

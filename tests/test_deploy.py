@@ -1,6 +1,6 @@
 """`eventual-nb deploy` / `destroy` (exporter/deploy.py) against moto's server, as real subprocesses.
 
-The acceptance path of issue 6: the sample notebook (tests/fixtures/deploy-sample.ipynb) is exported with
+The deploy path end to end: the sample notebook (tests/fixtures/deploy-sample.ipynb) is exported with
 `--zip`, deployed with `eventual-nb deploy DIR --stack NAME --endpoint-url <moto>` (so `Emulator=true`),
 and then run the way Lambda would run it: a "container" process on Python 3.12 (Lambda's version; the zip
 holds cp312 wheels) whose `sys.path` is only the zip *as deployed* (read back from the code bucket) and the
@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 from tests import aws_support
 from tests.aws_support import REGION, require_local, reset_moto
-from tests.test_handlers_bundle import http_event, lambda_python
+from tests.test_handlers_bundle import NOT_ON_LAMBDA, http_event, lambda_python
 
 moto_endpoint = aws_support.moto_endpoint
 
@@ -140,7 +140,7 @@ sys.dont_write_bytecode = True
 requests = json.loads(open(request_path, encoding="utf-8").read())
 
 import handlers  # the generated entry points, from the deployed zip
-from eventual_nb.runtime.aws.functions import harness_for
+from eventual_nb.runtime.aws.harness import harness_for
 
 started = handlers.api(requests["start"], None)
 harness = harness_for(handlers)  # Lambda's queue triggers over the generated entry points
@@ -154,6 +154,7 @@ print(json.dumps({
     "invocations": [invocation.function for invocation in report.invocations],
     "execution": execution,
     "logs": logs,
+    "loaded": sorted({name.split(".")[0] for name in sys.modules}),
 }))
 """
 
@@ -213,6 +214,10 @@ def run_container(endpoint: str, stack: str, tmp_path: Path, requests: dict[str,
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     for name in ("handlers", "eventual_nb"):
         assert Path(result["modules"][name]).is_relative_to(code), result["modules"]
+    # the API function and the orchestrator ran without what only the command line and ServiceClient use
+    # (the zip does not carry it: an import of it would have failed the run)
+    assert not set(result["loaded"]) & set(NOT_ON_LAMBDA), result["loaded"]
+    assert not {path.name for path in code.iterdir()} & set(NOT_ON_LAMBDA)
     return result
 
 

@@ -440,6 +440,48 @@ def test_syntax_error_in_an_export_cell_and_bad_flags(tmp_path: Path) -> None:
     assert "200 is not an error status" in error.message
 
 
+def test_reading_a_notebook_loads_neither_the_kernel_extension_nor_widgets(tmp_path: Path) -> None:
+    """The exporter reads the magics' flags with eventual_nb.magic_syntax, not through the kernel's magics,
+    so exporting needs no kernel extension and no ipywidgets (in a fresh interpreter, as the CLI runs it)."""
+    notebook = write_notebook(
+        tmp_path / "plain.ipynb",
+        [C("%%activity --timeout 30s --retries 1\ndef a() -> int:\n    return 1", "a"), WORKFLOW],
+    )
+    probe = (
+        "import json, sys\n"
+        "from exporter.notebook import read_service\n"
+        f"source = read_service({str(notebook)!r}).source\n"
+        "print(json.dumps([source, sorted(m for m in sys.modules if m.split('.')[0] in ('kernel_ext', 'ipywidgets'))]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    source, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert '@ev.activity(timeout="30s", retry=ev.RetryPolicy(max_attempts=2))' in source
+    assert loaded == []
+
+
+def test_magic_lines_split_as_a_shell_splits_them(tmp_path: Path) -> None:
+    """Quotes group words and are not part of them (the kernel reads the line with the same grammar,
+    eventual_nb.magic_syntax); an unclosed quote is an error at the magic line, not a traceback."""
+    exported = read_service(
+        write_notebook(
+            tmp_path / "quoted.ipynb",
+            [
+                C("%%workflow --name \"nightly report\" --timeout '2h'\nasync def w() -> None: ...", "w"),
+                C("%%subscription 'order placed' --name ship\ndef ship(event: dict) -> None: ...", "s"),
+            ],
+        )
+    )
+    assert '@ev.workflow(name="nightly report", timeout="2h")' in exported.source
+    assert '@ev.subscription("order placed", name="ship")' in exported.source
+
+    error = _export_error(tmp_path, [C('\n%%workflow --name "nightly\nasync def w() -> None: ...', "open")])
+    assert_located(error, 0, "open", 2)
+    assert "%%workflow: No closing quotation" in error.message
+
+
 def test_notebook_without_service_cells(tmp_path: Path) -> None:
     error = _export_error(
         tmp_path,

@@ -33,14 +33,17 @@ from pydantic import BaseModel, Field
 
 import eventual_nb as ev
 from eventual_nb.runtime.aws import lambda_api
-from eventual_nb.runtime.local.server import create_app
-from exporter.bundle import SIZE_LIMIT, build_lambda_zip, core_requirements
+from eventual_nb.server import create_app
+from exporter.bundle import LAMBDA_DEPENDENCIES, SIZE_LIMIT, build_lambda_zip, lambda_requirements
 from exporter.errors import ExportError
 from exporter.handlers import HANDLERS, handlers_source
 
 SERVICE = ev.Service("tests-lambda-api")
 
 WORKER_ENTRY_POINTS = ["orchestrator", "activity_worker", "subscription_worker", "timer", "schedule_forwarder"]
+#: import names of the core install's parts that Lambda never runs (the command line's rich, the local
+#: server's uvicorn, ServiceClient's httpx, and what they pull in): not in lambda.zip, never imported there
+NOT_ON_LAMBDA = ("rich", "pygments", "markdown_it", "mdurl", "uvicorn", "click", "h11", "httpx", "httpcore", "certifi")
 
 # -------------------------------------------------------------------------------- the service under test
 
@@ -409,9 +412,17 @@ def test_handlers_without_their_stack_say_which_variables_are_missing(monkeypatc
 PACKAGE_SOURCE = '''\
 """An exported-like service for the Lambda tests."""
 
+from datetime import datetime
+
 import eventual_nb as ev
 
 SERVICE = ev.Service("lambda-shop")
+
+
+@ev.schedule("0 9 * * MON-FRI", timezone="Europe/Paris")  # the cron library and the zone database come along
+@ev.workflow
+async def morning(fired_at: datetime) -> str:
+    return fired_at.isoformat()
 
 
 @ev.activity
@@ -457,12 +468,19 @@ from eventual_nb.errors import EventualError
 
 out = {"version": list(sys.version_info[:2]), "answers": [handlers.api(event, None) for event in json.loads(sys.argv[2])]}
 out["modules"] = {name: sys.modules[name].__file__ for name in ("handlers", "eventual_nb", "pydantic_core", "lambda_shop")}
+from datetime import datetime, timezone
+import lambda_shop
+
+after = datetime(2026, 3, 27, 12, tzinfo=timezone.utc)  # a Friday before Paris moves to summer time
+out["next_fires"] = [str(lambda_shop.SERVICE.schedules["morning"].next_fire(after))]
+out["next_fires"].append(str(lambda_shop.SERVICE.schedules["morning"].next_fire(datetime.fromisoformat(out["next_fires"][0]))))
 out["workers"] = {}
 for entry in ("orchestrator", "activity_worker", "subscription_worker", "timer", "schedule_forwarder"):
     try:
         getattr(handlers, entry)({"Records": []}, None)
     except EventualError as exc:
         out["workers"][entry] = [type(exc).__name__, isinstance(exc, NotImplementedError), str(exc)]
+out["loaded"] = sorted(sys.modules)
 print(json.dumps(out))
 """
 
@@ -512,10 +530,16 @@ def check_shop_answers(out: dict[str, Any], code_dir: Path) -> None:
     assert missing["statusCode"] == 404
     assert Path(out["modules"]["handlers"]) == code_dir / "handlers.py"
     assert Path(out["modules"]["lambda_shop"]) == code_dir / "lambda_shop" / "__init__.py"
+    # the schedule fired on Monday at 09:00 in Paris, which is UTC+2 from that Sunday on
+    assert out["next_fires"] == ["2026-03-30 07:00:00+00:00", "2026-03-31 07:00:00+00:00"]
     assert sorted(out["workers"]) == sorted(WORKER_ENTRY_POINTS)
     for entry, (kind, not_implemented, message) in out["workers"].items():
         assert (kind, not_implemented) == ("EventualError", False), entry
         assert "EVENTUAL_EXECUTIONS_TABLE, EVENTUAL_HISTORY_TABLE, EVENTUAL_WORKFLOW_QUEUE_URL not set" in message
+    # what a cold start loads: no test harness, nothing only the command line or ServiceClient use
+    loaded = set(out["loaded"])
+    assert "eventual_nb.runtime.aws.harness" not in loaded
+    assert not {name.split(".")[0] for name in loaded} & set(NOT_ON_LAMBDA), sorted(loaded)
 
 
 # ---------------------------------------------------------------------------------------------- handlers.py
@@ -616,13 +640,15 @@ def test_zip_layout(builds: Builds) -> None:
     tops = {name.split("/")[0] for name in names}
     assert {"handlers.py", "lambda_shop", "eventual_nb", "pydantic", "pydantic_core", "fastapi", "starlette"} <= tops
     assert "eventual_nb/runtime/aws/lambda_api.py" in names
-    for absent in ("kernel_ext", "exporter", "boto3", "botocore", "bin", "tests"):
+    for absent in ("kernel_ext", "exporter", "boto3", "botocore", "bin", "tests", *NOT_ON_LAMBDA):
         assert absent not in tops
+    distributions = {top.removesuffix(".dist-info").split("-")[0].lower() for top in tops if top.endswith(".dist-info")}
+    assert not distributions & {*NOT_ON_LAMBDA, "markdown_it_py"}, distributions
     for name in names:
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
         assert not name.endswith((".dist-info/RECORD", ".dist-info/direct_url.json", ".dist-info/INSTALLER")), name
     assert any(name.startswith("pydantic_core/") and "cpython-312-x86_64-linux-gnu" in name for name in names)
-    pinned = {pin.split("==")[0].replace("-", "_").lower(): pin.split("==")[1] for pin in core_requirements()}
+    pinned = {pin.split("==")[0].replace("-", "_").lower(): pin.split("==")[1] for pin in lambda_requirements()}
     for name in names:
         top = name.split("/")[0]
         if top.endswith(".dist-info") and not top.startswith("eventual_nb-"):
@@ -641,3 +667,33 @@ def test_handlers_import_from_the_unpacked_zip_on_python_3_12(builds: Builds, tm
     for module in ("eventual_nb", "pydantic_core"):
         assert Path(out["modules"][module]).is_relative_to(unpacked), out["modules"]
     check_shop_answers(out, unpacked)
+
+
+def test_lambda_requirements_are_what_the_functions_import() -> None:
+    """pydantic and fastapi with everything they require, pinned to what is installed; not the rest of the
+    core install (the zip stays small, and a cold start does not pay for the command line)."""
+    import importlib.metadata
+
+    pinned = {pin.split("==")[0]: pin.split("==")[1] for pin in lambda_requirements()}
+    core = {
+        requirement.split(">")[0].split("=")[0].split(" ")[0]
+        for requirement in importlib.metadata.requires("eventual-nb") or []
+        if "extra" not in requirement
+    }
+    assert LAMBDA_DEPENDENCIES < core
+    assert LAMBDA_DEPENDENCIES <= set(pinned)
+    assert {"starlette", "pydantic-core", "anyio", "typing-extensions"} <= set(pinned)
+    assert not set(pinned) & {
+        "rich",
+        "pygments",
+        "markdown-it-py",
+        "mdurl",
+        "uvicorn",
+        "click",
+        "h11",
+        "httpx",
+        "httpcore",
+        "certifi",
+    }
+    for name, version in pinned.items():
+        assert importlib.metadata.version(name) == version

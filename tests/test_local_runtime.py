@@ -1,4 +1,4 @@
-"""The behavioural suite on both runtimes, and what only `ev.LocalRuntime` promises (issue 3).
+"""The behavioural suite on both runtimes, and what only `ev.LocalRuntime` promises.
 
 The first part runs every behaviour three times through the `rig` fixture: on a TestEnvironment (virtual
 time), on a LocalRuntime on a fresh SQLite file (real time, short durations), and on `ev.aws.AwsRuntime`

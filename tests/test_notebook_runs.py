@@ -1,4 +1,4 @@
-"""Notebooks as tests (issue 7): `eventual-nb test` / `eventual-nb run` through papermill's `eventual` engine,
+"""Notebooks as tests: `eventual-nb test` / `eventual-nb run` through papermill's `eventual` engine,
 the committed notebooks' hygiene, every notebook on both runtimes, and the Binder set-up from scratch.
 
 Everything runs for real: the CLI in a subprocess, real "Eventual (Python 3)" kernels, and for Binder a fresh

@@ -1,5 +1,5 @@
 """A core install (``pip install eventual-nb``, no extras) gives a working SDK and command line and
-does not drag in Jupyter or AWS (DESIGN §2 "Packaging").
+does not drag in Jupyter or AWS: those are the `notebook` and `aws` extras.
 
 Built from a copy of the checkout in a fresh virtual environment, so that the build writes nothing
 into the work tree and nothing from the development venv leaks in.
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,10 @@ IGNORE = shutil.ignore_patterns(
 )
 
 PROBE = """
-import json, sys
+import importlib.metadata, json, sys
 import eventual_nb
-print(json.dumps({m: m in sys.modules for m in ("IPython", "boto3", "ipywidgets", "fastapi")}))
+loaded = {m: m in sys.modules for m in ("IPython", "boto3", "ipywidgets", "fastapi")}
+print(json.dumps({**loaded, "version": eventual_nb.__version__, "installed": importlib.metadata.version("eventual-nb")}))
 """
 
 
@@ -64,6 +66,7 @@ def test_core_install_has_no_jupyter_or_aws(tmp_path: Path) -> None:
     assert not loaded["IPython"], "import eventual_nb must not import IPython"
     assert not loaded["boto3"], "import eventual_nb must not import boto3"
     assert not loaded["ipywidgets"], "import eventual_nb must not import ipywidgets"
+    assert loaded["installed"] == loaded["version"], "the build reads the version from eventual_nb.__version__"
 
     proc = run([str(venv / "bin" / "eventual-nb"), "--help"], cwd=outside, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -81,3 +84,21 @@ def test_core_install_has_no_jupyter_or_aws(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.stdout.strip() == "True"
+
+
+def test_the_version_is_written_once() -> None:
+    """eventual_nb/_version.py is the version's one home: pyproject declares it dynamic and reads it from
+    there, and the code asks that module (never a copy, never installed metadata that can lag a checkout)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"]
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "eventual_nb._version.__version__"}
+    import eventual_nb
+
+    literal = f'"{eventual_nb.__version__}"'
+    holders = [
+        str(path.relative_to(ROOT))
+        for path in [ROOT / "pyproject.toml", *sorted((ROOT / "eventual_nb").rglob("*.py"))]
+        if literal in path.read_text(encoding="utf-8")
+    ]
+    assert holders == ["eventual_nb/_version.py"]

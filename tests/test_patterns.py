@@ -1,7 +1,7 @@
-"""Eventual's cheatsheet patterns (reference/eventual-features.md §3) as workflows run in a TestEnvironment.
+"""Eventual's cheatsheet patterns as workflows run in a TestEnvironment.
 
 Every test asserts the workflow's result, the exact virtual end time and the exact sequence of history
-event types, all derived from the semantics in DESIGN.md §3/§4 (activities that really run finish at
+event types, all derived from the model's semantics (activities that really run finish at
 the virtual instant they start; timers fire at their `until`; one step applies one event at a time and
 runs the woken code until idle, so the durable calls it makes follow the event that woke it).
 Each test runs with cached workflow instances and with `always_replay=True`; the latter run also
@@ -486,7 +486,7 @@ async def _catch(aw: Awaitable[Any]) -> Any:
 
 @MODES
 async def test_combinators_decide_by_argument_order_when_settled(always_replay: bool) -> None:
-    """DESIGN §3: when several inputs are already settled, the first in argument order decides.
+    """When several inputs are already settled, the first in argument order decides.
 
     The race against a plain value is decided before the 30s leg it wraps ever starts; that leg is
     cancelled before its first step, so it never records a timer, and the workflow ends at 20s.

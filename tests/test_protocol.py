@@ -1,4 +1,4 @@
-"""The service-client protocol (DESIGN §3 "Runtimes and clients — one protocol") on a TestEnvironment."""
+"""The service-client protocol (one protocol for runtimes and clients) on a TestEnvironment."""
 
 from __future__ import annotations
 
@@ -489,11 +489,12 @@ async def test_forged_token_is_rejected_and_records_nothing() -> None:
         lambda env: env.get_execution("greet/nope"),
         lambda env: env.get_execution_history("greet/nope"),
         lambda env: env.get_execution_logs("greet/nope"),
+        lambda env: env.get_execution_waits("greet/nope"),
         lambda env: env.send_signal("greet/nope", decision, Decision(ok=True)),
         lambda env: env.send_signal("greet/nope", "decision", {"ok": True}),
         lambda env: env.cancel_execution("greet/nope"),
     ],
-    ids=["get_execution", "history", "logs", "signal", "signal_by_name", "cancel"],
+    ids=["get_execution", "history", "logs", "waits", "signal", "signal_by_name", "cancel"],
 )
 async def test_unknown_execution_ids_raise_execution_not_found(call: Any) -> None:
     async with make_env() as env:

@@ -198,7 +198,7 @@ async def test_redefined_workflow_diverges_on_a_cold_replay_in_the_environment()
 
 @pytest.mark.no_replay_check
 async def test_redefined_workflow_keeps_a_cached_instance_running_old_code() -> None:
-    """DESIGN §3: outside a notebook, in-flight executions stay on their live instances."""
+    """Outside a notebook, in-flight executions stay on their live instances."""
 
     @ev.workflow(name="evolving_cached")
     async def cached_v1(x: int) -> int:

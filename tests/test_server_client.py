@@ -301,6 +301,19 @@ async def test_a_signal_nobody_waits_for_is_buffered_but_an_unknown_execution_is
     assert caught.value.execution_id == "sc_waits_approval/nobody"
 
 
+async def test_waits_say_what_an_execution_waits_on_which_history_does_not_record(client: ServiceClient) -> None:
+    """`expect()` without a timeout records nothing in history: only the waits route can say the execution
+    waits on that signal, and since when (history time)."""
+    handle = await client.start_execution(sc_waits_approval, name="waiting")
+    waits = await client.get_execution_waits(handle.id)
+    started = (await handle.history())[0].timestamp
+    assert waits.execution_id == handle.id and waits.now >= started
+    assert [(wait.kind, wait.name, wait.since) for wait in waits.waits] == [("signal", "sc_approval", started)]
+    await handle.signal(sc_approval, Approval(ok=True))
+    assert await handle.result(timeout=10) is True
+    assert (await client.get_execution_waits(handle.id)).waits == []
+
+
 async def test_a_typed_signal_with_a_wrong_payload_is_422_naming_the_field(client: ServiceClient) -> None:
     handle = await client.start_execution(sc_waits_approval, name="typed")
     with pytest.raises(ev.InputValidationError) as caught:
@@ -406,6 +419,7 @@ async def test_unknown_execution_raises_execution_not_found_from_every_method(cl
         client.get_execution(missing),
         client.get_execution_history(missing),
         client.get_execution_logs(missing),
+        client.get_execution_waits(missing),
         client.cancel_execution(missing),
         client.send_signal(missing, "sc_approval", {"ok": True}),
         client.wait_for_execution(missing, 1),
@@ -716,6 +730,7 @@ _ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/_eventual/executions/{id}", None),
     ("GET", "/_eventual/history/{id}", None),
     ("GET", "/_eventual/logs/{id}", None),
+    ("GET", "/_eventual/waits/{id}", None),
     ("GET", "/_eventual/result/{id}", None),
     ("POST", "/_eventual/signals", _signal_bodies),
     ("POST", "/_eventual/events", _event_bodies),

@@ -23,8 +23,8 @@ import eventual_nb as ev
 from eventual_nb import errors
 from eventual_nb.client import ServiceClient
 from eventual_nb.runtime.aws import lambda_api
-from eventual_nb.runtime.local.server import create_app
 from eventual_nb.runtime.tokens import InvalidToken, TokenSigner
+from eventual_nb.server import create_app
 from tests.server_support import RunningServer, run_server, token_from
 from tests.test_cli_verbs import FIXTURE, free_port, run_cli, start_server
 
@@ -283,7 +283,12 @@ def test_the_internal_openapi_lists_the_answers_routes_give(server: RunningServe
 
     assert codes("/_eventual/executions", "get") >= {"200", "400", "403", "422"}
     assert codes("/_eventual/executions", "post") >= {"200", "400", "403", "404", "409", "413", "422"}
-    for path in ["/_eventual/executions/{id}", "/_eventual/history/{id}", "/_eventual/logs/{id}"]:
+    for path in [
+        "/_eventual/executions/{id}",
+        "/_eventual/history/{id}",
+        "/_eventual/logs/{id}",
+        "/_eventual/waits/{id}",
+    ]:
         assert codes(path, "get") >= {"200", "403", "404"}, path
     assert codes("/_eventual/result/{id}", "get") >= {"200", "403", "404", "422"}
     assert codes("/_eventual/signals", "post") >= {"202", "400", "403", "404", "413", "422"}

@@ -23,6 +23,12 @@ import eventual_nb as ev
 from eventual_nb.runtime.base import ExecutionHandle
 from kernel_ext.host import RuntimeHost
 from kernel_ext.widgets import ExecutionsTable, ExecutionView, example_payload
+from tests.svg_support import Item, items
+
+# Another service, declared first, with an untyped signal of the same name: the form must use the signal of
+# the execution's own service (it once took the first service's, so a str signal lost its plain-text box).
+OTHER = ev.Service("widget-content-other")
+ev.signal("note")
 
 SERVICE = ev.Service("widget-content")
 
@@ -87,7 +93,7 @@ def host(tmp_path: Path) -> Iterator[RuntimeHost]:
 
 def view_of(host: RuntimeHost, workflow: Any) -> tuple[ExecutionView, ExecutionHandle]:
     handle: ExecutionHandle = host.call(workflow.start())
-    view = ExecutionView(host, handle.id, host.runtime, sorted(SERVICE.signals))
+    view = ExecutionView(host, handle.id, host.runtime, SERVICE.signals)
     view.refresh()
     return view, handle
 
@@ -105,10 +111,18 @@ def shown(view: ExecutionView, until: str, widget: str = "message") -> str:
 
 
 def row_of(view: ExecutionView, event_type: str) -> str:
-    rows = [html.unescape(row) for row in re.findall(r"<tr>(.*?)</tr>", view.timeline.value)]
+    """The history table's row of the first `event_type` event, as text."""
+    rows = [html.unescape(row) for row in re.findall(r"<tr>(.*?)</tr>", view.history.value)]
     found = [re.sub(r"<[^>]+>", " ", row) for row in rows if f">{event_type}<" in row]
-    assert found, f"no {event_type} row in the timeline: {view.timeline.value}"
+    assert found, f"no {event_type} row in the history: {view.history.value}"
     return " ".join(found[0].split())
+
+
+def item_of(view: ExecutionView, kind: str, label: str) -> Item:
+    """The timeline's bar or mark of `kind` labelled `label`."""
+    found = [item for item in items(view.timeline.value) if item.kind == kind and item.label == label]
+    assert found, f"no {kind} {label!r} in the timeline: {[(i.kind, i.label) for i in items(view.timeline.value)]}"
+    return found[0]
 
 
 def choose(view: ExecutionView, signal: str) -> None:
@@ -165,29 +179,34 @@ def test_an_empty_box_for_a_required_payload_names_the_missing_fields(host: Runt
 def go_view(host: RuntimeHost) -> ExecutionView:
     """`go_then_publish` shown while it waits for Go (its timeout pending), then sent Go from the widget."""
     view, handle = view_of(host, go_then_publish)
-    shown(view, "TimerScheduled", "timeline")
-    waiting = row_of(view, "TimerScheduled")
-    assert "timeout of signal Go" in waiting and "ended" not in waiting, waiting
+    shown(view, "TimerScheduled", "history")
+    waiting = item_of(view, "signal", "expect Go")
+    assert waiting.outcome == "waiting" and "due +1h" in waiting.details, waiting
+    assert "waiting: signal Go, 59 min left" in shown(view, "waiting:", "timeline")
     choose(view, "Go")
     view.payload.value = '{"ok": false}'
     view.send.click()
-    shown(view, "WorkflowSucceeded", "timeline")
+    shown(view, "WorkflowSucceeded", "history")
     assert host.call(handle.result(timeout=30)) is False
     return view
 
 
 def test_a_signal_timeout_timer_is_shown_ended_when_the_signal_arrives(go_view: ExecutionView) -> None:
-    timer = row_of(go_view, "TimerScheduled")
-    assert "timeout of signal Go" in timer and "ended: signal Go arrived" in timer, timer
-    assert "TimerCompleted" not in go_view.timeline.value  # it never fired: the signal beat it
+    wait = item_of(go_view, "signal", "expect Go")
+    assert wait.outcome == "received", wait
+    assert 'payload: {"ok":false}' in wait.details, wait.details
+    assert "TimerCompleted" not in go_view.history.value  # it never fired: the signal beat it
+    assert "waiting:" not in go_view.timeline.value  # the execution ended: it waits on nothing
 
 
 def test_events_published_names_its_events(go_view: ExecutionView) -> None:
-    assert "Opened, Closed" in row_of(go_view, "EventsPublished")
+    assert item_of(go_view, "events", "Opened, Closed").row == "events published"
+    assert '"name":"Opened"' in row_of(go_view, "EventsPublished")
 
 
 def test_signal_received_shows_its_payload(go_view: ExecutionView) -> None:
-    assert 'Go {"ok": false}' in row_of(go_view, "SignalReceived")
+    assert 'signal Go payload {"ok":false}' in row_of(go_view, "SignalReceived")
+    assert 'payload: {"ok":false}' in item_of(go_view, "signal", "Go received").details
 
 
 def test_cancel_asks_first_and_says_it_cancels_the_execution(host: RuntimeHost) -> None:
@@ -260,3 +279,35 @@ def test_the_executions_table_follows_a_rerun_and_says_whose_executions_it_liste
     host.use_local(tmp_path / "widgets.db")
     table.refresh()
     assert handle.id in table.table.value
+
+
+def test_each_row_of_the_executions_table_has_a_sparkline_and_says_what_it_waits_on(host: RuntimeHost) -> None:
+    waiting: ExecutionHandle = host.call(go_then_publish.start())
+    done: ExecutionHandle = host.call(takes_note.start())
+    host.call(done.signal(note, "hi"))
+    assert host.call(done.result(timeout=30)) == "hi"
+    table = ExecutionsTable(host, host.runtime, None, None)
+    deadline = time.monotonic() + 30
+    while "waiting on" not in table.table.value or "signal Go" not in table.table.value:
+        assert time.monotonic() < deadline, table.table.value
+        table.seen = ()  # as a commit would: read again
+        table.refresh()
+        time.sleep(0.02)
+    rows = {row.split("</td>", 1)[0]: row for row in re.findall(r"<tr><td[^>]*>(.*?)</tr>", table.table.value)}
+    go_row, note_row = rows[waiting.id], rows[done.id]
+    assert '<svg class="ev-sparkline"' in go_row and "ev-o-waiting" in go_row
+    assert re.search(r"signal Go, (59|60) min left", html.unescape(go_row)), go_row
+    assert "ev-o-succeeded ev-k-workflow" in note_row
+    assert "class='eventual-waiting'></td>" in note_row  # it ended: it waits on nothing
+
+
+def test_a_running_execution_s_timeline_moves_with_the_clock_without_a_commit(host: RuntimeHost) -> None:
+    from kernel_ext.widgets import NOW_INTERVAL
+
+    view, _ = view_of(host, go_then_publish)
+    shown(view, "waiting:", "timeline")
+    before, counter = view.timeline.value, view.seen_counter
+    time.sleep(NOW_INTERVAL + 0.3)
+    view.refresh()
+    assert view.seen_counter == counter  # nothing was committed: nothing was read again
+    assert view.timeline.value != before and 'class="ev-now"' in view.timeline.value

@@ -820,7 +820,7 @@ async def wakes_a_task_then_returns() -> str:
 async def test_tasks_created_but_not_started_when_the_function_ends_never_start(
     workflow: Any, status: str, terminal: str
 ) -> None:
-    """DESIGN §3: neither their code runs nor does their first durable call reach the history."""
+    """Neither their code runs nor does their first durable call reach the history."""
     TASK_BODIES_RUN.clear()
     async with make_env() as env:
         handle = await workflow.start()

@@ -60,6 +60,7 @@ from eventual_nb.engine.history import (
     StartTimer,
     TimerCompleted,
     TimerScheduled,
+    Wait,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowStarted,
@@ -181,6 +182,8 @@ class WorkflowExecutor:
         self.signal_buffer: dict[str, deque[Any]] = defaultdict(deque)
         self.seen_signal_ids: set[str] = set()
         self.conditions: list[tuple[Callable[[], Any], asyncio.Future[bool]]] = []
+        #: when each signal waiter and condition began (history time), for `open_waits`
+        self._waiting_since: dict[asyncio.Future[Any], datetime] = {}
         self.patches: dict[str, bool] = {}
 
         self.started: WorkflowStarted | None = None
@@ -780,6 +783,7 @@ class WorkflowExecutor:
     def add_signal_waiter(self, name: str) -> asyncio.Future[Any]:
         future = self.loop.create_future()
         self.signal_waiters[name].append(future)
+        self._note_since(future)
         return future
 
     def add_signal_handler(self, name: str, handler: Callable[[Any], Any]) -> SignalHandlerEntry:
@@ -798,7 +802,12 @@ class WorkflowExecutor:
     def add_condition(self, predicate: Callable[[], Any]) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = self.loop.create_future()
         self.conditions.append((predicate, future))
+        self._note_since(future)
         return future
+
+    def _note_since(self, future: asyncio.Future[Any]) -> None:
+        self._waiting_since[future] = self.now
+        future.add_done_callback(self._waiting_since.pop)
 
     def patched(self, patch_id: str) -> bool:
         if patch_id in self.patches:
@@ -830,23 +839,41 @@ class WorkflowExecutor:
 
     # -------------------------------------------------------------------------------------- introspection
 
-    def waits(self) -> list[tuple[str, Any]]:
-        """What the execution is blocked on, for `Stuck` messages: (kind, detail) pairs."""
-        found: list[tuple[str, Any]] = []
+    def open_waits(self) -> list[Wait]:
+        """What the execution is blocked on now: pending activities and children, timers, and the signal
+        `expect`s and conditions, which history does not record, with when the code began waiting."""
+        found: list[Wait] = []
         for seq, pending in sorted(self.pending.items()):
-            if pending.future.done():
-                continue
-            if pending.kind == "activity":
-                found.append(("activity", (pending.name, seq)))
-            else:
-                found.append(("child", pending.child_id))
+            if not pending.future.done():
+                name = pending.name if pending.kind == "activity" else pending.child_id
+                found.append(Wait(kind="activity" if pending.kind == "activity" else "child", seq=seq, name=name))
         for name, futures in self.signal_waiters.items():
-            if any(not future.done() for future in futures):
-                found.append(("signal", name))
-        if any(not future.done() for _, future in self.conditions):
-            found.append(("condition", None))
+            for future in futures:
+                if not future.done():
+                    found.append(Wait(kind="signal", name=name, since=self._waiting_since.get(future)))
+        for _, future in self.conditions:
+            if not future.done():
+                found.append(Wait(kind="condition", since=self._waiting_since.get(future)))
         for seq, handle in sorted(self.timers.items()):
-            found.append(("timer", (seq, _when_to_datetime(handle.when()))))
+            found.append(Wait(kind="timer", seq=seq, until=_when_to_datetime(handle.when())))
+        return found
+
+    def waits(self) -> list[tuple[str, Any]]:
+        """What the execution is blocked on, for `Stuck` messages: (kind, detail) pairs, one per signal."""
+        found: list[tuple[str, Any]] = []
+        for wait in self.open_waits():
+            if wait.kind == "activity":
+                found.append(("activity", (wait.name, wait.seq)))
+            elif wait.kind == "child":
+                found.append(("child", wait.name))
+            elif wait.kind == "signal":
+                if ("signal", wait.name) not in found:
+                    found.append(("signal", wait.name))
+            elif wait.kind == "condition":
+                if ("condition", None) not in found:
+                    found.append(("condition", None))
+            else:
+                found.append(("timer", (wait.seq, wait.until)))
         return found
 
     def _describe_waits(self) -> str:

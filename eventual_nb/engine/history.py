@@ -6,6 +6,7 @@ contract (stored in databases, shown by the CLI and widgets), so they never chan
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -200,6 +201,27 @@ def parse_history(history: Any) -> list[HistoryEvent]:
     return HISTORY_ADAPTER.validate_python([item.model_dump() if isinstance(item, _Event) else item for item in items])
 
 
+def event_fields(event: HistoryEvent) -> list[tuple[str, Any]]:
+    """What an event says beyond its type, seq and time, as (field, JSON value) pairs in declaration order.
+
+    Every history table (the CLI's, the widget's, the HTML page's) shows these, so they agree on what an
+    event holds; empty values and the `attempts=1` of a call decided on its first attempt are left out."""
+    data = event.model_dump(mode="json", exclude={"type", "seq", "timestamp"})
+    return [
+        (name, value)
+        for name, value in data.items()
+        if value is not None and value != {} and value != [] and not (name == "attempts" and value == 1)
+    ]
+
+
+def describe_event(event: HistoryEvent) -> str:
+    """`event_fields` as one line of ``name=value`` pairs (strings as they are, anything else as compact JSON)."""
+    return " ".join(
+        f"{name}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(',', ':'))}"
+        for name, value in event_fields(event)
+    )
+
+
 def dump_history(history: list[HistoryEvent]) -> list[dict[str, Any]]:
     return [event.model_dump(mode="json") for event in history]
 
@@ -291,6 +313,21 @@ Command = Annotated[
     Field(discriminator="kind"),
 ]
 COMMAND_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(list[Command])
+
+
+class Wait(BaseModel):
+    """One thing an execution is blocked on now (`WorkflowExecutor.open_waits`).
+
+    History records the calls an execution made, not a `Signal.expect()` without a timeout nor an
+    `ev.condition()`: those waits exist only in the running workflow, so readers (the timeline, the
+    executions table) ask for them. `name` is the activity's name, the child's execution id or the
+    signal's name; `since` is when the wait began (history time); `until` when a timer fires."""
+
+    kind: Literal["activity", "child", "signal", "condition", "timer"]
+    seq: int | None = None
+    name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 class LogEntry(BaseModel):

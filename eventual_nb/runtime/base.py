@@ -17,14 +17,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 from eventual_nb import errors
-from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
 
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
@@ -85,6 +85,15 @@ class DeadLetter(BaseModel):
     time: datetime
 
 
+class ExecutionWaits(BaseModel):
+    """What an execution is blocked on now, read by the runtime at `now` on its own clock (a
+    TestEnvironment's virtual time), so readers can say "9 min left" on the runtime's terms."""
+
+    execution_id: str
+    now: datetime
+    waits: list[Wait] = Field(default_factory=list)
+
+
 class StartResponse(BaseModel):
     execution_id: str
     already_running: bool = False
@@ -115,6 +124,8 @@ class ServiceClientProtocol(Protocol):
 
     async def get_execution_logs(self, id: str) -> list[LogEntry]: ...
 
+    async def get_execution_waits(self, id: str) -> ExecutionWaits: ...
+
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None: ...
 
     async def publish_events(self, *events: Any) -> None: ...
@@ -138,6 +149,7 @@ HOME_LOOP_METHODS = (
     "list_executions",
     "get_execution_history",
     "get_execution_logs",
+    "get_execution_waits",
     "send_signal",
     "publish_events",
     "cancel_execution",
@@ -265,6 +277,28 @@ class RuntimeBase:
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         raise errors.EventualError(f"{type(self).__name__} cannot wait for results")
 
+    def current_time(self) -> datetime:
+        """This runtime's clock: its own `now` when it keeps one (a TestEnvironment's virtual time), else UTC."""
+        own = getattr(self, "now", None)
+        return own if isinstance(own, datetime) else datetime.now(UTC)
+
+    @_on_home_loop
+    async def get_execution_waits(self, id: str) -> ExecutionWaits:
+        """What execution `id` is blocked on now (none once it ended), found by replaying its history with the
+        workflow's current definition: the signal `expect`s and conditions it waits on are recorded nowhere
+        else. An execution whose code this runtime does not have, or which no longer replays, reports none."""
+        runtime: Any = self  # every runtime implements the protocol's readers
+        execution: Execution = await runtime.get_execution(id)
+        now = self.current_time()
+        if execution.status != ExecutionStatus.IN_PROGRESS:
+            return ExecutionWaits(execution_id=id, now=now)
+        history: list[HistoryEvent] = await runtime.get_execution_history(id)
+        try:
+            code = self.workflow_definition(execution.workflow).code()
+        except errors.EventualError:
+            return ExecutionWaits(execution_id=id, now=now)
+        return ExecutionWaits(execution_id=id, now=now, waits=replay_waits(code, id, history))
+
     async def rebind_executions(self, workflow: str, pinned: dict[str, Any]) -> None:
         """After workflow `workflow` was redefined: executions in `pinned` (id -> `WorkflowCode`) keep
         running on that code; every other in-flight execution of it continues on the new definition."""
@@ -356,6 +390,23 @@ def current_runtime(required: bool = True) -> Any:
             "`%eventual runtime local` in a notebook"
         )
     return runtime
+
+
+def replay_waits(code: Any, execution_id: str, history: list[HistoryEvent]) -> list[Wait]:
+    """Replay `history` with `code` in a fresh executor and return what it then waits on (none if the code no
+    longer replays the history: a diverged execution waits on a compatible definition, not on a call)."""
+    from eventual_nb.engine.executor import WorkflowExecutor
+
+    if not history:
+        return []
+    executor = WorkflowExecutor(code, execution_id, history)
+    try:
+        executor.step([])
+        return executor.open_waits()
+    except errors.EventualError:
+        return []
+    finally:
+        executor.close()
 
 
 def listing_offset(sort: str, max_results: int, next_token: str | None) -> int:

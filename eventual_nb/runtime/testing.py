@@ -758,7 +758,12 @@ class TestEnvironment(RuntimeBase):
         if not activity.settles(attempt):
             return  # a late outcome of an attempt that timed out, was retried, or was completed by token
         decision = core.retry_or_settle(
-            outcome, seq=activity.seq, attempt=attempt, now=self._now, policy=activity.options.retry
+            outcome,
+            name=activity.name,
+            seq=activity.seq,
+            attempt=attempt,
+            now=self._now,
+            policy=activity.options.retry,
         )
         match decision:
             case core.Settle(event=event):
@@ -767,12 +772,14 @@ class TestEnvironment(RuntimeBase):
                 state = self._executions.get(activity.execution_id)
                 if state is not None:
                     self._deliver(state, event)
-            case core.RetryAt(due=due):
+            case core.RetryAt(due=due, note=note):
                 activity.status = "backoff"
+                self._log_for(activity.execution_id, activity.name)(note)
                 self._schedule(due, lambda: self._attempt(activity), f"retry {activity.name}")
-            case core.AwaitToken():
+            case core.AwaitToken(note=note):
                 activity.status = "async"
                 activity.deadlines = core.heartbeat_at(activity.deadlines, activity.options, self._now)
+                self._log_for(activity.execution_id, activity.name)(note)
                 assert outcome.callback is not None
                 await _call(outcome.callback, self._signer.sign(activity.execution_id, activity.seq, attempt))
 

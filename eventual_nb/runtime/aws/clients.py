@@ -2,7 +2,7 @@
 
 Every piece of the AWS runtime (API, orchestrator, activity worker, timer, schedule forwarder,
 subscription worker) talks to the others only through the JSON bodies built here, so the format lives
-in one place (aws-target §1.2):
+in one place:
 
 * workflow FIFO queue, `MessageGroupId` derived from the execution id (`group_id`):
   `{"type": "start", "execution_id": ID}` and `{"type": "event", "execution_id": ID, "event": {...}}`;
@@ -13,7 +13,7 @@ in one place (aws-target §1.2):
 * bus: `put_events` entries with `Source` = service name, `DetailType` = event name, `Detail` = event JSON.
 
 Why every send must be safe to repeat: the orchestrator dispatches only after committing history, and
-re-dispatches when it may have died in between (aws-target §1.3), so each send is keyed — FIFO dedup
+re-dispatches when it may have died in between (see orchestrator.py), so each send is keyed — FIFO dedup
 ids, Scheduler names (`ConflictException` = already scheduled) — and every consumer still expects
 duplicates (SQS dedup lasts five minutes, and moto forgets it once a message is deleted).
 
@@ -37,6 +37,7 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent, LogEntry
+from eventual_nb.serde import canonical_json
 
 #: SQS's largest `DelaySeconds`; a timer further away than this goes to EventBridge Scheduler
 MAX_SQS_DELAY_SECONDS = 900
@@ -78,11 +79,6 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, UTF-8 kept: equal values give equal text, hence equal dedup ids."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def event_to_dict(event: HistoryEvent) -> dict[str, Any]:
     """A history event as the JSON dict the messages carry (the form `EVENT_ADAPTER` reads back)."""
     dumped: dict[str, Any] = EVENT_ADAPTER.dump_python(event, mode="json")
@@ -107,7 +103,9 @@ def event_dedup_id(execution_id: str, event: Mapping[str, Any]) -> str:
     """The FIFO dedup id of an event message: a hash of the execution id and the event's canonical JSON.
 
     The execution id is part of it (the contract's first draft hashed the event alone) because moto
-    ignores `DeduplicationScope=messageGroup` and would drop an equal event of another execution."""
+    ignores `DeduplicationScope=messageGroup` and would drop an equal event of another execution. The
+    event's text is `serde.canonical_json`, so an event holding NaN is refused (`NotJsonable`) rather
+    than keyed by a text no JSON reader accepts."""
     return _sha256(execution_id + ":" + canonical_json(event))[:64]
 
 

@@ -4,7 +4,9 @@
 relay and the schedule forwarder, all sharing one `AwsClients` (boto3 clients are built lazily, so a
 function pays only for what it calls). `handlers()` maps the template's function keys to their
 `handler(event, context)` callables: exactly what the `Harness` drives offline and what the generated
-`handlers.py` calls inside Lambda.
+`handlers.py` calls inside Lambda. Nothing here imports the harness (it is for tests and benchmarks, and a
+Lambda cold start should not load it): `eventual_nb.runtime.aws.harness.harness_for` builds one over an
+export's handlers.
 
 Why one object per process rather than one per function: a Lambda container runs one function, but a
 local emulator (`Harness`) runs all of them in one process, and the orchestrator's warm instance cache
@@ -24,7 +26,6 @@ from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, AwsSettings
-from eventual_nb.runtime.aws.harness import Harness
 from eventual_nb.runtime.aws.orchestrator import Orchestrator
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
 from eventual_nb.runtime.aws.workers import (
@@ -40,7 +41,6 @@ __all__ = [
     "ENTRY_POINTS",
     "FUNCTION_KEYS",
     "StackFunctions",
-    "harness_for",
     "invoke",
     "process_functions",
     "reset_process_functions",
@@ -156,12 +156,3 @@ def invoke(function: str, event: dict[str, Any], context: Any, *, service: str |
     if function not in FUNCTION_KEYS:
         raise errors.EventualError(f"unknown function {function!r}: expected one of {', '.join(FUNCTION_KEYS)}")
     return process_functions(service).handlers()[function](event, context)
-
-
-def harness_for(handlers: Any, clock: Callable[[], datetime] | None = None, **options: Any) -> Harness:
-    """A `Harness` driving an export's generated `handlers` module (imported from the export or its zip)
-    the way Lambda would: its entry points, over this process's functions' clients. `options` go to
-    `Harness` (e.g. `visibility_timeout`, `function_timeout`)."""
-    clients = process_functions(getattr(handlers, "SERVICE", None)).clients
-    entry_points = {key: getattr(handlers, entry) for key, entry in ENTRY_POINTS.items()}
-    return Harness(clients, entry_points, clock or clients.clock, **options)

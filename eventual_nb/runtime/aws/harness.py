@@ -1,7 +1,7 @@
 """A driver that stands in for Lambda's SQS pollers and for EventBridge Scheduler, for offline runs on moto.
 
 moto stores queues, buses, schedules and tables faithfully but runs no code: event source mappings are
-deployed disabled in the emulator (`Emulator=true`), and schedules never fire (aws-target §2). The
+deployed disabled in the emulator (`Emulator=true`), and schedules never fire. The
 `Harness` plays those two parts, with the same contracts the handlers meet on AWS:
 
 * Lambda's SQS event source mapping: it receives from the workflow FIFO queue, the activity queue, the
@@ -11,7 +11,7 @@ deployed disabled in the emulator (`Emulator=true`), and schedules never fire (a
   handler's `batchItemFailures` (`ReportBatchItemFailures`). A handler that raises fails its whole
   batch; a malformed or unknown `itemIdentifier` fails it too, as on Lambda. On the FIFO queue, once a
   message of a group failed, later messages of that group in the batch count as failed even if the
-  handler did not list them, so a group's order survives a failure (aws-target §1.3 step 6).
+  handler did not list them, so a group's order survives a failure.
 * EventBridge Scheduler: `fire_due_schedules` lists the one-time `at()` schedules of the group and, for
   each whose time has come by the harness's clock, delivers its input to its target — an SQS queue
   (`send_message`) or a Lambda function (the `schedule` handler, called with the parsed input) — and
@@ -45,6 +45,7 @@ from zoneinfo import ZoneInfo
 
 from eventual_nb import errors
 from eventual_nb.runtime.aws.clients import AwsClients, utc
+from eventual_nb.runtime.aws.functions import ENTRY_POINTS, process_functions
 
 LOGGER = logging.getLogger("eventual_nb.aws.harness")
 
@@ -465,3 +466,12 @@ class Harness:
             handler(json.loads(text), self.context(SCHEDULE))
             return
         raise errors.EventualError(f"the harness cannot deliver a schedule to {arn}")
+
+
+def harness_for(handlers: Any, clock: Callable[[], datetime] | None = None, **options: Any) -> Harness:
+    """A `Harness` driving an export's generated `handlers` module (imported from the export or its zip)
+    the way Lambda would: its entry points, over this process's functions' clients. `options` go to
+    `Harness` (e.g. `visibility_timeout`, `function_timeout`)."""
+    clients = process_functions(getattr(handlers, "SERVICE", None)).clients
+    entry_points = {key: getattr(handlers, entry) for key, entry in ENTRY_POINTS.items()}
+    return Harness(clients, entry_points, clock or clients.clock, **options)

@@ -332,7 +332,7 @@ async def _call(app: ASGIApp, scope: dict[str, Any], body: bytes) -> tuple[int, 
             return status, headers, chunks
         if status is not None:
             raise  # the response had started but not finished: there is no honest way to answer now
-        from eventual_nb.runtime.local.server import internal_error
+        from eventual_nb.server import internal_error
 
         payload = json.dumps(internal_error(exc, scope["method"], scope["path"])).encode()
         return 500, [(b"content-type", b"application/json")], [payload]
@@ -420,7 +420,7 @@ def _build_api_app(service: str | None) -> ASGIApp:
     if kind not in ("aws", "local"):
         raise errors.EventualError(f"EVENTUAL_RUNTIME={kind!r} is not a runtime: use 'local' or 'aws'")
     from eventual_nb.runtime import base
-    from eventual_nb.runtime.local.server import create_app
+    from eventual_nb.server import create_app
     from eventual_nb.service import all_services, get_service
 
     if service is not None and get_service(service) is None:

@@ -1,4 +1,4 @@
-"""The orchestrator of the AWS runtime: one turn per execution per SQS FIFO batch (aws-target §1.3).
+"""The orchestrator of the AWS runtime: one turn per execution per SQS FIFO batch.
 
 `Orchestrator.handle_batch(event, context)` is what the orchestrator Lambda calls with a batch of the
 workflow FIFO queue (MessageGroupId = execution id). Records are grouped by execution, in order, and
@@ -69,11 +69,11 @@ from eventual_nb.engine.history import (
 )
 from eventual_nb.runtime import core
 from eventual_nb.runtime.aws.stores import (
+    TIMEOUT_ATTRIBUTE,
     ExecutionStore,
     HistoryConflict,
+    HistoryHead,
     HistoryStore,
-    event_sk,
-    execution_pk,
 )
 from eventual_nb.runtime.base import ExecutionStatus
 from eventual_nb.runtime.core import (
@@ -98,11 +98,6 @@ LOGGER = logging.getLogger("eventual_nb.aws.orchestrator")
 MAX_QUEUE_DELAY_SECONDS = 900
 #: warm executors kept per container (least recently used are closed first)
 DEFAULT_MAX_CACHED = 1000
-#: cancellation codes that mean another writer got there first (as in stores.py)
-_CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
-_HEAD_SK = "head"
-#: record attribute holding an explicit workflow timeout (set for child workflows started with timeout=)
-TIMEOUT_ATTRIBUTE = "timeout_seconds"
 
 
 class Dispatch(Protocol):
@@ -337,7 +332,7 @@ class Orchestrator:
         if record is None:
             LOGGER.warning("dropping %d message(s) for unknown execution %s", count, execution_id)
             return None
-        if record["status"]["S"] != ExecutionStatus.IN_PROGRESS.value:
+        if record["status"] != ExecutionStatus.IN_PROGRESS.value:
             return None
         return _Opening(record, self._begun_from(execution_id, record))
 
@@ -385,7 +380,7 @@ class Orchestrator:
         if record is None and started.parent is not None and ended:
             record = self._record(execution_id)  # the parent must hear how it ended
         if record is not None and "parent_seq" in record:
-            parent_seq = int(record["parent_seq"]["N"])
+            parent_seq = int(record["parent_seq"])
         return core.Lineage.of(definition, started.parent, parent_seq)
 
     def _status_of(self, execution_id: str) -> ExecutionStatus | None:
@@ -409,16 +404,14 @@ class Orchestrator:
         """History and head in one strongly consistent query; a warm executor reads only past its length."""
         after = cached.progress.length if cached is not None else 0
         events, head = self._query(execution_id, after)
-        length = int(head["length"]["N"]) if head and "length" in head else 0
-        pending = json.loads(head["pending"]["S"]) if head and "pending" in head else []
+        length, pending = head.length, head.pending
         if cached is not None:
             if not events and length == after:
                 self.stats.warm_hits += 1
                 return _Loaded(cached.progress, [], pending, cached)
             cached.executor.close()  # someone else committed since: rebuild from the whole history
             events, head = self._query(execution_id, 0)
-            length = int(head["length"]["N"]) if head and "length" in head else 0
-            pending = json.loads(head["pending"]["S"]) if head and "pending" in head else []
+            length, pending = head.length, head.pending
         if len(events) != length:
             raise errors.EventualError(
                 f"history of execution '{execution_id}' has {len(events)} events but its head says {length}"
@@ -427,47 +420,15 @@ class Orchestrator:
         progress.observe(events)
         return _Loaded(progress, events, pending, None)
 
-    def _query(self, execution_id: str, after: int) -> tuple[list[HistoryEvent], dict[str, Any] | None]:
-        """Events `after`, ... and the head item (`sk` sorts `ev#...` < `head`), consistently, in one query."""
-        client = self.history.client
-        request: dict[str, Any] = {
-            "TableName": self.history.table,
-            "ConsistentRead": True,
-            "KeyConditionExpression": "pk = :pk AND sk >= :first",
-            "ExpressionAttributeValues": {":pk": {"S": execution_pk(execution_id)}, ":first": {"S": event_sk(after)}},
-        }
-        events: list[HistoryEvent] = []
-        head: dict[str, Any] | None = None
-        while True:
-            self.stats.history_queries += 1
-            response = client.query(**request)
-            for item in response.get("Items", []):
-                sort_key = item["sk"]["S"]
-                if sort_key == _HEAD_SK:
-                    head = item
-                    continue
-                if not sort_key.startswith("ev#"):
-                    continue
-                index = after + len(events)
-                if sort_key != event_sk(index):
-                    raise errors.EventualError(
-                        f"history of execution '{execution_id}' has no event {index} (found {sort_key!r})"
-                    )
-                events.append(EVENT_ADAPTER.validate_json(item["event"]["S"]))
-            last_key = response.get("LastEvaluatedKey")
-            if not last_key:
-                return events, head
-            request["ExclusiveStartKey"] = last_key
+    def _query(self, execution_id: str, after: int) -> tuple[list[HistoryEvent], HistoryHead]:
+        """Events `after`, ... and the head (`sk` sorts `ev#...` < `head`), consistently, in one query."""
+        found = self.history.read_with_head(execution_id, after)
+        self.stats.history_queries += found.queries
+        return found.events, found.head
 
     def _record(self, execution_id: str) -> dict[str, Any] | None:
-        """The raw record item (it holds `parent_seq`, `service` and the timeout, which `Execution` does not)."""
-        response = self.executions.client.get_item(
-            TableName=self.executions.table,
-            Key={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": "exec"}},
-            ConsistentRead=True,
-        )
-        item: dict[str, Any] | None = response.get("Item")
-        return item
+        """The record's values (it holds `parent_seq`, `service` and the timeout, which `Execution` does not)."""
+        return self.executions.record(execution_id)
 
     def _workflow(self, name: str) -> Workflow[Any]:
         found = [service.workflows[name] for service in self.services if name in service.workflows]
@@ -477,19 +438,19 @@ class Orchestrator:
 
     def _begun_from(self, execution_id: str, record: dict[str, Any]) -> core.Begun:
         """The start, built from the record only (so every turn that builds it builds the same one)."""
-        workflow = record["workflow"]["S"]
+        workflow = record["workflow"]
         limit: timedelta | None
         if TIMEOUT_ATTRIBUTE in record:
-            limit = timedelta(seconds=float(record[TIMEOUT_ATTRIBUTE]["N"]))
+            limit = timedelta(seconds=float(record[TIMEOUT_ATTRIBUTE]))
         else:
             limit = self._workflow(workflow).timeout
         return core.begin(
             execution_id,
             workflow,
-            json.loads(record["input"]["S"]) if "input" in record else None,
-            start=datetime.fromisoformat(record["start_time"]["S"]),
+            record.get("input"),
+            start=datetime.fromisoformat(record["start_time"]),
             limit=limit,
-            parent=record["parent"]["S"] if "parent" in record else None,
+            parent=record.get("parent"),
         )
 
     def _finish_item(self, workflow: str, finish: Finish) -> dict[str, Any]:
@@ -558,13 +519,7 @@ class Orchestrator:
             self._carry_out(core.child_not_started(action, exc))
             return
         if action.timeout is not None:
-            self.executions.client.update_item(
-                TableName=self.executions.table,
-                Key={"pk": {"S": execution_pk(action.child_id)}, "sk": {"S": "exec"}},
-                UpdateExpression="SET #timeout = :timeout",
-                ExpressionAttributeNames={"#timeout": TIMEOUT_ATTRIBUTE},
-                ExpressionAttributeValues={":timeout": {"N": repr(action.timeout.total_seconds())}},
-            )
+            self.executions.set_timeout(action.child_id, action.timeout.total_seconds())
         self.dispatch.start_child(action.child_id)
 
     def _note_blocked(self, execution_id: str, error: BaseException, started: WorkflowStarted) -> None:

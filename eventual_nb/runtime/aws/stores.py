@@ -3,7 +3,7 @@
 Both tables are the ones `exporter/template.py` declares (`pk`/`sk` strings, PAY_PER_REQUEST); the
 executions table also carries the listing indexes below. The stores take a boto3 DynamoDB *client*
 (not a resource) so that items built here can go straight into a `TransactWriteItems` call, which is
-how the orchestrator commits a turn (aws-target §1.3): new history events, the history head's
+how the orchestrator commits a turn: new history events, the history head's
 compare-and-swap and any execution-record update in ONE transaction, before any command is dispatched.
 
 Layout
@@ -32,6 +32,12 @@ A listing queries every shard (of every requested status) and merges them lazily
 page token is base64 JSON of the last `gsisk` consumed per partition, so a page costs about
 `max_results` items of reads plus one small query per partition, never a scan.
 
+Items go through boto3's `TypeSerializer`/`TypeDeserializer` (`to_attributes`, `from_attributes`),
+never hand-written `{"S": ...}` maps, and every query that may span pages runs through the client's
+`query` paginator. What the stores hand back are plain Python values (records, claim rows, the history
+head), so the orchestrator and the workers never see DynamoDB's attribute types. JSON attributes
+(`input`, `result`, a claim's `message`, the head's `pending`) are `serde.compact_json` text.
+
 The stores are synchronous (boto3): the Lambda handlers call them directly, an async runtime from a
 worker thread.
 """
@@ -41,20 +47,27 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import functools
 import hashlib
 import heapq
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from eventual_nb import errors
 from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent
 from eventual_nb.runtime import core
+from eventual_nb.runtime.aws.clients import EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE
 from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, invalid_page_token, listing_offset
-from eventual_nb.serde import input_hash
+from eventual_nb.serde import compact_json, input_hash
+
+if TYPE_CHECKING:
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 #: DynamoDB's limit of items in one TransactWriteItems call (moto enforces it as well)
 MAX_TRANSACTION_ITEMS = 100
@@ -66,9 +79,6 @@ MAX_ITEM_BYTES = 400_000
 MAX_TRANSACTION_BYTES = 4_000_000
 #: shards per listing key: spreads the listing indexes' writes over partitions; a listing reads them all
 SHARDS = 8
-
-EXECUTIONS_TABLE_VARIABLE = "EVENTUAL_EXECUTIONS_TABLE"
-HISTORY_TABLE_VARIABLE = "EVENTUAL_HISTORY_TABLE"
 
 #: the listing indexes: name -> partition-key attribute (all share the sort key `gsisk`)
 INDEX_BY_WORKFLOW = "ByWorkflow"
@@ -85,6 +95,8 @@ LISTING_SORT_KEY = "gsisk"
 
 _RECORD_SK = "exec"
 _HEAD_SK = "head"
+#: record attribute holding an explicit workflow timeout in seconds (`set_timeout`)
+TIMEOUT_ATTRIBUTE = "timeout_seconds"
 _EVENT_PREFIX = "ev#"
 _INDEX_WIDTH = 10
 _LAST_EVENT_SK = _EVENT_PREFIX + "9" * _INDEX_WIDTH
@@ -93,8 +105,8 @@ LOGGER = logging.getLogger("eventual_nb.aws.stores")
 DEFAULT_CLAIM_LEASE = timedelta(minutes=15)
 #: signal ids longer than this are stored by their hash (a sort key holds at most 1024 bytes)
 _MAX_SIGNAL_KEY_BYTES = 512
-#: conditional-failure codes that mean "another writer got there first": retry on fresh state
-_CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+#: transaction cancellation codes that mean "another writer got there first": retry on fresh state
+CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
 
 
 class HistoryConflict(errors.EventualError):
@@ -147,6 +159,75 @@ def sort_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+# --------------------------------------------------------------------------------------------- items
+
+
+@functools.cache
+def _codec() -> tuple[TypeSerializer, TypeDeserializer]:
+    """boto3's codec, imported on first use: importing the stores (the exporter does, for the index
+    names) must not load boto3."""
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+    return TypeSerializer(), TypeDeserializer()
+
+
+def _to_dynamodb(value: Any) -> Any:
+    """Floats as the Decimal of their shortest repr (boto3 refuses floats, and `Decimal(x)` would store
+    the binary expansion), so `30.0` is stored as the number `30.0`, as before the codec was used."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, Mapping):
+        return {key: _to_dynamodb(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamodb(item) for item in value]
+    return value
+
+
+def _from_dynamodb(value: Any) -> Any:
+    """Numbers back as `int` when they are integers as written (`7500`), else `float` (`30.0`, `1.5`)."""
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, dict):
+        return {key: _from_dynamodb(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamodb(item) for item in value]
+    return value
+
+
+def to_attributes(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Python values as the low-level client's attribute values (an item, a key, expression values).
+
+    NaN and Infinity are refused by boto3 (`TypeError`); the stores never write them (their JSON text
+    goes through `serde.compact_json`, which refuses them first)."""
+    serializer, _ = _codec()
+    return {name: serializer.serialize(_to_dynamodb(value)) for name, value in values.items()}
+
+
+def from_attributes(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An item of the low-level client as Python values (numbers as `int`/`float`, see `_from_dynamodb`)."""
+    _, deserializer = _codec()
+    return {name: _from_dynamodb(deserializer.deserialize(value)) for name, value in item.items()}
+
+
+def _with_json(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    """`row` with its JSON-text attributes `names` decoded (absent ones stay absent)."""
+    for name in names:
+        if name in row:
+            row[name] = json.loads(row[name])
+    return row
+
+
+def _record_row(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An execution record item as Python values, its `input` and `result` decoded."""
+    return _with_json(from_attributes(item), "input", "result")
+
+
+def _claim_row(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A claim row as Python values, its activity `message` decoded."""
+    return _with_json(from_attributes(item), "message")
+
+
 # --------------------------------------------------------------------------------------------- sizes
 
 
@@ -196,6 +277,25 @@ def transact_item_size(transact_item: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------------- history
 
 
+@dataclass
+class HistoryHead:
+    """The history head as Python values: the committed length and the last turn's dispatch actions."""
+
+    #: number of committed events (0 before the first append)
+    length: int = 0
+    #: the last committed turn's actions (`append(pending=...)`), [] when none are stored
+    pending: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
+
+
+@dataclass
+class HistoryRead:
+    """What `HistoryStore.read_with_head` found, and how many query requests (pages) it took."""
+
+    events: builtins.list[HistoryEvent] = field(default_factory=builtins.list)
+    head: HistoryHead = field(default_factory=HistoryHead)
+    queries: int = 0
+
+
 class HistoryStore:
     """An execution's history: one item per event, appended only through a conditional transaction."""
 
@@ -206,47 +306,68 @@ class HistoryStore:
     def read(self, execution_id: str, after: int = 0) -> builtins.list[HistoryEvent]:
         """Events `after`, `after + 1`, ... to the end (a warm orchestrator reads only what it has not
         replayed yet). Strongly consistent, so a turn never replays a history older than its last commit."""
+        return self._read(
+            execution_id,
+            after,
+            "sk BETWEEN :first AND :last",
+            {":last": _LAST_EVENT_SK},
+            ProjectionExpression="sk, #event",
+            ExpressionAttributeNames={"#event": "event"},
+        ).events
+
+    def read_with_head(self, execution_id: str, after: int = 0) -> HistoryRead:
+        """Events `after`, ... and the head in ONE strongly consistent query (`sk` sorts `ev#...` before
+        `head`): what an orchestrator turn needs, in one request while the history fits one page."""
+        return self._read(execution_id, after, "sk >= :first", {})
+
+    def _read(
+        self, execution_id: str, after: int, condition: str, values: dict[str, Any], **request: Any
+    ) -> HistoryRead:
         if after < 0:
             raise errors.EventualError(f"history index must be >= 0, got {after}")
-        events: builtins.list[HistoryEvent] = []
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "ConsistentRead": True,
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :first AND :last",
-            "ProjectionExpression": "sk, #event",
-            "ExpressionAttributeNames": {"#event": "event"},
-            "ExpressionAttributeValues": {
-                ":pk": {"S": execution_pk(execution_id)},
-                ":first": {"S": event_sk(after)},
-                ":last": {"S": _LAST_EVENT_SK},
-            },
-        }
-        while True:
-            response = self.client.query(**request)
-            for item in response.get("Items", []):
-                index = after + len(events)
-                if item["sk"]["S"] != event_sk(index):
+        found = HistoryRead()
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            ConsistentRead=True,
+            KeyConditionExpression=f"pk = :pk AND {condition}",
+            ExpressionAttributeValues=to_attributes(
+                {":pk": execution_pk(execution_id), ":first": event_sk(after), **values}
+            ),
+            **request,
+        )
+        for page in pages:
+            found.queries += 1
+            for item in page.get("Items", []):
+                row = from_attributes(item)
+                sort_key = row["sk"]
+                if sort_key == _HEAD_SK:
+                    found.head = _head(row)
+                    continue
+                if not sort_key.startswith(_EVENT_PREFIX):
+                    continue
+                index = after + len(found.events)
+                if sort_key != event_sk(index):
                     # the transaction writes events and head together, so a gap means the table was edited
                     raise errors.EventualError(
-                        f"history of execution '{execution_id}' has no event {index} (found {item['sk']['S']!r})"
+                        f"history of execution '{execution_id}' has no event {index} (found {sort_key!r})"
                     )
-                events.append(EVENT_ADAPTER.validate_json(item["event"]["S"]))
-            last_key = response.get("LastEvaluatedKey")
-            if not last_key:
-                return events
-            request["ExclusiveStartKey"] = last_key
+                found.events.append(EVENT_ADAPTER.validate_json(row["event"]))
+        return found
 
     def length(self, execution_id: str) -> int:
         """Number of committed events (the head's `length`; 0 before the first append)."""
         response = self.client.get_item(
             TableName=self.table,
-            Key={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _HEAD_SK}},
+            Key=self._head_key(execution_id),
             ConsistentRead=True,
             ProjectionExpression="#length",
             ExpressionAttributeNames={"#length": "length"},
         )
-        item = response.get("Item")
-        return 0 if not item or "length" not in item else int(item["length"]["N"])
+        return _head(from_attributes(response.get("Item") or {})).length
+
+    @staticmethod
+    def _head_key(execution_id: str) -> dict[str, dict[str, Any]]:
+        return to_attributes({"pk": execution_pk(execution_id), "sk": _HEAD_SK})
 
     def append_items(
         self,
@@ -263,18 +384,16 @@ class HistoryStore:
         from it when empty; None leaves it as it is."""
         if expected_length < 0:
             raise errors.EventualError(f"expected history length must be >= 0, got {expected_length}")
-        pk = {"S": execution_pk(execution_id)}
+        pk = execution_pk(execution_id)
         items: builtins.list[dict[str, Any]] = []
         for offset, event in enumerate(events):
             items.append(
                 {
                     "Put": {
                         "TableName": self.table,
-                        "Item": {
-                            "pk": pk,
-                            "sk": {"S": event_sk(expected_length + offset)},
-                            "event": {"S": event.model_dump_json()},
-                        },
+                        "Item": to_attributes(
+                            {"pk": pk, "sk": event_sk(expected_length + offset), "event": event.model_dump_json()}
+                        ),
                         "ConditionExpression": "attribute_not_exists(sk)",
                     }
                 }
@@ -282,25 +401,25 @@ class HistoryStore:
         # a head that does not exist yet stands for length 0
         head: dict[str, Any] = {
             "TableName": self.table,
-            "Key": {"pk": pk, "sk": {"S": _HEAD_SK}},
+            "Key": self._head_key(execution_id),
             "ConditionExpression": "attribute_not_exists(sk)" if expected_length == 0 else "#length = :expected",
         }
         names: dict[str, str] = {}
-        values: dict[str, dict[str, Any]] = {}
+        values: dict[str, Any] = {}
         if expected_length:
             names["#length"] = "length"
-            values[":expected"] = {"N": str(expected_length)}
+            values[":expected"] = expected_length
         if not events and pending is None:
             items.append({"ConditionCheck": {**head, **_expression_parts(names, values)}})
             return items
         names["#length"] = "length"
-        values[":length"] = {"N": str(expected_length + len(events))}
+        values[":length"] = expected_length + len(events)
         expression = "SET #length = :length"
         if pending is not None:
             names["#pending"] = "pending"
             if pending:
                 expression += ", #pending = :pending"
-                values[":pending"] = {"S": _json_text(builtins.list(pending))}
+                values[":pending"] = compact_json(builtins.list(pending))
             else:
                 expression += " REMOVE #pending"
         head["UpdateExpression"] = expression
@@ -338,7 +457,7 @@ class HistoryStore:
             self.client.transact_write_items(TransactItems=items)
         except self.client.exceptions.TransactionCanceledException as exc:
             reasons = [str(reason.get("Code", "None")) for reason in exc.response.get("CancellationReasons", [])]
-            if any(code in _CONFLICT_CODES for code in reasons):
+            if any(code in CONFLICT_CODES for code in reasons):
                 raise HistoryConflict(
                     f"history of execution '{execution_id}' changed since it had {expected_length} events "
                     f"(another writer committed first; cancellation reasons: {', '.join(reasons)})",
@@ -387,27 +506,30 @@ class HistoryStore:
 # ---------------------------------------------------------------------------------------- executions
 
 
-def _expression_parts(names: dict[str, str], values: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The expression attribute maps of a request, left out when empty (DynamoDB refuses empty maps)."""
+def _head(row: Mapping[str, Any]) -> HistoryHead:
+    """The head item's Python values as a `HistoryHead` (an absent head, `{}`, is length 0)."""
+    pending = json.loads(row["pending"]) if "pending" in row else []
+    return HistoryHead(length=int(row.get("length", 0)), pending=pending)
+
+
+def _expression_parts(names: dict[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The expression attribute maps of a request (`values` as Python values), left out when empty
+    (DynamoDB refuses empty maps)."""
     parts: dict[str, Any] = {}
     if names:
         parts["ExpressionAttributeNames"] = names
     if values:
-        parts["ExpressionAttributeValues"] = values
+        parts["ExpressionAttributeValues"] = to_attributes(values)
     return parts
 
 
-def _json_text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _listing_keys(execution_id: str, workflow: str, status: ExecutionStatus) -> dict[str, dict[str, str]]:
+def _listing_keys(execution_id: str, workflow: str, status: ExecutionStatus) -> dict[str, str]:
     shard = shard_of(execution_id)
     return {
-        "gsi1pk": {"S": f"wf#{workflow}#{shard}"},
-        "gsi2pk": {"S": f"st#{status.value}#{shard}"},
-        "gsi3pk": {"S": f"all#{shard}"},
-        "gsi4pk": {"S": f"wfst#{workflow}#{status.value}#{shard}"},
+        "gsi1pk": f"wf#{workflow}#{shard}",
+        "gsi2pk": f"st#{status.value}#{shard}",
+        "gsi3pk": f"all#{shard}",
+        "gsi4pk": f"wfst#{workflow}#{status.value}#{shard}",
     }
 
 
@@ -456,24 +578,20 @@ class ExecutionStore:
         record and the message), and with a different input raises `ExecutionAlreadyExists`."""
         digest = input_hash(input)
         status = ExecutionStatus.IN_PROGRESS
-        item: dict[str, dict[str, Any]] = {
-            "pk": {"S": execution_pk(execution_id)},
-            "sk": {"S": _RECORD_SK},
-            "id": {"S": execution_id},
-            "workflow": {"S": workflow},
-            "status": {"S": status.value},
-            "input": {"S": _json_text(input)},
-            "input_hash": {"S": digest},
-            "start_time": {"S": sort_time(start_time)},
-            LISTING_SORT_KEY: {"S": f"{sort_time(start_time)}#{execution_id}"},
+        values: dict[str, Any] = {
+            "pk": execution_pk(execution_id),
+            "sk": _RECORD_SK,
+            "id": execution_id,
+            "workflow": workflow,
+            "status": status.value,
+            "input": compact_json(input),
+            "input_hash": digest,
+            "start_time": sort_time(start_time),
+            LISTING_SORT_KEY: f"{sort_time(start_time)}#{execution_id}",
             **_listing_keys(execution_id, workflow, status),
         }
-        if parent is not None:
-            item["parent"] = {"S": parent}
-        if parent_seq is not None:
-            item["parent_seq"] = {"N": str(parent_seq)}
-        if service is not None:
-            item["service"] = {"S": service}
+        optional = {"parent": parent, "parent_seq": parent_seq, "service": service}
+        item = to_attributes({**values, **{name: value for name, value in optional.items() if value is not None}})
         size = item_size(item)
         if size > MAX_ITEM_BYTES:
             raise errors.EventualError(
@@ -488,26 +606,47 @@ class ExecutionStore:
                 raise errors.EventualError(
                     f"execution '{execution_id}' both exists and does not: its record vanished during the start"
                 ) from None
-            core.admit(execution_id, digest, existing["input_hash"]["S"])  # raises for another input
+            core.admit(execution_id, digest, existing["input_hash"])  # raises for another input
             return False
         return True
+
+    @staticmethod
+    def _record_key(execution_id: str) -> dict[str, dict[str, Any]]:
+        return to_attributes({"pk": execution_pk(execution_id), "sk": _RECORD_SK})
 
     def _record(self, execution_id: str, projection: str | None = None) -> dict[str, Any] | None:
         request: dict[str, Any] = {
             "TableName": self.table,
-            "Key": {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _RECORD_SK}},
+            "Key": self._record_key(execution_id),
             "ConsistentRead": True,
         }
         if projection:
             request["ProjectionExpression"] = projection
         item: dict[str, Any] | None = self.client.get_item(**request).get("Item")
-        return item
+        return None if item is None else _record_row(item)
+
+    def record(self, execution_id: str) -> dict[str, Any] | None:
+        """The whole record as Python values (strongly consistent), None if there is none: besides what
+        `get` returns it holds `parent_seq`, `service` and `TIMEOUT_ATTRIBUTE`. `input` and `result` are
+        decoded; times are the stored ISO text."""
+        return self._record(execution_id)
 
     def get(self, execution_id: str) -> Execution:
-        item = self._record(execution_id)
-        if item is None:
+        row = self._record(execution_id)
+        if row is None:
             raise errors.ExecutionNotFound(f"no execution '{execution_id}'", execution_id=execution_id)
-        return _to_execution(item)
+        return _to_execution(row)
+
+    def set_timeout(self, execution_id: str, seconds: float) -> None:
+        """Store an explicit workflow timeout on the record (`TIMEOUT_ATTRIBUTE`), where the execution's
+        first orchestrator turn reads it (a child started with `timeout=`, or `start_execution(timeout=)`)."""
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._record_key(execution_id),
+            UpdateExpression="SET #timeout = :timeout",
+            ExpressionAttributeNames={"#timeout": TIMEOUT_ATTRIBUTE},
+            ExpressionAttributeValues=to_attributes({":timeout": float(seconds)}),
+        )
 
     def finish_item(
         self,
@@ -530,17 +669,17 @@ class ExecutionStore:
         if status == ExecutionStatus.IN_PROGRESS:
             raise errors.EventualError(f"finish_item needs a terminal status, got {status.value}")
         keys = _listing_keys(execution_id, workflow, status)
-        values: dict[str, dict[str, Any]] = {
-            ":status": {"S": status.value},
-            ":running": {"S": ExecutionStatus.IN_PROGRESS.value},
-            ":end": {"S": sort_time(end_time)},
+        values: dict[str, Any] = {
+            ":status": status.value,
+            ":running": ExecutionStatus.IN_PROGRESS.value,
+            ":end": sort_time(end_time),
             ":gsi2pk": keys["gsi2pk"],
             ":gsi4pk": keys["gsi4pk"],
         }
         assignments = ["#status = :status", "end_time = :end", "gsi2pk = :gsi2pk", "gsi4pk = :gsi4pk"]
         removals = []
         for name, value in (
-            ("result", None if status != ExecutionStatus.SUCCEEDED else _json_text(result)),
+            ("result", None if status != ExecutionStatus.SUCCEEDED else compact_json(result)),
             ("error", error),
             ("message", message),
         ):
@@ -548,14 +687,14 @@ class ExecutionStore:
                 removals.append(f"#{name}")
             else:
                 assignments.append(f"#{name} = :{name}")
-                values[f":{name}"] = {"S": value}
+                values[f":{name}"] = value
         expression = "SET " + ", ".join(assignments)
         if removals:
             expression += " REMOVE " + ", ".join(removals)
         return {
             "Update": {
                 "TableName": self.table,
-                "Key": {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": _RECORD_SK}},
+                "Key": self._record_key(execution_id),
                 "UpdateExpression": expression,
                 "ConditionExpression": "#status = :running",
                 "ExpressionAttributeNames": {
@@ -564,17 +703,17 @@ class ExecutionStore:
                     "#error": "error",
                     "#message": "message",
                 },
-                "ExpressionAttributeValues": values,
+                "ExpressionAttributeValues": to_attributes(values),
             }
         }
 
     # ------------------------------------------------------------------------------ once-only rows
 
-    def _put_once(self, execution_id: str, sort_key: str, extra: dict[str, dict[str, Any]]) -> bool:
+    def _put_once(self, execution_id: str, sort_key: str, extra: Mapping[str, Any]) -> bool:
         try:
             self.client.put_item(
                 TableName=self.table,
-                Item={"pk": {"S": execution_pk(execution_id)}, "sk": {"S": sort_key}, **extra},
+                Item=to_attributes({"pk": execution_pk(execution_id), "sk": sort_key, **extra}),
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except self.client.exceptions.ConditionalCheckFailedException:
@@ -605,18 +744,20 @@ class ExecutionStore:
         try:
             previous = self.client.put_item(
                 TableName=self.table,
-                Item={
-                    **self._claim_key(execution_id, seq, attempt),
-                    "claimed_at": {"S": sort_time(now)},
-                    "lease_until": {"N": repr(round((now + lease).timestamp(), 3))},
-                    **({} if message is None else {"message": {"S": _json_text(message)}}),
-                },
+                Item=to_attributes(
+                    {
+                        **self._claim_values(execution_id, seq, attempt),
+                        "claimed_at": sort_time(now),
+                        "lease_until": round((now + lease).timestamp(), 3),
+                        **({} if message is None else {"message": compact_json(message)}),
+                    }
+                ),
                 ConditionExpression=(
                     "attribute_not_exists(pk) OR (lease_until < :now AND attribute_not_exists(#settled) "
                     "AND attribute_not_exists(#waiting))"
                 ),
                 ExpressionAttributeNames={"#settled": "settled", "#waiting": "waiting"},
-                ExpressionAttributeValues={":now": {"N": repr(round(now.timestamp(), 3))}},
+                ExpressionAttributeValues=to_attributes({":now": round(now.timestamp(), 3)}),
                 ReturnValues="ALL_OLD",
             )
         except self.client.exceptions.ConditionalCheckFailedException:
@@ -628,14 +769,18 @@ class ExecutionStore:
                 seq,
                 attempt,
                 execution_id,
-                previous["Attributes"].get("claimed_at", {}).get("S"),
+                from_attributes(previous["Attributes"]).get("claimed_at"),
             )
         return True
 
     # --------------------------------------------------------------- attempts completed by token
 
-    def _claim_key(self, execution_id: str, seq: int, attempt: int) -> dict[str, dict[str, str]]:
-        return {"pk": {"S": execution_pk(execution_id)}, "sk": {"S": f"claim#{seq:010d}#{attempt:04d}"}}
+    @staticmethod
+    def _claim_values(execution_id: str, seq: int, attempt: int) -> dict[str, str]:
+        return {"pk": execution_pk(execution_id), "sk": f"claim#{seq:010d}#{attempt:04d}"}
+
+    def _claim_key(self, execution_id: str, seq: int, attempt: int) -> dict[str, dict[str, Any]]:
+        return to_attributes(self._claim_values(execution_id, seq, attempt))
 
     def wait_for_token(
         self,
@@ -650,15 +795,11 @@ class ExecutionStore:
         retry re-sends), its `deadline` (attempt timeout) and `now` as its last heartbeat (the heartbeat
         timeout counts from there). False if the attempt was already settled (its token was used while
         it ran)."""
-        values: dict[str, dict[str, Any]] = {
-            ":yes": {"BOOL": True},
-            ":message": {"S": _json_text(message)},
-            ":now": {"S": sort_time(now)},
-        }
+        values: dict[str, Any] = {":yes": True, ":message": compact_json(message), ":now": sort_time(now)}
         expression = "SET #waiting = :yes, #message = :message, last_heartbeat = :now"
         if deadline is not None:
             expression += ", #deadline = :deadline"
-            values[":deadline"] = {"S": sort_time(deadline)}
+            values[":deadline"] = sort_time(deadline)
         try:
             self.client.update_item(
                 TableName=self.table,
@@ -671,7 +812,7 @@ class ExecutionStore:
                     "#settled": "settled",
                     **({"#deadline": "deadline"} if deadline is not None else {}),
                 },
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=to_attributes(values),
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
@@ -680,8 +821,8 @@ class ExecutionStore:
     def settle_claim(self, execution_id: str, seq: int, attempt: int, outcome: str) -> dict[str, Any] | None:
         """Settle a claimed attempt exactly once (`outcome` is recorded: "succeeded", "failed", ...).
 
-        Returns the row as it was (its `message` if it waited for a token) to the one caller that settled
-        it, None to every other (already settled, or never claimed)."""
+        Returns the row as it was, as Python values (its decoded `message` if it waited for a token), to
+        the one caller that settled it, None to every other (already settled, or never claimed)."""
         try:
             response = self.client.update_item(
                 TableName=self.table,
@@ -689,25 +830,22 @@ class ExecutionStore:
                 UpdateExpression="SET #settled = :outcome, settled_at = :now",
                 ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#settled)",
                 ExpressionAttributeNames={"#settled": "settled"},
-                ExpressionAttributeValues={
-                    ":outcome": {"S": outcome},
-                    ":now": {"S": sort_time(datetime.now(UTC))},
-                },
+                ExpressionAttributeValues=to_attributes({":outcome": outcome, ":now": sort_time(datetime.now(UTC))}),
                 ReturnValues="ALL_OLD",
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             return None
-        attributes: dict[str, Any] = response.get("Attributes") or {}
-        return attributes
+        return _claim_row(response.get("Attributes") or {})
 
     def pending_claim(self, execution_id: str, seq: int, attempt: int) -> dict[str, Any] | None:
-        """The claim row of an attempt that is claimed and not settled yet (strongly consistent), else None."""
+        """The claim row (Python values, `message` decoded; times as ISO text) of an attempt that is
+        claimed and not settled yet (strongly consistent), else None."""
         item: dict[str, Any] | None = self.client.get_item(
             TableName=self.table, Key=self._claim_key(execution_id, seq, attempt), ConsistentRead=True
         ).get("Item")
         if item is None or "settled" in item:
             return None
-        return item
+        return _claim_row(item)
 
     def heartbeat_claim(self, execution_id: str, seq: int, attempt: int, moment: datetime) -> bool:
         """Record a heartbeat on an unsettled claimed attempt; False when it is no longer pending."""
@@ -718,7 +856,7 @@ class ExecutionStore:
                 UpdateExpression="SET last_heartbeat = :now",
                 ConditionExpression="attribute_exists(pk) AND attribute_not_exists(#settled)",
                 ExpressionAttributeNames={"#settled": "settled"},
-                ExpressionAttributeValues={":now": {"S": sort_time(moment)}},
+                ExpressionAttributeValues=to_attributes({":now": sort_time(moment)}),
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
@@ -783,7 +921,7 @@ class ExecutionStore:
         if len(taken) <= max_results:
             return ExecutionPage(executions=[_to_execution(item) for _, item in page])
         for partition, item in page:
-            partition.cursor = item[LISTING_SORT_KEY]["S"]
+            partition.cursor = item[LISTING_SORT_KEY]
         new_cursors = dict(cursors)
         new_done = set(done)
         for partition in partitions:
@@ -796,39 +934,49 @@ class ExecutionStore:
         return ExecutionPage(executions=[_to_execution(item) for _, item in page], next_token=token)
 
     def _fetch(self, partition: _Partition, limit: int, descending: bool) -> None:
-        """Replace the partition's consumed buffer with its next `limit` items (fewer at its end)."""
+        """Replace the partition's consumed buffer with its next `limit` items (fewer at its end).
+
+        One query page normally; the paginator goes on only past pages that came back empty, and stops
+        (is not iterated further) once a page brought items."""
         attribute = LISTING_INDEXES[partition.index]
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": partition.index,
             "KeyConditionExpression": "#partition = :partition",
             "ExpressionAttributeNames": {"#partition": attribute},
-            "ExpressionAttributeValues": {":partition": {"S": partition.key}},
+            "ExpressionAttributeValues": to_attributes({":partition": partition.key}),
             "ScanIndexForward": not descending,
             "Limit": limit,
         }
-        remaining = partition.buffer[partition.position :]
-        while True:
-            if partition.fetched_up_to is not None:
-                execution_id = partition.fetched_up_to.split("#", 1)[1]
-                request["ExclusiveStartKey"] = {
-                    attribute: {"S": partition.key},
-                    LISTING_SORT_KEY: {"S": partition.fetched_up_to},
-                    "pk": {"S": execution_pk(execution_id)},
-                    "sk": {"S": _RECORD_SK},
+        if partition.fetched_up_to is not None:
+            # where the last page ended: the index's key of the last item fetched (its gsisk holds the id)
+            execution_id = partition.fetched_up_to.split("#", 1)[1]
+            request["ExclusiveStartKey"] = to_attributes(
+                {
+                    attribute: partition.key,
+                    LISTING_SORT_KEY: partition.fetched_up_to,
+                    "pk": execution_pk(execution_id),
+                    "sk": _RECORD_SK,
                 }
-            response = self.client.query(**request)
-            items = response.get("Items", [])
+            )
+        remaining = partition.buffer[partition.position :]
+        for page in self._pages(request):
+            items = [_record_row(item) for item in page.get("Items", [])]
             remaining.extend(items)
             if items:
-                partition.fetched_up_to = items[-1][LISTING_SORT_KEY]["S"]
-            if not response.get("LastEvaluatedKey"):
+                partition.fetched_up_to = items[-1][LISTING_SORT_KEY]
+            if not page.get("LastEvaluatedKey"):
                 partition.exhausted = True
                 break
             if items:
                 break
         partition.buffer = remaining
         partition.position = 0
+
+    def _pages(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The query's pages, requested one at a time as they are consumed."""
+        pages: Iterator[dict[str, Any]] = iter(self.client.get_paginator("query").paginate(**request))
+        return pages
 
 
 def _partition_keys(workflow: str | None, statuses: builtins.list[str]) -> builtins.list[tuple[str, str]]:
@@ -863,14 +1011,14 @@ class _Descending(str):
         return str.__le__(self, other)
 
 
-def _order(item: dict[str, Any], descending: bool) -> str:
-    key: str = item[LISTING_SORT_KEY]["S"]
+def _order(row: dict[str, Any], descending: bool) -> str:
+    key: str = row[LISTING_SORT_KEY]
     return _Descending(key) if descending else key
 
 
 def _encode_token(query: dict[str, Any], cursors: dict[str, str], done: set[str]) -> str:
     body = {"v": 1, "q": query, "c": cursors, "d": sorted(done)}
-    return base64.urlsafe_b64encode(_json_text(body).encode("utf-8")).decode("ascii")
+    return base64.urlsafe_b64encode(compact_json(body).encode("utf-8")).decode("ascii")
 
 
 def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
@@ -895,23 +1043,18 @@ def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, s
     return cursors, done
 
 
-def _text(item: dict[str, Any], name: str) -> str | None:
-    value = item.get(name)
-    return None if value is None else str(value["S"])
-
-
-def _to_execution(item: dict[str, Any]) -> Execution:
-    result = _text(item, "result")
-    end_time = _text(item, "end_time")
+def _to_execution(row: dict[str, Any]) -> Execution:
+    """A record's Python values (`_record_row`) as the runtime-neutral `Execution`."""
+    end_time = row.get("end_time")
     return Execution(
-        id=item["id"]["S"],
-        workflow=item["workflow"]["S"],
-        status=ExecutionStatus(item["status"]["S"]),
-        input=json.loads(item["input"]["S"]) if "input" in item else None,
-        result=None if result is None else json.loads(result),
-        error=_text(item, "error"),
-        message=_text(item, "message"),
-        start_time=datetime.fromisoformat(item["start_time"]["S"]),
+        id=row["id"],
+        workflow=row["workflow"],
+        status=ExecutionStatus(row["status"]),
+        input=row.get("input"),
+        result=row.get("result"),
+        error=row.get("error"),
+        message=row.get("message"),
+        start_time=datetime.fromisoformat(row["start_time"]),
         end_time=None if end_time is None else datetime.fromisoformat(end_time),
-        parent=_text(item, "parent"),
+        parent=row.get("parent"),
     )

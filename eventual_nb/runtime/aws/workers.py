@@ -229,7 +229,7 @@ class ActivityWorker:
         if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context), message=message):
             return AttemptReport("duplicate")
         outcome, watch, logs = self._loop.run(self._attempt(start, context))
-        self._write_logs(execution_id, logs)
+        _write_logs(self.clients, execution_id, logs)
         if outcome.kind is Outcome.WAITING:
             report = self._wait_for_token(start, outcome, now)
         elif (
@@ -256,6 +256,11 @@ class ActivityWorker:
         message = wire.attempt_message(start)
         if not self.executions.wait_for_token(execution_id, seq, attempt, message, now, deadlines.deadline):
             return AttemptReport("settled")  # its token was used while it ran
+        decision = core.retry_or_settle(
+            outcome, name=start.name, seq=seq, attempt=attempt, now=now, policy=start.options.retry
+        )
+        assert isinstance(decision, core.AwaitToken)
+        _note(self.clients, start, decision.note, now)
         if deadlines.next is not None:
             self._send_check(start, deadlines.next, now)
         assert outcome.callback is not None
@@ -287,10 +292,10 @@ class ActivityWorker:
                 return AttemptReport("ended")
         except errors.ExecutionNotFound:
             return AttemptReport("unknown")
-        start = wire.attempt_from_message(json.loads(row["message"]["S"]))
-        deadlines = core.Deadlines(utc(datetime.fromisoformat(row["deadline"]["S"])) if "deadline" in row else None)
+        start = wire.attempt_from_message(row["message"])
+        deadlines = core.Deadlines(utc(datetime.fromisoformat(row["deadline"])) if "deadline" in row else None)
         if "last_heartbeat" in row:
-            last = utc(datetime.fromisoformat(row["last_heartbeat"]["S"]))
+            last = utc(datetime.fromisoformat(row["last_heartbeat"]))
             deadlines = core.heartbeat_at(deadlines, start.options, last)
         now = utc(self.clients.clock())
         missed = core.missed_deadline(deadlines.deadline, deadlines.heartbeat, now)
@@ -365,15 +370,6 @@ class ActivityWorker:
         except errors.ExecutionNotFound:
             return True
 
-    def _write_logs(self, execution_id: str, logs: list[LogEntry]) -> None:
-        """Best effort: losing an attempt's output is better than losing its outcome (already claimed)."""
-        if not logs:
-            return
-        try:
-            self.clients.write_logs(execution_id, logs)
-        except Exception:
-            LOGGER.exception("could not write %d log lines of execution %s", len(logs), execution_id)
-
 
 #: why an attempt stopped by the Lambda's own time limit timed out
 _LAMBDA_LIMIT = (
@@ -403,6 +399,22 @@ def _watch(options: ActivityOptions, start: float, lambda_limit: float | None) -
 _NO_DETAILS: Any = object()
 
 
+def _note(clients: AwsClients, start: StartAttempt, note: str, now: datetime) -> None:
+    """Log the core's note of an attempt that did not end its call (its source: the activity's name)."""
+    _write_logs(clients, start.execution_id, [LogEntry(time=now, message=note, source=start.name)])
+
+
+def _write_logs(clients: AwsClients, execution_id: str, logs: list[LogEntry]) -> None:
+    """Best effort: losing an attempt's output (or a note) is better than losing its outcome (already claimed
+    or sent)."""
+    if not logs:
+        return
+    try:
+        clients.write_logs(execution_id, logs)
+    except Exception:
+        LOGGER.exception("could not write %d log lines of execution %s", len(logs), execution_id)
+
+
 def report_outcome(
     clients: AwsClients, start: StartAttempt, outcome: AttemptOutcome, details: Any = _NO_DETAILS
 ) -> AttemptReport:
@@ -410,12 +422,14 @@ def report_outcome(
     or the next attempt's message after its backoff (`details`: heartbeat details the attempt reported, for
     the next one). Shared by the worker and by completion by token (`AwsRuntime`)."""
     now = utc(clients.clock())
-    decision = core.retry_or_settle(outcome, seq=start.seq, attempt=start.attempt, now=now, policy=start.options.retry)
+    decision = core.retry_or_settle(
+        outcome, name=start.name, seq=start.seq, attempt=start.attempt, now=now, policy=start.options.retry
+    )
     match decision:
         case core.Settle(event=event):
             clients.send_workflow_event(start.execution_id, event_to_dict(event))
             return AttemptReport("ran", event=event)
-        case core.RetryAt(due=due, attempt=following):
+        case core.RetryAt(due=due, attempt=following, note=note):
             kept = start.heartbeat_details if details is _NO_DETAILS else details
             message = wire.attempt_message(replace(start, attempt=following, heartbeat_details=kept))
             backoff = (due - now).total_seconds()
@@ -423,6 +437,7 @@ def report_outcome(
                 message["not_before"] = due.isoformat()
             delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
             clients.activity_queue.send(message, delay_seconds=delay)
+            _note(clients, start, note, now)  # the retry is on its way: the note comes second
             return AttemptReport("ran", retry_delay=delay)
     raise errors.EventualError(f"activity {start.seq} of '{start.execution_id}' waits for its token: nothing to report")
 

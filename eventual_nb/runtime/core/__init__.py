@@ -25,7 +25,8 @@ Decisions (what the core answers)
 * A **start** (`execution_id_for`, `admit`, `timeout_limit`, `begin`): the id, idempotency by input hash
   (`ExecutionAlreadyExists` for another input), `WorkflowStarted`, the workflow-timeout timer.
 * **After an attempt** (`retry_or_settle`): `RetryAt(due, attempt)` per the `RetryPolicy`, or
-  `Settle(event)`, or `AwaitToken`.
+  `Settle(event)`, or `AwaitToken`. A `RetryAt` or `AwaitToken` carries the `note` the runtime logs for
+  the attempt (the line `eventual_nb.attempts` writes and the timeline reads).
 * **After a failed delivery** (`after_delivery`): `RetryDeliveryAt(due, attempt)` or a `DeadLetter`.
 
 Actions (what goes out)

@@ -3,19 +3,22 @@
 An attempt ends in one `AttemptOutcome` (its `kind` an `Outcome`), however it ended: the activity returned
 or raised, a token completed it, a deadline passed. `retry_or_settle` turns the outcome into the one
 decision every runtime carries out: `RetryAt` (the next attempt, when), `Settle` (the history event that
-ends the activity's call) or `AwaitToken` (the attempt waits for completion by token). Deadlines are
-`Deadlines`; `missed_deadline` says which one an attempt missed.
+ends the activity's call) or `AwaitToken` (the attempt waits for completion by token). An attempt that does
+not end its call (`RetryAt`, `AwaitToken`) carries the `note` the runtime writes into the execution's logs
+(`eventual_nb.attempts`: people see why a call took long, the timeline draws every attempt); runtimes only
+write it. Deadlines are `Deadlines`; `missed_deadline` says which one an attempt missed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from eventual_nb import errors
+from eventual_nb.attempts import async_note, retry_note
 from eventual_nb.durations import deadline_after, format_duration
 from eventual_nb.engine.history import (
     ActivityFailed,
@@ -189,10 +192,13 @@ def expired(kind: Outcome, attempt: int, options: ActivityOptions, *, message: s
 
 @dataclass(frozen=True, slots=True)
 class RetryAt:
-    """Run attempt `attempt` at `due` (the backoff of the retry policy)."""
+    """Run attempt `attempt` at `due` (the backoff of the retry policy); log `note` (the failed attempt's
+    line, `eventual_nb.attempts.retry_note`) in the execution's logs with the activity's name as source.
+    The note is what the decision says, not part of it: two decisions to retry alike are equal."""
 
     due: datetime
     attempt: int
+    note: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,31 +210,37 @@ class Settle:
 
 @dataclass(frozen=True, slots=True)
 class AwaitToken:
-    """The attempt waits for completion by token (its deadlines keep running; waiting counts as a heartbeat)."""
+    """The attempt waits for completion by token (its deadlines keep running; waiting counts as a heartbeat);
+    log `note` (`eventual_nb.attempts.async_note`) once the waiting is committed, as for `RetryAt`."""
+
+    note: str = field(default="", compare=False)
 
 
 AttemptDecision = RetryAt | Settle | AwaitToken
-_AWAIT_TOKEN = AwaitToken()
 
 
 def retry_or_settle(
-    outcome: AttemptOutcome, *, seq: int, attempt: int, now: datetime, policy: RetryPolicy | None
+    outcome: AttemptOutcome, *, name: str, seq: int, attempt: int, now: datetime, policy: RetryPolicy | None
 ) -> AttemptDecision:
-    """What attempt `attempt` of the activity at `seq` ending with `outcome` at `now` means.
+    """What attempt `attempt` of the call at `seq` of activity `name` ending with `outcome` at `now` means.
 
     A success settles the call; a failure, a timeout or a missed heartbeat is retried while `policy` allows
     it (and the outcome is retryable), and otherwise settles the call with ActivityFailed, ActivityTimedOut
     or ActivityHeartbeatTimedOut carrying the last error and the number of attempts. `policy` may be None
-    only for a success or a waiting attempt (a runtime need not read it for those)."""
+    only for a success or a waiting attempt (a runtime need not read it for those). A retry and a waiting
+    attempt carry the note to log (`name` is what it names and its source)."""
     kind = outcome.kind
     if kind is Outcome.SUCCEEDED:
         return Settle(ActivitySucceeded(seq=seq, timestamp=now, result=outcome.result, attempts=attempt))
     if kind is Outcome.WAITING:
-        return _AWAIT_TOKEN
+        return AwaitToken(async_note(name, seq, attempt))
     if policy is None:
         raise ValueError(f"a {kind} attempt needs its retry policy to be decided")
     if outcome.retryable and policy.retries(attempt, outcome.type_names or (outcome.error,)):
-        return RetryAt(deadline_after(now, policy.delay_after(attempt), what="retry interval"), attempt + 1)
+        delay = policy.delay_after(attempt)
+        due = deadline_after(now, delay, what="retry interval")
+        note = retry_note(name, seq, attempt, outcome.error, outcome.message, due, delay)
+        return RetryAt(due, attempt + 1, note)
     if kind is Outcome.TIMED_OUT:
         return Settle(ActivityTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt))
     if kind is Outcome.HEARTBEAT_MISSED:

@@ -1,7 +1,5 @@
-"""LocalRuntime: the embedded SQLite runtime, and the HTTP server that `eventual-nb serve` runs.
-
-`server` imports FastAPI; it is not imported here so that the SDK stays light.
-"""
+"""LocalRuntime: the embedded SQLite runtime. The HTTP app that serves it (and any other runtime) is
+`eventual_nb.server`."""
 
 from eventual_nb.runtime.local.runtime import LocalRuntime
 from eventual_nb.runtime.local.store import DatabaseLocked

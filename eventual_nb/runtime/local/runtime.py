@@ -782,8 +782,8 @@ class LocalRuntime(RuntimeBase):
         outcome = attempt.outcome
         if outcome.kind is Outcome.SUCCEEDED:  # the common case, in one statement
             if self._database.settle_current(attempt.execution_id, attempt.seq, attempt.attempt):
-                decision = core.retry_or_settle(
-                    outcome, seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
+                decision = core.retry_or_settle(  # a success needs neither the name nor the policy
+                    outcome, name="", seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
                 )
                 assert isinstance(decision, core.Settle)
                 self._enqueue(attempt.execution_id, decision.event)
@@ -798,26 +798,37 @@ class LocalRuntime(RuntimeBase):
         database, key = self._database, (attempt.execution_id, attempt.seq)
         options = self._options_of(row.options)
         decision = core.retry_or_settle(
-            attempt.outcome, seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=options.retry
+            attempt.outcome,
+            name=row.name,
+            seq=attempt.seq,
+            attempt=attempt.attempt,
+            now=self._work.moment,
+            policy=options.retry,
         )
         match decision:
             case core.Settle(event=event):
                 database.delete_activity(*key)
                 self._enqueue(attempt.execution_id, event)
-            case core.RetryAt(due=due):
+            case core.RetryAt(due=due, note=note):
+                self._note_attempt(row, note)
                 database.retry_activity(*key, due.timestamp())
                 self._note_due(due.timestamp())
                 self._work.did_work = True
-            case core.AwaitToken():
+            case core.AwaitToken(note=note):
                 waiting = core.heartbeat_at(
                     _deadlines(row.deadline, row.heartbeat_deadline), options, self._work.moment
                 )
                 _, heartbeat_deadline, next_due = _moments(waiting)
                 database.await_token(*key, heartbeat_deadline, next_due)
+                self._note_attempt(row, note)
                 self._note_due(next_due)
                 assert attempt.outcome.callback is not None and self._signer is not None
                 token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
                 self._work.async_callbacks.append((attempt.outcome.callback, token))
+
+    def _note_attempt(self, row: ActivityRow, note: str) -> None:
+        """Log the core's note of an attempt that did not end its call, in the transaction that records it."""
+        self._database.add_logs(row.execution_id, [LogEntry(time=self._work.moment, message=note, source=row.name)])
 
     async def _run_activity(self, start: _Start) -> None:
         execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name

@@ -1,5 +1,7 @@
 """The HTTP face of a runtime: the service's own routes plus the internal `/_eventual/` routes.
 
+It knows no particular runtime: it serves whatever implements the service-client protocol, a LocalRuntime
+under `eventual-nb serve` and `%eventual serve`, an AwsRuntime in a deployed stack's API function.
 `create_app(runtime)` builds the FastAPI app that `eventual-nb serve` runs with uvicorn:
 
 * every served service's `service.api` router, with its OpenAPI at `/openapi.json`;
@@ -43,6 +45,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventual_nb import errors
+from eventual_nb._version import __version__
 from eventual_nb.client import LONG_POLL_SECONDS, Unauthorized
 from eventual_nb.durations import DurationField
 from eventual_nb.engine.history import dump_history
@@ -53,6 +56,7 @@ from eventual_nb.runtime.base import (
     Execution,
     ExecutionPage,
     ExecutionStatus,
+    ExecutionWaits,
     HeartbeatResponse,
     StartResponse,
     WorkflowInfo,
@@ -178,7 +182,7 @@ def create_app(
             base.set_default_runtime(previous)
 
     names = ", ".join(service.name for service in served) or "no service"
-    app = FastAPI(title=f"{names} (eventual-nb)", version=_version(), lifespan=lifespan)
+    app = FastAPI(title=f"{names} (eventual-nb)", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.services = served
 
@@ -192,7 +196,7 @@ def create_app(
     @app.get(f"{INTERNAL_PREFIX}/openapi.json", include_in_schema=False)
     async def internal_openapi() -> dict[str, Any]:
         if not internal_schema:
-            schema = get_openapi(title="eventual-nb internal API", version=_version(), routes=internal.routes)
+            schema = get_openapi(title="eventual-nb internal API", version=__version__, routes=internal.routes)
             internal_schema.update(with_guard_answers(schema, hosts, internal=True, token=token is not None))
         return internal_schema
 
@@ -260,12 +264,6 @@ def serve(
             raise errors.EventualError(f"the service on {host} port {bound} did not start (see above)") from None
 
 
-def _version() -> str:
-    from eventual_nb import __version__
-
-    return __version__
-
-
 def _services_of(runtime: Any, services: list[Service] | None) -> list[Service]:
     if services is not None:
         return list(services)
@@ -294,7 +292,7 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
             "status": "ok",
             "runtime": type(runtime).__name__,
             "services": [service.name for service in served],
-            "version": _version(),
+            "version": __version__,
         }
 
     @router.get("/workflows")
@@ -346,6 +344,12 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     @router.get("/logs/{id:path}", responses=_answers(_NO_EXECUTION))
     async def get_execution_logs(id: str) -> list[dict[str, Any]]:
         return [entry.model_dump(mode="json") for entry in await runtime.get_execution_logs(id)]
+
+    @router.get("/waits/{id:path}", responses=_answers(_NO_EXECUTION))
+    async def get_execution_waits(id: str) -> ExecutionWaits:
+        """What the execution is blocked on now (signal `expect`s and conditions are recorded nowhere else)."""
+        waits: ExecutionWaits = await runtime.get_execution_waits(id)
+        return waits
 
     @router.get("/result/{id:path}", responses=_answers(_NO_EXECUTION))
     async def wait_for_result(
