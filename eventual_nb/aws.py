@@ -50,6 +50,7 @@ from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_LAYOUT_VARIABLE,
     HISTORY_TABLE_VARIABLE,
     LOG_GROUP_VARIABLE,
     SCHEDULE_GROUP_VARIABLE,
@@ -92,6 +93,7 @@ T = TypeVar("T")
 STACK_OUTPUTS = {
     "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
     "HistoryTableName": HISTORY_TABLE_VARIABLE,
+    "HistoryLayout": HISTORY_LAYOUT_VARIABLE,
     "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
     "ActivityQueueUrl": ACTIVITY_QUEUE_VARIABLE,
     "TimerQueueUrl": TIMER_QUEUE_VARIABLE,
@@ -202,6 +204,7 @@ class AwsRuntime(RuntimeBase):
                     "functions), or run inside one of those functions"
                 )
             settings = AwsSettings.from_environment(environment)
+            settings.check_layout(self.stack)
             built: dict[str, Any] = {}
             for name in ("dynamodb", "sqs", "events", "logs"):
                 built[name] = self.client(name)

@@ -36,6 +36,8 @@ from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_LAYOUT,
+    HISTORY_LAYOUT_VARIABLE,
     HISTORY_TABLE_VARIABLE,
     LOG_GROUP_VARIABLE,
     SCHEDULE_GROUP_VARIABLE,
@@ -46,7 +48,7 @@ from eventual_nb.runtime.aws.clients import (
     TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
 )
-from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.aws.stores import KEYS_ONLY_INDEXES, LISTING_INDEXES, LISTING_SORT_KEY
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
@@ -109,7 +111,7 @@ _SCHEDULE = _Function("schedule", "ScheduleForwarder", 60, 256, "long timers fir
 
 _CONSUME = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 _SEND = ["sqs:SendMessage"]
-_TABLE_READ = ["dynamodb:GetItem", "dynamodb:Query"]
+_TABLE_READ = ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:Query"]
 _TABLE_WRITE = ["dynamodb:ConditionCheckItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
 _TABLE_READ_WRITE = [*_TABLE_READ, *_TABLE_WRITE, "dynamodb:DeleteItem"]
 _LOG_WRITE = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -310,7 +312,9 @@ class _Builder:
                     {"AttributeName": attribute, "KeyType": "HASH"},
                     {"AttributeName": LISTING_SORT_KEY, "KeyType": "RANGE"},
                 ],
-                "Projection": {"ProjectionType": "ALL"},
+                # an index whose key holds no status projects only the keys: an execution's end (a
+                # status change) then writes nothing to it; a listing reads the page's records by key
+                "Projection": {"ProjectionType": "KEYS_ONLY" if index in KEYS_ONLY_INDEXES else "ALL"},
             }
             for index, attribute in LISTING_INDEXES.items()
         ]
@@ -450,6 +454,8 @@ class _Builder:
             SERVICE_VARIABLE: self.service_name,
             EXECUTIONS_TABLE_VARIABLE: _ref("ExecutionsTable"),
             HISTORY_TABLE_VARIABLE: _ref("HistoryTable"),
+            # what the history table holds; the runtime refuses a stack of another layout (clients.py)
+            HISTORY_LAYOUT_VARIABLE: HISTORY_LAYOUT,
             WORKFLOW_QUEUE_VARIABLE: _ref("WorkflowQueue"),
             ACTIVITY_QUEUE_VARIABLE: _ref("ActivityQueue"),
             TIMER_QUEUE_VARIABLE: _ref("TimerQueue"),
@@ -699,6 +705,7 @@ class _Builder:
         output("TimerQueueUrl", _ref("TimerQueue"), "queue of timers due within 15 minutes")
         output("ExecutionsTableName", _ref("ExecutionsTable"), "DynamoDB table of execution records")
         output("HistoryTableName", _ref("HistoryTable"), "DynamoDB table of execution histories")
+        output("HistoryLayout", HISTORY_LAYOUT, "how the history table stores histories (one item per turn)")
         output("ExecutionLogGroupName", _ref("ExecutionLogGroup"), "log group with one stream per execution")
         output("ScheduleGroupName", _stack_named("-timers"), "EventBridge Scheduler group for long timers")
 

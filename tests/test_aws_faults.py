@@ -8,8 +8,8 @@ functions (`StackFunctions`) driven by the harness over real SQS queues, and thr
   message is redelivered to another container, which completes the same turn first (either before the
   stale one read history, or between its read and its conditional commit);
 * a crash between the history commit and the dispatch — a real "container" process running the
-  functions is killed with SIGKILL right after its `TransactWriteItems` returned, before it sent what the
-  turn decided; its message reappears after the visibility timeout and another container carries on.
+  functions is killed with SIGKILL right after its turn's conditional `PutItem` returned, before it sent
+  what the turn decided; its message reappears after the visibility timeout and another container carries on.
 
 Each run must end with every step in history exactly once, each activity's code run exactly once (the
 activities append to a ledger file, across processes), and the execution completed with the right result.
@@ -189,12 +189,15 @@ async def test_a_stale_orchestrator_invocation_after_its_visibility_timeout(
     stale = Container(moto_endpoint, stack, visibility_timeout=1)
     other = Container(moto_endpoint, stack)
     dynamodb = stale.functions.clients.client("dynamodb")
-    hook = "before-call.dynamodb.Query" if expires == "before-read" else "before-call.dynamodb.TransactWriteItems"
+    history_table = stack.environment["EVENTUAL_HISTORY_TABLE"]
+    if expires == "before-read":
+        stale.functions.orchestrator.max_cached = 0  # a warm container reads nothing: this one is cold
+    hook = "before-parameter-build.dynamodb." + ("Query" if expires == "before-read" else "PutItem")
     stalled: list[RunReport] = []
 
-    def stall(**_: Any) -> None:
+    def stall(params: dict[str, Any], **_: Any) -> None:
         # once, during the turn that handles the first activity's result (history already holds it scheduled)
-        if stalled or not ledger.exists():
+        if stalled or not ledger.exists() or params.get("TableName") != history_table:
             return
         time.sleep(1.5)  # the message's visibility timeout (1 s) expires: SQS hands it to another container
         report = RunReport()
@@ -235,14 +238,21 @@ function_timeout, visibility_timeout = float(sys.argv[5]), int(sys.argv[6])
 functions = StackFunctions([fault_service.SERVICE], environ=environment, client_kwargs=kwargs, timer_hop_seconds=1)
 commits = 0
 
-def die_after_commit(**_):
+def note_commit(params, context, **_):
+    # a turn's commit: the conditional put of a turn item into the history table
+    context["commit"] = params.get("TableName") == environment["EVENTUAL_HISTORY_TABLE"] and "ConditionExpression" in params
+
+def die_after_commit(context, **_):
     global commits
+    if not context.get("commit"):
+        return
     commits += 1
     if commits == crash_at:  # the history is committed; nothing the turn decided has been sent yet
         print(json.dumps({"killed_after_commit": commits}), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
-functions.clients.client("dynamodb").meta.events.register("after-call.dynamodb.TransactWriteItems", die_after_commit)
+functions.clients.client("dynamodb").meta.events.register("before-parameter-build.dynamodb.PutItem", note_commit)
+functions.clients.client("dynamodb").meta.events.register("after-call.dynamodb.PutItem", die_after_commit)
 Harness(
     functions.clients,
     functions.handlers(),

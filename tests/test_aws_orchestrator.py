@@ -297,15 +297,15 @@ async def test_a_stale_turn_loses_the_race_and_fails_with_the_rest_of_its_group(
     other = Orchestrator(stores_for(aws_client(moto_endpoint, "dynamodb")), other_dispatch, [SERVICE])
     raced: list[list[dict[str, Any]]] = []
 
-    def race(**_: Any) -> None:
-        if not raced:
+    def race(params: dict[str, Any], **_: Any) -> None:
+        if not raced and params["TableName"] == stores[1].table:  # right before the stale turn's commit
             raced.append(Driver(other, other_dispatch).deliver([first]))
 
-    dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", race)
+    dynamodb.meta.events.register("before-parameter-build.dynamodb.PutItem", race)
     try:
         failed = driver.deliver([first, second])
     finally:
-        dynamodb.meta.events.unregister("before-call.dynamodb.TransactWriteItems", race)
+        dynamodb.meta.events.unregister("before-parameter-build.dynamodb.PutItem", race)
     assert raced == [[]]
     assert failed == [first, second]
     assert stale.stats.conflicts == 1

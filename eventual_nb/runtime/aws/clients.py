@@ -65,6 +65,11 @@ SUBSCRIPTION_QUEUES_VARIABLE = "EVENTUAL_SUBSCRIPTION_QUEUES"
 SERVICE_VARIABLE = "EVENTUAL_SERVICE"
 EXECUTIONS_TABLE_VARIABLE = "EVENTUAL_EXECUTIONS_TABLE"
 HISTORY_TABLE_VARIABLE = "EVENTUAL_HISTORY_TABLE"
+#: the history layout a stack was deployed with (the template sets it on every function and as an output)
+HISTORY_LAYOUT_VARIABLE = "EVENTUAL_HISTORY_LAYOUT"
+#: the layout this code reads and writes: one DynamoDB item per turn (`stores.py`). Stacks deployed before
+#: it existed stored one item per event and a history head, and carry no layout at all.
+HISTORY_LAYOUT = "turns-1"
 
 #: what SQS allows in a MessageGroupId / MessageDeduplicationId: 1-128 printable ASCII, no space
 _SQS_ID = re.compile(r"[!-~]{1,128}")
@@ -457,6 +462,7 @@ class AwsSettings:
     schedule_target_arn: str = ""
     #: subscription queue ARN → subscription name (the subscription function's map)
     subscription_queues: dict[str, str] = field(default_factory=dict)
+    history_layout: str = ""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
@@ -481,6 +487,28 @@ class AwsSettings:
             scheduler_role_arn=source.get(SCHEDULER_ROLE_VARIABLE, ""),
             schedule_target_arn=source.get(SCHEDULE_TARGET_VARIABLE, ""),
             subscription_queues={str(arn): str(name) for arn, name in queues.items()},
+            history_layout=source.get(HISTORY_LAYOUT_VARIABLE, ""),
+        )
+
+    def check_layout(self, stack: str | None = None) -> None:
+        """Refuse a stack whose tables hold another history layout than this code's (`HISTORY_LAYOUT`).
+
+        Not migrated: an execution in flight on the old layout cannot continue on the new one (its history
+        items are of another shape), so the stack is redeployed by this version; see the README, "Upgrading
+        a deployed stack"."""
+        if self.history_layout == HISTORY_LAYOUT:
+            return
+        which = f"stack {stack!r}" if stack else "this stack"
+        found = (
+            f"history layout {self.history_layout!r}"
+            if self.history_layout
+            else "an earlier layout (one item per history event, and a history head)"
+        )
+        raise errors.EventualError(
+            f"{which} was deployed with {found}, but this eventual-nb stores history as {HISTORY_LAYOUT!r} "
+            "(one DynamoDB item per turn): redeploy the service with this version (let the executions in "
+            "flight finish first, then `eventual-nb destroy` and `eventual-nb deploy`, or deploy it under a "
+            "new stack name)"
         )
 
     def require(self, *names: str) -> None:

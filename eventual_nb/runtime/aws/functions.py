@@ -88,6 +88,7 @@ class StackFunctions:
         self.clients = clients
         settings = clients.settings
         settings.require(*REQUIRED_SETTINGS)
+        settings.check_layout()
         dynamodb = clients.client("dynamodb")
         self.stores = (
             ExecutionStore(dynamodb, settings.executions_table),

@@ -4,8 +4,9 @@
 workflow FIFO queue (MessageGroupId = execution id). Records are grouped by execution, in order, and
 each group becomes ONE turn:
 
-1. read the execution's history and its head (one strongly consistent query; a warm cached executor
-   reads only what follows the length it has replayed, which on a hit is just the head);
+1. read the execution's history, its turns (one strongly consistent query); a warm cached executor
+   reads nothing: the number of the turn it will commit, one after its own last, is the proof that
+   nothing newer exists (the commit's condition fails if another writer committed that turn);
 2. drop incoming events that are already in history (same key as the message's de-duplication id:
    the sha256 of the event's canonical JSON) — SQS delivers at least once and moto forgets FIFO
    de-duplication as soon as the first copy is deleted;
@@ -13,29 +14,32 @@ each group becomes ONE turn:
    execution record that `ExecutionStore.create` wrote (`core.begin`);
 4. ask the execution core what the step means (`core.turn`, stamping each action with the time of the
    call that issued it, so a duplicate turn builds equal actions); a signal's target is read here;
-5. COMMIT the new events, the head's compare-and-swap, the record's terminal status (the core's `Finish`,
-   when the turn ended the execution) and the turn's other actions in ONE `TransactWriteItems`, before
-   anything is sent;
-6. carry out the actions (activity messages, timers, child starts, signals, published events, child
-   cancellations, the parent's notification) through a `Dispatch`, each idempotent under its own key.
+5. COMMIT the new events and the turn's actions as turn n+1 with ONE conditional `PutItem`
+   (`HistoryStore.commit`), before anything is sent;
+6. carry out the actions — first the record's terminal status (the core's `Finish`, when the turn ended
+   the execution), then activity messages, timers, child starts, signals, published events, child
+   cancellations, the parent's notification — through a `Dispatch`, each idempotent under its own key.
 
-A `HistoryConflict` at the commit (another invocation committed first: a duplicate delivery running in
-parallel, or a stale invocation whose visibility timeout expired) fails the group's records, so SQS
-redelivers them and they replay on fresh state; nothing of the losing turn was written.
+A `HistoryConflict` at the commit (another invocation committed the same turn first: a duplicate
+delivery running in parallel, a stale invocation whose visibility timeout expired, or a warm container
+whose cache another container overtook) fails the group's records, so SQS redelivers them and they
+replay on fresh state; nothing of the losing turn was written.
 
 Re-dispatch after a crash between commit and dispatch
 -----------------------------------------------------
-The head item carries `pending`: the last committed turn's actions in their JSON form
-(`eventual_nb.runtime.core.wire`; the form may change between releases, stacks are redeployed), written in the same
-transaction as its events (and replaced, or removed, by the next turn's transaction). A turn that did
-not itself witness the previous turn's dispatch complete (no warm executor for exactly the head's
-length in this container) re-dispatches `pending` before stepping, skipping actions whose results are
-already known (an activity, timer or child whose result is in history or in the incoming batch). Every
-action is idempotent by key — activity messages by the claim row `(execution, seq, attempt)`, timers by
-the `TimerCompleted` event's key and the schedule name, child starts by the deterministic child id,
-events by their de-duplication key (and signals by their id) — so re-sending is safe, and the warm path
-(the common case) never re-sends. Why on the head rather than an item of its own: the head is written
-by every turn anyway, so carrying the actions costs no extra write request unit in the common case.
+Each turn item carries `pending`: the turn's actions in their JSON form (`eventual_nb.runtime.core.wire`;
+the form may change between releases, stacks are redeployed), written by the same put as its events.
+Only the last turn's actions can still be undone: a turn commits only after the turn before it was
+dispatched (by itself, or re-dispatched as below), so committing turn n+1 marks turn n's actions as
+dispatched without writing anything. A turn that did not itself witness the previous turn's dispatch
+complete (no warm executor in this container) re-dispatches the last turn's `pending` before stepping,
+skipping actions whose results are already known (an activity, timer or child whose result is in
+history or in the incoming batch). Every action is idempotent by key — the record's end by its
+IN_PROGRESS condition, activity messages by the claim row `(execution, seq, attempt)`, timers by the
+`TimerCompleted` event's key and the schedule name, child starts by the deterministic child id, events
+by their de-duplication key (and signals by their id) — so re-sending is safe, and the warm path (the
+common case) never re-sends. Why in the turn rather than an item of its own: the turn is written
+anyway, so carrying its actions costs no extra write request in the common case.
 
 Log lines of a turn are written after its dispatch and are not re-sent (a crash loses that turn's log
 lines instead of duplicating them on every cold turn).
@@ -68,13 +72,7 @@ from eventual_nb.engine.history import (
     WorkflowStarted,
 )
 from eventual_nb.runtime import core
-from eventual_nb.runtime.aws.stores import (
-    TIMEOUT_ATTRIBUTE,
-    ExecutionStore,
-    HistoryConflict,
-    HistoryHead,
-    HistoryStore,
-)
+from eventual_nb.runtime.aws.stores import TIMEOUT_ATTRIBUTE, ExecutionStore, HistoryConflict, HistoryStore
 from eventual_nb.runtime.base import ExecutionStatus
 from eventual_nb.runtime.core import (
     TIMEOUT_TIMER_KEY,
@@ -147,6 +145,8 @@ class _Progress:
     started: WorkflowStarted | None = None
     terminal: HistoryEvent | None = None
     length: int = 0
+    #: the last committed turn's number (0 before the first)
+    turn: int = 0
 
     def observe(self, events: Iterable[HistoryEvent]) -> None:
         for event in events:
@@ -165,7 +165,7 @@ class _Progress:
 
 @dataclass
 class _Cached:
-    """A warm executor and what its turns need, valid while the history has exactly `progress.length` events."""
+    """A warm executor and what its turns need, valid while the history ends with turn `progress.turn`."""
 
     executor: WorkflowExecutor
     progress: _Progress
@@ -277,7 +277,8 @@ class Orchestrator:
         loaded = self._load(execution_id, cached)
         progress = loaded.progress
         if loaded.cached is None and loaded.pending:
-            self._redispatch(loaded.pending, progress, messages)
+            assert progress.started is not None  # a turn with actions follows the start
+            self._redispatch(loaded.pending, progress, messages, progress.started.workflow)
         if progress.terminal is not None:
             return  # events for an ended execution are dropped (its last actions were re-sent above)
         opening: _Opening | None = None
@@ -294,6 +295,11 @@ class Orchestrator:
         definition = self._workflow(started.workflow)
         executor, output = self._step(execution_id, definition, started, loaded, fresh, first=opening is not None)
         events = ([started] if opening is not None else []) + output.events
+        if not events and loaded.cached is not None and self._overtaken(execution_id, progress):
+            # nothing to commit, so no condition proves the cache current, and it is not: start over cold
+            executor.close()
+            self.turn(execution_id, messages)
+            return
         lineage = self._lineage(execution_id, definition, started, loaded.cached, opening, ended=executor.ended)
         expected = progress.length
         progress.observe(events)
@@ -302,22 +308,21 @@ class Orchestrator:
         if opening is not None and opening.begun.timeout is not None:
             actions.append(opening.begun.timeout)
         finish = next((action for action in actions if isinstance(action, Finish)), None)
-        extra: list[dict[str, Any]] = []
-        if finish is not None:  # committed with the turn, not dispatched
+        if finish is not None:  # the record's status first: whoever hears of the end can read it
             actions.remove(finish)
-            actions.extend(_recall_long_timers(finish, started, progress))
-            extra.append(self._finish_item(started.workflow, finish))
-        if events or actions or extra:
+            actions = [finish, *actions, *_recall_long_timers(finish, started, progress)]
+        if events or actions:
             try:
-                self.history.append(
-                    execution_id, expected, events, extra, pending=[wire.action_to_json(a) for a in actions]
+                self.history.commit(
+                    execution_id, progress.turn + 1, expected, events, [wire.action_to_json(a) for a in actions]
                 )
             except Exception:
                 executor.close()
                 raise
+            progress.turn += 1
             self.stats.commits += 1
         for action in actions:
-            self._carry_out(action)
+            self._carry_out(action, started.workflow)
         self.stats.dispatched_actions += len(actions)
         if turn.logs:
             self.dispatch.write_logs(execution_id, list(turn.logs))
@@ -401,30 +406,24 @@ class Orchestrator:
     # ------------------------------------------------------------------------------------------ reads
 
     def _load(self, execution_id: str, cached: _Cached | None) -> _Loaded:
-        """History and head in one strongly consistent query; a warm executor reads only past its length."""
-        after = cached.progress.length if cached is not None else 0
-        events, head = self._query(execution_id, after)
-        length, pending = head.length, head.pending
+        """A warm executor reads nothing (its next commit's condition proves nothing is newer); a cold turn
+        reads the whole history, its turns in one strongly consistent query."""
         if cached is not None:
-            if not events and length == after:
-                self.stats.warm_hits += 1
-                return _Loaded(cached.progress, [], pending, cached)
-            cached.executor.close()  # someone else committed since: rebuild from the whole history
-            events, head = self._query(execution_id, 0)
-            length, pending = head.length, head.pending
-        if len(events) != length:
-            raise errors.EventualError(
-                f"history of execution '{execution_id}' has {len(events)} events but its head says {length}"
-            )
-        progress = _Progress()
-        progress.observe(events)
-        return _Loaded(progress, events, pending, None)
-
-    def _query(self, execution_id: str, after: int) -> tuple[list[HistoryEvent], HistoryHead]:
-        """Events `after`, ... and the head (`sk` sorts `ev#...` < `head`), consistently, in one query."""
-        found = self.history.read_with_head(execution_id, after)
+            self.stats.warm_hits += 1
+            return _Loaded(cached.progress, [], [], cached)
+        found = self.history.read_turns(execution_id)
         self.stats.history_queries += found.queries
-        return found.events, found.head
+        progress = _Progress()
+        progress.observe(found.events)
+        progress.turn = found.turn
+        return _Loaded(progress, found.events, found.pending, None)
+
+    def _overtaken(self, execution_id: str, progress: _Progress) -> bool:
+        """Whether another container committed turns after the cached ones (one consistent query): asked only
+        when a warm turn's events changed nothing, since then no commit condition would notice."""
+        found = self.history.read_turns(execution_id, progress.turn, progress.length)
+        self.stats.history_queries += found.queries
+        return found.turn != progress.turn
 
     def _record(self, execution_id: str) -> dict[str, Any] | None:
         """The record's values (it holds `parent_seq`, `service` and the timeout, which `Execution` does not)."""
@@ -453,22 +452,10 @@ class Orchestrator:
             parent=record.get("parent"),
         )
 
-    def _finish_item(self, workflow: str, finish: Finish) -> dict[str, Any]:
-        """The record's terminal status, as an item of the turn's transaction."""
-        return self.executions.finish_item(
-            finish.execution_id,
-            workflow,
-            finish.status,
-            finish.end_time,
-            result=finish.result,
-            error=finish.error,
-            message=finish.message,
-        )
-
     # ---------------------------------------------------------------------------------------- actions
 
     def _redispatch(
-        self, pending: list[dict[str, Any]], progress: _Progress, messages: Sequence[dict[str, Any]]
+        self, pending: list[dict[str, Any]], progress: _Progress, messages: Sequence[dict[str, Any]], workflow: str
     ) -> None:
         """Re-send the last committed turn's actions, except those whose result has evidently arrived."""
         arrived = set(progress.resolved)
@@ -481,11 +468,11 @@ class Orchestrator:
             awaited = _awaited_seq(action)
             if awaited is not None and awaited in arrived:
                 continue
-            self._carry_out(action)
+            self._carry_out(action, workflow)
             self.stats.redispatched_actions += 1
 
-    def _carry_out(self, action: core.Action) -> None:
-        """Send one committed action through the dispatch (each send is idempotent by its key)."""
+    def _carry_out(self, action: core.Action, workflow: str) -> None:
+        """Carry out one committed action of an execution of `workflow` (each is idempotent by its key)."""
         match action:
             case StartAttempt():
                 self.dispatch.send_activity(wire.attempt_message(action))
@@ -500,7 +487,15 @@ class Orchestrator:
             case StartChild():
                 self._start_child(action)
             case Finish():
-                pass  # committed with its turn (`_finish_item`)
+                self.executions.finish(
+                    action.execution_id,
+                    workflow,
+                    action.status,
+                    action.end_time,
+                    result=action.result,
+                    error=action.error,
+                    message=action.message,
+                )
 
     def _start_child(self, action: StartChild) -> None:
         """Create the child's record (idempotent by its deterministic id) and send its start message."""
@@ -516,7 +511,7 @@ class Orchestrator:
                 service=core.service_of(definition),
             )
         except errors.EventualError as exc:  # no such workflow, or the id is taken with another input
-            self._carry_out(core.child_not_started(action, exc))
+            self._carry_out(core.child_not_started(action, exc), action.workflow)
             return
         if action.timeout is not None:
             self.executions.set_timeout(action.child_id, action.timeout.total_seconds())
