@@ -19,7 +19,7 @@ duplicates (SQS dedup lasts five minutes, and moto forgets it once a message is 
 
 Nothing here imports boto3 at import time (the generated `handlers.py` stays cheap on a cold start):
 the wrappers take already-built clients and `AwsClients.from_environment` imports boto3 when called.
-`AwsClients` also offers the orchestrator's `Dispatch` methods (`send_workflow_event`, `send_activity`,
+`AwsClients` also offers the orchestrator's `Dispatch` methods (`send_workflow_event`, `send_activities`,
 `schedule_timer`, `cancel_timer`, `publish`, `write_logs`, `start_child`).
 """
 
@@ -41,6 +41,9 @@ from eventual_nb.serde import canonical_json
 
 #: SQS's largest `DelaySeconds`; a timer further away than this goes to EventBridge Scheduler
 MAX_SQS_DELAY_SECONDS = 900
+#: SQS's limits of one `SendMessageBatch` call: entries, and the total of their bodies
+MAX_SQS_BATCH_ENTRIES = 10
+MAX_SQS_BATCH_BYTES = 256 * 1024
 SCHEDULER_THRESHOLD_SECONDS = MAX_SQS_DELAY_SECONDS
 #: EventBridge's limit of entries per `put_events` call
 MAX_PUT_EVENTS_ENTRIES = 10
@@ -188,6 +191,32 @@ class ActivityQueue:
         self.sqs.send_message(
             QueueUrl=self.url, MessageBody=json.dumps(dict(message), ensure_ascii=False), DelaySeconds=delay_seconds
         )
+
+    def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """First attempts, in `SendMessageBatch` calls of at most 10 messages and 256 KB (one request, and one
+        billed request per 64 KB of it, instead of one per message). Raises `EventualError` naming the
+        messages SQS refused (those it accepted are on the queue: a repeat is dropped by the claim row)."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for message in messages:
+            missing = {"execution_id", "seq", "attempt", "name"} - set(message)
+            if missing:
+                raise errors.EventualError(f"activity message lacks {sorted(missing)}: {dict(message)!r}")
+            body = json.dumps(dict(message), ensure_ascii=False)
+            length = len(body.encode("utf-8"))
+            if batch and (len(batch) == MAX_SQS_BATCH_ENTRIES or size + length > MAX_SQS_BATCH_BYTES):
+                self._send_entries(batch)
+                batch, size = [], 0
+            batch.append({"Id": str(len(batch)), "MessageBody": body})
+            size += length
+        if batch:
+            self._send_entries(batch)
+
+    def _send_entries(self, entries: list[dict[str, Any]]) -> None:
+        if len(entries) == 1:  # a batch of one costs the same and says less when it fails
+            self.sqs.send_message(QueueUrl=self.url, MessageBody=entries[0]["MessageBody"])
+            return
+        _check_sqs_reply(self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries), "sending activity attempts")
 
 
 class TimerClient:
@@ -375,10 +404,6 @@ class ExecutionLogs:
         if not items:
             return 0
         stream = log_stream_name(execution_id)
-        try:
-            self.logs.create_log_stream(logGroupName=self.group, logStreamName=stream)
-        except self.logs.exceptions.ResourceAlreadyExistsException:
-            pass
         stamp = int(utc(self.clock()).timestamp() * 1000)
         batch: list[dict[str, Any]] = []
         size = 0
@@ -436,7 +461,16 @@ class ExecutionLogs:
             return LogEntry(time=moment, message=str(event.get("message", "")), source="")
 
     def _put(self, stream: str, batch: list[dict[str, Any]]) -> None:
-        reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
+        """Put one batch; the stream is created when the put finds it missing, so an execution's stream is
+        created once (by its first write), not on every write of every container."""
+        try:
+            reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
+        except self.logs.exceptions.ResourceNotFoundException:
+            try:
+                self.logs.create_log_stream(logGroupName=self.group, logStreamName=stream)
+            except self.logs.exceptions.ResourceAlreadyExistsException:
+                pass  # another writer created it in between
+            reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
         rejected = reply.get("rejectedLogEventsInfo")
         if rejected:
             raise errors.EventualError(f"CloudWatch Logs rejected log events of stream {stream!r}: {rejected}")
@@ -638,6 +672,9 @@ class AwsClients:
 
     def send_activity(self, message: Mapping[str, Any]) -> None:
         self.activity_queue.send(message)
+
+    def send_activities(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        self.activity_queue.send_batch(messages)
 
     def schedule_timer(self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any]) -> None:
         self.timers.schedule(execution_id, key, due, event, self.clock())

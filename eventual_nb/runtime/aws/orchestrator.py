@@ -105,7 +105,7 @@ class Dispatch(Protocol):
 
     def send_workflow_event(self, execution_id: str, event: dict[str, Any]) -> None: ...
 
-    def send_activity(self, message: dict[str, Any]) -> None: ...
+    def send_activities(self, messages: list[dict[str, Any]]) -> None: ...
 
     def schedule_timer(self, execution_id: str, key: str, due: datetime, event: dict[str, Any]) -> None: ...
 
@@ -219,6 +219,8 @@ class Orchestrator:
         self.max_cached = max_cached
         self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self.stats = OrchestratorStats()
+        #: during a batch: the activity attempts its turns started (execution id, message), sent at its end
+        self._activities: list[tuple[str, dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------------------------------ batch
 
@@ -226,16 +228,44 @@ class Orchestrator:
         """An SQS FIFO batch event -> `{"batchItemFailures": [...]}` (partial batch response).
 
         Once a record of an execution fails, every later record of that execution in the batch is reported
-        too, so SQS keeps the group's order when it redelivers them."""
+        too, so SQS keeps the group's order when it redelivers them. The activity attempts the batch's turns
+        start are sent together at the end (`_send_activities`)."""
         groups: dict[str, list[dict[str, Any]]] = {}
         for record in event.get("Records") or []:
             group = (record.get("attributes") or {}).get("MessageGroupId") or _body_execution_id(record)
             groups.setdefault(group, []).append(record)
+        failed_from: dict[str, int] = {}
+        self._activities = []
+        try:
+            for group, records in groups.items():
+                failed_from[group] = self._process_group(group, records)
+        finally:
+            for group in self._send_activities():
+                failed_from[group] = 0
         failures: list[dict[str, str]] = []
         for group, records in groups.items():
-            failed_from = self._process_group(group, records)
-            failures.extend({"itemIdentifier": str(record["messageId"])} for record in records[failed_from:])
+            failures.extend({"itemIdentifier": str(record["messageId"])} for record in records[failed_from[group] :])
         return {"batchItemFailures": failures}
+
+    def _send_activities(self) -> set[str]:
+        """Send the attempts the batch's turns started, in as few requests as SQS allows (`SendMessageBatch`:
+        10 a request). Their turns are committed: if sending fails, the executions whose attempts were in
+        it are returned (their messages are failed) and leave the cache, so the redelivery is a cold turn,
+        which re-sends its last turn's actions (an attempt sent twice is dropped by its claim row)."""
+        queued, self._activities = self._activities or [], None
+        if not queued:
+            return set()
+        try:
+            self.dispatch.send_activities([message for _, message in queued])
+        except Exception:
+            LOGGER.exception("could not send %d activity attempts; their executions' turns are redone", len(queued))
+            failed = {execution_id for execution_id, _ in queued}
+            for execution_id in failed:
+                cached = self._cache.pop(execution_id, None)
+                if cached is not None:
+                    cached.executor.close()
+            return failed
+        return set()
 
     def _process_group(self, group: str, records: list[dict[str, Any]]) -> int:
         """Index of the group's first failed record (`len(records)` when all succeeded)."""
@@ -475,7 +505,11 @@ class Orchestrator:
         """Carry out one committed action of an execution of `workflow` (each is idempotent by its key)."""
         match action:
             case StartAttempt():
-                self.dispatch.send_activity(wire.attempt_message(action))
+                message = wire.attempt_message(action)
+                if self._activities is None:  # a turn run on its own, outside a batch
+                    self.dispatch.send_activities([message])
+                else:
+                    self._activities.append((action.execution_id, message))
             case ArmTimer():
                 self.dispatch.schedule_timer(action.execution_id, action.key, action.due, wire.event_json(action.fires))
             case DisarmTimer():

@@ -586,6 +586,18 @@ class ExecutionStore:
         decoded; times are the stored ISO text."""
         return self._record(execution_id)
 
+    def status(self, execution_id: str, *, consistent: bool = True) -> ExecutionStatus | None:
+        """The record's status, None if there is no record. `consistent=False` reads at half the cost and may
+        be a moment old (a record just created may not be found yet: ask again consistently then)."""
+        item: dict[str, Any] | None = self.client.get_item(
+            TableName=self.table,
+            Key=self._record_key(execution_id),
+            ConsistentRead=consistent,
+            ProjectionExpression="#status",
+            ExpressionAttributeNames={"#status": "status"},
+        ).get("Item")
+        return None if item is None else ExecutionStatus(from_attributes(item)["status"])
+
     def get(self, execution_id: str) -> Execution:
         row = self._record(execution_id)
         if row is None:

@@ -217,9 +217,9 @@ class ActivityWorker:
             delay = _delay(utc(datetime.fromisoformat(str(not_before))), now)
             self.clients.activity_queue.send(message, delay_seconds=delay)
             return AttemptReport("deferred", retry_delay=delay)
-        try:
-            status = self.executions.get(execution_id).status
-        except errors.ExecutionNotFound:
+        # a best-effort check (the execution may end right after it): eventually consistent, at half the cost
+        status = self.executions.status(execution_id, consistent=False) or self.executions.status(execution_id)
+        if status is None:
             LOGGER.warning("dropping activity %s of unknown execution %s", seq, execution_id)
             return AttemptReport("unknown")
         if status != ExecutionStatus.IN_PROGRESS:
