@@ -48,7 +48,7 @@ from eventual_nb.runtime.aws.clients import (
     TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
 )
-from eventual_nb.runtime.aws.stores import KEYS_ONLY_INDEXES, LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
@@ -111,7 +111,7 @@ _SCHEDULE = _Function("schedule", "ScheduleForwarder", 60, 256, "long timers fir
 
 _CONSUME = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 _SEND = ["sqs:SendMessage"]
-_TABLE_READ = ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:Query"]
+_TABLE_READ = ["dynamodb:GetItem", "dynamodb:Query"]
 _TABLE_WRITE = ["dynamodb:ConditionCheckItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
 _TABLE_READ_WRITE = [*_TABLE_READ, *_TABLE_WRITE, "dynamodb:DeleteItem"]
 _LOG_WRITE = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -300,9 +300,9 @@ class _Builder:
 
     @staticmethod
     def listing_indexes(properties: dict[str, Any]) -> None:
-        """The sparse, sharded indexes `ExecutionStore.list` reads (eventual_nb/runtime/aws/stores.py): by
-        workflow, by status, by workflow and status, and all executions, each sorted by start time. Their
-        partition keys carry a shard number, so listing never funnels every execution into one partition."""
+        """The sparse, sharded indexes `ExecutionStore.list` reads (eventual_nb/runtime/aws/stores.py): by status,
+        and by workflow and status (ended executions), each sorted by start time. Their partition keys carry a
+        shard number, so listing never funnels every execution into one partition."""
         for attribute in [*LISTING_INDEXES.values(), LISTING_SORT_KEY]:
             properties["AttributeDefinitions"].append({"AttributeName": attribute, "AttributeType": "S"})
         properties["GlobalSecondaryIndexes"] = [
@@ -312,9 +312,7 @@ class _Builder:
                     {"AttributeName": attribute, "KeyType": "HASH"},
                     {"AttributeName": LISTING_SORT_KEY, "KeyType": "RANGE"},
                 ],
-                # an index whose key holds no status projects only the keys: an execution's end (a
-                # status change) then writes nothing to it; a listing reads the page's records by key
-                "Projection": {"ProjectionType": "KEYS_ONLY" if index in KEYS_ONLY_INDEXES else "ALL"},
+                "Projection": {"ProjectionType": "ALL"},
             }
             for index, attribute in LISTING_INDEXES.items()
         ]

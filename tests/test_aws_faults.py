@@ -357,3 +357,56 @@ async def run_with_a_killed_container(
         execution_id = await drive_order(runtime, run, ledger)
         await check_completed(runtime, execution_id, ledger, charges)
     return crashes
+
+
+async def test_a_container_killed_inside_an_inline_activity_runs_it_again(
+    moto_endpoint: str, stack: Stack, tmp_path: Path
+) -> None:
+    """The orchestrator's container dies (SIGKILL) inside an inline activity, after its side effect: the turn
+    that scheduled it is committed, its result is not. The message of that turn comes back after the
+    visibility timeout; a fresh container's cold turn re-runs the last turn's pending actions, the inline
+    attempt among them: the activity ran twice (at least once), its step is recorded once."""
+    ledger = tmp_path / "ledger.txt"
+    marker = tmp_path / "killed-in-pack"
+    script = tmp_path / "container.py"
+    script.write_text(CONTAINER)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("EVENTUAL_")}
+    environment.update({"PYTHONDONTWRITEBYTECODE": "1", fault_service.KILL_IN_PACK: str(marker)})
+    async with runtime_for(moto_endpoint, stack) as runtime:
+        order = fault_service.Order(ledger=str(ledger), item="lamp")
+        handle = await fault_service.parcel.start(order, name="parcel-1")
+        killed = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(ROOT),
+                json.dumps(stack.environment),
+                json.dumps(client_kwargs(moto_endpoint)),
+                "0",  # no crash after a commit: the crash is inside the activity
+                "12",
+                "1",  # the visibility timeout: the message comes back a second after the crash
+            ],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+            check=False,
+        )
+        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout, killed.stderr[-2000:])
+        assert marker.read_text() == "killed\n"
+        assert (await runtime.get_execution(handle.id)).status == ExecutionStatus.IN_PROGRESS
+        survivor = Container(moto_endpoint, stack)
+        survivor.run()
+        execution = await runtime.get_execution(handle.id)
+        assert (execution.status, execution.result) == (ExecutionStatus.SUCCEEDED, "packed reserved lamp")
+        history = await runtime.get_execution_history(handle.id)
+    assert [event.type for event in history] == [
+        "WorkflowStarted",
+        "ActivityScheduled",
+        "ActivitySucceeded",
+        "ActivityScheduled",
+        "ActivitySucceeded",
+        "WorkflowSucceeded",
+    ]
+    assert ledger.read_text().splitlines() == ["reserve lamp", "pack reserved lamp", "pack reserved lamp"]
+    assert survivor.functions.orchestrator.stats.inline_attempts == 1

@@ -237,6 +237,37 @@ async def lr_flaky(fail_times: int) -> str:
     return f"ok after {info.attempt}"
 
 
+#: idempotency keys the inline activity saw, per execution
+INLINE_KEYS: dict[str, list[str]] = {}
+
+
+@ev.activity(inline=True, timeout="2s", retry=ev.RetryPolicy(max_attempts=3, initial_interval="0.05s", backoff=2.0))
+async def lr_inline_flaky(fail_times: int) -> str:
+    info = ev.activity_info()
+    ATTEMPTS[info.execution_id] += 1
+    INLINE_KEYS.setdefault(info.execution_id, []).append(info.idempotency_key)
+    if info.attempt <= fail_times:
+        raise ConnectionError(f"attempt {info.attempt} failed")
+    return f"inline ok after {info.attempt}"
+
+
+@ev.activity(inline=True, timeout="0.2s")
+async def lr_inline_slow() -> str:
+    await asyncio.sleep(1)
+    return "late"
+
+
+@ev.workflow
+async def lr_inline(fail_times: int) -> Any:
+    """Inline activities: on AWS they run inside the orchestrator; elsewhere `inline` changes nothing."""
+    first = await lr_inline_flaky(fail_times)
+    try:
+        await lr_inline_slow()
+    except ev.Timeout as exc:
+        return {"first": first, "timeout": type(exc).__name__}
+    return {"first": first, "timeout": None}
+
+
 @ev.activity(retry=ev.RetryPolicy(max_attempts=5, initial_interval="0.05s", non_retryable=(ValueError,)))
 async def lr_picky() -> str:
     ATTEMPTS[ev.activity_info().execution_id] += 1
@@ -606,6 +637,22 @@ async def test_retries_with_backoff_record_attempts_once(rig: Rig) -> None:
     succeeded = first(history, "ActivitySucceeded")
     assert succeeded.attempts == 3
     assert succeeded.timestamp - scheduled.timestamp >= timedelta(seconds=0.149)
+
+
+async def test_an_inline_activity_retries_and_times_out_like_any_other(rig: Rig) -> None:
+    """The same history, result and idempotency key on every runtime: on AWS the attempts run inside the
+    orchestrator (retries wait as timers), on the others `inline` has no visible effect."""
+    ATTEMPTS.clear()
+    rig.hangs(lr_inline_slow, "timeout")
+    handle = await lr_inline.start(2)
+    assert await rig.finish(handle) == {"first": "inline ok after 3", "timeout": "Timeout"}
+    assert ATTEMPTS[handle.id] == 3
+    history = await handle.history()
+    flaky_seq, slow_seq = [event.seq for event in history if event.type == "ActivityScheduled"]
+    assert by_seq(history, flaky_seq) == ["ActivityScheduled", "ActivitySucceeded"]
+    assert first(history, "ActivitySucceeded").attempts == 3
+    assert by_seq(history, slow_seq) == ["ActivityScheduled", "ActivityTimedOut"]
+    assert INLINE_KEYS[handle.id] == [f"{handle.id}/{flaky_seq}"] * 3
 
 
 async def test_running_out_of_attempts_reports_the_last_error(rig: Rig) -> None:

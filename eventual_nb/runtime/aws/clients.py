@@ -5,10 +5,13 @@ subscription worker) talks to the others only through the JSON bodies built here
 in one place:
 
 * workflow FIFO queue, `MessageGroupId` derived from the execution id (`group_id`):
-  `{"type": "start", "execution_id": ID}` and `{"type": "event", "execution_id": ID, "event": {...}}`;
+  `{"type": "start", "execution_id": ID}`, `{"type": "event", "execution_id": ID, "event": {...}}` and
+  `{"type": "attempt", "execution_id": ID, "attempt": {...}}` (an inline activity's attempt for the
+  orchestrator to run: a retry after its backoff, or one its last invocation had no time left for);
 * activity queue (standard): `{"execution_id", "seq", "attempt", "name", "input", "options"}`;
 * timer queue (standard, because FIFO queues reject per-message `DelaySeconds`):
-  `{"execution_id": ID, "due": ISO 8601 UTC, "event": {...}}`; a timer further away than
+  `{"execution_id": ID, "due": ISO 8601 UTC, "event": {...}}` (or `"attempt": {...}` instead of
+  `"event"`: an inline activity's retry, relayed as an attempt message); a timer further away than
   `SCHEDULER_THRESHOLD_SECONDS` is an EventBridge Scheduler `at()` schedule whose input is the same body;
 * bus: `put_events` entries with `Source` = service name, `DetailType` = event name, `Detail` = event JSON.
 
@@ -165,6 +168,11 @@ class WorkflowQueue:
         body = {"type": "event", "execution_id": execution_id, "event": dict(event)}
         self._send(execution_id, body, event_dedup_id(execution_id, event))
 
+    def send_attempt(self, execution_id: str, attempt: Mapping[str, Any]) -> None:
+        """An inline activity's attempt (its activity message), for the orchestrator to run."""
+        body = {"type": "attempt", "execution_id": execution_id, "attempt": dict(attempt)}
+        self._send(execution_id, body, _sha256(f"{execution_id}:attempt:{canonical_json(dict(attempt))}")[:64])
+
     def _send(self, execution_id: str, body: dict[str, Any], dedup_id: str) -> None:
         self.sqs.send_message(
             QueueUrl=self.url,
@@ -255,15 +263,19 @@ class TimerClient:
         self.hop_seconds = hop_seconds
 
     @staticmethod
-    def body(execution_id: str, due: datetime, event: Mapping[str, Any]) -> dict[str, Any]:
-        return {"execution_id": execution_id, "due": utc(due).isoformat(), "event": dict(event)}
+    def body(execution_id: str, due: datetime, event: Mapping[str, Any], kind: str = "event") -> dict[str, Any]:
+        """A timer body; `kind` "attempt" carries an inline activity's attempt message instead of an event."""
+        return {"execution_id": execution_id, "due": utc(due).isoformat(), kind: dict(event)}
 
-    def schedule(self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any], now: datetime) -> str:
+    def schedule(
+        self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any], now: datetime, kind: str = "event"
+    ) -> str:
         """Arrange for `event` to reach the execution's workflow queue at `due`; returns `"sqs"` or `"scheduler"`.
 
         `key` names the timer within its execution (e.g. its seq, or "timeout"); only the Scheduler path
-        uses it, as the schedule's name, which makes a repeated schedule a no-op."""
-        body = self.body(execution_id, due, event)
+        uses it, as the schedule's name, which makes a repeated schedule a no-op. `kind` "attempt": `event`
+        is an inline activity's attempt message (a retry after its backoff)."""
+        body = self.body(execution_id, due, event, kind)
         if (utc(due) - utc(now)).total_seconds() <= SCHEDULER_THRESHOLD_SECONDS:
             self.requeue(body, now)
             return "sqs"
@@ -315,7 +327,10 @@ class TimerClient:
         """The timer function's job: forward a due timer's event, or hop again. True when forwarded."""
         due = datetime.fromisoformat(str(body["due"]))
         if utc(due) <= utc(now):
-            workflow_queue.send_event(str(body["execution_id"]), body["event"])
+            if "attempt" in body:
+                workflow_queue.send_attempt(str(body["execution_id"]), body["attempt"])
+            else:
+                workflow_queue.send_event(str(body["execution_id"]), body["event"])
             return True
         self.requeue(body, now)
         return False
@@ -678,6 +693,12 @@ class AwsClients:
 
     def schedule_timer(self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any]) -> None:
         self.timers.schedule(execution_id, key, due, event, self.clock())
+
+    def send_attempt(self, execution_id: str, attempt: Mapping[str, Any]) -> None:
+        self.workflow_queue.send_attempt(execution_id, attempt)
+
+    def schedule_attempt(self, execution_id: str, key: str, due: datetime, attempt: Mapping[str, Any]) -> None:
+        self.timers.schedule(execution_id, key, due, attempt, self.clock(), kind="attempt")
 
     def cancel_timer(self, execution_id: str, key: str) -> None:
         self.timers.cancel(execution_id, key)

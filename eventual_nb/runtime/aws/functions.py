@@ -94,7 +94,7 @@ class StackFunctions:
             ExecutionStore(dynamodb, settings.executions_table),
             HistoryStore(dynamodb, settings.history_table),
         )
-        self.orchestrator = Orchestrator(self.stores, clients, self.services)
+        self.orchestrator = Orchestrator(self.stores, clients, self.services, clock=clients.clock)
         self.activity_worker = ActivityWorker(
             self.stores, clients, self.services, signing_key=signing_key, environ=environ
         )

@@ -53,9 +53,9 @@ import collections
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from eventual_nb import errors
@@ -72,6 +72,7 @@ from eventual_nb.engine.history import (
     WorkflowStarted,
 )
 from eventual_nb.runtime import core
+from eventual_nb.runtime.aws.inline import HANDED_OFF, InlineRunner
 from eventual_nb.runtime.aws.stores import TIMEOUT_ATTRIBUTE, ExecutionStore, HistoryConflict, HistoryStore
 from eventual_nb.runtime.base import ExecutionStatus
 from eventual_nb.runtime.core import (
@@ -116,6 +117,10 @@ class Dispatch(Protocol):
     def write_logs(self, execution_id: str, entries: list[LogEntry]) -> None: ...
 
     def start_child(self, execution_id: str) -> None: ...
+
+    def send_attempt(self, execution_id: str, attempt: dict[str, Any]) -> None: ...
+
+    def schedule_attempt(self, execution_id: str, key: str, due: datetime, attempt: dict[str, Any]) -> None: ...
 
 
 def event_key(event: HistoryEvent | dict[str, Any]) -> str:
@@ -189,6 +194,18 @@ class _Loaded:
 
 
 @dataclass
+class _Step:
+    """What one turn's step made, for the commit and what follows it."""
+
+    executor: WorkflowExecutor
+    output: StepOutput
+    events: list[HistoryEvent]
+    started: WorkflowStarted
+    lineage: core.Lineage
+    begun: core.Begun | None
+
+
+@dataclass
 class OrchestratorStats:
     """Counters for benchmarks and tests."""
 
@@ -200,6 +217,9 @@ class OrchestratorStats:
     history_queries: int = 0
     redispatched_actions: int = 0
     dispatched_actions: int = 0
+    #: attempts of inline activities run inside the orchestrator, and those handed to a fresh invocation
+    inline_attempts: int = 0
+    inline_handoffs: int = 0
 
 
 class Orchestrator:
@@ -212,11 +232,18 @@ class Orchestrator:
         services: Sequence[Service],
         *,
         max_cached: int = DEFAULT_MAX_CACHED,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`clock` stamps the outcomes of inline attempts (the harness passes its manual clock)."""
         self.executions, self.history = stores
         self.dispatch = dispatch
         self.services = list(services)
         self.max_cached = max_cached
+        self.inline = InlineRunner(self.services, dispatch, clock or (lambda: datetime.now(UTC)))
+        #: the inline attempts the turn being carried out started (run after its commit), and the invocation's
+        #: Lambda context (its remaining time bounds them)
+        self._inline: list[StartAttempt] = []
+        self._context: Any = None
         self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self.stats = OrchestratorStats()
         #: during a batch: the activity attempts its turns started (execution id, message), sent at its end
@@ -235,11 +262,12 @@ class Orchestrator:
             group = (record.get("attributes") or {}).get("MessageGroupId") or _body_execution_id(record)
             groups.setdefault(group, []).append(record)
         failed_from: dict[str, int] = {}
-        self._activities = []
+        self._activities, self._context = [], context
         try:
             for group, records in groups.items():
                 failed_from[group] = self._process_group(group, records)
         finally:
+            self._context = None
             for group in self._send_activities():
                 failed_from[group] = 0
         failures: list[dict[str, str]] = []
@@ -278,6 +306,8 @@ class Orchestrator:
                     raise ValueError(f"message for {message.get('execution_id')!r} in group {group!r}")
                 if message.get("type") == "event":
                     message["parsed"] = EVENT_ADAPTER.validate_python(message["event"])
+                elif message.get("type") == "attempt":
+                    message["parsed_attempt"] = wire.attempt_from_message(message["attempt"])
                 elif message.get("type") != "start":
                     raise ValueError(f"unknown message type {message.get('type')!r}")
             except (ValueError, KeyError, TypeError) as exc:
@@ -301,56 +331,74 @@ class Orchestrator:
     # ------------------------------------------------------------------------------------------- turn
 
     def turn(self, execution_id: str, messages: Sequence[dict[str, Any]]) -> None:
-        """One turn for `execution_id` with the given parsed messages; raises to fail them all."""
+        """Turns for `execution_id` from the given parsed messages: one, then one more for each round of inline
+        attempts it ran (their results are the next turn's input, in this invocation); raises to fail them all."""
+        follow: Sequence[dict[str, Any]] = messages
+        while follow:
+            follow = self._turn(execution_id, follow)
+
+    def _turn(self, execution_id: str, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One turn; returns the messages of the next one (the results of the inline attempts it ran)."""
         self.stats.turns += 1
         cached = self._cache.pop(execution_id, None)  # back in the cache only once the turn fully succeeded
         loaded = self._load(execution_id, cached)
         progress = loaded.progress
+        self._inline = []
         if loaded.cached is None and loaded.pending:
             assert progress.started is not None  # a turn with actions follows the start
             self._redispatch(loaded.pending, progress, messages, progress.started.workflow)
         if progress.terminal is not None:
-            return  # events for an ended execution are dropped (its last actions were re-sent above)
+            return []  # events for an ended execution are dropped (its last actions were re-sent above)
+        handed_off = [message["parsed_attempt"] for message in messages if message.get("attempt", {}).get(HANDED_OFF)]
+        before = _attempts_to_run(messages, self._inline, progress)
+        messages = [*messages, *self._run_inline(execution_id, before, handed_off)]
         opening: _Opening | None = None
         if progress.started is None:
             opening = self._opening(execution_id, len(messages))
             if opening is None:
-                return
+                return []
         started = opening.begun.started if opening is not None else progress.started
         assert started is not None
         fresh = _fresh_events(messages, progress)
         if opening is None and not fresh:
             self._keep(execution_id, loaded.cached)
-            return
+            return []
         definition = self._workflow(started.workflow)
         executor, output = self._step(execution_id, definition, started, loaded, fresh, first=opening is not None)
         events = ([started] if opening is not None else []) + output.events
         if not events and loaded.cached is not None and self._overtaken(execution_id, progress):
             # nothing to commit, so no condition proves the cache current, and it is not: start over cold
             executor.close()
-            self.turn(execution_id, messages)
-            return
+            return self._turn(execution_id, messages)
         lineage = self._lineage(execution_id, definition, started, loaded.cached, opening, ended=executor.ended)
+        begun = opening.begun if opening is not None else None
+        self._commit_and_carry_out(execution_id, _Step(executor, output, events, started, lineage, begun), progress)
+        return self._run_inline(execution_id, self._inline)
+
+    def _commit_and_carry_out(self, execution_id: str, step: _Step, progress: _Progress) -> None:
+        """Ask the core what the step means, commit it as the next turn, then carry out its actions."""
+        executor, started = step.executor, step.started
         expected = progress.length
-        progress.observe(events)
-        turn = core.turn(executor, output, lineage, now=None, status_of=self._status_of)
+        progress.observe(step.events)
+        turn = core.turn(executor, step.output, step.lineage, now=None, status_of=self._status_of)
         actions: list[core.Action] = list(turn.actions)
-        if opening is not None and opening.begun.timeout is not None:
-            actions.append(opening.begun.timeout)
+        if step.begun is not None and step.begun.timeout is not None:
+            actions.append(step.begun.timeout)
         finish = next((action for action in actions if isinstance(action, Finish)), None)
         if finish is not None:  # the record's status first: whoever hears of the end can read it
             actions.remove(finish)
             actions = [finish, *actions, *_recall_long_timers(finish, started, progress)]
-        if events or actions:
+        if step.events or actions:
             try:
                 self.history.commit(
-                    execution_id, progress.turn + 1, expected, events, [wire.action_to_json(a) for a in actions]
+                    execution_id, progress.turn + 1, expected, step.events, [wire.action_to_json(a) for a in actions]
                 )
             except Exception:
                 executor.close()
                 raise
             progress.turn += 1
             self.stats.commits += 1
+        self._inline = []
         for action in actions:
             self._carry_out(action, started.workflow)
         self.stats.dispatched_actions += len(actions)
@@ -359,7 +407,18 @@ class Orchestrator:
         if executor.ended:
             executor.close()
         else:
-            self._keep(execution_id, _Cached(executor, progress, lineage))
+            self._keep(execution_id, _Cached(executor, progress, step.lineage))
+
+    def _run_inline(
+        self, execution_id: str, starts: Sequence[StartAttempt], handed_off: Sequence[StartAttempt] = ()
+    ) -> list[dict[str, Any]]:
+        """Run inline attempts now (`InlineRunner`); their settled calls, as messages of the next turn."""
+        if not starts:
+            return []
+        settled = self.inline.run(starts, self._context, handed_off)
+        self.stats.inline_attempts = self.inline.ran
+        self.stats.inline_handoffs = self.inline.handed_off
+        return [{"type": "event", "execution_id": execution_id, "parsed": event} for event in settled]
 
     def _opening(self, execution_id: str, count: int) -> _Opening | None:
         """The first turn's start, from the execution's record; None for an unknown or ended execution."""
@@ -504,6 +563,8 @@ class Orchestrator:
     def _carry_out(self, action: core.Action, workflow: str) -> None:
         """Carry out one committed action of an execution of `workflow` (each is idempotent by its key)."""
         match action:
+            case StartAttempt() if self.inline.is_inline(action):
+                self._inline.append(action)  # run by this turn, after the rest is carried out
             case StartAttempt():
                 message = wire.attempt_message(action)
                 if self._activities is None:  # a turn run on its own, outside a batch
@@ -573,6 +634,20 @@ def _fresh_events(messages: Sequence[dict[str, Any]], progress: _Progress) -> li
             seen.add(key)
             fresh.append(event)
     return fresh
+
+
+def _attempts_to_run(
+    messages: Sequence[dict[str, Any]], redispatched: Sequence[StartAttempt], progress: _Progress
+) -> list[StartAttempt]:
+    """The inline attempts a turn runs before it steps: those its cold start re-sent from the last turn, and
+    the `attempt` messages (a retry after its backoff, a hand-off) whose call history has not settled yet."""
+    if progress.started is None:
+        return []
+    found: dict[tuple[int, int], StartAttempt] = {}
+    for start in [*redispatched, *(message["parsed_attempt"] for message in messages if "parsed_attempt" in message)]:
+        if start.seq not in progress.resolved:
+            found.setdefault((start.seq, start.attempt), start)
+    return list(found.values())
 
 
 def _awaited_seq(action: core.Action) -> int | None:

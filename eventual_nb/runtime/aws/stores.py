@@ -33,21 +33,25 @@ commit of the turn that ended the execution, and again from that turn's pending 
 in between; `finish` is conditional on IN_PROGRESS, so a repeat changes nothing).
 
 Listing never puts every execution in one partition: each record carries sharded index keys
-(shard = a stable hash of the id modulo `SHARDS`) for four sparse global secondary indexes, all sorted
-by `gsisk = "<start time, UTC ISO, fixed width>#<id>"`:
+(shard = a stable hash of the id modulo `SHARDS`) for two sparse global secondary indexes, both sorted
+by `gsisk = "<start time, UTC ISO, fixed width>#<id>"` and projecting the whole record:
 
-    gsi1pk = "wf#<workflow>#<shard>"                 index `ByWorkflow`         (keys only)
-    gsi2pk = "st#<status>#<shard>"                   index `ByStatus`
-    gsi3pk = "all#<shard>"                           index `ByStart`            (keys only)
-    gsi4pk = "wfst#<workflow>#<status>#<shard>"      index `ByWorkflowStatus`
+    gsi1pk = "st#<status>#<shard>"                   index `ByStatus`           (every execution)
+    gsi2pk = "wfst#<workflow>#<status>#<shard>"      index `ByWorkflowStatus`   (ended executions only)
 
-A listing queries every shard (of every requested status) and merges them lazily in `gsisk` order; its
-page token is base64 JSON of the last `gsisk` consumed per partition, so a page costs about
-`max_results` items of reads plus one small query per partition, never a scan. The indexes whose key
-holds no status project only the keys (`KEYS_ONLY_INDEXES`): ending an execution then writes nothing to
-them (an index item is rewritten only when a projected attribute changes), and a listing through them
-reads the page's records by key (`BatchGetItem`). The two status indexes project the whole record; their
-key moves when the execution ends (a delete and a put in each).
+A listing reads, for each requested status (all four when none is asked for), every shard of
+`ByStatus`, or, for one workflow, of `ByWorkflowStatus`; running executions of one workflow are read
+from `ByStatus`'s IN_PROGRESS partitions, filtered by workflow (executions in flight are few; ended
+ones are many, and have a partition per workflow). The partitions are merged lazily in `gsisk` order,
+and a page token is the last `gsisk` of the page (base64 JSON): the next page asks every partition for
+what follows it, so an execution that ends between two pages (its index items move to its new status's
+partitions) is listed exactly once. A page costs about `max_results` items of reads plus one small
+query per partition, never a scan.
+
+Why these two and no more: an index item costs a write when it is created, and its key (which holds
+the status) moves when the execution ends (a delete and a put). Per execution the record and its index
+items cost 6 write units: the record put and its `ByStatus` item when it starts; when it ends, the
+record update, the `ByStatus` move and the new `ByWorkflowStatus` item.
 
 Items go through boto3's `TypeSerializer`/`TypeDeserializer` (`to_attributes`, `from_attributes`),
 never hand-written `{"S": ...}` maps, and every query that may span pages runs through the client's
@@ -97,21 +101,13 @@ MAX_TURN_PARTS = 64
 #: shards per listing key: spreads the listing indexes' writes over partitions; a listing reads them all
 SHARDS = 8
 
-#: the listing indexes: name -> partition-key attribute (all share the sort key `gsisk`)
-INDEX_BY_WORKFLOW = "ByWorkflow"
+#: the listing indexes: name -> partition-key attribute (both share the sort key `gsisk`)
 INDEX_BY_STATUS = "ByStatus"
-INDEX_BY_START = "ByStart"
 INDEX_BY_WORKFLOW_STATUS = "ByWorkflowStatus"
 LISTING_INDEXES: dict[str, str] = {
-    INDEX_BY_WORKFLOW: "gsi1pk",
-    INDEX_BY_STATUS: "gsi2pk",
-    INDEX_BY_START: "gsi3pk",
-    INDEX_BY_WORKFLOW_STATUS: "gsi4pk",
+    INDEX_BY_STATUS: "gsi1pk",
+    INDEX_BY_WORKFLOW_STATUS: "gsi2pk",
 }
-#: indexes that project only the keys: their key never changes, so an execution's end writes nothing to them
-KEYS_ONLY_INDEXES = frozenset({INDEX_BY_WORKFLOW, INDEX_BY_START})
-#: BatchGetItem's limit of keys per request
-MAX_BATCH_GET_KEYS = 100
 LISTING_SORT_KEY = "gsisk"
 
 _RECORD_SK = "exec"
@@ -479,27 +475,27 @@ def _chunks(text: str, limit: int) -> builtins.list[str]:
 
 
 def _listing_keys(execution_id: str, workflow: str, status: ExecutionStatus) -> dict[str, str]:
+    """The record's index keys for `status`: `ByStatus` always, `ByWorkflowStatus` once it ended."""
     shard = shard_of(execution_id)
-    return {
-        "gsi1pk": f"wf#{workflow}#{shard}",
-        "gsi2pk": f"st#{status.value}#{shard}",
-        "gsi3pk": f"all#{shard}",
-        "gsi4pk": f"wfst#{workflow}#{status.value}#{shard}",
-    }
+    keys = {LISTING_INDEXES[INDEX_BY_STATUS]: f"st#{status.value}#{shard}"}
+    if status != ExecutionStatus.IN_PROGRESS:
+        keys[LISTING_INDEXES[INDEX_BY_WORKFLOW_STATUS]] = f"wfst#{workflow}#{status.value}#{shard}"
+    return keys
 
 
 class _Partition:
-    """One index partition of a listing, read lazily in pages as the merge consumes it."""
+    """One index partition of a listing (with a filter on the workflow, for running executions of one),
+    read lazily in pages as the merge consumes it."""
 
-    def __init__(self, index: str, key: str, cursor: str | None) -> None:
+    def __init__(self, index: str, key: str, workflow: str | None = None) -> None:
         self.index = index
         self.key = key
-        #: `gsisk` of the last item handed to the page (None: from the start)
-        self.cursor = cursor
+        #: only records of this workflow (a `ByStatus` partition read for one workflow)
+        self.workflow = workflow
         self.buffer: builtins.list[dict[str, Any]] = []
         self.position = 0
-        #: the `gsisk` the next query starts after (the last item fetched, consumed or not)
-        self.fetched_up_to = cursor
+        #: the `gsisk` the next query starts after (the page's cursor, then the last item fetched)
+        self.fetched_up_to: str | None = None
         self.exhausted = False
 
     def peek(self) -> dict[str, Any] | None:
@@ -640,10 +636,9 @@ class ExecutionStore:
             ":status": status.value,
             ":running": ExecutionStatus.IN_PROGRESS.value,
             ":end": sort_time(end_time),
-            ":gsi2pk": keys["gsi2pk"],
-            ":gsi4pk": keys["gsi4pk"],
+            **{f":{name}": value for name, value in keys.items()},
         }
-        assignments = ["#status = :status", "end_time = :end", "gsi2pk = :gsi2pk", "gsi4pk = :gsi4pk"]
+        assignments = ["#status = :status", "end_time = :end", *(f"{name} = :{name}" for name in keys)]
         removals = []
         for name, value in (
             ("result", None if status != ExecutionStatus.SUCCEEDED else compact_json(result)),
@@ -855,15 +850,12 @@ class ExecutionStore:
         listing_offset(sort, max_results, None)  # checks sort and max_results
         wanted = sorted({ExecutionStatus(status).value for status in statuses}) if statuses else []
         query = {"workflow": workflow, "statuses": wanted, "sort": sort}
-        cursors, done = _decode_token(next_token, query)
-        partitions = [
-            _Partition(index, key, cursors.get(key))
-            for index, key in _partition_keys(workflow, wanted)
-            if key not in done
-        ]
+        cursor = _decode_token(next_token, query)
+        partitions = _partitions(workflow, wanted)
         descending = sort == "desc"
-        first_limit = -(-(max_results + 1) // max(1, len(partitions))) + 1
+        first_limit = -(-(max_results + 1) // len(partitions)) + 1
         for partition in partitions:
+            partition.fetched_up_to = cursor
             self._fetch(partition, first_limit, descending)
         # a heap of (ordering key, partition number); desc inverts the text so the smallest pops first
         heap: builtins.list[tuple[Any, int]] = []
@@ -871,86 +863,52 @@ class ExecutionStore:
             head = partition.peek()
             if head is not None:
                 heapq.heappush(heap, (_order(head, descending), number))
-        taken: builtins.list[tuple[_Partition, dict[str, Any]]] = []
-        while heap:  # up to one item more than a page, to know whether there is a next page
+        taken: builtins.list[dict[str, Any]] = []
+        while heap and len(taken) <= max_results:  # one item more than a page: is there a next page?
             _, number = heapq.heappop(heap)
             partition = partitions[number]
-            item = partition.buffer[partition.position]
+            taken.append(partition.buffer[partition.position])
             partition.position += 1
-            taken.append((partition, item))
-            if len(taken) > max_results:
-                partition.position -= 1  # only a look-ahead: it stays for the next page
-                break
             if partition.peek() is None and not partition.exhausted:
                 self._fetch(partition, max(1, max_results + 1 - len(taken)), descending)
             head = partition.peek()
             if head is not None:
                 heapq.heappush(heap, (_order(head, descending), number))
-        page = taken[:max_results]
-        executions = self._executions([item for _, item in page])
+        page = [_to_execution(item) for item in taken[:max_results]]
         if len(taken) <= max_results:
-            return ExecutionPage(executions=executions)
-        for partition, item in page:
-            partition.cursor = item[LISTING_SORT_KEY]
-        new_cursors = dict(cursors)
-        new_done = set(done)
-        for partition in partitions:
-            if partition.cursor is not None:
-                new_cursors[partition.key] = partition.cursor
-            if partition.exhausted and partition.peek() is None:
-                new_done.add(partition.key)
-                new_cursors.pop(partition.key, None)
-        token = _encode_token(query, new_cursors, new_done)
-        return ExecutionPage(executions=executions, next_token=token)
-
-    def _executions(self, rows: Sequence[dict[str, Any]]) -> builtins.list[Execution]:
-        """The page's executions; rows of a keys-only index are read from the table by key (`BatchGetItem`)."""
-        wanted = [row["pk"] for row in rows if "workflow" not in row]
-        records: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(wanted), MAX_BATCH_GET_KEYS):
-            keys = [to_attributes({"pk": pk, "sk": _RECORD_SK}) for pk in wanted[start : start + MAX_BATCH_GET_KEYS]]
-            request: dict[str, Any] = {self.table: {"Keys": keys}}
-            while request:
-                response = self.client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table, []):
-                    row = _record_row(item)
-                    records[row["pk"]] = row
-                request = response.get("UnprocessedKeys") or {}
-        # a record read here is newer than the index (eventually consistent); one that vanished is left out
-        return [_to_execution(records.get(row["pk"], row)) for row in rows if "workflow" in records.get(row["pk"], row)]
+            return ExecutionPage(executions=page)
+        return ExecutionPage(executions=page, next_token=_encode_token(query, taken[max_results - 1][LISTING_SORT_KEY]))
 
     def _fetch(self, partition: _Partition, limit: int, descending: bool) -> None:
         """Replace the partition's consumed buffer with its next `limit` items (fewer at its end).
 
-        One query page normally; the paginator goes on only past pages that came back empty, and stops
-        (is not iterated further) once a page brought items."""
+        One query page normally; the paginator goes on only past pages that came back empty (a filtered
+        partition's may), and stops (is not iterated further) once a page brought items."""
         attribute = LISTING_INDEXES[partition.index]
+        condition = "#partition = :partition"
+        values: dict[str, Any] = {":partition": partition.key}
+        if partition.fetched_up_to is not None:  # what follows the page's cursor, or the last item fetched
+            condition += f" AND {LISTING_SORT_KEY} {'<' if descending else '>'} :after"
+            values[":after"] = partition.fetched_up_to
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": partition.index,
-            "KeyConditionExpression": "#partition = :partition",
+            "KeyConditionExpression": condition,
             "ExpressionAttributeNames": {"#partition": attribute},
-            "ExpressionAttributeValues": to_attributes({":partition": partition.key}),
             "ScanIndexForward": not descending,
             "Limit": limit,
         }
-        if partition.fetched_up_to is not None:
-            # where the last page ended: the index's key of the last item fetched (its gsisk holds the id)
-            execution_id = partition.fetched_up_to.split("#", 1)[1]
-            request["ExclusiveStartKey"] = to_attributes(
-                {
-                    attribute: partition.key,
-                    LISTING_SORT_KEY: partition.fetched_up_to,
-                    "pk": execution_pk(execution_id),
-                    "sk": _RECORD_SK,
-                }
-            )
+        if partition.workflow is not None:
+            request["FilterExpression"] = "#workflow = :workflow"
+            request["ExpressionAttributeNames"]["#workflow"] = "workflow"
+            values[":workflow"] = partition.workflow
+        request["ExpressionAttributeValues"] = to_attributes(values)
         remaining = partition.buffer[partition.position :]
         for page in self._pages(request):
             items = [_record_row(item) for item in page.get("Items", [])]
             remaining.extend(items)
-            if items:
-                partition.fetched_up_to = items[-1][LISTING_SORT_KEY]
+            if page.get("LastEvaluatedKey"):
+                partition.fetched_up_to = from_attributes(page["LastEvaluatedKey"])[LISTING_SORT_KEY]
             if not page.get("LastEvaluatedKey"):
                 partition.exhausted = True
                 break
@@ -965,18 +923,17 @@ class ExecutionStore:
         return pages
 
 
-def _partition_keys(workflow: str | None, statuses: builtins.list[str]) -> builtins.list[tuple[str, str]]:
-    """(index, partition key) pairs a listing reads: every shard of every requested status."""
-    shards = range(SHARDS)
-    if workflow is not None and statuses:
-        return [
-            (INDEX_BY_WORKFLOW_STATUS, f"wfst#{workflow}#{status}#{shard}") for status in statuses for shard in shards
-        ]
-    if workflow is not None:
-        return [(INDEX_BY_WORKFLOW, f"wf#{workflow}#{shard}") for shard in shards]
-    if statuses:
-        return [(INDEX_BY_STATUS, f"st#{status}#{shard}") for status in statuses for shard in shards]
-    return [(INDEX_BY_START, f"all#{shard}") for shard in shards]
+def _partitions(workflow: str | None, statuses: builtins.list[str]) -> builtins.list[_Partition]:
+    """The index partitions a listing reads: every shard of every requested status (all when none is)."""
+    found: builtins.list[_Partition] = []
+    for status in statuses or [status.value for status in ExecutionStatus]:
+        for shard in range(SHARDS):
+            if workflow is None or status == ExecutionStatus.IN_PROGRESS.value:
+                # running executions of one workflow: ByWorkflowStatus holds ended ones only
+                found.append(_Partition(INDEX_BY_STATUS, f"st#{status}#{shard}", workflow))
+            else:
+                found.append(_Partition(INDEX_BY_WORKFLOW_STATUS, f"wfst#{workflow}#{status}#{shard}"))
+    return found
 
 
 class _Descending(str):
@@ -1002,21 +959,20 @@ def _order(row: dict[str, Any], descending: bool) -> str:
     return _Descending(key) if descending else key
 
 
-def _encode_token(query: dict[str, Any], cursors: dict[str, str], done: set[str]) -> str:
-    body = {"v": 1, "q": query, "c": cursors, "d": sorted(done)}
+def _encode_token(query: dict[str, Any], cursor: str) -> str:
+    body = {"v": 2, "q": query, "c": cursor}
     return base64.urlsafe_b64encode(compact_json(body).encode("utf-8")).decode("ascii")
 
 
-def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
-    """Per-partition cursors and finished partitions from a page token made by the same query."""
+def _decode_token(token: str | None, query: dict[str, Any]) -> str | None:
+    """The cursor (the last `gsisk` of the previous page) of a page token made by the same query."""
     if not token:
-        return {}, set()
+        return None
     try:
         body = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        if not isinstance(body, dict) or body.get("v") != 1:
+        if not isinstance(body, dict) or body.get("v") != 2:
             raise ValueError("unknown token version")
-        cursors = {str(key): str(value) for key, value in body["c"].items()}
-        done = {str(key) for key in body["d"]}
+        cursor = body["c"]
         made_by = body["q"]
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError):
         raise invalid_page_token(token) from None
@@ -1024,9 +980,9 @@ def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, s
         raise invalid_page_token(
             token, "it belongs to another listing (different workflow, statuses or sort); pass the same arguments"
         )
-    if any("#" not in cursor for cursor in cursors.values()):
+    if not isinstance(cursor, str) or "#" not in cursor:
         raise invalid_page_token(token)
-    return cursors, done
+    return cursor
 
 
 def _to_execution(row: dict[str, Any]) -> Execution:
