@@ -46,7 +46,9 @@ from eventual_nb.runtime.aws.clients import (
     TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
 )
+from eventual_nb.runtime.aws.schedules import recurring_schedule
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.schedule_rules import Schedule, schedule_from_spec
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
@@ -144,8 +146,17 @@ def subscription_logical_id(name: str) -> str:
     ("a-b" and "a_b" camel-case alike), and a logical id must not change when another subscription
     is added, or CloudFormation would replace that subscription's queue and lose its messages.
     """
+    return _logical_id("Subscription", name)
+
+
+def schedule_logical_id(name: str) -> str:
+    """`Schedule<CamelCase name><hash>`, stable for a given name as `subscription_logical_id`."""
+    return _logical_id("Schedule", name)
+
+
+def _logical_id(kind: str, name: str) -> str:
     camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
-    return f"Subscription{camel[:48]}{_name_hash(name).upper()}"
+    return f"{kind}{camel[:48]}{_name_hash(name).upper()}"
 
 
 def subscription_queue_suffix(name: str) -> str:
@@ -203,6 +214,10 @@ class _Builder:
         self.handlers: dict[str, str] = manifest["handlers"]
         subscriptions = manifest.get("service", {}).get("subscriptions", [])
         self.subscriptions: list[dict[str, Any]] = sorted(subscriptions, key=lambda item: item["name"])
+        schedules = manifest.get("service", {}).get("schedules", [])
+        self.schedules: list[Schedule] = sorted(
+            (schedule_from_spec(spec) for spec in schedules), key=lambda item: item.name
+        )
         self.resources: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
 
@@ -441,6 +456,21 @@ class _Builder:
                 ],
             },
         )
+        # One recurring schedule per `@ev.schedule`, delivering each fire with its scheduled time to the
+        # forwarder (eventual_nb/runtime/aws/schedules.py). In the emulator, `eventual-nb deploy` creates
+        # them in moto from these very properties.
+        for schedule in self.schedules:
+            self.add(
+                schedule_logical_id(schedule.name),
+                "AWS::Scheduler::Schedule",
+                recurring_schedule(
+                    schedule,
+                    group=_ref("ScheduleGroup"),
+                    target_arn=_arn(f"{_SCHEDULE.stem}Function"),
+                    role_arn=_arn("SchedulerRole"),
+                ),
+                Condition=REAL,
+            )
 
     # -------------------------------------------------------------------------------------- functions
 

@@ -34,7 +34,7 @@ from eventual_nb.timeline import read_snapshot
 from eventual_nb.timeline.svg import CSS, history_table, render_fragment
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
 from kernel_ext.redefine import check_redefinition
-from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, SchedulesTable, WidgetPump
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
@@ -139,6 +139,12 @@ class EventualMagics(Magics):
         self._run(cell)
         definition = ev.workflow(name=args.name, timeout=args.timeout)(self.user_ns[target])
         self.user_ns[target] = definition
+        scheduled = magic_syntax.schedule_options(args)
+        if scheduled is not None:
+            try:
+                ev.schedule(**scheduled)(definition)
+            except ev.EventualError as exc:
+                raise UsageError(f"%%workflow: {exc.message}") from None
         report = None
         if previous is not None and previous.function is not definition.function:
             report = check_redefinition(self.host, previous, definition)
@@ -146,6 +152,9 @@ class EventualMagics(Magics):
             self.host.runtime.retry_blocked()
         timeout = f" (timeout {definition.timeout})" if definition.timeout is not None else ""
         _say(f"workflow '{name}'{timeout} in service '{current_service().name}'")
+        for schedule_name in definition.schedule_names:
+            schedule = (definition.service or current_service()).schedules[schedule_name]
+            _say(f"schedule '{schedule_name}': {schedule.describe()}, the workflow receives each fire time")
         if report is not None and report.text():
             _say(report.text())
 
@@ -249,7 +258,7 @@ class EventualMagics(Magics):
 
     @line_magic
     def eventual(self, line: str) -> Any:
-        """`%eventual VERB ...`: service, runtime, status, executions, history, logs, serve, stop,
+        """`%eventual VERB ...`: service, runtime, status, executions, schedules, history, logs, serve, stop,
         export, advance. `%eventual help` lists them."""
         __tracebackhide__ = True
         try:
@@ -349,6 +358,13 @@ class EventualMagics(Magics):
         parser.add_argument("--status", type=str.upper, choices=[s.value for s in ExecutionStatus])
         args = parser.parse_args(words)
         table = ExecutionsTable(self.host, self.host.ensure_runtime(), args.workflow, args.status)
+        self.pump.add(table)
+        display(table.root)
+
+    def _verb_schedules(self, words: list[str]) -> None:
+        if words:
+            raise UsageError("%eventual schedules takes no arguments")
+        table = SchedulesTable(self.host, self.host.ensure_runtime())
         self.pump.add(table)
         display(table.root)
 
@@ -482,6 +498,7 @@ VERBS = (
     "runtime",
     "status",
     "executions",
+    "schedules",
     "history",
     "timeline",
     "logs",
@@ -498,6 +515,7 @@ VERBS_HELP = """%eventual VERB
                                         a deployed stack (eventual-nb deploy); its functions run the code
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
+  schedules                             live table of schedules: next fire, last run, pause/resume/trigger
   history ID | logs ID                  an execution's history / captured output
   timeline ID                           an execution's timeline as a picture, its history and logs
   serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)

@@ -28,6 +28,7 @@ from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
 
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
+    from eventual_nb.runtime.schedule_rules import Schedule, ScheduleInfo
     from eventual_nb.service import Service
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
@@ -140,6 +141,14 @@ class ServiceClientProtocol(Protocol):
 
     async def list_dead_letters(self) -> list[DeadLetter]: ...
 
+    async def list_schedules(self) -> list[ScheduleInfo]: ...
+
+    async def pause_schedule(self, name: str) -> None: ...
+
+    async def resume_schedule(self, name: str) -> None: ...
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle: ...
+
 
 #: coroutine methods that run on a runtime's home event loop whichever thread or loop calls them
 HOME_LOOP_METHODS = (
@@ -157,6 +166,10 @@ HOME_LOOP_METHODS = (
     "send_activity_failure",
     "send_activity_heartbeat",
     "list_dead_letters",
+    "list_schedules",
+    "pause_schedule",
+    "resume_schedule",
+    "trigger_schedule",
     "wait_for_execution",
     "rebind_executions",
     "tick",
@@ -249,6 +262,26 @@ class RuntimeBase:
                 f"workflow '{name}' is defined in services {names}; restrict the runtime with service= or services="
             )
         return found[0][1]
+
+    def served_schedules(self) -> list[Schedule]:
+        """The schedules of the served services, by name (a later cell's `@ev.schedule` is seen at once)."""
+        found: dict[str, Schedule] = {}
+        for service in self.served_services():
+            for name, schedule in service.schedules.items():
+                found.setdefault(name, schedule)
+        return [found[name] for name in sorted(found)]
+
+    def schedule_definition(self, name: str) -> Schedule:
+        """The served schedule `name`; `ScheduleNotFound` (404) naming the ones there are otherwise."""
+        if not isinstance(name, str):
+            raise errors.ScheduleNotFound(f"expected a schedule name, got {name!r}")
+        for schedule in self.served_schedules():
+            if schedule.name == name:
+                return schedule
+        known = ", ".join(f"'{schedule.name}'" for schedule in self.served_schedules()) or "none"
+        raise errors.ScheduleNotFound(
+            f"no schedule named '{name}' is served by this {type(self).__name__} (schedules: {known})", schedule=name
+        )
 
     def activity_definition(self, name: str) -> Activity[Any, Any] | None:
         from eventual_nb.activities import find_activity

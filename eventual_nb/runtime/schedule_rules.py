@@ -42,9 +42,10 @@ from __future__ import annotations
 import difflib
 import functools
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -105,6 +106,12 @@ class ScheduleFields(BaseModel):
     timezone: str
     overlap: Overlap
     catchup: Catchup
+
+    def describe(self) -> str:
+        """Short human form: `cron '0 9 * * MON-FRI' (Europe/Paris)` or `every 15m`."""
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f"cron {self.cron!r} ({self.timezone})"
 
 
 class Schedule(ScheduleFields):
@@ -181,12 +188,6 @@ class Schedule(ScheduleFields):
             "catchup": self.catchup,
         }
 
-    def describe(self) -> str:
-        """Short human form: `cron '0 9 * * MON-FRI' (Europe/Paris)` or `every 15m`."""
-        if self.every is not None:
-            return f"every {format_duration(self.every)}"
-        return f"cron {self.cron!r} ({self.timezone})"
-
 
 def define_schedule(
     *,
@@ -237,6 +238,20 @@ def define_schedule(
         timezone=zone_name,
         overlap=overlap,  # type: ignore[arg-type]  # checked above (and by pydantic)
         catchup=catchup,  # type: ignore[arg-type]
+    )
+
+
+def schedule_from_spec(spec: Mapping[str, Any]) -> Schedule:
+    """The schedule a manifest entry (`Schedule.spec()`, in `eventual.json`) describes, checked again."""
+    every = spec.get("every_seconds")
+    return define_schedule(
+        name=spec["name"],
+        workflow=spec["workflow"],
+        cron=spec.get("cron"),
+        every=None if every is None else timedelta(seconds=every),
+        timezone=spec.get("timezone", "UTC"),
+        overlap=spec.get("overlap", "skip"),
+        catchup=spec.get("catchup", "latest"),
     )
 
 
@@ -355,15 +370,31 @@ def decide_due(
     return _start_or_skip(schedule, handled, chosen, previous_in_progress)
 
 
+def delivered_fire(schedule: Schedule, scheduled_time: datetime) -> datetime:
+    """The fire a delivery from outside stands for: its scheduled time for a cron line; for an interval, the
+    latest whole multiple at or before it (EventBridge Scheduler's `rate()` ticks from when the schedule was
+    created, one interval apart, so each tick stands for a distinct fire)."""
+    _check_aware(scheduled_time, "scheduled_time")
+    moment = scheduled_time.astimezone(UTC)
+    if schedule.every is not None:
+        return EPOCH + ((moment - EPOCH) // schedule.every) * schedule.every
+    return moment
+
+
 def decide_delivery(
-    schedule: Schedule, state: ScheduleState, fire_time: datetime, *, previous_in_progress: bool
+    schedule: Schedule, state: ScheduleState | None, scheduled_time: datetime, *, previous_in_progress: bool
 ) -> Decision:
-    """What to start for one fire delivered from outside at its scheduled `fire_time` (EventBridge Scheduler's
-    `<aws.scheduler.scheduled-time>`): nothing when paused, when the time is not a fire of the schedule, or
-    when it was already handled (a repeated delivery, a fire from before the schedule was first seen or
-    from a paused span); else start or skip it as `overlap` says."""
-    _check_aware(fire_time, "fire_time")
-    fire_time = fire_time.astimezone(UTC)
+    """What to start for one fire delivered from outside at its scheduled time (EventBridge Scheduler's
+    `<aws.scheduler.scheduled-time>`, read through `delivered_fire`): nothing when paused, when the time is
+    not a fire of the schedule, or when it was already handled (a repeated delivery, a fire from before the
+    schedule was first seen or from a paused span); else start or skip it as `overlap` says.
+
+    `state` None: the runtime keeps no state for the schedule yet. The delivery itself shows the schedule
+    existed before this fire (a scheduler delivers only fires after it created the schedule), so the fire
+    is new, not missed: the state starts just before it."""
+    fire_time = delivered_fire(schedule, scheduled_time)
+    if state is None:
+        state = ScheduleState.new(fire_time - timedelta(microseconds=1))
     due = schedule.fires(fire_time - timedelta(microseconds=1), fire_time)
     if state.paused or not due or fire_time <= state.handled_until:
         return Decision(starts=(), skipped=(), state=state, wake_at=_wake_at(schedule, state))
