@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from eventual_nb.durations import DurationLike
 from eventual_nb.errors import InputValidationError
 from eventual_nb.runtime.schedule_rules import EPOCH, InvalidSchedule, Schedule, ScheduleInfo, define_schedule
-from eventual_nb.service import current_service
+from eventual_nb.service import current_service, schedules_changed
 from eventual_nb.workflows import Workflow
 
 W = TypeVar("W", bound=Workflow[Any])
@@ -87,6 +87,7 @@ def schedule(
         # defining it again (a re-run notebook cell, a reloaded module) replaces it, as for workflows
         service.schedules[definition.name] = definition
         workflow.schedule_names.append(definition.name)
+        schedules_changed()
         return workflow
 
     return register
