@@ -63,8 +63,8 @@ from eventual_nb.runtime.base import (
     current_runtime,
     set_default_runtime,
 )
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.runtime.local import LocalRuntime
-from eventual_nb.runtime.schedule_rules import ScheduleInfo
 from eventual_nb.schedules import schedule
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal, signal_model

@@ -38,7 +38,7 @@ from eventual_nb.runtime.base import (
     execution_id_of,
     signal_name_of,
 )
-from eventual_nb.runtime.schedule_rules import ScheduleInfo
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.serde import to_json
 
 if TYPE_CHECKING:

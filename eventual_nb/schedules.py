@@ -5,7 +5,7 @@
     async def morning_report(fired_at: datetime) -> str: ...
 
 The decorator only defines the schedule (checked at once, registered in the workflow's service); the
-rules of firing live in `eventual_nb.runtime.schedule_rules`, shared by every runtime.
+rules of firing live in `eventual_nb.runtime.core.schedules`, shared by every runtime.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from eventual_nb.durations import DurationLike
 from eventual_nb.errors import InputValidationError
-from eventual_nb.runtime.schedule_rules import EPOCH, InvalidSchedule, Schedule, ScheduleInfo, define_schedule
+from eventual_nb.runtime.core.schedules import EPOCH, InvalidSchedule, Schedule, ScheduleInfo, define_schedule
 from eventual_nb.service import current_service, schedules_changed
 from eventual_nb.workflows import Workflow
 

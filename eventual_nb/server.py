@@ -61,7 +61,7 @@ from eventual_nb.runtime.base import (
     StartResponse,
     WorkflowInfo,
 )
-from eventual_nb.runtime.schedule_rules import ScheduleInfo
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.serde import _plain_errors
 from eventual_nb.service import Service, current_service
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from eventual_nb.activities import Activity
     from eventual_nb.events import Event, Subscription
-    from eventual_nb.runtime.schedule_rules import Schedule
+    from eventual_nb.runtime.core.schedules import Schedule
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
 

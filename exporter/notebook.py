@@ -1015,7 +1015,7 @@ def _call(decorator: str, options: list[str], *, bare: bool) -> str:
 def _schedule_decorator(options: dict[str, str], workflow: str) -> str:
     """`@ev.schedule("0 9 * * MON-FRI", timezone="Europe/Paris")` for `%%workflow --schedule ...` flags, checked
     here as the kernel checks them (`define_schedule`), so a cron line the kernel refuses does not export."""
-    from eventual_nb.runtime.schedule_rules import define_schedule
+    from eventual_nb.runtime.core.schedules import define_schedule
 
     try:
         define_schedule(name=workflow, workflow=workflow, **options)

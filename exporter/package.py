@@ -293,7 +293,7 @@ def check_schedules_deploy(exported: ExportedSource, spec: dict[str, Any]) -> No
     """Refuse, before anything is written, a schedule that EventBridge Scheduler cannot run (an export is
     what `eventual-nb deploy` puts on AWS): the message names the schedule and the cell of its workflow."""
     from eventual_nb.runtime.aws.schedules import aws_expression
-    from eventual_nb.runtime.schedule_rules import schedule_from_spec
+    from eventual_nb.runtime.core.schedules import schedule_from_spec
 
     for item in spec.get("schedules", []):
         schedule = schedule_from_spec(item)

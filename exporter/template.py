@@ -48,7 +48,7 @@ from eventual_nb.runtime.aws.clients import (
 )
 from eventual_nb.runtime.aws.schedules import recurring_schedule
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
-from eventual_nb.runtime.schedule_rules import Schedule, schedule_from_spec
+from eventual_nb.runtime.core.schedules import Schedule, schedule_from_spec
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
@@ -107,7 +107,9 @@ _ORCHESTRATOR = _Function("orchestrator", "Orchestrator", 60, 512, "workflow tur
 _ACTIVITY = _Function("activity", "Activity", 900, 1024, "activity attempts from the activity queue")
 _SUBSCRIPTION = _Function("subscription", "Subscription", 300, 512, "subscription deliveries from their queues")
 _TIMER = _Function("timer", "Timer", 60, 256, "due timers from the timer queue")
-_SCHEDULE = _Function("schedule", "ScheduleForwarder", 60, 256, "long timers fired by EventBridge Scheduler")
+_SCHEDULE = _Function(
+    "schedule", "ScheduleForwarder", 60, 256, "long timers and schedule fires delivered by EventBridge Scheduler"
+)
 
 _CONSUME = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 _SEND = ["sqs:SendMessage"]
@@ -508,9 +510,15 @@ class _Builder:
         }
         own_logs = _statement(_LOG_WRITE, [_arn(f"{function.stem}LogGroup")])
         execution_logs = _arn("ExecutionLogGroup")
+        pass_scheduler_role = _statement(
+            ["iam:PassRole"],
+            [_arn("SchedulerRole")],
+            {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+        )
         if function is _API:
-            # starts executions (record + first message), sends signals, reads records, histories and logs
-            return [
+            # starts executions (record + first message), sends signals, reads records, histories and logs;
+            # with schedules, pauses and resumes their Scheduler schedules (UpdateSchedule passes the role)
+            statements = [
                 own_logs,
                 _statement(_SEND, [_arn("WorkflowQueue")]),
                 _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
@@ -523,6 +531,12 @@ class _Builder:
                     [execution_logs],
                 ),
             ]
+            if self.schedules:
+                statements.append(pass_scheduler_role)
+                statements.append(
+                    _only_real(_statement(["scheduler:GetSchedule", "scheduler:UpdateSchedule"], [schedules]))
+                )
+            return statements
         if function is _ORCHESTRATOR:
             # replays and appends history, then dispatches activities, timers, child workflows and events
             return [
@@ -535,11 +549,7 @@ class _Builder:
                 ),
                 bus,
                 _statement(_LOG_WRITE, [execution_logs]),
-                _statement(
-                    ["iam:PassRole"],
-                    [_arn("SchedulerRole")],
-                    {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
-                ),
+                pass_scheduler_role,
                 _only_real(
                     _statement(
                         ["scheduler:CreateSchedule", "scheduler:DeleteSchedule", "scheduler:GetSchedule"], [schedules]
@@ -575,12 +585,17 @@ class _Builder:
                 _statement(_SEND, [_arn("WorkflowQueue")]),
             ]
         if function is _SCHEDULE:
-            # moves a fired long timer onto the timer queue and deletes its schedule
-            return [
+            # moves a fired long timer onto the timer queue and deletes its schedule; with schedules, starts
+            # each fire's execution (record + first message) and keeps the schedule's state item
+            statements = [
                 own_logs,
                 _statement(_SEND, [_arn("TimerQueue")]),
                 _only_real(_statement(["scheduler:DeleteSchedule"], [schedules])),
             ]
+            if self.schedules:
+                statements.append(_statement(_SEND, [_arn("WorkflowQueue")]))
+                statements.append(_statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]))
+            return statements
         raise AssertionError(f"no policy for function {function.key!r}")
 
     def functions(self) -> None:

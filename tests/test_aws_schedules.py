@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import eventual_nb as ev
 from eventual_nb import magic_syntax
 from eventual_nb.magic_syntax import FlagError
-from eventual_nb.runtime.aws.harness import recurring_fires
+from eventual_nb.runtime.aws.harness import Harness, recurring_fires
 from eventual_nb.runtime.aws.schedules import (
     SCHEDULED_TIME,
     aws_expression,
@@ -23,7 +24,7 @@ from eventual_nb.runtime.aws.schedules import (
     read_fire,
     scheduler_name,
 )
-from eventual_nb.runtime.schedule_rules import (
+from eventual_nb.runtime.core.schedules import (
     InvalidSchedule,
     Schedule,
     decide_delivery,
@@ -31,10 +32,13 @@ from eventual_nb.runtime.schedule_rules import (
     delivered_fire,
     execution_name,
 )
+from eventual_nb.testing import ManualClock
 from exporter import ExportError, export_notebook
 from exporter.template import build_template, schedule_logical_id
+from tests import aws_support
+from tests.aws_rig import aws_stack_runtime
+from tests.aws_support import assert_lint_clean, manifest
 from tests.test_exporter import C, assert_located, write_notebook
-from tests.test_template import assert_lint_clean, hand_manifest
 
 
 def cron(line: str, timezone: str = "UTC", name: str = "s") -> Schedule:
@@ -185,9 +189,9 @@ def test_scheduler_names_are_valid_and_distinct() -> None:
 
 
 def manifest_with(*schedules: Schedule) -> dict[str, Any]:
-    manifest = hand_manifest()
-    manifest["service"]["schedules"] = [schedule.spec() for schedule in schedules]
-    return manifest
+    made = manifest("sched-tmpl")
+    made["service"]["schedules"] = [schedule.spec() for schedule in schedules]
+    return made
 
 
 def test_template_declares_one_recurring_schedule_per_schedule_and_passes_cfn_lint() -> None:
@@ -291,3 +295,60 @@ def test_export_refuses_a_bad_cron_line_and_one_aws_cannot_run_at_the_cell(tmp_p
     seconds = _refused(tmp_path, C("%%workflow --every 30s\nasync def fast(at: datetime) -> None: ...", "fast"))
     assert_located(seconds, 1, "fast", 1)
     assert "every=30s is not a whole number of minutes" in seconds.message
+
+
+# ------------------------------------------------------------------------------------------ a stack in moto
+
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
+
+DRIVEN = ev.Service("sched-driven")
+
+
+@ev.schedule("*/20 * * * *", timezone="Europe/Paris")
+@ev.workflow
+async def every_twenty(fired_at: datetime) -> str:
+    return f"fired {fired_at:%H:%M}Z"
+
+
+async def test_the_harness_drives_three_fires_of_a_deployed_schedule_end_to_end(
+    moto_endpoint: str, dummy_credentials: None
+) -> None:
+    clock = ManualClock(Z(2025, 3, 27, 9, 5))
+    async with aws_stack_runtime(moto_endpoint, DRIVEN, clock=clock) as stack:
+        stack.driver.stop()  # this test drives the harness itself, round by round
+        harness = Harness(stack.functions.clients, stack.functions.handlers(), clock)
+        scheduler = stack.functions.clients.client("scheduler")
+        group = stack.functions.clients.settings.schedule_group
+        deployed = scheduler.get_schedule(Name=scheduler_name("every_twenty"), GroupName=group)
+        assert (deployed["ScheduleExpression"], deployed["ScheduleExpressionTimezone"]) == (
+            "cron(0,20,40 * * * ? *)",
+            "Europe/Paris",
+        )
+        assert deployed["Target"]["Arn"].endswith(stack.functions.clients.settings.schedule_target_arn.split(":")[-1])
+        harness.run_until_idle()  # the harness sees the schedule at 09:05: no fire before that
+        fired: list[str] = []
+        for _ in range(3):  # 09:20, 09:40, 10:00: each fire's execution runs before the next fire
+            fired += harness.advance(timedelta(minutes=20), wait_seconds=0).fired_schedules
+        assert fired == [
+            f"{scheduler_name('every_twenty')}@2025-03-27T{stamp}Z" for stamp in ("09:20:00", "09:40:00", "10:00:00")
+        ]
+        runtime = stack.runtime
+        executions = (await runtime.list_executions(workflow="every_twenty")).executions
+        assert [execution.id for execution in executions] == [
+            f"every_twenty/every_twenty-20250327T{stamp}Z" for stamp in ("092000", "094000", "100000")
+        ]
+        assert [execution.result for execution in executions] == ["fired 09:20Z", "fired 09:40Z", "fired 10:00Z"]
+        # EventBridge delivers at least once: the same fire again starts nothing new
+        forwarder = stack.functions.handlers()["schedule"]
+        forwarder({"eventual_schedule": "every_twenty", "scheduled_time": "2025-03-27T09:40:00Z"}, None)
+        harness.run_until_idle()
+        assert len((await runtime.list_executions(workflow="every_twenty")).executions) == 3
+        # pause and resume switch the EventBridge schedule off and on
+        await runtime.pause_schedule("every_twenty")
+        assert scheduler.get_schedule(Name=scheduler_name("every_twenty"), GroupName=group)["State"] == "DISABLED"
+        assert harness.advance(timedelta(hours=1), wait_seconds=0).fired_schedules == []
+        await runtime.resume_schedule("every_twenty")
+        assert scheduler.get_schedule(Name=scheduler_name("every_twenty"), GroupName=group)["State"] == "ENABLED"
+        info = (await runtime.list_schedules())[0]
+        assert (info.paused, info.next_fire, info.last_fire) == (False, Z(2025, 3, 27, 11, 20), Z(2025, 3, 27, 10))

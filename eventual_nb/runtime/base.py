@@ -28,7 +28,7 @@ from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
 
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
-    from eventual_nb.runtime.schedule_rules import Schedule, ScheduleInfo
+    from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, Start
     from eventual_nb.service import Service
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
@@ -293,6 +293,23 @@ class RuntimeBase:
             raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
         definition = self.workflow_definition(name)
         return definition, definition.validate_input(_NO_INPUT if input is None else input)
+
+    def fire_start(self, start: Start, now: datetime) -> tuple[Workflow[Any], Any, str]:
+        """What a schedule's `Start` (a fire or a trigger) starts: the served workflow, its input (the fire
+        time, as JSON) and the execution id `<workflow>/<schedule>-<YYYYMMDDTHHMMSSZ>`, the same for every
+        start of that fire, so a fire started twice starts one execution."""
+        from eventual_nb.runtime import core
+
+        definition, raw_input = self.start_definition(start.workflow, start.input)
+        return definition, raw_input, core.execution_id_for(definition.name, start.execution_name, now)
+
+    @classmethod
+    def definitions_of(cls, services: list[Any]) -> RuntimeBase:
+        """Only the definition lookups (`workflow_definition`, `schedule_definition`, `fire_start`, ...) over
+        `services`, for code that serves them without being a runtime (the AWS schedule forwarder)."""
+        lookup = RuntimeBase()
+        lookup._serve(None, services)
+        return lookup
 
     def activity_definition(self, name: str) -> Activity[Any, Any] | None:
         from eventual_nb.activities import find_activity

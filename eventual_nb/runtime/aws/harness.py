@@ -53,6 +53,9 @@ from eventual_nb import errors
 from eventual_nb.runtime.aws.clients import AwsClients, utc
 from eventual_nb.runtime.aws.functions import ENTRY_POINTS, process_functions
 from eventual_nb.runtime.aws.schedules import SCHEDULED_TIME, group_schedule_names
+from eventual_nb.runtime.clock import ManualClock
+
+__all__ = ["Harness", "HarnessNotIdle", "LambdaContext", "ManualClock", "RunReport", "harness_for", "recurring_fires"]
 
 LOGGER = logging.getLogger("eventual_nb.aws.harness")
 
@@ -79,26 +82,6 @@ _RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 
 class HarnessNotIdle(errors.EventualError):
     """Work was still being done after `max_rounds` rounds (a message that fails forever, a busy loop)."""
-
-
-class ManualClock:
-    """A clock that moves only when told: `clock()` reads it, `advance(...)` moves it forward."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = utc(start or datetime.now(UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta | float) -> datetime:
-        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
-        if step < timedelta(0):
-            raise errors.EventualError(f"a clock only moves forward, not by {step}")
-        self.now += step
-        return self.now
-
-    def set(self, moment: datetime) -> datetime:
-        return self.advance(utc(moment) - self.now)
 
 
 @dataclass
@@ -513,7 +496,7 @@ def recurring_fires(
 
     `rate(N unit)` fires every N units from `first_seen`; `cron(...)` as AWS reads its 6 fields in
     `ScheduleExpressionTimezone` (see the module docstring). Refuses what the harness cannot read."""
-    from eventual_nb.runtime.schedule_rules import define_schedule
+    from eventual_nb.runtime.core.schedules import define_schedule
 
     expression = str(schedule.get("ScheduleExpression", ""))
     rate = _RATE.fullmatch(expression)

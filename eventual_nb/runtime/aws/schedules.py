@@ -1,7 +1,8 @@
 """Schedules on AWS: one EventBridge Scheduler recurring schedule per `@ev.schedule`, declared in the template.
 
-Pure functions, no boto3: the exporter's template, the emulator's stand-in (which creates in moto what its
-CloudFormation skips) and the schedule forwarder all read them, so the three agree on names and shapes.
+The functions below are pure: the exporter's template, the emulator's stand-in (which creates in moto what
+its CloudFormation skips) and the schedule forwarder all read them, so the three agree on names and shapes.
+`ScheduleKeeper` is what the forwarder and `AwsRuntime` do with a schedule's state (see its docstring).
 
 * `aws_expression(schedule)`: the `cron()`/`rate()` expression for EventBridge Scheduler, evaluated in
   `ScheduleExpressionTimezone` = the schedule's timezone. A 5-field cron line becomes AWS's 6-field
@@ -12,7 +13,7 @@ CloudFormation skips) and the schedule forwarder all read them, so the three agr
   An interval (`every`) becomes a cron line when it divides the day into whole minutes (every 15m is
   `cron(0/15 * * * ? *)` in UTC, which fires at the same instants as the whole multiples since 1970); any
   other whole number of minutes is `rate(N minutes)`, which ticks from when the schedule was created, so
-  the forwarder maps each tick to the latest fire at or before it (`schedule_rules.delivered_fire`): the
+  the forwarder maps each tick to the latest fire at or before it (`core.schedules.delivered_fire`): the
   execution is named and fed by the fire it stands for and starts up to one interval after it. An
   interval that is not whole minutes cannot be expressed (rate() counts minutes) and is refused.
 * `scheduler_name(name)`: Scheduler names allow `[0-9A-Za-z._-]{1,64}`; schedule names may hold `:`.
@@ -26,12 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventual_nb.runtime.schedule_rules import InvalidSchedule, Schedule
+from eventual_nb import errors
+from eventual_nb.runtime import core
+from eventual_nb.runtime.aws.clients import AwsClients
+from eventual_nb.runtime.aws.stores import ExecutionStore, ScheduleStore
+from eventual_nb.runtime.base import ExecutionStatus, RuntimeBase
+from eventual_nb.runtime.core import schedules
+from eventual_nb.runtime.core.schedules import Decision, InvalidSchedule, Schedule, ScheduleState
 
 #: the key of a schedule fire in the forwarder's input (a timer's body has `execution_id`, `due`, `event`)
 FIRE_KEY = "eventual_schedule"
@@ -40,6 +48,10 @@ SCHEDULED_TIME_KEY = "scheduled_time"
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 #: recurring schedules are named `s-...`, a timer's one-time schedule `t-...` (`clients.schedule_name`)
 NAME_PREFIX = "s-"
+
+#: compare-and-swap rounds of one change of a schedule's state before giving up (another writer each time)
+MAX_SCHEDULE_ATTEMPTS = 10
+LOGGER = logging.getLogger("eventual_nb.aws.schedules")
 
 _DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 _DAY = timedelta(days=1)
@@ -103,6 +115,141 @@ def group_schedule_names(scheduler: Any, group: str) -> list[str]:
         if not page.get("NextToken"):
             return sorted(names)
         arguments["NextToken"] = page["NextToken"]
+
+
+# --------------------------------------------------------------------------------------- the keeper
+
+
+def start_recorded(
+    executions: ExecutionStore,
+    clients: AwsClients,
+    execution_id: str,
+    workflow: str,
+    raw_input: Any,
+    now: datetime,
+    *,
+    service: str | None,
+    limit: timedelta | None = None,
+) -> bool:
+    """Start an execution on AWS: its record, then its start message; True if this call created it.
+
+    The message goes out for an existing execution too: that repairs a start that died between the record
+    and the message (the message's de-duplication id makes a repeat harmless; a started execution ignores
+    it). An explicit timeout rides on the record, where the orchestrator's first turn reads it."""
+    created = executions.create(execution_id, workflow, raw_input, now, service=service)
+    if created and limit is not None:
+        executions.set_timeout(execution_id, limit.total_seconds())
+    clients.workflow_queue.send_start(execution_id)
+    return created
+
+
+class ScheduleKeeper:
+    """A schedule's state on AWS (`ScheduleStore`: one item, compare-and-swap) and what changing it starts.
+
+    Every change — a fire EventBridge Scheduler delivered, a pause, a resume, a trigger — reads the state,
+    asks the execution core (`core.schedules`), starts the executions it says (each named after its fire,
+    so starting one again starts nothing new), then stores the new state if nobody changed it meanwhile;
+    otherwise it reads and decides again. Starting before storing means a crash in between only repeats the
+    start on the next delivery (Scheduler retries a failed invocation), never loses a fire.
+
+    Pause and resume also disable and enable the schedule's EventBridge schedule (when the stack has a
+    Scheduler group), so a paused schedule costs no invocations; the stored state is what counts (a
+    delivery while paused starts nothing), so a redeploy that enables the schedule again changes nothing.
+    """
+
+    def __init__(self, executions: ExecutionStore, store: ScheduleStore, clients: AwsClients, definitions: RuntimeBase):
+        self.executions = executions
+        self.store = store
+        self.clients = clients
+        self.definitions = definitions
+
+    def _status_of(self, execution_id: str) -> ExecutionStatus | None:
+        record = self.executions.record(execution_id)
+        return None if record is None else ExecutionStatus(record["status"])
+
+    def state(self, schedule: Schedule, now: datetime) -> ScheduleState:
+        """The stored state, or that of a schedule first seen `now`."""
+        state, _ = self.store.get(schedule.name)
+        return ScheduleState.new(now) if state is None else state
+
+    def change(self, schedule: Schedule, decide: Callable[[ScheduleState | None], Decision]) -> list[tuple[str, bool]]:
+        """Carry out `decide(stored state)` (see the class docstring); the executions it started, each as
+        (id, created by this call)."""
+        for _ in range(MAX_SCHEDULE_ATTEMPTS):
+            stored, version = self.store.get(schedule.name)
+            decision = decide(stored)
+            started = [self._start(start) for start in decision.starts]
+            state = decision.state
+            for execution_id, _created in started:
+                state = state.started(execution_id)
+            if state == stored or self.store.put(schedule.name, state, version):
+                return started
+        raise errors.EventualError(
+            f"schedule '{schedule.name}' was changed by others {MAX_SCHEDULE_ATTEMPTS} times while this change was "
+            "decided; try again"
+        )
+
+    def _start(self, start: schedules.Start) -> tuple[str, bool]:
+        now = self.clients.clock()
+        definition, raw_input, execution_id = self.definitions.fire_start(start, now)
+        created = start_recorded(
+            self.executions,
+            self.clients,
+            execution_id,
+            definition.name,
+            raw_input,
+            now,
+            service=core.service_of(definition),
+        )
+        return execution_id, created
+
+    def deliver(self, name: str, scheduled_time: datetime) -> list[tuple[str, bool]]:
+        """A fire delivered by EventBridge Scheduler (the forwarder): start it unless the core says not."""
+        try:
+            schedule = self.definitions.schedule_definition(name)
+        except errors.ScheduleNotFound:
+            LOGGER.warning("a fire of schedule %r arrived, but the service defines no such schedule now", name)
+            return []
+
+        def decide(state: ScheduleState | None) -> Decision:
+            running = state is not None and schedules.previous_running(state, self._status_of)
+            return schedules.decide_delivery(schedule, state, scheduled_time, previous_in_progress=running)
+
+        return self.change(schedule, decide)
+
+    def set_enabled(self, schedule: Schedule, enabled: bool) -> None:
+        """Enable or disable the schedule's EventBridge schedule (nothing when the stack has no Scheduler
+        group, or no such schedule: the stored state is what counts)."""
+        group = self.clients.settings.schedule_group
+        if not group:
+            return
+        scheduler = self.clients.client("scheduler")
+        try:
+            current = scheduler.get_schedule(Name=scheduler_name(schedule.name), GroupName=group)
+        except scheduler.exceptions.ResourceNotFoundException:
+            LOGGER.warning("schedule %r has no EventBridge schedule in group %s to update", schedule.name, group)
+            return
+        wanted = "ENABLED" if enabled else "DISABLED"
+        if current.get("State") == wanted:
+            return
+        kept = {key: current[key] for key in _UPDATABLE if current.get(key) is not None}
+        scheduler.update_schedule(**kept, State=wanted)
+
+
+#: what `UpdateSchedule` takes again from `GetSchedule` (it replaces the whole schedule)
+_UPDATABLE = (
+    "Name",
+    "GroupName",
+    "Description",
+    "ScheduleExpression",
+    "ScheduleExpressionTimezone",
+    "FlexibleTimeWindow",
+    "Target",
+    "StartDate",
+    "EndDate",
+    "KmsKeyArn",
+    "ActionAfterCompletion",
+)
 
 
 # ------------------------------------------------------------------------------------------ expressions

@@ -10,6 +10,8 @@ three runtimes cannot disagree and the rules are tested once, as plain functions
   (`overlap`) and which missed ones are caught up (`catchup`), with the new state and when to ask again;
 * `decide_delivery(...)`: the same for one fire delivered from outside (EventBridge Scheduler on AWS);
 * `decide_trigger`, `pause`, `resume`: the manual operations;
+* `wake_at(schedule, state)`: when to ask again; `previous_running(state, status_of)`: the overlap fact a
+  runtime reads from its storage;
 * `schedule_info(schedule, state)`: the `ScheduleInfo` the protocol's `list_schedules` answers.
 
 The cron library is cronsim (BSD-3-Clause), the one Healthchecks (a cron monitoring service) is built on.
@@ -42,7 +44,7 @@ from __future__ import annotations
 import difflib
 import functools
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
@@ -51,6 +53,7 @@ from pydantic import BaseModel, ConfigDict
 
 from eventual_nb.durations import LATEST_DEADLINE, DurationLike, format_duration, parse_duration
 from eventual_nb.errors import EventualError, InputValidationError
+from eventual_nb.runtime.base import ExecutionStatus
 from eventual_nb.workflows import check_execution_name
 
 Overlap = Literal["skip", "allow"]
@@ -397,7 +400,7 @@ def decide_delivery(
         state = ScheduleState.new(fire_time - timedelta(microseconds=1))
     due = schedule.fires(fire_time - timedelta(microseconds=1), fire_time)
     if state.paused or not due or fire_time <= state.handled_until:
-        return Decision(starts=(), skipped=(), state=state, wake_at=_wake_at(schedule, state))
+        return Decision(starts=(), skipped=(), state=state, wake_at=wake_at(schedule, state))
     handled = state.model_copy(update={"handled_until": fire_time})
     return _start_or_skip(schedule, handled, due, previous_in_progress)
 
@@ -409,8 +412,13 @@ def decide_trigger(schedule: Schedule, state: ScheduleState, now: datetime) -> D
     fire_time = now.astimezone(UTC).replace(microsecond=0)
     new_state = state.model_copy(update={"last_fire": fire_time})
     return Decision(
-        starts=(_start(schedule, fire_time),), skipped=(), state=new_state, wake_at=_wake_at(schedule, new_state)
+        starts=(_start(schedule, fire_time),), skipped=(), state=new_state, wake_at=wake_at(schedule, new_state)
     )
+
+
+def store_only(state: ScheduleState) -> Decision:
+    """A decision that starts nothing and stores `state` (what `pause` and `resume` give)."""
+    return Decision(starts=(), skipped=(), state=state, wake_at=None)
 
 
 def pause(state: ScheduleState) -> ScheduleState:
@@ -446,7 +454,7 @@ def schedule_info(schedule: Schedule, state: ScheduleState) -> ScheduleInfo:
     return ScheduleInfo(
         **schedule.model_dump(),
         paused=state.paused,
-        next_fire=_wake_at(schedule, state),
+        next_fire=wake_at(schedule, state),
         last_fire=state.last_fire,
         last_execution_id=state.last_execution_id,
         skipped=state.skipped,
@@ -461,11 +469,11 @@ def _start_or_skip(
 ) -> Decision:
     if fires and schedule.overlap == "skip" and previous_in_progress:
         state = state.model_copy(update={"skipped": state.skipped + len(fires)})
-        return Decision(starts=(), skipped=tuple(fires), state=state, wake_at=_wake_at(schedule, state))
+        return Decision(starts=(), skipped=tuple(fires), state=state, wake_at=wake_at(schedule, state))
     if fires:
         state = state.model_copy(update={"last_fire": fires[-1]})
     starts = tuple(_start(schedule, fire) for fire in fires)
-    return Decision(starts=starts, skipped=(), state=state, wake_at=_wake_at(schedule, state))
+    return Decision(starts=starts, skipped=(), state=state, wake_at=wake_at(schedule, state))
 
 
 def _start(schedule: Schedule, fire_time: datetime) -> Start:
@@ -478,8 +486,18 @@ def _start(schedule: Schedule, fire_time: datetime) -> Start:
     )
 
 
-def _wake_at(schedule: Schedule, state: ScheduleState) -> datetime | None:
+def wake_at(schedule: Schedule, state: ScheduleState) -> datetime | None:
+    """When a runtime holding `state` must next call `decide_due`: the first fire not yet handled (None while
+    paused, or when the schedule never fires again)."""
     return None if state.paused else schedule.next_fire(state.handled_until)
+
+
+def previous_running(state: ScheduleState, status_of: Callable[[str], ExecutionStatus | None]) -> bool:
+    """Whether the schedule's previous execution is still IN_PROGRESS (`decide_due`'s `previous_in_progress`),
+    asking the runtime's storage with `status_of(execution_id)` (None for an execution it does not have)."""
+    if state.last_execution_id is None:
+        return False
+    return status_of(state.last_execution_id) == ExecutionStatus.IN_PROGRESS
 
 
 def _check_aware(value: datetime, what: str) -> None:
