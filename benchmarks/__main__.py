@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import aws, engine, kernel, local, timeline
+from benchmarks import aws, engine, kernel, local, schedules, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -29,7 +29,14 @@ from benchmarks.results import (
     write_json,
 )
 
-NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS, *aws.BENCHMARKS, *timeline.BENCHMARKS]
+NAMES = [
+    *engine.BENCHMARKS,
+    *local.BENCHMARKS,
+    *schedules.BENCHMARKS,
+    *kernel.BENCHMARKS,
+    *aws.BENCHMARKS,
+    *timeline.BENCHMARKS,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         comparisons = []
         if only & set(local.BENCHMARKS):
             comparisons = local.run(args.quick, sorted(only & set(local.BENCHMARKS)), progress)
+        schedule_results = []
+        if only & set(schedules.BENCHMARKS):
+            schedule_results = schedules.run(args.quick, sorted(only & set(schedules.BENCHMARKS)), progress)
         kernel_results = []
         if only & set(kernel.BENCHMARKS):
             kernel_results = kernel.run(args.quick, sorted(only & set(kernel.BENCHMARKS)), progress)
@@ -78,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(render_comparisons(comparisons))
         print_footers(console, comparisons)
         print_notes(console, comparisons)
+    if schedule_results:
+        table = render(schedule_results)
+        table.title = "LocalRuntime schedules: every-minute fires over a simulated hour (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, schedule_results)
     if kernel_results:
         table = render(kernel_results)
         table.title = "kernel extension in a real ipykernel (no peer; absolute numbers)"
@@ -103,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print_notes(console, timeline_results)
     if args.json:
         write_json(
-            args.json, env, args.quick, [*results, *comparisons, *kernel_results, *aws_results, *timeline_results]
+            args.json,
+            env,
+            args.quick,
+            [*results, *comparisons, *schedule_results, *kernel_results, *aws_results, *timeline_results],
         )
         console.print(f"results written to {args.json}")
     return 0

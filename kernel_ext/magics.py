@@ -29,6 +29,7 @@ from eventual_nb import magic_syntax
 from eventual_nb.durations import parse_duration
 from eventual_nb.magic_syntax import FlagError, max_attempts
 from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
+from eventual_nb.runtime.core.schedules import define_schedule
 from eventual_nb.service import current_service
 from eventual_nb.timeline import read_snapshot
 from eventual_nb.timeline.svg import CSS, history_table, render_fragment
@@ -135,15 +136,20 @@ class EventualMagics(Magics):
         args = _parse("workflow", line)
         target = self._target("workflow", cell)
         name = args.name or target
+        scheduled = magic_syntax.schedule_options(args)
+        if scheduled is not None:  # a bad cron line is refused before anything is (re)defined
+            try:
+                define_schedule(name=name, workflow=name, **scheduled)
+            except ev.EventualError as exc:
+                raise UsageError(f"%%workflow: {exc.message}") from None
         previous = current_service().workflows.get(name)
         self._run(cell)
         definition = ev.workflow(name=args.name, timeout=args.timeout)(self.user_ns[target])
         self.user_ns[target] = definition
-        scheduled = magic_syntax.schedule_options(args)
         if scheduled is not None:
             try:
                 ev.schedule(**scheduled)(definition)
-            except ev.EventualError as exc:
+            except ev.EventualError as exc:  # e.g. a workflow that cannot take its fire time
                 raise UsageError(f"%%workflow: {exc.message}") from None
         report = None
         if previous is not None and previous.function is not definition.function:
