@@ -641,16 +641,18 @@ def _ensure_recurring_schedules(aws: _Aws, stack: str, template: dict[str, Any],
 
     if not any(item.get("Type") == RECURRING_SCHEDULE_TYPE for item in template.get("Resources", {}).values()):
         return
-    cloudformation = aws.cloudformation
     try:
-        forwarder = cloudformation.describe_stack_resource(
-            StackName=stack, LogicalResourceId="ScheduleForwarderFunction"
-        )
-        role = cloudformation.describe_stack_resource(StackName=stack, LogicalResourceId="SchedulerRole")
+        # the plural call: moto's DescribeStackResource fails on a stack holding resources it left out
+        listed = aws.cloudformation.describe_stack_resources(StackName=stack)["StackResources"]
+        physical = {
+            item["LogicalResourceId"]: item["PhysicalResourceId"]
+            for item in listed
+            if "LogicalResourceId" in item and "PhysicalResourceId" in item
+        }
         target_arn = aws.client("lambda").get_function_configuration(
-            FunctionName=forwarder["StackResourceDetail"]["PhysicalResourceId"]
+            FunctionName=physical["ScheduleForwarderFunction"]
         )["FunctionArn"]
-        role_arn = aws.client("iam").get_role(RoleName=role["StackResourceDetail"]["PhysicalResourceId"])["Role"]["Arn"]
+        role_arn = aws.client("iam").get_role(RoleName=physical["SchedulerRole"])["Role"]["Arn"]
         names = emulate_recurring_schedules(
             aws.client("scheduler"), template, group=_schedule_group(stack), target_arn=target_arn, role_arn=role_arn
         )

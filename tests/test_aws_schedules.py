@@ -5,6 +5,7 @@ recurring schedules (cfn-lint), the harness's reading of AWS expressions, and th
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,54 @@ def test_template_declares_one_recurring_schedule_per_schedule_and_passes_cfn_li
     assert recurring[schedule_logical_id("tick")]["Properties"]["ScheduleExpression"] == "rate(7 minutes)"
     # deterministic, whatever order the schedules were defined in
     assert build_template(manifest_with(tick, morning)) == template
+
+
+def granted(template: dict[str, Any], role: str) -> set[tuple[str, str]]:
+    """(action, logical id of a resource it names) for every statement of the role, both sides of any Fn::If."""
+    found: set[tuple[str, str]] = set()
+
+    def names(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            if "Ref" in node:
+                return {node["Ref"]}
+            if "Fn::GetAtt" in node:
+                return {node["Fn::GetAtt"][0]}
+            if "Fn::Sub" in node:
+                return set(re.findall(r"\$\{([A-Za-z0-9]+)", json.dumps(node["Fn::Sub"])))
+            return set().union(*(names(value) for value in node.values()))
+        return set()
+
+    def collect(statement: Any) -> None:
+        if isinstance(statement, dict) and set(statement) == {"Fn::If"}:
+            for branch in statement["Fn::If"][1:]:
+                collect(branch)
+        elif isinstance(statement, dict) and "Action" in statement:
+            for action in statement["Action"]:
+                for resource in statement["Resource"]:
+                    found.update((action, name) for name in names(resource))
+
+    for policy in template["Resources"][role]["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            collect(statement)
+    return found
+
+
+def test_a_service_with_schedules_grants_the_forwarder_and_the_api_what_schedules_need_and_no_more() -> None:
+    plain = build_template(manifest_with())
+    scheduled = build_template(manifest_with(cron("0 9 * * *", name="morning")))
+    needs = {
+        "ScheduleForwarderRole": {("sqs:SendMessage", "WorkflowQueue"), ("dynamodb:PutItem", "ExecutionsTable")},
+        "ApiRole": {
+            ("scheduler:UpdateSchedule", "ScheduleGroup"),
+            ("scheduler:GetSchedule", "ScheduleGroup"),
+            ("iam:PassRole", "SchedulerRole"),
+        },
+    }
+    for role, wanted in needs.items():
+        assert wanted <= granted(scheduled, role), role
+        assert not wanted & granted(plain, role), role  # a service without schedules does without them
+    assert ("scheduler:CreateSchedule", "ScheduleGroup") not in granted(scheduled, "ApiRole")
+    assert ("scheduler:UpdateSchedule", "ScheduleGroup") not in granted(scheduled, "ScheduleForwarderRole")
 
 
 # ------------------------------------------------------------------------------------------ flags and export

@@ -46,7 +46,7 @@ def test_until_text_reads_like_a_person_says_it() -> None:
 def host() -> Iterator[RuntimeHost]:
     ev.Service(SERVICE.name)
     host = RuntimeHost()
-    host.use_test(START)
+    host.use_test(START, service=SERVICE.name)  # not the schedules other test modules define
     try:
         yield host
     finally:
