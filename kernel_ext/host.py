@@ -104,9 +104,7 @@ class RuntimeHost:
                 self.path, self.durability = database, durability
             return runtime
 
-    def use_test(
-        self, start: datetime | None = None, *, service: str | None = None, command: str | None = None
-    ) -> Any:
+    def use_test(self, start: datetime | None = None, *, service: str | None = None, command: str | None = None) -> Any:
         """Switch to a TestEnvironment (virtual clock) serving every service of the notebook, or only
         `service` (a process that holds other services, such as a test run)."""
         with self._lock:
