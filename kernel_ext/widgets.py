@@ -222,6 +222,37 @@ def _error(text: str) -> str:
     return f"<span style='color:#d93025'>{html.escape(text)}</span>"
 
 
+class _Callbacks:
+    """What a view's callbacks (any thread) hand to the pump: trait changes to write, and a wake-up."""
+
+    host: Any
+
+    def _init_callbacks(self) -> None:
+        self._pending: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
+    def _later(self, **changes: Any) -> None:
+        """Hand trait changes to the pump (the one thread that writes them), mark the view stale, wake it."""
+        with self._lock:
+            self._pending.update(changes)
+        self._stale()
+        wake = getattr(self.host, "on_commit", None)
+        if callable(wake):
+            wake()
+
+    def _take_pending(self) -> dict[str, Any]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def _stale(self) -> None:
+        """Make the next refresh read the runtime again."""
+
+
 @dataclasses.dataclass
 class _Read:
     """One fetch of an execution's history, logs and waits (`fetched`: time.monotonic() of the fetch)."""
@@ -245,7 +276,7 @@ def _runtime_now(runtime: Any, waits: ExecutionWaits | None, fetched: float) -> 
     return waits.now + timedelta(seconds=time.monotonic() - fetched)
 
 
-class ExecutionView:
+class ExecutionView(_Callbacks):
     """The live widget for one execution; only `WidgetPump` writes its traits.
 
     It shows the execution's timeline as a picture (`eventual_nb.timeline`: redrawn on every commit, and about
@@ -350,8 +381,7 @@ class ExecutionView:
         self.shown_detached: str | None = None
         self.finished = False
         # set by callbacks on any thread, rendered by the pump
-        self._pending: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._init_callbacks()
         #: time.monotonic() when the pump last sent something (benchmarks read it)
         self.last_update = 0.0
 
@@ -360,21 +390,11 @@ class ExecutionView:
         """The runtime the view reads its execution from (the replacement, once it followed one)."""
         return self.handle._runtime
 
-    def has_pending(self) -> bool:
-        with self._lock:
-            return bool(self._pending)
-
     # -------------------------------------------------------------------------------------- callbacks
 
-    def _later(self, **changes: Any) -> None:
-        """Hand trait changes to the pump (the one thread that writes them) and wake it."""
-        with self._lock:
-            self._pending.update(changes)
+    def _stale(self) -> None:
         self.seen_counter = -1  # refresh on the next pass
         self.finished = False
-        wake = getattr(self.host, "on_commit", None)
-        if callable(wake):
-            wake()
 
     def _say(self, text: str) -> None:
         self._later(message=text)
@@ -418,8 +438,7 @@ class ExecutionView:
 
     def refresh(self) -> None:
         """Fetch state if the runtime changed and write what differs (the pump's thread only)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
+        pending = self._take_pending()
         try:
             runtime = serving_runtime(self.handle._runtime, f"this execution ('{self.execution_id}')")
         except EventualError as exc:  # its runtime was replaced by one on another store: say so, keep checking
@@ -684,7 +703,7 @@ class _Line:
         return self.status == ExecutionStatus.IN_PROGRESS
 
 
-class SchedulesTable:
+class SchedulesTable(_Callbacks):
     """`%eventual schedules`: a live table of the served schedules with Pause/Resume and Trigger buttons.
 
     Each row shows the schedule's name and spec, its next fire in this machine's local time and how soon
@@ -704,22 +723,12 @@ class SchedulesTable:
         self.last_update = 0.0
         self._next_tick = 0.0
         self._rows: dict[str, _ScheduleRow] = {}
-        self._pending: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def has_pending(self) -> bool:
-        with self._lock:
-            return bool(self._pending)
+        self._init_callbacks()
 
     # -------------------------------------------------------------------------------------- callbacks
 
-    def _later(self, **changes: Any) -> None:
-        with self._lock:
-            self._pending.update(changes)
+    def _stale(self) -> None:
         self.seen = ()
-        wake = getattr(self.host, "on_commit", None)
-        if callable(wake):
-            wake()
 
     def act(self, name: str, action: str) -> None:
         """A row's button: `pause`, `resume` or `trigger` schedule `name` on the runtime loop (any thread)."""
@@ -748,8 +757,7 @@ class SchedulesTable:
     def refresh(self) -> None:
         """Read the schedules when the runtime committed something (or every few seconds, as "in 5 min" moves)
         and write what changed (the pump's thread only)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
+        pending = self._take_pending()
         try:
             self.runtime = serving_runtime(self.runtime, "this table")
         except EventualError as exc:

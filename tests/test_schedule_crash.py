@@ -16,10 +16,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 import eventual_nb as ev
+from tests.server_support import wait_until_serving
 from tests.test_crash import _free_port
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedule_server.py"
@@ -33,18 +33,8 @@ def start_server(db: Path, port: int, clock: datetime, catchup: str, log: Path) 
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/_eventual/health", timeout=0.5).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    process.kill()
-    raise AssertionError(f"server did not come up:\n{log.read_text()}")
+    wait_until_serving(process, f"http://127.0.0.1:{port}", log)
+    return process
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
