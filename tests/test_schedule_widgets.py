@@ -19,7 +19,7 @@ import pytest
 import eventual_nb as ev
 from eventual_nb.schedules import next_fire_text, until_text
 from kernel_ext.host import RuntimeHost
-from kernel_ext.widgets import SchedulesTable
+from kernel_ext.widgets import SchedulesTable, change_counter
 from tests.kernel_support import KernelSession
 
 SERVICE = ev.Service("schedule-widgets")
@@ -159,3 +159,23 @@ def test_workflow_schedule_flags_and_the_live_table_in_a_kernel(tmp_path: Path) 
         assert kernel.run("print(await ev.current_runtime().list_schedules())").strip() == "[]"
     finally:
         kernel.close()
+
+
+def test_reading_the_schedules_of_a_local_runtime_is_not_a_change_the_table_refreshes_for(tmp_path: Path) -> None:
+    """The table refreshes when the runtime commits something; listing schedules must not count as a commit,
+    or each refresh would cause the next one (a busy widget thread and a comm message every 100 ms)."""
+    host = RuntimeHost()
+    ev.Service(SERVICE.name)
+    host.use_local(tmp_path / "widgets.db")
+    try:
+        pokes: list[int] = []
+        host.runtime.add_commit_listener(lambda: pokes.append(1))
+        table = SchedulesTable(host, host.runtime)
+        table.refresh()  # reads the schedules (the runtime stores their states on its first look)
+        counter, poked = change_counter(host.runtime), len(pokes)
+        for _ in range(3):
+            host.call(host.runtime.list_schedules())
+        assert (change_counter(host.runtime), len(pokes)) == (counter, poked)
+        assert "standup" in text(table.rows.children[0].children[0])
+    finally:
+        host.close()

@@ -154,6 +154,8 @@ def _schedule_generations() -> tuple[int, int]:
 class _Request:
     apply: Callable[[float], Any]
     future: asyncio.Future[Any]
+    #: only reads: a round that did nothing else commits nothing new (no `commits`, no commit listeners)
+    read_only: bool = False
 
 
 @dataclass
@@ -377,15 +379,18 @@ class LocalRuntime(RuntimeBase):
         if self._wake is not None:
             self._wake.set()
 
-    async def _submit(self, apply: Callable[[float], Any]) -> Any:
-        """Run `apply` inside the next transaction; return its result once that transaction committed."""
+    async def _submit(self, apply: Callable[[float], Any], *, read_only: bool = False) -> Any:
+        """Run `apply` inside the next transaction; return its result once that transaction committed.
+        `read_only`: `apply` only reads (in a round, so it sees what the round stored before it)."""
         if self._scheduler is None or self._loop is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
         if asyncio.get_running_loop() is not self._loop:
             # called from another thread's loop (a notebook cell while the runtime runs on its own thread)
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._submit(apply), self._loop))
+            return await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._submit(apply, read_only=read_only), self._loop)
+            )
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.append(_Request(apply, future))
+        self._requests.append(_Request(apply, future, read_only))
         self._wake_up()
         return await future
 
@@ -484,9 +489,12 @@ class LocalRuntime(RuntimeBase):
             self._attempts = attempts + self._attempts
             self._deliveries_done = deliveries + self._deliveries_done
             raise
-        self.commits += 1
-        if self._commit_listeners:
-            self._notify_commit()
+        only_reads = bool(requests) and all(request.read_only for request in requests)
+        if not (only_reads and not (attempts or deliveries or logs or work.did_work)):
+            # (a round of reads only, such as `list_schedules`, changed nothing a reader would refresh for)
+            self.commits += 1
+            if self._commit_listeners:
+                self._notify_commit()
         for request, value, error in results:
             if request.future.done():
                 continue
@@ -1090,7 +1098,8 @@ class LocalRuntime(RuntimeBase):
                 for schedule in self.served_schedules()
             ]
 
-        return await self._submit(read)  # type: ignore[no-any-return]  # in a round: after new schedules are stored
+        # in a round, after the schedules defined since the last one are stored
+        return await self._submit(read, read_only=True)  # type: ignore[no-any-return]
 
     async def pause_schedule(self, name: str) -> None:
         schedule = self.schedule_definition(name)
