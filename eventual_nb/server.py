@@ -61,7 +61,7 @@ from eventual_nb.runtime.base import (
     StartResponse,
     WorkflowInfo,
 )
-from eventual_nb.serde import _plain_errors
+from eventual_nb.serde import plain_errors
 from eventual_nb.service import Service, current_service
 
 INTERNAL_PREFIX = "/_eventual"
@@ -387,7 +387,7 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
             try:
                 items.append(cls.model_validate(item.event))
             except ValidationError as exc:
-                details = _plain_errors(exc)
+                details = plain_errors(exc)
                 for detail in details:
                     detail["loc"] = ["body", "events", index, "event", *detail["loc"]]
                 raise errors.InputValidationError(
@@ -498,7 +498,7 @@ async def _request_validation_error(request: Request, exc: RequestValidationErro
 
 
 async def _validation_error(request: Request, exc: ValidationError) -> Response:
-    details = _jsonable(_plain_errors(exc))
+    details = _jsonable(plain_errors(exc))
     message = f"invalid {exc.title}: {_describe(details)}"
     return JSONResponse({"error": "InputValidationError", "message": message, "errors": details}, status_code=422)
 
