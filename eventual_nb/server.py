@@ -53,6 +53,8 @@ from eventual_nb.events import Event
 from eventual_nb.runtime import base
 from eventual_nb.runtime.base import (
     DeadLetter,
+    EntityInfo,
+    EntityRecord,
     Execution,
     ExecutionPage,
     ExecutionStatus,
@@ -423,6 +425,29 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     @router.get("/dead-letters")
     async def list_dead_letters() -> list[DeadLetter]:
         return list(await runtime.list_dead_letters())
+
+    @router.get("/entities")
+    async def list_entities() -> list[EntityInfo]:
+        """The served entities (`ev.entity`), with their number of entries where that is cheap to count."""
+        return list(await runtime.list_entities())
+
+    @router.get(
+        "/entities/{name}/entry",
+        responses=_answers(
+            {
+                404: "no entity of this name is served, or it has no entry with this key (EntityNotFound)",
+                422: "the key does not fit the entity: one part or two (InvalidEntityValue)",
+            }
+        ),
+    )
+    async def get_entity(
+        name: str,
+        key: Annotated[str, Query(description="the key, or a two-part key's partition")],
+        sort: Annotated[str | None, Query(description="a two-part key's sort key")] = None,
+    ) -> EntityRecord:
+        """One entry as stored: its value (as written, whatever the model says now) and its version."""
+        record: EntityRecord = await runtime.get_entity(name, key if sort is None else (key, sort))
+        return record
 
     return router
 

@@ -44,6 +44,8 @@ VERBS = [
     "publish",
     "cancel",
     "replay",
+    "entities",
+    "entity",
 ]
 
 # Usage errors of the notebook verbs: exit 2 and a message naming what is wrong, before any kernel
@@ -101,7 +103,20 @@ def test_each_verb_has_help(verb: str) -> None:
 
 @pytest.mark.parametrize(
     "verb",
-    ["workflows", "start", "executions", "execution", "history", "logs", "signal", "publish", "cancel", "replay"],
+    [
+        "workflows",
+        "start",
+        "executions",
+        "execution",
+        "history",
+        "logs",
+        "signal",
+        "publish",
+        "cancel",
+        "replay",
+        "entities",
+        "entity",
+    ],
 )
 def test_service_client_verbs_take_url(verb: str) -> None:
     proc = cli(verb, "--help")

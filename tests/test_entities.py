@@ -9,16 +9,22 @@ entities table declared by the exported template; the stack's real functions dri
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
 import eventual_nb as ev
 from eventual_nb.errors import EntityNotFound, InvalidEntityValue, InvalidPageToken, error_from_json
+from tests.kernel_support import error_of, run_notebook, text_of
+from tests.server_support import run_server
 
 SERVICE = ev.Service("tests-entities")
 
@@ -334,3 +340,85 @@ def test_entity_definitions_are_checked_and_listed_in_the_service_spec() -> None
     assert specs["lines"]["key"] == ["account", "at"] and specs["accounts"]["key"] == ["id"]
     assert specs["accounts"]["model"] == "Account" and "balance" in specs["accounts"]["schema"]["properties"]
     assert issubclass(EntityNotFound, LookupError) and EntityNotFound.status_code == 404
+
+
+# ------------------------------------------------------------------------------------------ inspection
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventual_nb.cli", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any) -> None:
+    """`eventual-nb entities`, `eventual-nb entity NAME KEY [SORT]` and their ServiceClient calls, against a
+    real server (uvicorn on 127.0.0.1) over the runtime."""
+    await accounts.put(Account(id="i1", balance=7))
+    await accounts.put(Account(id="i1", balance=8))
+    await lines.put(Line(account="alice", at="0001", text="hello"))
+    with run_server(rt) as server:
+        async with ev.ServiceClient(server.url) as client:
+            listed = {entity.name: entity for entity in await client.list_entities()}
+            assert listed["accounts"].key == ["id"] and listed["lines"].key == ["account", "at"]
+            assert listed["accounts"].service == SERVICE.name and listed["accounts"].model == "Account"
+            counted = {name: entity.count for name, entity in listed.items()}
+            assert counted == {"accounts": 1, "lines": 1, "blobs": 0} or set(counted.values()) == {None}
+            record = await client.get_entity("accounts", "i1")
+            assert (record.entity, record.key, record.value, record.version) == (
+                "accounts",
+                "i1",
+                {"id": "i1", "balance": 8},
+                2,
+            )
+            two = await client.get_entity("lines", ("alice", "0001"))
+            assert (two.key, two.value["text"]) == (["alice", "0001"], "hello")
+            with pytest.raises(EntityNotFound) as missing:
+                await client.get_entity("accounts", "nobody")
+            assert (missing.value.entity, missing.value.key) == ("accounts", "nobody")
+            assert "no entry with key 'nobody'" in missing.value.message
+            with pytest.raises(EntityNotFound, match="no entity named 'nothing'"):
+                await client.get_entity("nothing", "x")
+            with pytest.raises(InvalidEntityValue, match="pass a pair"):
+                await client.get_entity("lines", "alice")
+        schema = httpx.get(f"{server.url}/_eventual/openapi.json", timeout=10).json()
+        assert "404" in schema["paths"]["/_eventual/entities/{name}/entry"]["get"]["responses"]
+
+        listed_json = json.loads(_ok(cli("entities", "--url", server.url, "--json")).stdout)
+        assert {entity["name"] for entity in listed_json} == {"accounts", "lines", "blobs"}
+        table = _ok(cli("entities", "--url", server.url)).stdout
+        assert "accounts" in table and "account, at" in table
+        shown = json.loads(_ok(cli("entity", "lines", "alice", "0001", "--url", server.url, "--json")).stdout)
+        assert (shown["value"]["text"], shown["version"]) == ("hello", 1)
+        assert "balance" in _ok(cli("entity", "accounts", "i1", "--url", server.url)).stdout
+        missing_cli = cli("entity", "accounts", "nobody", "--url", server.url)
+        assert missing_cli.returncode == 1 and "no entry with key 'nobody'" in missing_cli.stderr
+        assert "Traceback" not in missing_cli.stderr
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+@pytest.mark.parametrize("runtime", ["test"])
+def test_the_kernel_lists_entities_and_shows_an_entry(tmp_path: Path, runtime: str) -> None:
+    """`%eventual entities` in a real kernel; a notebook cell reads and writes entities on the notebook's runtime."""
+    cells = [
+        "%load_ext eventual_nb\nfrom pydantic import BaseModel\n%eventual service kernel-entities",
+        f"%eventual runtime {runtime}",
+        "class Note(BaseModel):\n    id: str\n    text: str\n\nnotes = ev.entity('notes', Note, key='id')\n"
+        "print(await notes.put(Note(id='n1', text='first')), await notes.put(Note(id='n1', text='second')))",
+        "%eventual entities",
+        "%eventual entities notes n1",
+        "%eventual entities notes nobody",
+    ]
+    nb = run_notebook(cells, tmp_path)
+    for index in range(6):
+        assert error_of(nb.cells[index]) is None, (index, error_of(nb.cells[index]))
+    assert text_of(nb.cells[2]).split() == ["1", "2"]
+    assert "notes" in text_of(nb.cells[3]) and "by id: 1 entries" in text_of(nb.cells[3])
+    assert "notes 'n1' version 2" in text_of(nb.cells[4]) and '"text": "second"' in text_of(nb.cells[4])
+    assert "UsageError: %eventual entities: entity 'notes' has no entry with key 'nobody'" in text_of(
+        nb.cells[5], "stderr"
+    )
