@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from eventual_nb import errors
 from eventual_nb.engine.executor import current_executor
@@ -233,7 +234,12 @@ class Entity(Generic[M]):
         text = str(part)
         if not text:
             raise errors.InvalidEntityValue(f"entity '{self.name}': key field {field!r} must not be empty")
-        size = len(text.encode("utf-8"))
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise errors.InvalidEntityValue(
+                f"entity '{self.name}': key field {field!r} is not valid Unicode text (it holds a lone surrogate)"
+            ) from None
         if size > MAX_KEY_BYTES:
             raise errors.InvalidEntityValue(
                 f"entity '{self.name}': key field {field!r} is {size:,} bytes long (UTF-8); a key part holds at most "
@@ -256,6 +262,10 @@ class Entity(Generic[M]):
         except ValidationError as exc:
             raise errors.InvalidEntityValue(
                 f"entity '{self.name}': invalid {self.model.__name__} value: {_summary(exc)}", errors=plain_errors(exc)
+            ) from None
+        except PydanticSerializationError as exc:  # text that is not Unicode (a lone surrogate), an unknown type
+            raise errors.InvalidEntityValue(
+                f"entity '{self.name}': the {self.model.__name__} value has no JSON form: {exc}"
             ) from None
         size = len(text.encode("utf-8"))
         if size > MAX_VALUE_BYTES:

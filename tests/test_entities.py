@@ -266,6 +266,12 @@ async def test_values_are_validated_by_the_model_on_put(rt: Any) -> None:
         await lines.get("alice")
     with pytest.raises(InvalidEntityValue, match="one-part key"):
         await accounts.get(("a", "b"))
+    with pytest.raises(InvalidEntityValue, match="not valid Unicode"):
+        await accounts.get("a\ud800")  # JSON allows it ("\ud800"); UTF-8, SQLite and DynamoDB do not
+    with pytest.raises(InvalidEntityValue, match="no JSON form"):
+        await lines.put(Line(account="v1", at="x", text="\udfff"))
+    with pytest.raises(InvalidEntityValue, match="1,025 bytes long"):
+        await accounts.get("é" * 512 + "x")
     assert await accounts.get("v1") is None
 
 
