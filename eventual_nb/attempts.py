@@ -1,11 +1,13 @@
 """The line a runtime writes into an execution's logs when an activity attempt does not end the call.
 
 History records one terminal event per activity call (with its attempt count); the attempts before it
-and their backoff waits live only in the runtime's activity table while the call is pending (DESIGN
-§4). So that people see why an activity took long, and the timeline can draw each attempt, every
+and their backoff waits live only in the runtime's activity table while the call is pending.
+So that people see why an activity took long, and the timeline can draw each attempt, every
 runtime notes in the execution's logs (source: the activity's name) each failed attempt it will retry
 and each attempt that returned `ev.async_result()`. This module is the one place that writes those
-lines and reads them back.
+lines and reads them back; the execution core decides which attempt gets which note
+(`eventual_nb.runtime.core.retry_or_settle` returns it on its `RetryAt` or `AwaitToken`), and the
+runtimes only write it.
 """
 
 from __future__ import annotations

@@ -41,10 +41,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from eventual_nb import errors
-from eventual_nb.durations import deadline_after, optional_duration
-from eventual_nb.engine.history import CancelRequested, HistoryEvent, LogEntry, SignalReceived
+from eventual_nb.durations import deadline_after
+from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.events import envelope, source_of
-from eventual_nb.runtime.activity_runner import AttemptOutcome
+from eventual_nb.runtime import core
+from eventual_nb.runtime.activity_runner import token_result
 from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
@@ -78,12 +79,10 @@ from eventual_nb.runtime.base import (
     execution_id_of,
     signal_name_of,
 )
-from eventual_nb.runtime.ids import ulid
+from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, wire
 from eventual_nb.runtime.tokens import TokenSigner
-from eventual_nb.serde import from_json, to_json
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT, check_execution_name
 
 __all__ = ["AwsRuntime"]
 
@@ -296,21 +295,13 @@ class AwsRuntime(RuntimeBase):
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
-        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
-        if not isinstance(workflow_name, str):
-            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self.workflow_definition(workflow_name)
-        raw_input = definition.validate_input(_NO_INPUT if input is None else input)
+        definition, raw_input = self.start_definition(workflow, input)
         now = self.clock()
-        if name is None:
-            name = ulid(now)
-        else:
-            check_execution_name(name)
-        limit = optional_duration(timeout, what="timeout")
+        execution_id = core.execution_id_for(definition.name, name, now)
+        limit = core.timeout_limit(timeout, None)  # only an explicit one rides on the record
         if limit is not None:  # refused here, where the caller hears of it, not in the orchestrator's turn
             deadline_after(now, limit, what="timeout")
-        execution_id = f"{definition.name}/{name}"
-        service = definition.service.name if definition.service is not None else None
+        service = core.service_of(definition)
 
         def start() -> bool:
             created = self.executions.create(execution_id, definition.name, raw_input, now, service=service)
@@ -374,12 +365,8 @@ class AwsRuntime(RuntimeBase):
         encoded = encode_payload(signal, payload, self.served_services())
 
         def send() -> None:
-            current = self.executions.get(execution_id)
-            if current.status != ExecutionStatus.IN_PROGRESS:
-                raise errors.EventualError(
-                    f"cannot send signal '{name}' to execution '{execution_id}': it is {current.status.value}"
-                )
-            event = SignalReceived(timestamp=self.clock(), signal=name, payload=encoded, id=id)
+            status = self.executions.get(execution_id).status
+            event = core.signal_received(execution_id, status, name, encoded, id, self.clock())
             self.clients.send_workflow_event(execution_id, event_to_dict(event))
 
         await self._call(send)
@@ -418,10 +405,8 @@ class AwsRuntime(RuntimeBase):
 
     async def cancel_execution(self, id: str) -> None:
         def cancel() -> None:
-            current = self.executions.get(id)
-            if current.status != ExecutionStatus.IN_PROGRESS:
-                raise errors.EventualError(f"cannot cancel execution '{id}': it already ended {current.status.value}")
-            self.clients.send_workflow_event(id, event_to_dict(CancelRequested(timestamp=self.clock())))
+            event = core.cancel_requested(id, self.executions.get(id).status, self.clock())
+            self.clients.send_workflow_event(id, event_to_dict(event))
 
         await self._call(cancel)
 
@@ -441,46 +426,31 @@ class AwsRuntime(RuntimeBase):
         """The attempt's claim row while it still waits for its outcome and its execution runs."""
         row = self.executions.pending_claim(execution_id, seq, attempt)
         if row is None or self.executions.get(execution_id).status != ExecutionStatus.IN_PROGRESS:
-            raise self._not_pending(execution_id, seq, attempt)
+            raise core.token_not_pending(execution_id, seq, attempt)
         return row
 
-    @staticmethod
-    def _not_pending(execution_id: str, seq: int, attempt: int) -> errors.EventualError:
-        return errors.EventualError(
-            f"activity token for '{execution_id}' seq {seq} attempt {attempt} is no longer pending "
-            "(it completed, timed out, was retried, or its execution ended)"
-        )
-
     def _settle(self, execution_id: str, seq: int, attempt: int, outcome: AttemptOutcome) -> None:
-        """Settle the attempt on its claim row (exactly one completion wins), then send what it means."""
-        row = self.executions.settle_claim(execution_id, seq, attempt, outcome.kind)
+        """Settle the attempt on its claim row (exactly one completion wins), then send what it means, as
+        the worker would: the claim keeps the attempt's message, so a failure is retried per its policy
+        whether the attempt still ran or waited for its token."""
+        row = self.executions.settle_claim(execution_id, seq, attempt, outcome.kind.value)
         if row is None:
-            raise self._not_pending(execution_id, seq, attempt)
-        message: dict[str, Any] = (
-            row["message"]
-            if "message" in row
-            # the attempt still runs (its token was used before it returned): no retry can follow it
-            else {"execution_id": execution_id, "seq": seq, "attempt": attempt, "options": {}}
-        )
-        report_outcome(self.clients, message, outcome, "failed")
+            raise core.token_not_pending(execution_id, seq, attempt)
+        report_outcome(self.clients, _claimed_attempt(row, execution_id, seq, attempt), outcome)
 
     async def send_activity_success(self, token: str, result: Any = None) -> None:
         execution_id, seq, attempt = await self._call(self._verified, token)
 
         def complete() -> None:
-            row = self._pending(execution_id, seq, attempt)
-            name = row["message"].get("name") if "message" in row else None
-            definition = self.activity_definition(str(name)) if name else None
-            annotation = definition.shape.return_annotation if definition is not None else Any
-            what = f"result of activity '{name or '?'}'"
-            encoded = to_json(from_json(to_json(result, what=what), annotation, what=what), annotation, what=what)
-            self._settle(execution_id, seq, attempt, AttemptOutcome(kind="succeeded", result=encoded))
+            start = _claimed_attempt(self._pending(execution_id, seq, attempt), execution_id, seq, attempt)
+            encoded = token_result(self.activity_definition(start.name), start.name, result)
+            self._settle(execution_id, seq, attempt, core.succeeded(encoded))
 
         await self._call(complete)
 
     async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
         execution_id, seq, attempt = await self._call(self._verified, token)
-        outcome = AttemptOutcome(kind="failed", error=str(error), message=message or "", type_names=(str(error),))
+        outcome = core.failed_named(error, message)
 
         def fail() -> None:
             self._pending(execution_id, seq, attempt)
@@ -561,6 +531,14 @@ class AwsRuntime(RuntimeBase):
                 pause = min(pause, left)
             await asyncio.sleep(pause)
             pause = min(WAIT_LONGEST, pause * WAIT_FACTOR)
+
+
+def _claimed_attempt(row: Mapping[str, Any], execution_id: str, seq: int, attempt: int) -> StartAttempt:
+    """The attempt a claim row holds (its activity message); a row without one (a worker of an earlier
+    release) stands for an attempt of an unknown activity with the default options."""
+    if "message" in row:
+        return wire.attempt_from_message(row["message"])
+    return StartAttempt(execution_id, seq, attempt, "?", {}, core.ActivityOptions())
 
 
 def _environment_region() -> str | None:

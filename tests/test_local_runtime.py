@@ -351,6 +351,29 @@ async def lr_completed_while_running() -> str:
     return await lr_hands_out_token()
 
 
+#: the runtime under test, for `lr_fails_itself_by_token` to report through
+REPORTS_TO: dict[str, Any] = {}
+
+
+@ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="0.05s"))
+async def lr_fails_itself_by_token() -> str:
+    """Its first attempt reports its own failure by token while it still runs, then returns a value anyway."""
+    info = ev.activity_info()
+    ATTEMPTS[info.execution_id] += 1
+    if info.attempt == 1:
+        await REPORTS_TO["runtime"].send_activity_failure(info.token, "Busy", "reported while running")
+        return "returned after failing"
+    return f"attempt {info.attempt}"
+
+
+@ev.workflow
+async def lr_fails_itself() -> dict[str, Any]:
+    try:
+        return {"result": await lr_fails_itself_by_token()}
+    except ev.ActivityFailed as exc:
+        return {"error": exc.error, "message": exc.message, "attempts": exc.attempts}
+
+
 @ev.workflow
 async def lr_timers() -> dict[str, Any]:
     moments = [ev.now()]
@@ -714,6 +737,20 @@ async def test_a_token_used_while_the_attempt_runs_wins_over_its_return_value(re
     assert first(history, "ActivitySucceeded").result == "by token"
 
 
+async def test_a_token_failure_while_the_attempt_runs_is_retried_per_policy(rig: Rig) -> None:
+    """A failure reported by token while the attempt still runs is one failed attempt, retried per the
+    activity's policy on every runtime (AWS used to settle it as ActivityFailed, the TestEnvironment let the
+    attempt's own late return value win); what the attempt returns afterwards is dropped."""
+    ATTEMPTS.clear()
+    REPORTS_TO["runtime"] = rig.rt
+    handle = await lr_fails_itself.start()
+    assert await rig.finish(handle) == {"result": "attempt 2"}
+    assert ATTEMPTS[handle.id] == 2
+    history = await handle.history()
+    assert by_seq(history, first(history, "ActivityScheduled").seq) == ["ActivityScheduled", "ActivitySucceeded"]
+    assert first(history, "ActivitySucceeded").attempts == 2
+
+
 @ev.activity(retry=ev.RetryPolicy(max_attempts=2, initial_interval="0.05s"))
 def lr_sync_add(a: int, b: int) -> int:
     """A plain `def` activity (runs in a worker thread) that fails its first attempt."""
@@ -882,6 +919,35 @@ async def test_signal_to_finished_or_unknown_execution_raises(rig: Rig) -> None:
     assert await handle.history() == before
     with pytest.raises(ev.ExecutionNotFound):
         await lr_note.send("lr_collect_notes/nobody", "hi")
+
+
+@ev.workflow
+async def lr_notes_to(target: str) -> str:
+    await lr_note.send(target, "a late note")
+    return "sent"
+
+
+async def test_a_workflow_signal_to_an_ended_or_unknown_execution_is_logged_as_ignored(rig: Rig) -> None:
+    """Sent from a workflow, such a signal is recorded (SignalSent), not delivered, and the sender's log says
+    why, on every runtime (AWS used to send it and say nothing)."""
+    done = await lr_double.start(1)
+    assert await rig.finish(done) == 2
+    to_ended = await lr_notes_to.start(done.id)
+    to_nobody = await lr_notes_to.start("lr_double/nobody")
+    assert await rig.finish(to_ended) == "sent"
+    assert await rig.finish(to_nobody) == "sent"
+    assert types_of(await to_ended.history()).count("SignalSent") == 1
+    assert "SignalReceived" not in types_of(await done.history())
+    expected = {
+        to_ended: f"signal 'lr_note' to '{done.id}' ignored: it is SUCCEEDED",
+        to_nobody: "signal 'lr_note' to 'lr_double/nobody' ignored: no such execution",
+    }
+    for sender, line in expected.items():
+
+        async def logged(sender: ev.ExecutionHandle = sender, line: str = line) -> bool:
+            return line in [entry.message for entry in await sender.logs()]
+
+        await rig.until(logged, f"the line {line!r} in the sender's log")
 
 
 # ------------------------------------------------------------------------------------------ events

@@ -192,6 +192,8 @@ class WorkflowExecutor:
         self.ended = False
         self.ending = False
         self.terminal: HistoryEvent | None = None
+        #: once ended: the ids of the child executions it started whose result had not arrived
+        self.open_children: tuple[str, ...] = ()
         self.now = datetime(1970, 1, 1, tzinfo=UTC)
         self._fatal: BaseException | None = None
         #: a divergence found inside workflow code; raised out of step() even if the code caught it
@@ -515,6 +517,11 @@ class WorkflowExecutor:
         for task in self.loop.tasks:
             if task.done() and not task.cancelled():
                 task._log_traceback = False  # type: ignore[attr-defined]
+        self.open_children = tuple(
+            pending.child_id
+            for _, pending in sorted(self.pending.items())
+            if pending.kind == "child" and pending.child_id is not None
+        )
         self.pending.clear()
         self.timers.clear()
         self.conditions.clear()

@@ -1,8 +1,10 @@
-"""Runs one attempt of an activity with its context set: the part every runtime shares.
+"""Runs one attempt of an activity with its context set, and one subscription delivery: the part every
+runtime shares.
 
 It rebuilds the arguments from JSON, sets `ev.activity_info()`/`ev.heartbeat()` and output capture,
-runs the function (plain `def` in a worker thread), and turns the outcome into JSON or a failure
-description. Deciding about retries, timeouts and history is the runtime's job.
+runs the function (plain `def` in a worker thread), and turns the outcome into an `AttemptOutcome`. What
+the outcome means (retry, settle, wait for the token) is the execution core's decision
+(`eventual_nb.runtime.core.retry_or_settle`).
 """
 
 from __future__ import annotations
@@ -10,47 +12,58 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityContext, ActivityInfo, AsyncResult, _activity_context
 from eventual_nb.engine import capture
-from eventual_nb.engine.history import ScheduleActivity
-from eventual_nb.retry import exception_type_names
+from eventual_nb.events import Subscription
 from eventual_nb.runtime.base import HeartbeatResponse
-from eventual_nb.serde import to_json
+from eventual_nb.runtime.core.attempts import AttemptOutcome, failed, succeeded, waiting
+from eventual_nb.serde import from_json, to_json
 
 
-@dataclass
-class AttemptOutcome:
-    kind: str  # "succeeded" | "failed" | "async"
-    result: Any = None
-    error: str = ""
-    message: str = ""
-    type_names: tuple[str, ...] = field(default_factory=tuple)
-    retryable: bool = True
-    callback: Callable[[str], Any] | None = None
-
-
-def activity_options(command: ScheduleActivity) -> dict[str, Any]:
-    """Timeouts (seconds) and retry policy of an activity as every runtime stores and ships them: the
-    LocalRuntime's `activities.options` column and the AWS activity message's `options` field."""
-    return {
-        "timeout": None if command.timeout is None else command.timeout.total_seconds(),
-        "heartbeat_timeout": None if command.heartbeat_timeout is None else command.heartbeat_timeout.total_seconds(),
-        "retry": command.retry.model_dump(mode="json"),
-    }
-
-
-def failure(error: BaseException, *, retryable: bool = True) -> AttemptOutcome:
-    return AttemptOutcome(
-        kind="failed",
-        error=errors.error_type_name(error),
-        message=errors.error_message(error),
-        type_names=exception_type_names(error),
-        retryable=retryable,
+def attempt_info(
+    execution_id: str, name: str, seq: int, attempt: int, token: str | Callable[[], str], heartbeat_details: Any
+) -> ActivityInfo:
+    """What an attempt knows about itself (`ev.activity_info()`); its idempotency key names the call, so
+    every attempt of it (and every re-run after a crash) has the same one."""
+    return ActivityInfo(
+        execution_id=execution_id,
+        activity=name,
+        seq=seq,
+        attempt=attempt,
+        token=token,
+        idempotency_key=f"{execution_id}/{seq}",
+        heartbeat_details=heartbeat_details,
     )
+
+
+async def run_delivery(
+    subscription: Subscription, item: dict[str, Any], log_line: Callable[[str], None] | None
+) -> Exception | None:
+    """Deliver one event (`{"name", "event"}`) to a subscription's handler (sync or async), its output
+    captured by `log_line`; returns what the handler raised (retried or dead-lettered by the core's rule)."""
+    token = capture.log_sink.set(log_line) if log_line is not None else None
+    try:
+        value = subscription.handler(subscription.decode(item))
+        if inspect.isawaitable(value):
+            await value
+    except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
+        return exc
+    finally:
+        if token is not None and log_line is not None:
+            capture.flush_sink(log_line)
+            capture.log_sink.reset(token)
+    return None
+
+
+def token_result(activity: Activity[Any, Any] | None, name: str, result: Any) -> Any:
+    """The JSON of a result sent by token (`send_activity_success`), checked against the activity's return
+    annotation when the activity is served (an `InputValidationError` names it otherwise)."""
+    annotation = activity.shape.return_annotation if activity is not None else Any
+    what = f"result of activity '{name}'"
+    return to_json(from_json(to_json(result, what=what), annotation, what=what), annotation, what=what)
 
 
 async def run_attempt(
@@ -65,7 +78,7 @@ async def run_attempt(
     try:
         args, kwargs = activity.shape.unbind(call_input)
     except errors.EventualError as exc:
-        return failure(exc, retryable=False)
+        return failed(exc, retryable=False)
     context = ActivityContext(info=info, heartbeat=heartbeat, loop=asyncio.get_running_loop())
     capture.install()
     activity_token = _activity_context.set(context)
@@ -80,15 +93,15 @@ async def run_attempt(
             if inspect.isawaitable(value):
                 value = await value
     except Exception as exc:  # noqa: BLE001 - any failure of user code is a failed attempt
-        return failure(exc)
+        return failed(exc)
     finally:
         capture.flush_sink(log_line)
         capture.log_sink.reset(sink_token)
         _activity_context.reset(activity_token)
     if isinstance(value, AsyncResult):
-        return AttemptOutcome(kind="async", callback=value.callback)
+        return waiting(value.callback)
     try:
         result = to_json(value, activity.shape.return_annotation, what=f"the result of activity '{activity.name}'")
     except errors.EventualError as exc:
-        return failure(exc, retryable=False)
-    return AttemptOutcome(kind="succeeded", result=result)
+        return failed(exc, retryable=False)
+    return succeeded(result)

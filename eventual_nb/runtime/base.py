@@ -277,6 +277,17 @@ class RuntimeBase:
             )
         return found[0][1]
 
+    def start_definition(self, workflow: Any, input: Any) -> tuple[Workflow[Any], Any]:
+        """What `start_execution(workflow, input)` starts: the served definition of `workflow` (a workflow or
+        its name) and the input's JSON, checked against the workflow's annotation."""
+        from eventual_nb.workflows import _NO_INPUT
+
+        name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
+        if not isinstance(name, str):
+            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
+        definition = self.workflow_definition(name)
+        return definition, definition.validate_input(_NO_INPUT if input is None else input)
+
     def activity_definition(self, name: str) -> Activity[Any, Any] | None:
         from eventual_nb.activities import find_activity
 

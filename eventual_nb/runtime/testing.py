@@ -1,4 +1,5 @@
-"""`TestEnvironment`: the whole runtime in memory on a virtual clock, running the real engine.
+"""`TestEnvironment`: the whole runtime in memory on a virtual clock, running the real engine and the
+execution core (`eventual_nb.runtime.core`), which decides what every step, attempt and delivery means.
 
 Time never passes on its own: only `tick`, `advance`, `tick_until` and `result()` move it. Work that is
 due (workflow steps, activity attempts, timers, retries, signal deliveries, subscription deliveries)
@@ -21,38 +22,13 @@ from typing import Any, ClassVar
 
 from eventual_nb import errors
 from eventual_nb.activities import Activity, ActivityInfo
-from eventual_nb.attempts import async_note, retry_note
-from eventual_nb.durations import LATEST_DEADLINE, DurationLike, deadline_after, format_duration, optional_duration
+from eventual_nb.durations import LATEST_DEADLINE, DurationLike, deadline_after, format_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import WorkflowExecutor
-from eventual_nb.engine.history import (
-    ActivityFailed,
-    ActivityHeartbeatTimedOut,
-    ActivitySucceeded,
-    ActivityTimedOut,
-    CancelChildWorkflow,
-    CancelRequested,
-    CancelTimer,
-    ChildWorkflowFailed,
-    ChildWorkflowSucceeded,
-    Command,
-    HistoryEvent,
-    LogEntry,
-    PublishEvents,
-    ScheduleActivity,
-    SendSignal,
-    SignalReceived,
-    StartChildWorkflow,
-    StartTimer,
-    TimerCompleted,
-    WorkflowCancelled,
-    WorkflowFailed,
-    WorkflowStarted,
-    WorkflowSucceeded,
-)
+from eventual_nb.engine.history import Command, HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import Event, Subscription, envelope, event_name, find_event, source_of
-from eventual_nb.retry import RetryPolicy, exception_type_names
-from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_attempt
+from eventual_nb.runtime import core
+from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery, token_result
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -65,13 +41,26 @@ from eventual_nb.runtime.base import (
     listing_offset,
     signal_name_of,
 )
+from eventual_nb.runtime.core import (
+    ActivityOptions,
+    ArmTimer,
+    AttemptOutcome,
+    Deadlines,
+    Deliver,
+    DisarmTimer,
+    Finish,
+    Lineage,
+    Outcome,
+    Publish,
+    StartAttempt,
+    StartChild,
+)
 from eventual_nb.runtime.entity_memory import MemoryEntityStore
-from eventual_nb.runtime.ids import ulid
 from eventual_nb.runtime.tokens import TokenSigner
-from eventual_nb.serde import from_json, input_hash, to_json
+from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
+from eventual_nb.workflows import Workflow
 
 DEFAULT_RESULT_TIMEOUT = timedelta(days=3650)
 
@@ -170,8 +159,7 @@ class _ExecutionState:
     input: Any
     input_hash: str
     start_time: datetime
-    parent: str | None
-    parent_seq: int | None
+    lineage: Lineage
     history: list[HistoryEvent]
     order: int
     status: ExecutionStatus = ExecutionStatus.IN_PROGRESS
@@ -187,9 +175,7 @@ class _ExecutionState:
     #: why the execution cannot step (a determinism failure, a workflow that is no longer defined)
     blocked: errors.EventualError | None = None
     seen_signal_ids: set[str] = field(default_factory=set)
-    children: set[str] = field(default_factory=set)
-    timers: dict[int, _Work] = field(default_factory=dict)
-    service: str | None = None
+    timers: dict[str, _Work] = field(default_factory=dict)
     #: every command the engine issued for this execution, in order (read by `commands_of`)
     commands: list[Command] = field(default_factory=list)
 
@@ -204,7 +190,7 @@ class _ExecutionState:
             message=self.message,
             start_time=self.start_time,
             end_time=self.end_time,
-            parent=self.parent,
+            parent=self.lineage.parent,
         )
 
 
@@ -214,13 +200,16 @@ class _ActivityState:
     seq: int
     name: str
     input: dict[str, Any]
-    timeout: timedelta | None
-    heartbeat_timeout: timedelta | None
-    retry: RetryPolicy
+    options: ActivityOptions
     attempt: int = 0
-    status: str = "scheduled"  # scheduled | running | async | backoff | done
-    last_heartbeat: datetime | None = None
+    #: scheduled | running | async | hanging (a mocked timeout) | backoff | done
+    status: str = "scheduled"
+    deadlines: Deadlines = core.NO_DEADLINES
     heartbeat_details: Any = None
+
+    def settles(self, attempt: int) -> bool:
+        """Whether an outcome of `attempt` still decides something (it is the current one and unsettled)."""
+        return self.attempt == attempt and self.status in ("running", "async", "hanging")
 
 
 @dataclass(order=True)
@@ -450,56 +439,26 @@ class TestEnvironment(RuntimeBase):
     def _state(self, id: str) -> _ExecutionState:
         state = self._executions.get(id)
         if state is None:
-            raise errors.ExecutionNotFound(f"no execution with id '{id}'", execution_id=id)
+            raise core.not_found(id)
         return state
 
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
-        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
-        if not isinstance(workflow_name, str):
-            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self.workflow_definition(workflow_name)
-        return self._start(definition, _NO_INPUT if input is None else input, name, timeout, None, None)
+        definition, raw_input = self.start_definition(workflow, input)
+        execution_id = core.execution_id_for(definition.name, name, self._now)
+        return self._start(definition, raw_input, execution_id, timeout, Lineage.of(definition))
 
     def _start(
-        self,
-        definition: Workflow[Any],
-        value: Any,
-        name: str | None,
-        timeout: Any,
-        parent: str | None,
-        parent_seq: int | None,
-        *,
-        encoded: bool = False,
+        self, definition: Workflow[Any], raw_input: Any, execution_id: str, timeout: Any, lineage: Lineage
     ) -> ExecutionHandle:
-        if encoded:
-            raw_input = value
-        else:
-            raw_input = definition.validate_input(value)
-        if name is None:
-            name = ulid(self._now)
-        elif parent is None:
-            check_execution_name(name)
-        execution_id = f"{definition.name}/{name}"
         digest = input_hash(raw_input)
         existing = self._executions.get(execution_id)
-        if existing is not None:
-            if existing.input_hash == digest:
-                return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=True)
-            raise errors.ExecutionAlreadyExists(
-                f"execution '{execution_id}' already exists with a different input", execution_id=execution_id
-            )
-        limit = optional_duration(timeout, what="timeout")
-        if limit is None:
-            limit = definition.timeout
-        timeout_at = None if limit is None else deadline_after(self._now, limit, what="timeout")
-        started = WorkflowStarted(
-            timestamp=self._now,
-            workflow=definition.name,
-            input=raw_input,
-            parent=parent,
-            timeout_at=timeout_at,
+        if core.admit(execution_id, digest, existing.input_hash if existing is not None else None):
+            return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=True)
+        limit = core.timeout_limit(timeout, definition.timeout)
+        begun = core.begin(
+            execution_id, definition.name, raw_input, start=self._now, limit=limit, parent=lineage.parent
         )
         state = _ExecutionState(
             id=execution_id,
@@ -507,33 +466,27 @@ class TestEnvironment(RuntimeBase):
             input=raw_input,
             input_hash=digest,
             start_time=self._now,
-            parent=parent,
-            parent_seq=parent_seq,
-            history=[started],
+            lineage=lineage,
+            history=[begun.started],
             order=len(self._executions),
-            service=definition.service.name if definition.service else None,
         )
         self._executions[execution_id] = state
         self._schedule_step(state)
-        if timeout_at is not None:
-            assert limit is not None
-            self._schedule(timeout_at, lambda: self._workflow_timed_out(state, limit), f"timeout {execution_id}")
+        if begun.timeout is not None:
+            self._arm(begun.timeout)
         return ExecutionHandle(execution_id, definition.name, runtime=self)
 
-    async def _workflow_timed_out(self, state: _ExecutionState, limit: timedelta) -> None:
-        if state.status == ExecutionStatus.IN_PROGRESS:
-            self._deliver(
-                state,
-                WorkflowFailed(
-                    timestamp=self._now,
-                    error="WorkflowTimeout",
-                    message=f"execution '{state.id}' exceeded its timeout of {format_duration(limit)}",
-                ),
-            )
+    def _status_of(self, execution_id: str) -> ExecutionStatus | None:
+        state = self._executions.get(execution_id)
+        return None if state is None else state.status
 
     def _deliver(self, state: _ExecutionState, event: HistoryEvent) -> None:
         if state.status != ExecutionStatus.IN_PROGRESS:
             return
+        if isinstance(event, SignalReceived) and event.id is not None:
+            if event.id in state.seen_signal_ids:
+                return
+            state.seen_signal_ids.add(event.id)
         state.inbox.append(event)
         self._schedule_step(state)
 
@@ -568,13 +521,13 @@ class TestEnvironment(RuntimeBase):
         state.first_step_done = True
         self.steps += 1
         state.history.extend(output.events)
-        state.logs.extend(output.logs)
         state.commands.extend(output.commands)
-        for command in output.commands:
-            await self._carry_out(state, command)
+        turn = core.turn(executor, output, state.lineage, now=self._now, status_of=self._status_of)
+        state.logs.extend(turn.logs)
+        for action in turn.actions:
+            self._carry_out(action)
         if executor.ended:
             state.executor = None
-            self._finish(state, executor)
         elif self.always_replay:
             executor.close()
             state.executor = None
@@ -585,128 +538,56 @@ class TestEnvironment(RuntimeBase):
         if self._commit_listeners:
             self._notify_commit()
 
-    def _finish(self, state: _ExecutionState, executor: WorkflowExecutor) -> None:
-        terminal = executor.terminal
-        state.end_time = self._now
-        if isinstance(terminal, WorkflowSucceeded):
-            state.status = ExecutionStatus.SUCCEEDED
-            state.result = terminal.result
-        elif isinstance(terminal, WorkflowFailed):
-            state.status = ExecutionStatus.FAILED
-            state.error, state.message = terminal.error, terminal.message
-        elif isinstance(terminal, WorkflowCancelled):
-            state.status = ExecutionStatus.CANCELLED
+    def _carry_out(self, action: core.Action) -> None:
+        match action:
+            case StartAttempt():
+                activity = _ActivityState(action.execution_id, action.seq, action.name, action.input, action.options)
+                self._activities[(action.execution_id, action.seq)] = activity
+                self._schedule(self._now, lambda: self._attempt(activity), f"activity {action.name}")
+            case ArmTimer():
+                self._arm(action)
+            case DisarmTimer():
+                work = self._executions[action.execution_id].timers.pop(action.key, None)
+                if work is not None:
+                    work.cancelled = True
+            case Deliver():
+                target = self._executions.get(action.target)
+                if target is not None:
+                    self._deliver(target, action.event)
+            case Publish():
+                self._publish(action.envelopes, action.source)
+            case StartChild():
+                self._start_child(action)
+            case Finish():
+                self._finish(action)
+
+    def _finish(self, action: Finish) -> None:
+        state = self._executions[action.execution_id]
+        state.status, state.end_time = action.status, action.end_time
+        state.result, state.error, state.message = action.result, action.error, action.message
         for work in state.timers.values():
             work.cancelled = True
         state.timers.clear()
-        for child_id in sorted(state.children):
-            child = self._executions.get(child_id)
-            if child is not None and child.status == ExecutionStatus.IN_PROGRESS:
-                self._deliver(child, CancelRequested(timestamp=self._now))
-        if state.parent is not None and state.parent_seq is not None:
-            parent = self._executions.get(state.parent)
-            if parent is not None:
-                parent.children.discard(state.id)
-                if state.status == ExecutionStatus.SUCCEEDED:
-                    event: HistoryEvent = ChildWorkflowSucceeded(
-                        seq=state.parent_seq, timestamp=self._now, result=state.result
-                    )
-                elif state.status == ExecutionStatus.CANCELLED:
-                    event = ChildWorkflowFailed(
-                        seq=state.parent_seq,
-                        timestamp=self._now,
-                        error="ExecutionCancelled",
-                        message=f"child execution '{state.id}' was cancelled",
-                    )
-                else:
-                    event = ChildWorkflowFailed(
-                        seq=state.parent_seq,
-                        timestamp=self._now,
-                        error=state.error or "Error",
-                        message=state.message or "",
-                    )
-                self._deliver(parent, event)
 
-    async def _carry_out(self, state: _ExecutionState, command: Command) -> None:
-        if isinstance(command, ScheduleActivity):
-            activity = _ActivityState(
-                execution_id=state.id,
-                seq=command.seq,
-                name=command.name,
-                input=command.input,
-                timeout=command.timeout,
-                heartbeat_timeout=command.heartbeat_timeout,
-                retry=command.retry,
-            )
-            self._activities[(state.id, command.seq)] = activity
-            self._schedule(self._now, lambda: self._attempt(activity), f"activity {command.name}")
-        elif isinstance(command, StartTimer):
-            seq = command.seq
-            state.timers[seq] = self._schedule(
-                command.until, lambda: self._fire_timer(state, seq), f"timer {state.id} seq {seq}"
-            )
-        elif isinstance(command, CancelTimer):
-            work = state.timers.pop(command.seq, None)
-            if work is not None:
-                work.cancelled = True
-        elif isinstance(command, SendSignal):
-            self._signal_from_workflow(state, command)
-        elif isinstance(command, PublishEvents):
-            self._publish(command.events, state.service)
-        elif isinstance(command, StartChildWorkflow):
-            self._start_child(state, command)
-        elif isinstance(command, CancelChildWorkflow):
-            child = self._executions.get(command.child_id)
-            if child is not None and child.status == ExecutionStatus.IN_PROGRESS:
-                self._deliver(child, CancelRequested(timestamp=self._now))
+    def _arm(self, action: ArmTimer) -> None:
+        state = self._executions[action.execution_id]
+        key, fires = action.key, action.fires
 
-    async def _fire_timer(self, state: _ExecutionState, seq: int) -> None:
-        if state.timers.pop(seq, None) is not None:
-            self._deliver(state, TimerCompleted(seq=seq, timestamp=self._now))
+        async def fire() -> None:
+            if state.timers.pop(key, None) is not None:
+                self._deliver(state, core.timer_fired(fires, self._now))
 
-    def _start_child(self, state: _ExecutionState, command: StartChildWorkflow) -> None:
-        state.children.add(command.child_id)
-        if command.child_id in self._executions:
+        state.timers[key] = self._schedule(action.due, fire, f"timer {state.id} {key}")
+
+    def _start_child(self, action: StartChild) -> None:
+        if action.child_id in self._executions:
             return
         try:
-            definition = self.workflow_definition(command.workflow)
-            name = command.child_id.split("/", 1)[1]
-            self._start(definition, command.input, name, command.timeout, state.id, command.seq, encoded=True)
+            definition = self.workflow_definition(action.workflow)
+            lineage = Lineage.of(definition, action.parent, action.seq)
+            self._start(definition, action.input, action.child_id, action.timeout, lineage)
         except errors.EventualError as exc:
-            state.children.discard(command.child_id)
-            self._deliver(
-                state,
-                ChildWorkflowFailed(seq=command.seq, timestamp=self._now, error=type(exc).__name__, message=str(exc)),
-            )
-
-    def _signal_from_workflow(self, state: _ExecutionState, command: SendSignal) -> None:
-        target = self._executions.get(command.target)
-        if target is None:
-            state.logs.append(
-                LogEntry(
-                    time=self._now,
-                    message=f"signal '{command.signal}' to '{command.target}' ignored: no such execution",
-                    source="workflow",
-                )
-            )
-            return
-        if target.status != ExecutionStatus.IN_PROGRESS:
-            state.logs.append(
-                LogEntry(
-                    time=self._now,
-                    message=f"signal '{command.signal}' to '{command.target}' ignored: it is {target.status}",
-                    source="workflow",
-                )
-            )
-            return
-        self._receive_signal(target, command.signal, command.payload, command.id)
-
-    def _receive_signal(self, state: _ExecutionState, signal: str, payload: Any, signal_id: str | None) -> None:
-        if signal_id is not None:
-            if signal_id in state.seen_signal_ids:
-                return
-            state.seen_signal_ids.add(signal_id)
-        self._deliver(state, SignalReceived(timestamp=self._now, signal=signal, payload=payload, id=signal_id))
+            self._carry_out(core.child_not_started(action, exc))
 
     async def get_execution(self, id: str) -> Execution:
         return self._state(id).execution()
@@ -743,12 +624,9 @@ class TestEnvironment(RuntimeBase):
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
         execution_id = execution_id_of(execution)
         name = signal_name_of(signal)
+        encoded = encode_payload(signal, payload, self.served_services())
         state = self._state(execution_id)
-        if state.status != ExecutionStatus.IN_PROGRESS:
-            raise errors.EventualError(
-                f"cannot send signal '{name}' to execution '{execution_id}': it is {state.status.value}"
-            )
-        self._receive_signal(state, name, encode_payload(signal, payload, self.served_services()), id)
+        self._deliver(state, core.signal_received(execution_id, state.status, name, encoded, id, self._now))
 
     async def publish_events(self, *events: Any) -> None:
         for event in events:
@@ -756,9 +634,7 @@ class TestEnvironment(RuntimeBase):
 
     async def cancel_execution(self, id: str) -> None:
         state = self._state(id)
-        if state.status != ExecutionStatus.IN_PROGRESS:
-            raise errors.EventualError(f"cannot cancel execution '{id}': it already ended {state.status.value}")
-        self._deliver(state, CancelRequested(timestamp=self._now))
+        self._deliver(state, core.cancel_requested(id, state.status, self._now))
 
     # -- activities ----------------------------------------------------------------------------------
 
@@ -801,38 +677,34 @@ class TestEnvironment(RuntimeBase):
         activity.attempt += 1
         attempt = activity.attempt
         activity.status = "running"
-        activity.last_heartbeat = self._now
+        activity.deadlines = core.attempt_deadlines(activity.options, self._now)
+        self._watch(activity, attempt)
         token = self._signer.sign(activity.execution_id, activity.seq, attempt)
-        if activity.timeout is not None:
-            self._schedule(
-                deadline_after(self._now, activity.timeout, what=f"timeout of activity '{activity.name}'"),
-                lambda: self._attempt_deadline(activity, attempt),
-                f"activity timeout {activity.name}",
-            )
-        if activity.heartbeat_timeout is not None:
-            self._schedule(
-                deadline_after(
-                    self._now, activity.heartbeat_timeout, what=f"heartbeat_timeout of activity '{activity.name}'"
-                ),
-                lambda: self._heartbeat_deadline(activity, attempt),
-                f"heartbeat check {activity.name}",
-            )
         mock = self._mocks.get(activity.name)
         behaviour = mock.next_behaviour() if mock is not None else None
         definition = self.activity_definition(activity.name)
-        info = ActivityInfo(
-            execution_id=activity.execution_id,
-            activity=activity.name,
-            seq=activity.seq,
-            attempt=attempt,
-            token=token,
-            idempotency_key=f"{activity.execution_id}/{activity.seq}",
-            heartbeat_details=activity.heartbeat_details,
+        info = attempt_info(
+            activity.execution_id, activity.name, activity.seq, attempt, token, activity.heartbeat_details
         )
         outcome = await self._run_behaviour(activity, attempt, behaviour, definition, info)
-        if outcome is None:
+        if outcome is not None:
+            await self._settle_attempt(activity, attempt, outcome)
+
+    def _watch(self, activity: _ActivityState, attempt: int) -> None:
+        """Check the attempt's deadlines when the nearer one comes."""
+        due = activity.deadlines.next
+        if due is not None:
+            self._schedule(due, lambda: self._check_deadlines(activity, attempt), f"deadline of {activity.name}")
+
+    async def _check_deadlines(self, activity: _ActivityState, attempt: int) -> None:
+        if not activity.settles(attempt):
             return
-        await self._settle_attempt(activity, attempt, outcome)
+        deadlines = activity.deadlines
+        missed = core.missed_deadline(deadlines.deadline, deadlines.heartbeat, self._now)
+        if missed is None:
+            self._watch(activity, attempt)  # a heartbeat moved it
+        else:
+            await self._settle_attempt(activity, attempt, core.expired(missed, attempt, activity.options))
 
     async def _run_behaviour(
         self,
@@ -842,51 +714,21 @@ class TestEnvironment(RuntimeBase):
         definition: Activity[Any, Any] | None,
         info: ActivityInfo,
     ) -> AttemptOutcome | None:
+        """The outcome of the attempt as the mock (or the real activity) has it; None while it goes on."""
         kind = behaviour.kind if behaviour is not None else "invoke_real"
         if kind == "succeed":
             assert behaviour is not None
-            annotation = definition.shape.return_annotation if definition is not None else Any
-            try:
-                return AttemptOutcome(
-                    kind="succeeded",
-                    result=to_json(
-                        behaviour.value, annotation, what=f"the mocked result of activity '{activity.name}'"
-                    ),
-                )
-            except errors.EventualError as exc:
-                return failure(exc, retryable=False)
+            return self._mocked_result(activity, behaviour.value, definition)
         if kind == "fail":
             assert behaviour is not None
-            error = behaviour.value
-            if isinstance(error, type) and issubclass(error, BaseException):
-                error = error(behaviour.message) if behaviour.message else error()
-            if isinstance(error, BaseException):
-                return failure(error)
-            return AttemptOutcome(kind="failed", error=str(error), message=behaviour.message, type_names=(str(error),))
+            return _mocked_failure(behaviour.value, behaviour.message)
         if kind in ("timeout", "heartbeat_timeout"):
-            limit = activity.timeout if kind == "timeout" else activity.heartbeat_timeout
-            if limit is None:
-                await self._attempt_expired(activity, attempt, heartbeat=kind == "heartbeat_timeout")
-            elif kind == "heartbeat_timeout":
-                # no heartbeat will ever come: the scheduled check fires when the limit allows
-                activity.last_heartbeat = datetime.min.replace(tzinfo=UTC)
-            else:
-                # a mocked hang ends by the attempt's timeout, not by a heartbeat check that fires first
-                activity.status = "hanging"
-            return None
+            return self._mocked_hang(activity, attempt, heartbeat=kind == "heartbeat_timeout")
         if kind == "async_result":
             assert behaviour is not None
-            self._waits_for_completion(activity, attempt)
-            if behaviour.value is not None:
-                await _call(behaviour.value, info.token)
-            return None
+            return core.waiting(behaviour.value or _no_callback)
         if definition is None:
-            return AttemptOutcome(
-                kind="failed",
-                error="ActivityNotFound",
-                message=f"no activity named '{activity.name}' is served by this TestEnvironment",
-                retryable=False,
-            )
+            return core.not_served(activity.name, "TestEnvironment")
         invoke = behaviour.value if kind == "invoke" and behaviour is not None else None
         return await run_attempt(
             definition,
@@ -897,108 +739,55 @@ class TestEnvironment(RuntimeBase):
             invoke=invoke,
         )
 
+    @staticmethod
+    def _mocked_result(activity: _ActivityState, value: Any, definition: Activity[Any, Any] | None) -> AttemptOutcome:
+        annotation = definition.shape.return_annotation if definition is not None else Any
+        try:
+            return core.succeeded(to_json(value, annotation, what=f"the mocked result of activity '{activity.name}'"))
+        except errors.EventualError as exc:
+            return core.failed(exc, retryable=False)
+
+    @staticmethod
+    def _mocked_hang(activity: _ActivityState, attempt: int, *, heartbeat: bool) -> AttemptOutcome | None:
+        """A mocked `timeout()` hangs until its attempt's timeout (heartbeating meanwhile); a mocked
+        `heartbeat_timeout()` never heartbeats. Without the limit in question it times out at once."""
+        options = activity.options
+        kind = Outcome.HEARTBEAT_MISSED if heartbeat else Outcome.TIMED_OUT
+        if (options.heartbeat_timeout if heartbeat else options.timeout) is None:
+            return core.expired(kind, attempt, options)
+        if not heartbeat:
+            activity.status = "hanging"
+            activity.deadlines = Deadlines(activity.deadlines.deadline, None)
+        return None
+
     async def _settle_attempt(self, activity: _ActivityState, attempt: int, outcome: AttemptOutcome) -> None:
-        if activity.attempt != attempt or activity.status == "done":
-            return
-        if outcome.kind == "succeeded":
-            self._activity_done(
-                activity,
-                ActivitySucceeded(seq=activity.seq, timestamp=self._now, result=outcome.result, attempts=attempt),
-            )
-        elif outcome.kind == "async":
-            self._waits_for_completion(activity, attempt)
-            assert outcome.callback is not None
-            await _call(outcome.callback, self._signer.sign(activity.execution_id, activity.seq, attempt))
-        else:
-            self._attempt_failed(
-                activity,
-                attempt,
-                "failed",
-                outcome.error,
-                outcome.message,
-                outcome.type_names,
-                outcome.retryable,
-            )
-
-    def _waits_for_completion(self, activity: _ActivityState, attempt: int) -> None:
-        activity.status = "async"
-        self._log_for(activity.execution_id, activity.name)(async_note(activity.name, activity.seq, attempt))
-
-    def _attempt_failed(
-        self,
-        activity: _ActivityState,
-        attempt: int,
-        kind: str,
-        error: str,
-        message: str,
-        type_names: tuple[str, ...],
-        retryable: bool = True,
-    ) -> None:
-        if activity.attempt != attempt or activity.status == "done":
-            return
-        if retryable and activity.retry.retries(attempt, type_names):
-            activity.status = "backoff"
-            delay = activity.retry.delay_after(attempt)
-            due = deadline_after(self._now, delay, what="retry interval")
-            note = retry_note(activity.name, activity.seq, attempt, error, message, due, delay)
-            self._log_for(activity.execution_id, activity.name)(note)
-            self._schedule(due, lambda: self._attempt(activity), f"retry {activity.name}")
-            return
-        event: HistoryEvent
-        if kind == "timeout":
-            event = ActivityTimedOut(seq=activity.seq, timestamp=self._now, message=message, attempts=attempt)
-        elif kind == "heartbeat":
-            event = ActivityHeartbeatTimedOut(seq=activity.seq, timestamp=self._now, message=message, attempts=attempt)
-        else:
-            event = ActivityFailed(
-                seq=activity.seq, timestamp=self._now, error=error, message=message, attempts=attempt
-            )
-        self._activity_done(activity, event)
-
-    def _activity_done(self, activity: _ActivityState, event: HistoryEvent) -> None:
-        activity.status = "done"
-        self._activities.pop((activity.execution_id, activity.seq), None)  # its token is no longer pending
-        state = self._executions.get(activity.execution_id)
-        if state is not None:
-            self._deliver(state, event)
-
-    async def _attempt_deadline(self, activity: _ActivityState, attempt: int) -> None:
-        if activity.attempt == attempt and activity.status in ("running", "async", "hanging"):
-            await self._attempt_expired(activity, attempt, heartbeat=False)
-
-    async def _heartbeat_deadline(self, activity: _ActivityState, attempt: int) -> None:
-        if activity.attempt != attempt or activity.status not in ("running", "async"):
-            return
-        assert activity.heartbeat_timeout is not None and activity.last_heartbeat is not None
-        expires = deadline_after(activity.last_heartbeat, activity.heartbeat_timeout, what="heartbeat_timeout")
-        if expires <= self._now:
-            await self._attempt_expired(activity, attempt, heartbeat=True)
-        else:
-            self._schedule(
-                expires,
-                lambda: self._heartbeat_deadline(activity, attempt),
-                f"heartbeat check {activity.name}",
-            )
-
-    async def _attempt_expired(self, activity: _ActivityState, attempt: int, *, heartbeat: bool) -> None:
-        if heartbeat:
-            limit = activity.heartbeat_timeout
-            error: errors.Timeout = errors.HeartbeatTimeout(
-                f"no heartbeat within {format_duration(limit) if limit else 'its heartbeat timeout'}"
-            )
-        else:
-            limit = activity.timeout
-            error = errors.Timeout(
-                f"attempt {attempt} exceeded its timeout of {format_duration(limit) if limit else '0s'}"
-            )
-        self._attempt_failed(
-            activity,
-            attempt,
-            "heartbeat" if heartbeat else "timeout",
-            type(error).__name__,
-            str(error),
-            exception_type_names(error),
+        if not activity.settles(attempt):
+            return  # a late outcome of an attempt that timed out, was retried, or was completed by token
+        decision = core.retry_or_settle(
+            outcome,
+            name=activity.name,
+            seq=activity.seq,
+            attempt=attempt,
+            now=self._now,
+            policy=activity.options.retry,
         )
+        match decision:
+            case core.Settle(event=event):
+                activity.status = "done"
+                self._activities.pop((activity.execution_id, activity.seq), None)  # its token is no longer pending
+                state = self._executions.get(activity.execution_id)
+                if state is not None:
+                    self._deliver(state, event)
+            case core.RetryAt(due=due, note=note):
+                activity.status = "backoff"
+                self._log_for(activity.execution_id, activity.name)(note)
+                self._schedule(due, lambda: self._attempt(activity), f"retry {activity.name}")
+            case core.AwaitToken(note=note):
+                activity.status = "async"
+                activity.deadlines = core.heartbeat_at(activity.deadlines, activity.options, self._now)
+                self._log_for(activity.execution_id, activity.name)(note)
+                assert outcome.callback is not None
+                await _call(outcome.callback, self._signer.sign(activity.execution_id, activity.seq, attempt))
 
     async def _heartbeat(self, activity: _ActivityState, attempt: int, details: Any) -> HeartbeatResponse:
         state = self._executions.get(activity.execution_id)
@@ -1009,7 +798,7 @@ class TestEnvironment(RuntimeBase):
             and activity.status in ("running", "async")
         )
         if alive:
-            activity.last_heartbeat = self._now
+            activity.deadlines = core.heartbeat_at(activity.deadlines, activity.options, self._now)
             if details is not None:
                 activity.heartbeat_details = to_json(details, what="heartbeat details")
         return HeartbeatResponse(cancelled=not alive)
@@ -1025,30 +814,17 @@ class TestEnvironment(RuntimeBase):
             or state is None
             or state.status != ExecutionStatus.IN_PROGRESS
         ):
-            raise errors.EventualError(
-                f"activity token for '{execution_id}' seq {seq} attempt {attempt} is no longer pending "
-                "(it completed, timed out, was retried, or its execution ended)"
-            )
+            raise core.token_not_pending(execution_id, seq, attempt)
         return activity, attempt
 
     async def send_activity_success(self, token: str, result: Any = None) -> None:
         activity, attempt = self._pending_activity(token)
-        definition = self.activity_definition(activity.name)
-        annotation = definition.shape.return_annotation if definition is not None else Any
-        encoded = to_json(
-            from_json(
-                to_json(result, what="activity result"),
-                annotation,
-                what=f"result of activity '{activity.name}'",
-            ),
-            annotation,
-            what=f"result of activity '{activity.name}'",
-        )
-        await self._settle_attempt(activity, attempt, AttemptOutcome(kind="succeeded", result=encoded))
+        encoded = token_result(self.activity_definition(activity.name), activity.name, result)
+        await self._settle_attempt(activity, attempt, core.succeeded(encoded))
 
     async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
         activity, attempt = self._pending_activity(token)
-        self._attempt_failed(activity, attempt, "failed", str(error), message or "", (str(error),))
+        await self._settle_attempt(activity, attempt, core.failed_named(error, message))
 
     async def send_activity_heartbeat(self, token: str) -> HeartbeatResponse:
         execution_id, seq, attempt = self._signer.verify(token)
@@ -1063,10 +839,8 @@ class TestEnvironment(RuntimeBase):
         for item in envelopes:
             self._published.append((item, source))
             if self._subscriptions_enabled:
-                for service in self.served_services():
-                    for subscription in service.subscriptions.values():
-                        if subscription.matches(item["name"], source):
-                            self._schedule_delivery(subscription, item, 1)
+                for subscription in core.subscriptions_for(self.served_services(), item["name"], source):
+                    self._schedule_delivery(subscription, item, 1)
             for subscriber in list(self._test_subscribers):
                 if item["name"] in subscriber.names:
                     self._schedule(
@@ -1084,32 +858,18 @@ class TestEnvironment(RuntimeBase):
         def log_line(line: str) -> None:
             self.subscription_logs.append(LogEntry(time=self._now, message=line, source=subscription.name))
 
-        token = capture.log_sink.set(log_line)
-        try:
-            value = subscription.handler(subscription.decode(item))
-            if inspect.isawaitable(value):
-                await value
-        except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
-            if subscription.retry.retries(attempt, exception_type_names(exc)):
-                self._schedule(
-                    deadline_after(self._now, subscription.retry.delay_after(attempt), what="retry interval"),
-                    lambda: self._deliver_event(subscription, item, attempt + 1),
-                    f"subscription retry {subscription.name}",
-                )
-            else:
-                self._dead_letters.append(
-                    DeadLetter(
-                        event=item,
-                        subscription=subscription.name,
-                        error=errors.error_type_name(exc),
-                        message=errors.error_message(exc),
-                        attempts=attempt,
-                        time=self._now,
-                    )
-                )
-        finally:
-            capture.flush_sink(log_line)
-            capture.log_sink.reset(token)
+        error = await run_delivery(subscription, item, log_line)
+        if error is None:
+            return
+        decision = core.after_delivery(subscription.name, subscription.retry, item, attempt, error, self._now)
+        if isinstance(decision, DeadLetter):
+            self._dead_letters.append(decision)
+        else:
+            self._schedule(
+                decision.due,
+                lambda: self._deliver_event(subscription, item, decision.attempt),
+                f"subscription retry {subscription.name}",
+            )
 
     async def _deliver_to_test(self, subscriber: _TestSubscriber, item: dict[str, Any]) -> None:
         if subscriber.disposed:
@@ -1168,6 +928,19 @@ class TestEnvironment(RuntimeBase):
     def commands_of(self, id: str) -> list[Command]:
         """Every command the engine's steps issued for execution `id`, in order (read-only, for tests)."""
         return list(self._state(id).commands)
+
+
+def _mocked_failure(error: Any, message: str) -> AttemptOutcome:
+    """A mock's `fail(...)`: an exception (class or instance) or just an error name."""
+    if isinstance(error, type) and issubclass(error, BaseException):
+        error = error(message) if message else error()
+    if isinstance(error, BaseException):
+        return core.failed(error)
+    return core.failed_named(str(error), message)
+
+
+def _no_callback(token: str) -> None:
+    """`async_result()` without a callback: the test completes the activity with a token it gets elsewhere."""
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:

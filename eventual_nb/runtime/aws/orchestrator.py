@@ -10,10 +10,13 @@ each group becomes ONE turn:
    the sha256 of the event's canonical JSON) — SQS delivers at least once and moto forgets FIFO
    de-duplication as soon as the first copy is deleted;
 3. step the workflow; the first turn of an execution first records `WorkflowStarted`, built from the
-   execution record that `ExecutionStore.create` wrote;
-4. COMMIT the new events, the head's compare-and-swap, the record's terminal status (when the turn ended
-   the execution) and the turn's *dispatch actions* in ONE `TransactWriteItems`, before anything is sent;
-5. dispatch the actions (activity messages, timers, child starts, signals, published events, child
+   execution record that `ExecutionStore.create` wrote (`core.begin`);
+4. ask the execution core what the step means (`core.turn`, stamping each action with the time of the
+   call that issued it, so a duplicate turn builds equal actions); a signal's target is read here;
+5. COMMIT the new events, the head's compare-and-swap, the record's terminal status (the core's `Finish`,
+   when the turn ended the execution) and the turn's other actions in ONE `TransactWriteItems`, before
+   anything is sent;
+6. carry out the actions (activity messages, timers, child starts, signals, published events, child
    cancellations, the parent's notification) through a `Dispatch`, each idempotent under its own key.
 
 A `HistoryConflict` at the commit (another invocation committed first: a duplicate delivery running in
@@ -22,7 +25,8 @@ redelivers them and they replay on fresh state; nothing of the losing turn was w
 
 Re-dispatch after a crash between commit and dispatch
 -----------------------------------------------------
-The head item carries `pending`: the JSON list of the last committed turn's actions, written in the same
+The head item carries `pending`: the last committed turn's actions in their JSON form
+(`eventual_nb.runtime.core.wire`; the form may change between releases, stacks are redeployed), written in the same
 transaction as its events (and replaced, or removed, by the next turn's transaction). A turn that did
 not itself witness the previous turn's dispatch complete (no warm executor for exactly the head's
 length in this container) re-dispatches `pending` before stepping, skipping actions whose results are
@@ -47,41 +51,23 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from eventual_nb import errors
-from eventual_nb.durations import deadline_after, format_duration
-from eventual_nb.engine.executor import WorkflowExecutor
+from eventual_nb.engine.executor import StepOutput, WorkflowExecutor
 from eventual_nb.engine.history import (
     ACTIVITY_RESULTS,
-    CALL_EVENTS,
     CHILD_RESULTS,
     EVENT_ADAPTER,
     TERMINAL_EVENTS,
-    CancelChildWorkflow,
-    CancelRequested,
-    CancelTimer,
-    ChildWorkflowFailed,
-    ChildWorkflowScheduled,
-    ChildWorkflowSucceeded,
-    Command,
     HistoryEvent,
     LogEntry,
-    PublishEvents,
-    ScheduleActivity,
-    SendSignal,
-    SignalReceived,
-    StartChildWorkflow,
-    StartTimer,
     TimerCompleted,
     TimerScheduled,
-    WorkflowCancelled,
-    WorkflowFailed,
     WorkflowStarted,
-    WorkflowSucceeded,
 )
-from eventual_nb.runtime.activity_runner import activity_options
+from eventual_nb.runtime import core
 from eventual_nb.runtime.aws.stores import (
     TIMEOUT_ATTRIBUTE,
     ExecutionStore,
@@ -90,6 +76,18 @@ from eventual_nb.runtime.aws.stores import (
     HistoryStore,
 )
 from eventual_nb.runtime.base import ExecutionStatus
+from eventual_nb.runtime.core import (
+    TIMEOUT_TIMER_KEY,
+    ArmTimer,
+    Deliver,
+    DisarmTimer,
+    Finish,
+    Publish,
+    StartAttempt,
+    StartChild,
+    timer_key,
+    wire,
+)
 from eventual_nb.serde import canonical_json
 from eventual_nb.service import Service
 from eventual_nb.workflows import Workflow
@@ -100,8 +98,6 @@ LOGGER = logging.getLogger("eventual_nb.aws.orchestrator")
 MAX_QUEUE_DELAY_SECONDS = 900
 #: warm executors kept per container (least recently used are closed first)
 DEFAULT_MAX_CACHED = 1000
-#: the key of the workflow-timeout timer (user timers are keyed by their seq)
-TIMEOUT_TIMER_KEY = "timeout"
 
 
 class Dispatch(Protocol):
@@ -140,15 +136,14 @@ def event_message(execution_id: str, event: HistoryEvent) -> dict[str, Any]:
 
 @dataclass
 class _Progress:
-    """What the history says about calls still waiting: drives re-dispatch filtering and the end's clean-up."""
+    """What the history says about calls still waiting: drives re-dispatch filtering and the timers recalled
+    at the end."""
 
     keys: set[str] = field(default_factory=set)
     #: seqs whose result (activity, timer, child) is in history
     resolved: set[int] = field(default_factory=set)
     #: timer seq -> (scheduled at, due), for timers not completed yet
     timers: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)
-    #: child seq -> child id, for children without a result yet
-    children: dict[int, str] = field(default_factory=dict)
     started: WorkflowStarted | None = None
     terminal: HistoryEvent | None = None
     length: int = 0
@@ -161,12 +156,9 @@ class _Progress:
                 self.started = event
             elif isinstance(event, TimerScheduled) and event.seq is not None:
                 self.timers[event.seq] = (event.timestamp, event.until)
-            elif isinstance(event, ChildWorkflowScheduled) and event.seq is not None:
-                self.children[event.seq] = event.child_id
             elif isinstance(event, (*ACTIVITY_RESULTS, *CHILD_RESULTS, TimerCompleted)) and event.seq is not None:
                 self.resolved.add(event.seq)
                 self.timers.pop(event.seq, None)
-                self.children.pop(event.seq, None)
             elif isinstance(event, TERMINAL_EVENTS) and self.terminal is None:
                 self.terminal = event
 
@@ -177,7 +169,15 @@ class _Cached:
 
     executor: WorkflowExecutor
     progress: _Progress
-    parent_seq: int | None = None
+    lineage: core.Lineage
+
+
+@dataclass
+class _Opening:
+    """The first turn of an execution: its record, and the start built from it."""
+
+    record: dict[str, Any]
+    begun: core.Begun
 
 
 @dataclass
@@ -277,39 +277,75 @@ class Orchestrator:
         loaded = self._load(execution_id, cached)
         progress = loaded.progress
         if loaded.cached is None and loaded.pending:
-            self._redispatch(execution_id, loaded.pending, progress, messages)
+            self._redispatch(loaded.pending, progress, messages)
         if progress.terminal is not None:
             return  # events for an ended execution are dropped (its last actions were re-sent above)
-
-        record: dict[str, Any] | None = None
-        started = progress.started
-        first = started is None
-        if first:
-            record = self._record(execution_id)
-            if record is None:
-                LOGGER.warning("dropping %d message(s) for unknown execution %s", len(messages), execution_id)
+        opening: _Opening | None = None
+        if progress.started is None:
+            opening = self._opening(execution_id, len(messages))
+            if opening is None:
                 return
-            if record["status"] != ExecutionStatus.IN_PROGRESS.value:
-                return
-            started = self._started_from(execution_id, record)
+        started = opening.begun.started if opening is not None else progress.started
         assert started is not None
-
-        fresh: list[HistoryEvent] = []
-        seen = set(progress.keys)
-        for message in messages:
-            event = message.get("parsed")
-            if event is None:
-                continue
-            key = event_key(event)
-            if key in seen:
-                continue
-            seen.add(key)
-            fresh.append(event)
-        if not first and not fresh:
+        fresh = _fresh_events(messages, progress)
+        if opening is None and not fresh:
             self._keep(execution_id, loaded.cached)
             return
-
         definition = self._workflow(started.workflow)
+        executor, output = self._step(execution_id, definition, started, loaded, fresh, first=opening is not None)
+        events = ([started] if opening is not None else []) + output.events
+        lineage = self._lineage(execution_id, definition, started, loaded.cached, opening, ended=executor.ended)
+        expected = progress.length
+        progress.observe(events)
+        turn = core.turn(executor, output, lineage, now=None, status_of=self._status_of)
+        actions: list[core.Action] = list(turn.actions)
+        if opening is not None and opening.begun.timeout is not None:
+            actions.append(opening.begun.timeout)
+        finish = next((action for action in actions if isinstance(action, Finish)), None)
+        extra: list[dict[str, Any]] = []
+        if finish is not None:  # committed with the turn, not dispatched
+            actions.remove(finish)
+            actions.extend(_recall_long_timers(finish, started, progress))
+            extra.append(self._finish_item(started.workflow, finish))
+        if events or actions or extra:
+            try:
+                self.history.append(
+                    execution_id, expected, events, extra, pending=[wire.action_to_json(a) for a in actions]
+                )
+            except Exception:
+                executor.close()
+                raise
+            self.stats.commits += 1
+        for action in actions:
+            self._carry_out(action)
+        self.stats.dispatched_actions += len(actions)
+        if turn.logs:
+            self.dispatch.write_logs(execution_id, list(turn.logs))
+        if executor.ended:
+            executor.close()
+        else:
+            self._keep(execution_id, _Cached(executor, progress, lineage))
+
+    def _opening(self, execution_id: str, count: int) -> _Opening | None:
+        """The first turn's start, from the execution's record; None for an unknown or ended execution."""
+        record = self._record(execution_id)
+        if record is None:
+            LOGGER.warning("dropping %d message(s) for unknown execution %s", count, execution_id)
+            return None
+        if record["status"] != ExecutionStatus.IN_PROGRESS.value:
+            return None
+        return _Opening(record, self._begun_from(execution_id, record))
+
+    def _step(
+        self,
+        execution_id: str,
+        definition: Workflow[Any],
+        started: WorkflowStarted,
+        loaded: _Loaded,
+        fresh: list[HistoryEvent],
+        *,
+        first: bool,
+    ) -> tuple[WorkflowExecutor, StepOutput]:
         executor = loaded.cached.executor if loaded.cached is not None else None
         try:
             if executor is None:
@@ -318,53 +354,41 @@ class Orchestrator:
                 else:
                     executor = WorkflowExecutor(definition.code(), execution_id, loaded.history)
                     self.stats.replays += 1
-            output = executor.step(fresh)
+            return executor, executor.step(fresh)
         except Exception as exc:
             if executor is not None:
                 executor.close()
             self._note_blocked(execution_id, exc, started)
             raise
 
-        events = ([started] if first else []) + output.events
-        parent_seq = loaded.cached.parent_seq if loaded.cached is not None else None
+    def _lineage(
+        self,
+        execution_id: str,
+        definition: Workflow[Any],
+        started: WorkflowStarted,
+        cached: _Cached | None,
+        opening: _Opening | None,
+        *,
+        ended: bool,
+    ) -> core.Lineage:
+        """Service and parent of the execution: cached, or from the record (read only when needed)."""
+        known = cached.lineage if cached is not None else None
+        if known is not None and (known.parent_seq is not None or started.parent is None or not ended):
+            return known
+        parent_seq: int | None = None
+        record = opening.record if opening is not None else None
+        if record is None and started.parent is not None and ended:
+            record = self._record(execution_id)  # the parent must hear how it ended
         if record is not None and "parent_seq" in record:
             parent_seq = int(record["parent_seq"])
-        expected = progress.length
-        progress.observe(events)
-        service = definition.service.name if definition.service is not None else None
-        actions = [action for command in output.commands for action in self._actions(execution_id, command, events)]
-        if first and started.timeout_at is not None:
-            actions.append(self._timeout_action(execution_id, started))
-        if executor.ended:
-            if started.parent is not None and parent_seq is None:
-                found = self._record(execution_id)
-                if found is not None and "parent_seq" in found:
-                    parent_seq = int(found["parent_seq"])
-            actions.extend(self._end_actions(execution_id, executor, started, progress, parent_seq))
-        for action in actions:
-            if action["kind"] == "publish":
-                action["source"] = service
+        return core.Lineage.of(definition, started.parent, parent_seq)
 
-        extra: list[dict[str, Any]] = []
-        if executor.ended:
-            extra.append(self._finish_item(execution_id, started.workflow, executor))
-        if events or actions or extra:
-            try:
-                self._commit(execution_id, expected, events, actions, extra)
-            except Exception:
-                executor.close()
-                raise
-            self.stats.commits += 1
-
-        for action in actions:
-            self._carry_out(execution_id, action)
-        self.stats.dispatched_actions += len(actions)
-        if output.logs:
-            self.dispatch.write_logs(execution_id, list(output.logs))
-        if executor.ended:
-            executor.close()
-        else:
-            self._keep(execution_id, _Cached(executor, progress, parent_seq))
+    def _status_of(self, execution_id: str) -> ExecutionStatus | None:
+        """The status of a signal's target (one strongly consistent read), None if there is no such execution."""
+        try:
+            return self.executions.get(execution_id).status
+        except errors.ExecutionNotFound:
+            return None
 
     def _keep(self, execution_id: str, cached: _Cached | None) -> None:
         if cached is None:
@@ -412,168 +436,39 @@ class Orchestrator:
             raise errors.WorkflowNotFound(f"no workflow named '{name}' is served by this orchestrator", workflow=name)
         return found[0]
 
-    def _started_from(self, execution_id: str, record: dict[str, Any]) -> WorkflowStarted:
-        """The first event, built from the record only (so every turn that builds it builds the same one)."""
+    def _begun_from(self, execution_id: str, record: dict[str, Any]) -> core.Begun:
+        """The start, built from the record only (so every turn that builds it builds the same one)."""
         workflow = record["workflow"]
-        start = datetime.fromisoformat(record["start_time"])
         limit: timedelta | None
         if TIMEOUT_ATTRIBUTE in record:
             limit = timedelta(seconds=float(record[TIMEOUT_ATTRIBUTE]))
         else:
             limit = self._workflow(workflow).timeout
-        return WorkflowStarted(
-            timestamp=start,
-            workflow=workflow,
-            input=record.get("input"),
+        return core.begin(
+            execution_id,
+            workflow,
+            record.get("input"),
+            start=datetime.fromisoformat(record["start_time"]),
+            limit=limit,
             parent=record.get("parent"),
-            timeout_at=None if limit is None else deadline_after(start, limit, what="timeout"),
         )
 
-    # ------------------------------------------------------------------------------------------ commit
-
-    def _commit(
-        self,
-        execution_id: str,
-        expected: int,
-        events: Sequence[HistoryEvent],
-        actions: list[dict[str, Any]],
-        extra: list[dict[str, Any]],
-    ) -> int:
-        """Events, head (length CAS + `pending` actions) and `extra` items in one TransactWriteItems."""
-        return self.history.append(execution_id, expected, events, extra, pending=actions)
-
-    def _finish_item(self, execution_id: str, workflow: str, executor: WorkflowExecutor) -> dict[str, Any]:
-        terminal = executor.terminal
-        assert terminal is not None
-        if isinstance(terminal, WorkflowSucceeded):
-            return self.executions.finish_item(
-                execution_id, workflow, ExecutionStatus.SUCCEEDED, terminal.timestamp, result=terminal.result
-            )
-        if isinstance(terminal, WorkflowFailed):
-            return self.executions.finish_item(
-                execution_id,
-                workflow,
-                ExecutionStatus.FAILED,
-                terminal.timestamp,
-                error=terminal.error,
-                message=terminal.message,
-            )
-        return self.executions.finish_item(execution_id, workflow, ExecutionStatus.CANCELLED, terminal.timestamp)
+    def _finish_item(self, workflow: str, finish: Finish) -> dict[str, Any]:
+        """The record's terminal status, as an item of the turn's transaction."""
+        return self.executions.finish_item(
+            finish.execution_id,
+            workflow,
+            finish.status,
+            finish.end_time,
+            result=finish.result,
+            error=finish.error,
+            message=finish.message,
+        )
 
     # ---------------------------------------------------------------------------------------- actions
 
-    def _actions(self, execution_id: str, command: Command, events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
-        """A command as the JSON actions stored in `pending` (deterministic, so re-dispatch re-sends the same)."""
-        when = _call_time(events, getattr(command, "seq", None))
-        if isinstance(command, ScheduleActivity):
-            options = activity_options(command)
-            message = {
-                "execution_id": execution_id,
-                "seq": command.seq,
-                "attempt": 1,
-                "name": command.name,
-                "input": command.input,
-                "options": options,
-            }
-            return [{"kind": "activity", "seq": command.seq, "message": message}]
-        if isinstance(command, StartTimer):
-            fired = TimerCompleted(seq=command.seq, timestamp=command.until)
-            return [
-                {
-                    "kind": "timer",
-                    "seq": command.seq,
-                    "key": str(command.seq),
-                    "due": command.until.isoformat(),
-                    "event": fired.model_dump(mode="json"),
-                }
-            ]
-        if isinstance(command, CancelTimer):
-            return [{"kind": "cancel_timer", "key": str(command.seq)}]
-        if isinstance(command, SendSignal):
-            signal = SignalReceived(timestamp=when, signal=command.signal, payload=command.payload, id=command.id)
-            return [{"kind": "event", "target": command.target, "event": signal.model_dump(mode="json")}]
-        if isinstance(command, PublishEvents):
-            return [{"kind": "publish", "envelopes": command.events, "source": None}]
-        if isinstance(command, StartChildWorkflow):
-            return [
-                {
-                    "kind": "child",
-                    "seq": command.seq,
-                    "child_id": command.child_id,
-                    "workflow": command.workflow,
-                    "input": command.input,
-                    "start_time": when.isoformat(),
-                    "timeout": None if command.timeout is None else command.timeout.total_seconds(),
-                }
-            ]
-        if isinstance(command, CancelChildWorkflow):
-            cancel = CancelRequested(timestamp=when)
-            return [{"kind": "event", "target": command.child_id, "event": cancel.model_dump(mode="json")}]
-        return []  # CompleteWorkflow / FailWorkflow / CancelWorkflow: the record's finish item commits them
-
-    def _timeout_action(self, execution_id: str, started: WorkflowStarted) -> dict[str, Any]:
-        assert started.timeout_at is not None
-        limit = started.timeout_at - started.timestamp
-        failed = WorkflowFailed(
-            timestamp=started.timeout_at,
-            error="WorkflowTimeout",
-            message=f"execution '{execution_id}' exceeded its timeout of {format_duration(limit)}",
-        )
-        return {
-            "kind": "timer",
-            "seq": None,
-            "key": TIMEOUT_TIMER_KEY,
-            "due": started.timeout_at.isoformat(),
-            "event": failed.model_dump(mode="json"),
-        }
-
-    def _end_actions(
-        self,
-        execution_id: str,
-        executor: WorkflowExecutor,
-        started: WorkflowStarted,
-        progress: _Progress,
-        parent_seq: int | None,
-    ) -> list[dict[str, Any]]:
-        """Cancel running children and long (Scheduler) timers; tell the parent how the child ended."""
-        terminal = executor.terminal
-        assert terminal is not None
-        now = terminal.timestamp
-        actions: list[dict[str, Any]] = []
-        for _, child_id in sorted(progress.children.items()):
-            cancel = CancelRequested(timestamp=now)
-            actions.append({"kind": "event", "target": child_id, "event": cancel.model_dump(mode="json")})
-        long_timers = [(str(seq), at, due) for seq, (at, due) in sorted(progress.timers.items())]
-        if started.timeout_at is not None and now < started.timeout_at:  # it has not fired
-            long_timers.append((TIMEOUT_TIMER_KEY, started.timestamp, started.timeout_at))
-        for key, at, due in long_timers:
-            if (due - at).total_seconds() > MAX_QUEUE_DELAY_SECONDS:  # only a Scheduler schedule can be recalled
-                actions.append({"kind": "cancel_timer", "key": key})
-        if started.parent is not None and parent_seq is not None:
-            event: HistoryEvent
-            if isinstance(terminal, WorkflowSucceeded):
-                event = ChildWorkflowSucceeded(seq=parent_seq, timestamp=now, result=terminal.result)
-            elif isinstance(terminal, WorkflowCancelled):
-                event = ChildWorkflowFailed(
-                    seq=parent_seq,
-                    timestamp=now,
-                    error="ExecutionCancelled",
-                    message=f"child execution '{execution_id}' was cancelled",
-                )
-            else:
-                assert isinstance(terminal, WorkflowFailed)
-                event = ChildWorkflowFailed(
-                    seq=parent_seq, timestamp=now, error=terminal.error or "Error", message=terminal.message or ""
-                )
-            actions.append({"kind": "event", "target": started.parent, "event": event.model_dump(mode="json")})
-        return actions
-
     def _redispatch(
-        self,
-        execution_id: str,
-        pending: list[dict[str, Any]],
-        progress: _Progress,
-        messages: Sequence[dict[str, Any]],
+        self, pending: list[dict[str, Any]], progress: _Progress, messages: Sequence[dict[str, Any]]
     ) -> None:
         """Re-send the last committed turn's actions, except those whose result has evidently arrived."""
         arrived = set(progress.resolved)
@@ -581,81 +476,97 @@ class Orchestrator:
             event = message.get("parsed")
             if isinstance(event, (*ACTIVITY_RESULTS, *CHILD_RESULTS, TimerCompleted)) and event.seq is not None:
                 arrived.add(event.seq)
-        for action in pending:
-            if action["kind"] in ("activity", "timer", "child") and action.get("seq") in arrived:
+        for stored in pending:
+            action = wire.action_from_json(stored)
+            awaited = _awaited_seq(action)
+            if awaited is not None and awaited in arrived:
                 continue
-            self._carry_out(execution_id, action)
+            self._carry_out(action)
             self.stats.redispatched_actions += 1
 
-    def _carry_out(self, execution_id: str, action: dict[str, Any]) -> None:
-        kind = action["kind"]
-        if kind == "activity":
-            self.dispatch.send_activity(action["message"])
-        elif kind == "timer":
-            self.dispatch.schedule_timer(
-                execution_id, action["key"], datetime.fromisoformat(action["due"]), action["event"]
-            )
-        elif kind == "cancel_timer":
-            self.dispatch.cancel_timer(execution_id, action["key"])
-        elif kind == "event":
-            self.dispatch.send_workflow_event(action["target"], action["event"])
-        elif kind == "publish":
-            self.dispatch.publish(action["envelopes"], action.get("source"))
-        elif kind == "child":
-            self._start_child(execution_id, action)
-        else:
-            raise errors.EventualError(f"unknown pending action {kind!r} for execution '{execution_id}'")
+    def _carry_out(self, action: core.Action) -> None:
+        """Send one committed action through the dispatch (each send is idempotent by its key)."""
+        match action:
+            case StartAttempt():
+                self.dispatch.send_activity(wire.attempt_message(action))
+            case ArmTimer():
+                self.dispatch.schedule_timer(action.execution_id, action.key, action.due, wire.event_json(action.fires))
+            case DisarmTimer():
+                self.dispatch.cancel_timer(action.execution_id, action.key)
+            case Deliver():
+                self.dispatch.send_workflow_event(action.target, wire.event_json(action.event))
+            case Publish():
+                self.dispatch.publish(action.envelopes, action.source)
+            case StartChild():
+                self._start_child(action)
+            case Finish():
+                pass  # committed with its turn (`_finish_item`)
 
-    def _start_child(self, execution_id: str, action: dict[str, Any]) -> None:
+    def _start_child(self, action: StartChild) -> None:
         """Create the child's record (idempotent by its deterministic id) and send its start message."""
-        child_id, seq = action["child_id"], action["seq"]
-        failure: errors.EventualError | None = None
         try:
-            definition = self._workflow(action["workflow"])
+            definition = self._workflow(action.workflow)
             self.executions.create(
-                child_id,
-                action["workflow"],
-                action["input"],
-                datetime.fromisoformat(action["start_time"]),
-                parent=execution_id,
-                parent_seq=seq,
-                service=definition.service.name if definition.service is not None else None,
+                action.child_id,
+                action.workflow,
+                action.input,
+                action.start_time,
+                parent=action.parent,
+                parent_seq=action.seq,
+                service=core.service_of(definition),
             )
         except errors.EventualError as exc:  # no such workflow, or the id is taken with another input
-            failure = exc
-        if failure is not None:
-            failed = ChildWorkflowFailed(
-                seq=seq,
-                timestamp=datetime.fromisoformat(action["start_time"]),
-                error=type(failure).__name__,
-                message=str(failure),
-            )
-            self.dispatch.send_workflow_event(execution_id, failed.model_dump(mode="json"))
+            self._carry_out(core.child_not_started(action, exc))
             return
-        if action.get("timeout") is not None:
-            self.executions.set_timeout(child_id, float(action["timeout"]))
-        self.dispatch.start_child(child_id)
+        if action.timeout is not None:
+            self.executions.set_timeout(action.child_id, action.timeout.total_seconds())
+        self.dispatch.start_child(action.child_id)
 
     def _note_blocked(self, execution_id: str, error: BaseException, started: WorkflowStarted) -> None:
         """A turn that cannot step (changed code, missing definition) leaves a line in the execution's log."""
-        line = LogEntry(
-            time=started.timestamp,
-            message=f"execution cannot continue: {type(error).__name__}: {error}",
-            source="runtime",
-        )
+        line = LogEntry(time=started.timestamp, message=core.blocked_note(error), source="runtime")
         try:
             self.dispatch.write_logs(execution_id, [line])
         except Exception:  # the turn already fails; its messages are redelivered
             LOGGER.exception("could not log the failure of execution %s", execution_id)
 
 
-def _call_time(events: Sequence[HistoryEvent], seq: int | None) -> datetime:
-    """The timestamp of the call event with `seq` in this turn (else the turn's last event): deterministic."""
-    if seq is not None:
-        for event in events:
-            if event.seq == seq and isinstance(event, CALL_EVENTS):
-                return event.timestamp
-    return events[-1].timestamp if events else datetime.fromtimestamp(0, UTC)
+def _fresh_events(messages: Sequence[dict[str, Any]], progress: _Progress) -> list[HistoryEvent]:
+    """The messages' events that are not in history yet (by key), each once, in order."""
+    fresh: list[HistoryEvent] = []
+    seen = set(progress.keys)
+    for message in messages:
+        event = message.get("parsed")
+        if event is None:
+            continue
+        key = event_key(event)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(event)
+    return fresh
+
+
+def _awaited_seq(action: core.Action) -> int | None:
+    """The seq whose result makes re-sending `action` pointless (an attempt, a timer, a child's start)."""
+    match action:
+        case StartAttempt(seq=seq) | StartChild(seq=seq):
+            return seq
+        case ArmTimer(fires=fires):
+            return fires.seq
+    return None
+
+
+def _recall_long_timers(finish: Finish, started: WorkflowStarted, progress: _Progress) -> list[DisarmTimer]:
+    """At the end: the timers still pending that a Scheduler schedule holds (the only ones that can be
+    recalled; one on the timer queue arrives and is dropped, as events for an ended execution are)."""
+    timers = [(timer_key(seq), at, due) for seq, (at, due) in sorted(progress.timers.items())]
+    if started.timeout_at is not None and finish.end_time < started.timeout_at:  # it has not fired
+        timers.append((TIMEOUT_TIMER_KEY, started.timestamp, started.timeout_at))
+    return [
+        DisarmTimer(finish.execution_id, key)
+        for key, at, due in timers
+        if (due - at).total_seconds() > MAX_QUEUE_DELAY_SECONDS
+    ]
 
 
 def _body_execution_id(record: dict[str, Any]) -> str:

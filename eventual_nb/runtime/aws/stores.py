@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventual_nb import errors
 from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent
+from eventual_nb.runtime import core
 from eventual_nb.runtime.aws.clients import EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE
 from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, invalid_page_token, listing_offset
 from eventual_nb.serde import compact_json, input_hash
@@ -605,11 +606,8 @@ class ExecutionStore:
                 raise errors.EventualError(
                     f"execution '{execution_id}' both exists and does not: its record vanished during the start"
                 ) from None
-            if existing["input_hash"] == digest:
-                return False
-            raise errors.ExecutionAlreadyExists(
-                f"execution '{execution_id}' already exists with a different input", execution_id=execution_id
-            ) from None
+            core.admit(execution_id, digest, existing["input_hash"])  # raises for another input
+            return False
         return True
 
     @staticmethod
@@ -722,8 +720,17 @@ class ExecutionStore:
             return False
         return True
 
-    def claim(self, execution_id: str, seq: int, attempt: int, lease: timedelta = DEFAULT_CLAIM_LEASE) -> bool:
-        """True for the activity worker that may run (execution, seq, attempt) now.
+    def claim(
+        self,
+        execution_id: str,
+        seq: int,
+        attempt: int,
+        lease: timedelta = DEFAULT_CLAIM_LEASE,
+        *,
+        message: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """True for the activity worker that may run (execution, seq, attempt) now; `message` (the attempt's
+        activity message) is kept on the claim, so a completion by token decides with its retry policy.
 
         SQS delivers at least once, so a duplicate delivery of an attempt finds the claim taken. The claim
         holds a *lease*: how long its holder can still be running (the Lambda invocation's remaining time).
@@ -742,6 +749,7 @@ class ExecutionStore:
                         **self._claim_values(execution_id, seq, attempt),
                         "claimed_at": sort_time(now),
                         "lease_until": round((now + lease).timestamp(), 3),
+                        **({} if message is None else {"message": compact_json(message)}),
                     }
                 ),
                 ConditionExpression=(

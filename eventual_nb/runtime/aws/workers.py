@@ -37,12 +37,13 @@ worker and the API). It is only needed by activities that ask for their token; w
 
 Completion by token (`return ev.async_result(callback)`)
 --------------------------------------------------------
-The attempt's claim row records that it waits (`waiting`, and the activity message a retry re-sends),
-then the callback gets the token. `AwsRuntime.send_activity_success/failure` verify the token, settle the
-row with ONE conditional update (`settled`, so exactly one completion wins, even against the worker of a
-still-running attempt whose token was handed out), and send the outcome like the worker would
-(`report_outcome`: ActivitySucceeded, the next attempt after a failure the retry policy retries, or
-ActivityFailed). A heartbeat by token stamps the row and answers `cancelled` once the attempt was settled
+The claim row keeps the attempt's activity message (its retry policy; what a retry re-sends) from the
+moment it is claimed, and records when it waits (`waiting`); then the callback gets the token.
+`AwsRuntime.send_activity_success/failure` verify the token, settle the row with ONE conditional update
+(`settled`, so exactly one completion wins, even against the worker of a still-running attempt whose token
+was handed out), and send the outcome like the worker would (`report_outcome`, the execution core's
+`retry_or_settle`: ActivitySucceeded, the next attempt after a failure the retry policy retries — also
+for a failure reported while the attempt still runs — or ActivityFailed). A heartbeat by token stamps the row and answers `cancelled` once the attempt was settled
 or its execution ended. An attempt whose token was handed out settles its own outcome the same way, so a
 token used while it ran wins over the value it returns afterwards (as on the LocalRuntime).
 
@@ -69,27 +70,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from eventual_nb import errors
-from eventual_nb.activities import ActivityInfo, find_activity
-from eventual_nb.attempts import async_note, retry_note
-from eventual_nb.durations import deadline_after
-from eventual_nb.engine.history import (
-    ActivityFailed,
-    ActivityHeartbeatTimedOut,
-    ActivitySucceeded,
-    ActivityTimedOut,
-    HistoryEvent,
-    LogEntry,
-)
-from eventual_nb.retry import RetryPolicy, exception_type_names
-from eventual_nb.runtime.activity_runner import AttemptOutcome, failure, run_attempt
+from eventual_nb.activities import find_activity
+from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.runtime import core
+from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
-from eventual_nb.runtime.base import ExecutionStatus, HeartbeatResponse
+from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse
+from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, wire
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE, TokenSigner, environment_signing_key
 from eventual_nb.serde import to_json
 from eventual_nb.service import Service
@@ -217,7 +210,7 @@ class ActivityWorker:
     def handle_message(self, message: dict[str, Any], context: Any = None) -> AttemptReport:
         execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
         if message.get("check"):
-            return self._check_waiting(execution_id, seq, attempt, str(message["name"]))
+            return self._check_waiting(execution_id, seq, attempt)
         now = utc(self.clients.clock())
         not_before = message.get("not_before")
         if not_before and utc(datetime.fromisoformat(str(not_before))) > now:
@@ -231,49 +224,45 @@ class ActivityWorker:
             return AttemptReport("unknown")
         if status != ExecutionStatus.IN_PROGRESS:
             return AttemptReport("ended")
-        if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context)):
+        start = wire.attempt_from_message(message)
+        # the claim keeps the attempt (its retry policy): a completion by token while it runs decides with it
+        if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context), message=message):
             return AttemptReport("duplicate")
-        outcome, kind, watch, logs = self._loop.run(self._attempt(message, context))
-        self._write_logs(execution_id, logs)
-        if outcome.kind == "async":
-            report = self._wait_for_token(message, outcome, now)
-        elif watch.token_issued and self.executions.settle_claim(execution_id, seq, attempt, outcome.kind) is None:
+        outcome, watch, logs = self._loop.run(self._attempt(start, context))
+        _write_logs(self.clients, execution_id, logs)
+        if outcome.kind is Outcome.WAITING:
+            report = self._wait_for_token(start, outcome, now)
+        elif (
+            watch.token_issued and self.executions.settle_claim(execution_id, seq, attempt, outcome.kind.value) is None
+        ):
             report = AttemptReport("settled")  # its token was used while it ran: that completion won
         else:
-            report = self._settle(message, outcome, kind, watch)
+            report = report_outcome(self.clients, start, outcome, watch.details if watch.has_details else _NO_DETAILS)
         report.logs = logs
         return report
 
-    def _wait_for_token(self, message: dict[str, Any], outcome: AttemptOutcome, started: datetime) -> AttemptReport:
+    def _wait_for_token(self, start: StartAttempt, outcome: AttemptOutcome, started: datetime) -> AttemptReport:
         """Record on the claim row that the attempt waits for its token (and watch its deadlines), then hand
         the token to the callback."""
-        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+        execution_id, seq, attempt = start.execution_id, start.seq, start.attempt
         try:
             token = self._token(execution_id, seq, attempt)
         except errors.EventualError as exc:
-            if self.executions.settle_claim(execution_id, seq, attempt, "failed") is None:
+            if self.executions.settle_claim(execution_id, seq, attempt, Outcome.FAILED.value) is None:
                 return AttemptReport("settled")
-            return self._settle(message, failure(exc, retryable=False), "failed", _Watch(None, False, None, None))
-        options = message.get("options") or {}
-        timeout, heartbeat_timeout = options.get("timeout"), options.get("heartbeat_timeout")
-        deadline = None if timeout is None else deadline_after(started, float(timeout), what="activity timeout")
+            return report_outcome(self.clients, start, core.failed(exc, retryable=False))
         now = utc(self.clients.clock())
-        if not self.executions.wait_for_token(execution_id, seq, attempt, message, now, deadline):
+        deadlines = core.heartbeat_at(core.attempt_deadlines(start.options, started), start.options, now)
+        message = wire.attempt_message(start)
+        if not self.executions.wait_for_token(execution_id, seq, attempt, message, now, deadlines.deadline):
             return AttemptReport("settled")  # its token was used while it ran
-        name = str(message["name"])
-        self._write_logs(execution_id, [LogEntry(time=now, message=async_note(name, seq, attempt), source=name)])
-        if deadline is not None or heartbeat_timeout is not None:
-            due = min(
-                moment
-                for moment in (
-                    deadline,
-                    None
-                    if heartbeat_timeout is None
-                    else deadline_after(now, heartbeat_timeout, what="heartbeat_timeout"),
-                )
-                if moment is not None
-            )
-            self._send_check(execution_id, seq, attempt, str(message["name"]), due, now)
+        decision = core.retry_or_settle(
+            outcome, name=start.name, seq=seq, attempt=attempt, now=now, policy=start.options.retry
+        )
+        assert isinstance(decision, core.AwaitToken)
+        _note(self.clients, start, decision.note, now)
+        if deadlines.next is not None:
+            self._send_check(start, deadlines.next, now)
         assert outcome.callback is not None
         try:
             value = outcome.callback(token)
@@ -283,53 +272,40 @@ class ActivityWorker:
             LOGGER.exception("the async_result callback of activity %s of %s failed", seq, execution_id)
         return AttemptReport("waiting")
 
-    def _send_check(self, execution_id: str, seq: int, attempt: int, name: str, due: datetime, now: datetime) -> None:
-        check = {"check": True, "execution_id": execution_id, "seq": seq, "attempt": attempt, "name": name}
+    def _send_check(self, start: StartAttempt, due: datetime, now: datetime) -> None:
+        check = {
+            "check": True,
+            "execution_id": start.execution_id,
+            "seq": start.seq,
+            "attempt": start.attempt,
+            "name": start.name,
+        }
         self.clients.activity_queue.send(check, delay_seconds=max(1, _delay(due, now)))
 
-    def _check_waiting(self, execution_id: str, seq: int, attempt: int, name: str) -> AttemptReport:
+    def _check_waiting(self, execution_id: str, seq: int, attempt: int) -> AttemptReport:
         """A waiting attempt's deadline may have passed: settle it as timed out, or look again later."""
         row = self.executions.pending_claim(execution_id, seq, attempt)
-        if row is None or "message" not in row:
+        if row is None or "waiting" not in row:
             return AttemptReport("settled")
         try:
             if self.executions.get(execution_id).status != ExecutionStatus.IN_PROGRESS:
                 return AttemptReport("ended")
         except errors.ExecutionNotFound:
             return AttemptReport("unknown")
-        stored = row["message"]
-        limit = (stored.get("options") or {}).get("heartbeat_timeout")
-        heartbeat_timeout = None if limit is None else float(limit)
-        deadline = utc(datetime.fromisoformat(row["deadline"])) if "deadline" in row else None
-        heartbeat_deadline = (
-            deadline_after(
-                utc(datetime.fromisoformat(row["last_heartbeat"])), heartbeat_timeout, what="heartbeat_timeout"
-            )
-            if heartbeat_timeout is not None and "last_heartbeat" in row
-            else None
-        )
+        start = wire.attempt_from_message(row["message"])
+        deadlines = core.Deadlines(utc(datetime.fromisoformat(row["deadline"])) if "deadline" in row else None)
+        if "last_heartbeat" in row:
+            last = utc(datetime.fromisoformat(row["last_heartbeat"]))
+            deadlines = core.heartbeat_at(deadlines, start.options, last)
         now = utc(self.clients.clock())
-        candidates = [moment for moment in (deadline, heartbeat_deadline) if moment is not None]
-        if not candidates:
+        missed = core.missed_deadline(deadlines.deadline, deadlines.heartbeat, now)
+        if missed is None:
+            if deadlines.next is not None:
+                self._send_check(start, deadlines.next, now)
             return AttemptReport("waiting")
-        if now < min(candidates):
-            self._send_check(execution_id, seq, attempt, name, min(candidates), now)
-            return AttemptReport("waiting")
-        error: errors.Timeout
-        if (
-            heartbeat_deadline is not None
-            and heartbeat_deadline <= now
-            and (deadline is None or heartbeat_deadline <= deadline)
-        ):
-            kind = "heartbeat"
-            error = errors.HeartbeatTimeout(f"no heartbeat within {heartbeat_timeout:g}s")
-        else:
-            kind = "timeout"
-            timeout = (stored.get("options") or {}).get("timeout")
-            error = errors.Timeout(f"attempt {attempt} exceeded its timeout of {timeout}s")
-        if self.executions.settle_claim(execution_id, seq, attempt, kind) is None:
+        if self.executions.settle_claim(execution_id, seq, attempt, missed.value) is None:
             return AttemptReport("settled")
-        return report_outcome(self.clients, stored, failure(error), kind)
+        return report_outcome(self.clients, start, core.expired(missed, attempt, start.options))
 
     # ------------------------------------------------------------------------------------ running
 
@@ -341,31 +317,11 @@ class ActivityWorker:
             )
         return self._signer.sign(execution_id, seq, attempt)
 
-    async def _attempt(
-        self, message: dict[str, Any], context: Any
-    ) -> tuple[AttemptOutcome, str, _Watch, list[LogEntry]]:
-        """Run the attempt under its watchdog; returns (outcome, kind, watch, log lines).
-
-        kind is "failed" for an ordinary outcome, "timeout" or "heartbeat" when a deadline passed."""
-        execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
-        name = str(message["name"])
-        options = message.get("options") or {}
+    async def _attempt(self, start: StartAttempt, context: Any) -> tuple[AttemptOutcome, _Watch, list[LogEntry]]:
+        """Run the attempt under its watchdog; returns (outcome, watch, log lines)."""
+        execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        timeout = options.get("timeout")
-        deadline = None if timeout is None else start + float(timeout)
-        lambda_limit = _lambda_seconds_left(context)
-        deadline_is_lambda = False
-        if lambda_limit is not None and (deadline is None or start + lambda_limit < deadline):
-            deadline, deadline_is_lambda = start + lambda_limit, True
-        heartbeat_timeout = options.get("heartbeat_timeout")
-        watch = _Watch(
-            deadline=deadline,
-            deadline_is_lambda=deadline_is_lambda,
-            heartbeat_timeout=None if heartbeat_timeout is None else float(heartbeat_timeout),
-            heartbeat_deadline=None if heartbeat_timeout is None else start + float(heartbeat_timeout),
-            last_check=time.monotonic(),
-        )
+        watch = _watch(start.options, loop.time(), _lambda_seconds_left(context))
         logs: list[LogEntry] = []
 
         def token() -> str:
@@ -388,54 +344,25 @@ class ActivityWorker:
 
         definition = find_activity(name, self.services)
         if definition is None:
-            missing = AttemptOutcome(
-                kind="failed",
-                error="ActivityNotFound",
-                message=f"no activity named '{name}' is served by this worker",
-                retryable=False,
-            )
-            return missing, "failed", watch, logs
-        info = ActivityInfo(
-            execution_id=execution_id,
-            activity=name,
-            seq=seq,
-            attempt=attempt,
-            token=token,
-            idempotency_key=f"{execution_id}/{seq}",
-            heartbeat_details=message.get("heartbeat_details"),
-        )
-        task = asyncio.ensure_future(
-            run_attempt(definition, dict(message.get("input") or {}), info, heartbeat, log_line)
-        )
+            return core.not_served(name, "worker"), watch, logs
+        info = attempt_info(execution_id, name, seq, attempt, token, start.heartbeat_details)
+        task = asyncio.ensure_future(run_attempt(definition, start.input, info, heartbeat, log_line))
         while True:
             waits = [d - loop.time() for d in (watch.deadline, watch.heartbeat_deadline) if d is not None]
             done, _ = await asyncio.wait({task}, timeout=max(0.0, min(waits)) if waits else None)
             if done:
                 try:
-                    return task.result(), "failed", watch, logs
+                    return task.result(), watch, logs
                 except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
-                    return failure(exc), "failed", watch, logs
-            now = loop.time()
-            kind = ""
-            error: errors.Timeout
-            if watch.heartbeat_deadline is not None and now >= watch.heartbeat_deadline:
-                assert watch.heartbeat_timeout is not None
-                kind = "heartbeat"
-                error = errors.HeartbeatTimeout(f"no heartbeat within {watch.heartbeat_timeout:g}s")
-            elif watch.deadline is not None and now >= watch.deadline:
-                kind = "timeout"
-                if watch.deadline_is_lambda:
-                    error = errors.Timeout(
-                        f"attempt {attempt} ran out of the activity function's time limit "
-                        f"(stopped {LAMBDA_SAFETY_SECONDS:g}s before it, to report the timeout)"
-                    )
-                else:
-                    error = errors.Timeout(f"attempt {attempt} exceeded its timeout of {timeout}s")
-            if kind:
+                    return core.failed(exc), watch, logs
+            missed = core.missed_deadline(watch.deadline, watch.heartbeat_deadline, loop.time())
+            if missed is not None:
                 watch.stopped = True
                 task.cancel()  # a plain `def` keeps running in its thread: it cannot be stopped, only abandoned
                 await asyncio.wait({task}, timeout=1.0)
-                return failure(error), kind, watch, logs
+                stopped_by_lambda = missed is Outcome.TIMED_OUT and watch.deadline_is_lambda
+                reason = _LAMBDA_LIMIT.format(attempt=attempt) if stopped_by_lambda else None
+                return core.expired(missed, attempt, start.options, message=reason), watch, logs
 
     def _ended(self, execution_id: str) -> bool:
         try:
@@ -443,79 +370,76 @@ class ActivityWorker:
         except errors.ExecutionNotFound:
             return True
 
-    def _write_logs(self, execution_id: str, logs: list[LogEntry]) -> None:
-        """Best effort: losing an attempt's output is better than losing its outcome (already claimed)."""
-        if not logs:
-            return
-        try:
-            self.clients.write_logs(execution_id, logs)
-        except Exception:
-            LOGGER.exception("could not write %d log lines of execution %s", len(logs), execution_id)
 
-    # ----------------------------------------------------------------------------------- settling
+#: why an attempt stopped by the Lambda's own time limit timed out
+_LAMBDA_LIMIT = (
+    f"attempt {{attempt}} ran out of the activity function's time limit (stopped {LAMBDA_SAFETY_SECONDS:g}s "
+    "before it, to report the timeout)"
+)
 
-    def _settle(self, message: dict[str, Any], outcome: AttemptOutcome, kind: str, watch: _Watch) -> AttemptReport:
-        details = watch.details if watch.has_details else _NO_DETAILS
-        return report_outcome(self.clients, message, outcome, kind, details)
+
+def _watch(options: ActivityOptions, start: float, lambda_limit: float | None) -> _Watch:
+    """The deadlines of an attempt starting at `start` (loop seconds): its timeout or, sooner, the Lambda's."""
+    timeout, heartbeat_timeout = options.timeout, options.heartbeat_timeout
+    deadline = None if timeout is None else start + timeout.total_seconds()
+    deadline_is_lambda = False
+    if lambda_limit is not None and (deadline is None or start + lambda_limit < deadline):
+        deadline, deadline_is_lambda = start + lambda_limit, True
+    heartbeat = None if heartbeat_timeout is None else heartbeat_timeout.total_seconds()
+    return _Watch(
+        deadline=deadline,
+        deadline_is_lambda=deadline_is_lambda,
+        heartbeat_timeout=heartbeat,
+        heartbeat_deadline=None if heartbeat is None else start + heartbeat,
+        last_check=time.monotonic(),
+    )
 
 
 #: `report_outcome`'s marker for "the attempt reported no heartbeat details"
 _NO_DETAILS: Any = object()
 
 
-def _note_retry(
-    clients: AwsClients, message: dict[str, Any], outcome: AttemptOutcome, now: datetime, delay: timedelta
-) -> None:
-    """Log the retry in the execution's logs (`eventual_nb.attempts`); a note that cannot be written is only
-    a note: the retry itself is already on its way."""
-    name, seq, attempt = str(message.get("name", "")), int(message["seq"]), int(message["attempt"])
+def _note(clients: AwsClients, start: StartAttempt, note: str, now: datetime) -> None:
+    """Log the core's note of an attempt that did not end its call (its source: the activity's name)."""
+    _write_logs(clients, start.execution_id, [LogEntry(time=now, message=note, source=start.name)])
+
+
+def _write_logs(clients: AwsClients, execution_id: str, logs: list[LogEntry]) -> None:
+    """Best effort: losing an attempt's output (or a note) is better than losing its outcome (already claimed
+    or sent)."""
+    if not logs:
+        return
     try:
-        note = retry_note(name, seq, attempt, outcome.error, outcome.message, now + delay, delay)
-        clients.write_logs(str(message["execution_id"]), [LogEntry(time=now, message=note, source=name)])
+        clients.write_logs(execution_id, logs)
     except Exception:
-        LOGGER.exception("could not note the retry of activity %s of %s", seq, message["execution_id"])
+        LOGGER.exception("could not write %d log lines of execution %s", len(logs), execution_id)
 
 
 def report_outcome(
-    clients: AwsClients, message: dict[str, Any], outcome: AttemptOutcome, kind: str, details: Any = _NO_DETAILS
+    clients: AwsClients, start: StartAttempt, outcome: AttemptOutcome, details: Any = _NO_DETAILS
 ) -> AttemptReport:
-    """Send a settled attempt's outcome: success -> ActivitySucceeded; failure -> the next attempt's message
-    (after its backoff) while the retry policy allows, else the failure event (timed out, heartbeat timed
-    out, or failed, by `kind`). Shared by the worker and by completion by token (`AwsRuntime`)."""
-    execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
+    """Send what a settled attempt's outcome means (`core.retry_or_settle`): the event that settles the call,
+    or the next attempt's message after its backoff (`details`: heartbeat details the attempt reported, for
+    the next one). Shared by the worker and by completion by token (`AwsRuntime`)."""
     now = utc(clients.clock())
-    event: HistoryEvent
-    if outcome.kind == "succeeded":
-        event = ActivitySucceeded(seq=seq, timestamp=now, result=outcome.result, attempts=attempt)
-        clients.send_workflow_event(execution_id, event_to_dict(event))
-        return AttemptReport("ran", event=event)
-    options = message.get("options") or {}
-    policy = RetryPolicy.model_validate(options.get("retry") or {})
-    type_names = outcome.type_names or (outcome.error,)
-    if outcome.retryable and policy.retries(attempt, type_names):
-        backoff = policy.delay_after(attempt).total_seconds()
-        following: dict[str, Any] = {
-            key: message[key]
-            for key in ("execution_id", "seq", "name", "input", "options", "heartbeat_details")
-            if key in message
-        }
-        following["attempt"] = attempt + 1
-        if details is not _NO_DETAILS:
-            following["heartbeat_details"] = details
-        if backoff > MAX_SQS_DELAY_SECONDS:  # hops through the queue until then
-            following["not_before"] = deadline_after(now, backoff, what="retry interval").isoformat()
-        delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
-        clients.activity_queue.send(following, delay_seconds=delay)
-        _note_retry(clients, message, outcome, now, policy.delay_after(attempt))
-        return AttemptReport("ran", retry_delay=delay)
-    if kind == "timeout":
-        event = ActivityTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
-    elif kind == "heartbeat":
-        event = ActivityHeartbeatTimedOut(seq=seq, timestamp=now, message=outcome.message, attempts=attempt)
-    else:
-        event = ActivityFailed(seq=seq, timestamp=now, error=outcome.error, message=outcome.message, attempts=attempt)
-    clients.send_workflow_event(execution_id, event_to_dict(event))
-    return AttemptReport("ran", event=event)
+    decision = core.retry_or_settle(
+        outcome, name=start.name, seq=start.seq, attempt=start.attempt, now=now, policy=start.options.retry
+    )
+    match decision:
+        case core.Settle(event=event):
+            clients.send_workflow_event(start.execution_id, event_to_dict(event))
+            return AttemptReport("ran", event=event)
+        case core.RetryAt(due=due, attempt=following, note=note):
+            kept = start.heartbeat_details if details is _NO_DETAILS else details
+            message = wire.attempt_message(replace(start, attempt=following, heartbeat_details=kept))
+            backoff = (due - now).total_seconds()
+            if backoff > MAX_SQS_DELAY_SECONDS:  # hops through the queue until then
+                message["not_before"] = due.isoformat()
+            delay = min(MAX_SQS_DELAY_SECONDS, math.ceil(backoff))
+            clients.activity_queue.send(message, delay_seconds=delay)
+            _note(clients, start, note, now)  # the retry is on its way: the note comes second
+            return AttemptReport("ran", retry_delay=delay)
+    raise errors.EventualError(f"activity {start.seq} of '{start.execution_id}' waits for its token: nothing to report")
 
 
 def _delay(until: datetime, now: datetime) -> int:
@@ -604,30 +528,42 @@ class SubscriptionWorker:
                 self.deliver(record)
             except Exception as exc:
                 LOGGER.exception("subscription delivery %s failed", record.get("messageId"))
-                if self._dead_letter(record, exc):
+                decision = self._after_failure(record, exc)
+                if isinstance(decision, DeadLetter) and self._dead_letter(record, decision):
                     continue
                 failed.append(str(record["messageId"]))
-                self._back_off(record, exc)
+                if isinstance(decision, core.RetryDeliveryAt):
+                    self._back_off(record, decision)
         return _batch_failures(failed)
 
-    def _dead_letter(self, record: Mapping[str, Any], error: BaseException) -> bool:
-        """Move a delivery whose last attempt failed to the dead-letter queue, with its error; True if moved.
-
-        False while the retry policy allows another attempt, or when the move itself failed (the redrive
-        policy then dead-letters it, without the reason)."""
+    def _after_failure(
+        self, record: Mapping[str, Any], error: BaseException
+    ) -> core.RetryDeliveryAt | DeadLetter | None:
+        """What the core decides about a failed delivery (its attempt: the receive count); None when the
+        subscription is unknown here (the queue's redrive policy decides then)."""
         try:
             subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
-            policy: RetryPolicy = subscription.retry
             received = int((record.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
-            if policy.retries(received, exception_type_names(error)):
-                return False
+            envelope = json.loads(record["body"])
+            item = {"name": envelope.get("detail-type"), "event": envelope.get("detail")}
+        except Exception:
+            LOGGER.exception("cannot decide about failed delivery %s", record.get("messageId"))
+            return None
+        now = utc(self.clients.clock())
+        return core.after_delivery(subscription.name, subscription.retry, item, received, error, now)
+
+    def _dead_letter(self, record: Mapping[str, Any], letter: DeadLetter) -> bool:
+        """Move a delivery whose last attempt failed to the dead-letter queue, with its error; True if moved.
+
+        False when the move itself failed (the redrive policy then dead-letters it, without the reason)."""
+        try:
             url = self._dead_letter_url(str(record["eventSourceARN"]))
             if url is None:
                 return False
             attributes = {
-                DEAD_LETTER_ERROR: errors.error_type_name(error),
-                DEAD_LETTER_MESSAGE: errors.error_message(error),
-                DEAD_LETTER_ATTEMPTS: str(received),
+                DEAD_LETTER_ERROR: letter.error,
+                DEAD_LETTER_MESSAGE: letter.message,
+                DEAD_LETTER_ATTEMPTS: str(letter.attempts),
             }
             self.clients.client("sqs").send_message(
                 QueueUrl=url,
@@ -671,19 +607,15 @@ class SubscriptionWorker:
         subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
         envelope = json.loads(record["body"])
         item = {"name": str(envelope["detail-type"]), "event": envelope["detail"]}
-        value = subscription.handler(subscription.decode(item))
-        if inspect.isawaitable(value):
-            self._loop.run(_awaited(value))
+        error = self._loop.run(run_delivery(subscription, item, None))
+        if error is not None:
+            raise error
 
-    def _back_off(self, record: Mapping[str, Any], error: BaseException) -> None:
+    def _back_off(self, record: Mapping[str, Any], retry: core.RetryDeliveryAt) -> None:
         """Make a failed delivery wait its subscription's backoff before SQS offers it again (best effort)."""
         try:
-            subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
-            policy: RetryPolicy = subscription.retry
-            received = int((record.get("attributes") or {}).get("ApproximateReceiveCount", "1"))
-            if not policy.retries(received, exception_type_names(error)):
-                return  # the redrive policy dead-letters it on the next receive
-            seconds = min(MAX_VISIBILITY_SECONDS, math.ceil(policy.delay_after(received).total_seconds()))
+            wait = (retry.due - utc(self.clients.clock())).total_seconds()
+            seconds = max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(wait)))
             url = self.clients.client("sqs").get_queue_url(QueueName=str(record["eventSourceARN"]).rsplit(":", 1)[-1])
             self.clients.client("sqs").change_message_visibility(
                 QueueUrl=url["QueueUrl"], ReceiptHandle=record["receiptHandle"], VisibilityTimeout=seconds

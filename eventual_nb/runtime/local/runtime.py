@@ -3,7 +3,9 @@
 One scheduler task owns the database. Each round it takes everything that is ready — API requests
 (starts, signals, cancels, publishes, token completions), finished activity attempts and subscription
 deliveries, due timers — steps every execution that has new events, and commits all of it in ONE
-transaction (group commit). Because every command a step issues is itself a row written in that same
+transaction (group commit). What a step means is the execution core's decision (`core.turn`, and
+`core.retry_or_settle` after an attempt); this runtime stores and wakes. Because every action of a turn is
+itself a row written in that same
 transaction (activity rows, timer rows, inbox rows, delivery rows, child executions), history is never
 committed without its commands, nor commands without their history (a transactional outbox). Side
 effects (activity and subscription code) run only after the commit and report back through the next
@@ -30,40 +32,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventual_nb import errors
-from eventual_nb.activities import ActivityInfo
-from eventual_nb.attempts import async_note, retry_note
-from eventual_nb.durations import deadline_after, format_duration, optional_duration
 from eventual_nb.engine import capture
-from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
-from eventual_nb.engine.history import (
-    EVENT_ADAPTER,
-    ActivityFailed,
-    ActivityHeartbeatTimedOut,
-    ActivitySucceeded,
-    ActivityTimedOut,
-    CancelChildWorkflow,
-    CancelRequested,
-    CancelTimer,
-    ChildWorkflowFailed,
-    ChildWorkflowSucceeded,
-    Command,
-    HistoryEvent,
-    LogEntry,
-    PublishEvents,
-    ScheduleActivity,
-    SendSignal,
-    SignalReceived,
-    StartChildWorkflow,
-    StartTimer,
-    TimerCompleted,
-    WorkflowCancelled,
-    WorkflowFailed,
-    WorkflowStarted,
-    WorkflowSucceeded,
-)
+from eventual_nb.engine.executor import StepOutput, WorkflowCode, WorkflowExecutor
+from eventual_nb.engine.history import HistoryEvent, LogEntry, SignalReceived
 from eventual_nb.events import Subscription, envelope, source_of
-from eventual_nb.retry import RetryPolicy, exception_type_names
-from eventual_nb.runtime.activity_runner import AttemptOutcome, activity_options, failure, run_attempt
+from eventual_nb.retry import RetryPolicy
+from eventual_nb.runtime import core
+from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery, token_result
 from eventual_nb.runtime.base import (
     DeadLetter,
     Execution,
@@ -76,13 +51,28 @@ from eventual_nb.runtime.base import (
     listing_offset,
     signal_name_of,
 )
-from eventual_nb.runtime.ids import ulid
-from eventual_nb.runtime.local.store import Database, dumps
+from eventual_nb.runtime.core import (
+    NO_DEADLINES,
+    ActivityOptions,
+    ArmTimer,
+    AttemptOutcome,
+    Deadlines,
+    Deliver,
+    DisarmTimer,
+    Finish,
+    Lineage,
+    Outcome,
+    Publish,
+    StartAttempt,
+    StartChild,
+    wire,
+)
+from eventual_nb.runtime.local.store import ActivityRow, Database, StepRow, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
-from eventual_nb.serde import from_json, input_hash, to_json
+from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import encode_payload
-from eventual_nb.workflows import _NO_INPUT, Workflow, check_execution_name
+from eventual_nb.workflows import Workflow
 
 LOGGER = logging.getLogger("eventual_nb.runtime")
 
@@ -124,17 +114,19 @@ async def _resume(coroutine: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _Resumed(coroutine, yielded)
 
 
-def _deadlines(options: dict[str, Any], now: float) -> tuple[float | None, float | None, float | None]:
-    """(attempt deadline, heartbeat deadline, when to check them) for an attempt starting `now`."""
-    timeout, heartbeat = options.get("timeout"), options.get("heartbeat_timeout")
-    deadline = None if timeout is None else now + timeout
-    heartbeat_deadline = None if heartbeat is None else now + heartbeat
-    candidates = [moment for moment in (deadline, heartbeat_deadline) if moment is not None]
-    return deadline, heartbeat_deadline, min(candidates) if candidates else None
+def _moments(deadlines: Deadlines) -> tuple[float | None, float | None, float | None]:
+    """(attempt deadline, heartbeat deadline, when to check them) as the activities table stores them."""
+    if deadlines is NO_DEADLINES:
+        return None, None, None
+    return _timestamp(deadlines.deadline), _timestamp(deadlines.heartbeat), _timestamp(deadlines.next)
 
 
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat()
+def _timestamp(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _deadlines(deadline: float | None, heartbeat: float | None) -> Deadlines:
+    return Deadlines(None if deadline is None else _dt(deadline), None if heartbeat is None else _dt(heartbeat))
 
 
 def _dt(moment: float) -> datetime:
@@ -182,9 +174,7 @@ class _Cached:
 
     executor: WorkflowExecutor
     workflow: str
-    service: str | None
-    parent: str | None
-    parent_seq: int | None
+    lineage: Lineage
     history_length: int
     first_step_done: bool = True
 
@@ -193,6 +183,8 @@ class _Cached:
 class _Round:
     """What one transaction did, for the work that must wait until it is committed."""
 
+    #: the round's clock (what it records is stamped with it)
+    moment: datetime = field(default_factory=lambda: datetime.now(UTC))
     start_attempts: list[_Start] = field(default_factory=list)
     start_deliveries: list[int] = field(default_factory=list)
     async_callbacks: list[tuple[Callable[[str], Any], str]] = field(default_factory=list)
@@ -230,7 +222,8 @@ class LocalRuntime(RuntimeBase):
         self._inbox_rows: set[str] = set()
         #: executions that keep running on an earlier definition of their workflow (`rebind_executions`)
         self._pinned: dict[str, WorkflowCode] = {}
-        self._options_cache: dict[tuple[Any, ...], tuple[RetryPolicy, dict[str, Any], str]] = {}
+        self._options_cache: dict[tuple[Any, ...], tuple[RetryPolicy, str]] = {}
+        self._parsed_options: dict[str, ActivityOptions] = {}
         #: a lower bound of every `due` in the timers, activities and deliveries tables, so rounds skip
         #: the due queries until something may be due (exact again after each round that ran them)
         self._earliest_due = -math.inf
@@ -327,23 +320,16 @@ class LocalRuntime(RuntimeBase):
 
     def _recover(self) -> None:
         """Work left 'running' by a crashed process runs again; executions with news get a step."""
-        cx = self._cx
-        now = time.time()
-        cx.execute("UPDATE activities SET status = 'scheduled', due = ? WHERE status = 'running'", (now,))
-        cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE status = 'running'", (now,))
+        self._database.requeue_running(time.time())
         self._earliest_due = -math.inf
-        self._inbox_rows = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
-        self._ready = set(self._inbox_rows)
-        self._ready |= {
-            row[0]
-            for row in cx.execute("SELECT id FROM executions WHERE status = 'IN_PROGRESS' AND first_step_done = 0")
-        }
+        self._ready = set()
+        self._recover_ready()
 
     @property
-    def _cx(self) -> Any:
+    def _database(self) -> Database:
         if self._db is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
-        return self._db.connection
+        return self._db
 
     # --------------------------------------------------------------------------------------- definitions
 
@@ -407,77 +393,35 @@ class LocalRuntime(RuntimeBase):
 
     def _next_due(self) -> float:
         """The earliest `due` of any row (infinity if none): when the scheduler must wake by itself."""
-        cx = self._cx
-        dues = [
-            cx.execute("SELECT MIN(due) FROM timers").fetchone()[0],
-            cx.execute("SELECT MIN(due) FROM activities WHERE due IS NOT NULL").fetchone()[0],
-            cx.execute("SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL").fetchone()[0],
-        ]
-        return min((due for due in dues if due is not None), default=math.inf)
+        due = self._database.next_due()
+        return math.inf if due is None else due
 
     def _round(self) -> bool:
-        cx = self._cx
+        database = self._database
         now = time.time()
-        work = _Round()
+        work = _Round(moment=_dt(now))
         requests, self._requests = self._requests, []
         attempts, self._attempts = self._attempts, []
         deliveries, self._deliveries_done = self._deliveries_done, []
         logs, self._pending_logs = self._pending_logs, []
-        results: list[tuple[_Request, Any, BaseException | None]] = []
         self._work = work
-        cx.execute("BEGIN IMMEDIATE")
+        database.begin()
         try:
             if logs:
-                cx.executemany("INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)", logs)
-            for request in requests:
-                cx.execute("SAVEPOINT request")
-                try:
-                    value = request.apply(now)
-                except Exception as exc:  # noqa: BLE001 - a bad request fails alone, the round goes on
-                    cx.execute("ROLLBACK TO request")
-                    if not isinstance(exc, errors.EventualError):
-                        exc = errors.InputValidationError(f"request rejected: {type(exc).__name__}: {exc}")
-                    results.append((request, None, exc))
-                else:
-                    results.append((request, value, None))
-                cx.execute("RELEASE request")
+                database.add_log_rows(logs)
+            results = self._apply_requests(requests, now)
             for attempt in attempts:
                 self._settle_attempt(attempt, now)
             for delivery in deliveries:
                 self._settle_delivery(delivery, now)
-            due_checked = now >= self._earliest_due
-            if due_checked:
-                self._earliest_due = math.inf  # exact again below; rows written meanwhile lower it
-                self._due_timers(now)
-                self._due_activities(now)
-                self._due_deliveries(now)
-            for _ in range(MAX_ROUNDS_PER_COMMIT):
-                ready = self._ready - set(self._blocked)
-                if not ready:
-                    break
-                self._ready -= ready
-                for execution_id in sorted(ready):
-                    self._step(execution_id, now)
-            self._store_fresh()
-            if self._earliest_due <= now:
-                # deliveries the steps above just scheduled start in this same transaction, not one round
-                # (and one fsynced commit) later; activities start as they are scheduled (`_carry_out`)
-                self._due_deliveries(now)
-            if due_checked or self._earliest_due <= now:
-                self._earliest_due = self._next_due()
-            cx.execute("COMMIT")
+            self._work_through(now)
+            database.commit()
         except BaseException:
-            cx.execute("ROLLBACK")
-            self._fresh.clear()
-            self._earliest_due = -math.inf
-            for execution_id in work.stepped + work.created:
-                cached = self._executors.pop(execution_id, None)
-                if cached is not None:
-                    cached.executor.close()
+            database.rollback()
+            self._undo(work)
             self._requests = requests + self._requests
             self._attempts = attempts + self._attempts
             self._deliveries_done = deliveries + self._deliveries_done
-            self._recover_ready()
             raise
         self.commits += 1
         if self._commit_listeners:
@@ -492,25 +436,68 @@ class LocalRuntime(RuntimeBase):
         self._after_commit(work)
         return bool(requests or attempts or deliveries or work.did_work)
 
+    def _apply_requests(self, requests: list[_Request], now: float) -> list[tuple[_Request, Any, BaseException | None]]:
+        """Each request in its own savepoint: a bad one fails alone (its caller hears why), the round goes on."""
+        results: list[tuple[_Request, Any, BaseException | None]] = []
+        for request in requests:
+            try:
+                with self._database.savepoint():
+                    value = request.apply(now)
+            except Exception as exc:  # noqa: BLE001 - reported to the request's caller
+                if not isinstance(exc, errors.EventualError):
+                    exc = errors.InputValidationError(f"request rejected: {type(exc).__name__}: {exc}")
+                results.append((request, None, exc))
+            else:
+                results.append((request, value, None))
+        return results
+
+    def _work_through(self, now: float) -> None:
+        """Inside the round's transaction: what is due, then every execution that has news, in rounds."""
+        due_checked = now >= self._earliest_due
+        if due_checked:
+            self._earliest_due = math.inf  # exact again below; rows written meanwhile lower it
+            self._due_timers(now)
+            self._due_activities(now)
+            self._due_deliveries(now)
+        for _ in range(MAX_ROUNDS_PER_COMMIT):
+            ready = self._ready - set(self._blocked)
+            if not ready:
+                break
+            self._ready -= ready
+            for execution_id in sorted(ready):
+                self._step(execution_id, now)
+        self._store_fresh()
+        if self._earliest_due <= now:
+            # deliveries the steps above just scheduled start in this same transaction, not one round
+            # (and one fsynced commit) later; activities start as they are scheduled (`_carry_out`)
+            self._due_deliveries(now)
+        if due_checked or self._earliest_due <= now:
+            self._earliest_due = self._next_due()
+
+    def _undo(self, work: _Round) -> None:
+        """After a rolled-back round: forget what it changed in memory; storage says what is ready."""
+        self._fresh.clear()
+        self._earliest_due = -math.inf
+        for execution_id in work.stepped + work.created:
+            cached = self._executors.pop(execution_id, None)
+            if cached is not None:
+                cached.executor.close()
+        self._recover_ready()
+
     def _store_fresh(self) -> None:
         """Events not consumed by a step in this transaction become inbox rows before it commits."""
         if not self._fresh:
             return
-        rows = [
-            (execution_id, event.model_dump_json()) for execution_id, events in self._fresh.items() for event in events
-        ]
-        self._cx.executemany("INSERT INTO inbox(execution_id, event) VALUES (?, ?)", rows)
+        self._database.add_to_inbox(
+            (execution_id, event) for execution_id, events in self._fresh.items() for event in events
+        )
         self._inbox_rows.update(self._fresh)
         self._fresh.clear()
 
     def _recover_ready(self) -> None:
-        cx = self._cx
-        self._inbox_rows = {row[0] for row in cx.execute("SELECT DISTINCT execution_id FROM inbox")}
+        self._inbox_rows = self._database.executions_with_inbox()
         self._ready |= self._inbox_rows
-        self._ready |= {
-            row[0]
-            for row in cx.execute("SELECT id FROM executions WHERE status = 'IN_PROGRESS' AND first_step_done = 0")
-        }
+        self._ready |= self._database.unstarted_executions()
 
     def _after_commit(self, work: _Round) -> None:
         ended = set(work.ended)
@@ -559,54 +546,24 @@ class LocalRuntime(RuntimeBase):
         self._ready.add(execution_id)
         self._work.did_work = True
 
-    def _log(self, execution_id: str, now: float, message: str, source: str = "workflow") -> None:
-        self._cx.execute(
-            "INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)",
-            (execution_id, _iso(now), message, source),
-        )
-
-    def _history(self, execution_id: str) -> list[HistoryEvent]:
-        rows = self._cx.execute(
-            "SELECT event FROM history WHERE execution_id = ? ORDER BY idx", (execution_id,)
-        ).fetchall()
-        return [EVENT_ADAPTER.validate_json(row[0]) for row in rows]
-
     def _step(self, execution_id: str, now: float) -> None:
-        cx = self._cx
+        database = self._database
         cached = self._executors.pop(execution_id, None)
-        if cached is None:
-            row = cx.execute(
-                "SELECT workflow, status, first_step_done, parent, parent_seq, service FROM executions WHERE id = ?",
-                (execution_id,),
-            ).fetchone()
-            if row is None:
-                self._fresh.pop(execution_id, None)
+        row: StepRow | None = None
+        if cached is None:  # a cached instance belongs to an execution in progress (ending one drops it)
+            row = database.step_row(execution_id)
+            if row is None or row.status != ExecutionStatus.IN_PROGRESS:
+                self._drop_events(execution_id)
                 return
-            workflow_name, status, first_step_done, parent, parent_seq, service = row
-            if status != ExecutionStatus.IN_PROGRESS:
-                self._fresh.pop(execution_id, None)
-                if execution_id in self._inbox_rows:
-                    cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
-                    self._inbox_rows.discard(execution_id)
-                return
-        else:  # a cached instance belongs to an execution in progress (ending one drops it from the cache)
-            workflow_name, first_step_done = cached.workflow, cached.first_step_done
-        stored: list[Any] = []
+        last_stored: int | None = None
+        events: list[HistoryEvent] = []
         if execution_id in self._inbox_rows:
-            stored = cx.execute(
-                "SELECT id, event FROM inbox WHERE execution_id = ? ORDER BY id", (execution_id,)
-            ).fetchall()
-        events = [EVENT_ADAPTER.validate_json(item[1]) for item in stored]
+            events, last_stored = database.inbox(execution_id)
         events.extend(self._fresh.get(execution_id, ()))
         try:
             if cached is None:
-                pinned = self._pinned.get(execution_id)
-                code = pinned if pinned is not None else self.workflow_definition(workflow_name).code()
-                history = self._history(execution_id)
-                executor = WorkflowExecutor(code, execution_id, history, first_step_done=bool(first_step_done))
-                cached = _Cached(executor, workflow_name, service, parent, parent_seq, len(history))
-                if first_step_done:
-                    self.replays += 1
+                assert row is not None
+                cached = self._replayed(execution_id, row)
             output = cached.executor.step(events)
         except Exception as exc:  # noqa: BLE001 - one broken execution must not stop the others
             if cached is not None:
@@ -615,35 +572,49 @@ class LocalRuntime(RuntimeBase):
                 exc = errors.EventualError(f"internal error while stepping: {type(exc).__name__}: {exc}")
             self._block(execution_id, exc, now)
             return
-        executor = cached.executor
         self._fresh.pop(execution_id, None)
+        if last_stored is not None:
+            database.clear_inbox(execution_id, last_stored)
+            self._inbox_rows.discard(execution_id)
+        self._record(execution_id, cached, output, now)
+
+    def _drop_events(self, execution_id: str) -> None:
+        """Events for an execution that does not exist or has ended are dropped."""
+        self._fresh.pop(execution_id, None)
+        if execution_id in self._inbox_rows:
+            self._database.clear_inbox(execution_id)
+            self._inbox_rows.discard(execution_id)
+
+    def _replayed(self, execution_id: str, row: StepRow) -> _Cached:
+        """A workflow instance rebuilt from the execution's history (after a restart or an eviction)."""
+        pinned = self._pinned.get(execution_id)
+        code = pinned if pinned is not None else self.workflow_definition(row.workflow).code()
+        history = self._database.history(execution_id)
+        executor = WorkflowExecutor(code, execution_id, history, first_step_done=row.first_step_done)
+        if row.first_step_done:
+            self.replays += 1
+        return _Cached(executor, row.workflow, row.lineage, len(history), row.first_step_done)
+
+    def _record(self, execution_id: str, cached: _Cached, output: StepOutput, now: float) -> None:
+        """Write what the step means (the core's turn) into the round's transaction."""
+        database, executor = self._database, cached.executor
         self._work.stepped.append(execution_id)
         self._work.did_work = True
         self.steps += 1
-        if stored:
-            cx.execute("DELETE FROM inbox WHERE execution_id = ? AND id <= ?", (execution_id, stored[-1][0]))
-            self._inbox_rows.discard(execution_id)
         if output.events:
-            length = cached.history_length
-            cx.executemany(
-                "INSERT INTO history(execution_id, idx, event) VALUES (?, ?, ?)",
-                [(execution_id, length + i, event.model_dump_json()) for i, event in enumerate(output.events)],
-            )
-            cached.history_length = length + len(output.events)
-        if output.logs:
-            cx.executemany(
-                "INSERT INTO logs(execution_id, time, message, source) VALUES (?, ?, ?, ?)",
-                [(execution_id, entry.time.isoformat(), entry.message, entry.source) for entry in output.logs],
-            )
-        if not first_step_done:
-            cx.execute("UPDATE executions SET first_step_done = 1 WHERE id = ?", (execution_id,))
+            database.append_history(execution_id, cached.history_length, output.events)
+            cached.history_length += len(output.events)
+        turn = core.turn(executor, output, cached.lineage, now=self._work.moment, status_of=database.status_of)
+        if turn.logs:
+            database.add_logs(execution_id, turn.logs)
+        if not cached.first_step_done:
+            database.mark_first_step_done(execution_id)
             cached.first_step_done = True
-        for command in output.commands:
-            self._carry_out(execution_id, cached.service, command, now)
+        for action in turn.actions:
+            self._carry_out(action, now)
         if executor.ended:
             executor.close()
             self._pinned.pop(execution_id, None)
-            self._finish(execution_id, executor, cached.parent, cached.parent_seq, now)
         else:
             self._executors[execution_id] = cached
             while len(self._executors) > self._max_cached:
@@ -653,7 +624,8 @@ class LocalRuntime(RuntimeBase):
     def _block(self, execution_id: str, error: errors.EventualError, now: float) -> None:
         """The execution cannot step (changed code, missing definition): it waits, IN_PROGRESS, with a note."""
         if execution_id not in self._blocked:
-            self._log(execution_id, now, f"execution cannot continue: {type(error).__name__}: {error}", "runtime")
+            line = LogEntry(time=_dt(now), message=core.blocked_note(error), source="runtime")
+            self._database.add_logs(execution_id, [line])
         self._blocked[execution_id] = error
 
     def retry_blocked(self) -> None:
@@ -671,99 +643,47 @@ class LocalRuntime(RuntimeBase):
         self._blocked.clear()
         self._wake_up()
 
-    def _finish(
-        self, execution_id: str, executor: WorkflowExecutor, parent: str | None, parent_seq: int | None, now: float
-    ) -> None:
-        cx = self._cx
-        terminal = executor.terminal
-        status, result, error, message = ExecutionStatus.FAILED, None, None, None
-        if isinstance(terminal, WorkflowSucceeded):
-            status, result = ExecutionStatus.SUCCEEDED, dumps(terminal.result)
-        elif isinstance(terminal, WorkflowFailed):
-            error, message = terminal.error, terminal.message
-        elif isinstance(terminal, WorkflowCancelled):
-            status = ExecutionStatus.CANCELLED
-        cx.execute(
-            "UPDATE executions SET status = ?, result = ?, error = ?, message = ?, end_time = ? WHERE id = ?",
-            (status.value, result, error, message, _iso(now), execution_id),
-        )
-        cx.execute("DELETE FROM timers WHERE execution_id = ?", (execution_id,))
-        cx.execute("DELETE FROM activities WHERE execution_id = ?", (execution_id,))
-        if execution_id in self._inbox_rows:
-            cx.execute("DELETE FROM inbox WHERE execution_id = ?", (execution_id,))
-            self._inbox_rows.discard(execution_id)
-        self._fresh.pop(execution_id, None)
+    def _carry_out(self, action: core.Action, now: float) -> None:
+        """Inside the step's transaction: every action is a row (or a change of one) committed with it."""
+        match action:
+            case StartAttempt():
+                self._schedule_activity(action)
+            case ArmTimer():
+                self._note_due(self._database.arm_timer(action))
+            case DisarmTimer():
+                self._database.disarm_timer(action.execution_id, action.key)
+            case Deliver():
+                self._deliver(action.target, action.event)
+            case Publish():
+                self._publish(action.envelopes, action.source, now)
+            case StartChild():
+                self._start_child(action, now)
+            case Finish():
+                self._finish(action)
+
+    def _finish(self, action: Finish) -> None:
+        execution_id = action.execution_id
+        result = dumps(action.result) if action.status == ExecutionStatus.SUCCEEDED else None
+        self._database.finish(action, result)
+        self._drop_events(execution_id)
         self._ready.discard(execution_id)
-        for (child_id,) in cx.execute(
-            "SELECT id FROM executions WHERE parent = ? AND status = 'IN_PROGRESS'", (execution_id,)
-        ).fetchall():
-            self._enqueue(child_id, CancelRequested(timestamp=_dt(now)))
-        if parent is not None and parent_seq is not None:
-            parent_status = cx.execute("SELECT status FROM executions WHERE id = ?", (parent,)).fetchone()
-            if parent_status is not None and parent_status[0] == ExecutionStatus.IN_PROGRESS:
-                event: HistoryEvent
-                if status == ExecutionStatus.SUCCEEDED:
-                    assert isinstance(terminal, WorkflowSucceeded)
-                    event = ChildWorkflowSucceeded(seq=parent_seq, timestamp=_dt(now), result=terminal.result)
-                elif status == ExecutionStatus.CANCELLED:
-                    event = ChildWorkflowFailed(
-                        seq=parent_seq,
-                        timestamp=_dt(now),
-                        error="ExecutionCancelled",
-                        message=f"child execution '{execution_id}' was cancelled",
-                    )
-                else:
-                    event = ChildWorkflowFailed(
-                        seq=parent_seq, timestamp=_dt(now), error=error or "Error", message=message or ""
-                    )
-                self._enqueue(parent, event)
         self._work.ended.append(execution_id)
 
-    def _carry_out(self, execution_id: str, service: str | None, command: Command, now: float) -> None:
-        cx = self._cx
-        if isinstance(command, ScheduleActivity):
-            self._schedule_activity(execution_id, command, now)
-        elif isinstance(command, StartTimer):
-            cx.execute(
-                "INSERT OR REPLACE INTO timers(execution_id, key, due) VALUES (?, ?, ?)",
-                (execution_id, f"t:{command.seq}", command.until.timestamp()),
-            )
-            self._note_due(command.until.timestamp())
-        elif isinstance(command, CancelTimer):
-            cx.execute("DELETE FROM timers WHERE execution_id = ? AND key = ?", (execution_id, f"t:{command.seq}"))
-        elif isinstance(command, SendSignal):
-            target = cx.execute("SELECT status FROM executions WHERE id = ?", (command.target,)).fetchone()
-            if target is None:
-                self._log(
-                    execution_id, now, f"signal '{command.signal}' to '{command.target}' ignored: no such execution"
-                )
-            elif target[0] != ExecutionStatus.IN_PROGRESS:
-                self._log(
-                    execution_id, now, f"signal '{command.signal}' to '{command.target}' ignored: it is {target[0]}"
-                )
-            else:
-                self._receive_signal(command.target, command.signal, command.payload, command.id, now)
-        elif isinstance(command, PublishEvents):
-            self._publish(command.events, service, now)
-        elif isinstance(command, StartChildWorkflow):
-            if cx.execute("SELECT 1 FROM executions WHERE id = ?", (command.child_id,)).fetchone() is not None:
+    def _deliver(self, target: str, event: HistoryEvent) -> None:
+        """An event for another execution (or from outside); a signal id it has seen is dropped here."""
+        if isinstance(event, SignalReceived) and event.id is not None:
+            if not self._database.remember_signal(target, event.id):
                 return
-            try:
-                definition = self.workflow_definition(command.workflow)
-            except errors.EventualError as exc:
-                self._enqueue(
-                    execution_id,
-                    ChildWorkflowFailed(
-                        seq=command.seq, timestamp=_dt(now), error=type(exc).__name__, message=str(exc)
-                    ),
-                )
-                return
-            name = command.child_id.split("/", 1)[1]
-            self._create(definition, command.input, name, command.timeout, execution_id, command.seq, now)
-        elif isinstance(command, CancelChildWorkflow):
-            child = cx.execute("SELECT status FROM executions WHERE id = ?", (command.child_id,)).fetchone()
-            if child is not None and child[0] == ExecutionStatus.IN_PROGRESS:
-                self._enqueue(command.child_id, CancelRequested(timestamp=_dt(now)))
+        self._enqueue(target, event)
+
+    def _start_child(self, action: StartChild, now: float) -> None:
+        try:
+            definition = self.workflow_definition(action.workflow)
+            limit = core.timeout_limit(action.timeout, definition.timeout)
+            lineage = Lineage.of(definition, action.parent, action.seq)
+            self._create(definition, action.input, action.child_id, limit, lineage, action.start_time)
+        except errors.EventualError as exc:
+            self._carry_out(core.child_not_started(action, exc), now)
 
     # ------------------------------------------------------------------------------------------- starting
 
@@ -771,252 +691,144 @@ class LocalRuntime(RuntimeBase):
         self,
         definition: Workflow[Any],
         raw_input: Any,
-        name: str,
-        timeout: Any,
-        parent: str | None,
-        parent_seq: int | None,
-        now: float,
+        execution_id: str,
+        limit: timedelta | None,
+        lineage: Lineage,
+        start: datetime,
     ) -> tuple[str, bool]:
-        cx = self._cx
-        execution_id = f"{definition.name}/{name}"
+        database = self._database
         digest = input_hash(raw_input)
-        existing = cx.execute("SELECT input_hash FROM executions WHERE id = ?", (execution_id,)).fetchone()
-        if existing is not None:
-            if existing[0] == digest:
-                return execution_id, True
-            raise errors.ExecutionAlreadyExists(
-                f"execution '{execution_id}' already exists with a different input", execution_id=execution_id
-            )
-        limit = optional_duration(timeout, what="timeout")
-        if limit is None:
-            limit = definition.timeout
-        start = _dt(now)
-        timeout_at = None if limit is None else deadline_after(start, limit, what="timeout")
-        started = WorkflowStarted(
-            timestamp=start, workflow=definition.name, input=raw_input, parent=parent, timeout_at=timeout_at
-        )
-        cx.execute(
-            "INSERT INTO executions(id, workflow, status, input, input_hash, start_time, parent, parent_seq, service) "
-            "VALUES (?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?)",
-            (
-                execution_id,
-                definition.name,
-                dumps(raw_input),
-                digest,
-                start.isoformat(),
-                parent,
-                parent_seq,
-                definition.service.name if definition.service else None,
-            ),
-        )
-        cx.execute(
-            "INSERT INTO history(execution_id, idx, event) VALUES (?, 0, ?)", (execution_id, started.model_dump_json())
-        )
-        if timeout_at is not None:
-            assert limit is not None
-            cx.execute(
-                "INSERT INTO timers(execution_id, key, due, payload) VALUES (?, 'timeout', ?, ?)",
-                (execution_id, timeout_at.timestamp(), str(limit.total_seconds())),
-            )
-            self._note_due(timeout_at.timestamp())
+        if core.admit(execution_id, digest, database.input_hash_of(execution_id)):
+            return execution_id, True
+        begun = core.begin(execution_id, definition.name, raw_input, start=start, limit=limit, parent=lineage.parent)
+        database.create_execution(begun.started, execution_id, digest, dumps(raw_input), lineage)
+        if begun.timeout is not None:
+            self._note_due(database.arm_timer(begun.timeout))
         try:  # its first step needs no SELECT: everything it needs is here
-            executor = WorkflowExecutor(definition.code(), execution_id, [started], first_step_done=False)
+            executor = WorkflowExecutor(definition.code(), execution_id, [begun.started], first_step_done=False)
         except Exception:  # noqa: BLE001 - the step will meet the same problem and report it
             pass
         else:
-            service = definition.service.name if definition.service else None
-            self._executors[execution_id] = _Cached(executor, definition.name, service, parent, parent_seq, 1, False)
+            self._executors[execution_id] = _Cached(executor, definition.name, lineage, 1, False)
             self._work.created.append(execution_id)
         self._ready.add(execution_id)
         self._work.did_work = True
         return execution_id, False
 
-    # ----------------------------------------------------------------------------------- timers & signals
+    # ------------------------------------------------------------------------------------------- timers
 
     def _due_timers(self, now: float) -> None:
-        cx = self._cx
-        rows = cx.execute("SELECT execution_id, key, payload FROM timers WHERE due <= ?", (now,)).fetchall()
-        for execution_id, key, payload in rows:
-            cx.execute("DELETE FROM timers WHERE execution_id = ? AND key = ?", (execution_id, key))
-            if key == "timeout":
-                limit = timedelta(seconds=float(payload or 0))
-                self._enqueue(
-                    execution_id,
-                    WorkflowFailed(
-                        timestamp=_dt(now),
-                        error="WorkflowTimeout",
-                        message=f"execution '{execution_id}' exceeded its timeout of {format_duration(limit)}",
-                    ),
-                )
-            else:
-                self._enqueue(execution_id, TimerCompleted(seq=int(key[2:]), timestamp=_dt(now)))
-
-    def _receive_signal(self, execution_id: str, signal: str, payload: Any, signal_id: str | None, now: float) -> None:
-        if signal_id is not None:
-            inserted = self._cx.execute(
-                "INSERT OR IGNORE INTO signal_ids(execution_id, id) VALUES (?, ?)", (execution_id, signal_id)
-            )
-            if inserted.rowcount == 0:
-                return
-        self._enqueue(execution_id, SignalReceived(timestamp=_dt(now), signal=signal, payload=payload, id=signal_id))
+        for execution_id, fires in self._database.take_due_timers(now):
+            self._enqueue(execution_id, core.timer_fired(fires, self._work.moment))
 
     # ------------------------------------------------------------------------------------------ activities
 
-    def _activity_options(self, command: ScheduleActivity) -> tuple[dict[str, Any], str]:
-        """Timeouts and retry policy as stored with the activity, memoised (few distinct ones per service).
+    def _options_text(self, options: ActivityOptions) -> str:
+        """The `options` column of an activity, memoised (few distinct options per service).
 
         Keyed by the identity of the (immutable) retry policy object, which the entry keeps alive so the
         identity cannot be reused by another object."""
-        key = (command.timeout, command.heartbeat_timeout, id(command.retry))
+        key = (options.timeout, options.heartbeat_timeout, id(options.retry))
         found = self._options_cache.get(key)
-        if found is None or found[0] is not command.retry:
-            options = activity_options(command)
+        if found is None or found[0] is not options.retry:
             if len(self._options_cache) > 1024:
                 self._options_cache.clear()
-            found = self._options_cache[key] = (command.retry, options, dumps(options))
-        return found[1], found[2]
+            found = self._options_cache[key] = (options.retry, dumps(wire.options_to_json(options)))
+        return found[1]
 
-    def _schedule_activity(self, execution_id: str, command: ScheduleActivity, now: float) -> None:
+    def _options_of(self, text: str) -> ActivityOptions:
+        """An `options` column read back, memoised by its text."""
+        found = self._parsed_options.get(text)
+        if found is None:
+            if len(self._parsed_options) > 1024:
+                self._parsed_options.clear()
+            found = self._parsed_options[text] = wire.options_from_json(json.loads(text))
+        return found
+
+    def _schedule_activity(self, action: StartAttempt) -> None:
         """Record the activity as running its first attempt; it starts right after this transaction commits."""
-        options, options_text = self._activity_options(command)
-        deadline, heartbeat_deadline, due = _deadlines(options, now)
-        input_text = dumps(command.input)
-        inserted = self._cx.execute(
-            "INSERT OR IGNORE INTO activities(execution_id, seq, name, input, options, attempt, status, due, deadline, "
-            "heartbeat_deadline, runs) VALUES (?, ?, ?, ?, ?, 1, 'running', ?, ?, ?, 1)",
-            (execution_id, command.seq, command.name, input_text, options_text, due, deadline, heartbeat_deadline),
-        )
-        self._note_due(due)
-        if inserted.rowcount:
-            self._work.start_attempts.append(_Start(execution_id, command.seq, 1, command.name, input_text))
+        moments = _moments(core.attempt_deadlines(action.options, self._work.moment))
+        input_text = dumps(action.input)
+        inserted = self._database.add_activity(action, input_text, self._options_text(action.options), moments)
+        self._note_due(moments[2])
+        if inserted:
+            self._work.start_attempts.append(
+                _Start(action.execution_id, action.seq, action.attempt, action.name, input_text)
+            )
             self._work.did_work = True
 
     def _due_activities(self, now: float) -> None:
-        cx = self._cx
-        rows = cx.execute(
-            "SELECT execution_id, seq, name, input, options, attempt, status, deadline, heartbeat_deadline, "
-            "heartbeat_details FROM activities WHERE due IS NOT NULL AND due <= ?",
-            (now,),
-        ).fetchall()
-        for row in rows:
-            execution_id, seq, name, input_text, options_text, attempt, status, deadline, heartbeat_deadline, _ = row
-            options = json.loads(options_text)
-            if status == "scheduled":
-                attempt += 1
-                new_deadline, new_heartbeat, due = _deadlines(options, now)
-                cx.execute(
-                    "UPDATE activities SET attempt = ?, status = 'running', deadline = ?, heartbeat_deadline = ?, "
-                    "due = ?, runs = runs + 1 WHERE execution_id = ? AND seq = ?",
-                    (attempt, new_deadline, new_heartbeat, due, execution_id, seq),
-                )
-                self._note_due(due)
-                self._work.start_attempts.append(_Start(execution_id, seq, attempt, name, input_text, row[9]))
-                self._work.did_work = True
-            elif status in ("running", "async"):
-                heartbeat_missed = heartbeat_deadline is not None and heartbeat_deadline <= now
-                if heartbeat_missed and (deadline is None or heartbeat_deadline <= deadline):
-                    limit = options.get("heartbeat_timeout") or 0
-                    error: errors.Timeout = errors.HeartbeatTimeout(
-                        f"no heartbeat within {format_duration(timedelta(seconds=limit))}"
-                    )
-                    kind = "heartbeat"
-                else:
-                    limit = options.get("timeout") or 0
-                    error = errors.Timeout(
-                        f"attempt {attempt} exceeded its timeout of {format_duration(timedelta(seconds=limit))}"
-                    )
-                    kind = "timeout"
-                self._attempt_failed(
-                    execution_id, seq, attempt, options, kind, type(error).__name__, str(error),
-                    exception_type_names(error), True, now,
-                )  # fmt: skip
+        for row in self._database.due_activities(now):
+            if row.status == "scheduled":
+                self._start_next_attempt(row)
+            elif row.status in ("running", "async"):
+                missed = core.missed_deadline(row.deadline, row.heartbeat_deadline, now)
+                if missed is not None:
+                    outcome = core.expired(missed, row.attempt, self._options_of(row.options))
+                    self._decide(_Attempt(row.execution_id, row.seq, row.attempt, outcome), row)
+
+    def _start_next_attempt(self, row: ActivityRow) -> None:
+        """A retry whose backoff is over: its next attempt runs once this transaction committed."""
+        attempt = row.attempt + 1
+        moments = _moments(core.attempt_deadlines(self._options_of(row.options), self._work.moment))
+        self._database.run_attempt(row.execution_id, row.seq, attempt, moments)
+        self._note_due(moments[2])
+        self._work.start_attempts.append(
+            _Start(row.execution_id, row.seq, attempt, row.name, row.input, row.heartbeat_details)
+        )
+        self._work.did_work = True
 
     def _settle_attempt(self, attempt: _Attempt, now: float) -> None:
         outcome = attempt.outcome
-        if outcome.kind == "succeeded":  # the common case, in one statement
-            deleted = self._cx.execute(
-                "DELETE FROM activities WHERE execution_id = ? AND seq = ? AND attempt = ? "
-                "AND status IN ('running', 'async')",
-                (attempt.execution_id, attempt.seq, attempt.attempt),
-            )
-            if deleted.rowcount:
-                self._enqueue(
-                    attempt.execution_id,
-                    ActivitySucceeded(
-                        seq=attempt.seq, timestamp=_dt(now), result=outcome.result, attempts=attempt.attempt
-                    ),
+        if outcome.kind is Outcome.SUCCEEDED:  # the common case, in one statement
+            if self._database.settle_current(attempt.execution_id, attempt.seq, attempt.attempt):
+                decision = core.retry_or_settle(  # a success needs neither the name nor the policy
+                    outcome, name="", seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
                 )
+                assert isinstance(decision, core.Settle)
+                self._enqueue(attempt.execution_id, decision.event)
             return  # otherwise a late result of an attempt that timed out, was retried, or whose execution ended
-        row = self._cx.execute(
-            "SELECT attempt, status, options FROM activities WHERE execution_id = ? AND seq = ?",
-            (attempt.execution_id, attempt.seq),
-        ).fetchone()
-        if row is None or row[0] != attempt.attempt or row[1] not in ("running", "async"):
+        row = self._database.activity(attempt.execution_id, attempt.seq)
+        if row is None or row.attempt != attempt.attempt or row.status not in ("running", "async"):
             return  # a late result of an attempt that timed out, was retried, or whose execution ended
-        options = json.loads(row[2])
-        if outcome.kind == "async":
-            self._cx.execute(
-                "UPDATE activities SET status = 'async' WHERE execution_id = ? AND seq = ?",
-                (attempt.execution_id, attempt.seq),
-            )
-            self._note_attempt(
-                attempt.execution_id, attempt.seq, now, lambda name: async_note(name, attempt.seq, attempt.attempt)
-            )
-            assert outcome.callback is not None
-            assert self._signer is not None
-            token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
-            self._work.async_callbacks.append((outcome.callback, token))
-        else:
-            self._attempt_failed(
-                attempt.execution_id, attempt.seq, attempt.attempt, options, "failed", outcome.error,
-                outcome.message, outcome.type_names, outcome.retryable, now,
-            )  # fmt: skip
+        self._decide(attempt, row)
 
-    def _note_attempt(self, execution_id: str, seq: int, now: float, note: Callable[[str], str]) -> None:
-        """Log `note(activity name)` for an attempt that did not end its call (`eventual_nb.attempts`)."""
-        row = self._cx.execute(
-            "SELECT name FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
-        ).fetchone()
-        if row is not None:
-            self._log(execution_id, now, note(str(row[0])), source=str(row[0]))
+    def _decide(self, attempt: _Attempt, row: ActivityRow) -> None:
+        """Carry out what the core decides about the outcome of the current attempt of `row`."""
+        database, key = self._database, (attempt.execution_id, attempt.seq)
+        options = self._options_of(row.options)
+        decision = core.retry_or_settle(
+            attempt.outcome,
+            name=row.name,
+            seq=attempt.seq,
+            attempt=attempt.attempt,
+            now=self._work.moment,
+            policy=options.retry,
+        )
+        match decision:
+            case core.Settle(event=event):
+                database.delete_activity(*key)
+                self._enqueue(attempt.execution_id, event)
+            case core.RetryAt(due=due, note=note):
+                self._note_attempt(row, note)
+                database.retry_activity(*key, due.timestamp())
+                self._note_due(due.timestamp())
+                self._work.did_work = True
+            case core.AwaitToken(note=note):
+                waiting = core.heartbeat_at(
+                    _deadlines(row.deadline, row.heartbeat_deadline), options, self._work.moment
+                )
+                _, heartbeat_deadline, next_due = _moments(waiting)
+                database.await_token(*key, heartbeat_deadline, next_due)
+                self._note_attempt(row, note)
+                self._note_due(next_due)
+                assert attempt.outcome.callback is not None and self._signer is not None
+                token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
+                self._work.async_callbacks.append((attempt.outcome.callback, token))
 
-    def _attempt_failed(
-        self,
-        execution_id: str,
-        seq: int,
-        attempt: int,
-        options: dict[str, Any],
-        kind: str,
-        error: str,
-        message: str,
-        type_names: tuple[str, ...],
-        retryable: bool,
-        now: float,
-    ) -> None:
-        policy = RetryPolicy.model_validate(options.get("retry") or {})
-        if retryable and policy.retries(attempt, type_names):
-            delay = policy.delay_after(attempt)
-            due = now + delay.total_seconds()
-            self._note_attempt(
-                execution_id, seq, now, lambda name: retry_note(name, seq, attempt, error, message, _dt(due), delay)
-            )
-            self._cx.execute(
-                "UPDATE activities SET status = 'scheduled', due = ?, deadline = NULL, heartbeat_deadline = NULL "
-                "WHERE execution_id = ? AND seq = ?",
-                (due, execution_id, seq),
-            )
-            self._note_due(due)
-            self._work.did_work = True
-            return
-        self._cx.execute("DELETE FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq))
-        event: HistoryEvent
-        if kind == "timeout":
-            event = ActivityTimedOut(seq=seq, timestamp=_dt(now), message=message, attempts=attempt)
-        elif kind == "heartbeat":
-            event = ActivityHeartbeatTimedOut(seq=seq, timestamp=_dt(now), message=message, attempts=attempt)
-        else:
-            event = ActivityFailed(seq=seq, timestamp=_dt(now), error=error, message=message, attempts=attempt)
-        self._enqueue(execution_id, event)
+    def _note_attempt(self, row: ActivityRow, note: str) -> None:
+        """Log the core's note of an attempt that did not end its call, in the transaction that records it."""
+        self._database.add_logs(row.execution_id, [LogEntry(time=self._work.moment, message=note, source=row.name)])
 
     async def _run_activity(self, start: _Start) -> None:
         execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name
@@ -1024,22 +836,10 @@ class LocalRuntime(RuntimeBase):
         input_text = start.input
         definition = self.activity_definition(name)
         assert self._signer is not None
-        info = ActivityInfo(
-            execution_id=execution_id,
-            activity=name,
-            seq=seq,
-            attempt=attempt,
-            token=functools.partial(self._signer.sign, execution_id, seq, attempt),
-            idempotency_key=f"{execution_id}/{seq}",
-            heartbeat_details=None if details is None else json.loads(details),
-        )
+        token = functools.partial(self._signer.sign, execution_id, seq, attempt)
+        info = attempt_info(execution_id, name, seq, attempt, token, None if details is None else json.loads(details))
         if definition is None:
-            outcome = AttemptOutcome(
-                kind="failed",
-                error="ActivityNotFound",
-                message=f"no activity named '{name}' is served by this runtime",
-                retryable=False,
-            )
+            outcome = core.not_served(name, "LocalRuntime")
         else:
 
             def log_line(line: str) -> None:
@@ -1056,7 +856,7 @@ class LocalRuntime(RuntimeBase):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
-                outcome = failure(exc)
+                outcome = core.failed(exc)
         self._attempts.append(_Attempt(execution_id, seq, attempt, outcome))
         self._wake_up()
 
@@ -1072,56 +872,41 @@ class LocalRuntime(RuntimeBase):
         encoded = None if details is None else dumps(to_json(details, what="heartbeat details"))
 
         def apply(now: float) -> HeartbeatResponse:
-            cx = self._cx
-            row = cx.execute(
-                "SELECT a.attempt, a.status, a.options, a.deadline, e.status FROM activities a "
-                "JOIN executions e ON e.id = a.execution_id WHERE a.execution_id = ? AND a.seq = ?",
-                (execution_id, seq),
-            ).fetchone()
-            if row is None or row[0] != attempt or row[1] not in ("running", "async") or row[4] != "IN_PROGRESS":
+            found = self._database.heartbeat_target(execution_id, seq)
+            if found is None:
                 return HeartbeatResponse(cancelled=True)
-            options = json.loads(row[2])
-            heartbeat = options.get("heartbeat_timeout")
-            heartbeat_deadline = None if heartbeat is None else now + heartbeat
-            candidates = [d for d in (row[3], heartbeat_deadline) if d is not None]
-            due = min(candidates) if candidates else None
-            cx.execute(
-                "UPDATE activities SET heartbeat_deadline = ?, due = ?, heartbeat_details = COALESCE(?, heartbeat_details) "
-                "WHERE execution_id = ? AND seq = ?",
-                (heartbeat_deadline, due, encoded, execution_id, seq),
-            )
+            row, status = found
+            if (
+                row.attempt != attempt
+                or row.status not in ("running", "async")
+                or status != ExecutionStatus.IN_PROGRESS
+            ):
+                return HeartbeatResponse(cancelled=True)
+            beaten = core.heartbeat_at(_deadlines(row.deadline, None), self._options_of(row.options), self._work.moment)
+            _, heartbeat_deadline, due = _moments(beaten)
+            self._database.record_heartbeat(execution_id, seq, heartbeat_deadline, due, encoded)
             self._note_due(due)
             return HeartbeatResponse(cancelled=False)
 
         return await self._submit(apply)  # type: ignore[no-any-return]
 
-    def _pending(self, token: str) -> tuple[str, int, int]:
+    def _pending(self, token: str) -> ActivityRow:
+        """The current attempt `token` was issued for, while it runs or waits; raises otherwise."""
         assert self._signer is not None
         execution_id, seq, attempt = self._signer.verify(token)
-        row = self._cx.execute(
-            "SELECT attempt, status FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
-        ).fetchone()
-        if row is None or row[0] != attempt or row[1] not in ("running", "async"):
-            raise errors.EventualError(
-                f"activity token for '{execution_id}' seq {seq} attempt {attempt} is no longer pending "
-                "(it completed, timed out, was retried, or its execution ended)"
-            )
-        return execution_id, seq, attempt
+        row = self._database.activity(execution_id, seq)
+        if row is None or row.attempt != attempt or row.status not in ("running", "async"):
+            raise core.token_not_pending(execution_id, seq, attempt)
+        return row
 
     # ------------------------------------------------------------------------------------------- events
 
     def _publish(self, envelopes: list[dict[str, Any]], source: str | None, now: float) -> None:
         for item in envelopes:
-            for service in self.served_services():
-                for subscription in service.subscriptions.values():
-                    if subscription.matches(item["name"], source):
-                        self._cx.execute(
-                            "INSERT INTO deliveries(subscription, event, source, status, due) "
-                            "VALUES (?, ?, ?, 'scheduled', ?)",
-                            (subscription.name, dumps(item), source, now),
-                        )
-                        self._note_due(now)
-                        self._work.did_work = True
+            for subscription in core.subscriptions_for(self.served_services(), item["name"], source):
+                self._database.add_delivery(subscription.name, dumps(item), source, now)
+                self._note_due(now)
+                self._work.did_work = True
 
     def _subscription(self, name: str) -> Subscription | None:
         for service in self.served_services():
@@ -1131,25 +916,16 @@ class LocalRuntime(RuntimeBase):
         return None
 
     def _due_deliveries(self, now: float) -> None:
-        rows = self._cx.execute(
-            "SELECT id FROM deliveries WHERE status = 'scheduled' AND due IS NOT NULL AND due <= ?", (now,)
-        ).fetchall()
-        for (delivery_id,) in rows:
-            self._cx.execute(
-                "UPDATE deliveries SET status = 'running', attempt = attempt + 1, due = NULL WHERE id = ?",
-                (delivery_id,),
-            )
-            self._work.start_deliveries.append(delivery_id)
+        started = self._database.start_due_deliveries(now)
+        if started:
+            self._work.start_deliveries.extend(started)
             self._work.did_work = True
 
     async def _run_delivery(self, delivery_id: int) -> None:
-        row = self._cx.execute(
-            "SELECT subscription, event, attempt FROM deliveries WHERE id = ?", (delivery_id,)
-        ).fetchone()
-        if row is None:
+        delivery = self._database.delivery(delivery_id)
+        if delivery is None:
             return
-        name, event_text, attempt = row
-        item = json.loads(event_text)
+        name, item, attempt = delivery.subscription, delivery.event, delivery.attempt
         subscription = self._subscription(name)
         error: BaseException | None = None
         if subscription is None:
@@ -1159,73 +935,43 @@ class LocalRuntime(RuntimeBase):
             def log_line(line: str) -> None:
                 self._pending_logs.append((f"subscription:{name}", datetime.now(UTC).isoformat(), line, name))
 
-            token = capture.log_sink.set(log_line)
-            try:
-                value = subscription.handler(subscription.decode(item))
-                if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-                    await value
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - handler failures are retried, then dead-lettered
-                error = exc
-            finally:
-                capture.flush_sink(log_line)
-                capture.log_sink.reset(token)
+            error = await run_delivery(subscription, item, log_line)
         self._deliveries_done.append(_Delivery(delivery_id, name, item, attempt, error))
         self._wake_up()
 
     def _settle_delivery(self, delivery: _Delivery, now: float) -> None:
-        cx = self._cx
         if delivery.error is None:
-            cx.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
+            self._database.delete_delivery(delivery.id)
             return
         subscription = self._subscription(delivery.subscription)
-        policy = subscription.retry if subscription is not None else RetryPolicy()
-        if policy.retries(delivery.attempt, exception_type_names(delivery.error)):
-            due = now + policy.delay_after(delivery.attempt).total_seconds()
-            cx.execute("UPDATE deliveries SET status = 'scheduled', due = ? WHERE id = ?", (due, delivery.id))
-            self._note_due(due)
-            return
-        cx.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
-        cx.execute(
-            "INSERT INTO dead_letters(event, subscription, error, message, attempts, time) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                dumps(delivery.event),
-                delivery.subscription,
-                errors.error_type_name(delivery.error),
-                errors.error_message(delivery.error),
-                delivery.attempt,
-                _iso(now),
-            ),
+        policy = subscription.retry if subscription is not None else core.DEFAULT_RETRY
+        decision = core.after_delivery(
+            delivery.subscription, policy, delivery.event, delivery.attempt, delivery.error, self._work.moment
         )
+        if isinstance(decision, core.RetryDeliveryAt):
+            due = decision.due.timestamp()
+            self._database.retry_delivery(delivery.id, due)
+            self._note_due(due)
+        else:
+            self._database.dead_letter(delivery.id, decision)
 
     # ------------------------------------------------------------------------------ the client protocol
 
     def _execution(self, execution_id: str) -> Execution:
-        row = self._cx.execute(
-            "SELECT id, workflow, status, input, result, error, message, start_time, end_time, parent "
-            "FROM executions WHERE id = ?",
-            (execution_id,),
-        ).fetchone()
-        if row is None:
-            raise errors.ExecutionNotFound(f"no execution with id '{execution_id}'", execution_id=execution_id)
-        return _to_execution(row)
+        execution = self._database.execution(execution_id)
+        if execution is None:
+            raise core.not_found(execution_id)
+        return execution
 
     async def start_execution(
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
-        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
-        if not isinstance(workflow_name, str):
-            raise errors.EventualError(f"expected a workflow or its name, got {workflow!r}")
-        definition = self.workflow_definition(workflow_name)
-        raw_input = definition.validate_input(_NO_INPUT if input is None else input)
-        if name is None:
-            name = ulid(datetime.now(UTC))
-        else:
-            check_execution_name(name)
-        optional_duration(timeout, what="timeout")
+        definition, raw_input = self.start_definition(workflow, input)
+        wanted = core.execution_id_for(definition.name, name, datetime.now(UTC))
+        limit = core.timeout_limit(timeout, definition.timeout)
+        lineage = Lineage.of(definition)
         execution_id, already = await self._submit(
-            lambda now: self._create(definition, raw_input, name, timeout, None, None, now)
+            lambda now: self._create(definition, raw_input, wanted, limit, lineage, self._work.moment)
         )
         return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=already)
 
@@ -1241,37 +987,20 @@ class LocalRuntime(RuntimeBase):
         sort: str = "asc",
     ) -> ExecutionPage:
         offset = listing_offset(sort, max_results, next_token)
-        clauses, params = [], []
-        if workflow is not None:
-            clauses.append("workflow = ?")
-            params.append(workflow)
-        if statuses:
-            wanted = [ExecutionStatus(status).value for status in statuses]
-            clauses.append(f"status IN ({', '.join('?' for _ in wanted)})")
-            params.extend(wanted)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = "DESC" if sort == "desc" else "ASC"
-        rows = self._cx.execute(
-            "SELECT id, workflow, status, input, result, error, message, start_time, end_time, parent "
-            f"FROM executions {where} ORDER BY rowid {order} LIMIT ? OFFSET ?",
-            (*params, max_results + 1, offset),
-        ).fetchall()
-        more = len(rows) > max_results
+        found = self._database.executions(workflow, statuses, offset, max_results + 1, descending=sort == "desc")
+        more = len(found) > max_results
         return ExecutionPage(
-            executions=[_to_execution(row) for row in rows[:max_results]],
+            executions=found[:max_results],
             next_token=str(offset + max_results) if more else None,
         )
 
     async def get_execution_history(self, id: str) -> list[HistoryEvent]:
         self._execution(id)
-        return self._history(id)
+        return self._database.history(id)
 
     async def get_execution_logs(self, id: str) -> list[LogEntry]:
         self._execution(id)
-        rows = self._cx.execute(
-            "SELECT time, message, source FROM logs WHERE execution_id = ? ORDER BY id", (id,)
-        ).fetchall()
-        return [LogEntry(time=datetime.fromisoformat(row[0]), message=row[1], source=row[2]) for row in rows]
+        return self._database.logs(id)
 
     async def send_signal(self, execution: Any, signal: Any, payload: Any = None, id: str | None = None) -> None:
         execution_id = execution_id_of(execution)
@@ -1279,12 +1008,10 @@ class LocalRuntime(RuntimeBase):
         encoded = encode_payload(signal, payload, self.served_services())
 
         def apply(now: float) -> None:
-            row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
-            if row is None:
-                raise errors.ExecutionNotFound(f"no execution with id '{execution_id}'", execution_id=execution_id)
-            if row[0] != ExecutionStatus.IN_PROGRESS:
-                raise errors.EventualError(f"cannot send signal '{name}' to execution '{execution_id}': it is {row[0]}")
-            self._receive_signal(execution_id, name, encoded, id, now)
+            status = self._database.status_of(execution_id)
+            self._deliver(
+                execution_id, core.signal_received(execution_id, status, name, encoded, id, self._work.moment)
+            )
 
         await self._submit(apply)
 
@@ -1299,40 +1026,22 @@ class LocalRuntime(RuntimeBase):
 
     async def cancel_execution(self, id: str) -> None:
         def apply(now: float) -> None:
-            row = self._cx.execute("SELECT status FROM executions WHERE id = ?", (id,)).fetchone()
-            if row is None:
-                raise errors.ExecutionNotFound(f"no execution with id '{id}'", execution_id=id)
-            if row[0] != ExecutionStatus.IN_PROGRESS:
-                raise errors.EventualError(f"cannot cancel execution '{id}': it already ended {row[0]}")
-            self._enqueue(id, CancelRequested(timestamp=_dt(now)))
+            self._enqueue(id, core.cancel_requested(id, self._database.status_of(id), self._work.moment))
 
         await self._submit(apply)
 
     async def send_activity_success(self, token: str, result: Any = None) -> None:
-        execution_id, seq, attempt = self._pending(token)
-        name_row = self._cx.execute(
-            "SELECT name FROM activities WHERE execution_id = ? AND seq = ?", (execution_id, seq)
-        ).fetchone()
-        definition = self.activity_definition(name_row[0]) if name_row else None
-        annotation = definition.shape.return_annotation if definition is not None else Any
-        what = f"result of activity '{name_row[0] if name_row else '?'}'"
-        encoded = to_json(from_json(to_json(result, what=what), annotation, what=what), annotation, what=what)
-
-        def apply(now: float) -> None:
-            self._pending(token)
-            self._settle_attempt(
-                _Attempt(execution_id, seq, attempt, AttemptOutcome(kind="succeeded", result=encoded)), now
-            )
-
-        await self._submit(apply)
+        row = self._pending(token)
+        encoded = token_result(self.activity_definition(row.name), row.name, result)
+        await self._complete_by_token(token, row, core.succeeded(encoded))
 
     async def send_activity_failure(self, token: str, error: str, message: str | None = None) -> None:
-        execution_id, seq, attempt = self._pending(token)
-        outcome = AttemptOutcome(kind="failed", error=str(error), message=message or "", type_names=(str(error),))
+        await self._complete_by_token(token, self._pending(token), core.failed_named(error, message))
 
+    async def _complete_by_token(self, token: str, row: ActivityRow, outcome: AttemptOutcome) -> None:
         def apply(now: float) -> None:
-            self._pending(token)
-            self._settle_attempt(_Attempt(execution_id, seq, attempt, outcome), now)
+            self._pending(token)  # still pending when the round applies it
+            self._settle_attempt(_Attempt(row.execution_id, row.seq, row.attempt, outcome), now)
 
         await self._submit(apply)
 
@@ -1342,20 +1051,7 @@ class LocalRuntime(RuntimeBase):
         return await self._heartbeat(execution_id, seq, attempt, None)
 
     async def list_dead_letters(self) -> list[DeadLetter]:
-        rows = self._cx.execute(
-            "SELECT event, subscription, error, message, attempts, time FROM dead_letters ORDER BY id"
-        ).fetchall()
-        return [
-            DeadLetter(
-                event=json.loads(row[0]),
-                subscription=row[1],
-                error=row[2],
-                message=row[3],
-                attempts=row[4],
-                time=datetime.fromisoformat(row[5]),
-            )
-            for row in rows
-        ]
+        return self._database.dead_letters()
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         execution = self._execution(id)
@@ -1385,18 +1081,3 @@ class LocalRuntime(RuntimeBase):
     def blocked(self) -> dict[str, errors.EventualError]:
         """Executions that cannot continue (changed code, missing definition), with the reason."""
         return dict(self._blocked)
-
-
-def _to_execution(row: Any) -> Execution:
-    return Execution(
-        id=row[0],
-        workflow=row[1],
-        status=ExecutionStatus(row[2]),
-        input=None if row[3] is None else json.loads(row[3]),
-        result=None if row[4] is None else json.loads(row[4]),
-        error=row[5],
-        message=row[6],
-        start_time=datetime.fromisoformat(row[7]),
-        end_time=None if row[8] is None else datetime.fromisoformat(row[8]),
-        parent=row[9],
-    )

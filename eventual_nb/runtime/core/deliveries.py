@@ -1,0 +1,50 @@
+"""Subscription deliveries: which subscriptions an event reaches, and what a failed delivery means."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from eventual_nb import errors
+from eventual_nb.durations import deadline_after
+from eventual_nb.events import Subscription
+from eventual_nb.retry import RetryPolicy, exception_type_names
+from eventual_nb.runtime.base import DeadLetter
+from eventual_nb.service import Service
+
+
+def subscriptions_for(services: Iterable[Service], name: str, source: str | None) -> list[Subscription]:
+    """The subscriptions of `services` that an event named `name` published by `source` reaches."""
+    return [
+        subscription
+        for service in services
+        for subscription in service.subscriptions.values()
+        if subscription.matches(name, source)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDeliveryAt:
+    """Deliver the event again at `due`, as attempt `attempt`."""
+
+    due: datetime
+    attempt: int
+
+
+def after_delivery(
+    subscription: str, policy: RetryPolicy, item: dict[str, Any], attempt: int, error: BaseException, now: datetime
+) -> RetryDeliveryAt | DeadLetter:
+    """Delivery attempt `attempt` of `item` to `subscription` raised `error` at `now`: retry it after the
+    policy's backoff, or — out of attempts, or a `non_retryable` error — keep it as a dead letter."""
+    if policy.retries(attempt, exception_type_names(error)):
+        return RetryDeliveryAt(deadline_after(now, policy.delay_after(attempt), what="retry interval"), attempt + 1)
+    return DeadLetter(
+        event=item,
+        subscription=subscription,
+        error=errors.error_type_name(error),
+        message=errors.error_message(error),
+        attempts=attempt,
+        time=now,
+    )
