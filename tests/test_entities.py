@@ -8,11 +8,16 @@ entities table declared by the exported template; the stack's real functions dri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 import random
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,8 @@ from pydantic import BaseModel
 
 import eventual_nb as ev
 from eventual_nb.errors import EntityNotFound, InvalidEntityValue, InvalidPageToken, error_from_json
+from eventual_nb.runtime.entity_store import EntityKey
+from eventual_nb.runtime.local.store import MIGRATIONS, SCHEMA_VERSION
 from tests.kernel_support import error_of, run_notebook, text_of
 from tests.server_support import run_server
 
@@ -84,11 +91,14 @@ async def open_runtime(kind: str, request: pytest.FixtureRequest, tmp_path: Path
     if kind == "test":
         async with ev.testing.TestEnvironment(service=SERVICE) as env:
             yield env
+    elif kind == "local":
+        async with ev.LocalRuntime(tmp_path / "state.db", service=SERVICE) as runtime:
+            yield runtime
     else:
         raise AssertionError(kind)
 
 
-@pytest.fixture(params=["test"])
+@pytest.fixture(params=["test", "local"])
 async def rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     async with open_runtime(request.param, request, tmp_path) as runtime:
         yield runtime
@@ -351,10 +361,10 @@ def test_entity_definitions_are_checked_and_listed_in_the_service_spec() -> None
 # ------------------------------------------------------------------------------------------ inspection
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "eventual_nb.cli", *args], capture_output=True, text=True, timeout=60, check=False
-    )
+async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, waited for in a thread: the runtime answering it runs on this test's loop."""
+    command = [sys.executable, "-m", "eventual_nb.cli", *args]
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, check=False)
 
 
 async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any) -> None:
@@ -363,7 +373,7 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
     await accounts.put(Account(id="i1", balance=7))
     await accounts.put(Account(id="i1", balance=8))
     await lines.put(Line(account="alice", at="0001", text="hello"))
-    with run_server(rt) as server:
+    with run_server(rt, own_runtime=False) as server:
         async with ev.ServiceClient(server.url) as client:
             listed = {entity.name: entity for entity in await client.list_entities()}
             assert listed["accounts"].key == ["id"] and listed["lines"].key == ["account", "at"]
@@ -387,17 +397,18 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
                 await client.get_entity("nothing", "x")
             with pytest.raises(InvalidEntityValue, match="pass a pair"):
                 await client.get_entity("lines", "alice")
-        schema = httpx.get(f"{server.url}/_eventual/openapi.json", timeout=10).json()
+        async with httpx.AsyncClient() as http:
+            schema = (await http.get(f"{server.url}/_eventual/openapi.json", timeout=10)).json()
         assert "404" in schema["paths"]["/_eventual/entities/{name}/entry"]["get"]["responses"]
 
-        listed_json = json.loads(_ok(cli("entities", "--url", server.url, "--json")).stdout)
+        listed_json = json.loads(_ok(await cli("entities", "--url", server.url, "--json")).stdout)
         assert {entity["name"] for entity in listed_json} == {"accounts", "lines", "blobs"}
-        table = _ok(cli("entities", "--url", server.url)).stdout
+        table = _ok(await cli("entities", "--url", server.url)).stdout
         assert "accounts" in table and "account, at" in table
-        shown = json.loads(_ok(cli("entity", "lines", "alice", "0001", "--url", server.url, "--json")).stdout)
+        shown = json.loads(_ok(await cli("entity", "lines", "alice", "0001", "--url", server.url, "--json")).stdout)
         assert (shown["value"]["text"], shown["version"]) == ("hello", 1)
-        assert "balance" in _ok(cli("entity", "accounts", "i1", "--url", server.url)).stdout
-        missing_cli = cli("entity", "accounts", "nobody", "--url", server.url)
+        assert "balance" in _ok(await cli("entity", "accounts", "i1", "--url", server.url)).stdout
+        missing_cli = await cli("entity", "accounts", "nobody", "--url", server.url)
         assert missing_cli.returncode == 1 and "no entry with key 'nobody'" in missing_cli.stderr
         assert "Traceback" not in missing_cli.stderr
 
@@ -407,7 +418,7 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[s
     return proc
 
 
-@pytest.mark.parametrize("runtime", ["test"])
+@pytest.mark.parametrize("runtime", ["test", "local"])
 def test_the_kernel_lists_entities_and_shows_an_entry(tmp_path: Path, runtime: str) -> None:
     """`%eventual entities` in a real kernel; a notebook cell reads and writes entities on the notebook's runtime."""
     cells = [
@@ -428,3 +439,111 @@ def test_the_kernel_lists_entities_and_shows_an_entry(tmp_path: Path, runtime: s
     assert "UsageError: %eventual entities: entity 'notes' has no entry with key 'nobody'" in text_of(
         nb.cells[5], "stderr"
     )
+
+
+# ------------------------------------------------------------------------------------------ LocalRuntime only
+
+
+class Counter(BaseModel):
+    id: str
+    value: int = 0
+
+
+counters = ev.entity("counters", Counter, key="id")
+
+
+async def increment(times: int, conflicts: list[int]) -> None:
+    """Read, put with the version read, retry on a conflict: `times` increments of the one counter."""
+    for _ in range(times):
+        while True:
+            entry = await counters.get_entry("c")
+            assert entry is not None
+            try:
+                await counters.put(Counter(id="c", value=entry.value.value + 1), expected_version=entry.version)
+                break
+            except ev.VersionConflict:
+                conflicts.append(1)
+
+
+async def test_twenty_tasks_incrementing_one_counter_with_retries_on_conflict_count_exactly(tmp_path: Path) -> None:
+    """Ten tasks on the runtime's own loop and ten on another thread's loop (a notebook cell's, a server's):
+    1,000 increments in all, every lost update caught as a VersionConflict and retried."""
+    conflicts: list[int] = []
+    async with ev.LocalRuntime(tmp_path / "state.db", service=SERVICE):
+        await counters.put(Counter(id="c"), expected_version=0)
+
+        def other_thread() -> None:
+            async def tasks() -> None:
+                await asyncio.gather(*(increment(50, conflicts) for _ in range(10)))
+
+            asyncio.run(tasks())
+
+        await asyncio.gather(asyncio.to_thread(other_thread), *(increment(50, conflicts) for _ in range(10)))
+        entry = await counters.get_entry("c")
+    assert entry is not None and entry.value.value == 1000
+    assert entry.version == 1001
+    print(f"1,000 increments by 20 tasks, {len(conflicts)} conflicts retried")
+
+
+CRASH_FIXTURE = Path(__file__).parent / "fixtures" / "entity_crash.py"
+
+
+@pytest.mark.timeout(300)
+async def test_sigkill_during_a_stream_of_transactions_leaves_each_wholly_applied_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """tests/fixtures/entity_crash.py moves money between five accounts with eight tasks, each move one
+    transaction of four writes (a create-only marker, two balances, a tally); it is killed with SIGKILL three
+    times at random moments and started again on the same database. Then: the balances still sum to 5,000,
+    the tally equals the number of markers, and every transaction that was acknowledged is there."""
+    db, acks = tmp_path / "state.db", tmp_path / "acks.txt"
+    acks.touch()
+    chaos = random.Random(os.environ.get("CRASH_SEED", "entities"))
+    for run in range(3):
+        process = subprocess.Popen(
+            [sys.executable, str(CRASH_FIXTURE), str(db), str(acks), f"run{run}"],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"run{run}.log").open("w"),
+        )
+        target = len(acks.read_text().splitlines()) + chaos.randint(50, 400)
+        deadline = time.monotonic() + 120
+        while len(acks.read_text().splitlines()) < target:
+            assert process.poll() is None, (tmp_path / f"run{run}.log").read_text()
+            assert time.monotonic() < deadline, "the transaction stream did not get going"
+            await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(30) == -signal.SIGKILL
+
+    acknowledged = acks.read_text().splitlines()
+    async with ev.LocalRuntime(db, service=SERVICE) as runtime:  # the store's rows need no definitions
+        store = runtime.entity_store()
+        balances = [await store.get(EntityKey("accounts", f"a{index}")) for index in range(5)]
+        tally = await store.get(EntityKey("tallies", "tally"))
+        moves = await store.count("moves")
+        lost = [key for key in acknowledged if await store.get(EntityKey("moves", key)) is None]
+    assert all(entry is not None for entry in balances) and tally is not None
+    assert sum(json.loads(entry.value)["balance"] for entry in balances if entry is not None) == 5000
+    assert json.loads(tally.value)["moves"] == moves  # every move whole: its marker and its tally increment
+    assert tally.version == moves + 1  # created, then one increment per move
+    assert not lost, f"{len(lost)} acknowledged transactions were lost, e.g. {lost[:3]}"
+    assert moves is not None and moves >= len(acknowledged)  # a kill may land between a commit and its ack
+    print(f"{moves} transactions survived 3 SIGKILLs, {len(acknowledged)} of them acknowledged")
+
+
+async def test_a_database_of_the_release_before_entities_opens_with_its_entities_table(tmp_path: Path) -> None:
+    """Schema version 2 (no entities table) migrates on open; entries then persist across a restart."""
+    path = tmp_path / "state.db"
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.row_factory = sqlite3.Row
+        for migration in MIGRATIONS[:2]:
+            migration.apply(connection)
+        connection.execute("PRAGMA user_version = 2")
+        connection.commit()
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "entities" not in tables and "executions" in tables
+    async with ev.LocalRuntime(path, service=SERVICE):
+        assert await accounts.put(Account(id="m1", balance=3)) == 1
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
+    async with ev.LocalRuntime(path, service=SERVICE):
+        assert await accounts.get_entry("m1") == ev.Entry(Account(id="m1", balance=3), 1)
