@@ -435,8 +435,8 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
         "/entities/{name}/entry",
         responses=_answers(
             {
-                404: "no entity of this name is served, or it has no entry with this key (EntityNotFound)",
-                422: "the key does not fit the entity: one part or two (InvalidEntityValue)",
+                404: "no entity of this name is served, or it has no entry with this key, or no entry could have "
+                "this key (EntityNotFound)",
             }
         ),
     )

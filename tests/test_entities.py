@@ -379,7 +379,7 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
             assert listed["accounts"].key == ["id"] and listed["lines"].key == ["account", "at"]
             assert listed["accounts"].service == SERVICE.name and listed["accounts"].model == "Account"
             counted = {name: entity.count for name, entity in listed.items()}
-            assert counted == {"accounts": 1, "lines": 1, "blobs": 0} or set(counted.values()) == {None}
+            assert counted == {"accounts": 1, "lines": 1, "blobs": 0, "counters": 0} or set(counted.values()) == {None}
             record = await client.get_entity("accounts", "i1")
             assert (record.entity, record.key, record.value, record.version) == (
                 "accounts",
@@ -395,14 +395,16 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
             assert "no entry with key 'nobody'" in missing.value.message
             with pytest.raises(EntityNotFound, match="no entity named 'nothing'"):
                 await client.get_entity("nothing", "x")
-            with pytest.raises(InvalidEntityValue, match="pass a pair"):
+            with pytest.raises(EntityNotFound, match="pass a pair .*, so it has no such entry"):
                 await client.get_entity("lines", "alice")
+            with pytest.raises(EntityNotFound, match="must not be empty"):
+                await client.get_entity("accounts", "")
         async with httpx.AsyncClient() as http:
             schema = (await http.get(f"{server.url}/_eventual/openapi.json", timeout=10)).json()
         assert "404" in schema["paths"]["/_eventual/entities/{name}/entry"]["get"]["responses"]
 
         listed_json = json.loads(_ok(await cli("entities", "--url", server.url, "--json")).stdout)
-        assert {entity["name"] for entity in listed_json} == {"accounts", "lines", "blobs"}
+        assert {entity["name"] for entity in listed_json} == {"accounts", "lines", "blobs", "counters"}
         table = _ok(await cli("entities", "--url", server.url)).stdout
         assert "accounts" in table and "account, at" in table
         shown = json.loads(_ok(await cli("entity", "lines", "alice", "0001", "--url", server.url, "--json")).stdout)

@@ -354,9 +354,13 @@ class RuntimeBase:
 
     async def get_entity(self, name: str, key: Any) -> EntityRecord:
         """Entry `key` of entity `name` as stored (for inspection: the value is not read through the model, so an
-        entry the current model refuses can still be looked at). `EntityNotFound` (404) if there is none."""
+        entry the current model refuses can still be looked at). `EntityNotFound` (404) if there is none, also
+        for a key no entry could have (a one-part key for a two-part entity, an empty or too long one)."""
         entity = self.entity_definition(name)
-        where = entity.key(key)
+        try:
+            where = entity.key(key)
+        except errors.InvalidEntityValue as exc:  # no entry can have such a key: a lookup finds nothing
+            raise errors.EntityNotFound(f"{exc.message}, so it has no such entry", entity=name, key=key) from None
         stored = await self.entity_store().get(where)
         if stored is None:
             raise errors.EntityNotFound(
