@@ -30,10 +30,16 @@ import eventual_nb as ev
 from eventual_nb.errors import EntityNotFound, InvalidEntityValue, InvalidPageToken, error_from_json
 from eventual_nb.runtime.entity_store import EntityKey
 from eventual_nb.runtime.local.store import MIGRATIONS, SCHEMA_VERSION
+from tests import aws_support
+from tests.aws_rig import aws_stack_runtime
 from tests.kernel_support import error_of, run_notebook, text_of
 from tests.server_support import run_server
 
 SERVICE = ev.Service("tests-entities")
+
+# the AWS leg's moto server (module-scoped, started only when an "aws" test asks for it) and credentials
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
 
 
 class Account(BaseModel):
@@ -94,11 +100,15 @@ async def open_runtime(kind: str, request: pytest.FixtureRequest, tmp_path: Path
     elif kind == "local":
         async with ev.LocalRuntime(tmp_path / "state.db", service=SERVICE) as runtime:
             yield runtime
+    elif kind == "aws":
+        request.getfixturevalue("dummy_credentials")
+        async with aws_stack_runtime(request.getfixturevalue("moto_endpoint"), SERVICE) as stack:
+            yield stack.runtime
     else:
         raise AssertionError(kind)
 
 
-@pytest.fixture(params=["test", "local"])
+@pytest.fixture(params=["test", "local", "aws"])
 async def rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     async with open_runtime(request.param, request, tmp_path) as runtime:
         yield runtime
@@ -395,7 +405,7 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
             assert "no entry with key 'nobody'" in missing.value.message
             with pytest.raises(EntityNotFound, match="no entity named 'nothing'"):
                 await client.get_entity("nothing", "x")
-            with pytest.raises(EntityNotFound, match="pass a pair .*, so it has no such entry"):
+            with pytest.raises(EntityNotFound, match=r"pass a pair .*, so it has no such entry"):
                 await client.get_entity("lines", "alice")
             with pytest.raises(EntityNotFound, match="must not be empty"):
                 await client.get_entity("accounts", "")

@@ -20,12 +20,14 @@ import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 from eventual_nb import errors
 from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
@@ -336,11 +338,10 @@ class RuntimeBase:
 
     async def list_entities(self) -> list[EntityInfo]:
         """The served entities, with their number of entries where the store counts them cheaply."""
-        store = self.entity_store()
         found: list[EntityInfo] = []
         for service in self.served_services():
             for entity in service.entities.values():
-                count = await store.count(entity.name)
+                count = await self.entity_store().count(entity.name)
                 found.append(
                     EntityInfo(
                         name=entity.name,
@@ -455,6 +456,13 @@ def set_default_runtime(runtime: Any) -> None:
     global _default_runtime
     with _default_lock:
         _default_runtime = runtime
+
+
+async def running_on(runtime: Any, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` with `runtime` as the current runtime (for this task and those it starts; the process-wide
+    default is left alone): how the AWS functions give a runtime to the activities and handlers they run."""
+    _current_runtime.set(runtime)
+    return await work
 
 
 def current_runtime(required: bool = True) -> Any:
