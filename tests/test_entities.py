@@ -559,3 +559,36 @@ async def test_a_database_of_the_release_before_entities_opens_with_its_entities
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
     async with ev.LocalRuntime(path, service=SERVICE):
         assert await accounts.get_entry("m1") == ev.Entry(Account(id="m1", balance=3), 1)
+
+
+# ------------------------------------------------------------------------------------------ AWS only
+
+
+async def test_on_aws_an_activity_reaches_the_entities_through_the_runtime_its_function_gives_it(
+    moto_endpoint: str, dummy_credentials: None
+) -> None:
+    """Inside Lambda no runtime is the process default (the activity function's process has no API handler
+    to set one): the activity worker itself must make a runtime current for the code it runs. Here nothing
+    is current or default either; the stack's functions (driven by the harness) run `deposit_twice`."""
+    from eventual_nb.aws import AwsRuntime
+    from eventual_nb.runtime.aws.functions import StackFunctions
+    from eventual_nb.runtime.aws.harness import Harness
+
+    aws_support.reset_moto(moto_endpoint)
+    entities = [entity.spec() for entity in SERVICE.entities.values()]
+    stack = aws_support.deploy_stack(moto_endpoint, stack="entity-fn", service=SERVICE.name, entities=entities)
+    functions = StackFunctions(
+        [SERVICE],
+        environ=stack.environment,
+        client_kwargs=aws_support.client_kwargs(moto_endpoint),
+        timer_hop_seconds=1,
+    )
+    harness = Harness(functions.clients, functions.handlers(), functions.clients.clock)
+    client = AwsRuntime(region=aws_support.REGION, endpoint_url=moto_endpoint, environment=stack.environment)
+    assert ev.current_runtime(required=False) is None
+    handle = await client.start_execution(deposit_twice, "fn1")
+    await asyncio.to_thread(harness.run_until_idle, 100, 5.0)
+    execution = await client.get_execution(handle.id)
+    assert (execution.status, execution.result) == (ev.ExecutionStatus.SUCCEEDED, 2), execution
+    stored = await client.entity_store().get(EntityKey("accounts", "fn1"))
+    assert stored is not None and (json.loads(stored.value), stored.version) == ({"id": "fn1", "balance": 12}, 2)
