@@ -190,6 +190,22 @@ def _log_group_named(suffix: str) -> dict[str, Any]:
     return {"Fn::Sub": "/eventual/${AWS::StackName}" + suffix}
 
 
+def _pk_sk_table(suffix: str) -> dict[str, Any]:
+    """An on-demand table `${AWS::StackName}<suffix>` keyed by the strings `pk` and `sk` (every table here)."""
+    return {
+        "TableName": _stack_named(suffix),
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def _statement(actions: list[str], resources: list[Any], condition: dict[str, Any] | None = None) -> dict[str, Any]:
     statement: dict[str, Any] = {"Effect": "Allow", "Action": sorted(set(actions)), "Resource": resources}
     if condition is not None:
@@ -293,45 +309,17 @@ class _Builder:
 
     def storage(self) -> None:
         for logical_id, suffix in (("ExecutionsTable", "-executions"), ("HistoryTable", "-history")):
-            properties: dict[str, Any] = {
-                "TableName": _stack_named(suffix),
-                "AttributeDefinitions": [
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                "KeySchema": [
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                "BillingMode": "PAY_PER_REQUEST",
-            }
+            properties = _pk_sk_table(suffix)
             if logical_id == "ExecutionsTable":
                 self.listing_indexes(properties)
             self.add(logical_id, "AWS::DynamoDB::Table", properties)
         if self.has_entities:
-            self.entities_table()
-
-    def entities_table(self) -> None:
-        """One table for all of the service's entities (`eventual_nb/runtime/aws/entities.py` has the layout):
-        `pk` = "<entity>#<partition>", `sk` = the sort key. Point-in-time recovery is on: entities are the
-        service's own data, which no execution history could rebuild."""
-        self.add(
-            "EntitiesTable",
-            "AWS::DynamoDB::Table",
-            {
-                "TableName": _stack_named("-entities"),
-                "AttributeDefinitions": [
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                "KeySchema": [
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                "BillingMode": "PAY_PER_REQUEST",
-                "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
-            },
-        )
+            # one table for all of the service's entities (`eventual_nb/runtime/aws/entities.py` has the layout:
+            # pk = "<entity>#<partition>", sk = the sort key); point-in-time recovery is on, since entities are
+            # the service's own data, which no execution history could rebuild
+            properties = _pk_sk_table("-entities")
+            properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+            self.add("EntitiesTable", "AWS::DynamoDB::Table", properties)
 
     @staticmethod
     def listing_indexes(properties: dict[str, Any]) -> None:
