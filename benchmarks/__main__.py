@@ -7,7 +7,9 @@ Engine benchmarks (`benchmarks.engine`) come first, then LocalRuntime against DB
 each measurement in its own process; DBOS columns read "not installed" without the `bench` extra), then
 the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ext` time, widget latency),
 then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`),
-then the execution timeline's build and draw times by history length (`benchmarks.timeline`).
+then the execution timeline's build and draw times by history length (`benchmarks.timeline`), then entity
+operations per second on the LocalRuntime and requests and cost per entity operation on AWS
+(`benchmarks.entities`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import aws, engine, kernel, local, timeline
+from benchmarks import aws, engine, entities, kernel, local, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -29,7 +31,14 @@ from benchmarks.results import (
     write_json,
 )
 
-NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS, *aws.BENCHMARKS, *timeline.BENCHMARKS]
+NAMES = [
+    *engine.BENCHMARKS,
+    *local.BENCHMARKS,
+    *kernel.BENCHMARKS,
+    *aws.BENCHMARKS,
+    *timeline.BENCHMARKS,
+    *entities.BENCHMARKS,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         timeline_results = []
         if only & set(timeline.BENCHMARKS):
             timeline_results = timeline.run(args.quick, sorted(only & set(timeline.BENCHMARKS)), progress)
+        entity_results = []
+        if only & set(entities.BENCHMARKS):
+            entity_results = entities.run(args.quick, sorted(only & set(entities.BENCHMARKS)), progress)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -101,9 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         table.title = "execution timeline: build and draw (no peer; absolute numbers)"
         console.print(table)
         print_notes(console, timeline_results)
+    for result in entity_results:
+        table = render([result])
+        table.title = f"{result.title} (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, [result])
     if args.json:
         write_json(
-            args.json, env, args.quick, [*results, *comparisons, *kernel_results, *aws_results, *timeline_results]
+            args.json,
+            env,
+            args.quick,
+            [*results, *comparisons, *kernel_results, *aws_results, *timeline_results, *entity_results],
         )
         console.print(f"results written to {args.json}")
     return 0

@@ -33,6 +33,7 @@ from eventual_nb.client import ServiceClient
 from eventual_nb.combinators import all, all_settled, any, race
 from eventual_nb.durations import parse_duration
 from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.entities import Entity, Entry, EntryPage, entity, transact
 from eventual_nb.errors import (
     ActivityFailed,
     DeterminismError,
@@ -45,6 +46,8 @@ from eventual_nb.errors import (
     HttpError,
     InputValidationError,
     Timeout,
+    TransactionConflict,
+    VersionConflict,
     WorkflowNotFound,
     WorkflowTimeout,
 )
@@ -87,6 +90,9 @@ __all__ = [
     "ActivityInfo",
     "DeadLetter",
     "DeterminismError",
+    "Entity",
+    "Entry",
+    "EntryPage",
     "Event",
     "EventualError",
     "Execution",
@@ -112,6 +118,8 @@ __all__ = [
     "Signal",
     "Subscription",
     "Timeout",
+    "TransactionConflict",
+    "VersionConflict",
     "Workflow",
     "WorkflowInfo",
     "WorkflowNotFound",
@@ -126,6 +134,7 @@ __all__ = [
     "condition",
     "current_runtime",
     "current_service",
+    "entity",
     "heartbeat",
     "heartbeat_sync",
     "load_ipython_extension",
@@ -143,6 +152,7 @@ __all__ = [
     "sleep_until",
     "subscription",
     "testing",
+    "transact",
     "uuid4",
     "workflow",
     "workflow_info",

@@ -28,6 +28,8 @@ from eventual_nb.engine.history import HISTORY_ADAPTER, HistoryEvent, LogEntry
 from eventual_nb.events import envelope
 from eventual_nb.runtime.base import (
     DeadLetter,
+    EntityInfo,
+    EntityRecord,
     Execution,
     ExecutionHandle,
     ExecutionPage,
@@ -313,6 +315,16 @@ class ServiceClient:
     async def list_dead_letters(self) -> list[DeadLetter]:
         answer = await self._request("GET", "/_eventual/dead-letters")
         return [DeadLetter.model_validate(item) for item in answer]
+
+    async def list_entities(self) -> list[EntityInfo]:
+        answer = await self._request("GET", "/_eventual/entities")
+        return [EntityInfo.model_validate(item) for item in answer]
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord:
+        """Entry `key` of entity `name` as stored; `key` is the key itself, or `(partition, sort)`."""
+        params = {"key": str(key[0]), "sort": str(key[1])} if isinstance(key, tuple | list) else {"key": str(key)}
+        answer = await self._request("GET", f"/_eventual/entities/{quote(name, safe='')}/entry", params=params)
+        return EntityRecord.model_validate(answer)
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         """Long-poll the server until the execution ends; `ev.Timeout` after `timeout` seconds (None: forever)."""

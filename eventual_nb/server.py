@@ -53,6 +53,8 @@ from eventual_nb.events import Event
 from eventual_nb.runtime import base
 from eventual_nb.runtime.base import (
     DeadLetter,
+    EntityInfo,
+    EntityRecord,
     Execution,
     ExecutionPage,
     ExecutionStatus,
@@ -61,7 +63,7 @@ from eventual_nb.runtime.base import (
     StartResponse,
     WorkflowInfo,
 )
-from eventual_nb.serde import _plain_errors
+from eventual_nb.serde import plain_errors
 from eventual_nb.service import Service, current_service
 
 INTERNAL_PREFIX = "/_eventual"
@@ -387,7 +389,7 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
             try:
                 items.append(cls.model_validate(item.event))
             except ValidationError as exc:
-                details = _plain_errors(exc)
+                details = plain_errors(exc)
                 for detail in details:
                     detail["loc"] = ["body", "events", index, "event", *detail["loc"]]
                 raise errors.InputValidationError(
@@ -423,6 +425,29 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     @router.get("/dead-letters")
     async def list_dead_letters() -> list[DeadLetter]:
         return list(await runtime.list_dead_letters())
+
+    @router.get("/entities")
+    async def list_entities() -> list[EntityInfo]:
+        """The served entities (`ev.entity`), with their number of entries where that is cheap to count."""
+        return list(await runtime.list_entities())
+
+    @router.get(
+        "/entities/{name}/entry",
+        responses=_answers(
+            {
+                404: "no entity of this name is served, or it has no entry with this key, or no entry could have "
+                "this key (EntityNotFound)",
+            }
+        ),
+    )
+    async def get_entity(
+        name: str,
+        key: Annotated[str, Query(description="the key, or a two-part key's partition")],
+        sort: Annotated[str | None, Query(description="a two-part key's sort key")] = None,
+    ) -> EntityRecord:
+        """One entry as stored: its value (as written, whatever the model says now) and its version."""
+        record: EntityRecord = await runtime.get_entity(name, key if sort is None else (key, sort))
+        return record
 
     return router
 
@@ -498,7 +523,7 @@ async def _request_validation_error(request: Request, exc: RequestValidationErro
 
 
 async def _validation_error(request: Request, exc: ValidationError) -> Response:
-    details = _jsonable(_plain_errors(exc))
+    details = _jsonable(plain_errors(exc))
     message = f"invalid {exc.title}: {_describe(details)}"
     return JSONResponse({"error": "InputValidationError", "message": message, "errors": details}, status_code=422)
 

@@ -11,6 +11,7 @@ helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistak
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import shlex
@@ -385,6 +386,36 @@ class EventualMagics(Magics):
         for entry in entries:
             _say(f"{entry.time.isoformat(timespec='milliseconds')} [{entry.source}] {entry.message}")
 
+    def _verb_entities(self, words: list[str]) -> None:
+        """The served entities with their entry counts; `NAME KEY [SORT]` shows one entry (value and version)."""
+        parser = self._parser("entities")
+        parser.add_argument("name", nargs="?")
+        parser.add_argument("key", nargs="?")
+        parser.add_argument("sort", nargs="?")
+        args = parser.parse_args(words)
+        runtime = self.host.ensure_runtime()
+        if args.name is None:
+            entities = self.host.call(runtime.list_entities())
+            if not entities:
+                _say(
+                    f"service '{current_service().name}' has no entities: define one with ev.entity(NAME, Model, key=...)"
+                )
+            for entity in entities:
+                count = "entries not counted" if entity.count is None else f"{entity.count} entries"
+                _say(f"{entity.name:<24} {entity.model} by {', '.join(entity.key)}: {count}")
+            return
+        if args.key is None:
+            raise UsageError("%eventual entities NAME KEY [SORT]: name the entry's key (a two-part key: KEY SORT)")
+        try:
+            record = self.host.call(
+                runtime.get_entity(args.name, args.key if args.sort is None else (args.key, args.sort))
+            )
+        except ev.EventualError as exc:
+            raise UsageError(f"%eventual entities: {exc.message}") from None
+        _say(
+            f"{record.entity} {record.key!r} version {record.version}\n{json.dumps(record.value, indent=2, ensure_ascii=False)}"
+        )
+
     def _verb_serve(self, words: list[str]) -> str:
         """Serve and return the URL, so `url = %eventual serve --port 0` gets the port the system picked."""
         parser = self._parser("serve")
@@ -482,6 +513,7 @@ VERBS = (
     "runtime",
     "status",
     "executions",
+    "entities",
     "history",
     "timeline",
     "logs",
@@ -498,6 +530,7 @@ VERBS_HELP = """%eventual VERB
                                         a deployed stack (eventual-nb deploy); its functions run the code
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
+  entities [NAME KEY [SORT]]            the service's entities, or one entry's value and version
   history ID | logs ID                  an execution's history / captured output
   timeline ID                           an execution's timeline as a picture, its history and logs
   serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)

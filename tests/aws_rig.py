@@ -82,7 +82,8 @@ async def aws_stack_runtime(endpoint: str, service: ev.Service) -> AsyncIterator
     require_local(endpoint)
     reset_moto(endpoint)
     subscriptions = [subscription.spec() for subscription in service.subscriptions.values()]
-    stack = deploy_stack(endpoint, stack="suite", service=service.name, subscriptions=subscriptions)
+    entities = [entity.spec() for entity in service.entities.values()]
+    stack = deploy_stack(endpoint, stack="suite", service=service.name, subscriptions=subscriptions, entities=entities)
     environment = {**stack.environment, "EVENTUAL_SIGNING_KEY": SIGNING_KEY}
     functions = StackFunctions(
         [service],

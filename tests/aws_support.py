@@ -90,10 +90,15 @@ def aws_client(endpoint: str, service: str) -> Any:
     return boto3.client(service, **client_kwargs(endpoint))
 
 
-def manifest(name: str = "stores-test", subscriptions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The smallest manifest `build_template` accepts; a subscription is `{"name", "events"[, "source"]}`."""
+def manifest(
+    name: str = "stores-test",
+    subscriptions: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The smallest manifest `build_template` accepts; a subscription is `{"name", "events"[, "source"]}`, an
+    entity its `Entity.spec()` (any entity gives the stack its entities table)."""
     items = [{"source": None, "retry": RETRY_ONCE, **subscription} for subscription in (subscriptions or [])]
-    return {"name": name, "handlers": dict(HANDLERS), "service": {"subscriptions": items}}
+    return {"name": name, "handlers": dict(HANDLERS), "service": {"subscriptions": items, "entities": entities or []}}
 
 
 def template_tables(stack: str = STACK) -> dict[str, dict[str, Any]]:
@@ -128,12 +133,13 @@ def deploy_stack(
     stack: str = "harness-test",
     service: str = "harness-svc",
     subscriptions: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
 ) -> Stack:
     """Deploy the service's template into moto with Emulator=true, plus the Scheduler group it skips.
 
     The returned environment is the union of every function's variables (the orchestrator's Scheduler
     settings, the subscription function's queue map), i.e. what a process serving all functions sees."""
-    template = build_template(manifest(service, subscriptions))
+    template = build_template(manifest(service, subscriptions, entities))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("handlers.py", "def api(event, context):\n    return {}\n")

@@ -9,7 +9,9 @@ installed) or reported as "not installed" without failing the run (CI has only t
 kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, and
 the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consistent with the turns the
 orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
-per step when cold.
+per step when cold. The entity benchmarks commit every lone write on its own and group concurrent ones
+on the LocalRuntime, and on AWS make one DynamoDB request per operation (the tutorial's debit three),
+a transaction of two writes costing 4 write units.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ LOCAL = {"local_throughput", "local_latency", "local_memory", "local_in_flight"}
 KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
 TIMELINE = {"timeline"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE
+ENTITIES = {"entities_local", "entities_aws"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | ENTITIES
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
@@ -305,3 +308,22 @@ def test_aws_timer_signal_execution_uses_the_scheduler_once(report: dict) -> Non
     assert results["requests"] > 0 and results["usd_per_million_executions"] > 0
     assert results["usd_scheduler"] == pytest.approx(1.0)  # one invocation at $1 per million
     assert "logs.PutLogEvents 1" in bench["info"]["requests"]
+
+
+def test_entity_writes_commit_alone_or_grouped_on_the_local_runtime(report: dict) -> None:
+    local = report["benchmarks"]["entities_local"]["results"]
+    assert local["commits_per_put"] >= 1  # a lone caller's every write waited for its own fsynced commit
+    assert local["commits_per_put_concurrent"] < 1  # concurrent writes shared commits
+    for key in ("put_per_s", "get_per_s", "transact_per_s", "put_concurrent_per_s", "debit_concurrent_per_s"):
+        assert local[key] > 0, key
+
+
+def test_entity_operations_on_aws_take_one_request_each(report: dict) -> None:
+    aws = report["benchmarks"]["entities_aws"]["results"]
+    for name in ("create", "get", "put_versioned", "put_unconditional", "conflict", "transact_2", "query_10"):
+        assert aws[f"{name}_requests"] == 1, name
+    assert aws["debit_requests"] == 3  # get the account, get the marker, one transaction
+    assert (aws["get_rru"], aws["get_wru"]) == (1, 0)  # strongly consistent, under 4 KB
+    assert (aws["create_wru"], aws["conflict_wru"]) == (1, 1)  # a refused conditional write is billed too
+    assert aws["transact_2_wru"] == 4  # two items, each twice in a transaction
+    assert aws["debit_usd_per_million"] > aws["transact_2_usd_per_million"] > aws["create_usd_per_million"]

@@ -739,6 +739,8 @@ _ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/_eventual/activities/failure", _token_bodies),
     ("POST", "/_eventual/activities/heartbeat", _token_bodies),
     ("GET", "/_eventual/dead-letters", None),
+    ("GET", "/_eventual/entities", None),
+    ("GET", "/_eventual/entities/{id}/entry", None),
     ("GET", "/_eventual/openapi.json", None),
     ("GET", "/_eventual/{id}", None),
     ("POST", "/transfers", _transfers | st.fixed_dictionaries({"source": _json, "target": _json, "amount": _json})),
@@ -752,7 +754,8 @@ _query_values = st.one_of(
 )
 _queries = st.lists(
     st.tuples(
-        st.sampled_from(["timeout", "max_results", "status", "sort", "workflow", "next_token"]) | st.text(max_size=6),
+        st.sampled_from(["timeout", "max_results", "status", "sort", "workflow", "next_token", "key"])
+        | st.text(max_size=6),
         _query_values,
     ),
     max_size=4,

@@ -19,6 +19,7 @@ import boto3
 import pytest
 from cfnlint.api import lint
 from cfnlint.config import ManualArgs
+from pydantic import BaseModel
 
 import eventual_nb as ev
 from exporter.handlers import HANDLERS
@@ -47,6 +48,14 @@ class PaymentSettled(ev.Event):
 
 
 approval = ev.signal("approval")
+
+
+class Customer(BaseModel):
+    id: str
+    name: str
+
+
+customers = ev.entity("customers", Customer, key="id")
 
 
 @ev.activity
@@ -116,8 +125,9 @@ def manifest_of(spec: dict[str, Any], *, with_zip: bool = False) -> dict[str, An
 
 def real_manifest() -> dict[str, Any]:
     spec = SERVICE.spec()
-    counts = {key: len(spec[key]) for key in ("workflows", "activities", "signals", "events", "subscriptions")}
-    assert counts == {"workflows": 2, "activities": 2, "signals": 1, "events": 2, "subscriptions": 2}
+    kinds = ("workflows", "activities", "signals", "events", "subscriptions", "entities")
+    counts = {key: len(spec[key]) for key in kinds}
+    assert counts == {"workflows": 2, "activities": 2, "signals": 1, "events": 2, "subscriptions": 2, "entities": 1}
     assert len(spec["routes"]) == 2
     return manifest_of(json.loads(json.dumps(spec)))
 
@@ -552,6 +562,36 @@ def test_iam_roles_are_least_privilege() -> None:
             assert grants(template, role, action, queue), (role, action, queue)
 
 
+def test_only_a_service_with_entities_gets_an_entities_table_and_only_entity_code_may_use_it() -> None:
+    """API routes, activities and subscriptions run entity code; the orchestrator runs workflow code, which
+    may not use entities, and the timer functions run none."""
+    without = build_template(hand_manifest())
+    assert "EntitiesTable" not in without["Resources"] and "EntitiesTableName" not in without["Outputs"]
+    assert all(
+        "EVENTUAL_ENTITIES_TABLE" not in function["Properties"]["Environment"]["Variables"]
+        for function in resources_of(without, "AWS::Lambda::Function").values()
+    )
+
+    manifest = hand_manifest()
+    manifest["service"]["entities"] = [{"name": "accounts", "model": "Account", "key": ["id"], "schema": None}]
+    template = build_template(manifest)
+    assert_lint_clean(template)
+    table = template["Resources"]["EntitiesTable"]["Properties"]
+    assert table["TableName"] == {"Fn::Sub": "${AWS::StackName}-entities"}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert template["Outputs"]["EntitiesTableName"]["Value"] == {"Ref": "EntitiesTable"}
+    for role in ("ApiRole", "ActivityRole", "SubscriptionRole"):
+        for action in ("GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem"):
+            assert grants(template, role, f"dynamodb:{action}", "EntitiesTable"), (role, action)
+        assert not grants(template, role, "dynamodb:Scan", "EntitiesTable")
+    for role in ("OrchestratorRole", "TimerRole", "ScheduleForwarderRole", "SchedulerRole"):
+        for action in ("GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem"):
+            assert not grants(template, role, f"dynamodb:{action}", "EntitiesTable"), (role, action)
+    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["EVENTUAL_ENTITIES_TABLE"] == {"Ref": "EntitiesTable"}
+
+
 # ------------------------------------------------------------------------------------ moto's CloudFormation
 
 
@@ -635,6 +675,10 @@ def test_deploys_into_moto_with_the_emulator_parameter(moto_endpoint: str, deplo
     print("resource types left to the harness:", sorted(left_out))
     assert left_out == REAL_ONLY_TYPES
 
+    entities = client(moto_endpoint, "dynamodb").describe_table(TableName=outputs["EntitiesTableName"])["Table"]
+    assert entities["TableName"] == f"{STACK}-entities"
+    assert [key["AttributeName"] for key in entities["KeySchema"]] == ["pk", "sk"]
+
     sqs = client(moto_endpoint, "sqs")
     workflow = sqs.get_queue_attributes(QueueUrl=outputs["WorkflowQueueUrl"], AttributeNames=["All"])["Attributes"]
     assert workflow["FifoQueue"] == "true" and workflow["ContentBasedDeduplication"] == "true"
@@ -650,6 +694,7 @@ def test_deploys_into_moto_with_the_emulator_parameter(moto_endpoint: str, deplo
     assert (configuration["Runtime"], configuration["Handler"]) == ("python3.12", "handlers.subscription_worker")
     variables = configuration["Environment"]["Variables"]
     assert variables["EVENTUAL_BUS_NAME"] == outputs["BusName"]
+    assert variables["EVENTUAL_ENTITIES_TABLE"] == outputs["EntitiesTableName"]
     assert variables["EVENTUAL_WORKFLOW_QUEUE_URL"] == outputs["WorkflowQueueUrl"]
     queue_arns = {
         name: sqs.get_queue_attributes(

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import json
 import logging
 import re
 import threading
@@ -19,15 +20,19 @@ import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 from eventual_nb import errors
 from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
+    from eventual_nb.entities import Entity
+    from eventual_nb.runtime.entity_store import EntityStore
     from eventual_nb.service import Service
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
@@ -85,6 +90,26 @@ class DeadLetter(BaseModel):
     time: datetime
 
 
+class EntityInfo(BaseModel):
+    """An entity a runtime serves (`list_entities()`): its key fields and, where counting is cheap, its size."""
+
+    name: str
+    service: str | None = None
+    model: str
+    key: list[str]
+    #: entries stored; None where counting would cost a scan (the AWS runtime)
+    count: int | None = None
+
+
+class EntityRecord(BaseModel):
+    """One entry as stored (`get_entity(name, key)`): its value's JSON as written, whatever the model says now."""
+
+    entity: str
+    key: str | list[str]
+    value: Any
+    version: int
+
+
 class ExecutionWaits(BaseModel):
     """What an execution is blocked on now, read by the runtime at `now` on its own clock (a
     TestEnvironment's virtual time), so readers can say "9 min left" on the runtime's terms."""
@@ -139,6 +164,10 @@ class ServiceClientProtocol(Protocol):
     async def send_activity_heartbeat(self, token: str) -> HeartbeatResponse: ...
 
     async def list_dead_letters(self) -> list[DeadLetter]: ...
+
+    async def list_entities(self) -> list[EntityInfo]: ...
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord: ...
 
 
 #: coroutine methods that run on a runtime's home event loop whichever thread or loop calls them
@@ -299,6 +328,57 @@ class RuntimeBase:
             return ExecutionWaits(execution_id=id, now=now)
         return ExecutionWaits(execution_id=id, now=now, waits=replay_waits(code, id, history))
 
+    def entity_definition(self, name: str) -> Entity[Any]:
+        """The served definition of entity `name` (`EntityNotFound`, 404, if no served service defines one)."""
+        for service in self.served_services():
+            found = service.entities.get(name)
+            if found is not None:
+                return found
+        raise errors.EntityNotFound(f"no entity named '{name}' is served by this {type(self).__name__}", entity=name)
+
+    async def list_entities(self) -> list[EntityInfo]:
+        """The served entities, with their number of entries where the store counts them cheaply."""
+        found: list[EntityInfo] = []
+        for service in self.served_services():
+            for entity in service.entities.values():
+                count = await self.entity_store().count(entity.name)
+                found.append(
+                    EntityInfo(
+                        name=entity.name,
+                        service=service.name,
+                        model=entity.model.__name__,
+                        key=list(entity.key_fields),
+                        count=count,
+                    )
+                )
+        return found
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord:
+        """Entry `key` of entity `name` as stored (for inspection: the value is not read through the model, so an
+        entry the current model refuses can still be looked at). `EntityNotFound` (404) if there is none, also
+        for a key no entry could have (a one-part key for a two-part entity, an empty or too long one)."""
+        entity = self.entity_definition(name)
+        try:
+            where = entity.key(key)
+        except errors.InvalidEntityValue as exc:  # no entry can have such a key: a lookup finds nothing
+            raise errors.EntityNotFound(f"{exc.message}, so it has no such entry", entity=name, key=key) from None
+        stored = await self.entity_store().get(where)
+        if stored is None:
+            raise errors.EntityNotFound(
+                f"entity '{name}' has no entry with key {where.shown!r}", entity=name, key=where.shown
+            )
+        shown = where.shown
+        return EntityRecord(
+            entity=name,
+            key=shown if isinstance(shown, str) else list(shown),
+            value=json.loads(stored.value),
+            version=stored.version,
+        )
+
+    def entity_store(self) -> EntityStore:
+        """Where this runtime keeps entities (`ev.entity`)."""
+        raise errors.EventualError(f"{type(self).__name__} keeps no entities")
+
     async def rebind_executions(self, workflow: str, pinned: dict[str, Any]) -> None:
         """After workflow `workflow` was redefined: executions in `pinned` (id -> `WorkflowCode`) keep
         running on that code; every other in-flight execution of it continues on the new definition."""
@@ -376,6 +456,13 @@ def set_default_runtime(runtime: Any) -> None:
     global _default_runtime
     with _default_lock:
         _default_runtime = runtime
+
+
+async def running_on(runtime: Any, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` with `runtime` as the current runtime (for this task and those it starts; the process-wide
+    default is left alone): how the AWS functions give a runtime to the activities and handlers they run."""
+    _current_runtime.set(runtime)
+    return await work
 
 
 def current_runtime(required: bool = True) -> Any:

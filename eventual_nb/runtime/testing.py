@@ -55,6 +55,7 @@ from eventual_nb.runtime.core import (
     StartAttempt,
     StartChild,
 )
+from eventual_nb.runtime.entity_memory import MemoryEntityStore
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service
@@ -276,6 +277,7 @@ class TestEnvironment(RuntimeBase):
         self.replays = 0
         #: executions that keep running on an earlier definition of their workflow (`rebind_executions`)
         self._pinned: dict[str, Any] = {}
+        self._entities = MemoryEntityStore()
 
     # -- context -------------------------------------------------------------------------------------
 
@@ -287,6 +289,10 @@ class TestEnvironment(RuntimeBase):
 
     def is_running(self) -> bool:
         return self._home_loop is not None
+
+    def entity_store(self) -> MemoryEntityStore:
+        """This environment's entities (`ev.entity`), in memory: each environment starts with none."""
+        return self._entities
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.exit_current()

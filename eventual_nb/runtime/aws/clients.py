@@ -65,6 +65,8 @@ SUBSCRIPTION_QUEUES_VARIABLE = "EVENTUAL_SUBSCRIPTION_QUEUES"
 SERVICE_VARIABLE = "EVENTUAL_SERVICE"
 EXECUTIONS_TABLE_VARIABLE = "EVENTUAL_EXECUTIONS_TABLE"
 HISTORY_TABLE_VARIABLE = "EVENTUAL_HISTORY_TABLE"
+#: the service's entities table (`ev.entity`); a stack of a service without entities has none
+ENTITIES_TABLE_VARIABLE = "EVENTUAL_ENTITIES_TABLE"
 
 #: what SQS allows in a MessageGroupId / MessageDeduplicationId: 1-128 printable ASCII, no space
 _SQS_ID = re.compile(r"[!-~]{1,128}")
@@ -447,6 +449,7 @@ class AwsSettings:
     service: str = ""
     executions_table: str = ""
     history_table: str = ""
+    entities_table: str = ""
     workflow_queue_url: str = ""
     activity_queue_url: str = ""
     timer_queue_url: str = ""
@@ -472,6 +475,7 @@ class AwsSettings:
             service=source.get(SERVICE_VARIABLE, ""),
             executions_table=source.get(EXECUTIONS_TABLE_VARIABLE, ""),
             history_table=source.get(HISTORY_TABLE_VARIABLE, ""),
+            entities_table=source.get(ENTITIES_TABLE_VARIABLE, ""),
             workflow_queue_url=source.get(WORKFLOW_QUEUE_VARIABLE, ""),
             activity_queue_url=source.get(ACTIVITY_QUEUE_VARIABLE, ""),
             timer_queue_url=source.get(TIMER_QUEUE_VARIABLE, ""),

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from eventual_nb import errors
+from eventual_nb.aws import AwsRuntime
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, AwsSettings
 from eventual_nb.runtime.aws.orchestrator import Orchestrator
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
@@ -94,10 +95,12 @@ class StackFunctions:
             HistoryStore(dynamodb, settings.history_table),
         )
         self.orchestrator = Orchestrator(self.stores, clients, self.services)
+        # what activities and subscription handlers see as the current runtime: this stack, over these clients
+        self.runtime = AwsRuntime(services=[*self.services], signing_key=signing_key, clients=clients)
         self.activity_worker = ActivityWorker(
-            self.stores, clients, self.services, signing_key=signing_key, environ=environ
+            self.stores, clients, self.services, signing_key=signing_key, environ=environ, runtime=self.runtime
         )
-        self.subscription_worker = SubscriptionWorker(clients, self.services)
+        self.subscription_worker = SubscriptionWorker(clients, self.services, runtime=self.runtime)
         self.timer = timer_handler(clients)
         self.schedule_forwarder = schedule_forwarder(clients)
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from eventual_nb import errors
 from eventual_nb.engine import capture
@@ -67,6 +67,7 @@ from eventual_nb.runtime.core import (
     StartChild,
     wire,
 )
+from eventual_nb.runtime.local.entities import LocalEntityStore
 from eventual_nb.runtime.local.store import ActivityRow, Database, StepRow, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
 from eventual_nb.serde import input_hash, to_json
@@ -75,6 +76,7 @@ from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import Workflow
 
 LOGGER = logging.getLogger("eventual_nb.runtime")
+T = TypeVar("T")
 
 #: rounds of workflow steps folded into one transaction before committing
 MAX_ROUNDS_PER_COMMIT = 20
@@ -330,6 +332,24 @@ class LocalRuntime(RuntimeBase):
         if self._db is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
         return self._db
+
+    def entity_store(self) -> LocalEntityStore:
+        """The entities (`ev.entity`), in tables of this runtime's database (runtime/local/entities.py)."""
+        return LocalEntityStore(self)
+
+    async def _write(self, change: Callable[[Database], T]) -> T:
+        """Run `change` in a savepoint of the next round's transaction; its result once that committed."""
+        result: T = await self._submit(lambda now: change(self._database))
+        return result
+
+    async def _read(self, read: Callable[[Database], T]) -> T:
+        """Run `read` on this runtime's loop between two rounds (the connection is used from its thread alone),
+        so it sees committed state only."""
+        if self._scheduler is None or self._loop is None:
+            raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
+        if asyncio.get_running_loop() is not self._loop:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._read(read), self._loop))
+        return read(self._database)
 
     # --------------------------------------------------------------------------------------- definitions
 
