@@ -58,6 +58,7 @@ from eventual_nb.runtime.base import (
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    ServiceClientProtocol,
     StartResponse,
     WorkflowInfo,
 )
@@ -279,7 +280,7 @@ def _services_of(runtime: Any, services: list[Service] | None) -> list[Service]:
 # ------------------------------------------------------------------------------------------ internal routes
 
 
-def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
+def _internal_router(runtime: ServiceClientProtocol, served: list[Service]) -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX, tags=["eventual"])
     # documented, not enforced here: the runtime checks tokens and answers 400 (InvalidPageToken)
     pattern = getattr(runtime, "page_token_pattern", None)

@@ -160,9 +160,7 @@ class Workflow(Generic[R]):
             _seq, child_id, future = executor.start_child(self.name, child_input, child_timeout)
             return ChildExecutionHandle(child_id, self, future, executor)
         runtime = current_runtime()
-        return await runtime.start_execution(  # type: ignore[no-any-return]
-            self, None if input is _NO_INPUT else input, name=name, timeout=timeout
-        )
+        return await runtime.start_execution(self, None if input is _NO_INPUT else input, name=name, timeout=timeout)
 
     def __call__(self, input: Any = _NO_INPUT) -> Awaitable[R]:
         return self._run(input)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -502,6 +503,29 @@ async def test_unknown_execution_ids_raise_execution_not_found(call: Any) -> Non
             await call(env)
         assert "greet/nope" in str(info.value)
         assert info.value.execution_id == "greet/nope"
+
+
+# ------------------------------------------------------------------------------------------ the declaration
+
+
+def _implementations() -> list[type]:
+    from eventual_nb.aws import AwsRuntime
+    from eventual_nb.client import ServiceClient
+
+    return [ev.testing.TestEnvironment, ev.LocalRuntime, AwsRuntime, ServiceClient]
+
+
+@pytest.mark.parametrize("implementation", _implementations(), ids=lambda cls: cls.__name__)
+def test_every_runtime_and_the_client_declare_the_one_protocol(implementation: type) -> None:
+    """Each names `ServiceClientProtocol` as a base (what makes mypy check its signatures against the one
+    declaration) and defines every method of it: none falls through to the protocol's bodiless stub."""
+    protocol = runtime_base.ServiceClientProtocol
+    assert protocol in implementation.__mro__
+    methods = [name for name, member in vars(protocol).items() if inspect.iscoroutinefunction(member)]
+    assert "wait_for_execution" in methods  # what `ExecutionHandle.result()` calls on every runtime and client
+    assert set(methods) <= set(runtime_base.HOME_LOOP_METHODS)
+    for name in methods:
+        assert getattr(implementation, name) is not getattr(protocol, name), f"{implementation.__name__}.{name}"
 
 
 # ------------------------------------------------------------------------------------------ which runtime
