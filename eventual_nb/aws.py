@@ -181,7 +181,7 @@ class AwsRuntime(RuntimeBase):
 
     def client(self, service: str) -> Any:
         """A boto3 client of this runtime's session (region, credentials, endpoint)."""
-        return self.session.client(service, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+        return self.session.client(service, endpoint_url=self.endpoint_url)
 
     def _resolve(self) -> AwsClients:
         """Find the stack's names (once) and build the clients; blocking, so called from a worker thread."""

@@ -82,7 +82,7 @@ class Workflow(Generic[R]):
         self.input_parameter = parameters[0] if parameters else None
         self.input_annotation: Any = hints.get(parameters[0].name, Any) if parameters else Any
         self.return_annotation: Any = hints.get("return", Any)
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        functools.update_wrapper(self, function)
         warn_nondeterministic_calls(function, self.name)
 
     def __repr__(self) -> str:

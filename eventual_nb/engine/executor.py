@@ -516,7 +516,7 @@ class WorkflowExecutor:
         self.loop.run_until_idle()
         for task in self.loop.tasks:
             if task.done() and not task.cancelled():
-                task._log_traceback = False  # type: ignore[attr-defined]
+                task._log_traceback = False
         self.open_children = tuple(
             pending.child_id
             for _, pending in sorted(self.pending.items())
@@ -552,7 +552,7 @@ class WorkflowExecutor:
                         task.get_coro().close()
                     except BaseException:  # noqa: BLE001 - a discarded instance has nobody to report to
                         pass
-                task._log_traceback = False  # type: ignore[attr-defined]
+                task._log_traceback = False
         self.loop.tasks = []
         self.pending.clear()
         self.timers.clear()

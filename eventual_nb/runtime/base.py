@@ -586,7 +586,7 @@ class ExecutionHandle:
                 continue  # its runtime stopped while waiting: wait on the one that replaced it
             return outcome_of(execution)
 
-    async def signal(self, signal: Signal | str, payload: Any = None, id: str | None = None) -> None:
+    async def signal(self, signal: Signal[Any] | str, payload: Any = None, id: str | None = None) -> None:
         await (await self._serving()).send_signal(self.id, signal, payload, id=id)
 
     async def cancel(self) -> None:

@@ -537,7 +537,7 @@ class AwsClients:
             kwargs = dict(session_or_kwargs or {})
 
             def factory(service: str) -> Any:
-                return boto3.client(service, **kwargs)  # type: ignore[call-overload]
+                return boto3.client(service, **kwargs)
 
         else:
             session = session_or_kwargs
