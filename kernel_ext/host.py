@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -217,7 +218,8 @@ class RuntimeHost:
 
             async def run() -> None:
                 task = asyncio.ensure_future(server.serve())
-                while not server.started and not task.done():
+                # uvicorn's Server tells it started only through its `started` flag (no event to await)
+                while not server.started and not task.done():  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
                 started.set()
                 await task
@@ -242,10 +244,8 @@ class RuntimeHost:
             if server is None or task is None:
                 return
             server.should_exit = True
-            try:
+            with contextlib.suppress(Exception, concurrent.futures.CancelledError):  # stopping anyway
                 task.result(CALL_TIMEOUT)
-            except (Exception, concurrent.futures.CancelledError):  # noqa: BLE001 - stopping anyway
-                pass
 
     def close(self) -> None:
         """Stop everything and the thread (extension unload)."""

@@ -242,7 +242,8 @@ def test_resource_names_are_per_stack_and_queue_names_fit_sqs() -> None:
         validate_stack_name("1-starts-with-a-digit")
 
     def with_stack(name: Any) -> str:
-        assert set(name) == {"Fn::Sub"} and isinstance(name["Fn::Sub"], str), name
+        assert set(name) == {"Fn::Sub"}, name
+        assert isinstance(name["Fn::Sub"], str), name
         assert "${AWS::StackName}" in name["Fn::Sub"], name
         return str(name["Fn::Sub"]).replace("${AWS::StackName}", longest_stack)
 
@@ -502,7 +503,8 @@ def test_iam_roles_are_least_privilege() -> None:
             for action in actions:
                 assert "*" not in action, (role, action)
                 assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), (role, action)
-            assert isinstance(statement["Resource"], list) and statement["Resource"], (role, statement)
+            assert isinstance(statement["Resource"], list), (role, statement)
+            assert statement["Resource"], (role, statement)
             for resource in statement["Resource"]:
                 named_resources(resource, template)
 
@@ -637,14 +639,16 @@ def test_deploys_into_moto_with_the_emulator_parameter(moto_endpoint: str, deplo
 
     sqs = client(moto_endpoint, "sqs")
     workflow = sqs.get_queue_attributes(QueueUrl=outputs["WorkflowQueueUrl"], AttributeNames=["All"])["Attributes"]
-    assert workflow["FifoQueue"] == "true" and workflow["ContentBasedDeduplication"] == "true"
+    assert workflow["FifoQueue"] == "true"
+    assert workflow["ContentBasedDeduplication"] == "true"
     welcome_queue = created[f"{subscription_logical_id('welcome-email')}Queue"]["PhysicalResourceId"]
     welcome = sqs.get_queue_attributes(QueueUrl=welcome_queue, AttributeNames=["All"])["Attributes"]
     assert json.loads(welcome["RedrivePolicy"])["maxReceiveCount"] == 4
 
     functions = client(moto_endpoint, "lambda")
     mappings = functions.list_event_source_mappings()["EventSourceMappings"]
-    assert len(mappings) == 5 and {mapping["State"] for mapping in mappings} == {"Disabled"}
+    assert len(mappings) == 5
+    assert {mapping["State"] for mapping in mappings} == {"Disabled"}
     subscription_function = created["SubscriptionFunction"]["PhysicalResourceId"]
     configuration = functions.get_function_configuration(FunctionName=subscription_function)
     assert (configuration["Runtime"], configuration["Handler"]) == ("python3.12", "handlers.subscription_worker")
