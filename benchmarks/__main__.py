@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from benchmarks import aws, engine, entities, kernel, local, timeline
 from benchmarks.results import (
@@ -65,24 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         def progress(key: str) -> None:
             status.update(f"running {key}…")
 
-        results = []
-        if only & set(engine.BENCHMARKS):
-            results = engine.run(args.quick, sorted(only & set(engine.BENCHMARKS)), progress)
-        comparisons = []
-        if only & set(local.BENCHMARKS):
-            comparisons = local.run(args.quick, sorted(only & set(local.BENCHMARKS)), progress)
-        kernel_results = []
-        if only & set(kernel.BENCHMARKS):
-            kernel_results = kernel.run(args.quick, sorted(only & set(kernel.BENCHMARKS)), progress)
-        aws_results = []
-        if only & set(aws.BENCHMARKS):
-            aws_results = aws.run(args.quick, sorted(only & set(aws.BENCHMARKS)), progress)
-        timeline_results = []
-        if only & set(timeline.BENCHMARKS):
-            timeline_results = timeline.run(args.quick, sorted(only & set(timeline.BENCHMARKS)), progress)
-        entity_results = []
-        if only & set(entities.BENCHMARKS):
-            entity_results = entities.run(args.quick, sorted(only & set(entities.BENCHMARKS)), progress)
+        def run(module: Any) -> list[Any]:
+            chosen = sorted(only & set(module.BENCHMARKS))
+            return list(module.run(args.quick, chosen, progress)) if chosen else []
+
+        results = run(engine)
+        comparisons = run(local)
+        kernel_results = run(kernel)
+        aws_results = run(aws)
+        timeline_results = run(timeline)
+        entity_results = run(entities)
     if results:
         console.print(render(results))
         print_notes(console, results)

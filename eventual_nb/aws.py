@@ -199,7 +199,7 @@ class AwsRuntime(RuntimeBase):
         """A boto3 client of this runtime's session (region, credentials, endpoint)."""
         if self.session is None:  # lent by the stack's functions
             return self._resolve().client(service)
-        return self.session.client(service, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+        return self.session.client(service, endpoint_url=self.endpoint_url)
 
     def _resolve(self) -> AwsClients:
         """Find the stack's names (once) and build the clients; blocking, so called from a worker thread."""
@@ -258,32 +258,9 @@ class AwsRuntime(RuntimeBase):
             ) from exc
         if not described:
             raise errors.EventualError(f"no CloudFormation stack {stack!r} in {self.region}")
-        environment: dict[str, str] = {}
-        resources: dict[str, str] = {}
-        paginator = cloudformation.get_paginator("list_stack_resources")
-        try:
-            for page in paginator.paginate(StackName=stack):
-                for item in page.get("StackResourceSummaries", []):
-                    if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
-                        resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
-        except cloudformation.exceptions.ClientError:
-            # fall back to the (at most 100 items) describe call some policies allow instead
-            for item in cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []):
-                if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
-                    resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+        resources = _stack_resources(cloudformation, stack)
         # the functions' own variables carry what outputs do not: the service name, the subscription map
-        functions = self.client("lambda")
-        for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
-            physical_id = resources.get(logical_id)
-            if physical_id is None:
-                continue
-            try:
-                configuration = functions.get_function_configuration(FunctionName=physical_id)
-            except functions.exceptions.ClientError:
-                continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
-            variables = configuration.get("Environment", {}).get("Variables", {})
-            for name, value in variables.items():
-                environment.setdefault(str(name), str(value))
+        environment = _function_variables(self.client("lambda"), resources)
         for logical_id, variable in STACK_RESOURCES.items():
             if logical_id in resources:
                 environment[variable] = resources[logical_id]
@@ -559,6 +536,41 @@ class AwsRuntime(RuntimeBase):
                 pause = min(pause, left)
             await asyncio.sleep(pause)
             pause = min(WAIT_LONGEST, pause * WAIT_FACTOR)
+
+
+def _stack_resources(cloudformation: Any, stack: str) -> dict[str, str]:
+    """The physical id of each of `stack`'s resources, by logical id."""
+    resources: dict[str, str] = {}
+
+    def add(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
+                resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+
+    try:
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
+            add(page.get("StackResourceSummaries", []))
+    except cloudformation.exceptions.ClientError:
+        # fall back to the (at most 100 items) describe call some policies allow instead
+        add(cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []))
+    return resources
+
+
+def _function_variables(functions: Any, resources: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables of the stack's functions (the first function to set one wins)."""
+    environment: dict[str, str] = {}
+    for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
+        physical_id = resources.get(logical_id)
+        if physical_id is None:
+            continue
+        try:
+            configuration = functions.get_function_configuration(FunctionName=physical_id)
+        except functions.exceptions.ClientError:
+            continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
+        variables = configuration.get("Environment", {}).get("Variables", {})
+        for name, value in variables.items():
+            environment.setdefault(str(name), str(value))
+    return environment
 
 
 def _claimed_attempt(row: Mapping[str, Any], execution_id: str, seq: int, attempt: int) -> StartAttempt:

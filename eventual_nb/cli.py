@@ -446,6 +446,7 @@ async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
 
 async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
     """Draw an execution's timeline in the terminal, or write it as one self-contained HTML page (--html)."""
+    import asyncio
     from pathlib import Path
 
     from eventual_nb.timeline import read_snapshot, timeline_json
@@ -456,7 +457,8 @@ async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
     if args.html:
         path = Path(args.html)
         try:
-            path.write_text(render_page(timeline, snapshot.history, snapshot.logs), encoding="utf-8")
+            page = render_page(timeline, snapshot.history, snapshot.logs)
+            await asyncio.to_thread(path.write_text, page, encoding="utf-8")
         except OSError as exc:
             return out.error("OSError", f"cannot write the timeline of {args.id} to {path}: {exc.strerror or exc}")
         if out.as_json:

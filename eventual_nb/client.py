@@ -36,6 +36,7 @@ from eventual_nb.runtime.base import (
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    ServiceClientProtocol,
     WorkflowInfo,
     execution_id_of,
     signal_name_of,
@@ -92,7 +93,7 @@ def check_url(url: str) -> str:
     return url
 
 
-class ServiceClient:
+class ServiceClient(ServiceClientProtocol):
     """Eventual's service client over HTTP (`/_eventual/` routes of `eventual-nb serve`).
 
     `url` is the server's base URL; `token` the bearer token it demands when it listens beyond loopback

@@ -77,9 +77,9 @@ class Service:
     `name` must pass `check_service_name` (else `InvalidServiceName`, a `ValueError`)."""
 
     name: str
-    workflows: dict[str, Workflow]
-    activities: dict[str, Activity]
-    signals: dict[str, Signal]
+    workflows: dict[str, Workflow[Any]]
+    activities: dict[str, Activity[Any, Any]]
+    signals: dict[str, Signal[Any]]
     events: dict[str, type[Event]]
     subscriptions: dict[str, Subscription]
     schedules: dict[str, Schedule]

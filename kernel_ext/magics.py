@@ -29,7 +29,8 @@ import eventual_nb as ev
 from eventual_nb import magic_syntax
 from eventual_nb.durations import parse_duration
 from eventual_nb.magic_syntax import FlagError, max_attempts
-from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
+from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus, RuntimeBase
+from eventual_nb.runtime.testing import TestEnvironment
 from eventual_nb.service import current_service
 from eventual_nb.timeline import read_snapshot
 from eventual_nb.timeline.svg import CSS, history_table, render_fragment
@@ -328,12 +329,12 @@ class EventualMagics(Magics):
             f"subscriptions, {len(service.api.routes) if service._router is not None else 0} routes",
             f"runtime      {type(runtime).__name__}"
             + (f" on {self.host.path}" if self.host.path else "")
-            + (f" on stack {runtime.stack} in {runtime.region}" if self.host.kind == "aws" else ""),
+            + _stack_of(runtime),
             f"in progress  {len(page.executions)}" + ("+" if page.next_token else ""),
         ]
-        if self.host.kind == "test":
+        if isinstance(runtime, TestEnvironment):
             lines.append(f"virtual now  {runtime.now.isoformat()}")
-        blocked = runtime.blocked() if callable(getattr(runtime, "blocked", None)) else {}
+        blocked = runtime.blocked() if isinstance(runtime, ev.LocalRuntime) else {}
         for execution_id, error in blocked.items():
             lines.append(f"blocked      {execution_id}: {error}")
         if self.host.server_url:
@@ -483,9 +484,9 @@ class EventualMagics(Magics):
         parser = self._parser("advance")
         parser.add_argument("duration", type=magic_syntax.duration)
         args = parser.parse_args(words)
-        if self.host.kind != "test":
-            raise UsageError("%eventual advance needs the test runtime: run `%eventual runtime test` first")
         environment = self.host.runtime
+        if not isinstance(environment, TestEnvironment):
+            raise UsageError("%eventual advance needs the test runtime: run `%eventual runtime test` first")
         self.host.call(environment.advance(parse_duration(args.duration)))
         _say(f"virtual clock at {environment.now.isoformat()}")
 
@@ -497,6 +498,13 @@ class EventualMagics(Magics):
         view = ExecutionView(self.host, handle.id, runtime, _signals_of(handle.workflow))
         self.pump.add(view)
         display(view.root)
+
+
+def _stack_of(runtime: RuntimeBase) -> str:
+    """Where an AwsRuntime serves from (" on stack S in R"); nothing for a runtime of this process."""
+    from eventual_nb.aws import AwsRuntime  # boto3-free; already loaded when the host runs one
+
+    return f" on stack {runtime.stack} in {runtime.region}" if isinstance(runtime, AwsRuntime) else ""
 
 
 def _signals_of(workflow: str) -> dict[str, Any]:

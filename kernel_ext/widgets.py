@@ -421,7 +421,7 @@ class ExecutionView:
         with self._lock:
             pending, self._pending = self._pending, {}
         try:
-            runtime = serving_runtime(self.handle._runtime, f"this execution ('{self.execution_id}')")
+            runtime = serving_runtime(self.handle.runtime, f"this execution ('{self.execution_id}')")
         except EventualError as exc:  # its runtime was replaced by one on another store: say so, keep checking
             self._detach(str(exc), pending)
             return

@@ -139,7 +139,8 @@ def test_the_tutorial_deploys_and_moves_money_through_the_stack(
     ran = run_container(moto_endpoint, tmp_path)
     assert ran["opened"] == [201, 201]
     status, refused = ran["refused"]
-    assert status == 422 and refused["detail"][0]["loc"] == ["body", "balance"], refused
+    assert status == 422, refused
+    assert refused["detail"][0]["loc"] == ["body", "balance"], refused
     assert ran["started"] == 202
     assert ran["completed"]["status"] == "SUCCEEDED", ran["completed"]
     assert ran["completed"]["result"] == {"status": "completed", "detail": ""}
@@ -152,7 +153,8 @@ def test_the_tutorial_deploys_and_moves_money_through_the_stack(
     assert ran["execution_cancel"] == 202
     assert ran["execution_cancelled"]["status"] == "CANCELLED", ran["execution_cancelled"]
     alice, bob = ran["names"]
-    assert ran["alice"]["balance"] == 7500 and ran["bob"]["balance"] == 2500
+    assert ran["alice"]["balance"] == 7500
+    assert ran["bob"]["balance"] == 2500
     # the subscription (bus -> rule -> queue -> function) wrote both statements
     assert ran["bob"]["statement"] == [f"+25.00 from {alice}"]
     assert ran["alice"]["statement"] == [

@@ -58,7 +58,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
         timeout=300,
     )
     assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
-    assert "Python" in completed.stdout and "Machine" in completed.stdout and "Date" in completed.stdout
+    assert "Python" in completed.stdout
+    assert "Machine" in completed.stdout
+    assert "Date" in completed.stdout
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -170,8 +172,11 @@ def test_local_memory_keeps_no_completed_execution_in_memory(report: dict) -> No
 def test_local_in_flight_ran_every_batch_beside_the_waiting_executions(report: dict) -> None:
     bench = report["benchmarks"]["local_in_flight"]
     local = bench["results"]["local"]
-    assert bench["params"]["waiting"] > 0 and bench["params"]["batches"] >= 2
-    assert local["alone_per_second"] > 0 and local["beside_per_second"] > 0 and local["slowdown"] > 0
+    assert bench["params"]["waiting"] > 0
+    assert bench["params"]["batches"] >= 2
+    assert local["alone_per_second"] > 0
+    assert local["beside_per_second"] > 0
+    assert local["slowdown"] > 0
     assert 0 < local["cached_executors"] <= bench["params"]["waiting"]
 
 
@@ -269,12 +274,15 @@ def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
             and key
             not in {"usd_per_million_steps", "usd_per_million_steps_moto_durations", "usd_without_activity_lambda"}
         )
-        assert total > 0 and parts == pytest.approx(total)
+        assert total > 0
+        assert parts == pytest.approx(total)
         for service in ("dynamodb", "sqs", "lambda", "cloudwatch_logs"):
             assert found[f"usd_{service}"] > 0, f"{system}: nothing billed for {service}"
         assert 0 < found["usd_without_activity_lambda"] < total
         assert found["step_functions_ratio"] == pytest.approx(25 / total)
-        assert found["requests_per_step"] > 0 and found["wru_per_step"] > 0 and found["rru_per_step"] > 0
+        assert found["requests_per_step"] > 0
+        assert found["wru_per_step"] > 0
+        assert found["rru_per_step"] > 0
         # each step is one activity attempt: one invocation, one claim, one outcome
         assert found["activity_invocations_per_step"] == 1
         assert found["requests_dynamodb.PutItem"] > 1  # claims, plus the records the client wrote
@@ -285,7 +293,8 @@ def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
         assert found["requests_dynamodb.TransactWriteItems"] == pytest.approx(turns)
         assert found["history_queries"] == pytest.approx(turns)
         assert found["orchestrator_invocations_per_step"] <= turns
-        assert found["orchestrator_modelled_ms"] > 0 and found["activity_measured_ms"] > 0
+        assert found["orchestrator_modelled_ms"] > 0
+        assert found["activity_measured_ms"] > 0
 
 
 def test_aws_warm_orchestrator_never_replays_and_cold_replays_every_step(report: dict) -> None:
@@ -305,7 +314,8 @@ def test_aws_timer_signal_execution_uses_the_scheduler_once(report: dict) -> Non
     assert results["history_events"] == 9  # started, activity ×2, two timers ×2, signal, succeeded
     assert results["replays"] == 0
     assert results["orchestrator_turns"] == 5
-    assert results["requests"] > 0 and results["usd_per_million_executions"] > 0
+    assert results["requests"] > 0
+    assert results["usd_per_million_executions"] > 0
     assert results["usd_scheduler"] == pytest.approx(1.0)  # one invocation at $1 per million
     assert "logs.PutLogEvents 1" in bench["info"]["requests"]
 

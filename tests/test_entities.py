@@ -123,7 +123,8 @@ async def test_put_returns_the_new_version_and_get_entry_reads_it(rt: Any) -> No
     assert await accounts.put(Account(id="a1", balance=10)) == 1
     assert await accounts.put({"id": "a1", "balance": 20}) == 2
     entry = await accounts.get_entry("a1")
-    assert entry is not None and (entry.value, entry.version) == (Account(id="a1", balance=20), 2)
+    assert entry is not None
+    assert (entry.value, entry.version) == (Account(id="a1", balance=20), 2)
     assert await accounts.get("a1") == Account(id="a1", balance=20)
     assert await accounts.put(Account(id="a1", balance=30), expected_version=2) == 3
 
@@ -136,10 +137,12 @@ async def test_a_put_with_another_version_is_a_conflict_that_writes_nothing(rt: 
     error = conflict.value
     assert (error.entity, error.key, error.expected_version, error.actual_version) == ("accounts", "a2", 1, 2)
     assert (error.expected, error.actual) == (1, 2)
-    assert "expected version 1" in error.message and "version 2" in error.message
+    assert "expected version 1" in error.message
+    assert "version 2" in error.message
     assert await accounts.get_entry("a2") == ev.Entry(Account(id="a2", balance=2), 2)
     rebuilt = error_from_json(error.to_json())  # what a ServiceClient raises from the server's answer
-    assert isinstance(rebuilt, ev.VersionConflict) and (rebuilt.key, rebuilt.actual_version) == ("a2", 2)
+    assert isinstance(rebuilt, ev.VersionConflict)
+    assert (rebuilt.key, rebuilt.actual_version) == ("a2", 2)
 
 
 async def test_expected_version_zero_creates_only(rt: Any) -> None:
@@ -237,7 +240,8 @@ async def test_transact_applies_every_operation_or_none_with_a_reason_per_operat
             accounts.put_op(Account(id="t3"), expected_version=0),  # holds
         )
     assert conflict.value.reasons == [None, "version 2, expected 1", None, "version 0, expected 3", None]
-    assert "operation 2" in conflict.value.message and "operation 4" in conflict.value.message
+    assert "operation 2" in conflict.value.message
+    assert "operation 4" in conflict.value.message
     assert await accounts.get_entry("t1") == ev.Entry(Account(id="t1", balance=10), 1)
     assert await accounts.get("t3") is None
     assert await lines.get(("t1", "old")) is not None
@@ -257,7 +261,8 @@ async def test_transact_applies_every_operation_or_none_with_a_reason_per_operat
     ]
     assert await lines.get(("t1", "old")) is None
     rebuilt = error_from_json(conflict.value.to_json())
-    assert isinstance(rebuilt, ev.TransactionConflict) and rebuilt.reasons == conflict.value.reasons
+    assert isinstance(rebuilt, ev.TransactionConflict)
+    assert rebuilt.reasons == conflict.value.reasons
 
 
 async def test_transact_refuses_what_no_store_could_apply_atomically(rt: Any) -> None:
@@ -268,7 +273,8 @@ async def test_transact_refuses_what_no_store_could_apply_atomically(rt: Any) ->
     with pytest.raises(ev.InputValidationError, match="operations made by"):
         await ev.transact(Account(id="x"))  # type: ignore[arg-type]
     assert await ev.transact() == []
-    assert await accounts.get("x") is None and await accounts.get("n0") is None
+    assert await accounts.get("x") is None
+    assert await accounts.get("n0") is None
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -277,7 +283,8 @@ async def test_transact_refuses_what_no_store_could_apply_atomically(rt: Any) ->
 async def test_values_are_validated_by_the_model_on_put(rt: Any) -> None:
     with pytest.raises(InvalidEntityValue) as invalid:
         await accounts.put({"id": "v1", "balance": "lots"})
-    assert invalid.value.errors[0]["loc"] == ["balance"] and "balance" in invalid.value.message
+    assert invalid.value.errors[0]["loc"] == ["balance"]
+    assert "balance" in invalid.value.message
     with pytest.raises(InvalidEntityValue, match="stores Account values, got a Line"):
         await accounts.put(Line(account="v1", at="x"))  # type: ignore[arg-type]
     with pytest.raises(InvalidEntityValue, match="must not be empty"):
@@ -312,13 +319,12 @@ async def test_a_stored_value_the_changed_model_refuses_fails_on_read_naming_the
     await lines.put(Line(account="m1", at="1", text="before"))
     changed = ev.entity("lines", LineV2, key=("account", "at"), service=SERVICE)
     try:
+        reading = changed.get(("m1", "1")) if read == "get" else changed.query("m1")
         with pytest.raises(InvalidEntityValue) as invalid:
-            if read == "get":
-                await changed.get(("m1", "1"))
-            else:
-                await changed.query("m1")
+            await reading
         assert "entity 'lines' key ('m1', '1') (version 1)" in invalid.value.message
-        assert "amount" in invalid.value.message and invalid.value.errors[0]["loc"] == ["amount"]
+        assert "amount" in invalid.value.message
+        assert invalid.value.errors[0]["loc"] == ["amount"]
         relaxed = ev.entity("lines", LineV3, key=("account", "at"), service=SERVICE)
         assert await relaxed.get(("m1", "1")) == LineV3(account="m1", at="1", text="before", amount=0)
     finally:
@@ -328,7 +334,8 @@ async def test_a_stored_value_the_changed_model_refuses_fails_on_read_naming_the
 async def test_a_value_over_350_kb_is_refused_and_one_just_under_is_kept(rt: Any) -> None:
     with pytest.raises(InvalidEntityValue) as too_big:
         await blobs.put(Blob(id="big", data="x" * (350 * 1024)))
-    assert "350 KB" in too_big.value.message and "entity 'blobs' key 'big'" in too_big.value.message
+    assert "350 KB" in too_big.value.message
+    assert "entity 'blobs' key 'big'" in too_big.value.message
     assert await blobs.get("big") is None
     fits = Blob(id="big", data="é" * ((350 * 1024 - 100) // 2))  # two bytes each in UTF-8
     assert await blobs.put(fits) == 1
@@ -347,7 +354,8 @@ async def test_activities_use_entities_and_workflow_code_is_refused_with_a_point
     with pytest.raises(ev.ExecutionFailed) as failed:
         await handle.result(timeout=60)
     assert failed.value.error == "EventualError"
-    assert "inside workflow code" in failed.value.message and "in an activity" in failed.value.message
+    assert "inside workflow code" in failed.value.message
+    assert "in an activity" in failed.value.message
 
 
 async def test_an_entity_without_a_runtime_says_how_to_get_one() -> None:
@@ -363,9 +371,12 @@ def test_entity_definitions_are_checked_and_listed_in_the_service_spec() -> None
     with pytest.raises(ev.EventualError, match="pydantic BaseModel"):
         ev.entity("x", dict, key="id", service=SERVICE)  # type: ignore[type-var]
     specs = {spec["name"]: spec for spec in SERVICE.spec()["entities"]}
-    assert specs["lines"]["key"] == ["account", "at"] and specs["accounts"]["key"] == ["id"]
-    assert specs["accounts"]["model"] == "Account" and "balance" in specs["accounts"]["schema"]["properties"]
-    assert issubclass(EntityNotFound, LookupError) and EntityNotFound.status_code == 404
+    assert specs["lines"]["key"] == ["account", "at"]
+    assert specs["accounts"]["key"] == ["id"]
+    assert specs["accounts"]["model"] == "Account"
+    assert "balance" in specs["accounts"]["schema"]["properties"]
+    assert issubclass(EntityNotFound, LookupError)
+    assert EntityNotFound.status_code == 404
 
 
 # ------------------------------------------------------------------------------------------ inspection
@@ -386,8 +397,10 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
     with run_server(rt, own_runtime=False) as server:
         async with ev.ServiceClient(server.url) as client:
             listed = {entity.name: entity for entity in await client.list_entities()}
-            assert listed["accounts"].key == ["id"] and listed["lines"].key == ["account", "at"]
-            assert listed["accounts"].service == SERVICE.name and listed["accounts"].model == "Account"
+            assert listed["accounts"].key == ["id"]
+            assert listed["lines"].key == ["account", "at"]
+            assert listed["accounts"].service == SERVICE.name
+            assert listed["accounts"].model == "Account"
             counted = {name: entity.count for name, entity in listed.items()}
             assert counted == {"accounts": 1, "lines": 1, "blobs": 0, "counters": 0} or set(counted.values()) == {None}
             record = await client.get_entity("accounts", "i1")
@@ -416,17 +429,20 @@ async def test_the_service_client_and_the_cli_show_entities_and_entries(rt: Any)
         listed_json = json.loads(_ok(await cli("entities", "--url", server.url, "--json")).stdout)
         assert {entity["name"] for entity in listed_json} == {"accounts", "lines", "blobs", "counters"}
         table = _ok(await cli("entities", "--url", server.url)).stdout
-        assert "accounts" in table and "account, at" in table
+        assert "accounts" in table
+        assert "account, at" in table
         shown = json.loads(_ok(await cli("entity", "lines", "alice", "0001", "--url", server.url, "--json")).stdout)
         assert (shown["value"]["text"], shown["version"]) == ("hello", 1)
         assert "balance" in _ok(await cli("entity", "accounts", "i1", "--url", server.url)).stdout
         missing_cli = await cli("entity", "accounts", "nobody", "--url", server.url)
-        assert missing_cli.returncode == 1 and "no entry with key 'nobody'" in missing_cli.stderr
+        assert missing_cli.returncode == 1
+        assert "no entry with key 'nobody'" in missing_cli.stderr
         assert "Traceback" not in missing_cli.stderr
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
 
@@ -446,8 +462,10 @@ def test_the_kernel_lists_entities_and_shows_an_entry(tmp_path: Path, runtime: s
     for index in range(6):
         assert error_of(nb.cells[index]) is None, (index, error_of(nb.cells[index]))
     assert text_of(nb.cells[2]).split() == ["1", "2"]
-    assert "notes" in text_of(nb.cells[3]) and "by id: 1 entries" in text_of(nb.cells[3])
-    assert "notes 'n1' version 2" in text_of(nb.cells[4]) and '"text": "second"' in text_of(nb.cells[4])
+    assert "notes" in text_of(nb.cells[3])
+    assert "by id: 1 entries" in text_of(nb.cells[3])
+    assert "notes 'n1' version 2" in text_of(nb.cells[4])
+    assert '"text": "second"' in text_of(nb.cells[4])
     assert "UsageError: %eventual entities: entity 'notes' has no entry with key 'nobody'" in text_of(
         nb.cells[5], "stderr"
     )
@@ -492,7 +510,8 @@ async def test_twenty_tasks_incrementing_one_counter_with_retries_on_conflict_co
 
         await asyncio.gather(asyncio.to_thread(other_thread), *(increment(50, conflicts) for _ in range(10)))
         entry = await counters.get_entry("c")
-    assert entry is not None and entry.value.value == 1000
+    assert entry is not None
+    assert entry.value.value == 1000
     assert entry.version == 1001
     print(f"1,000 increments by 20 tasks, {len(conflicts)} conflicts retried")
 
@@ -500,15 +519,8 @@ async def test_twenty_tasks_incrementing_one_counter_with_retries_on_conflict_co
 CRASH_FIXTURE = Path(__file__).parent / "fixtures" / "entity_crash.py"
 
 
-@pytest.mark.timeout(300)
-async def test_sigkill_during_a_stream_of_transactions_leaves_each_wholly_applied_or_not_at_all(
-    tmp_path: Path,
-) -> None:
-    """tests/fixtures/entity_crash.py moves money between five accounts with eight tasks, each move one
-    transaction of four writes (a create-only marker, two balances, a tally); it is killed with SIGKILL three
-    times at random moments and started again on the same database. Then: the balances still sum to 5,000,
-    the tally equals the number of markers, and every transaction that was acknowledged is there."""
-    db, acks = tmp_path / "state.db", tmp_path / "acks.txt"
+def _kill_three_times(db: Path, acks: Path, tmp_path: Path) -> None:
+    """Run the transaction stream three times on `db`, each killed with SIGKILL at a random moment."""
     acks.touch()
     chaos = random.Random(os.environ.get("CRASH_SEED", "entities"))
     for run in range(3):
@@ -522,9 +534,21 @@ async def test_sigkill_during_a_stream_of_transactions_leaves_each_wholly_applie
         while len(acks.read_text().splitlines()) < target:
             assert process.poll() is None, (tmp_path / f"run{run}.log").read_text()
             assert time.monotonic() < deadline, "the transaction stream did not get going"
-            await asyncio.sleep(0.01)
+            time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
         assert process.wait(30) == -signal.SIGKILL
+
+
+@pytest.mark.timeout(300)
+async def test_sigkill_during_a_stream_of_transactions_leaves_each_wholly_applied_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """tests/fixtures/entity_crash.py moves money between five accounts with eight tasks, each move one
+    transaction of four writes (a create-only marker, two balances, a tally); it is killed with SIGKILL three
+    times at random moments and started again on the same database. Then: the balances still sum to 5,000,
+    the tally equals the number of markers, and every transaction that was acknowledged is there."""
+    db, acks = tmp_path / "state.db", tmp_path / "acks.txt"
+    await asyncio.to_thread(_kill_three_times, db, acks, tmp_path)
 
     acknowledged = acks.read_text().splitlines()
     async with ev.LocalRuntime(db, service=SERVICE) as runtime:  # the store's rows need no definitions
@@ -533,12 +557,14 @@ async def test_sigkill_during_a_stream_of_transactions_leaves_each_wholly_applie
         tally = await store.get(EntityKey("tallies", "tally"))
         moves = await store.count("moves")
         lost = [key for key in acknowledged if await store.get(EntityKey("moves", key)) is None]
-    assert all(entry is not None for entry in balances) and tally is not None
+    assert all(entry is not None for entry in balances)
+    assert tally is not None
     assert sum(json.loads(entry.value)["balance"] for entry in balances if entry is not None) == 5000
     assert json.loads(tally.value)["moves"] == moves  # every move whole: its marker and its tally increment
     assert tally.version == moves + 1  # created, then one increment per move
     assert not lost, f"{len(lost)} acknowledged transactions were lost, e.g. {lost[:3]}"
-    assert moves is not None and moves >= len(acknowledged)  # a kill may land between a commit and its ack
+    assert moves is not None
+    assert moves >= len(acknowledged)
     print(f"{moves} transactions survived 3 SIGKILLs, {len(acknowledged)} of them acknowledged")
 
 
@@ -552,7 +578,8 @@ async def test_a_database_of_the_release_before_entities_opens_with_its_entities
         connection.execute("PRAGMA user_version = 2")
         connection.commit()
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert "entities" not in tables and "executions" in tables
+    assert "entities" not in tables
+    assert "executions" in tables
     async with ev.LocalRuntime(path, service=SERVICE):
         assert await accounts.put(Account(id="m1", balance=3)) == 1
     with contextlib.closing(sqlite3.connect(path)) as connection:
@@ -591,4 +618,5 @@ async def test_on_aws_an_activity_reaches_the_entities_through_the_runtime_its_f
     execution = await client.get_execution(handle.id)
     assert (execution.status, execution.result) == (ev.ExecutionStatus.SUCCEEDED, 2), execution
     stored = await client.entity_store().get(EntityKey("accounts", "fn1"))
-    assert stored is not None and (json.loads(stored.value), stored.version) == ({"id": "fn1", "balance": 12}, 2)
+    assert stored is not None
+    assert (json.loads(stored.value), stored.version) == ({"id": "fn1", "balance": 12}, 2)

@@ -252,7 +252,8 @@ def test_resource_names_are_per_stack_and_queue_names_fit_sqs() -> None:
         validate_stack_name("1-starts-with-a-digit")
 
     def with_stack(name: Any) -> str:
-        assert set(name) == {"Fn::Sub"} and isinstance(name["Fn::Sub"], str), name
+        assert set(name) == {"Fn::Sub"}, name
+        assert isinstance(name["Fn::Sub"], str), name
         assert "${AWS::StackName}" in name["Fn::Sub"], name
         return str(name["Fn::Sub"]).replace("${AWS::StackName}", longest_stack)
 
@@ -512,7 +513,8 @@ def test_iam_roles_are_least_privilege() -> None:
             for action in actions:
                 assert "*" not in action, (role, action)
                 assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), (role, action)
-            assert isinstance(statement["Resource"], list) and statement["Resource"], (role, statement)
+            assert isinstance(statement["Resource"], list), (role, statement)
+            assert statement["Resource"], (role, statement)
             for resource in statement["Resource"]:
                 named_resources(resource, template)
 
@@ -566,7 +568,8 @@ def test_only_a_service_with_entities_gets_an_entities_table_and_only_entity_cod
     """API routes, activities and subscriptions run entity code; the orchestrator runs workflow code, which
     may not use entities, and the timer functions run none."""
     without = build_template(hand_manifest())
-    assert "EntitiesTable" not in without["Resources"] and "EntitiesTableName" not in without["Outputs"]
+    assert "EntitiesTable" not in without["Resources"]
+    assert "EntitiesTableName" not in without["Outputs"]
     assert all(
         "EVENTUAL_ENTITIES_TABLE" not in function["Properties"]["Environment"]["Variables"]
         for function in resources_of(without, "AWS::Lambda::Function").values()
@@ -681,14 +684,16 @@ def test_deploys_into_moto_with_the_emulator_parameter(moto_endpoint: str, deplo
 
     sqs = client(moto_endpoint, "sqs")
     workflow = sqs.get_queue_attributes(QueueUrl=outputs["WorkflowQueueUrl"], AttributeNames=["All"])["Attributes"]
-    assert workflow["FifoQueue"] == "true" and workflow["ContentBasedDeduplication"] == "true"
+    assert workflow["FifoQueue"] == "true"
+    assert workflow["ContentBasedDeduplication"] == "true"
     welcome_queue = created[f"{subscription_logical_id('welcome-email')}Queue"]["PhysicalResourceId"]
     welcome = sqs.get_queue_attributes(QueueUrl=welcome_queue, AttributeNames=["All"])["Attributes"]
     assert json.loads(welcome["RedrivePolicy"])["maxReceiveCount"] == 4
 
     functions = client(moto_endpoint, "lambda")
     mappings = functions.list_event_source_mappings()["EventSourceMappings"]
-    assert len(mappings) == 5 and {mapping["State"] for mapping in mappings} == {"Disabled"}
+    assert len(mappings) == 5
+    assert {mapping["State"] for mapping in mappings} == {"Disabled"}
     subscription_function = created["SubscriptionFunction"]["PhysicalResourceId"]
     configuration = functions.get_function_configuration(FunctionName=subscription_function)
     assert (configuration["Runtime"], configuration["Handler"]) == ("python3.12", "handlers.subscription_worker")

@@ -63,7 +63,8 @@ class MemoryEntityStore:
             results = plan(writes, [self._version(write.key) for write in writes])
             for write, version in zip(writes, results, strict=True):
                 if write.kind == "put":
-                    assert write.value is not None and version is not None
+                    assert write.value is not None
+                    assert version is not None
                     self._entries[write.key] = StoredEntry(write.value, version)
                 elif write.kind == "delete":
                     self._entries.pop(write.key, None)

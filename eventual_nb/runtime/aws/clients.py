@@ -25,6 +25,7 @@ the wrappers take already-built clients and `AwsClients.from_environment` import
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -240,7 +241,8 @@ class TimerClient:
         at = utc(due)
         if at.microsecond:
             at = at.replace(microsecond=0) + timedelta(seconds=1)
-        try:
+        # a conflict: already scheduled, this is a re-dispatch of the same timer
+        with contextlib.suppress(scheduler.exceptions.ConflictException):
             scheduler.create_schedule(
                 Name=schedule_name(execution_id, key),
                 GroupName=group,
@@ -257,18 +259,14 @@ class TimerClient:
                 },
                 Description=f"timer {key} of {execution_id}"[:512],
             )
-        except scheduler.exceptions.ConflictException:
-            pass  # already scheduled: this is a re-dispatch of the same timer
         return "scheduler"
 
     def cancel(self, execution_id: str, key: str) -> None:
         """Delete the timer's schedule if it has one; a timer on the SQS queue cannot be recalled."""
         if self.scheduler is None or not self.group:
             return
-        try:
+        with contextlib.suppress(self.scheduler.exceptions.ResourceNotFoundException):
             self.scheduler.delete_schedule(Name=schedule_name(execution_id, key), GroupName=self.group)
-        except self.scheduler.exceptions.ResourceNotFoundException:
-            pass
 
     def requeue(self, body: Mapping[str, Any], now: datetime) -> None:
         """Put a timer body on the timer queue for the rest of its wait (at most one hop)."""
@@ -372,10 +370,8 @@ class ExecutionLogs:
         if not items:
             return 0
         stream = log_stream_name(execution_id)
-        try:
+        with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
             self.logs.create_log_stream(logGroupName=self.group, logStreamName=stream)
-        except self.logs.exceptions.ResourceAlreadyExistsException:
-            pass
         stamp = int(utc(self.clock()).timestamp() * 1000)
         batch: list[dict[str, Any]] = []
         size = 0
@@ -541,7 +537,7 @@ class AwsClients:
             kwargs = dict(session_or_kwargs or {})
 
             def factory(service: str) -> Any:
-                return boto3.client(service, **kwargs)  # type: ignore[call-overload]
+                return boto3.client(service, **kwargs)
 
         else:
             session = session_or_kwargs

@@ -463,7 +463,8 @@ def _lambda_seconds_left(context: Any) -> float | None:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
         return None
-    return max(0.0, remaining() / 1000 - LAMBDA_SAFETY_SECONDS)
+    seconds: float = remaining() / 1000  # Lambda's context answers in milliseconds (an int)
+    return max(0.0, seconds - LAMBDA_SAFETY_SECONDS)
 
 
 # ------------------------------------------------------------------------------------------- timers

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import functools
 import json
@@ -286,10 +287,8 @@ class LocalRuntime(RuntimeBase):
         if self._scheduler is None:
             return
         self._scheduler.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._scheduler
-        except asyncio.CancelledError:
-            pass
         self._scheduler = None
         for task in list(self._running_tasks):
             task.cancel()
@@ -691,9 +690,12 @@ class LocalRuntime(RuntimeBase):
 
     def _deliver(self, target: str, event: HistoryEvent) -> None:
         """An event for another execution (or from outside); a signal id it has seen is dropped here."""
-        if isinstance(event, SignalReceived) and event.id is not None:
-            if not self._database.remember_signal(target, event.id):
-                return
+        if (
+            isinstance(event, SignalReceived)
+            and event.id is not None
+            and not self._database.remember_signal(target, event.id)
+        ):
+            return
         self._enqueue(target, event)
 
     def _start_child(self, action: StartChild, now: float) -> None:
@@ -842,7 +844,8 @@ class LocalRuntime(RuntimeBase):
                 database.await_token(*key, heartbeat_deadline, next_due)
                 self._note_attempt(row, note)
                 self._note_due(next_due)
-                assert attempt.outcome.callback is not None and self._signer is not None
+                assert attempt.outcome.callback is not None
+                assert self._signer is not None
                 token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
                 self._work.async_callbacks.append((attempt.outcome.callback, token))
 

@@ -315,7 +315,8 @@ class Database:
                 "Linux or macOS (on Windows: in WSL), or use ev.testing.TestEnvironment"
             ) from None
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")  # held open (and locked) for the runtime's lifetime
+        # held open (and locked) for the runtime's lifetime, closed by `close()`: no `with` block fits
+        handle = open(lock_path, "a+")  # noqa: SIM115
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
