@@ -33,6 +33,7 @@ from eventual_nb.client import ServiceClient
 from eventual_nb.combinators import all, all_settled, any, race
 from eventual_nb.durations import parse_duration
 from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.entities import Entity, Entry, EntryPage, entity, transact
 from eventual_nb.errors import (
     ActivityFailed,
     DeterminismError,
@@ -46,6 +47,8 @@ from eventual_nb.errors import (
     InputValidationError,
     ScheduleNotFound,
     Timeout,
+    TransactionConflict,
+    VersionConflict,
     WorkflowNotFound,
     WorkflowTimeout,
 )
@@ -88,6 +91,9 @@ __all__ = [
     "ActivityInfo",
     "DeadLetter",
     "DeterminismError",
+    "Entity",
+    "Entry",
+    "EntryPage",
     "Event",
     "EventualError",
     "Execution",
@@ -114,6 +120,8 @@ __all__ = [
     "Signal",
     "Subscription",
     "Timeout",
+    "TransactionConflict",
+    "VersionConflict",
     "Workflow",
     "WorkflowInfo",
     "WorkflowNotFound",
@@ -128,6 +136,7 @@ __all__ = [
     "condition",
     "current_runtime",
     "current_service",
+    "entity",
     "heartbeat",
     "heartbeat_sync",
     "load_ipython_extension",
@@ -145,6 +154,7 @@ __all__ = [
     "sleep_until",
     "subscription",
     "testing",
+    "transact",
     "uuid4",
     "workflow",
     "workflow_info",

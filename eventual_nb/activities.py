@@ -167,7 +167,7 @@ class Activity(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(function)
         self.shape = CallShape(function, what=f"activity '{self.name}'")
         self.service = service
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        functools.update_wrapper(self, function)
 
     def __repr__(self) -> str:
         return f"<activity {self.name!r}>"
@@ -178,7 +178,8 @@ class Activity(Generic[P, R]):
     async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         executor = current_executor()
         if executor is None:
-            return await self.run_directly(args, kwargs)
+            result: R = await self.run_directly(args, kwargs)  # the function's own value, as annotated
+            return result
         call_input = self.shape.bind(args, kwargs)
         _, future = executor.schedule_activity(
             ScheduleActivity(

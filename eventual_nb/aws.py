@@ -49,6 +49,7 @@ from eventual_nb.runtime.activity_runner import token_result
 from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
+    ENTITIES_TABLE_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_TABLE_VARIABLE,
     LOG_GROUP_VARIABLE,
@@ -60,6 +61,7 @@ from eventual_nb.runtime.aws.clients import (
     Bus,
     event_to_dict,
 )
+from eventual_nb.runtime.aws.entities import DynamoEntityStore
 from eventual_nb.runtime.aws.schedules import ScheduleKeeper, start_recorded
 from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, ScheduleStore
 from eventual_nb.runtime.aws.workers import (
@@ -93,6 +95,7 @@ T = TypeVar("T")
 #: stack output -> the `EVENTUAL_*` variable it stands for (exporter/template.py `add_outputs`)
 STACK_OUTPUTS = {
     "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
+    "EntitiesTableName": ENTITIES_TABLE_VARIABLE,
     "HistoryTableName": HISTORY_TABLE_VARIABLE,
     "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
     "ActivityQueueUrl": ACTIVITY_QUEUE_VARIABLE,
@@ -104,6 +107,7 @@ STACK_OUTPUTS = {
 #: stack resource (logical id) -> variable, for stacks whose outputs lack one (older templates)
 STACK_RESOURCES = {
     "ExecutionsTable": EXECUTIONS_TABLE_VARIABLE,
+    "EntitiesTable": ENTITIES_TABLE_VARIABLE,
     "HistoryTable": HISTORY_TABLE_VARIABLE,
     "WorkflowQueue": WORKFLOW_QUEUE_VARIABLE,
     "ActivityQueue": ACTIVITY_QUEUE_VARIABLE,
@@ -136,9 +140,13 @@ class AwsRuntime(RuntimeBase):
         environment: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] | None = None,
         signing_key: bytes | str | None = None,
+        clients: AwsClients | None = None,
     ) -> None:
         """`signing_key`: the secret activity tokens are signed with (the stack's `EVENTUAL_SIGNING_KEY`);
-        by default read from the stack's environment, needed only to complete activities by token."""
+        by default read from the stack's environment, needed only to complete activities by token.
+        `clients`: the clients of the stack's own functions, which give this runtime to the code they run
+        (activities, subscription handlers: their entities, starts and events reach the same stack and
+        endpoint); the stack's names then come from their settings."""
         try:
             import boto3
         except ModuleNotFoundError as exc:
@@ -146,8 +154,23 @@ class AwsRuntime(RuntimeBase):
         self.stack = stack
         self.endpoint_url = endpoint_url
         self._serve(service, services)
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.clock: Callable[[], datetime] = (
+            clock or (clients.clock if clients is not None else None) or (lambda: datetime.now(UTC))
+        )
         self._given_environment = None if environment is None else dict(environment)
+        self._lock = threading.Lock()
+        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        self._signer: TokenSigner | None = None
+        self._clients: AwsClients | None = None
+        self._executions: ExecutionStore | None = None
+        self._history: HistoryStore | None = None
+        self._keeper: ScheduleKeeper | None = None
+        self._entities: DynamoEntityStore | None = None
+        if clients is not None:
+            self.session = None
+            self.region = str(clients.client("dynamodb").meta.region_name)
+            self._adopt(clients, self._signing_key)
+            return
         self.session = boto3.session.Session(region_name=region or _environment_region())
         if not self.session.region_name:
             raise errors.EventualError(
@@ -160,13 +183,6 @@ class AwsRuntime(RuntimeBase):
                 "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
                 "where an IAM role provides them (Lambda, EC2, ECS)"
             )
-        self._lock = threading.Lock()
-        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
-        self._signer: TokenSigner | None = None
-        self._clients: AwsClients | None = None
-        self._executions: ExecutionStore | None = None
-        self._history: HistoryStore | None = None
-        self._keeper: ScheduleKeeper | None = None
 
     def __repr__(self) -> str:
         where = f"stack={self.stack!r}" if self.stack else "environment"
@@ -184,7 +200,9 @@ class AwsRuntime(RuntimeBase):
 
     def client(self, service: str) -> Any:
         """A boto3 client of this runtime's session (region, credentials, endpoint)."""
-        return self.session.client(service, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+        if self.session is None:  # lent by the stack's functions
+            return self._resolve().client(service)
+        return self.session.client(service, endpoint_url=self.endpoint_url)
 
     def _resolve(self) -> AwsClients:
         """Find the stack's names (once) and build the clients; blocking, so called from a worker thread."""
@@ -214,15 +232,25 @@ class AwsRuntime(RuntimeBase):
 
             clients = AwsClients(settings, factory, clock=self.clock)
             key = self._signing_key or (environment.get(SIGNING_KEY_VARIABLE) or "").encode()
-            self._signer = TokenSigner(key) if key else None
-            dynamodb = clients.client("dynamodb")
-            self._executions = ExecutionStore(dynamodb, settings.executions_table)
-            self._history = HistoryStore(dynamodb, settings.history_table)
-            self._keeper = ScheduleKeeper(
-                self._executions, ScheduleStore(dynamodb, settings.executions_table), clients, self
-            )
-            self._clients = clients
-            return clients
+            return self._adopt(clients, key)
+
+    def _adopt(self, clients: AwsClients, key: bytes | None) -> AwsClients:
+        self._signer = TokenSigner(key) if key else None
+        dynamodb = clients.client("dynamodb")
+        self._executions = ExecutionStore(dynamodb, clients.settings.executions_table)
+        self._history = HistoryStore(dynamodb, clients.settings.history_table)
+        self._keeper = ScheduleKeeper(
+            self._executions, ScheduleStore(dynamodb, clients.settings.executions_table), clients, self
+        )
+        self._clients = clients
+        return clients
+
+    def entity_store(self) -> DynamoEntityStore:
+        """The service's entities, in the stack's entities table (`eventual_nb/runtime/aws/entities.py`)."""
+        if self._entities is None:
+            clients = self._resolve()
+            self._entities = DynamoEntityStore(clients.client("dynamodb"), clients.settings.entities_table)
+        return self._entities
 
     def _stack_environment(self, stack: str) -> dict[str, str]:
         """The `EVENTUAL_*` variables of `stack`: its functions' variables, then its outputs and resources."""
@@ -236,32 +264,9 @@ class AwsRuntime(RuntimeBase):
             ) from exc
         if not described:
             raise errors.EventualError(f"no CloudFormation stack {stack!r} in {self.region}")
-        environment: dict[str, str] = {}
-        resources: dict[str, str] = {}
-        paginator = cloudformation.get_paginator("list_stack_resources")
-        try:
-            for page in paginator.paginate(StackName=stack):
-                for item in page.get("StackResourceSummaries", []):
-                    if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
-                        resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
-        except cloudformation.exceptions.ClientError:
-            # fall back to the (at most 100 items) describe call some policies allow instead
-            for item in cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []):
-                if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
-                    resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+        resources = _stack_resources(cloudformation, stack)
         # the functions' own variables carry what outputs do not: the service name, the subscription map
-        functions = self.client("lambda")
-        for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
-            physical_id = resources.get(logical_id)
-            if physical_id is None:
-                continue
-            try:
-                configuration = functions.get_function_configuration(FunctionName=physical_id)
-            except functions.exceptions.ClientError:
-                continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
-            variables = configuration.get("Environment", {}).get("Variables", {})
-            for name, value in variables.items():
-                environment.setdefault(str(name), str(value))
+        environment = _function_variables(self.client("lambda"), resources)
         for logical_id, variable in STACK_RESOURCES.items():
             if logical_id in resources:
                 environment[variable] = resources[logical_id]
@@ -588,6 +593,41 @@ class AwsRuntime(RuntimeBase):
                 pause = min(pause, left)
             await asyncio.sleep(pause)
             pause = min(WAIT_LONGEST, pause * WAIT_FACTOR)
+
+
+def _stack_resources(cloudformation: Any, stack: str) -> dict[str, str]:
+    """The physical id of each of `stack`'s resources, by logical id."""
+    resources: dict[str, str] = {}
+
+    def add(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
+                resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+
+    try:
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
+            add(page.get("StackResourceSummaries", []))
+    except cloudformation.exceptions.ClientError:
+        # fall back to the (at most 100 items) describe call some policies allow instead
+        add(cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []))
+    return resources
+
+
+def _function_variables(functions: Any, resources: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables of the stack's functions (the first function to set one wins)."""
+    environment: dict[str, str] = {}
+    for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
+        physical_id = resources.get(logical_id)
+        if physical_id is None:
+            continue
+        try:
+            configuration = functions.get_function_configuration(FunctionName=physical_id)
+        except functions.exceptions.ClientError:
+            continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
+        variables = configuration.get("Environment", {}).get("Variables", {})
+        for name, value in variables.items():
+            environment.setdefault(str(name), str(value))
+    return environment
 
 
 def _claimed_attempt(row: Mapping[str, Any], execution_id: str, seq: int, attempt: int) -> StartAttempt:

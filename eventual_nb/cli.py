@@ -384,6 +384,36 @@ async def _executions(client: Any, args: argparse.Namespace, out: Output) -> int
     return 0
 
 
+async def _entities(client: Any, args: argparse.Namespace, out: Output) -> int:
+    entities = await client.list_entities()
+    if out.as_json:
+        out.json(entities)
+        return 0
+    rows = [
+        [
+            entity.name,
+            entity.service,
+            entity.model,
+            ", ".join(entity.key),
+            "?" if entity.count is None else entity.count,
+        ]
+        for entity in entities
+    ]
+    caption = "?: not counted (counting would scan the table)" if any(e.count is None for e in entities) else None
+    out.table(f"entities at {client_url(args)}", ["name", "service", "model", "key", "entries"], rows, caption=caption)
+    return 0
+
+
+async def _entity(client: Any, args: argparse.Namespace, out: Output) -> int:
+    record = await client.get_entity(args.name, args.key if args.sort is None else (args.key, args.sort))
+    if out.as_json:
+        out.json(record)
+    else:
+        shown = record.key if isinstance(record.key, str) else f"({', '.join(record.key)})"
+        out.panel(f"entity {record.entity} {shown}", [("version", record.version), ("value", _cell(record.value))])
+    return 0
+
+
 async def _execution(client: Any, args: argparse.Namespace, out: Output) -> int:
     execution = await client.get_execution(args.id)
     if out.as_json:
@@ -416,6 +446,7 @@ async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
 
 async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
     """Draw an execution's timeline in the terminal, or write it as one self-contained HTML page (--html)."""
+    import asyncio
     from pathlib import Path
 
     from eventual_nb.timeline import read_snapshot, timeline_json
@@ -426,7 +457,8 @@ async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
     if args.html:
         path = Path(args.html)
         try:
-            path.write_text(render_page(timeline, snapshot.history, snapshot.logs), encoding="utf-8")
+            page = render_page(timeline, snapshot.history, snapshot.logs)
+            await asyncio.to_thread(path.write_text, page, encoding="utf-8")
         except OSError as exc:
             return out.error("OSError", f"cannot write the timeline of {args.id} to {path}: {exc.strerror or exc}")
         if out.as_json:
@@ -1147,6 +1179,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TARGET",
         help="the current code: a .py file, a module or an exported package dir (as for serve)",
     )
+
+    add(
+        "entities",
+        "list the service's entities (with their number of entries where that is cheap)",
+        client,
+        client_verb(_entities),
+    )
+    p = add("entity", "show one entry of an entity: its value and version", client, client_verb(_entity))
+    p.add_argument("name", metavar="NAME", help="entity name")
+    p.add_argument("key", metavar="KEY", help="the key (a two-part key's partition)")
+    p.add_argument("sort", nargs="?", metavar="SORT", help="a two-part key's sort key")
 
     p = add("signal", "send a signal to an execution", client, client_verb(_signal))
     p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")

@@ -28,12 +28,15 @@ from eventual_nb.engine.history import HISTORY_ADAPTER, HistoryEvent, LogEntry
 from eventual_nb.events import envelope
 from eventual_nb.runtime.base import (
     DeadLetter,
+    EntityInfo,
+    EntityRecord,
     Execution,
     ExecutionHandle,
     ExecutionPage,
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    ServiceClientProtocol,
     WorkflowInfo,
     execution_id_of,
     signal_name_of,
@@ -91,7 +94,7 @@ def check_url(url: str) -> str:
     return url
 
 
-class ServiceClient:
+class ServiceClient(ServiceClientProtocol):
     """Eventual's service client over HTTP (`/_eventual/` routes of `eventual-nb serve`).
 
     `url` is the server's base URL; `token` the bearer token it demands when it listens beyond loopback
@@ -333,6 +336,16 @@ class ServiceClient:
             runtime=self,
             already_running=bool(answer.get("already_running", False)),
         )
+
+    async def list_entities(self) -> list[EntityInfo]:
+        answer = await self._request("GET", "/_eventual/entities")
+        return [EntityInfo.model_validate(item) for item in answer]
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord:
+        """Entry `key` of entity `name` as stored; `key` is the key itself, or `(partition, sort)`."""
+        params = {"key": str(key[0]), "sort": str(key[1])} if isinstance(key, tuple | list) else {"key": str(key)}
+        answer = await self._request("GET", f"/_eventual/entities/{quote(name, safe='')}/entry", params=params)
+        return EntityRecord.model_validate(answer)
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         """Long-poll the server until the execution ends; `ev.Timeout` after `timeout` seconds (None: forever)."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from eventual_nb.activities import Activity
+    from eventual_nb.entities import Entity
     from eventual_nb.events import Event, Subscription
     from eventual_nb.runtime.core.schedules import Schedule
     from eventual_nb.signals import Signal
@@ -81,12 +82,13 @@ class Service:
     `name` must pass `check_service_name` (else `InvalidServiceName`, a `ValueError`)."""
 
     name: str
-    workflows: dict[str, Workflow]
-    activities: dict[str, Activity]
-    signals: dict[str, Signal]
+    workflows: dict[str, Workflow[Any]]
+    activities: dict[str, Activity[Any, Any]]
+    signals: dict[str, Signal[Any]]
     events: dict[str, type[Event]]
     subscriptions: dict[str, Subscription]
     schedules: dict[str, Schedule]
+    entities: dict[str, Entity[Any]]
 
     def __new__(cls, name: str = DEFAULT_SERVICE) -> Service:
         global _current, generation
@@ -102,6 +104,7 @@ class Service:
                 service.events = {}
                 service.subscriptions = {}
                 service.schedules = {}
+                service.entities = {}
                 service._router = None
                 _services[name] = service
                 generation += 1
@@ -123,7 +126,7 @@ class Service:
         return (
             f"<Service {self.name!r}: {len(self.workflows)} workflows, {len(self.activities)} activities, "
             f"{len(self.signals)} signals, {len(self.events)} events, {len(self.subscriptions)} subscriptions, "
-            f"{len(self.schedules)} schedules>"
+            f"{len(self.schedules)} schedules, {len(self.entities)} entities>"
         )
 
     def spec(self) -> dict[str, Any]:
@@ -143,6 +146,7 @@ class Service:
             "events": [_event_spec(name, event) for name, event in self.events.items()],
             "subscriptions": [subscription.spec() for subscription in self.subscriptions.values()],
             "schedules": [schedule.spec() for schedule in self.schedules.values()],
+            "entities": [entity.spec() for entity in self.entities.values()],
             "routes": routes,
         }
 

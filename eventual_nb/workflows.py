@@ -82,7 +82,7 @@ class Workflow(Generic[R]):
         self.input_parameter = parameters[0] if parameters else None
         self.input_annotation: Any = hints.get(parameters[0].name, Any) if parameters else Any
         self.return_annotation: Any = hints.get("return", Any)
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        functools.update_wrapper(self, function)
         warn_nondeterministic_calls(function, self.name)
 
     def __repr__(self) -> str:
@@ -160,9 +160,7 @@ class Workflow(Generic[R]):
             _seq, child_id, future = executor.start_child(self.name, child_input, child_timeout)
             return ChildExecutionHandle(child_id, self, future, executor)
         runtime = current_runtime()
-        return await runtime.start_execution(  # type: ignore[no-any-return]
-            self, None if input is _NO_INPUT else input, name=name, timeout=timeout
-        )
+        return await runtime.start_execution(self, None if input is _NO_INPUT else input, name=name, timeout=timeout)
 
     def __call__(self, input: Any = _NO_INPUT) -> Awaitable[R]:
         return self._run(input)

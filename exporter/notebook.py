@@ -972,7 +972,7 @@ def _signal_assignments(tree: ast.Module) -> list[tuple[str, ast.stmt]]:
 
 
 def _first_line(node: ast.stmt) -> int:
-    decorators = getattr(node, "decorator_list", [])
+    decorators: list[ast.expr] = getattr(node, "decorator_list", [])  # classes and functions have them
     return min([node.lineno, *(decorator.lineno for decorator in decorators)])
 
 

@@ -209,7 +209,7 @@ else:
         kinds = {
             "workflows": sorted(other.workflows), "activities": sorted(other.activities),
             "signals": sorted(other.signals), "events": sorted(other.events),
-            "subscriptions": sorted(other.subscriptions),
+            "subscriptions": sorted(other.subscriptions), "entities": sorted(other.entities),
             "routes": sorted(getattr(r, "path", "") for r in other._router.routes) if other._router else [],
         }
         if any(kinds.values()):

@@ -35,6 +35,7 @@ import eventual_nb as ev
 from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
+    ENTITIES_TABLE_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_TABLE_VARIABLE,
     LOG_GROUP_VARIABLE,
@@ -116,6 +117,17 @@ _SEND = ["sqs:SendMessage"]
 _TABLE_READ = ["dynamodb:GetItem", "dynamodb:Query"]
 _TABLE_WRITE = ["dynamodb:ConditionCheckItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
 _TABLE_READ_WRITE = [*_TABLE_READ, *_TABLE_WRITE, "dynamodb:DeleteItem"]
+#: what entity code needs on the entities table (eventual_nb/runtime/aws/entities.py): strongly consistent
+#: reads, queries, conditional puts and deletes, an unconditional put's version increment (UpdateItem), and
+#: the same actions again inside `TransactWriteItems` (IAM has no action of its own for it)
+_ENTITY_ACCESS = [
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+]
 _LOG_WRITE = ["logs:CreateLogStream", "logs:PutLogEvents"]
 
 
@@ -191,6 +203,22 @@ def _log_group_named(suffix: str) -> dict[str, Any]:
     return {"Fn::Sub": "/eventual/${AWS::StackName}" + suffix}
 
 
+def _pk_sk_table(suffix: str) -> dict[str, Any]:
+    """An on-demand table `${AWS::StackName}<suffix>` keyed by the strings `pk` and `sk` (every table here)."""
+    return {
+        "TableName": _stack_named(suffix),
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def _statement(actions: list[str], resources: list[Any], condition: dict[str, Any] | None = None) -> dict[str, Any]:
     statement: dict[str, Any] = {"Effect": "Allow", "Action": sorted(set(actions)), "Resource": resources}
     if condition is not None:
@@ -220,6 +248,7 @@ class _Builder:
         self.schedules: list[Schedule] = sorted(
             (schedule_from_spec(spec) for spec in schedules), key=lambda item: item.name
         )
+        self.has_entities = bool(manifest.get("service", {}).get("entities"))
         self.resources: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
 
@@ -297,21 +326,17 @@ class _Builder:
 
     def storage(self) -> None:
         for logical_id, suffix in (("ExecutionsTable", "-executions"), ("HistoryTable", "-history")):
-            properties: dict[str, Any] = {
-                "TableName": _stack_named(suffix),
-                "AttributeDefinitions": [
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                "KeySchema": [
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                "BillingMode": "PAY_PER_REQUEST",
-            }
+            properties = _pk_sk_table(suffix)
             if logical_id == "ExecutionsTable":
                 self.listing_indexes(properties)
             self.add(logical_id, "AWS::DynamoDB::Table", properties)
+        if self.has_entities:
+            # one table for all of the service's entities (`eventual_nb/runtime/aws/entities.py` has the layout:
+            # pk = "<entity>#<partition>", sk = the sort key); point-in-time recovery is on, since entities are
+            # the service's own data, which no execution history could rebuild
+            properties = _pk_sk_table("-entities")
+            properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+            self.add("EntitiesTable", "AWS::DynamoDB::Table", properties)
 
     @staticmethod
     def listing_indexes(properties: dict[str, Any]) -> None:
@@ -490,6 +515,7 @@ class _Builder:
             # the group's name rather than a Ref: the group is absent in the emulator, where the harness
             # creates one of this name
             SCHEDULE_GROUP_VARIABLE: _stack_named("-timers"),
+            **({ENTITIES_TABLE_VARIABLE: _ref("EntitiesTable")} if self.has_entities else {}),
             # the activity worker signs tokens with it and the API checks them; every function gets it so
             # that user code completing an activity by token works wherever it runs
             SIGNING_KEY_VARIABLE: {
@@ -502,7 +528,16 @@ class _Builder:
         }
 
     def statements(self, function: _Function) -> list[Any]:
-        """What `function` does, and nothing more: each statement names resources of this stack only."""
+        """What `function` does, and nothing more: each statement names resources of this stack only. The
+        functions that run entity code (API routes, activities, subscriptions) may also read and write the
+        entities table; the orchestrator, which runs workflow code, may not."""
+        own = self.own_statements(function)
+        if self.has_entities and function in (_API, _ACTIVITY, _SUBSCRIPTION):
+            own.append(_statement(_ENTITY_ACCESS, [_arn("EntitiesTable")]))
+        return own
+
+    def own_statements(self, function: _Function) -> list[Any]:
+        """What `function` needs for the runtime's own work (queues, execution tables, bus, logs)."""
         tables = {"ExecutionsTable": _arn("ExecutionsTable"), "HistoryTable": _arn("HistoryTable")}
         bus = _statement(["events:PutEvents"], [_arn("Bus")])
         schedules = {
@@ -744,6 +779,8 @@ class _Builder:
         output("TimerQueueUrl", _ref("TimerQueue"), "queue of timers due within 15 minutes")
         output("ExecutionsTableName", _ref("ExecutionsTable"), "DynamoDB table of execution records")
         output("HistoryTableName", _ref("HistoryTable"), "DynamoDB table of execution histories")
+        if self.has_entities:
+            output("EntitiesTableName", _ref("EntitiesTable"), "DynamoDB table of the service's entities")
         output("ExecutionLogGroupName", _ref("ExecutionLogGroup"), "log group with one stream per execution")
         output("ScheduleGroupName", _stack_named("-timers"), "EventBridge Scheduler group for long timers")
 

@@ -440,7 +440,7 @@ class ExecutionView(_Callbacks):
         """Fetch state if the runtime changed and write what differs (the pump's thread only)."""
         pending = self._take_pending()
         try:
-            runtime = serving_runtime(self.handle._runtime, f"this execution ('{self.execution_id}')")
+            runtime = serving_runtime(self.handle.runtime, f"this execution ('{self.execution_id}')")
         except EventualError as exc:  # its runtime was replaced by one on another store: say so, keep checking
             self._detach(str(exc), pending)
             return

@@ -89,8 +89,14 @@ async def aws_stack_runtime(
     reset_moto(endpoint)
     subscriptions = [subscription.spec() for subscription in service.subscriptions.values()]
     schedules = [schedule.spec() for schedule in service.schedules.values()]
+    entities = [entity.spec() for entity in service.entities.values()]
     stack = deploy_stack(
-        endpoint, stack="suite", service=service.name, subscriptions=subscriptions, schedules=schedules
+        endpoint,
+        stack="suite",
+        service=service.name,
+        subscriptions=subscriptions,
+        schedules=schedules,
+        entities=entities,
     )
     environment = {**stack.environment, "EVENTUAL_SIGNING_KEY": SIGNING_KEY}
     functions = StackFunctions(

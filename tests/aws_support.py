@@ -95,14 +95,16 @@ def manifest(
     name: str = "stores-test",
     subscriptions: list[dict[str, Any]] | None = None,
     schedules: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The smallest manifest `build_template` accepts; a subscription is `{"name", "events"[, "source"]}`, a
-    schedule its `Schedule.spec()`."""
+    schedule its `Schedule.spec()`, an entity its `Entity.spec()` (any entity gives the stack its entities
+    table)."""
     items = [{"source": None, "retry": RETRY_ONCE, **subscription} for subscription in (subscriptions or [])]
     return {
         "name": name,
         "handlers": dict(HANDLERS),
-        "service": {"subscriptions": items, "schedules": list(schedules or [])},
+        "service": {"subscriptions": items, "schedules": list(schedules or []), "entities": entities or []},
     }
 
 
@@ -157,13 +159,14 @@ def deploy_stack(
     service: str = "harness-svc",
     subscriptions: list[dict[str, Any]] | None = None,
     schedules: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
 ) -> Stack:
     """Deploy the service's template into moto with Emulator=true, plus what it skips there, as `eventual-nb
     deploy` does: the Scheduler group and the recurring schedules of the service's `schedules`.
 
     The returned environment is the union of every function's variables (the orchestrator's Scheduler
     settings, the subscription function's queue map), i.e. what a process serving all functions sees."""
-    template = build_template(manifest(service, subscriptions, schedules))
+    template = build_template(manifest(service, subscriptions, schedules, entities))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("handlers.py", "def api(event, context):\n    return {}\n")

@@ -182,7 +182,8 @@ def test_scheduler_names_are_valid_and_distinct() -> None:
     made = [scheduler_name(name) for name in names]
     assert len(set(made)) == len(made)
     for item in made:
-        assert item.startswith("s-") and 1 <= len(item) <= 64
+        assert item.startswith("s-")
+        assert 1 <= len(item) <= 64
         assert all(ch.isalnum() or ch in "._-" for ch in item), item
 
 
@@ -340,7 +341,8 @@ def test_export_refuses_a_bad_cron_line_and_one_aws_cannot_run_at_the_cell(tmp_p
         tmp_path, C('%%workflow --schedule "0 9 1 * MON"\nasync def payday(at: datetime) -> None: ...', "both")
     )
     assert_located(both, 1, "both", 1)
-    assert "schedule 'payday'" in both.message and "cannot be deployed to AWS" in both.message
+    assert "schedule 'payday'" in both.message
+    assert "cannot be deployed to AWS" in both.message
     seconds = _refused(tmp_path, C("%%workflow --every 30s\nasync def fast(at: datetime) -> None: ...", "fast"))
     assert_located(seconds, 1, "fast", 1)
     assert "every=30s is not a whole number of minutes" in seconds.message

@@ -42,7 +42,8 @@ def test_schedules_lists_spec_next_fire_and_state(server: Server) -> None:
         "none",
     )
     next_fire = datetime.fromisoformat(monthly["next_fire"])
-    assert next_fire > datetime.now(UTC) and next_fire.utcoffset() is not None
+    assert next_fire > datetime.now(UTC)
+    assert next_fire.utcoffset() is not None
     assert (monthly["paused"], monthly["last_fire"], monthly["last_execution_id"], monthly["skipped"]) == (
         False,
         None,
@@ -50,14 +51,16 @@ def test_schedules_lists_spec_next_fire_and_state(server: Server) -> None:
         0,
     )
     table = server.ok("schedules").stdout
-    assert "leap-report" in table and "cron '0 6 1 * *' (Europe/Paris)" in table
+    assert "leap-report" in table
+    assert "cron '0 6 1 * *' (Europe/Paris)" in table
     assert " (in " in table  # the next fire in local time and how far away it is
 
 
 def test_pause_resume_and_trigger_from_the_command_line(server: Server) -> None:
     assert server.json("schedule", "pause", "leap-report") == {"schedule": "leap-report", "paused": True}
     paused = schedules_of(server)["leap-report"]
-    assert paused["paused"] is True and paused["next_fire"] is None
+    assert paused["paused"] is True
+    assert paused["next_fire"] is None
     assert "paused" in server.ok("schedules").stdout
     resumed = server.ok("schedule", "resume", "leap-report")
     assert "resumed leap-report" in resumed.stdout
@@ -65,7 +68,8 @@ def test_pause_resume_and_trigger_from_the_command_line(server: Server) -> None:
 
     triggered = server.json("schedule", "trigger", "monthly_close")
     execution_id = triggered["execution_id"]
-    assert execution_id.startswith("monthly_close/monthly_close-") and triggered["already_running"] is False
+    assert execution_id.startswith("monthly_close/monthly_close-")
+    assert triggered["already_running"] is False
     done = server.wait_status(execution_id, "SUCCEEDED")
     fire = datetime.fromisoformat(done["input"])
     assert done["result"] == f"closed at {fire.isoformat()}"
@@ -80,7 +84,8 @@ def test_pause_resume_and_trigger_from_the_command_line(server: Server) -> None:
 
 def test_unknown_schedules_and_bad_command_lines(server: Server) -> None:
     missing = server.cli("schedule", "pause", "nope", "--json")
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error: ScheduleNotFound: no schedule named 'nope'")
     assert "'leap-report'" in missing.stderr  # the ones there are
     assert json.loads(missing.stdout)["error"] == "ScheduleNotFound"
@@ -95,7 +100,8 @@ def test_the_routes_answer_404_for_unknown_schedules_and_are_in_the_internal_ope
     for action in ("pause", "resume", "trigger"):
         answer = httpx.post(f"{server.url}/_eventual/schedules/nope/{action}", timeout=10)
         assert answer.status_code == 404
-        assert answer.json()["error"] == "ScheduleNotFound" and answer.json()["schedule"] == "nope"
+        assert answer.json()["error"] == "ScheduleNotFound"
+        assert answer.json()["schedule"] == "nope"
     schema = httpx.get(f"{server.url}/_eventual/openapi.json", timeout=10).json()
     paths = schema["paths"]
     assert "get" in paths["/_eventual/schedules"]
@@ -108,7 +114,8 @@ async def test_service_client_speaks_the_same_protocol(server: Server) -> None:
     async with ev.ServiceClient(server.url) as client:
         listed = {info.name: info for info in await client.list_schedules()}
         assert isinstance(listed["leap-report"], ev.ScheduleInfo)
-        assert listed["leap-report"].next_fire is not None and listed["leap-report"].next_fire.month == 2
+        assert listed["leap-report"].next_fire is not None
+        assert listed["leap-report"].next_fire.month == 2
         await client.pause_schedule("monthly_close")
         assert [info.paused for info in await client.list_schedules() if info.name == "monthly_close"] == [True]
         await client.resume_schedule("monthly_close")

@@ -590,7 +590,8 @@ async def test_activity_success_is_one_scheduled_and_one_succeeded(rig: Rig) -> 
     seq = first(history, "ActivityScheduled").seq
     assert by_seq(history, seq) == ["ActivityScheduled", "ActivitySucceeded"]
     assert first(history, "ActivitySucceeded").attempts == 1
-    assert types_of(history)[0] == "WorkflowStarted" and types_of(history)[-1] == "WorkflowSucceeded"
+    assert types_of(history)[0] == "WorkflowStarted"
+    assert types_of(history)[-1] == "WorkflowSucceeded"
 
 
 async def test_retries_with_backoff_record_attempts_once(rig: Rig) -> None:
@@ -863,7 +864,8 @@ async def test_a_start_timeout_too_long_to_store_is_refused_and_records_nothing(
     ]:
         with pytest.raises(ev.EventualError) as info:
             await lr_sleepy_child.start(timeout=timeout)
-        assert named in str(info.value) and "timeout" in str(info.value), str(info.value)
+        assert named in str(info.value), str(info.value)
+        assert "timeout" in str(info.value), str(info.value)
     page = await rig.rt.list_executions(workflow=lr_sleepy_child.name)
     assert page.executions == []
 
@@ -1015,7 +1017,8 @@ async def test_child_success_and_caught_child_failure(rig: Rig) -> None:
     )
     assert (failed_child.status, failed_child.error) == (ev.ExecutionStatus.FAILED, "ValueError")
     history = await handle.history()
-    assert "ChildWorkflowSucceeded" in types_of(history) and "ChildWorkflowFailed" in types_of(history)
+    assert "ChildWorkflowSucceeded" in types_of(history)
+    assert "ChildWorkflowFailed" in types_of(history)
 
 
 async def test_uncaught_child_failure_fails_the_parent(rig: Rig) -> None:
@@ -1091,7 +1094,8 @@ async def test_cancel_runs_durable_compensation_then_ends_cancelled(rig: Rig) ->
     kinds = types_of(history)
     cancel_at = kinds.index("CancelRequested")
     released = [i for i, e in enumerate(history) if e.type == "ActivityScheduled" and e.name == "lr_release_seat"]
-    assert len(released) == 1 and released[0] > cancel_at
+    assert len(released) == 1
+    assert released[0] > cancel_at
     assert by_seq(history, history[released[0]].seq) == ["ActivityScheduled", "ActivitySucceeded"]
     assert kinds[-1] == "WorkflowCancelled"
     assert "TimerCompleted" not in kinds
@@ -1105,11 +1109,13 @@ async def test_cancel_runs_durable_compensation_then_ends_cancelled(rig: Rig) ->
 async def test_idempotent_start(rig: Rig) -> None:
     waiting = await lr_wait_approval.start(name="once")
     again = await lr_wait_approval.start(name="once")
-    assert again.already_running and again.id == waiting.id == "lr_wait_approval/once"
+    assert again.already_running
+    assert again.id == waiting.id == "lr_wait_approval/once"
     first_run = await lr_double.start(3, name="same")
     assert await rig.finish(first_run) == 6
     after = await lr_double.start(3, name="same")
-    assert after.already_running and after.id == first_run.id
+    assert after.already_running
+    assert after.id == first_run.id
     with pytest.raises(ev.ExecutionAlreadyExists) as info:
         await lr_double.start(4, name="same")
     assert "lr_double/same" in str(info.value)
@@ -1229,16 +1235,20 @@ async def test_get_execution_fields(rig: Rig) -> None:
         "lr_wait_approval",
         ev.ExecutionStatus.IN_PROGRESS,
     )
-    assert running.result is None and running.end_time is None and running.parent is None
+    assert running.result is None
+    assert running.end_time is None
+    assert running.parent is None
     assert before <= running.start_time <= after
     await handle.signal(lr_approval, {"ok": True})
     assert await rig.finish(handle) == {"type": "Approval", "ok": True}
     done = await rig.rt.get_execution(handle.id)
     assert done.status == ev.ExecutionStatus.SUCCEEDED
     assert done.result == {"type": "Approval", "ok": True}
-    assert done.error is None and done.message is None
+    assert done.error is None
+    assert done.message is None
     assert done.start_time == running.start_time
-    assert done.end_time is not None and done.end_time >= done.start_time
+    assert done.end_time is not None
+    assert done.end_time >= done.start_time
     assert await handle.status() == done
 
     failed = await rig.rt.start_execution(lr_broken, None)
@@ -1370,7 +1380,8 @@ async def test_restart_continues_a_sleeping_execution_from_its_history(tmp_path:
     async with local_runtime(path) as rt:
         assert (await rt.get_execution(handle.id)).status == ev.ExecutionStatus.IN_PROGRESS
         result = await rt.wait_for_execution(handle.id, WAIT)
-        assert result.status == ev.ExecutionStatus.SUCCEEDED and result.result == 50
+        assert result.status == ev.ExecutionStatus.SUCCEEDED
+        assert result.result == 50
         assert rt.replays == 1  # rebuilt once from history, then kept in memory
         history = await rt.get_execution_history(handle.id)
         assert types_of(history) == [
@@ -1384,7 +1395,8 @@ async def test_restart_continues_a_sleeping_execution_from_its_history(tmp_path:
             "WorkflowSucceeded",
         ]
         assert_each_step_once(history)
-    assert ATTEMPTS[f"a:{handle.id}"] == 1 and ATTEMPTS[f"b:{handle.id}"] == 1
+    assert ATTEMPTS[f"a:{handle.id}"] == 1
+    assert ATTEMPTS[f"b:{handle.id}"] == 1
 
 
 async def _has(rt: Any, execution_id: str, event_type: str) -> bool:
@@ -1614,7 +1626,8 @@ async def test_changed_code_blocks_the_execution_until_a_compatible_definition_r
         assert isinstance(rt.blocked()[handle.id], ev.DeterminismError)
         assert (await rt.get_execution(handle.id)).status == ev.ExecutionStatus.IN_PROGRESS
         logs = [entry for entry in await rt.get_execution_logs(handle.id) if entry.source == "runtime"]
-        assert len(logs) == 1 and "cannot continue" in logs[0].message
+        assert len(logs) == 1
+        assert "cannot continue" in logs[0].message
 
         @ev.workflow(name="lr_changing")
         async def lr_changing_v3() -> str:

@@ -206,16 +206,19 @@ async def test_pause_and_resume_run_no_fire_of_the_paused_span(
         await rig.advance("90m")  # fires at 01:00
         await rig.rt.pause_schedule("hourly")
         paused = await rig.info("hourly")
-        assert paused.paused and paused.next_fire is None
+        assert paused.paused
+        assert paused.next_fire is None
         await rig.advance("3h")  # 02:00, 03:00 and 04:00 pass while paused
         await rig.rt.resume_schedule("hourly")  # at 04:30: the paused span is not caught up
         resumed = await rig.info("hourly")
-        assert not resumed.paused and resumed.next_fire == datetime(2025, 3, 27, 5, tzinfo=UTC)
+        assert not resumed.paused
+        assert resumed.next_fire == datetime(2025, 3, 27, 5, tzinfo=UTC)
         await rig.advance("1h")  # fires at 05:00
         assert names(await rig.executions("hourly")) == ["hourly-20250327T010000Z", "hourly-20250327T050000Z"]
         with pytest.raises(ev.ScheduleNotFound) as caught:
             await rig.rt.pause_schedule("no_such_schedule")
-        assert "no_such_schedule" in caught.value.message and "'hourly'" in caught.value.message
+        assert "no_such_schedule" in caught.value.message
+        assert "'hourly'" in caught.value.message
 
 
 @pytest.mark.parametrize("kind", RUNTIMES)
@@ -227,9 +230,11 @@ async def test_trigger_starts_one_now_and_a_duplicate_trigger_starts_nothing_new
         await rig.rt.pause_schedule("hourly")  # a trigger runs paused or not
         now = rig.now().replace(microsecond=0)
         handle = await rig.rt.trigger_schedule("hourly")
-        assert handle.id == f"hourly/hourly-{now:%Y%m%dT%H%M%SZ}" and not handle.already_running
+        assert handle.id == f"hourly/hourly-{now:%Y%m%dT%H%M%SZ}"
+        assert not handle.already_running
         again = await rig.rt.trigger_schedule("hourly")  # the same second: the same fire
-        assert again.id == handle.id and again.already_running
+        assert again.id == handle.id
+        assert again.already_running
         assert datetime.fromisoformat(await handle.result(timeout=WAIT)) == now
         assert [execution.id for execution in await rig.executions("hourly")] == [handle.id]
         info = await rig.info("hourly")
@@ -245,7 +250,8 @@ async def test_overlap_skip_starts_nothing_while_the_previous_run_is_in_progress
     async with open_rig(kind, OVERLAP, request, tmp_path) as rig:
         await rig.advance("3h30m")  # 01:00 starts a run that waits; 02:00 and 03:00 are skipped
         (first,) = await rig.executions("long_sync")
-        assert names([first]) == ["long_sync-20250327T010000Z"] and first.status == ev.ExecutionStatus.IN_PROGRESS
+        assert names([first]) == ["long_sync-20250327T010000Z"]
+        assert first.status == ev.ExecutionStatus.IN_PROGRESS
         assert (await rig.info("long_sync")).skipped == 2
         await rig.rt.send_signal(first.id, "release")
         await rig.until(
@@ -257,7 +263,8 @@ async def test_overlap_skip_starts_nothing_while_the_previous_run_is_in_progress
             "long_sync-20250327T040000Z",
         ]
         info = await rig.info("long_sync")
-        assert info.skipped == 2 and info.last_execution_id == "long_sync/long_sync-20250327T040000Z"
+        assert info.skipped == 2
+        assert info.last_execution_id == "long_sync/long_sync-20250327T040000Z"
 
 
 async def _ended(rig: Rig, execution_id: str) -> bool:

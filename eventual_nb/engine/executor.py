@@ -13,6 +13,7 @@ raises `DeterminismError` at the first divergence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import math
@@ -357,9 +358,7 @@ class WorkflowExecutor:
             return event.id is None or event.id not in self.seen_signal_ids
         if isinstance(event, CancelRequested):
             return not self.cancel_requested and self.started is not None
-        if isinstance(event, TERMINAL_EVENTS):
-            return True
-        return False
+        return isinstance(event, TERMINAL_EVENTS)
 
     def _dispatch(self, event: HistoryEvent) -> None:
         if isinstance(event, WorkflowStarted):
@@ -516,7 +515,7 @@ class WorkflowExecutor:
         self.loop.run_until_idle()
         for task in self.loop.tasks:
             if task.done() and not task.cancelled():
-                task._log_traceback = False  # type: ignore[attr-defined]
+                task._log_traceback = False
         self.open_children = tuple(
             pending.child_id
             for _, pending in sorted(self.pending.items())
@@ -548,11 +547,9 @@ class WorkflowExecutor:
             self.loop.run_until_idle()
             for task in self.loop.tasks:
                 if not task.done():  # it swallowed the cancellation and waits again
-                    try:
+                    with contextlib.suppress(BaseException):  # a discarded instance has nobody to report to
                         task.get_coro().close()
-                    except BaseException:  # noqa: BLE001 - a discarded instance has nobody to report to
-                        pass
-                task._log_traceback = False  # type: ignore[attr-defined]
+                task._log_traceback = False
         self.loop.tasks = []
         self.pending.clear()
         self.timers.clear()

@@ -63,6 +63,7 @@ from eventual_nb.runtime.core import (
     schedules,
 )
 from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, ScheduleState
+from eventual_nb.runtime.entity_memory import MemoryEntityStore
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service
@@ -291,6 +292,7 @@ class TestEnvironment(RuntimeBase):
         #: the served schedules as last seen, with the queued work of their next fire
         self._schedule_work: dict[str, tuple[Schedule, _Work | None]] = {}
         self._schedules_seen: tuple[int, int] | None = None
+        self._entities = MemoryEntityStore()
 
     # -- context -------------------------------------------------------------------------------------
 
@@ -303,6 +305,10 @@ class TestEnvironment(RuntimeBase):
 
     def is_running(self) -> bool:
         return self._home_loop is not None
+
+    def entity_store(self) -> MemoryEntityStore:
+        """This environment's entities (`ev.entity`), in memory: each environment starts with none."""
+        return self._entities
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.exit_current()

@@ -37,6 +37,7 @@ hops in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -425,10 +426,9 @@ class Harness:
                 continue
             # ActionAfterCompletion=DELETE (what TimerClient sets); a one-time schedule without it would
             # stay, spent, on AWS: the harness removes it either way rather than remember what it fired
-            try:
+            # not found: the forwarder (or a cancel) deleted it already
+            with contextlib.suppress(scheduler.exceptions.ResourceNotFoundException):
                 scheduler.delete_schedule(Name=name, GroupName=group)
-            except scheduler.exceptions.ResourceNotFoundException:
-                pass  # the forwarder (or a cancel) deleted it already
             fired.append(name)
             if report is not None:
                 report.fired_schedules.append(name)

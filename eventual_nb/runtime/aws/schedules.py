@@ -37,7 +37,7 @@ from eventual_nb import errors
 from eventual_nb.runtime import core
 from eventual_nb.runtime.aws.clients import AwsClients
 from eventual_nb.runtime.aws.stores import ExecutionStore, ScheduleStore
-from eventual_nb.runtime.base import ExecutionStatus, RuntimeBase
+from eventual_nb.runtime.base import ExecutionStatus, ServedDefinitions
 from eventual_nb.runtime.core import schedules
 from eventual_nb.runtime.core.schedules import Decision, InvalidSchedule, Schedule, ScheduleState
 
@@ -157,7 +157,9 @@ class ScheduleKeeper:
     delivery while paused starts nothing), so a redeploy that enables the schedule again changes nothing.
     """
 
-    def __init__(self, executions: ExecutionStore, store: ScheduleStore, clients: AwsClients, definitions: RuntimeBase):
+    def __init__(
+        self, executions: ExecutionStore, store: ScheduleStore, clients: AwsClients, definitions: ServedDefinitions
+    ):
         self.executions = executions
         self.store = store
         self.clients = clients

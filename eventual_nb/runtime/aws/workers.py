@@ -83,7 +83,7 @@ from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_d
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
 from eventual_nb.runtime.aws.schedules import ScheduleKeeper, read_fire
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
-from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse
+from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse, running_on
 from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, wire
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE, TokenSigner, environment_signing_key
 from eventual_nb.serde import to_json
@@ -177,10 +177,14 @@ class ActivityWorker:
         *,
         signing_key: bytes | None = None,
         environ: Mapping[str, str] | None = None,
+        runtime: Any = None,
     ) -> None:
+        """`runtime`: the runtime current while an activity runs (`StackFunctions` gives an `AwsRuntime` over
+        the same clients), so its entities, starts and events reach this stack."""
         self.executions = stores[0] if isinstance(stores, tuple) else stores
         self.clients = clients
         self.services = list(services)
+        self.runtime = runtime
         if signing_key is None:
             signing_key = environment_signing_key(environ)
         self._signer = TokenSigner(signing_key) if signing_key else None
@@ -230,7 +234,7 @@ class ActivityWorker:
         # the claim keeps the attempt (its retry policy): a completion by token while it runs decides with it
         if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context), message=message):
             return AttemptReport("duplicate")
-        outcome, watch, logs = self._loop.run(self._attempt(start, context))
+        outcome, watch, logs = self._loop.run(running_on(self.runtime, self._attempt(start, context)))
         _write_logs(self.clients, execution_id, logs)
         if outcome.kind is Outcome.WAITING:
             report = self._wait_for_token(start, outcome, now)
@@ -461,7 +465,8 @@ def _lambda_seconds_left(context: Any) -> float | None:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
         return None
-    return max(0.0, remaining() / 1000 - LAMBDA_SAFETY_SECONDS)
+    seconds: float = remaining() / 1000  # Lambda's context answers in milliseconds (an int)
+    return max(0.0, seconds - LAMBDA_SAFETY_SECONDS)
 
 
 # ------------------------------------------------------------------------------------------- timers
@@ -527,9 +532,11 @@ class SubscriptionWorker:
     then acknowledges the delivery. The redrive policy stays as the safety net for a worker that dies
     mid-delivery. Not done: handler output goes to the function's own log, not to an execution log."""
 
-    def __init__(self, clients: AwsClients, services: Sequence[Service]) -> None:
+    def __init__(self, clients: AwsClients, services: Sequence[Service], *, runtime: Any = None) -> None:
+        """`runtime`: the runtime current while a handler runs (as for `ActivityWorker`)."""
         self.clients = clients
         self.services = list(services)
+        self.runtime = runtime
         self._loop = _Loop()
         self._dead_letter_urls: dict[str, str | None] = {}
 
@@ -619,7 +626,7 @@ class SubscriptionWorker:
         subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
         envelope = json.loads(record["body"])
         item = {"name": str(envelope["detail-type"]), "event": envelope["detail"]}
-        error = self._loop.run(run_delivery(subscription, item, None))
+        error = self._loop.run(running_on(self.runtime, run_delivery(subscription, item, None)))
         if error is not None:
             raise error
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import functools
 import json
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from eventual_nb import errors
 from eventual_nb import service as registry
@@ -79,6 +80,7 @@ from eventual_nb.runtime.core import (
     wire,
 )
 from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, ScheduleState
+from eventual_nb.runtime.local.entities import LocalEntityStore
 from eventual_nb.runtime.local.store import ActivityRow, Database, StepRow, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
 from eventual_nb.serde import input_hash, to_json
@@ -87,6 +89,7 @@ from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import Workflow
 
 LOGGER = logging.getLogger("eventual_nb.runtime")
+T = TypeVar("T")
 
 #: rounds of workflow steps folded into one transaction before committing
 MAX_ROUNDS_PER_COMMIT = 20
@@ -320,10 +323,8 @@ class LocalRuntime(RuntimeBase):
         if self._scheduler is None:
             return
         self._scheduler.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._scheduler
-        except asyncio.CancelledError:
-            pass
         self._scheduler = None
         registry.unwatch_schedules(self.clock_moved)
         unwatch = getattr(self._clock, "unwatch", None)
@@ -370,6 +371,24 @@ class LocalRuntime(RuntimeBase):
         if self._db is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
         return self._db
+
+    def entity_store(self) -> LocalEntityStore:
+        """The entities (`ev.entity`), in tables of this runtime's database (runtime/local/entities.py)."""
+        return LocalEntityStore(self)
+
+    async def _write(self, change: Callable[[Database], T]) -> T:
+        """Run `change` in a savepoint of the next round's transaction; its result once that committed."""
+        result: T = await self._submit(lambda now: change(self._database))
+        return result
+
+    async def _read(self, read: Callable[[Database], T]) -> T:
+        """Run `read` on this runtime's loop between two rounds (the connection is used from its thread alone),
+        so it sees committed state only."""
+        if self._scheduler is None or self._loop is None:
+            raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
+        if asyncio.get_running_loop() is not self._loop:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._read(read), self._loop))
+        return read(self._database)
 
     # --------------------------------------------------------------------------------------- definitions
 
@@ -742,9 +761,12 @@ class LocalRuntime(RuntimeBase):
 
     def _deliver(self, target: str, event: HistoryEvent) -> None:
         """An event for another execution (or from outside); a signal id it has seen is dropped here."""
-        if isinstance(event, SignalReceived) and event.id is not None:
-            if not self._database.remember_signal(target, event.id):
-                return
+        if (
+            isinstance(event, SignalReceived)
+            and event.id is not None
+            and not self._database.remember_signal(target, event.id)
+        ):
+            return
         self._enqueue(target, event)
 
     def _start_child(self, action: StartChild, now: float) -> None:
@@ -893,7 +915,8 @@ class LocalRuntime(RuntimeBase):
                 database.await_token(*key, heartbeat_deadline, next_due)
                 self._note_attempt(row, note)
                 self._note_due(next_due)
-                assert attempt.outcome.callback is not None and self._signer is not None
+                assert attempt.outcome.callback is not None
+                assert self._signer is not None
                 token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
                 self._work.async_callbacks.append((attempt.outcome.callback, token))
 
