@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Any
 
-from benchmarks import aws, engine, entities, kernel, local, timeline
+from benchmarks import aws, engine, entities, kernel, local, schedules, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -35,6 +35,7 @@ from benchmarks.results import (
 NAMES = [
     *engine.BENCHMARKS,
     *local.BENCHMARKS,
+    *schedules.BENCHMARKS,
     *kernel.BENCHMARKS,
     *aws.BENCHMARKS,
     *timeline.BENCHMARKS,
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results = run(engine)
         comparisons = run(local)
+        schedule_results = run(schedules)
         kernel_results = run(kernel)
         aws_results = run(aws)
         timeline_results = run(timeline)
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(render_comparisons(comparisons))
         print_footers(console, comparisons)
         print_notes(console, comparisons)
+    if schedule_results:
+        table = render(schedule_results)
+        table.title = "LocalRuntime schedules: every-minute fires over a simulated hour (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, schedule_results)
     if kernel_results:
         table = render(kernel_results)
         table.title = "kernel extension in a real ipykernel (no peer; absolute numbers)"
@@ -116,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             args.json,
             env,
             args.quick,
-            [*results, *comparisons, *kernel_results, *aws_results, *timeline_results, *entity_results],
+            [
+                *results,
+                *comparisons,
+                *schedule_results,
+                *kernel_results,
+                *aws_results,
+                *timeline_results,
+                *entity_results,
+            ],
         )
         console.print(f"results written to {args.json}")
     return 0

@@ -45,6 +45,7 @@ from eventual_nb.errors import (
     HeartbeatTimeout,
     HttpError,
     InputValidationError,
+    ScheduleNotFound,
     Timeout,
     TransactionConflict,
     VersionConflict,
@@ -65,8 +66,8 @@ from eventual_nb.runtime.base import (
     current_runtime,
     set_default_runtime,
 )
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.runtime.local import LocalRuntime
-from eventual_nb.runtime.schedule_rules import ScheduleInfo
 from eventual_nb.schedules import schedule
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal, signal_model
@@ -113,6 +114,7 @@ __all__ = [
     "RetryPolicy",
     "RunningWorkflowInfo",
     "ScheduleInfo",
+    "ScheduleNotFound",
     "Service",
     "ServiceClient",
     "Signal",

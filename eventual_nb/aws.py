@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from eventual_nb import errors
@@ -62,7 +62,8 @@ from eventual_nb.runtime.aws.clients import (
     event_to_dict,
 )
 from eventual_nb.runtime.aws.entities import DynamoEntityStore
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
+from eventual_nb.runtime.aws.schedules import ScheduleKeeper, start_recorded
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, ScheduleStore
 from eventual_nb.runtime.aws.workers import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_ERROR,
@@ -81,7 +82,8 @@ from eventual_nb.runtime.base import (
     execution_id_of,
     signal_name_of,
 )
-from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, wire
+from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, schedules, wire
+from eventual_nb.runtime.core.schedules import ScheduleInfo, ScheduleState
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
@@ -162,6 +164,7 @@ class AwsRuntime(RuntimeBase):
         self._clients: AwsClients | None = None
         self._executions: ExecutionStore | None = None
         self._history: HistoryStore | None = None
+        self._keeper: ScheduleKeeper | None = None
         self._entities: DynamoEntityStore | None = None
         if clients is not None:
             self.session = None
@@ -236,6 +239,9 @@ class AwsRuntime(RuntimeBase):
         dynamodb = clients.client("dynamodb")
         self._executions = ExecutionStore(dynamodb, clients.settings.executions_table)
         self._history = HistoryStore(dynamodb, clients.settings.history_table)
+        self._keeper = ScheduleKeeper(
+            self._executions, ScheduleStore(dynamodb, clients.settings.executions_table), clients, self
+        )
         self._clients = clients
         return clients
 
@@ -309,26 +315,77 @@ class AwsRuntime(RuntimeBase):
         service = core.service_of(definition)
 
         def start() -> bool:
-            created = self.executions.create(execution_id, definition.name, raw_input, now, service=service)
-            if created and limit is not None:
-                self._set_timeout(execution_id, limit)
-            # also for an existing execution: repairs a start that died between the record and the message
-            # (the message's de-duplication id makes a repeat harmless; a started execution ignores it)
-            self.clients.workflow_queue.send_start(execution_id)
-            return created
+            return start_recorded(
+                self.executions,
+                self.clients,
+                execution_id,
+                definition.name,
+                raw_input,
+                now,
+                service=service,
+                limit=limit,
+            )
 
         created = await self._call(start)
         return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=not created)
 
-    def _set_timeout(self, execution_id: str, limit: timedelta) -> None:
-        """An explicit timeout rides on the record, where the orchestrator's first turn reads it.
-
-        Written right after the record and before the start message, so the first turn sees it; a start
-        that dies in between leaves an execution with its workflow's default timeout."""
-        self.executions.set_timeout(execution_id, limit.total_seconds())
-
     async def get_execution(self, id: str) -> Execution:
         return await self._call(lambda: self.executions.get(id))
+
+    # ----------------------------------------------------------------------------- schedules
+
+    @property
+    def schedule_keeper(self) -> ScheduleKeeper:
+        """The stack's schedule states and what changing them starts (shared with the schedule forwarder)."""
+        self._resolve()
+        assert self._keeper is not None
+        return self._keeper
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        def read() -> list[ScheduleInfo]:
+            now = self.clock()
+            return [
+                schedules.schedule_info(schedule, self.schedule_keeper.state(schedule, now))
+                for schedule in self.served_schedules()
+            ]
+
+        return await self._call(read)
+
+    async def pause_schedule(self, name: str) -> None:
+        schedule = self.schedule_definition(name)
+
+        def pause() -> None:
+            keeper = self.schedule_keeper
+            keeper.change(schedule, lambda state: schedules.store_only(schedules.pause(self._known(state))))
+            keeper.set_enabled(schedule, False)
+
+        await self._call(pause)
+
+    async def resume_schedule(self, name: str) -> None:
+        schedule = self.schedule_definition(name)
+
+        def resume() -> None:
+            keeper = self.schedule_keeper
+            keeper.change(
+                schedule, lambda state: schedules.store_only(schedules.resume(self._known(state), self.clock()))
+            )
+            keeper.set_enabled(schedule, True)
+
+        await self._call(resume)
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle:
+        schedule = self.schedule_definition(name)
+
+        def trigger() -> list[tuple[str, bool]]:
+            return self.schedule_keeper.change(
+                schedule, lambda state: schedules.decide_trigger(schedule, self._known(state), self.clock())
+            )
+
+        ((execution_id, created),) = await self._call(trigger)
+        return ExecutionHandle(execution_id, schedule.workflow, runtime=self, already_running=not created)
+
+    def _known(self, state: ScheduleState | None) -> ScheduleState:
+        return ScheduleState.new(self.clock()) if state is None else state
 
     async def list_executions(
         self,

@@ -507,6 +507,59 @@ async def _cancel(client: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+async def _schedules(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """The served schedules: spec, next fire (local time and how soon), paused, last fire and execution."""
+    from datetime import UTC, datetime
+
+    from eventual_nb.schedules import next_fire_text
+
+    schedules = await client.list_schedules()
+    if out.as_json:
+        out.json(schedules)
+        return 0
+    now = datetime.now(UTC)
+    rows = [
+        [
+            info.name,
+            info.workflow,
+            info.describe(),
+            next_fire_text(info, now),
+            "yes" if info.paused else "no",
+            info.last_fire,
+            info.last_execution_id,
+            info.skipped,
+        ]
+        for info in schedules
+    ]
+    columns = ["name", "workflow", "schedule", "next fire", "paused", "last fire", "last execution", "skipped"]
+    out.table(f"schedules at {client_url(args)}", columns, rows)
+    return 0
+
+
+async def _schedule(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """`schedule pause|resume|trigger NAME`."""
+    if args.action == "trigger":
+        handle = await client.trigger_schedule(args.name)
+        already = bool(getattr(handle, "already_running", False))
+        if out.as_json:
+            out.json({"schedule": args.name, "execution_id": handle.id, "already_running": already})
+        elif already:
+            out.line(f"{handle.id} was already started by this second's trigger of {args.name}; not started again")
+        else:
+            out.line(f"triggered {args.name}: started {handle.id}")
+        return 0
+    if args.action == "pause":
+        await client.pause_schedule(args.name)
+    else:
+        await client.resume_schedule(args.name)
+    paused = args.action == "pause"
+    if out.as_json:
+        out.json({"schedule": args.name, "paused": paused})
+    else:
+        out.line(f"{'paused' if paused else 'resumed'} {args.name}" + ("" if paused else " (missed fires are not run)"))
+    return 0
+
+
 async def _replay(client: Any, args: argparse.Namespace, out: Output) -> int:
     """Fetch the recorded history over HTTP and re-run it against TARGET's code, here, in this process."""
     import eventual_nb as ev
@@ -1147,6 +1200,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--id", dest="signal_id", metavar="SIGNAL_ID", help="signal id: a second send with the same id is ignored"
     )
+
+    add(
+        "schedules",
+        "list the service's schedules: next fire, paused, last execution",
+        client,
+        client_verb(_schedules),
+    )
+    p = add("schedule", "pause, resume or trigger a schedule", client, client_verb(_schedule))
+    p.add_argument(
+        "action",
+        choices=("pause", "resume", "trigger"),
+        metavar="ACTION",
+        help="pause (stop firing), resume (fire again from now; missed fires are not run) or trigger (start one "
+        "execution now, with now as its input)",
+    )
+    p.add_argument("name", metavar="NAME", help="schedule name (see `eventual-nb schedules`)")
 
     p = add("publish", "publish an event", client, client_verb(_publish))
     p.add_argument("event", metavar="EVENT", help="event name")

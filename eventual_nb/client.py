@@ -41,6 +41,7 @@ from eventual_nb.runtime.base import (
     execution_id_of,
     signal_name_of,
 )
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.serde import to_json
 
 if TYPE_CHECKING:
@@ -317,6 +318,25 @@ class ServiceClient(ServiceClientProtocol):
         answer = await self._request("GET", "/_eventual/dead-letters")
         return [DeadLetter.model_validate(item) for item in answer]
 
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        answer = await self._request("GET", "/_eventual/schedules")
+        return [ScheduleInfo.model_validate(item) for item in answer]
+
+    async def pause_schedule(self, name: str) -> None:
+        await self._request("POST", f"/_eventual/schedules/{_quote_name(name)}/pause")
+
+    async def resume_schedule(self, name: str) -> None:
+        await self._request("POST", f"/_eventual/schedules/{_quote_name(name)}/resume")
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle:
+        answer = await self._request("POST", f"/_eventual/schedules/{_quote_name(name)}/trigger")
+        return ExecutionHandle(
+            answer["execution_id"],
+            answer.get("workflow"),
+            runtime=self,
+            already_running=bool(answer.get("already_running", False)),
+        )
+
     async def list_entities(self) -> list[EntityInfo]:
         answer = await self._request("GET", "/_eventual/entities")
         return [EntityInfo.model_validate(item) for item in answer]
@@ -342,6 +362,13 @@ class ServiceClient(ServiceClientProtocol):
                 raise errors.Timeout(f"execution '{id}' did not finish within {timeout:g}s")
             if wait <= 0:
                 await asyncio.sleep(0.01)
+
+
+def _quote_name(name: str) -> str:
+    """A schedule name as one path segment (names hold no '/', but whatever is passed reaches the server whole)."""
+    if not isinstance(name, str):
+        raise errors.EventualError(f"expected a schedule name, got {name!r}")
+    return quote(name, safe="").replace(".", "%2E") if name in (".", "..") else quote(name, safe="")
 
 
 def _quote_id(id: str) -> str:

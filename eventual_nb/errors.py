@@ -165,6 +165,17 @@ class WorkflowNotFound(EventualError, LookupError):
         self.workflow = workflow
 
 
+class ScheduleNotFound(EventualError, LookupError):
+    """No schedule of this name is served (`pause_schedule`, `resume_schedule`, `trigger_schedule`)."""
+
+    status_code = 404
+    fields = ("schedule",)
+
+    def __init__(self, message: str, *, schedule: str | None = None) -> None:
+        super().__init__(message)
+        self.schedule = schedule
+
+
 class ExecutionFailed(EventualError):
     """An execution ended FAILED; `error` and `message` are what escaped the workflow."""
 

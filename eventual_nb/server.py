@@ -64,6 +64,7 @@ from eventual_nb.runtime.base import (
     StartResponse,
     WorkflowInfo,
 )
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.serde import plain_errors
 from eventual_nb.service import Service, current_service
 
@@ -119,6 +120,15 @@ class HeartbeatRequest(_Body):
     token: str
 
 
+class ScheduleAnswer(BaseModel):
+    schedule: str
+    paused: bool
+
+
+class TriggerResponse(StartResponse):
+    workflow: str
+
+
 class ErrorAnswer(BaseModel):
     """The body of every error answer: the error's type name (the class `ServiceClient` raises) and a message,
     with the error's own fields (`execution_id`, `errors`, ...) beside them."""
@@ -135,6 +145,7 @@ def _answers(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 
 
 _NO_EXECUTION = {404: "no execution has this id (ExecutionNotFound)"}
+_NO_SCHEDULE = {404: "no schedule of this name is served (ScheduleNotFound)"}
 _ACTIVITY_TOKEN = {
     400: "the activity is no longer pending, or the body is not JSON",
     403: "the token was not issued by this runtime: malformed, forged or signed by another key (InvalidToken)",
@@ -308,6 +319,7 @@ def _internal_router(runtime: ServiceClientProtocol, served: list[Service]) -> A
     async def list_dead_letters() -> list[DeadLetter]:
         return list(await runtime.list_dead_letters())
 
+    _schedule_routes(router, runtime)
     _entity_routes(router, runtime)
     return router
 
@@ -446,6 +458,41 @@ def _activity_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:
     async def send_activity_heartbeat(body: HeartbeatRequest) -> HeartbeatResponse:
         response: HeartbeatResponse = await runtime.send_activity_heartbeat(body.token)
         return response
+
+
+def _schedule_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:
+    """Schedules: the served ones with their state, and pausing, resuming and triggering one."""
+
+    @router.get("/schedules")
+    async def list_schedules() -> list[ScheduleInfo]:
+        """The served schedules with their state: paused, next fire (None while paused), last fire, skipped."""
+        return list(await runtime.list_schedules())
+
+    @router.post("/schedules/{name}/pause", responses=_answers(_NO_SCHEDULE))
+    async def pause_schedule(name: str) -> ScheduleAnswer:
+        """Stop firing the schedule until it is resumed (pausing a paused schedule changes nothing)."""
+        await runtime.pause_schedule(name)
+        return ScheduleAnswer(schedule=name, paused=True)
+
+    @router.post("/schedules/{name}/resume", responses=_answers(_NO_SCHEDULE))
+    async def resume_schedule(name: str) -> ScheduleAnswer:
+        """Fire again from now on: the fires of the paused span are not caught up."""
+        await runtime.resume_schedule(name)
+        return ScheduleAnswer(schedule=name, paused=False)
+
+    @router.post(
+        "/schedules/{name}/trigger",
+        responses=_answers({**_NO_SCHEDULE, 409: "an execution of this name exists with another input"}),
+    )
+    async def trigger_schedule(name: str) -> TriggerResponse:
+        """Start one execution of the schedule's workflow now, paused or not, with now (to the second) as
+        its input and name; a second trigger in the same second answers `already_running`."""
+        handle = await runtime.trigger_schedule(name)
+        return TriggerResponse(
+            execution_id=handle.id,
+            workflow=handle.workflow,
+            already_running=bool(getattr(handle, "already_running", False)),
+        )
 
 
 def _entity_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:

@@ -24,7 +24,7 @@ from eventual_nb.durations import DurationLike, format_duration, optional_durati
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor, current_executor
 from eventual_nb.runtime.base import Execution, ExecutionHandle, current_runtime, signal_name_of
 from eventual_nb.serde import from_json, to_json, type_hints, validate
-from eventual_nb.service import Service, all_services, current_service
+from eventual_nb.service import Service, all_services, current_service, schedules_changed
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -242,8 +242,11 @@ def workflow(
         service.workflows[definition.name] = definition
         # a workflow defined again (a re-run cell) keeps only the schedules declared on it now: the
         # `@ev.schedule` lines above this one, which run next, register them again
-        for schedule_name in [key for key, item in service.schedules.items() if item.workflow == definition.name]:
+        dropped = [key for key, item in service.schedules.items() if item.workflow == definition.name]
+        for schedule_name in dropped:
             del service.schedules[schedule_name]
+        if dropped:
+            schedules_changed()
         return definition
 
     if function is not None:

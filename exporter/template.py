@@ -47,7 +47,9 @@ from eventual_nb.runtime.aws.clients import (
     TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
 )
+from eventual_nb.runtime.aws.schedules import recurring_schedule
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.core.schedules import Schedule, schedule_from_spec
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
@@ -106,7 +108,9 @@ _ORCHESTRATOR = _Function("orchestrator", "Orchestrator", 60, 512, "workflow tur
 _ACTIVITY = _Function("activity", "Activity", 900, 1024, "activity attempts from the activity queue")
 _SUBSCRIPTION = _Function("subscription", "Subscription", 300, 512, "subscription deliveries from their queues")
 _TIMER = _Function("timer", "Timer", 60, 256, "due timers from the timer queue")
-_SCHEDULE = _Function("schedule", "ScheduleForwarder", 60, 256, "long timers fired by EventBridge Scheduler")
+_SCHEDULE = _Function(
+    "schedule", "ScheduleForwarder", 60, 256, "long timers and schedule fires delivered by EventBridge Scheduler"
+)
 
 _CONSUME = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 _SEND = ["sqs:SendMessage"]
@@ -156,8 +160,17 @@ def subscription_logical_id(name: str) -> str:
     ("a-b" and "a_b" camel-case alike), and a logical id must not change when another subscription
     is added, or CloudFormation would replace that subscription's queue and lose its messages.
     """
+    return _logical_id("Subscription", name)
+
+
+def schedule_logical_id(name: str) -> str:
+    """`Schedule<CamelCase name><hash>`, stable for a given name as `subscription_logical_id`."""
+    return _logical_id("Schedule", name)
+
+
+def _logical_id(kind: str, name: str) -> str:
     camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
-    return f"Subscription{camel[:48]}{_name_hash(name).upper()}"
+    return f"{kind}{camel[:48]}{_name_hash(name).upper()}"
 
 
 def subscription_queue_suffix(name: str) -> str:
@@ -231,6 +244,10 @@ class _Builder:
         self.handlers: dict[str, str] = manifest["handlers"]
         subscriptions = manifest.get("service", {}).get("subscriptions", [])
         self.subscriptions: list[dict[str, Any]] = sorted(subscriptions, key=lambda item: item["name"])
+        schedules = manifest.get("service", {}).get("schedules", [])
+        self.schedules: list[Schedule] = sorted(
+            (schedule_from_spec(spec) for spec in schedules), key=lambda item: item.name
+        )
         self.has_entities = bool(manifest.get("service", {}).get("entities"))
         self.resources: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
@@ -466,6 +483,21 @@ class _Builder:
                 ],
             },
         )
+        # One recurring schedule per `@ev.schedule`, delivering each fire with its scheduled time to the
+        # forwarder (eventual_nb/runtime/aws/schedules.py). In the emulator, `eventual-nb deploy` creates
+        # them in moto from these very properties.
+        for schedule in self.schedules:
+            self.add(
+                schedule_logical_id(schedule.name),
+                "AWS::Scheduler::Schedule",
+                recurring_schedule(
+                    schedule,
+                    group=_ref("ScheduleGroup"),
+                    target_arn=_arn(f"{_SCHEDULE.stem}Function"),
+                    role_arn=_arn("SchedulerRole"),
+                ),
+                Condition=REAL,
+            )
 
     # -------------------------------------------------------------------------------------- functions
 
@@ -513,9 +545,15 @@ class _Builder:
         }
         own_logs = _statement(_LOG_WRITE, [_arn(f"{function.stem}LogGroup")])
         execution_logs = _arn("ExecutionLogGroup")
+        pass_scheduler_role = _statement(
+            ["iam:PassRole"],
+            [_arn("SchedulerRole")],
+            {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+        )
         if function is _API:
-            # starts executions (record + first message), sends signals, reads records, histories and logs
-            return [
+            # starts executions (record + first message), sends signals, reads records, histories and logs;
+            # with schedules, pauses and resumes their Scheduler schedules (UpdateSchedule passes the role)
+            statements = [
                 own_logs,
                 _statement(_SEND, [_arn("WorkflowQueue")]),
                 _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
@@ -528,6 +566,12 @@ class _Builder:
                     [execution_logs],
                 ),
             ]
+            if self.schedules:
+                statements.append(pass_scheduler_role)
+                statements.append(
+                    _only_real(_statement(["scheduler:GetSchedule", "scheduler:UpdateSchedule"], [schedules]))
+                )
+            return statements
         if function is _ORCHESTRATOR:
             # replays and appends history, then dispatches activities, timers, child workflows and events
             return [
@@ -540,11 +584,7 @@ class _Builder:
                 ),
                 bus,
                 _statement(_LOG_WRITE, [execution_logs]),
-                _statement(
-                    ["iam:PassRole"],
-                    [_arn("SchedulerRole")],
-                    {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
-                ),
+                pass_scheduler_role,
                 _only_real(
                     _statement(
                         ["scheduler:CreateSchedule", "scheduler:DeleteSchedule", "scheduler:GetSchedule"], [schedules]
@@ -580,12 +620,17 @@ class _Builder:
                 _statement(_SEND, [_arn("WorkflowQueue")]),
             ]
         if function is _SCHEDULE:
-            # moves a fired long timer onto the timer queue and deletes its schedule
-            return [
+            # moves a fired long timer onto the timer queue and deletes its schedule; with schedules, starts
+            # each fire's execution (record + first message) and keeps the schedule's state item
+            statements = [
                 own_logs,
                 _statement(_SEND, [_arn("TimerQueue")]),
                 _only_real(_statement(["scheduler:DeleteSchedule"], [schedules])),
             ]
+            if self.schedules:
+                statements.append(_statement(_SEND, [_arn("WorkflowQueue")]))
+                statements.append(_statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]))
+            return statements
         raise AssertionError(f"no policy for function {function.key!r}")
 
     def functions(self) -> None:

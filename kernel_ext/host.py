@@ -113,11 +113,14 @@ class RuntimeHost:
                 self.path, self.durability = database, durability
             return runtime
 
-    def use_test(self, start: datetime | None = None, *, command: str | None = None) -> TestEnvironment:
-        """Switch to a TestEnvironment (virtual clock) serving every service of the notebook."""
+    def use_test(
+        self, start: datetime | None = None, *, service: str | None = None, command: str | None = None
+    ) -> TestEnvironment:
+        """Switch to a TestEnvironment (virtual clock) serving every service of the notebook, or only
+        `service` (a process that holds other services, such as a test run)."""
         with self._lock:
             with self._replacing(command or "%eventual runtime test"):
-                environment = TestEnvironment(start=start)
+                environment = TestEnvironment(start=start, service=service)
 
                 async def enter() -> None:
                     await environment.__aenter__()

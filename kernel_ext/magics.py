@@ -30,13 +30,14 @@ from eventual_nb import magic_syntax
 from eventual_nb.durations import parse_duration
 from eventual_nb.magic_syntax import FlagError, max_attempts
 from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus, RuntimeBase
+from eventual_nb.runtime.core.schedules import define_schedule
 from eventual_nb.runtime.testing import TestEnvironment
 from eventual_nb.service import current_service
 from eventual_nb.timeline import read_snapshot
 from eventual_nb.timeline.svg import CSS, history_table, render_fragment
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
 from kernel_ext.redefine import check_redefinition
-from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, SchedulesTable, WidgetPump
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
@@ -137,10 +138,21 @@ class EventualMagics(Magics):
         args = _parse("workflow", line)
         target = self._target("workflow", cell)
         name = args.name or target
+        scheduled = magic_syntax.schedule_options(args)
+        if scheduled is not None:  # a bad cron line is refused before anything is (re)defined
+            try:
+                define_schedule(name=name, workflow=name, **scheduled)
+            except ev.EventualError as exc:
+                raise UsageError(f"%%workflow: {exc.message}") from None
         previous = current_service().workflows.get(name)
         self._run(cell)
         definition = ev.workflow(name=args.name, timeout=args.timeout)(self.user_ns[target])
         self.user_ns[target] = definition
+        if scheduled is not None:
+            try:
+                ev.schedule(**scheduled)(definition)
+            except ev.EventualError as exc:  # e.g. a workflow that cannot take its fire time
+                raise UsageError(f"%%workflow: {exc.message}") from None
         report = None
         if previous is not None and previous.function is not definition.function:
             report = check_redefinition(self.host, previous, definition)
@@ -148,6 +160,9 @@ class EventualMagics(Magics):
             self.host.runtime.retry_blocked()
         timeout = f" (timeout {definition.timeout})" if definition.timeout is not None else ""
         _say(f"workflow '{name}'{timeout} in service '{current_service().name}'")
+        for schedule_name in definition.schedule_names:
+            schedule = (definition.service or current_service()).schedules[schedule_name]
+            _say(f"schedule '{schedule_name}': {schedule.describe()}, the workflow receives each fire time")
         if report is not None and report.text():
             _say(report.text())
 
@@ -251,7 +266,7 @@ class EventualMagics(Magics):
 
     @line_magic
     def eventual(self, line: str) -> Any:
-        """`%eventual VERB ...`: service, runtime, status, executions, history, logs, serve, stop,
+        """`%eventual VERB ...`: service, runtime, status, executions, schedules, history, logs, serve, stop,
         export, advance. `%eventual help` lists them."""
         __tracebackhide__ = True
         try:
@@ -351,6 +366,13 @@ class EventualMagics(Magics):
         parser.add_argument("--status", type=str.upper, choices=[s.value for s in ExecutionStatus])
         args = parser.parse_args(words)
         table = ExecutionsTable(self.host, self.host.ensure_runtime(), args.workflow, args.status)
+        self.pump.add(table)
+        display(table.root)
+
+    def _verb_schedules(self, words: list[str]) -> None:
+        if words:
+            raise UsageError("%eventual schedules takes no arguments")
+        table = SchedulesTable(self.host, self.host.ensure_runtime())
         self.pump.add(table)
         display(table.root)
 
@@ -521,6 +543,7 @@ VERBS = (
     "runtime",
     "status",
     "executions",
+    "schedules",
     "entities",
     "history",
     "timeline",
@@ -538,6 +561,7 @@ VERBS_HELP = """%eventual VERB
                                         a deployed stack (eventual-nb deploy); its functions run the code
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
+  schedules                             live table of schedules: next fire, last run, pause/resume/trigger
   entities [NAME KEY [SORT]]            the service's entities, or one entry's value and version
   history ID | logs ID                  an execution's history / captured output
   timeline ID                           an execution's timeline as a picture, its history and logs

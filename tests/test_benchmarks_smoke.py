@@ -6,7 +6,8 @@ replay-every-step replays once per step, the daily-timer workflow ends exactly N
 its start, LocalRuntime group-commits concurrent work, commits once per workflow step, runs in WAL with
 synchronous=FULL, keeps no completed execution in memory and runs batches beside executions waiting on a timer, DBOS is either measured (when it is
 installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), the
-kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, and
+kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, the
+schedules benchmark ran every fire once and its scheduler never woke to find nothing due, and
 the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consistent with the turns the
 orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
 per step when cold. The entity benchmarks commit every lone write on its own and group concurrent ones
@@ -36,8 +37,9 @@ LOCAL = {"local_throughput", "local_latency", "local_memory", "local_in_flight"}
 KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
 TIMELINE = {"timeline"}
+SCHEDULES = {"local_schedules"}
 ENTITIES = {"entities_local", "entities_aws"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | ENTITIES
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | SCHEDULES | ENTITIES
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
@@ -318,6 +320,21 @@ def test_aws_timer_signal_execution_uses_the_scheduler_once(report: dict) -> Non
     assert results["usd_per_million_executions"] > 0
     assert results["usd_scheduler"] == pytest.approx(1.0)  # one invocation at $1 per million
     assert "logs.PutLogEvents 1" in bench["info"]["requests"]
+
+
+def test_local_schedules_ran_every_fire_once_without_idle_wakeups(report: dict) -> None:
+    """Every schedule fired once a simulated minute (the benchmark checks each execution exists once), and the
+    scheduler slept between fires: it never woke to find nothing to do, during the hour or while nothing was
+    due (its next fires a simulated minute away and the clock still)."""
+    bench = report["benchmarks"]["local_schedules"]
+    params, results = bench["params"], bench["results"]
+    assert results["fires"] == params["schedules"] * params["minutes"]
+    assert results["cpu_ms_per_fire"] > 0
+    assert results["wall_seconds_per_minute"] > 0
+    assert results["idle_wakeups_per_minute"] == 0
+    assert results["quiet_idle_wakeups_per_minute"] == 0
+    assert results["quiet_wakeups"] == 0
+    assert 0 < results["commits_per_minute"]
 
 
 def test_entity_writes_commit_alone_or_grouped_on_the_local_runtime(report: dict) -> None:

@@ -28,6 +28,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from eventual_nb.runtime.aws.schedules import scheduler_name
 from tests import aws_support
 from tests.aws_support import REGION, require_local, reset_moto
 from tests.test_handlers_bundle import NOT_ON_LAMBDA, http_event, lambda_python
@@ -252,7 +253,25 @@ def test_an_exported_service_deploys_runs_a_workflow_and_is_destroyed(
     variables = function_environment(moto, STACK)
     assert len(variables["EVENTUAL_SIGNING_KEY"]) >= 32
     assert variables["EVENTUAL_SERVICE"] == "deploy-sample"
-    client(moto, "scheduler").get_schedule_group(Name=f"{STACK}-timers")
+    scheduler = client(moto, "scheduler")
+    scheduler.get_schedule_group(Name=f"{STACK}-timers")
+    # the notebook's `%%workflow --schedule` is an EventBridge schedule, made in the emulator from the template
+    nightly = scheduler.get_schedule(Name=scheduler_name("nightly"), GroupName=f"{STACK}-timers")
+    assert (nightly["ScheduleExpression"], nightly["ScheduleExpressionTimezone"], nightly["State"]) == (
+        "cron(0 6 * * ? *)",
+        "Europe/Paris",
+        "ENABLED",
+    )
+    forwarder = next(
+        item["PhysicalResourceId"]
+        for item in cloudformation.describe_stack_resources(StackName=STACK)["StackResources"]
+        if item.get("LogicalResourceId") == "ScheduleForwarderFunction"
+    )
+    assert nightly["Target"]["Arn"].endswith(f":function:{forwarder}")
+    assert json.loads(nightly["Target"]["Input"]) == {
+        "eventual_schedule": "nightly",
+        "scheduled_time": "<aws.scheduler.scheduled-time>",
+    }
 
     # the deployed code runs: start through the API, the harness drives the functions, read it back
     start = http_event(

@@ -1,5 +1,5 @@
 """Schedules, first phase: `@ev.schedule` (definition, checks, registration) and the storage-free rules every
-runtime will share (eventual_nb/runtime/schedule_rules.py): fire times on cron lines and intervals across
+runtime will share (eventual_nb/runtime/core/schedules.py): fire times on cron lines and intervals across
 daylight-saving changes and year boundaries, catch-up, overlap, pause/resume, trigger and deliveries.
 
 Expected instants are written out by hand from the zones' rules (Paris: CET +1 / CEST +2, changes on
@@ -24,7 +24,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import eventual_nb as ev
-from eventual_nb.runtime.schedule_rules import (
+from eventual_nb.runtime.core.schedules import (
     EPOCH,
     LATE_FIRE_GRACE,
     MAX_CATCHUP,

@@ -17,8 +17,6 @@ from typing import Any
 
 import boto3
 import pytest
-from cfnlint.api import lint
-from cfnlint.config import ManualArgs
 from pydantic import BaseModel
 
 import eventual_nb as ev
@@ -32,6 +30,7 @@ from exporter.template import (
     subscription_logical_id,
     validate_stack_name,
 )
+from tests.aws_support import assert_lint_clean, dumped
 
 # ------------------------------------------------------------------------------------ a real service
 
@@ -180,10 +179,6 @@ def hand_manifest() -> dict[str, Any]:
         ],
     }
     return manifest_of(spec, with_zip=True)
-
-
-def dumped(template: dict[str, Any]) -> str:
-    return json.dumps(template, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def resources_of(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
@@ -432,15 +427,6 @@ def test_everything_moto_cannot_create_is_conditioned_on_real() -> None:
 
 
 # ------------------------------------------------------------------------------------ cfn-lint (offline)
-
-
-def assert_lint_clean(template: dict[str, Any]) -> None:
-    matches = lint(dumped(template), config=ManualArgs(regions=["us-east-1"]))
-    errors = [match for match in matches if match.rule.severity == "error"]
-    for match in matches:
-        if match.rule.severity != "error":
-            print(f"cfn-lint {match.rule.severity} {match.rule.id} line {match.linenumber}: {match.message}")
-    assert not errors, "\n".join(f"{match.rule.id} line {match.linenumber}: {match.message}" for match in errors)
 
 
 def test_cfn_lint_reports_no_errors() -> None:

@@ -53,6 +53,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
     from eventual_nb.entities import Entity
+    from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, Start
     from eventual_nb.runtime.entity_store import EntityStore
     from eventual_nb.service import Service
     from eventual_nb.signals import Signal
@@ -189,6 +190,14 @@ class ServiceClientProtocol(Protocol):
 
     async def list_dead_letters(self) -> list[DeadLetter]: ...
 
+    async def list_schedules(self) -> list[ScheduleInfo]: ...
+
+    async def pause_schedule(self, name: str) -> None: ...
+
+    async def resume_schedule(self, name: str) -> None: ...
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle: ...
+
     async def list_entities(self) -> list[EntityInfo]: ...
 
     async def get_entity(self, name: str, key: Any) -> EntityRecord: ...
@@ -245,27 +254,10 @@ def _on_home_loop(
 OFFSET_TOKEN_PATTERN = r"^(0|[1-9][0-9]{0,17})?$"
 
 
-class RuntimeBase(ServiceClientProtocol):
-    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments.
+class ServedDefinitions:
+    """Which services a runtime serves, and their definitions looked up by name when needed, so definitions
+    added or replaced later (later cells, functions defined inside a test) are the ones used."""
 
-    A runtime is bound to the event loop it was started on (its home loop); the protocol methods in
-    `HOME_LOOP_METHODS` hop there from any other loop or thread, so one runtime can serve a notebook's
-    cells, its widgets and an HTTP server at once."""
-
-    _home_loop: asyncio.AbstractEventLoop | None = None
-    #: what this runtime's `list_executions` page tokens look like (a regular expression), for the server's
-    #: OpenAPI; None for opaque tokens
-    page_token_pattern: ClassVar[str | None] = OFFSET_TOKEN_PATTERN
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in HOME_LOOP_METHODS:
-            method = cls.__dict__.get(name)
-            if method is not None and inspect.iscoroutinefunction(method) and not hasattr(method, "_on_home_loop"):
-                setattr(cls, name, _on_home_loop(method))
-
-    _token: contextvars.Token[Any] | None = None
-    _made_default: bool = False
     #: names of the services served; None serves every service registered in the process
     _served_names: list[str] | None = None
 
@@ -314,10 +306,70 @@ class RuntimeBase(ServiceClientProtocol):
         definition = self.workflow_definition(name)
         return definition, definition.validate_input(_NO_INPUT if input is None else input)
 
+    def fire_start(self, start: Start, now: datetime) -> tuple[Workflow[Any], Any, str]:
+        """What a schedule's `Start` (a fire or a trigger) starts: the served workflow, its input (the fire
+        time, as JSON) and the execution id `<workflow>/<schedule>-<YYYYMMDDTHHMMSSZ>`, the same for every
+        start of that fire, so a fire started twice starts one execution."""
+        from eventual_nb.runtime import core
+
+        definition, raw_input = self.start_definition(start.workflow, start.input)
+        return definition, raw_input, core.execution_id_for(definition.name, start.execution_name, now)
+
+    def served_schedules(self) -> list[Schedule]:
+        """The schedules of the served services, by name (a later cell's `@ev.schedule` is seen at once)."""
+        found: dict[str, Schedule] = {}
+        for service in self.served_services():
+            for name, schedule in service.schedules.items():
+                found.setdefault(name, schedule)
+        return [found[name] for name in sorted(found)]
+
+    def schedule_definition(self, name: str) -> Schedule:
+        """The served schedule `name`; `ScheduleNotFound` (404) naming the ones there are otherwise."""
+        if not isinstance(name, str):
+            raise errors.ScheduleNotFound(f"expected a schedule name, got {name!r}")
+        for schedule in self.served_schedules():
+            if schedule.name == name:
+                return schedule
+        known = ", ".join(f"'{schedule.name}'" for schedule in self.served_schedules()) or "none"
+        raise errors.ScheduleNotFound(
+            f"no schedule named '{name}' is served by this {type(self).__name__} (schedules: {known})", schedule=name
+        )
+
     def activity_definition(self, name: str) -> Activity[Any, Any] | None:
         from eventual_nb.activities import find_activity
 
         return find_activity(name, self.served_services())
+
+    @classmethod
+    def of(cls, services: list[Any]) -> ServedDefinitions:
+        """The lookups over `services` alone (services or their names), for code that serves them without
+        being a runtime (the AWS schedule forwarder)."""
+        lookup = ServedDefinitions()
+        lookup._serve(None, services)
+        return lookup
+
+
+class RuntimeBase(ServedDefinitions, ServiceClientProtocol):
+    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments.
+
+    A runtime is bound to the event loop it was started on (its home loop); the protocol methods in
+    `HOME_LOOP_METHODS` hop there from any other loop or thread, so one runtime can serve a notebook's
+    cells, its widgets and an HTTP server at once."""
+
+    _home_loop: asyncio.AbstractEventLoop | None = None
+    #: what this runtime's `list_executions` page tokens look like (a regular expression), for the server's
+    #: OpenAPI; None for opaque tokens
+    page_token_pattern: ClassVar[str | None] = OFFSET_TOKEN_PATTERN
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in HOME_LOOP_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and inspect.iscoroutinefunction(method) and not hasattr(method, "_on_home_loop"):
+                setattr(cls, name, _on_home_loop(method))
+
+    _token: contextvars.Token[Any] | None = None
+    _made_default: bool = False
 
     async def list_workflows(self) -> list[WorkflowInfo]:
         found: list[WorkflowInfo] = []

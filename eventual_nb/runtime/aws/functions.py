@@ -28,7 +28,8 @@ from eventual_nb import errors
 from eventual_nb.aws import AwsRuntime
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, AwsSettings
 from eventual_nb.runtime.aws.orchestrator import Orchestrator
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
+from eventual_nb.runtime.aws.schedules import ScheduleKeeper
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, ScheduleStore
 from eventual_nb.runtime.aws.workers import (
     ActivityWorker,
     Handler,
@@ -36,6 +37,7 @@ from eventual_nb.runtime.aws.workers import (
     schedule_forwarder,
     timer_handler,
 )
+from eventual_nb.runtime.base import ServedDefinitions
 from eventual_nb.service import Service, all_services, get_service
 
 __all__ = [
@@ -102,7 +104,13 @@ class StackFunctions:
         )
         self.subscription_worker = SubscriptionWorker(clients, self.services, runtime=self.runtime)
         self.timer = timer_handler(clients)
-        self.schedule_forwarder = schedule_forwarder(clients)
+        self.schedules = ScheduleKeeper(
+            self.stores[0],
+            ScheduleStore(dynamodb, settings.executions_table),
+            clients,
+            ServedDefinitions.of(self.services),
+        )
+        self.schedule_forwarder = schedule_forwarder(clients, self.schedules)
 
     def handlers(self) -> dict[str, Handler]:
         """Function key (`orchestrator`, `activity`, `subscription`, `timer`, `schedule`) → handler."""

@@ -11,8 +11,9 @@ container), and each speaks only the wire format of `clients.py`:
   rules with EventBridge envelopes.
 * `timer_handler(clients)` — the timer queue: forwards a due timer's event to the workflow queue, or
   sends it back for the rest of its wait.
-* `schedule_forwarder(clients)` — the target of the Scheduler's `at()` schedules (timers further away
-  than 900 s): puts the timer body back on the timer queue, which relays it when due.
+* `schedule_forwarder(clients, keeper)` — the target of the Scheduler's `at()` schedules (timers further
+  away than 900 s): puts the timer body back on the timer queue, which relays it when due; and of the
+  recurring schedules of `@ev.schedule`: starts the fire's execution (`schedules.ScheduleKeeper`).
 
 Activity attempts: one runner at a time, never lost
 -----------------------------------------------------
@@ -80,6 +81,7 @@ from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.runtime import core
 from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
+from eventual_nb.runtime.aws.schedules import ScheduleKeeper, read_fire
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
 from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse, running_on
 from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, wire
@@ -487,16 +489,26 @@ def timer_handler(clients: AwsClients) -> Handler:
     return handle
 
 
-def schedule_forwarder(clients: AwsClients) -> Handler:
-    """The Scheduler's target: the event is the timer body; it goes back to the timer queue, which relays it.
+def schedule_forwarder(clients: AwsClients, keeper: ScheduleKeeper | None = None) -> Handler:
+    """The Scheduler's target, for two kinds of schedules:
 
-    Why not relay directly: one path (the timer function) decides "due or not", so the Scheduler's
-    whole-second `at()` rounding and its clock can never forward a timer early."""
+    * a long timer's one-time `at()` schedule: the event is the timer body; it goes back to the timer
+      queue, which relays it. Why not relay directly: one path (the timer function) decides "due or not",
+      so the Scheduler's whole-second `at()` rounding and its clock can never forward a timer early;
+    * a `@ev.schedule`'s recurring schedule: the event names the schedule and the fire's scheduled time
+      (`schedules.read_fire`); `keeper` starts its execution as the execution core decides (a repeated
+      delivery starts nothing new). An exception makes Scheduler retry the delivery."""
 
     def handle(event: dict[str, Any], context: Any = None) -> None:
         body = json.loads(event) if isinstance(event, str) else event
+        fire = read_fire(body)
+        if fire is not None:
+            if keeper is None:
+                raise errors.EventualError(f"the schedule forwarder got a fire of {fire[0]!r} but serves no schedules")
+            keeper.deliver(*fire)
+            return
         if not isinstance(body, dict) or not {"execution_id", "due", "event"} <= set(body):
-            raise errors.EventualError(f"the schedule forwarder got {body!r}, not a timer body")
+            raise errors.EventualError(f"the schedule forwarder got {body!r}, not a timer body nor a schedule fire")
         clients.timers.requeue(body, clients.clock())
 
     return handle

@@ -42,6 +42,7 @@ from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent, LogEntry, Ti
 from eventual_nb.errors import EventualError
 from eventual_nb.runtime import core
 from eventual_nb.runtime.base import DeadLetter, Execution, ExecutionStatus
+from eventual_nb.runtime.core.schedules import ScheduleState
 from eventual_nb.runtime.entity_store import EntityKey, StoredEntry, Write
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -146,6 +147,16 @@ def _entities_table(connection: sqlite3.Connection) -> None:
     )
 
 
+def _schedules_table(connection: sqlite3.Connection) -> None:
+    """Version 4: each schedule's state (`core.schedules.ScheduleState` as JSON: paused, the fires handled,
+    the last fire and execution, the skipped count) and `due`, when its next fire is (NULL while paused, or
+    while no runtime serves it), which wakes the scheduler as a timer's does."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schedules(name TEXT PRIMARY KEY, state TEXT NOT NULL, due REAL) WITHOUT ROWID"
+    )
+    connection.execute("CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules(due) WHERE due IS NOT NULL")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -158,6 +169,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables of release 0.1", _create_v1),
     Migration(2, "timers hold the event they deliver", _timers_hold_their_event),
     Migration(3, "entities", _entities_table),
+    Migration(4, "schedules keep their state", _schedules_table),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -406,9 +418,39 @@ class Database:
         row = self.connection.execute(
             "SELECT MIN(due) AS due FROM (SELECT MIN(due) AS due FROM timers "
             "UNION ALL SELECT MIN(due) FROM activities WHERE due IS NOT NULL "
-            "UNION ALL SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL)"
+            "UNION ALL SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL "
+            "UNION ALL SELECT MIN(due) FROM schedules WHERE due IS NOT NULL)"
         ).fetchone()
         return None if row["due"] is None else float(row["due"])
+
+    # -- schedules -----------------------------------------------------------------------------------
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        """Every stored schedule state by name (those of schedules no longer served included)."""
+        rows = self.connection.execute("SELECT name, state FROM schedules")
+        return {row["name"]: ScheduleState.model_validate_json(row["state"]) for row in rows}
+
+    def schedule_state(self, name: str) -> ScheduleState | None:
+        row = self.connection.execute("SELECT state FROM schedules WHERE name = ?", (name,)).fetchone()
+        return None if row is None else ScheduleState.model_validate_json(row["state"])
+
+    def save_schedule(self, name: str, state: ScheduleState, due: datetime | None) -> None:
+        self.connection.execute(
+            "INSERT OR REPLACE INTO schedules(name, state, due) VALUES (?, ?, ?)",
+            (name, state.model_dump_json(), None if due is None else due.timestamp()),
+        )
+
+    def schedule_dues(self) -> dict[str, float | None]:
+        return {row["name"]: row["due"] for row in self.connection.execute("SELECT name, due FROM schedules")}
+
+    def set_schedule_due(self, name: str, due: datetime | None) -> None:
+        self.connection.execute(
+            "UPDATE schedules SET due = ? WHERE name = ?", (None if due is None else due.timestamp(), name)
+        )
+
+    def due_schedules(self, now: float) -> list[tuple[str, ScheduleState]]:
+        rows = self.connection.execute("SELECT name, state FROM schedules WHERE due <= ? ORDER BY due, name", (now,))
+        return [(row["name"], ScheduleState.model_validate_json(row["state"])) for row in rows]
 
     # -- executions ----------------------------------------------------------------------------------
 
