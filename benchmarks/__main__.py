@@ -7,15 +7,18 @@ Engine benchmarks (`benchmarks.engine`) come first, then LocalRuntime against DB
 each measurement in its own process; DBOS columns read "not installed" without the `bench` extra), then
 the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ext` time, widget latency),
 then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`),
-then the execution timeline's build and draw times by history length (`benchmarks.timeline`).
+then the execution timeline's build and draw times by history length (`benchmarks.timeline`), then entity
+operations per second on the LocalRuntime and requests and cost per entity operation on AWS
+(`benchmarks.entities`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from benchmarks import aws, engine, kernel, local, timeline
+from benchmarks import aws, engine, entities, kernel, local, schedules, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -29,7 +32,15 @@ from benchmarks.results import (
     write_json,
 )
 
-NAMES = [*engine.BENCHMARKS, *local.BENCHMARKS, *kernel.BENCHMARKS, *aws.BENCHMARKS, *timeline.BENCHMARKS]
+NAMES = [
+    *engine.BENCHMARKS,
+    *local.BENCHMARKS,
+    *schedules.BENCHMARKS,
+    *kernel.BENCHMARKS,
+    *aws.BENCHMARKS,
+    *timeline.BENCHMARKS,
+    *entities.BENCHMARKS,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,21 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         def progress(key: str) -> None:
             status.update(f"running {key}…")
 
-        results = []
-        if only & set(engine.BENCHMARKS):
-            results = engine.run(args.quick, sorted(only & set(engine.BENCHMARKS)), progress)
-        comparisons = []
-        if only & set(local.BENCHMARKS):
-            comparisons = local.run(args.quick, sorted(only & set(local.BENCHMARKS)), progress)
-        kernel_results = []
-        if only & set(kernel.BENCHMARKS):
-            kernel_results = kernel.run(args.quick, sorted(only & set(kernel.BENCHMARKS)), progress)
-        aws_results = []
-        if only & set(aws.BENCHMARKS):
-            aws_results = aws.run(args.quick, sorted(only & set(aws.BENCHMARKS)), progress)
-        timeline_results = []
-        if only & set(timeline.BENCHMARKS):
-            timeline_results = timeline.run(args.quick, sorted(only & set(timeline.BENCHMARKS)), progress)
+        def run(module: Any) -> list[Any]:
+            chosen = sorted(only & set(module.BENCHMARKS))
+            return list(module.run(args.quick, chosen, progress)) if chosen else []
+
+        results = run(engine)
+        comparisons = run(local)
+        schedule_results = run(schedules)
+        kernel_results = run(kernel)
+        aws_results = run(aws)
+        timeline_results = run(timeline)
+        entity_results = run(entities)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -78,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(render_comparisons(comparisons))
         print_footers(console, comparisons)
         print_notes(console, comparisons)
+    if schedule_results:
+        table = render(schedule_results)
+        table.title = "LocalRuntime schedules: every-minute fires over a simulated hour (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, schedule_results)
     if kernel_results:
         table = render(kernel_results)
         table.title = "kernel extension in a real ipykernel (no peer; absolute numbers)"
@@ -101,9 +113,25 @@ def main(argv: list[str] | None = None) -> int:
         table.title = "execution timeline: build and draw (no peer; absolute numbers)"
         console.print(table)
         print_notes(console, timeline_results)
+    for result in entity_results:
+        table = render([result])
+        table.title = f"{result.title} (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, [result])
     if args.json:
         write_json(
-            args.json, env, args.quick, [*results, *comparisons, *kernel_results, *aws_results, *timeline_results]
+            args.json,
+            env,
+            args.quick,
+            [
+                *results,
+                *comparisons,
+                *schedule_results,
+                *kernel_results,
+                *aws_results,
+                *timeline_results,
+                *entity_results,
+            ],
         )
         console.print(f"results written to {args.json}")
     return 0

@@ -233,7 +233,8 @@ def index_write_units(
         was = before is not None and hash_key in before and range_key in before
         now = after is not None and hash_key in after and range_key in after
         if was and now:
-            assert before is not None and after is not None
+            assert before is not None
+            assert after is not None
             if (before[hash_key], before[range_key]) != (after[hash_key], after[range_key]):
                 units += write_units(item_bytes(before), 0) + write_units(0, item_bytes(after))
             elif before != after:

@@ -328,7 +328,7 @@ async def local_memory(params: dict[str, Any], directory: Path) -> dict[str, Any
         _check(stored == executions + 1, f"{stored} of {executions + 1} executions stored as SUCCEEDED")
         cached = _cached_executors(runtime)
         waiters = len(getattr(runtime, "_waiters", ()))
-    size_mb = sum(path.stat().st_size for path in directory.glob("bench.db*")) / 1024 / 1024
+    size_mb = await asyncio.to_thread(_database_mb, directory)
     return {
         "stored": stored,
         "elapsed": elapsed,
@@ -340,6 +340,11 @@ async def local_memory(params: dict[str, Any], directory: Path) -> dict[str, Any
         "waiters": waiters,
         "database_mb": size_mb,
     }
+
+
+def _database_mb(directory: Path) -> float:
+    """The benchmark database's size on disk (with its WAL and shared-memory files), in MB."""
+    return sum(path.stat().st_size for path in directory.glob("bench.db*")) / 1024 / 1024
 
 
 async def _two_step_batches(runtime: ev.LocalRuntime, batch: int, batches: int) -> list[tuple[float, float]]:
@@ -365,7 +370,8 @@ async def local_in_flight(params: dict[str, Any], directory: Path) -> dict[str, 
         _check(await bench_steps(2) == expected_sum(2), "warm-up run returned a wrong result")
         steps = runtime.steps
         sleepers = await asyncio.gather(*(bench_waits_an_hour.start() for _ in range(waiting)))
-        while runtime.steps - steps < waiting:  # every sleeper has taken its first step: its timer is set
+        # every sleeper has taken its first step (its timer is set): the runtime counts steps, it has no event
+        while runtime.steps - steps < waiting:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         replays = runtime.replays
         beside = await _two_step_batches(runtime, batch, batches)

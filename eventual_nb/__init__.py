@@ -33,6 +33,7 @@ from eventual_nb.client import ServiceClient
 from eventual_nb.combinators import all, all_settled, any, race
 from eventual_nb.durations import parse_duration
 from eventual_nb.engine.history import HistoryEvent, LogEntry
+from eventual_nb.entities import Entity, Entry, EntryPage, entity, transact
 from eventual_nb.errors import (
     ActivityFailed,
     DeterminismError,
@@ -44,7 +45,11 @@ from eventual_nb.errors import (
     HeartbeatTimeout,
     HttpError,
     InputValidationError,
+    PayloadTooLarge,
+    ScheduleNotFound,
     Timeout,
+    TransactionConflict,
+    VersionConflict,
     WorkflowNotFound,
     WorkflowTimeout,
 )
@@ -62,8 +67,8 @@ from eventual_nb.runtime.base import (
     current_runtime,
     set_default_runtime,
 )
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.runtime.local import LocalRuntime
-from eventual_nb.runtime.schedule_rules import ScheduleInfo
 from eventual_nb.schedules import schedule
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal, signal_model
@@ -87,6 +92,9 @@ __all__ = [
     "ActivityInfo",
     "DeadLetter",
     "DeterminismError",
+    "Entity",
+    "Entry",
+    "EntryPage",
     "Event",
     "EventualError",
     "Execution",
@@ -104,14 +112,18 @@ __all__ = [
     "InputValidationError",
     "LocalRuntime",
     "LogEntry",
+    "PayloadTooLarge",
     "RetryPolicy",
     "RunningWorkflowInfo",
     "ScheduleInfo",
+    "ScheduleNotFound",
     "Service",
     "ServiceClient",
     "Signal",
     "Subscription",
     "Timeout",
+    "TransactionConflict",
+    "VersionConflict",
     "Workflow",
     "WorkflowInfo",
     "WorkflowNotFound",
@@ -126,6 +138,7 @@ __all__ = [
     "condition",
     "current_runtime",
     "current_service",
+    "entity",
     "heartbeat",
     "heartbeat_sync",
     "load_ipython_extension",
@@ -143,6 +156,7 @@ __all__ = [
     "sleep_until",
     "subscription",
     "testing",
+    "transact",
     "uuid4",
     "workflow",
     "workflow_info",

@@ -172,7 +172,7 @@ class Activity(Generic[P, R]):
         self.inline = bool(inline)
         if self.inline:
             _check_inline(self)
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        functools.update_wrapper(self, function)
 
     def __repr__(self) -> str:
         return f"<activity {self.name!r}>"
@@ -183,7 +183,8 @@ class Activity(Generic[P, R]):
     async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         executor = current_executor()
         if executor is None:
-            return await self.run_directly(args, kwargs)
+            result: R = await self.run_directly(args, kwargs)  # the function's own value, as annotated
+            return result
         call_input = self.shape.bind(args, kwargs)
         _, future = executor.schedule_activity(
             ScheduleActivity(

@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from eventual_nb import errors
@@ -49,6 +49,7 @@ from eventual_nb.runtime.activity_runner import token_result
 from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
+    ENTITIES_TABLE_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_LAYOUT_VARIABLE,
     HISTORY_TABLE_VARIABLE,
@@ -61,7 +62,9 @@ from eventual_nb.runtime.aws.clients import (
     Bus,
     event_to_dict,
 )
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
+from eventual_nb.runtime.aws.entities import DynamoEntityStore
+from eventual_nb.runtime.aws.schedules import ScheduleKeeper, start_recorded
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, ScheduleStore
 from eventual_nb.runtime.aws.workers import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_ERROR,
@@ -80,7 +83,8 @@ from eventual_nb.runtime.base import (
     execution_id_of,
     signal_name_of,
 )
-from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, wire
+from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, limits, schedules, wire
+from eventual_nb.runtime.core.schedules import ScheduleInfo, ScheduleState
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.service import Service
 from eventual_nb.signals import encode_payload
@@ -92,6 +96,7 @@ T = TypeVar("T")
 #: stack output -> the `EVENTUAL_*` variable it stands for (exporter/template.py `add_outputs`)
 STACK_OUTPUTS = {
     "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
+    "EntitiesTableName": ENTITIES_TABLE_VARIABLE,
     "HistoryTableName": HISTORY_TABLE_VARIABLE,
     "HistoryLayout": HISTORY_LAYOUT_VARIABLE,
     "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
@@ -104,6 +109,7 @@ STACK_OUTPUTS = {
 #: stack resource (logical id) -> variable, for stacks whose outputs lack one (older templates)
 STACK_RESOURCES = {
     "ExecutionsTable": EXECUTIONS_TABLE_VARIABLE,
+    "EntitiesTable": ENTITIES_TABLE_VARIABLE,
     "HistoryTable": HISTORY_TABLE_VARIABLE,
     "WorkflowQueue": WORKFLOW_QUEUE_VARIABLE,
     "ActivityQueue": ACTIVITY_QUEUE_VARIABLE,
@@ -136,9 +142,13 @@ class AwsRuntime(RuntimeBase):
         environment: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] | None = None,
         signing_key: bytes | str | None = None,
+        clients: AwsClients | None = None,
     ) -> None:
         """`signing_key`: the secret activity tokens are signed with (the stack's `EVENTUAL_SIGNING_KEY`);
-        by default read from the stack's environment, needed only to complete activities by token."""
+        by default read from the stack's environment, needed only to complete activities by token.
+        `clients`: the clients of the stack's own functions, which give this runtime to the code they run
+        (activities, subscription handlers: their entities, starts and events reach the same stack and
+        endpoint); the stack's names then come from their settings."""
         try:
             import boto3
         except ModuleNotFoundError as exc:
@@ -146,8 +156,23 @@ class AwsRuntime(RuntimeBase):
         self.stack = stack
         self.endpoint_url = endpoint_url
         self._serve(service, services)
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.clock: Callable[[], datetime] = (
+            clock or (clients.clock if clients is not None else None) or (lambda: datetime.now(UTC))
+        )
         self._given_environment = None if environment is None else dict(environment)
+        self._lock = threading.Lock()
+        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        self._signer: TokenSigner | None = None
+        self._clients: AwsClients | None = None
+        self._executions: ExecutionStore | None = None
+        self._history: HistoryStore | None = None
+        self._keeper: ScheduleKeeper | None = None
+        self._entities: DynamoEntityStore | None = None
+        if clients is not None:
+            self.session = None
+            self.region = str(clients.client("dynamodb").meta.region_name)
+            self._adopt(clients, self._signing_key)
+            return
         self.session = boto3.session.Session(region_name=region or _environment_region())
         if not self.session.region_name:
             raise errors.EventualError(
@@ -160,12 +185,6 @@ class AwsRuntime(RuntimeBase):
                 "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
                 "where an IAM role provides them (Lambda, EC2, ECS)"
             )
-        self._lock = threading.Lock()
-        self._signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
-        self._signer: TokenSigner | None = None
-        self._clients: AwsClients | None = None
-        self._executions: ExecutionStore | None = None
-        self._history: HistoryStore | None = None
 
     def __repr__(self) -> str:
         where = f"stack={self.stack!r}" if self.stack else "environment"
@@ -183,7 +202,9 @@ class AwsRuntime(RuntimeBase):
 
     def client(self, service: str) -> Any:
         """A boto3 client of this runtime's session (region, credentials, endpoint)."""
-        return self.session.client(service, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+        if self.session is None:  # lent by the stack's functions
+            return self._resolve().client(service)
+        return self.session.client(service, endpoint_url=self.endpoint_url)
 
     def _resolve(self) -> AwsClients:
         """Find the stack's names (once) and build the clients; blocking, so called from a worker thread."""
@@ -214,12 +235,25 @@ class AwsRuntime(RuntimeBase):
 
             clients = AwsClients(settings, factory, clock=self.clock)
             key = self._signing_key or (environment.get(SIGNING_KEY_VARIABLE) or "").encode()
-            self._signer = TokenSigner(key) if key else None
-            dynamodb = clients.client("dynamodb")
-            self._executions = ExecutionStore(dynamodb, settings.executions_table)
-            self._history = HistoryStore(dynamodb, settings.history_table)
-            self._clients = clients
-            return clients
+            return self._adopt(clients, key)
+
+    def _adopt(self, clients: AwsClients, key: bytes | None) -> AwsClients:
+        self._signer = TokenSigner(key) if key else None
+        dynamodb = clients.client("dynamodb")
+        self._executions = ExecutionStore(dynamodb, clients.settings.executions_table)
+        self._history = HistoryStore(dynamodb, clients.settings.history_table)
+        self._keeper = ScheduleKeeper(
+            self._executions, ScheduleStore(dynamodb, clients.settings.executions_table), clients, self
+        )
+        self._clients = clients
+        return clients
+
+    def entity_store(self) -> DynamoEntityStore:
+        """The service's entities, in the stack's entities table (`eventual_nb/runtime/aws/entities.py`)."""
+        if self._entities is None:
+            clients = self._resolve()
+            self._entities = DynamoEntityStore(clients.client("dynamodb"), clients.settings.entities_table)
+        return self._entities
 
     def _stack_environment(self, stack: str) -> dict[str, str]:
         """The `EVENTUAL_*` variables of `stack`: its functions' variables, then its outputs and resources."""
@@ -233,32 +267,9 @@ class AwsRuntime(RuntimeBase):
             ) from exc
         if not described:
             raise errors.EventualError(f"no CloudFormation stack {stack!r} in {self.region}")
-        environment: dict[str, str] = {}
-        resources: dict[str, str] = {}
-        paginator = cloudformation.get_paginator("list_stack_resources")
-        try:
-            for page in paginator.paginate(StackName=stack):
-                for item in page.get("StackResourceSummaries", []):
-                    if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
-                        resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
-        except cloudformation.exceptions.ClientError:
-            # fall back to the (at most 100 items) describe call some policies allow instead
-            for item in cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []):
-                if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
-                    resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+        resources = _stack_resources(cloudformation, stack)
         # the functions' own variables carry what outputs do not: the service name, the subscription map
-        functions = self.client("lambda")
-        for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
-            physical_id = resources.get(logical_id)
-            if physical_id is None:
-                continue
-            try:
-                configuration = functions.get_function_configuration(FunctionName=physical_id)
-            except functions.exceptions.ClientError:
-                continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
-            variables = configuration.get("Environment", {}).get("Variables", {})
-            for name, value in variables.items():
-                environment.setdefault(str(name), str(value))
+        environment = _function_variables(self.client("lambda"), resources)
         for logical_id, variable in STACK_RESOURCES.items():
             if logical_id in resources:
                 environment[variable] = resources[logical_id]
@@ -301,32 +312,84 @@ class AwsRuntime(RuntimeBase):
         definition, raw_input = self.start_definition(workflow, input)
         now = self.clock()
         execution_id = core.execution_id_for(definition.name, name, now)
+        limits.refuse_too_large(limits.WORKFLOW_INPUT, raw_input, f"execution '{execution_id}'")
         limit = core.timeout_limit(timeout, None)  # only an explicit one rides on the record
         if limit is not None:  # refused here, where the caller hears of it, not in the orchestrator's turn
             deadline_after(now, limit, what="timeout")
         service = core.service_of(definition)
 
         def start() -> bool:
-            created = self.executions.create(execution_id, definition.name, raw_input, now, service=service)
-            if created and limit is not None:
-                self._set_timeout(execution_id, limit)
-            # also for an existing execution: repairs a start that died between the record and the message
-            # (the message's de-duplication id makes a repeat harmless; a started execution ignores it)
-            self.clients.workflow_queue.send_start(execution_id)
-            return created
+            return start_recorded(
+                self.executions,
+                self.clients,
+                execution_id,
+                definition.name,
+                raw_input,
+                now,
+                service=service,
+                limit=limit,
+            )
 
         created = await self._call(start)
         return ExecutionHandle(execution_id, definition.name, runtime=self, already_running=not created)
 
-    def _set_timeout(self, execution_id: str, limit: timedelta) -> None:
-        """An explicit timeout rides on the record, where the orchestrator's first turn reads it.
-
-        Written right after the record and before the start message, so the first turn sees it; a start
-        that dies in between leaves an execution with its workflow's default timeout."""
-        self.executions.set_timeout(execution_id, limit.total_seconds())
-
     async def get_execution(self, id: str) -> Execution:
         return await self._call(lambda: self.executions.get(id))
+
+    # ----------------------------------------------------------------------------- schedules
+
+    @property
+    def schedule_keeper(self) -> ScheduleKeeper:
+        """The stack's schedule states and what changing them starts (shared with the schedule forwarder)."""
+        self._resolve()
+        assert self._keeper is not None
+        return self._keeper
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        def read() -> list[ScheduleInfo]:
+            now = self.clock()
+            return [
+                schedules.schedule_info(schedule, self.schedule_keeper.state(schedule, now))
+                for schedule in self.served_schedules()
+            ]
+
+        return await self._call(read)
+
+    async def pause_schedule(self, name: str) -> None:
+        schedule = self.schedule_definition(name)
+
+        def pause() -> None:
+            keeper = self.schedule_keeper
+            keeper.change(schedule, lambda state: schedules.store_only(schedules.pause(self._known(state))))
+            keeper.set_enabled(schedule, False)
+
+        await self._call(pause)
+
+    async def resume_schedule(self, name: str) -> None:
+        schedule = self.schedule_definition(name)
+
+        def resume() -> None:
+            keeper = self.schedule_keeper
+            keeper.change(
+                schedule, lambda state: schedules.store_only(schedules.resume(self._known(state), self.clock()))
+            )
+            keeper.set_enabled(schedule, True)
+
+        await self._call(resume)
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle:
+        schedule = self.schedule_definition(name)
+
+        def trigger() -> list[tuple[str, bool]]:
+            return self.schedule_keeper.change(
+                schedule, lambda state: schedules.decide_trigger(schedule, self._known(state), self.clock())
+            )
+
+        ((execution_id, created),) = await self._call(trigger)
+        return ExecutionHandle(execution_id, schedule.workflow, runtime=self, already_running=not created)
+
+    def _known(self, state: ScheduleState | None) -> ScheduleState:
+        return ScheduleState.new(self.clock()) if state is None else state
 
     async def list_executions(
         self,
@@ -366,6 +429,7 @@ class AwsRuntime(RuntimeBase):
         execution_id = execution_id_of(execution)
         name = signal_name_of(signal)
         encoded = encode_payload(signal, payload, self.served_services())
+        limits.refuse_too_large(limits.SIGNAL_PAYLOAD, encoded, f"signal '{name}' to '{execution_id}'")
 
         def send() -> None:
             status = self.executions.get(execution_id).status
@@ -379,6 +443,8 @@ class AwsRuntime(RuntimeBase):
         items = [(envelope(event), source_of(event)) for event in events]
         if not items:
             return
+        for item, _ in items:
+            limits.refuse_too_large(limits.EVENT, item, f"event '{item['name']}'")
 
         def publish() -> None:
             clients = self.clients
@@ -447,6 +513,9 @@ class AwsRuntime(RuntimeBase):
         def complete() -> None:
             start = _claimed_attempt(self._pending(execution_id, seq, attempt), execution_id, seq, attempt)
             encoded = token_result(self.activity_definition(start.name), start.name, result)
+            limits.refuse_too_large(
+                limits.ACTIVITY_RESULT, encoded, f"activity '{start.name}' (seq {seq}) of '{execution_id}'"
+            )
             self._settle(execution_id, seq, attempt, core.succeeded(encoded))
 
         await self._call(complete)
@@ -534,6 +603,41 @@ class AwsRuntime(RuntimeBase):
                 pause = min(pause, left)
             await asyncio.sleep(pause)
             pause = min(WAIT_LONGEST, pause * WAIT_FACTOR)
+
+
+def _stack_resources(cloudformation: Any, stack: str) -> dict[str, str]:
+    """The physical id of each of `stack`'s resources, by logical id."""
+    resources: dict[str, str] = {}
+
+    def add(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item.get("LogicalResourceId") and item.get("PhysicalResourceId"):
+                resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
+
+    try:
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
+            add(page.get("StackResourceSummaries", []))
+    except cloudformation.exceptions.ClientError:
+        # fall back to the (at most 100 items) describe call some policies allow instead
+        add(cloudformation.describe_stack_resources(StackName=stack).get("StackResources", []))
+    return resources
+
+
+def _function_variables(functions: Any, resources: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables of the stack's functions (the first function to set one wins)."""
+    environment: dict[str, str] = {}
+    for logical_id in ("SubscriptionFunction", "OrchestratorFunction", "ApiFunction"):
+        physical_id = resources.get(logical_id)
+        if physical_id is None:
+            continue
+        try:
+            configuration = functions.get_function_configuration(FunctionName=physical_id)
+        except functions.exceptions.ClientError:
+            continue  # no lambda:GetFunctionConfiguration: outputs still give the essentials
+        variables = configuration.get("Environment", {}).get("Variables", {})
+        for name, value in variables.items():
+            environment.setdefault(str(name), str(value))
+    return environment
 
 
 def _claimed_attempt(row: Mapping[str, Any], execution_id: str, seq: int, attempt: int) -> StartAttempt:

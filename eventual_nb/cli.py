@@ -384,6 +384,36 @@ async def _executions(client: Any, args: argparse.Namespace, out: Output) -> int
     return 0
 
 
+async def _entities(client: Any, args: argparse.Namespace, out: Output) -> int:
+    entities = await client.list_entities()
+    if out.as_json:
+        out.json(entities)
+        return 0
+    rows = [
+        [
+            entity.name,
+            entity.service,
+            entity.model,
+            ", ".join(entity.key),
+            "?" if entity.count is None else entity.count,
+        ]
+        for entity in entities
+    ]
+    caption = "?: not counted (counting would scan the table)" if any(e.count is None for e in entities) else None
+    out.table(f"entities at {client_url(args)}", ["name", "service", "model", "key", "entries"], rows, caption=caption)
+    return 0
+
+
+async def _entity(client: Any, args: argparse.Namespace, out: Output) -> int:
+    record = await client.get_entity(args.name, args.key if args.sort is None else (args.key, args.sort))
+    if out.as_json:
+        out.json(record)
+    else:
+        shown = record.key if isinstance(record.key, str) else f"({', '.join(record.key)})"
+        out.panel(f"entity {record.entity} {shown}", [("version", record.version), ("value", _cell(record.value))])
+    return 0
+
+
 async def _execution(client: Any, args: argparse.Namespace, out: Output) -> int:
     execution = await client.get_execution(args.id)
     if out.as_json:
@@ -416,6 +446,7 @@ async def _logs(client: Any, args: argparse.Namespace, out: Output) -> int:
 
 async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
     """Draw an execution's timeline in the terminal, or write it as one self-contained HTML page (--html)."""
+    import asyncio
     from pathlib import Path
 
     from eventual_nb.timeline import read_snapshot, timeline_json
@@ -426,7 +457,8 @@ async def _timeline(client: Any, args: argparse.Namespace, out: Output) -> int:
     if args.html:
         path = Path(args.html)
         try:
-            path.write_text(render_page(timeline, snapshot.history, snapshot.logs), encoding="utf-8")
+            page = render_page(timeline, snapshot.history, snapshot.logs)
+            await asyncio.to_thread(path.write_text, page, encoding="utf-8")
         except OSError as exc:
             return out.error("OSError", f"cannot write the timeline of {args.id} to {path}: {exc.strerror or exc}")
         if out.as_json:
@@ -472,6 +504,59 @@ async def _cancel(client: Any, args: argparse.Namespace, out: Output) -> int:
         out.json({"execution_id": args.id, "cancel_requested": True})
     else:
         out.line(f"cancel requested for {args.id}")
+    return 0
+
+
+async def _schedules(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """The served schedules: spec, next fire (local time and how soon), paused, last fire and execution."""
+    from datetime import UTC, datetime
+
+    from eventual_nb.schedules import next_fire_text
+
+    schedules = await client.list_schedules()
+    if out.as_json:
+        out.json(schedules)
+        return 0
+    now = datetime.now(UTC)
+    rows = [
+        [
+            info.name,
+            info.workflow,
+            info.describe(),
+            next_fire_text(info, now),
+            "yes" if info.paused else "no",
+            info.last_fire,
+            info.last_execution_id,
+            info.skipped,
+        ]
+        for info in schedules
+    ]
+    columns = ["name", "workflow", "schedule", "next fire", "paused", "last fire", "last execution", "skipped"]
+    out.table(f"schedules at {client_url(args)}", columns, rows)
+    return 0
+
+
+async def _schedule(client: Any, args: argparse.Namespace, out: Output) -> int:
+    """`schedule pause|resume|trigger NAME`."""
+    if args.action == "trigger":
+        handle = await client.trigger_schedule(args.name)
+        already = bool(getattr(handle, "already_running", False))
+        if out.as_json:
+            out.json({"schedule": args.name, "execution_id": handle.id, "already_running": already})
+        elif already:
+            out.line(f"{handle.id} was already started by this second's trigger of {args.name}; not started again")
+        else:
+            out.line(f"triggered {args.name}: started {handle.id}")
+        return 0
+    if args.action == "pause":
+        await client.pause_schedule(args.name)
+    else:
+        await client.resume_schedule(args.name)
+    paused = args.action == "pause"
+    if out.as_json:
+        out.json({"schedule": args.name, "paused": paused})
+    else:
+        out.line(f"{'paused' if paused else 'resumed'} {args.name}" + ("" if paused else " (missed fires are not run)"))
     return 0
 
 
@@ -1095,6 +1180,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the current code: a .py file, a module or an exported package dir (as for serve)",
     )
 
+    add(
+        "entities",
+        "list the service's entities (with their number of entries where that is cheap)",
+        client,
+        client_verb(_entities),
+    )
+    p = add("entity", "show one entry of an entity: its value and version", client, client_verb(_entity))
+    p.add_argument("name", metavar="NAME", help="entity name")
+    p.add_argument("key", metavar="KEY", help="the key (a two-part key's partition)")
+    p.add_argument("sort", nargs="?", metavar="SORT", help="a two-part key's sort key")
+
     p = add("signal", "send a signal to an execution", client, client_verb(_signal))
     p.add_argument("id", metavar="ID", help="execution id (<workflow>/<name>)")
     p.add_argument("signal", metavar="SIGNAL", help="signal name")
@@ -1104,6 +1200,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--id", dest="signal_id", metavar="SIGNAL_ID", help="signal id: a second send with the same id is ignored"
     )
+
+    add(
+        "schedules",
+        "list the service's schedules: next fire, paused, last execution",
+        client,
+        client_verb(_schedules),
+    )
+    p = add("schedule", "pause, resume or trigger a schedule", client, client_verb(_schedule))
+    p.add_argument(
+        "action",
+        choices=("pause", "resume", "trigger"),
+        metavar="ACTION",
+        help="pause (stop firing), resume (fire again from now; missed fires are not run) or trigger (start one "
+        "execution now, with now as its input)",
+    )
+    p.add_argument("name", metavar="NAME", help="schedule name (see `eventual-nb schedules`)")
 
     p = add("publish", "publish an event", client, client_verb(_publish))
     p.add_argument("event", metavar="EVENT", help="event name")

@@ -28,16 +28,20 @@ from eventual_nb.engine.history import HISTORY_ADAPTER, HistoryEvent, LogEntry
 from eventual_nb.events import envelope
 from eventual_nb.runtime.base import (
     DeadLetter,
+    EntityInfo,
+    EntityRecord,
     Execution,
     ExecutionHandle,
     ExecutionPage,
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    ServiceClientProtocol,
     WorkflowInfo,
     execution_id_of,
     signal_name_of,
 )
+from eventual_nb.runtime.core.schedules import ScheduleInfo
 from eventual_nb.serde import to_json
 
 if TYPE_CHECKING:
@@ -90,7 +94,7 @@ def check_url(url: str) -> str:
     return url
 
 
-class ServiceClient:
+class ServiceClient(ServiceClientProtocol):
     """Eventual's service client over HTTP (`/_eventual/` routes of `eventual-nb serve`).
 
     `url` is the server's base URL; `token` the bearer token it demands when it listens beyond loopback
@@ -314,6 +318,35 @@ class ServiceClient:
         answer = await self._request("GET", "/_eventual/dead-letters")
         return [DeadLetter.model_validate(item) for item in answer]
 
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        answer = await self._request("GET", "/_eventual/schedules")
+        return [ScheduleInfo.model_validate(item) for item in answer]
+
+    async def pause_schedule(self, name: str) -> None:
+        await self._request("POST", f"/_eventual/schedules/{_quote_name(name)}/pause")
+
+    async def resume_schedule(self, name: str) -> None:
+        await self._request("POST", f"/_eventual/schedules/{_quote_name(name)}/resume")
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle:
+        answer = await self._request("POST", f"/_eventual/schedules/{_quote_name(name)}/trigger")
+        return ExecutionHandle(
+            answer["execution_id"],
+            answer.get("workflow"),
+            runtime=self,
+            already_running=bool(answer.get("already_running", False)),
+        )
+
+    async def list_entities(self) -> list[EntityInfo]:
+        answer = await self._request("GET", "/_eventual/entities")
+        return [EntityInfo.model_validate(item) for item in answer]
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord:
+        """Entry `key` of entity `name` as stored; `key` is the key itself, or `(partition, sort)`."""
+        params = {"key": str(key[0]), "sort": str(key[1])} if isinstance(key, tuple | list) else {"key": str(key)}
+        answer = await self._request("GET", f"/_eventual/entities/{quote(name, safe='')}/entry", params=params)
+        return EntityRecord.model_validate(answer)
+
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         """Long-poll the server until the execution ends; `ev.Timeout` after `timeout` seconds (None: forever)."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -329,6 +362,13 @@ class ServiceClient:
                 raise errors.Timeout(f"execution '{id}' did not finish within {timeout:g}s")
             if wait <= 0:
                 await asyncio.sleep(0.01)
+
+
+def _quote_name(name: str) -> str:
+    """A schedule name as one path segment (names hold no '/', but whatever is passed reaches the server whole)."""
+    if not isinstance(name, str):
+        raise errors.EventualError(f"expected a schedule name, got {name!r}")
+    return quote(name, safe="").replace(".", "%2E") if name in (".", "..") else quote(name, safe="")
 
 
 def _quote_id(id: str) -> str:

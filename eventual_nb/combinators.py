@@ -88,7 +88,7 @@ def _decide_any(futures: list[asyncio.Future[Any]]) -> _Outcome:
             return ("result", future.result())
     if builtins.all(future.done() for future in futures):
         failures = [_failure(future) for future in futures]
-        return ("error", BaseExceptionGroup("every input of ev.any() failed", failures))  # type: ignore[type-var]
+        return ("error", BaseExceptionGroup("every input of ev.any() failed", failures))
     return None
 
 

@@ -165,6 +165,17 @@ class WorkflowNotFound(EventualError, LookupError):
         self.workflow = workflow
 
 
+class ScheduleNotFound(EventualError, LookupError):
+    """No schedule of this name is served (`pause_schedule`, `resume_schedule`, `trigger_schedule`)."""
+
+    status_code = 404
+    fields = ("schedule",)
+
+    def __init__(self, message: str, *, schedule: str | None = None) -> None:
+        super().__init__(message)
+        self.schedule = schedule
+
+
 class ExecutionFailed(EventualError):
     """An execution ended FAILED; `error` and `message` are what escaped the workflow."""
 
@@ -214,12 +225,86 @@ class HttpError(EventualError):
         return int(self.status)
 
 
+class VersionConflict(EventualError):
+    """An entity's `put` or `delete` named a version the stored entry does not have (optimistic concurrency).
+
+    `expected_version` is what the call named (0: "must not exist yet"), `actual_version` what is stored
+    (0: nothing is). Read the entry again and retry, or give up: the write did not happen."""
+
+    status_code = 409
+    fields = ("entity", "key", "expected_version", "actual_version")
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        entity: str | None = None,
+        key: Any = None,
+        expected_version: int | None = None,
+        actual_version: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.entity = entity
+        self.key = key
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+    @property
+    def expected(self) -> int | None:
+        """The version the call expected (the same as `expected_version`)."""
+        return self.expected_version
+
+    @property
+    def actual(self) -> int | None:
+        """The version stored when the call was refused (the same as `actual_version`)."""
+        return self.actual_version
+
+
+class TransactionConflict(EventualError):
+    """`ev.transact` applied none of its operations because at least one condition did not hold.
+
+    `reasons` has one entry per operation, in order: None for those that held, else a short text such as
+    "version 3, expected 4" (version 0: the entry does not exist)."""
+
+    status_code = 409
+    fields = ("reasons",)
+
+    def __init__(self, message: str = "", *, reasons: list[str | None] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons or [])
+
+
+class InvalidEntityValue(InputValidationError):
+    """An entity value its model refuses (on `put`, or a stored one on read after the model changed), one over
+    the size limit, or a key of the wrong shape; `errors` holds pydantic's details where there are any."""
+
+
+class EntityNotFound(EventualError, LookupError):
+    """No entity of this name is served, or no entry has this key (the inspection routes' 404)."""
+
+    status_code = 404
+    fields = ("entity", "key")
+
+    def __init__(self, message: str, *, entity: str | None = None, key: Any = None) -> None:
+        super().__init__(message)
+        self.entity = entity
+        self.key = key
+
+
 class NotInWorkflow(EventualError, RuntimeError):
     """A workflow-only function was called outside a workflow (or an activity-only one outside)."""
 
 
 class NoRuntime(EventualError, RuntimeError):
     """Something needed a runtime and none was set."""
+
+
+class PayloadTooLarge(EventualError, ValueError):
+    """A payload (a workflow's input, a signal's payload, an event, an activity's result) larger than the AWS
+    service that carries it accepts (the README's "Service limits"); refused on the call that sent it, before
+    anything was recorded. The LocalRuntime and the TestEnvironment accept it and warn in the execution's logs."""
+
+    status_code = 413
 
 
 def error_type_name(error: BaseException) -> str:

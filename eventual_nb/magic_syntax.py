@@ -39,6 +39,7 @@ __all__ = [
     "flags_help",
     "max_attempts",
     "parse_flags",
+    "schedule_options",
     "service_name",
 ]
 
@@ -95,6 +96,20 @@ def _parser(magic: str) -> _Parser:
     if magic == "workflow":
         add("--timeout", type=duration, help="time limit of each execution, e.g. 1h")
         add("--name", help="workflow name (default: the function's name)")
+        add(
+            "--schedule",
+            metavar="CRON",
+            help='also start it on a 5-field cron line, e.g. --schedule "0 9 * * MON-FRI" (quoted: it has spaces); '
+            "the workflow receives the fire time",
+        )
+        add("--every", type=duration, help="also start it at every whole multiple of this interval, e.g. 15m")
+        add("--timezone", help="IANA zone the --schedule line is read in (default UTC), e.g. Europe/Paris")
+        add("--overlap", choices=("skip", "allow"), help="a fire while the previous run still runs (default skip)")
+        add(
+            "--catchup",
+            choices=("latest", "all", "none"),
+            help="fires missed while no runtime ran: start the latest (default), all or none",
+        )
     elif magic == "activity":
         add("--timeout", type=duration, help="time limit of each attempt")
         add("--heartbeat-timeout", type=duration, help="longest gap between heartbeats")
@@ -144,6 +159,8 @@ def parse_flags(magic: str, line: str) -> argparse.Namespace:
     except ValueError as exc:  # an unclosed quote
         raise FlagError(f"%%{magic}: {exc} in {line.strip()!r}") from None
     args = parser.parse_args(words)
+    if magic == "workflow":
+        _check_schedule_flags(args)
     if magic == "api":
         if not args.path.startswith("/"):
             raise FlagError(f"%%api: the path must start with '/', got {args.path!r}")
@@ -152,6 +169,28 @@ def parse_flags(magic: str, line: str) -> argparse.Namespace:
         except EventualError as exc:
             raise FlagError(f"%%api: {exc}") from None
     return args
+
+
+_SCHEDULE_OPTIONS = ("timezone", "overlap", "catchup")
+
+
+def _check_schedule_flags(args: argparse.Namespace) -> None:
+    if args.schedule is not None and args.every is not None:
+        raise FlagError("%%workflow: give --schedule CRON or --every DURATION, not both")
+    if args.schedule is None and args.every is None:
+        given = [f"--{option}" for option in _SCHEDULE_OPTIONS if getattr(args, option) is not None]
+        if given:
+            raise FlagError(f"%%workflow: {', '.join(given)} needs --schedule CRON or --every DURATION")
+
+
+def schedule_options(args: argparse.Namespace) -> dict[str, str] | None:
+    """The keyword arguments of `ev.schedule(...)` that `%%workflow --schedule/--every ...` stands for (those
+    given, as written), or None when the cell defines no schedule. The schedule is named after the workflow."""
+    if args.schedule is None and args.every is None:
+        return None
+    options = {"cron": args.schedule, "every": args.every}
+    options.update({option: getattr(args, option) for option in _SCHEDULE_OPTIONS})
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def flags_help(magic: str) -> str:

@@ -5,19 +5,20 @@
     async def morning_report(fired_at: datetime) -> str: ...
 
 The decorator only defines the schedule (checked at once, registered in the workflow's service); the
-rules of firing live in `eventual_nb.runtime.schedule_rules`, shared by every runtime.
+rules of firing live in `eventual_nb.runtime.core.schedules`, shared by every runtime.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from eventual_nb.durations import DurationLike
 from eventual_nb.errors import InputValidationError
-from eventual_nb.runtime.schedule_rules import EPOCH, InvalidSchedule, Schedule, define_schedule
-from eventual_nb.service import current_service
+from eventual_nb.runtime.core.schedules import EPOCH, InvalidSchedule, Schedule, ScheduleInfo, define_schedule
+from eventual_nb.service import current_service, schedules_changed
 from eventual_nb.workflows import Workflow
 
 W = TypeVar("W", bound=Workflow[Any])
@@ -86,6 +87,7 @@ def schedule(
         # defining it again (a re-run notebook cell, a reloaded module) replaces it, as for workflows
         service.schedules[definition.name] = definition
         workflow.schedule_names.append(definition.name)
+        schedules_changed()
         return workflow
 
     return register
@@ -107,3 +109,34 @@ def _check_takes_fire_time(workflow: Workflow[Any], definition: Schedule) -> Non
             f"{getattr(workflow.input_annotation, '__name__', workflow.input_annotation)!s}), but a scheduled "
             "workflow receives its fire time: annotate it `datetime`"
         ) from None
+
+
+# -------------------------------------------------------------------------------------- how a schedule reads
+
+
+def next_fire_text(info: ScheduleInfo, now: datetime) -> str:
+    """When `info` fires next, as the CLI's table and the notebook's widget show it: the local time of this
+    machine with its zone, and how far that is from `now` (the runtime's clock: a TestEnvironment's virtual
+    time), e.g. `2026-03-30 09:00 CEST (in 3 h 12 min)`; "paused" or "never" when it will not fire."""
+    if info.paused:
+        return "paused"
+    if info.next_fire is None:
+        return "never"
+    local = info.next_fire.astimezone()
+    return f"{local:%Y-%m-%d %H:%M %Z} ({until_text(info.next_fire - now)})"
+
+
+def until_text(delta: timedelta) -> str:
+    """`in 3 h 12 min`, `in 45 s`, `in 2 d 5 h`: the two largest units of a wait, rounded up to the
+    second (a fire is never shown as sooner than it is); "due now" once it has come."""
+    seconds = math.ceil(delta.total_seconds())
+    if seconds <= 0:
+        return "due now"
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount or parts:
+            parts.append(f"{amount} {unit}")
+        if len(parts) == 2:
+            break
+    return "in " + " ".join(part for part in parts if not part.startswith("0 "))

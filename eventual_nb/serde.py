@@ -91,7 +91,7 @@ def from_json(data: Any, annotation: Any = Any, *, what: str = "value") -> Any:
     try:
         return adapter(annotation).validate_python(data)
     except ValidationError as exc:
-        raise InputValidationError(f"invalid {what}: {exc}", errors=_plain_errors(exc)) from None
+        raise InputValidationError(f"invalid {what}: {exc}", errors=plain_errors(exc)) from None
 
 
 def validate(value: Any, annotation: Any, *, what: str) -> Any:
@@ -103,11 +103,11 @@ def validate(value: Any, annotation: Any, *, what: str) -> Any:
     try:
         checked = adapter(annotation).validate_python(value)
     except ValidationError as exc:
-        raise InputValidationError(f"invalid {what}: {exc}", errors=_plain_errors(exc)) from None
+        raise InputValidationError(f"invalid {what}: {exc}", errors=plain_errors(exc)) from None
     return to_json(checked, annotation, what=what)
 
 
-def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
+def plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
     plain = []
     for item in exc.errors(include_url=False, include_context=False):
         plain.append({"loc": list(item.get("loc", ())), "msg": item.get("msg"), "type": item.get("type")})

@@ -53,15 +53,19 @@ from eventual_nb.events import Event
 from eventual_nb.runtime import base
 from eventual_nb.runtime.base import (
     DeadLetter,
+    EntityInfo,
+    EntityRecord,
     Execution,
     ExecutionPage,
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    ServiceClientProtocol,
     StartResponse,
     WorkflowInfo,
 )
-from eventual_nb.serde import _plain_errors
+from eventual_nb.runtime.core.schedules import ScheduleInfo
+from eventual_nb.serde import plain_errors
 from eventual_nb.service import Service, current_service
 
 INTERNAL_PREFIX = "/_eventual"
@@ -116,6 +120,15 @@ class HeartbeatRequest(_Body):
     token: str
 
 
+class ScheduleAnswer(BaseModel):
+    schedule: str
+    paused: bool
+
+
+class TriggerResponse(StartResponse):
+    workflow: str
+
+
 class ErrorAnswer(BaseModel):
     """The body of every error answer: the error's type name (the class `ServiceClient` raises) and a message,
     with the error's own fields (`execution_id`, `errors`, ...) beside them."""
@@ -132,6 +145,7 @@ def _answers(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 
 
 _NO_EXECUTION = {404: "no execution has this id (ExecutionNotFound)"}
+_NO_SCHEDULE = {404: "no schedule of this name is served (ScheduleNotFound)"}
 _ACTIVITY_TOKEN = {
     400: "the activity is no longer pending, or the body is not JSON",
     403: "the token was not issued by this runtime: malformed, forged or signed by another key (InvalidToken)",
@@ -279,11 +293,9 @@ def _services_of(runtime: Any, services: list[Service] | None) -> list[Service]:
 # ------------------------------------------------------------------------------------------ internal routes
 
 
-def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
+def _internal_router(runtime: ServiceClientProtocol, served: list[Service]) -> APIRouter:
+    """The `/_eventual/` routes: the service-client protocol over HTTP, for `ServiceClient` and the CLI."""
     router = APIRouter(prefix=INTERNAL_PREFIX, tags=["eventual"])
-    # documented, not enforced here: the runtime checks tokens and answers 400 (InvalidPageToken)
-    pattern = getattr(runtime, "page_token_pattern", None)
-    token_schema: dict[str, Any] = {"json_schema_extra": {"pattern": pattern}} if isinstance(pattern, str) else {}
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
@@ -298,6 +310,25 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
     @router.get("/workflows")
     async def list_workflows() -> list[WorkflowInfo]:
         return list(await runtime.list_workflows())
+
+    _execution_routes(router, runtime)
+    _message_routes(router, runtime, served)
+    _activity_routes(router, runtime)
+
+    @router.get("/dead-letters")
+    async def list_dead_letters() -> list[DeadLetter]:
+        return list(await runtime.list_dead_letters())
+
+    _schedule_routes(router, runtime)
+    _entity_routes(router, runtime)
+    return router
+
+
+def _execution_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:
+    """Starting executions and reading them: state, listing, history, logs, waits, the result long-poll."""
+    # documented, not enforced here: the runtime checks tokens and answers 400 (InvalidPageToken)
+    pattern = getattr(runtime, "page_token_pattern", None)
+    token_schema: dict[str, Any] = {"json_schema_extra": {"pattern": pattern}} if isinstance(pattern, str) else {}
 
     @router.post(
         "/executions",
@@ -365,6 +396,10 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
             execution = await runtime.get_execution(id)
         return execution
 
+
+def _message_routes(router: APIRouter, runtime: ServiceClientProtocol, served: list[Service]) -> None:
+    """What is sent to executions: signals, events (checked against the served event types), cancellation."""
+
     @router.post(
         "/signals",
         status_code=202,
@@ -387,7 +422,7 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
             try:
                 items.append(cls.model_validate(item.event))
             except ValidationError as exc:
-                details = _plain_errors(exc)
+                details = plain_errors(exc)
                 for detail in details:
                     detail["loc"] = ["body", "events", index, "event", *detail["loc"]]
                 raise errors.InputValidationError(
@@ -405,6 +440,10 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
         await runtime.cancel_execution(id)
         return {"execution_id": id}
 
+
+def _activity_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:
+    """Completing activities by token (`async_result`) and their heartbeats."""
+
     @router.post("/activities/success", responses=_answers(_ACTIVITY_TOKEN))
     async def send_activity_success(body: ActivitySuccessRequest) -> dict[str, Any]:
         await runtime.send_activity_success(body.token, body.result)
@@ -420,11 +459,67 @@ def _internal_router(runtime: Any, served: list[Service]) -> APIRouter:
         response: HeartbeatResponse = await runtime.send_activity_heartbeat(body.token)
         return response
 
-    @router.get("/dead-letters")
-    async def list_dead_letters() -> list[DeadLetter]:
-        return list(await runtime.list_dead_letters())
 
-    return router
+def _schedule_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:
+    """Schedules: the served ones with their state, and pausing, resuming and triggering one."""
+
+    @router.get("/schedules")
+    async def list_schedules() -> list[ScheduleInfo]:
+        """The served schedules with their state: paused, next fire (None while paused), last fire, skipped."""
+        return list(await runtime.list_schedules())
+
+    @router.post("/schedules/{name}/pause", responses=_answers(_NO_SCHEDULE))
+    async def pause_schedule(name: str) -> ScheduleAnswer:
+        """Stop firing the schedule until it is resumed (pausing a paused schedule changes nothing)."""
+        await runtime.pause_schedule(name)
+        return ScheduleAnswer(schedule=name, paused=True)
+
+    @router.post("/schedules/{name}/resume", responses=_answers(_NO_SCHEDULE))
+    async def resume_schedule(name: str) -> ScheduleAnswer:
+        """Fire again from now on: the fires of the paused span are not caught up."""
+        await runtime.resume_schedule(name)
+        return ScheduleAnswer(schedule=name, paused=False)
+
+    @router.post(
+        "/schedules/{name}/trigger",
+        responses=_answers({**_NO_SCHEDULE, 409: "an execution of this name exists with another input"}),
+    )
+    async def trigger_schedule(name: str) -> TriggerResponse:
+        """Start one execution of the schedule's workflow now, paused or not, with now (to the second) as
+        its input and name; a second trigger in the same second answers `already_running`."""
+        handle = await runtime.trigger_schedule(name)
+        return TriggerResponse(
+            execution_id=handle.id,
+            workflow=handle.workflow,
+            already_running=bool(getattr(handle, "already_running", False)),
+        )
+
+
+def _entity_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None:
+    """Inspecting entities: the served ones, and one entry as stored."""
+
+    @router.get("/entities")
+    async def list_entities() -> list[EntityInfo]:
+        """The served entities (`ev.entity`), with their number of entries where that is cheap to count."""
+        return list(await runtime.list_entities())
+
+    @router.get(
+        "/entities/{name}/entry",
+        responses=_answers(
+            {
+                404: "no entity of this name is served, or it has no entry with this key, or no entry could have "
+                "this key (EntityNotFound)",
+            }
+        ),
+    )
+    async def get_entity(
+        name: str,
+        key: Annotated[str, Query(description="the key, or a two-part key's partition")],
+        sort: Annotated[str | None, Query(description="a two-part key's sort key")] = None,
+    ) -> EntityRecord:
+        """One entry as stored: its value (as written, whatever the model says now) and its version."""
+        record: EntityRecord = await runtime.get_entity(name, key if sort is None else (key, sort))
+        return record
 
 
 def _event_class(name: str, served: list[Service]) -> type[Event] | None:
@@ -498,7 +593,7 @@ async def _request_validation_error(request: Request, exc: RequestValidationErro
 
 
 async def _validation_error(request: Request, exc: ValidationError) -> Response:
-    details = _jsonable(_plain_errors(exc))
+    details = _jsonable(plain_errors(exc))
     message = f"invalid {exc.title}: {_describe(details)}"
     return JSONResponse({"error": "InputValidationError", "message": message, "errors": details}, status_code=422)
 
@@ -657,18 +752,32 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         headers = {key.lower(): value for key, value in scope.get("headers", [])}
-        host = headers.get(b"host")
-        if not self.hosts.allows(host):
-            assert host is not None
-            LOGGER.warning("refused a request for %s with Host %r", scope.get("path"), host)
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await _send_json(send, 403, {"error": "HttpError", "message": self.hosts.refusal(host), "status": 403})
+        if await self._refused_host(scope, headers.get(b"host"), send):
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if await self._refused_headers(scope, headers, receive, send):
+            return
+        body = await self._read_body(receive, send)
+        if body is not None:
+            await self._answer(scope, body, receive, send)
+
+    async def _refused_host(self, scope: Scope, host: bytes | None, send: Send) -> bool:
+        """Whether the Host header is refused, having answered 403 (a websocket is closed instead)."""
+        if self.hosts.allows(host):
+            return False
+        assert host is not None
+        LOGGER.warning("refused a request for %s with Host %r", scope.get("path"), host)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return True
+        await _send_json(send, 403, {"error": "HttpError", "message": self.hosts.refusal(host), "status": 403})
+        return True
+
+    async def _refused_headers(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> bool:
+        """Whether the headers alone refuse the request, having answered: 401 for a missing or wrong token on
+        the internal routes, 400 for a bad Content-Length, 413 for a declared body over the limit."""
         if self.token is not None and _is_internal(scope.get("path", "")):
             problem = self._auth_problem(headers.get(b"authorization"))
             if problem is not None:
@@ -678,39 +787,46 @@ class _Guard:
                     {"error": Unauthorized.__name__, "message": problem},
                     extra_headers=[(b"www-authenticate", b'Bearer realm="eventual"')],
                 )
-                return
+                return True
         declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                length = -1
-            if length < 0:
-                await _send_json(
-                    send, 400, {"error": "HttpError", "message": "invalid Content-Length header", "status": 400}
-                )
-                return
-            if length > self.max_body_bytes:
-                await self._drain(receive, 0)
-                await self._too_large(send)
-                return
+        if declared is None:
+            return False
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
+        if length < 0:
+            await _send_json(
+                send, 400, {"error": "HttpError", "message": "invalid Content-Length header", "status": 400}
+            )
+            return True
+        if length > self.max_body_bytes:
+            await self._drain(receive, 0)
+            await self._too_large(send)
+            return True
+        return False
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole request body; None once the client went away or the body passed the limit (answered 413)."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # the client went away before sending its body
+                return None  # the client went away before sending its body
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 if message.get("more_body", False):
                     await self._drain(receive, size)
                 await self._too_large(send)
-                return
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+                return b"".join(chunks)
+
+    async def _answer(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """Run the app on the body read; an unexpected exception before the answer started becomes a 500."""
         replayed = False
 
         async def replay() -> Message:

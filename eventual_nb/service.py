@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from eventual_nb.errors import EventualError
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from eventual_nb.activities import Activity
+    from eventual_nb.entities import Entity
     from eventual_nb.events import Event, Subscription
-    from eventual_nb.runtime.schedule_rules import Schedule
+    from eventual_nb.runtime.core.schedules import Schedule
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
 
@@ -27,6 +29,10 @@ _services: dict[str, Service] = {}
 _current: Service | None = None
 #: bumped whenever a service is created, so callers may cache lists of services
 generation = 0
+#: bumped whenever a schedule is added, replaced or removed in any service (`schedules_changed`): a running
+#: runtime compares it with the one it last saw and looks at its schedules again only when it moved
+schedule_generation = 0
+_schedule_watchers: list[Callable[[], None]] = []
 
 DEFAULT_SERVICE = "default"
 #: the longest service name: it becomes part of AWS resource names, which are short
@@ -76,12 +82,13 @@ class Service:
     `name` must pass `check_service_name` (else `InvalidServiceName`, a `ValueError`)."""
 
     name: str
-    workflows: dict[str, Workflow]
-    activities: dict[str, Activity]
-    signals: dict[str, Signal]
+    workflows: dict[str, Workflow[Any]]
+    activities: dict[str, Activity[Any, Any]]
+    signals: dict[str, Signal[Any]]
     events: dict[str, type[Event]]
     subscriptions: dict[str, Subscription]
     schedules: dict[str, Schedule]
+    entities: dict[str, Entity[Any]]
 
     def __new__(cls, name: str = DEFAULT_SERVICE) -> Service:
         global _current, generation
@@ -97,6 +104,7 @@ class Service:
                 service.events = {}
                 service.subscriptions = {}
                 service.schedules = {}
+                service.entities = {}
                 service._router = None
                 _services[name] = service
                 generation += 1
@@ -118,7 +126,7 @@ class Service:
         return (
             f"<Service {self.name!r}: {len(self.workflows)} workflows, {len(self.activities)} activities, "
             f"{len(self.signals)} signals, {len(self.events)} events, {len(self.subscriptions)} subscriptions, "
-            f"{len(self.schedules)} schedules>"
+            f"{len(self.schedules)} schedules, {len(self.entities)} entities>"
         )
 
     def spec(self) -> dict[str, Any]:
@@ -138,6 +146,7 @@ class Service:
             "events": [_event_spec(name, event) for name, event in self.events.items()],
             "subscriptions": [subscription.spec() for subscription in self.subscriptions.values()],
             "schedules": [schedule.spec() for schedule in self.schedules.values()],
+            "entities": [entity.spec() for entity in self.entities.values()],
             "routes": routes,
         }
 
@@ -166,3 +175,27 @@ def all_services() -> list[Service]:
 def get_service(name: str) -> Service | None:
     with _lock:
         return _services.get(name)
+
+
+def schedules_changed() -> None:
+    """A schedule was added, replaced or removed (a re-run notebook cell): bump `schedule_generation` and call
+    every watcher, so a runtime asleep until its next fire looks at its schedules now."""
+    global schedule_generation
+    with _lock:
+        schedule_generation += 1
+        watchers = list(_schedule_watchers)
+    for watcher in watchers:
+        watcher()
+
+
+def watch_schedules(callback: Callable[[], None]) -> None:
+    """Call `callback()` (from whichever thread defines the schedule: keep it tiny and thread-safe) after each
+    change of any service's schedules; `unwatch_schedules` stops it."""
+    with _lock:
+        _schedule_watchers.append(callback)
+
+
+def unwatch_schedules(callback: Callable[[], None]) -> None:
+    with _lock:
+        if callback in _schedule_watchers:
+            _schedule_watchers.remove(callback)

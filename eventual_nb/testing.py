@@ -1,4 +1,5 @@
-"""`eventual_nb.testing`: the virtual-time `TestEnvironment`, `Stuck`, and `replay`.
+"""`eventual_nb.testing`: the virtual-time `TestEnvironment`, `Stuck`, `replay`, and `ManualClock` (a clock
+for `LocalRuntime(clock=...)` and `AwsRuntime(clock=...)` that moves only when a test says so).
 
 `replay(workflow, history)` is the determinism check the CLI's `replay` verb, the notebook's
 redefinition check and the test suite use: it re-runs the workflow against recorded history and
@@ -12,9 +13,10 @@ from typing import Any
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor
 from eventual_nb.engine.history import Command, WorkflowStarted, parse_history
 from eventual_nb.errors import DeterminismError
+from eventual_nb.runtime.clock import ManualClock
 from eventual_nb.runtime.testing import MockActivity, Stuck, TestEnvironment
 
-__all__ = ["MockActivity", "Stuck", "TestEnvironment", "replay"]
+__all__ = ["ManualClock", "MockActivity", "Stuck", "TestEnvironment", "replay"]
 
 
 def replay(workflow: Any, history: Any, *, execution_id: str | None = None) -> list[Command]:

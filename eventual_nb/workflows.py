@@ -24,7 +24,7 @@ from eventual_nb.durations import DurationLike, format_duration, optional_durati
 from eventual_nb.engine.executor import WorkflowCode, WorkflowExecutor, current_executor
 from eventual_nb.runtime.base import Execution, ExecutionHandle, current_runtime, signal_name_of
 from eventual_nb.serde import from_json, to_json, type_hints, validate
-from eventual_nb.service import Service, all_services, current_service
+from eventual_nb.service import Service, all_services, current_service, schedules_changed
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -82,7 +82,7 @@ class Workflow(Generic[R]):
         self.input_parameter = parameters[0] if parameters else None
         self.input_annotation: Any = hints.get(parameters[0].name, Any) if parameters else Any
         self.return_annotation: Any = hints.get("return", Any)
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        functools.update_wrapper(self, function)
         warn_nondeterministic_calls(function, self.name)
 
     def __repr__(self) -> str:
@@ -160,9 +160,7 @@ class Workflow(Generic[R]):
             _seq, child_id, future = executor.start_child(self.name, child_input, child_timeout)
             return ChildExecutionHandle(child_id, self, future, executor)
         runtime = current_runtime()
-        return await runtime.start_execution(  # type: ignore[no-any-return]
-            self, None if input is _NO_INPUT else input, name=name, timeout=timeout
-        )
+        return await runtime.start_execution(self, None if input is _NO_INPUT else input, name=name, timeout=timeout)
 
     def __call__(self, input: Any = _NO_INPUT) -> Awaitable[R]:
         return self._run(input)
@@ -244,8 +242,11 @@ def workflow(
         service.workflows[definition.name] = definition
         # a workflow defined again (a re-run cell) keeps only the schedules declared on it now: the
         # `@ev.schedule` lines above this one, which run next, register them again
-        for schedule_name in [key for key, item in service.schedules.items() if item.workflow == definition.name]:
+        dropped = [key for key, item in service.schedules.items() if item.workflow == definition.name]
+        for schedule_name in dropped:
             del service.schedules[schedule_name]
+        if dropped:
+            schedules_changed()
         return definition
 
     if function is not None:

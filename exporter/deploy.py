@@ -23,7 +23,9 @@ Choices a user relies on:
   valid either way.
 * Emulator mode: with an `endpoint_url` (moto's server, say) the stack is deployed with `Emulator=true`,
   which leaves out what the emulator cannot create (exporter/template.py), and deploy creates the
-  EventBridge Scheduler group that the template then skips (destroy deletes it again).
+  EventBridge Scheduler group that the template then skips (destroy deletes it again), and in it the
+  template's recurring schedules (`AWS::Scheduler::Schedule`, one per `@ev.schedule`) from their very
+  properties (`emulate_recurring_schedules`); moto stores them and the test harness fires them.
 
 What moto (5.x) does differently, handled here: its CreateChangeSet answers an UPDATE without changes
 with a `ValidationError` ("No updates are to be performed.") where AWS creates a FAILED change set
@@ -60,6 +62,7 @@ __all__ = [
     "default_bucket",
     "deploy",
     "destroy",
+    "emulate_recurring_schedules",
 ]
 
 #: CloudFormation's limit for a template sent inline; a larger one goes through the code bucket
@@ -389,6 +392,7 @@ def _deploy(
     final = _wait_for_stack(aws, stack, seen, pause, wait_seconds, report)
     if emulator:
         _ensure_schedule_group(aws, stack, report)
+        _ensure_recurring_schedules(aws, stack, export.template, report)
     return DeployResult(
         stack=stack,
         stack_id=str(final["StackId"]),
@@ -428,6 +432,7 @@ def _unchanged(aws: _Aws, stack: str, bucket: str, export: _Export, emulator: bo
     assert current is not None
     if emulator:
         _ensure_schedule_group(aws, stack, report)
+        _ensure_recurring_schedules(aws, stack, export.template, report)
     return DeployResult(
         stack=stack,
         stack_id=str(current["StackId"]),
@@ -651,6 +656,68 @@ def _ensure_schedule_group(aws: _Aws, stack: str, report: Progress) -> None:
             raise _aws_error(f"cannot create the Scheduler group {_schedule_group(stack)!r}", exc, stack) from exc
         return
     report(f"created Scheduler group {_schedule_group(stack)} (the emulator's stand-in for the template's)")
+
+
+def _ensure_recurring_schedules(aws: _Aws, stack: str, template: dict[str, Any], report: Progress) -> None:
+    from botocore.exceptions import ClientError
+
+    if not any(item.get("Type") == RECURRING_SCHEDULE_TYPE for item in template.get("Resources", {}).values()):
+        return
+    try:
+        # the plural call: moto's DescribeStackResource fails on a stack holding resources it left out
+        listed = aws.cloudformation.describe_stack_resources(StackName=stack)["StackResources"]
+        physical = {
+            item["LogicalResourceId"]: item["PhysicalResourceId"]
+            for item in listed
+            if "LogicalResourceId" in item and "PhysicalResourceId" in item
+        }
+        target_arn = aws.client("lambda").get_function_configuration(
+            FunctionName=physical["ScheduleForwarderFunction"]
+        )["FunctionArn"]
+        role_arn = aws.client("iam").get_role(RoleName=physical["SchedulerRole"])["Role"]["Arn"]
+        names = emulate_recurring_schedules(
+            aws.client("scheduler"), template, group=_schedule_group(stack), target_arn=target_arn, role_arn=role_arn
+        )
+    except ClientError as exc:
+        raise _aws_error(
+            f"cannot create the recurring schedules of stack {stack!r} in the emulator", exc, stack
+        ) from exc
+    report(f"created {len(names)} recurring schedule(s) in {_schedule_group(stack)} (the emulator's stand-in)")
+
+
+RECURRING_SCHEDULE_TYPE = "AWS::Scheduler::Schedule"
+
+
+def emulate_recurring_schedules(
+    scheduler: Any, template: dict[str, Any], *, group: str, target_arn: str, role_arn: str
+) -> list[str]:
+    """Create (or update) in an emulator the template's recurring schedules, which carry `Condition: Real`,
+    from their template properties with the group, forwarder and role resolved; delete the group's recurring
+    schedules the template no longer declares. Returns the names of the schedules created or updated.
+
+    `scheduler` is a boto3 Scheduler client of the emulator. A schedule's state (paused, ENABLED/DISABLED)
+    is kept across a redeploy, as a pause must survive a deploy of unchanged code."""
+    from eventual_nb.runtime.aws.schedules import NAME_PREFIX, group_schedule_names
+
+    declared: list[str] = []
+    for resource in template.get("Resources", {}).values():
+        if resource.get("Type") != RECURRING_SCHEDULE_TYPE:
+            continue
+        properties = json.loads(json.dumps(resource["Properties"]))
+        properties["GroupName"] = group
+        properties["Target"].update({"Arn": target_arn, "RoleArn": role_arn})
+        declared.append(properties["Name"])
+        try:
+            current = scheduler.get_schedule(Name=properties["Name"], GroupName=group)
+        except scheduler.exceptions.ResourceNotFoundException:
+            scheduler.create_schedule(**properties)
+            continue
+        properties["State"] = current.get("State", properties["State"])
+        scheduler.update_schedule(**properties)
+    for name in group_schedule_names(scheduler, group):
+        if name.startswith(NAME_PREFIX) and name not in declared:
+            scheduler.delete_schedule(Name=name, GroupName=group)
+    return declared
 
 
 # ---------------------------------------------------------------------------------------------- destroy

@@ -498,15 +498,19 @@ class _Reader:
             except FlagError as exc:
                 raise self.error(cell, magic_line, exc.message) from None
             target = [node for node in functions if node.name == name][-1]
-            decorator, definition = self.decorator(magic, args, target.name)
+            try:
+                decorator, definition = self.decorator(magic, args, target.name)
+            except FlagError as exc:
+                raise self.error(cell, magic_line, exc.message) from None
             insertions.append((target, decorator))
             self.define(cell, exported, definition[0], definition[1], target.lineno, origins)
         lines, line_origins = list(body), list(origins)
         for decorated, decorator in sorted(insertions, key=lambda item: -_first_line(item[0])):
             position = _first_line(decorated) - 1
             indent = " " * decorated.col_offset
-            lines.insert(position, indent + decorator)
-            line_origins.insert(position, at_magic)
+            for text in reversed(decorator.split("\n")):  # `@ev.schedule(...)` goes above `@ev.workflow`
+                lines.insert(position, indent + text)
+                line_origins.insert(position, at_magic)
         return lines, line_origins
 
     def decorator(self, magic: str, args: Any, function: str) -> tuple[str, tuple[str, str]]:
@@ -516,7 +520,12 @@ class _Reader:
         if magic == "workflow":
             _option(options, "name", args.name)
             _option(options, "timeout", args.timeout)
-            return _call("@ev.workflow", options, bare=True), ("workflow", args.name or function)
+            workflow = _call("@ev.workflow", options, bare=True)
+            name = args.name or function
+            scheduled = magic_syntax.schedule_options(args)
+            if scheduled is not None:
+                workflow = _schedule_decorator(scheduled, name) + "\n" + workflow
+            return workflow, ("workflow", name)
         if magic == "activity":
             _option(options, "name", args.name)
             _option(options, "timeout", args.timeout)
@@ -965,7 +974,7 @@ def _signal_assignments(tree: ast.Module) -> list[tuple[str, ast.stmt]]:
 
 
 def _first_line(node: ast.stmt) -> int:
-    decorators = getattr(node, "decorator_list", [])
+    decorators: list[ast.expr] = getattr(node, "decorator_list", [])  # classes and functions have them
     return min([node.lineno, *(decorator.lineno for decorator in decorators)])
 
 
@@ -1003,6 +1012,21 @@ def _call(decorator: str, options: list[str], *, bare: bool) -> str:
     if not options and bare:
         return decorator
     return f"{decorator}({', '.join(options)})"
+
+
+def _schedule_decorator(options: dict[str, str], workflow: str) -> str:
+    """`@ev.schedule("0 9 * * MON-FRI", timezone="Europe/Paris")` for `%%workflow --schedule ...` flags, checked
+    here as the kernel checks them (`define_schedule`), so a cron line the kernel refuses does not export."""
+    from eventual_nb.runtime.core.schedules import define_schedule
+
+    try:
+        define_schedule(name=workflow, workflow=workflow, **options)
+    except EventualError as exc:
+        raise FlagError(f"%%workflow: {exc.message}") from None
+    arguments = [_literal(options["cron"])] if "cron" in options else []
+    for key in ("every", "timezone", "overlap", "catchup"):
+        _option(arguments, key, options.get(key))
+    return _call("@ev.schedule", arguments, bare=False)
 
 
 def _retry(options: list[str], retries: int | None) -> None:

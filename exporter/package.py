@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 import eventual_nb
+from eventual_nb.errors import EventualError
 from exporter.errors import ExportError, where
 from exporter.handlers import HANDLERS
 from exporter.notebook import ExportedSource, read_service
@@ -79,6 +80,7 @@ def export_package(
     """`export_notebook`, returning everything the command line reports (files written, zip facts)."""
     exported = read_service(notebook)
     spec, openapi = inspect_package(exported)
+    check_schedules_deploy(exported, spec)
     version = eventual_nb.__version__
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -207,7 +209,7 @@ else:
         kinds = {
             "workflows": sorted(other.workflows), "activities": sorted(other.activities),
             "signals": sorted(other.signals), "events": sorted(other.events),
-            "subscriptions": sorted(other.subscriptions),
+            "subscriptions": sorted(other.subscriptions), "entities": sorted(other.entities),
             "routes": sorted(getattr(r, "path", "") for r in other._router.routes) if other._router else [],
         }
         if any(kinds.values()):
@@ -285,6 +287,29 @@ def inspect_package(exported: ExportedSource) -> tuple[dict[str, Any], dict[str,
     if result["spec"] is None:
         raise ExportError(f"{exported.notebook}: the exported package did not create the service '{exported.service}'")
     return dict(result["spec"]), dict(result["openapi"])
+
+
+def check_schedules_deploy(exported: ExportedSource, spec: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a schedule that EventBridge Scheduler cannot run (an export is
+    what `eventual-nb deploy` puts on AWS): the message names the schedule and the cell of its workflow."""
+    from eventual_nb.runtime.aws.schedules import aws_expression
+    from eventual_nb.runtime.core.schedules import schedule_from_spec
+
+    for item in spec.get("schedules", []):
+        schedule = schedule_from_spec(item)
+        try:
+            aws_expression(schedule)
+        except EventualError as exc:
+            cells = [cell for cell in exported.cells if ("workflow", schedule.workflow) in cell.definitions]
+            if not cells:
+                raise ExportError(f"{exported.notebook}: {exc.message}") from None
+            cell = cells[-1]
+            raise ExportError(
+                f"{where(exported.notebook, cell.index, cell.id, 1)}: {exc.message}",
+                cell_index=cell.index,
+                cell_id=cell.id,
+                line=1,
+            ) from None
 
 
 def _import_error(exported: ExportedSource, error: dict[str, Any], source: str) -> ExportError:

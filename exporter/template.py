@@ -35,6 +35,7 @@ import eventual_nb as ev
 from eventual_nb.runtime.aws.clients import (
     ACTIVITY_QUEUE_VARIABLE,
     BUS_VARIABLE,
+    ENTITIES_TABLE_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
     HISTORY_LAYOUT,
     HISTORY_LAYOUT_VARIABLE,
@@ -48,7 +49,10 @@ from eventual_nb.runtime.aws.clients import (
     TIMER_QUEUE_VARIABLE,
     WORKFLOW_QUEUE_VARIABLE,
 )
+from eventual_nb.runtime.aws.schedules import recurring_schedule
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.core.limits import ORCHESTRATOR_TIMEOUT
+from eventual_nb.runtime.core.schedules import Schedule, schedule_from_spec
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
 #: the Lambda runtime the zip is built for (exporter/bundle.py)
@@ -101,19 +105,39 @@ class _Function:
 
 
 # API Gateway gives up on an integration after 29 s, so a longer API timeout would only hide failures.
-# Activities run user code for as long as Lambda allows; the orchestrator only replays and dispatches.
+# Activities run user code for as long as Lambda allows; the orchestrator replays, dispatches and runs inline
+# activities, whose timeouts are checked against its limit at decoration (core.limits.ORCHESTRATOR_TIMEOUT).
 _API = _Function("api", "Api", 29, 512, "HTTP API (service routes and /_eventual/ internal routes)")
-_ORCHESTRATOR = _Function("orchestrator", "Orchestrator", 60, 512, "workflow turns from the FIFO workflow queue")
+_ORCHESTRATOR = _Function(
+    "orchestrator",
+    "Orchestrator",
+    int(ORCHESTRATOR_TIMEOUT.total_seconds()),
+    512,
+    "workflow turns from the FIFO workflow queue",
+)
 _ACTIVITY = _Function("activity", "Activity", 900, 1024, "activity attempts from the activity queue")
 _SUBSCRIPTION = _Function("subscription", "Subscription", 300, 512, "subscription deliveries from their queues")
 _TIMER = _Function("timer", "Timer", 60, 256, "due timers from the timer queue")
-_SCHEDULE = _Function("schedule", "ScheduleForwarder", 60, 256, "long timers fired by EventBridge Scheduler")
+_SCHEDULE = _Function(
+    "schedule", "ScheduleForwarder", 60, 256, "long timers and schedule fires delivered by EventBridge Scheduler"
+)
 
 _CONSUME = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 _SEND = ["sqs:SendMessage"]
 _TABLE_READ = ["dynamodb:GetItem", "dynamodb:Query"]
 _TABLE_WRITE = ["dynamodb:ConditionCheckItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
 _TABLE_READ_WRITE = [*_TABLE_READ, *_TABLE_WRITE, "dynamodb:DeleteItem"]
+#: what entity code needs on the entities table (eventual_nb/runtime/aws/entities.py): strongly consistent
+#: reads, queries, conditional puts and deletes, an unconditional put's version increment (UpdateItem), and
+#: the same actions again inside `TransactWriteItems` (IAM has no action of its own for it)
+_ENTITY_ACCESS = [
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+]
 _LOG_WRITE = ["logs:CreateLogStream", "logs:PutLogEvents"]
 
 
@@ -146,8 +170,17 @@ def subscription_logical_id(name: str) -> str:
     ("a-b" and "a_b" camel-case alike), and a logical id must not change when another subscription
     is added, or CloudFormation would replace that subscription's queue and lose its messages.
     """
+    return _logical_id("Subscription", name)
+
+
+def schedule_logical_id(name: str) -> str:
+    """`Schedule<CamelCase name><hash>`, stable for a given name as `subscription_logical_id`."""
+    return _logical_id("Schedule", name)
+
+
+def _logical_id(kind: str, name: str) -> str:
     camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
-    return f"Subscription{camel[:48]}{_name_hash(name).upper()}"
+    return f"{kind}{camel[:48]}{_name_hash(name).upper()}"
 
 
 def subscription_queue_suffix(name: str) -> str:
@@ -180,6 +213,22 @@ def _log_group_named(suffix: str) -> dict[str, Any]:
     return {"Fn::Sub": "/eventual/${AWS::StackName}" + suffix}
 
 
+def _pk_sk_table(suffix: str) -> dict[str, Any]:
+    """An on-demand table `${AWS::StackName}<suffix>` keyed by the strings `pk` and `sk` (every table here)."""
+    return {
+        "TableName": _stack_named(suffix),
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def _statement(actions: list[str], resources: list[Any], condition: dict[str, Any] | None = None) -> dict[str, Any]:
     statement: dict[str, Any] = {"Effect": "Allow", "Action": sorted(set(actions)), "Resource": resources}
     if condition is not None:
@@ -205,6 +254,11 @@ class _Builder:
         self.handlers: dict[str, str] = manifest["handlers"]
         subscriptions = manifest.get("service", {}).get("subscriptions", [])
         self.subscriptions: list[dict[str, Any]] = sorted(subscriptions, key=lambda item: item["name"])
+        schedules = manifest.get("service", {}).get("schedules", [])
+        self.schedules: list[Schedule] = sorted(
+            (schedule_from_spec(spec) for spec in schedules), key=lambda item: item.name
+        )
+        self.has_entities = bool(manifest.get("service", {}).get("entities"))
         self.resources: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
 
@@ -282,21 +336,17 @@ class _Builder:
 
     def storage(self) -> None:
         for logical_id, suffix in (("ExecutionsTable", "-executions"), ("HistoryTable", "-history")):
-            properties: dict[str, Any] = {
-                "TableName": _stack_named(suffix),
-                "AttributeDefinitions": [
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                ],
-                "KeySchema": [
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                "BillingMode": "PAY_PER_REQUEST",
-            }
+            properties = _pk_sk_table(suffix)
             if logical_id == "ExecutionsTable":
                 self.listing_indexes(properties)
             self.add(logical_id, "AWS::DynamoDB::Table", properties)
+        if self.has_entities:
+            # one table for all of the service's entities (`eventual_nb/runtime/aws/entities.py` has the layout:
+            # pk = "<entity>#<partition>", sk = the sort key); point-in-time recovery is on, since entities are
+            # the service's own data, which no execution history could rebuild
+            properties = _pk_sk_table("-entities")
+            properties["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+            self.add("EntitiesTable", "AWS::DynamoDB::Table", properties)
 
     @staticmethod
     def listing_indexes(properties: dict[str, Any]) -> None:
@@ -443,6 +493,21 @@ class _Builder:
                 ],
             },
         )
+        # One recurring schedule per `@ev.schedule`, delivering each fire with its scheduled time to the
+        # forwarder (eventual_nb/runtime/aws/schedules.py). In the emulator, `eventual-nb deploy` creates
+        # them in moto from these very properties.
+        for schedule in self.schedules:
+            self.add(
+                schedule_logical_id(schedule.name),
+                "AWS::Scheduler::Schedule",
+                recurring_schedule(
+                    schedule,
+                    group=_ref("ScheduleGroup"),
+                    target_arn=_arn(f"{_SCHEDULE.stem}Function"),
+                    role_arn=_arn("SchedulerRole"),
+                ),
+                Condition=REAL,
+            )
 
     # -------------------------------------------------------------------------------------- functions
 
@@ -462,6 +527,7 @@ class _Builder:
             # the group's name rather than a Ref: the group is absent in the emulator, where the harness
             # creates one of this name
             SCHEDULE_GROUP_VARIABLE: _stack_named("-timers"),
+            **({ENTITIES_TABLE_VARIABLE: _ref("EntitiesTable")} if self.has_entities else {}),
             # the activity worker signs tokens with it and the API checks them; every function gets it so
             # that user code completing an activity by token works wherever it runs
             SIGNING_KEY_VARIABLE: {
@@ -474,7 +540,16 @@ class _Builder:
         }
 
     def statements(self, function: _Function) -> list[Any]:
-        """What `function` does, and nothing more: each statement names resources of this stack only."""
+        """What `function` does, and nothing more: each statement names resources of this stack only. The
+        functions that run entity code (API routes, activities, subscriptions) may also read and write the
+        entities table; the orchestrator, which runs workflow code, may not."""
+        own = self.own_statements(function)
+        if self.has_entities and function in (_API, _ACTIVITY, _SUBSCRIPTION):
+            own.append(_statement(_ENTITY_ACCESS, [_arn("EntitiesTable")]))
+        return own
+
+    def own_statements(self, function: _Function) -> list[Any]:
+        """What `function` needs for the runtime's own work (queues, execution tables, bus, logs)."""
         tables = {"ExecutionsTable": _arn("ExecutionsTable"), "HistoryTable": _arn("HistoryTable")}
         bus = _statement(["events:PutEvents"], [_arn("Bus")])
         schedules = {
@@ -482,9 +557,15 @@ class _Builder:
         }
         own_logs = _statement(_LOG_WRITE, [_arn(f"{function.stem}LogGroup")])
         execution_logs = _arn("ExecutionLogGroup")
+        pass_scheduler_role = _statement(
+            ["iam:PassRole"],
+            [_arn("SchedulerRole")],
+            {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+        )
         if function is _API:
-            # starts executions (record + first message), sends signals, reads records, histories and logs
-            return [
+            # starts executions (record + first message), sends signals, reads records, histories and logs;
+            # with schedules, pauses and resumes their Scheduler schedules (UpdateSchedule passes the role)
+            statements = [
                 own_logs,
                 _statement(_SEND, [_arn("WorkflowQueue")]),
                 _statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]),
@@ -497,6 +578,12 @@ class _Builder:
                     [execution_logs],
                 ),
             ]
+            if self.schedules:
+                statements.append(pass_scheduler_role)
+                statements.append(
+                    _only_real(_statement(["scheduler:GetSchedule", "scheduler:UpdateSchedule"], [schedules]))
+                )
+            return statements
         if function is _ORCHESTRATOR:
             # replays and appends history, then dispatches activities, timers, child workflows and events
             return [
@@ -509,11 +596,7 @@ class _Builder:
                 ),
                 bus,
                 _statement(_LOG_WRITE, [execution_logs]),
-                _statement(
-                    ["iam:PassRole"],
-                    [_arn("SchedulerRole")],
-                    {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
-                ),
+                pass_scheduler_role,
                 _only_real(
                     _statement(
                         ["scheduler:CreateSchedule", "scheduler:DeleteSchedule", "scheduler:GetSchedule"], [schedules]
@@ -549,12 +632,17 @@ class _Builder:
                 _statement(_SEND, [_arn("WorkflowQueue")]),
             ]
         if function is _SCHEDULE:
-            # moves a fired long timer onto the timer queue and deletes its schedule
-            return [
+            # moves a fired long timer onto the timer queue and deletes its schedule; with schedules, starts
+            # each fire's execution (record + first message) and keeps the schedule's state item
+            statements = [
                 own_logs,
                 _statement(_SEND, [_arn("TimerQueue")]),
                 _only_real(_statement(["scheduler:DeleteSchedule"], [schedules])),
             ]
+            if self.schedules:
+                statements.append(_statement(_SEND, [_arn("WorkflowQueue")]))
+                statements.append(_statement(_TABLE_READ + _TABLE_WRITE, [tables["ExecutionsTable"]]))
+            return statements
         raise AssertionError(f"no policy for function {function.key!r}")
 
     def functions(self) -> None:
@@ -704,6 +792,8 @@ class _Builder:
         output("ExecutionsTableName", _ref("ExecutionsTable"), "DynamoDB table of execution records")
         output("HistoryTableName", _ref("HistoryTable"), "DynamoDB table of execution histories")
         output("HistoryLayout", HISTORY_LAYOUT, "how the history table stores histories (one item per turn)")
+        if self.has_entities:
+            output("EntitiesTableName", _ref("EntitiesTable"), "DynamoDB table of the service's entities")
         output("ExecutionLogGroupName", _ref("ExecutionLogGroup"), "log group with one stream per execution")
         output("ScheduleGroupName", _stack_named("-timers"), "EventBridge Scheduler group for long timers")
 

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import eventual_nb as ev
 from eventual_nb.runtime import base
+from eventual_nb.runtime.base import RuntimeBase
+from eventual_nb.runtime.testing import TestEnvironment
 from eventual_nb.service import current_service
+
+if TYPE_CHECKING:
+    from eventual_nb.aws import AwsRuntime
 
 #: how long a cell waits for the runtime thread to do something quick (start, stop, a query)
 CALL_TIMEOUT = 60.0
@@ -33,7 +39,7 @@ class RuntimeHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
-        self.runtime: Any = None
+        self.runtime: RuntimeBase | None = None
         #: "local", "test" or "aws"
         self.kind: str | None = None
         self.path: Path | None = None
@@ -77,20 +83,23 @@ class RuntimeHost:
         """`.eventual/<service>.db` beside the notebook (the kernel's working directory)."""
         return Path.cwd() / ".eventual" / f"{service}.db"
 
-    def ensure_runtime(self, command: str | None = None) -> Any:
+    def ensure_runtime(self, command: str | None = None) -> RuntimeBase:
         """The active runtime, starting the default one (a LocalRuntime for the current service); `command`
         is what the user ran, named to handles of a runtime this replaces (`%eventual service other`)."""
         with self._lock:
             service = current_service().name
-            if self.runtime is None:
-                self.use_local(None, command=command)
+            runtime = self.runtime
+            if runtime is None:
+                runtime = self.use_local(None, command=command)
             elif self.kind == "local" and self.service_name != service and self._uses_default_path:
-                self.use_local(None, command=command)  # `%eventual service other`: its own database
-            return self.runtime
+                runtime = self.use_local(None, command=command)  # `%eventual service other`: its own database
+            return runtime
 
     _uses_default_path = True
 
-    def use_local(self, path: str | Path | None, durability: str = "full", *, command: str | None = None) -> Any:
+    def use_local(
+        self, path: str | Path | None, durability: str = "full", *, command: str | None = None
+    ) -> ev.LocalRuntime:
         """Switch to a LocalRuntime on `path` (default `.eventual/<service>.db`). `command` is what the user
         ran, for handles of the runtime this replaces (see `_replacing`)."""
         with self._lock:
@@ -104,11 +113,14 @@ class RuntimeHost:
                 self.path, self.durability = database, durability
             return runtime
 
-    def use_test(self, start: datetime | None = None, *, command: str | None = None) -> Any:
-        """Switch to a TestEnvironment (virtual clock) serving every service of the notebook."""
+    def use_test(
+        self, start: datetime | None = None, *, service: str | None = None, command: str | None = None
+    ) -> TestEnvironment:
+        """Switch to a TestEnvironment (virtual clock) serving every service of the notebook, or only
+        `service` (a process that holds other services, such as a test run)."""
         with self._lock:
             with self._replacing(command or "%eventual runtime test"):
-                environment = ev.testing.TestEnvironment(start=start)
+                environment = TestEnvironment(start=start, service=service)
 
                 async def enter() -> None:
                     await environment.__aenter__()
@@ -121,7 +133,7 @@ class RuntimeHost:
 
     def use_aws(
         self, stack: str, region: str | None = None, endpoint_url: str | None = None, *, command: str | None = None
-    ) -> Any:
+    ) -> AwsRuntime:
         """Switch to an AwsRuntime on `stack`, serving the current service.
 
         The stack is read (its outputs, resources and the functions' variables) before the previous
@@ -166,7 +178,7 @@ class RuntimeHost:
     #: called after every commit of the active runtime (the widget pump's `poke`)
     on_commit: Any = None
 
-    def _activate(self, runtime: Any, kind: str, service: str) -> None:
+    def _activate(self, runtime: RuntimeBase, kind: str, service: str) -> None:
         self.runtime, self.kind, self.service_name = runtime, kind, service
         if self.on_commit is not None:
             runtime.add_commit_listener(self.on_commit)
@@ -184,12 +196,11 @@ class RuntimeHost:
                 runtime.replaced_because = f"the runtime stopped by `{command}`"
             if base._default_runtime is runtime:
                 base.set_default_runtime(None)
-            if self.kind == "test":
+            if isinstance(runtime, TestEnvironment):
                 self.call(runtime.__aexit__(None, None, None))
-            elif self.kind == "aws":
-                pass  # a client of the stack: nothing of it runs here, nothing to stop
-            else:
+            elif isinstance(runtime, ev.LocalRuntime):
                 self.call(runtime.stop())
+            # an AwsRuntime is a client of the stack: nothing of it runs here, nothing to stop
             self.kind = None
 
     # ------------------------------------------------------------------------------------------- server
@@ -210,7 +221,8 @@ class RuntimeHost:
 
             async def run() -> None:
                 task = asyncio.ensure_future(server.serve())
-                while not server.started and not task.done():
+                # uvicorn's Server tells it started only through its `started` flag (no event to await)
+                while not server.started and not task.done():  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
                 started.set()
                 await task
@@ -235,10 +247,8 @@ class RuntimeHost:
             if server is None or task is None:
                 return
             server.should_exit = True
-            try:
+            with contextlib.suppress(Exception, concurrent.futures.CancelledError):  # stopping anyway
                 task.result(CALL_TIMEOUT)
-            except (Exception, concurrent.futures.CancelledError):  # noqa: BLE001 - stopping anyway
-                pass
 
     def close(self) -> None:
         """Stop everything and the thread (extension unload)."""

@@ -11,6 +11,7 @@ helpers); for `%%event` and `%%signal` every class the cell defines. Flag mistak
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import shlex
@@ -28,13 +29,15 @@ import eventual_nb as ev
 from eventual_nb import magic_syntax
 from eventual_nb.durations import parse_duration
 from eventual_nb.magic_syntax import FlagError, max_attempts
-from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus
+from eventual_nb.runtime.base import ExecutionHandle, ExecutionStatus, RuntimeBase
+from eventual_nb.runtime.core.schedules import define_schedule
+from eventual_nb.runtime.testing import TestEnvironment
 from eventual_nb.service import current_service
 from eventual_nb.timeline import read_snapshot
 from eventual_nb.timeline.svg import CSS, history_table, render_fragment
 from kernel_ext.cells import Definitions, run_body, top_level_definitions
 from kernel_ext.redefine import check_redefinition
-from kernel_ext.widgets import ExecutionsTable, ExecutionView, WidgetPump
+from kernel_ext.widgets import ExecutionsTable, ExecutionView, SchedulesTable, WidgetPump
 
 if TYPE_CHECKING:
     from kernel_ext.host import RuntimeHost
@@ -135,10 +138,21 @@ class EventualMagics(Magics):
         args = _parse("workflow", line)
         target = self._target("workflow", cell)
         name = args.name or target
+        scheduled = magic_syntax.schedule_options(args)
+        if scheduled is not None:  # a bad cron line is refused before anything is (re)defined
+            try:
+                define_schedule(name=name, workflow=name, **scheduled)
+            except ev.EventualError as exc:
+                raise UsageError(f"%%workflow: {exc.message}") from None
         previous = current_service().workflows.get(name)
         self._run(cell)
         definition = ev.workflow(name=args.name, timeout=args.timeout)(self.user_ns[target])
         self.user_ns[target] = definition
+        if scheduled is not None:
+            try:
+                ev.schedule(**scheduled)(definition)
+            except ev.EventualError as exc:  # e.g. a workflow that cannot take its fire time
+                raise UsageError(f"%%workflow: {exc.message}") from None
         report = None
         if previous is not None and previous.function is not definition.function:
             report = check_redefinition(self.host, previous, definition)
@@ -146,6 +160,9 @@ class EventualMagics(Magics):
             self.host.runtime.retry_blocked()
         timeout = f" (timeout {definition.timeout})" if definition.timeout is not None else ""
         _say(f"workflow '{name}'{timeout} in service '{current_service().name}'")
+        for schedule_name in definition.schedule_names:
+            schedule = (definition.service or current_service()).schedules[schedule_name]
+            _say(f"schedule '{schedule_name}': {schedule.describe()}, the workflow receives each fire time")
         if report is not None and report.text():
             _say(report.text())
 
@@ -250,7 +267,7 @@ class EventualMagics(Magics):
 
     @line_magic
     def eventual(self, line: str) -> Any:
-        """`%eventual VERB ...`: service, runtime, status, executions, history, logs, serve, stop,
+        """`%eventual VERB ...`: service, runtime, status, executions, schedules, history, logs, serve, stop,
         export, advance. `%eventual help` lists them."""
         __tracebackhide__ = True
         try:
@@ -328,12 +345,12 @@ class EventualMagics(Magics):
             f"subscriptions, {len(service.api.routes) if service._router is not None else 0} routes",
             f"runtime      {type(runtime).__name__}"
             + (f" on {self.host.path}" if self.host.path else "")
-            + (f" on stack {runtime.stack} in {runtime.region}" if self.host.kind == "aws" else ""),
+            + _stack_of(runtime),
             f"in progress  {len(page.executions)}" + ("+" if page.next_token else ""),
         ]
-        if self.host.kind == "test":
+        if isinstance(runtime, TestEnvironment):
             lines.append(f"virtual now  {runtime.now.isoformat()}")
-        blocked = runtime.blocked() if callable(getattr(runtime, "blocked", None)) else {}
+        blocked = runtime.blocked() if isinstance(runtime, ev.LocalRuntime) else {}
         for execution_id, error in blocked.items():
             lines.append(f"blocked      {execution_id}: {error}")
         if self.host.server_url:
@@ -350,6 +367,13 @@ class EventualMagics(Magics):
         parser.add_argument("--status", type=str.upper, choices=[s.value for s in ExecutionStatus])
         args = parser.parse_args(words)
         table = ExecutionsTable(self.host, self.host.ensure_runtime(), args.workflow, args.status)
+        self.pump.add(table)
+        display(table.root)
+
+    def _verb_schedules(self, words: list[str]) -> None:
+        if words:
+            raise UsageError("%eventual schedules takes no arguments")
+        table = SchedulesTable(self.host, self.host.ensure_runtime())
         self.pump.add(table)
         display(table.root)
 
@@ -385,6 +409,36 @@ class EventualMagics(Magics):
             _say(f"no logs for {args.id}")
         for entry in entries:
             _say(f"{entry.time.isoformat(timespec='milliseconds')} [{entry.source}] {entry.message}")
+
+    def _verb_entities(self, words: list[str]) -> None:
+        """The served entities with their entry counts; `NAME KEY [SORT]` shows one entry (value and version)."""
+        parser = self._parser("entities")
+        parser.add_argument("name", nargs="?")
+        parser.add_argument("key", nargs="?")
+        parser.add_argument("sort", nargs="?")
+        args = parser.parse_args(words)
+        runtime = self.host.ensure_runtime()
+        if args.name is None:
+            entities = self.host.call(runtime.list_entities())
+            if not entities:
+                _say(
+                    f"service '{current_service().name}' has no entities: define one with ev.entity(NAME, Model, key=...)"
+                )
+            for entity in entities:
+                count = "entries not counted" if entity.count is None else f"{entity.count} entries"
+                _say(f"{entity.name:<24} {entity.model} by {', '.join(entity.key)}: {count}")
+            return
+        if args.key is None:
+            raise UsageError("%eventual entities NAME KEY [SORT]: name the entry's key (a two-part key: KEY SORT)")
+        try:
+            record = self.host.call(
+                runtime.get_entity(args.name, args.key if args.sort is None else (args.key, args.sort))
+            )
+        except ev.EventualError as exc:
+            raise UsageError(f"%eventual entities: {exc.message}") from None
+        _say(
+            f"{record.entity} {record.key!r} version {record.version}\n{json.dumps(record.value, indent=2, ensure_ascii=False)}"
+        )
 
     def _verb_serve(self, words: list[str]) -> str:
         """Serve and return the URL, so `url = %eventual serve --port 0` gets the port the system picked."""
@@ -453,9 +507,9 @@ class EventualMagics(Magics):
         parser = self._parser("advance")
         parser.add_argument("duration", type=magic_syntax.duration)
         args = parser.parse_args(words)
-        if self.host.kind != "test":
-            raise UsageError("%eventual advance needs the test runtime: run `%eventual runtime test` first")
         environment = self.host.runtime
+        if not isinstance(environment, TestEnvironment):
+            raise UsageError("%eventual advance needs the test runtime: run `%eventual runtime test` first")
         self.host.call(environment.advance(parse_duration(args.duration)))
         _say(f"virtual clock at {environment.now.isoformat()}")
 
@@ -467,6 +521,13 @@ class EventualMagics(Magics):
         view = ExecutionView(self.host, handle.id, runtime, _signals_of(handle.workflow))
         self.pump.add(view)
         display(view.root)
+
+
+def _stack_of(runtime: RuntimeBase) -> str:
+    """Where an AwsRuntime serves from (" on stack S in R"); nothing for a runtime of this process."""
+    from eventual_nb.aws import AwsRuntime  # boto3-free; already loaded when the host runs one
+
+    return f" on stack {runtime.stack} in {runtime.region}" if isinstance(runtime, AwsRuntime) else ""
 
 
 def _signals_of(workflow: str) -> dict[str, Any]:
@@ -483,6 +544,8 @@ VERBS = (
     "runtime",
     "status",
     "executions",
+    "schedules",
+    "entities",
     "history",
     "timeline",
     "logs",
@@ -499,6 +562,8 @@ VERBS_HELP = """%eventual VERB
                                         a deployed stack (eventual-nb deploy); its functions run the code
   status                                service, runtime, executions in progress, blocked ones
   executions [--workflow W] [--status S]  live table
+  schedules                             live table of schedules: next fire, last run, pause/resume/trigger
+  entities [NAME KEY [SORT]]            the service's entities, or one entry's value and version
   history ID | logs ID                  an execution's history / captured output
   timeline ID                           an execution's timeline as a picture, its history and logs
   serve [--port 3111]                   serve the notebook's API from the kernel (127.0.0.1)

@@ -179,7 +179,7 @@ def _kernel_manager() -> Any:
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
-    class LocalSocketKernelManager(AsyncKernelManager):  # type: ignore[misc]
+    class LocalSocketKernelManager(AsyncKernelManager):
         _socket_dir: str | None = None
 
         @default("transport")
@@ -209,7 +209,7 @@ def _nbclient_engine() -> Any:
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
 
-    class RecordingClient(PapermillNotebookClient):  # type: ignore[misc]
+    class RecordingClient(PapermillNotebookClient):
         """Papermill's client, asking the kernel after the last cell which runtime it ran."""
 
         ran_runtime: str | None = None
@@ -232,7 +232,7 @@ def _nbclient_engine() -> Any:
                 return None
             return None if value is None else str(value)
 
-    class Engine(NBClientEngine):  # type: ignore[misc]
+    class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(
             cls,

@@ -222,6 +222,37 @@ def _error(text: str) -> str:
     return f"<span style='color:#d93025'>{html.escape(text)}</span>"
 
 
+class _Callbacks:
+    """What a view's callbacks (any thread) hand to the pump: trait changes to write, and a wake-up."""
+
+    host: Any
+
+    def _init_callbacks(self) -> None:
+        self._pending: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
+    def _later(self, **changes: Any) -> None:
+        """Hand trait changes to the pump (the one thread that writes them), mark the view stale, wake it."""
+        with self._lock:
+            self._pending.update(changes)
+        self._stale()
+        wake = getattr(self.host, "on_commit", None)
+        if callable(wake):
+            wake()
+
+    def _take_pending(self) -> dict[str, Any]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def _stale(self) -> None:
+        """Make the next refresh read the runtime again."""
+
+
 @dataclasses.dataclass
 class _Read:
     """One fetch of an execution's history, logs and waits (`fetched`: time.monotonic() of the fetch)."""
@@ -245,7 +276,7 @@ def _runtime_now(runtime: Any, waits: ExecutionWaits | None, fetched: float) -> 
     return waits.now + timedelta(seconds=time.monotonic() - fetched)
 
 
-class ExecutionView:
+class ExecutionView(_Callbacks):
     """The live widget for one execution; only `WidgetPump` writes its traits.
 
     It shows the execution's timeline as a picture (`eventual_nb.timeline`: redrawn on every commit, and about
@@ -350,8 +381,7 @@ class ExecutionView:
         self.shown_detached: str | None = None
         self.finished = False
         # set by callbacks on any thread, rendered by the pump
-        self._pending: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._init_callbacks()
         #: time.monotonic() when the pump last sent something (benchmarks read it)
         self.last_update = 0.0
 
@@ -360,21 +390,11 @@ class ExecutionView:
         """The runtime the view reads its execution from (the replacement, once it followed one)."""
         return self.handle._runtime
 
-    def has_pending(self) -> bool:
-        with self._lock:
-            return bool(self._pending)
-
     # -------------------------------------------------------------------------------------- callbacks
 
-    def _later(self, **changes: Any) -> None:
-        """Hand trait changes to the pump (the one thread that writes them) and wake it."""
-        with self._lock:
-            self._pending.update(changes)
+    def _stale(self) -> None:
         self.seen_counter = -1  # refresh on the next pass
         self.finished = False
-        wake = getattr(self.host, "on_commit", None)
-        if callable(wake):
-            wake()
 
     def _say(self, text: str) -> None:
         self._later(message=text)
@@ -418,10 +438,9 @@ class ExecutionView:
 
     def refresh(self) -> None:
         """Fetch state if the runtime changed and write what differs (the pump's thread only)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
+        pending = self._take_pending()
         try:
-            runtime = serving_runtime(self.handle._runtime, f"this execution ('{self.execution_id}')")
+            runtime = serving_runtime(self.handle.runtime, f"this execution ('{self.execution_id}')")
         except EventualError as exc:  # its runtime was replaced by one on another store: say so, keep checking
             self._detach(str(exc), pending)
             return
@@ -684,6 +703,154 @@ class _Line:
         return self.status == ExecutionStatus.IN_PROGRESS
 
 
+class SchedulesTable(_Callbacks):
+    """`%eventual schedules`: a live table of the served schedules with Pause/Resume and Trigger buttons.
+
+    Each row shows the schedule's name and spec, its next fire in this machine's local time and how soon
+    ("in 3 h 12 min", on the runtime's clock: virtual time on the test runtime), whether it is paused, and
+    its last execution with its status badge. The pump builds and updates the rows; the buttons only hand
+    the call to the runtime loop and ask for a refresh."""
+
+    def __init__(self, host: RuntimeHost, runtime: Any) -> None:
+        self.host = host
+        self.runtime = runtime
+        self.header = widgets.HTML("<i>loading…</i>", _dom_classes=["eventual-schedules-header"])
+        self.rows = widgets.VBox([], _dom_classes=["eventual-schedules-rows"])
+        self.message = widgets.HTML("", _dom_classes=["eventual-message"])
+        self.root = widgets.VBox([self.header, self.rows, self.message], _dom_classes=["eventual-schedules"])
+        self.seen: tuple[Any, ...] = ()
+        self.finished = False
+        self.last_update = 0.0
+        self._next_tick = 0.0
+        self._rows: dict[str, _ScheduleRow] = {}
+        self._init_callbacks()
+
+    # -------------------------------------------------------------------------------------- callbacks
+
+    def _stale(self) -> None:
+        self.seen = ()
+
+    def act(self, name: str, action: str) -> None:
+        """A row's button: `pause`, `resume` or `trigger` schedule `name` on the runtime loop (any thread)."""
+        call = {
+            "pause": self.runtime.pause_schedule,
+            "resume": self.runtime.resume_schedule,
+            "trigger": self.runtime.trigger_schedule,
+        }[action]
+        future = self.host.submit(call(name))
+
+        def report(done: Any) -> None:
+            error = done.exception()
+            if error is not None:
+                self._later(message=_error(f"{action} {name}: {type(error).__name__}: {error}"))
+            elif action == "trigger":
+                handle = done.result()
+                said = "already started this second" if getattr(handle, "already_running", False) else "started"
+                self._later(message=html.escape(f"triggered {name}: {said} {handle.id}"))
+            else:
+                self._later(message=html.escape(f"{action}d {name}"))
+
+        future.add_done_callback(report)
+
+    # ------------------------------------------------------------------------------------------- pump
+
+    def refresh(self) -> None:
+        """Read the schedules when the runtime committed something (or every few seconds, as "in 5 min" moves)
+        and write what changed (the pump's thread only)."""
+        pending = self._take_pending()
+        try:
+            self.runtime = serving_runtime(self.runtime, "this table")
+        except EventualError as exc:
+            self._show_header(_error(str(exc)))
+            self.seen = ()
+            return
+        key = (id(self.runtime), change_counter(self.runtime))
+        if key[1] is not None and key == self.seen and not pending and time.monotonic() < self._next_tick:
+            return
+        self.seen = key
+        self._next_tick = time.monotonic() + TABLE_NOW_INTERVAL
+        schedules = self.host.call(self.runtime.list_schedules(), QUERY_TIMEOUT)
+        clock = getattr(self.runtime, "current_time", None)
+        now = clock() if callable(clock) else datetime.now().astimezone()
+        statuses: dict[str, str] = {}
+        for info in schedules:
+            if info.last_execution_id is not None:
+                try:
+                    execution = self.host.call(self.runtime.get_execution(info.last_execution_id), QUERY_TIMEOUT)
+                    statuses[info.name] = execution.status.value
+                except EventualError:
+                    statuses[info.name] = "unknown"
+        with self.root.hold_sync():
+            self._show_header(
+                f"<b>{len(schedules)} schedule(s)</b>"
+                + ("" if schedules else " <i>(define one with @ev.schedule or %%workflow --schedule)</i>")
+            )
+            rows = []
+            for info in schedules:
+                row = self._rows.get(info.name)
+                if row is None:
+                    row = self._rows[info.name] = _ScheduleRow(self, info.name)
+                row.show(info, now, statuses.get(info.name))
+                rows.append(row.root)
+            if tuple(rows) != tuple(self.rows.children):
+                self.rows.children = tuple(rows)
+            if "message" in pending and self.message.value != pending["message"]:
+                self.message.value = pending["message"]
+        self.last_update = time.monotonic()
+
+    def _show_header(self, text: str) -> None:
+        if self.header.value != text:
+            self.header.value = text
+            self.last_update = time.monotonic()
+
+
+class _ScheduleRow:
+    """One schedule of a `SchedulesTable`: its facts and its buttons (written by the pump only)."""
+
+    def __init__(self, table: SchedulesTable, name: str) -> None:
+        self.name = name
+        self.info = widgets.HTML("", _dom_classes=["eventual-schedule-info"])
+        self.toggle = widgets.Button(
+            description="Pause", tooltip="stop firing until resumed", _dom_classes=["eventual-schedule-toggle"]
+        )
+        self.trigger = widgets.Button(
+            description="Trigger",
+            button_style="primary",
+            tooltip="start one execution now, with now as its input (paused or not)",
+            _dom_classes=["eventual-schedule-trigger"],
+        )
+        self.paused = False
+        self.toggle.on_click(lambda _button: table.act(name, "resume" if self.paused else "pause"))
+        self.trigger.on_click(lambda _button: table.act(name, "trigger"))
+        self.root = widgets.HBox([self.info, self.toggle, self.trigger], _dom_classes=["eventual-schedule"])
+
+    def show(self, info: Any, now: datetime, status: str | None) -> None:
+        from eventual_nb.schedules import next_fire_text
+
+        last = "none yet"
+        if info.last_execution_id is not None:
+            last = f"{html.escape(info.last_execution_id)} {status_badge(status or 'unknown')}"
+        cells = [
+            f"<b>{html.escape(info.name)}</b>",
+            html.escape(info.describe()),
+            f"next: {html.escape(next_fire_text(info, now))}",
+            "<b>paused</b>" if info.paused else "running",
+            f"last: {last}",
+        ]
+        if info.skipped:
+            cells.append(f"skipped {info.skipped}")
+        text = "<span style='font-family:monospace;font-size:12px'>" + " · ".join(cells) + "</span>"
+        if self.info.value != text:
+            self.info.value = text
+        self.paused = info.paused
+        label = "Resume" if info.paused else "Pause"
+        if self.toggle.description != label:
+            self.toggle.description = label
+            self.toggle.tooltip = (
+                "fire again from now on (missed fires are not run)" if info.paused else ("stop firing until resumed")
+            )
+
+
 class WidgetPump:
     """The one thread that writes widget state, every `REFRESH_INTERVAL` seconds at most."""
 
@@ -696,7 +863,7 @@ class WidgetPump:
         #: the last error a refresh raised (shown by `%eventual status`, never printed)
         self.last_error: str | None = None
 
-    def add(self, view: ExecutionView | ExecutionsTable) -> None:
+    def add(self, view: ExecutionView | ExecutionsTable | SchedulesTable) -> None:
         with self._lock:
             self._views.add(view)
             if self._thread is None or not self._thread.is_alive():

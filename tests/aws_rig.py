@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import eventual_nb as ev
 from eventual_nb.aws import AwsRuntime
@@ -77,12 +78,26 @@ class AwsStack:
 
 
 @contextlib.asynccontextmanager
-async def aws_stack_runtime(endpoint: str, service: ev.Service) -> AsyncIterator[AwsStack]:
-    """A fresh stack of `service` in moto, its functions driven in the background, and `AwsRuntime` entered."""
+async def aws_stack_runtime(
+    endpoint: str, service: ev.Service, *, clock: Callable[[], datetime] | None = None
+) -> AsyncIterator[AwsStack]:
+    """A fresh stack of `service` in moto, its functions driven in the background, and `AwsRuntime` entered.
+
+    `clock`: what the functions, the harness (which fires schedules by it) and the runtime read as now
+    (an `ev.testing.ManualClock` for tests of schedules); real time by default."""
     require_local(endpoint)
     reset_moto(endpoint)
     subscriptions = [subscription.spec() for subscription in service.subscriptions.values()]
-    stack = deploy_stack(endpoint, stack="suite", service=service.name, subscriptions=subscriptions)
+    schedules = [schedule.spec() for schedule in service.schedules.values()]
+    entities = [entity.spec() for entity in service.entities.values()]
+    stack = deploy_stack(
+        endpoint,
+        stack="suite",
+        service=service.name,
+        subscriptions=subscriptions,
+        schedules=schedules,
+        entities=entities,
+    )
     environment = {**stack.environment, "EVENTUAL_SIGNING_KEY": SIGNING_KEY}
     functions = StackFunctions(
         [service],
@@ -90,10 +105,13 @@ async def aws_stack_runtime(endpoint: str, service: ev.Service) -> AsyncIterator
         client_kwargs=client_kwargs(endpoint),
         timer_hop_seconds=1,
         signing_key=SIGNING_KEY.encode(),
+        clock=clock,
     )
     harness = Harness(functions.clients, functions.handlers(), functions.clients.clock)
     driver = HarnessDriver(harness)
-    runtime = AwsRuntime(region=REGION, endpoint_url=require_local(endpoint), environment=environment, service=service)
+    runtime = AwsRuntime(
+        region=REGION, endpoint_url=require_local(endpoint), environment=environment, service=service, clock=clock
+    )
     driver.start()
     try:
         async with runtime:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
+from exporter.deploy import emulate_recurring_schedules
 from exporter.handlers import HANDLERS
 from exporter.template import build_template
 
@@ -90,10 +91,39 @@ def aws_client(endpoint: str, service: str) -> Any:
     return boto3.client(service, **client_kwargs(endpoint))
 
 
-def manifest(name: str = "stores-test", subscriptions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The smallest manifest `build_template` accepts; a subscription is `{"name", "events"[, "source"]}`."""
+def manifest(
+    name: str = "stores-test",
+    subscriptions: list[dict[str, Any]] | None = None,
+    schedules: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The smallest manifest `build_template` accepts; a subscription is `{"name", "events"[, "source"]}`, a
+    schedule its `Schedule.spec()`, an entity its `Entity.spec()` (any entity gives the stack its entities
+    table)."""
     items = [{"source": None, "retry": RETRY_ONCE, **subscription} for subscription in (subscriptions or [])]
-    return {"name": name, "handlers": dict(HANDLERS), "service": {"subscriptions": items}}
+    return {
+        "name": name,
+        "handlers": dict(HANDLERS),
+        "service": {"subscriptions": items, "schedules": list(schedules or []), "entities": entities or []},
+    }
+
+
+def dumped(template: dict[str, Any]) -> str:
+    """A template as `template.json` holds it."""
+    return json.dumps(template, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def assert_lint_clean(template: dict[str, Any]) -> None:
+    """cfn-lint (offline) finds no error in `template`; its warnings are printed."""
+    from cfnlint.api import lint
+    from cfnlint.config import ManualArgs
+
+    matches = lint(dumped(template), config=ManualArgs(regions=["us-east-1"]))
+    errors = [match for match in matches if match.rule.severity == "error"]
+    for match in matches:
+        if match.rule.severity != "error":
+            print(f"cfn-lint {match.rule.severity} {match.rule.id} line {match.linenumber}: {match.message}")
+    assert not errors, "\n".join(f"{match.rule.id} line {match.linenumber}: {match.message}" for match in errors)
 
 
 def template_tables(stack: str = STACK) -> dict[str, dict[str, Any]]:
@@ -128,12 +158,15 @@ def deploy_stack(
     stack: str = "harness-test",
     service: str = "harness-svc",
     subscriptions: list[dict[str, Any]] | None = None,
+    schedules: list[dict[str, Any]] | None = None,
+    entities: list[dict[str, Any]] | None = None,
 ) -> Stack:
-    """Deploy the service's template into moto with Emulator=true, plus the Scheduler group it skips.
+    """Deploy the service's template into moto with Emulator=true, plus what it skips there, as `eventual-nb
+    deploy` does: the Scheduler group and the recurring schedules of the service's `schedules`.
 
     The returned environment is the union of every function's variables (the orchestrator's Scheduler
     settings, the subscription function's queue map), i.e. what a process serving all functions sees."""
-    template = build_template(manifest(service, subscriptions))
+    template = build_template(manifest(service, subscriptions, schedules, entities))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("handlers.py", "def api(event, context):\n    return {}\n")
@@ -168,6 +201,17 @@ def deploy_stack(
         if logical_id.endswith("Function"):
             configuration = functions.get_function_configuration(FunctionName=physical_id)
             environment.update(configuration.get("Environment", {}).get("Variables", {}))
-    # the Scheduler group is `Real`-only in the template; the emulator's stand-in creates it
-    aws_client(endpoint, "scheduler").create_schedule_group(Name=environment["EVENTUAL_SCHEDULE_GROUP"])
+    # the Scheduler group and the recurring schedules are `Real`-only in the template; the emulator's stand-in
+    # creates them (`exporter.deploy` does the same for `eventual-nb deploy --endpoint-url`)
+    scheduler = aws_client(endpoint, "scheduler")
+    scheduler.create_schedule_group(Name=environment["EVENTUAL_SCHEDULE_GROUP"])
+    forwarder = functions.get_function_configuration(FunctionName=resources["ScheduleForwarderFunction"])
+    role = aws_client(endpoint, "iam").get_role(RoleName=resources["SchedulerRole"])["Role"]
+    emulate_recurring_schedules(
+        scheduler,
+        template,
+        group=environment["EVENTUAL_SCHEDULE_GROUP"],
+        target_arn=forwarder["FunctionArn"],
+        role_arn=role["Arn"],
+    )
     return Stack(stack, outputs, environment, resources)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,6 +61,23 @@ def run_server(runtime: Any, **options: Any) -> Iterator[RunningServer]:
         thread.join(timeout=30)
         sock.close()
         assert not thread.is_alive(), "the test server did not shut down"
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 30) -> None:
+    """Wait until the server `process` (its output going to `log`) answers its health route at `url`; fail with
+    its log if it exits or does not answer within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/_eventual/health", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError(f"server did not come up:\n{log.read_text()}")
 
 
 async def token_from(tokens: dict[str, str], handle: Any, key: str) -> str:

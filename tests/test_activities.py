@@ -426,7 +426,7 @@ async def test_non_retryable_by_name_and_hierarchy(non_retryable: list[str], err
 async def test_retry_policy_accepts_classes_and_names() -> None:
     policy = ev.RetryPolicy(max_attempts=2, non_retryable=(ValueError, "KeyError"))
     assert policy.non_retryable == ("ValueError", "KeyError")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non_retryable entries must be exception classes or names, got 42"):
         ev.RetryPolicy(non_retryable=(42,))
 
 
@@ -680,7 +680,8 @@ async def test_heartbeat_and_activity_info_across_retries() -> None:
         assert {item["activity"] for item in ATTEMPT_INFO} == {"introspect"}
         assert {item["seq"] for item in ATTEMPT_INFO} == {seq}
         keys = {item["idempotency_key"] for item in ATTEMPT_INFO}
-        assert len(keys) == 1 and keys.pop()
+        assert len(keys) == 1
+        assert keys.pop()
         assert len({item["token"] for item in ATTEMPT_INFO}) == 3  # one token per attempt
         assert env.now == START + timedelta(seconds=3)
 
@@ -821,7 +822,8 @@ async def test_sync_activity_runs_in_a_thread_and_retries() -> None:
     THREADS.clear()
     async with make_env():
         assert await call_multiply([6, 7]) == {"value": 42, "at": START.isoformat()}
-        assert THREADS and threading.get_ident() not in THREADS
+        assert THREADS
+        assert threading.get_ident() not in THREADS
         THREADS.clear()
         assert await call_multiply([-2, 5]) == {"value": -10, "at": (START + timedelta(seconds=1)).isoformat()}
         assert len(THREADS) == 2
@@ -961,7 +963,8 @@ def test_inline_activities_that_could_not_run_inline_are_refused_at_decoration()
     async def fits(x: int) -> int:
         return x
 
-    assert fits.inline and fits.spec()["inline"] is True
+    assert fits.inline
+    assert fits.spec()["inline"] is True
     with pytest.raises(ev.EventualError, match="timeout of 51 s"):
         fits.options(timeout="51s")
     assert fits.options(timeout="1s").inline
@@ -971,4 +974,5 @@ def test_inline_activities_that_could_not_run_inline_are_refused_at_decoration()
     async def beating() -> None:
         await ev.heartbeat()
 
-    assert not beating.inline and beating.spec()["inline"] is False
+    assert not beating.inline
+    assert beating.spec()["inline"] is False

@@ -145,9 +145,12 @@ def test_keys_are_stable_and_fit_aws_limits() -> None:
     assert len(event_dedup_id("wf/a", event)) == len(start_dedup_id("wf/a")) == 64
     assert group_id("order/o-1") == "order/o-1"
     for odd in ("order/" + "x" * 200, "order/naïve", "order/with space"):
-        assert group_id(odd).startswith("h-") and len(group_id(odd)) <= 128
+        assert group_id(odd).startswith("h-")
+        assert len(group_id(odd)) <= 128
     name = schedule_name("order/" + "é" * 300, "seq:7")
-    assert name.startswith("t-") and len(name) == 42 and name.replace("-", "").isalnum()
+    assert name.startswith("t-")
+    assert len(name) == 42
+    assert name.replace("-", "").isalnum()
     assert log_stream_name("order/o-1") == "order/o-1"
     assert log_stream_name("order/a:b").startswith("sha256/")
     assert delay_until(NOW + timedelta(seconds=1.2), NOW) == 2  # rounded up: never early

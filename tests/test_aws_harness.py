@@ -90,7 +90,8 @@ def test_batch_item_failures_are_redelivered_and_successes_deleted(clients: AwsC
     report = Harness(clients, {"timer": timer}, clock).run_until_idle()
     assert sorted(seen) == [("a", "1"), ("b", "1"), ("b", "2"), ("c", "1")]
     assert [len(call.failed) for call in report.calls("timer")] == [1, 0]
-    assert report.errors == [] and depth(clients, url) == 0
+    assert report.errors == []
+    assert depth(clients, url) == 0
 
 
 def test_a_raising_handler_or_a_bad_identifier_fails_the_whole_batch(clients: AwsClients, clock: ManualClock) -> None:
@@ -153,10 +154,11 @@ def test_sqs_records_have_lambdas_shape(clients: AwsClients, clock: ManualClock)
     assert record["attributes"]["MessageGroupId"] == "order/o-1"
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
     assert record["eventSource"] == "aws:sqs"
-    assert record["eventSourceARN"].startswith("arn:aws:sqs:us-east-1:") and record["eventSourceARN"].endswith(
-        "-workflow.fifo"
-    )
-    assert record["messageId"] and record["receiptHandle"] and len(record["md5OfBody"]) == 32
+    assert record["eventSourceARN"].startswith("arn:aws:sqs:us-east-1:")
+    assert record["eventSourceARN"].endswith("-workflow.fifo")
+    assert record["messageId"]
+    assert record["receiptHandle"]
+    assert len(record["md5OfBody"]) == 32
 
 
 def test_a_message_that_always_fails_ends_in_the_dead_letter_queue(clients: AwsClients, clock: ManualClock) -> None:
@@ -204,7 +206,8 @@ def test_a_short_timer_hops_through_the_queue_until_the_clock_reaches_it(
     event = event_to_dict(TimerCompleted(seq=0, timestamp=due))
     assert clients.timers.schedule("order/o-1", "0", due, event, clock()) == "sqs"
     early = harness.run_until_idle(wait_seconds=2.5)
-    assert arrived == [] and early.calls("timer")  # it hopped at least once, and was not due
+    assert arrived == []
+    assert early.calls("timer")
     late = harness.advance(timedelta(minutes=5), wait_seconds=30)
     assert arrived == [{"type": "event", "execution_id": "order/o-1", "event": event}]
     assert late.pending == 0
@@ -265,6 +268,8 @@ def test_subscription_deliveries_carry_a_complete_eventbridge_envelope(clients: 
     assert tuple(envelope) == ENVELOPE_KEYS
     assert envelope["account"] == "123456789012"  # moto leaves it out; the harness adds it
     assert (envelope["source"], envelope["detail-type"], envelope["detail"]) == ("harness-svc", "Paid", {"amount": 5})
-    assert envelope["version"] == "0" and envelope["region"] == "us-east-1" and envelope["resources"] == []
+    assert envelope["version"] == "0"
+    assert envelope["region"] == "us-east-1"
+    assert envelope["resources"] == []
     # the worker tells its subscriptions apart by the queue ARN, through EVENTUAL_SUBSCRIPTION_QUEUES
     assert clients.settings.subscription_queues[record["eventSourceARN"]] == "audit"

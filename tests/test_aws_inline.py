@@ -183,7 +183,8 @@ async def test_an_inline_retry_waits_as_a_timer(moto_endpoint: str, stack: Stack
     assert [note.split(":")[0] for note in notes] == [
         f"attempt {number} of activity 'flaky_inline' (seq 0) failed" for number in (1, 2)
     ]
-    assert history[-2].type == "ActivitySucceeded" and history[-2].attempts == 3
+    assert history[-2].type == "ActivitySucceeded"
+    assert history[-2].attempts == 3
 
 
 async def test_an_inline_attempt_without_time_left_is_handed_to_a_fresh_invocation(

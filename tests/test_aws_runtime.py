@@ -141,7 +141,8 @@ async def test_start_runs_through_the_stack_and_reads_back(deployed: Deployed) -
     async with deployed.runtime as runtime:
         assert ev.current_runtime() is runtime
         handle = await greeting.start("ada")  # through the current runtime
-        assert handle.id.startswith("greeting/") and not handle.already_running
+        assert handle.id.startswith("greeting/")
+        assert not handle.already_running
         assert (await runtime.get_execution(handle.id)).status == ExecutionStatus.IN_PROGRESS
         deployed.run()
 
@@ -209,7 +210,8 @@ async def test_listing_filters_and_pages(deployed: Deployed) -> None:
         token = page.next_token
         if token is None:
             break
-    assert sorted(pages) == sorted(h.id for h in done) and len(pages) == 3
+    assert sorted(pages) == sorted(h.id for h in done)
+    assert len(pages) == 3
     with pytest.raises(ev.InputValidationError):
         await runtime.list_executions(sort="sideways")
 
@@ -265,7 +267,8 @@ async def test_published_events_reach_the_subscription_queue_and_dead_letters_st
     (letter,) = await runtime.list_dead_letters()
     assert letter.subscription == "audit"
     assert letter.event == {"name": "Paid", "event": {"amount": 6}}  # the LocalRuntime's shape
-    assert letter.attempts == 1 and letter.error == "MaxReceiveCountExceeded"
+    assert letter.attempts == 1
+    assert letter.error == "MaxReceiveCountExceeded"
     # listing does not consume them
     assert [item.event for item in await runtime.list_dead_letters()] == [letter.event]
 
@@ -334,12 +337,14 @@ async def test_a_long_timer_waits_on_the_scheduler_and_a_cancel_recalls_it(
     assert (await runtime.get_execution(cancelled.id)).status == ExecutionStatus.CANCELLED
     assert schedules() == 1  # the cancelled execution's schedule was recalled
     report = harness.advance(timedelta(minutes=1, seconds=1))
-    assert not report.errors and len(report.fired_schedules) == 1
+    assert not report.errors
+    assert len(report.fired_schedules) == 1
     for _ in range(5):  # the harness may call it idle while the fired timer's relay is still in flight
         if (await runtime.get_execution(napping.id)).status != ExecutionStatus.IN_PROGRESS:
             break
         harness.run_until_idle(wait_seconds=2)
     assert await napping.result(timeout=5) == "hello di"
     history = [event.type for event in await runtime.get_execution_history(napping.id)]
-    assert history.count("TimerScheduled") == 1 and history.count("TimerCompleted") == 1
+    assert history.count("TimerScheduled") == 1
+    assert history.count("TimerCompleted") == 1
     assert schedules() == 0

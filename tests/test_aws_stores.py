@@ -265,7 +265,8 @@ def test_a_turn_over_400_kb_is_split_over_items_and_still_commits_once(
     history.commit(execution_id, 2, 2, [huge], [{"action": "Finish"}])
     assert counter.calls == ["PutItem"] * 4  # 3 parts, then the turn itself
     keys = [item["sk"]["S"] for item in history_items(dynamodb, history.table, execution_id)]
-    assert keys[:2] == ["turn#0000000001", "turn#0000000002"] and len(keys) == 5
+    assert keys[:2] == ["turn#0000000001", "turn#0000000002"]
+    assert len(keys) == 5
     assert all(key.startswith("turn#0000000002#") for key in keys[2:])
     found = history.read_turns(execution_id)
     assert found.events == [*story()[:2], huge]
@@ -357,13 +358,15 @@ def test_items_keep_their_stored_types_and_come_back_as_python_values(
         "parent_seq": "N",
         TIMEOUT_ATTRIBUTE: "N",
     }
-    assert item["parent_seq"] == {"N": "3"} and item[TIMEOUT_ATTRIBUTE] == {"N": "30.0"}
+    assert item["parent_seq"] == {"N": "3"}
+    assert item[TIMEOUT_ATTRIBUTE] == {"N": "30.0"}
     assert item["input"]["S"] == '{"n":3,"amount":12.5}'  # compact, in the order given
     record = executions.record(execution_id)
     assert record is not None
     assert (record["parent_seq"], record[TIMEOUT_ATTRIBUTE], record["input"]) == (3, 30.0, {"n": 3, "amount": 12.5})
     assert list(record["input"]) == ["n", "amount"]
-    assert type(record["parent_seq"]) is int and type(record[TIMEOUT_ATTRIBUTE]) is float
+    assert type(record["parent_seq"]) is int
+    assert type(record[TIMEOUT_ATTRIBUTE]) is float
     assert (record["status"], record["service"], record["parent"]) == ("IN_PROGRESS", "shop", "batch/b")
     assert executions.record("order/none") is None
 
@@ -398,9 +401,14 @@ def test_items_keep_their_stored_types_and_come_back_as_python_values(
 def test_the_item_codec_keeps_ints_floats_and_refuses_nan() -> None:
     values = {"i": 7500, "f": 30.0, "g": 0.1, "b": True, "none": None, "s": "é", "l": [1, 2.5], "m": {"k": -2}}
     attributes = to_attributes(values)
-    assert attributes["i"] == {"N": "7500"} and attributes["f"] == {"N": "30.0"} and attributes["g"] == {"N": "0.1"}
-    assert attributes["b"] == {"BOOL": True} and attributes["none"] == {"NULL": True} and attributes["s"] == {"S": "é"}
-    assert attributes["l"] == {"L": [{"N": "1"}, {"N": "2.5"}]} and attributes["m"] == {"M": {"k": {"N": "-2"}}}
+    assert attributes["i"] == {"N": "7500"}
+    assert attributes["f"] == {"N": "30.0"}
+    assert attributes["g"] == {"N": "0.1"}
+    assert attributes["b"] == {"BOOL": True}
+    assert attributes["none"] == {"NULL": True}
+    assert attributes["s"] == {"S": "é"}
+    assert attributes["l"] == {"L": [{"N": "1"}, {"N": "2.5"}]}
+    assert attributes["m"] == {"M": {"k": {"N": "-2"}}}
     back = from_attributes(attributes)
     assert back == values
     assert [type(back[name]) for name in ("i", "f", "g")] == [int, float, float]
@@ -519,9 +527,8 @@ def test_listing_across_shards_with_pagination(history: HistoryStore, executions
     assert len(expected(None, None, "asc")) == 30
     # one page holding everything has no token; full records come back
     page = executions.list(max_results=100)
-    assert page.next_token is None and page.executions == sorted(
-        created, key=lambda execution: (execution.start_time, execution.id)
-    )
+    assert page.next_token is None
+    assert page.executions == sorted(created, key=lambda execution: (execution.start_time, execution.id))
 
 
 @pytest.mark.parametrize("sort", ["asc", "desc"])
@@ -611,12 +618,14 @@ def test_an_attempt_waiting_for_its_token_is_settled_exactly_once(executions: Ex
     assert executions.wait_for_token("order/w", 2, 1, message, T0, deadline=T0 + timedelta(seconds=30))
     pending = executions.pending_claim("order/w", 2, 1)
     # claim rows come back as Python values, the activity message decoded
-    assert pending is not None and pending["message"] == message
+    assert pending is not None
+    assert pending["message"] == message
     assert datetime.fromisoformat(pending["deadline"]) == T0 + timedelta(seconds=30)
     assert datetime.fromisoformat(pending["last_heartbeat"]) == T0
     assert executions.heartbeat_claim("order/w", 2, 1, T0 + timedelta(seconds=1))
     won = executions.settle_claim("order/w", 2, 1, "failed")
-    assert won is not None and won["message"] == message
+    assert won is not None
+    assert won["message"] == message
     assert executions.settle_claim("order/w", 2, 1, "succeeded") is None  # the second completion loses
     assert executions.pending_claim("order/w", 2, 1) is None
     assert not executions.heartbeat_claim("order/w", 2, 1, T0 + timedelta(seconds=2))

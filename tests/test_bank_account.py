@@ -4,11 +4,11 @@ tests/test_deploy.py for the container: Python 3.12, only the deployed zip and L
 the functions' own environment, moto as the endpoint). Through the API handler the test opens two
 accounts, makes one transfer that goes through, one that is cancelled within its window and one whose
 execution is cancelled after its debit (and is refunded); the harness drives the functions; the accounts
-then live in the stack's DynamoDB table and their statements were written by the subscription, fed by
-the bus.
+then are entities in the stack's entities table and their statements were written by the subscription,
+fed by the bus.
 
 The notebook itself (including its TestEnvironment tests) runs in CI through `eventual-nb test`; this
-module checks what only AWS exercises: the DynamoDB account store and the deploy of the tutorial.
+module checks what only AWS exercises: the tutorial's entities in DynamoDB and the deploy of the tutorial.
 """
 
 from __future__ import annotations
@@ -131,13 +131,16 @@ def test_the_tutorial_deploys_and_moves_money_through_the_stack(
     aws_support.reset_moto(moto_endpoint)
     manifest = json.loads((export_dir / "eventual.json").read_text())
     assert manifest["name"] == "bank"
+    entities = {entity["name"]: entity["key"] for entity in manifest["service"]["entities"]}
+    assert entities == {"accounts": ["id"], "operations": ["key"], "statement_lines": ["account", "transfer_id"]}
     proc = deploy_cli(export_dir, moto_endpoint, "--json", stack=STACK)
     assert proc.returncode == 0, proc.stderr
 
     ran = run_container(moto_endpoint, tmp_path)
     assert ran["opened"] == [201, 201]
     status, refused = ran["refused"]
-    assert status == 422 and refused["detail"][0]["loc"] == ["body", "balance"], refused
+    assert status == 422, refused
+    assert refused["detail"][0]["loc"] == ["body", "balance"], refused
     assert ran["started"] == 202
     assert ran["completed"]["status"] == "SUCCEEDED", ran["completed"]
     assert ran["completed"]["result"] == {"status": "completed", "detail": ""}
@@ -150,7 +153,8 @@ def test_the_tutorial_deploys_and_moves_money_through_the_stack(
     assert ran["execution_cancel"] == 202
     assert ran["execution_cancelled"]["status"] == "CANCELLED", ran["execution_cancelled"]
     alice, bob = ran["names"]
-    assert ran["alice"]["balance"] == 7500 and ran["bob"]["balance"] == 2500
+    assert ran["alice"]["balance"] == 7500
+    assert ran["bob"]["balance"] == 2500
     # the subscription (bus -> rule -> queue -> function) wrote both statements
     assert ran["bob"]["statement"] == [f"+25.00 from {alice}"]
     assert ran["alice"]["statement"] == [
@@ -159,12 +163,16 @@ def test_the_tutorial_deploys_and_moves_money_through_the_stack(
         f"cancelled: 10.00 to {bob} (the execution was cancelled)",
     ]
 
-    # the accounts are items of the stack's own table, under their prefix
+    # the accounts are entities: items of the stack's entities table (pk "<entity>#<key>", sk "#" for
+    # one-part keys), at the version their last transaction wrote; the executions table holds none
     dynamodb = aws_support.aws_client(moto_endpoint, "dynamodb")
     item = dynamodb.get_item(
-        TableName=f"{STACK}-executions", Key={"pk": {"S": f"account#{alice}"}, "sk": {"S": "balance"}}
+        TableName=f"{STACK}-entities", Key={"pk": {"S": f"accounts#{alice}"}, "sk": {"S": "#"}}, ConsistentRead=True
     )["Item"]
-    assert item["balance"] == {"N": "7500"}
+    assert json.loads(item["value"]["S"]) == {"id": alice, "balance": 7500}
+    assert item["v"] == {"N": "6"}  # opened, then debited three times and refunded twice
+    executions = dynamodb.scan(TableName=f"{STACK}-executions")["Items"]
+    assert not [row for row in executions if not row["pk"]["S"].startswith("exec#")]
 
     proc = cli("destroy", "--stack", STACK, "--endpoint-url", moto_endpoint, "--region", REGION, env=aws_environment())
     assert proc.returncode == 0, proc.stderr

@@ -1,9 +1,9 @@
 """The bank-account tutorial never loses or creates money.
 
 notebooks/bank-account.ipynb is exported with `eventual-nb export` once per module, and the package is
-used two ways: served by a real `eventual-nb serve` process on 127.0.0.1 (LocalRuntime; the accounts in a
-SQLite file in the server's directory) and driven over HTTP; and imported into this process, where its
-workflow runs in a TestEnvironment with mocked activities. The checks: numbers past the models' bounds
+used two ways: served by a real `eventual-nb serve` process on 127.0.0.1 (LocalRuntime; the accounts are
+entities in its SQLite database) and driven over HTTP; and imported into this process, where its
+workflow runs in a TestEnvironment with mocked activities (the accounts in the environment's memory). The checks: numbers past the models' bounds
 are 422s; every way a transfer can stop after its debit (its execution cancelled before, during or after
 the debit, once or twice; a credit that times out or keeps failing; any other error) refunds the source
 and publishes `TransferCancelled`; and a hypothesis state machine of customer moves against the served
@@ -12,6 +12,7 @@ tutorial finds no 5xx and no cent created or lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
@@ -56,7 +57,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(export_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The exported tutorial behind `eventual-nb serve`; its accounts live in `.eventual/accounts.db` of its cwd."""
+    """The exported tutorial behind `eventual-nb serve`; its accounts are entities in the runtime's `state.db`."""
     server = serve(export_dir, tmp_path_factory.mktemp("bank-money-serve") / "state.db")
     yield server
     server.stop()
@@ -140,19 +141,20 @@ def test_the_routes_openapi_lists_the_errors_they_answer(http: httpx.Client) -> 
 
 # --------------------------------------------------------------- the workflow on the test runtime
 
-# The exported package, imported into this process for the TestEnvironment tests. Its accounts live in a
-# SQLite file of their own (ACCOUNTS_DB is read once, by the first `accounts()` call).
+# The exported package, imported into this process for the TestEnvironment tests; its accounts are
+# entities of each test's environment.
 
 
 @pytest.fixture(scope="module")
-def bank(export_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ACCOUNTS_DB", str(tmp_path_factory.mktemp("bank-money-accounts") / "accounts.db"))
-        services = load_target(str(export_dir))
-        assert [service.name for service in services] == ["bank"]
-        module = sys.modules["bank"]
-        module.accounts()  # the store is chosen now, while ACCOUNTS_DB names the file
-    return module
+def bank(export_dir: Path) -> ModuleType:
+    services = load_target(str(export_dir))
+    assert [service.name for service in services] == ["bank"]
+    assert {entity["name"] for entity in services[0].spec()["entities"]} == {
+        "accounts",
+        "operations",
+        "statement_lines",
+    }
+    return sys.modules["bank"]
 
 
 async def open_pair(bank: ModuleType, source_balance: int = 50_00) -> tuple[str, str]:
@@ -161,8 +163,8 @@ async def open_pair(bank: ModuleType, source_balance: int = 50_00) -> tuple[str,
     return source.account_id, target.account_id
 
 
-def balances(bank: ModuleType, *account_ids: str) -> tuple[int, ...]:
-    return tuple(bank.accounts().balance(account_id) for account_id in account_ids)
+async def balances(bank: ModuleType, *account_ids: str) -> tuple[int, ...]:
+    return tuple([await bank.balance(account_id) for account_id in account_ids])
 
 
 async def test_cancelling_the_execution_after_the_debit_refunds_and_publishes_transfer_cancelled(
@@ -172,16 +174,16 @@ async def test_cancelling_the_execution_after_the_debit_refunds_and_publishes_tr
         source, target = await open_pair(bank)
         handle = await bank.transfer.start(bank.TransferRequest(source=source, target=target, amount=20_00))
         await env.advance("1 minute")
-        assert balances(bank, source, target) == (30_00, 0)  # debited; the window is open
+        assert await balances(bank, source, target) == (30_00, 0)  # debited; the window is open
         await handle.cancel()
         with pytest.raises(ev.ExecutionCancelled):
             await handle.result()
         assert (await handle.status()).status == ev.ExecutionStatus.CANCELLED
-        assert balances(bank, source, target) == (50_00, 0)
+        assert await balances(bank, source, target) == (50_00, 0)
         (cancelled,) = env.published(bank.TransferCancelled)
         assert (cancelled.transfer_id, cancelled.source, cancelled.amount) == (handle.id, source, 20_00)
         assert cancelled.reason == "the execution was cancelled"
-        assert bank.accounts().statement(source) == [f"cancelled: 20.00 to {target} (the execution was cancelled)"]
+        assert await bank.statement(source) == [f"cancelled: 20.00 to {target} (the execution was cancelled)"]
         assert env.published(bank.TransferCompleted) == []
 
 
@@ -201,7 +203,7 @@ async def test_cancelling_while_the_debit_is_under_way_waits_for_it_and_refunds_
         history = await handle.history()
         assert [event.type for event in history][:3] == ["WorkflowStarted", "ActivityScheduled", "CancelRequested"]
         assert [e.name for e in history if e.type == "ActivityScheduled"] == ["debit", "refund"]
-        assert balances(bank, source, target) == (50_00, 0)
+        assert await balances(bank, source, target) == (50_00, 0)
         assert [event.reason for event in env.published(bank.TransferCancelled)] == ["the execution was cancelled"]
 
 
@@ -221,7 +223,7 @@ async def test_a_credit_that_cannot_finish_refunds_the_source(bank: ModuleType, 
         )
         outcome = await handle.result()
         assert outcome.status == "refunded", outcome
-        assert balances(bank, source, target) == (50_00, 0)
+        assert await balances(bank, source, target) == (50_00, 0)
         (cancelled,) = env.published(bank.TransferCancelled)
         assert cancelled.reason.startswith("credit failed: ")
 
@@ -245,7 +247,7 @@ async def test_any_other_error_after_the_debit_refunds_then_fails_the_execution(
         with pytest.raises(ev.ExecutionFailed) as failed:
             await handle.result()
         assert (failed.value.error, failed.value.message) == ("RuntimeError", "a bug after the debit")
-        assert balances(bank, source, target) == (50_00, 0)
+        assert await balances(bank, source, target) == (50_00, 0)
         (cancelled,) = env.published(bank.TransferCancelled)
         assert cancelled.reason == "RuntimeError: a bug after the debit"
 
@@ -267,7 +269,8 @@ async def test_cancelling_a_served_execution_refunds_and_writes_the_statement(
 ) -> None:
     """`eventual-nb cancel ID` and the widget's Cancel button go through this internal route."""
     source, target = open_account(http, 100_00), open_account(http, 0)
-    started = http.post("/transfers", json={"source": source, "target": target, "amount": 40_00, "cancel_window": 600})
+    body = {"source": source, "target": target, "amount": 40_00, "cancel_window": 600}
+    started = await asyncio.to_thread(http.post, "/transfers", json=body)
     assert started.status_code == 202, started.text
     execution_id = started.json()["execution_id"]
     if when == "after the debit":
@@ -275,10 +278,12 @@ async def test_cancelling_a_served_execution_refunds_and_writes_the_statement(
     async with ev.ServiceClient(served.url) as client:
         await client.cancel_execution(execution_id)
         if when == "twice":  # the second lands during the refund, or after the end (the runtime is quick)
+            refused: ev.EventualError | None = None
             try:
                 await client.cancel_execution(execution_id)
             except ev.EventualError as error:
-                assert "already ended CANCELLED" in error.message
+                refused = error
+            assert refused is None or "already ended CANCELLED" in refused.message
         ended = await client.wait_for_execution(execution_id, timeout=60)
         assert ended.status == ev.ExecutionStatus.CANCELLED, ended
         history = await client.get_execution_history(execution_id)
@@ -319,13 +324,13 @@ NO_BODY = object()
 class TheBank(RuleBasedStateMachine):
     """A customer's every move against the served tutorial; money is conserved throughout.
 
-    After every step no answer was a 5xx and, read in one SQLite transaction from the tutorial's own
-    accounts table, the machine's accounts hold at most what was deposited and at least that minus the
-    transfers still in flight; once every execution has ended, exactly what was deposited.
+    After every step no answer was a 5xx and, read in one SQLite transaction from the server's database (the
+    `accounts` entity's rows), the machine's accounts hold at most what was deposited and at least that
+    minus the transfers still in flight; once every execution has ended, exactly what was deposited.
     """
 
     url: ClassVar[str]
-    accounts_db: ClassVar[Path]
+    state_db: ClassVar[Path]
     accounts = Bundle("accounts")
     transfers = Bundle("transfers")
 
@@ -432,13 +437,15 @@ class TheBank(RuleBasedStateMachine):
     def call_the_transfer_off(self, execution_id: str, reason: str) -> None:
         answer = self.request("POST", f"/transfers/{execution_id}/cancel", params={"reason": reason})
         if answer.status_code != 202:  # it ended: the answer says so
-            assert answer.status_code == 400 and execution_id in answer.json()["message"], answer.text
+            assert answer.status_code == 400, answer.text
+            assert execution_id in answer.json()["message"], answer.text
 
     @rule(execution_id=transfers)
     def cancel_the_execution(self, execution_id: str) -> None:
         answer = self.request("POST", f"/_eventual/cancel/{execution_id}")
         if answer.status_code != 202:
-            assert answer.status_code == 400 and "already ended" in answer.json()["message"], answer.text
+            assert answer.status_code == 400, answer.text
+            assert "already ended" in answer.json()["message"], answer.text
 
     @rule()
     def wait_for_every_transfer_to_end(self) -> None:
@@ -459,9 +466,13 @@ class TheBank(RuleBasedStateMachine):
                 del self.in_flight[execution_id]
         if not self.opened:
             return
-        with closing(sqlite3.connect(f"file:{self.accounts_db}?mode=ro", uri=True, timeout=30)) as db:
+        with closing(sqlite3.connect(f"file:{self.state_db}?mode=ro", uri=True, timeout=30)) as db:
             marks = ", ".join("?" * len(self.opened))
-            (held,) = db.execute(f"SELECT SUM(balance) FROM accounts WHERE id IN ({marks})", self.opened).fetchone()
+            (held,) = db.execute(
+                "SELECT SUM(json_extract(value, '$.balance')) FROM entities "
+                f"WHERE entity = 'accounts' AND partition IN ({marks})",
+                self.opened,
+            ).fetchone()
         in_flight = sum(self.in_flight.values())
         assert held <= self.deposited, f"money was created: {held} held, {self.deposited} deposited"
         assert held >= self.deposited - in_flight, (
@@ -478,7 +489,7 @@ class TheBank(RuleBasedStateMachine):
 @pytest.mark.timeout(300)  # a fuzz run in real time, on a shared machine
 def test_money_is_conserved_under_every_move_a_customer_makes(served: Served) -> None:
     TheBank.url = served.url
-    TheBank.accounts_db = served.log.parent / ".eventual" / "accounts.db"
+    TheBank.state_db = served.log.parent / "state.db"  # the --db of `served`
     run_state_machine_as_test(
         TheBank,
         settings=settings(

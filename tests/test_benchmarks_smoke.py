@@ -6,10 +6,13 @@ replay-every-step replays once per step, the daily-timer workflow ends exactly N
 its start, LocalRuntime group-commits concurrent work, commits once per workflow step, runs in WAL with
 synchronous=FULL, keeps no completed execution in memory and runs batches beside executions waiting on a timer, DBOS is either measured (when it is
 installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), the
-kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, and
+kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, the
+schedules benchmark ran every fire once and its scheduler never woke to find nothing due, and
 the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consistent with the turns the
 orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
-per step when cold.
+per step when cold. The entity benchmarks commit every lone write on its own and group concurrent ones
+on the LocalRuntime, and on AWS make one DynamoDB request per operation (the tutorial's debit three),
+a transaction of two writes costing 4 write units.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ LOCAL = {"local_throughput", "local_latency", "local_memory", "local_in_flight"}
 KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
 TIMELINE = {"timeline"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE
+SCHEDULES = {"local_schedules"}
+ENTITIES = {"entities_local", "entities_aws"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | SCHEDULES | ENTITIES
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
@@ -55,7 +60,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
         timeout=300,
     )
     assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
-    assert "Python" in completed.stdout and "Machine" in completed.stdout and "Date" in completed.stdout
+    assert "Python" in completed.stdout
+    assert "Machine" in completed.stdout
+    assert "Date" in completed.stdout
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -167,8 +174,11 @@ def test_local_memory_keeps_no_completed_execution_in_memory(report: dict) -> No
 def test_local_in_flight_ran_every_batch_beside_the_waiting_executions(report: dict) -> None:
     bench = report["benchmarks"]["local_in_flight"]
     local = bench["results"]["local"]
-    assert bench["params"]["waiting"] > 0 and bench["params"]["batches"] >= 2
-    assert local["alone_per_second"] > 0 and local["beside_per_second"] > 0 and local["slowdown"] > 0
+    assert bench["params"]["waiting"] > 0
+    assert bench["params"]["batches"] >= 2
+    assert local["alone_per_second"] > 0
+    assert local["beside_per_second"] > 0
+    assert local["slowdown"] > 0
     assert 0 < local["cached_executors"] <= bench["params"]["waiting"]
 
 
@@ -266,12 +276,15 @@ def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
             and key
             not in {"usd_per_million_steps", "usd_per_million_steps_moto_durations", "usd_without_activity_lambda"}
         )
-        assert total > 0 and parts == pytest.approx(total)
+        assert total > 0
+        assert parts == pytest.approx(total)
         for service in ("dynamodb", "sqs", "lambda", "cloudwatch_logs"):
             assert found[f"usd_{service}"] > 0, f"{system}: nothing billed for {service}"
         assert 0 < found["usd_without_activity_lambda"] < total
         assert found["step_functions_ratio"] == pytest.approx(25 / total)
-        assert found["requests_per_step"] > 0 and found["wru_per_step"] > 0 and found["rru_per_step"] > 0
+        assert found["requests_per_step"] > 0
+        assert found["wru_per_step"] > 0
+        assert found["rru_per_step"] > 0
         # each step is one activity attempt: one invocation, one claim, one outcome
         assert found["activity_invocations_per_step"] == 1
         assert found["requests_dynamodb.PutItem"] > 1  # claims, plus the records the client wrote
@@ -285,7 +298,8 @@ def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
         reads = turns if system == "cold" else 1 / steps
         assert found["history_queries"] == pytest.approx(reads)
         assert found["orchestrator_invocations_per_step"] <= turns
-        assert found["orchestrator_modelled_ms"] > 0 and found["activity_measured_ms"] > 0
+        assert found["orchestrator_modelled_ms"] > 0
+        assert found["activity_measured_ms"] > 0
 
 
 def test_aws_warm_orchestrator_never_replays_and_cold_replays_every_step(report: dict) -> None:
@@ -305,6 +319,41 @@ def test_aws_timer_signal_execution_uses_the_scheduler_once(report: dict) -> Non
     assert results["history_events"] == 9  # started, activity ×2, two timers ×2, signal, succeeded
     assert results["replays"] == 0
     assert results["orchestrator_turns"] == 5
-    assert results["requests"] > 0 and results["usd_per_million_executions"] > 0
+    assert results["requests"] > 0
+    assert results["usd_per_million_executions"] > 0
     assert results["usd_scheduler"] == pytest.approx(1.0)  # one invocation at $1 per million
     assert "logs.PutLogEvents 1" in bench["info"]["requests"]
+
+
+def test_local_schedules_ran_every_fire_once_without_idle_wakeups(report: dict) -> None:
+    """Every schedule fired once a simulated minute (the benchmark checks each execution exists once), and the
+    scheduler slept between fires: it never woke to find nothing to do, during the hour or while nothing was
+    due (its next fires a simulated minute away and the clock still)."""
+    bench = report["benchmarks"]["local_schedules"]
+    params, results = bench["params"], bench["results"]
+    assert results["fires"] == params["schedules"] * params["minutes"]
+    assert results["cpu_ms_per_fire"] > 0
+    assert results["wall_seconds_per_minute"] > 0
+    assert results["idle_wakeups_per_minute"] == 0
+    assert results["quiet_idle_wakeups_per_minute"] == 0
+    assert results["quiet_wakeups"] == 0
+    assert 0 < results["commits_per_minute"]
+
+
+def test_entity_writes_commit_alone_or_grouped_on_the_local_runtime(report: dict) -> None:
+    local = report["benchmarks"]["entities_local"]["results"]
+    assert local["commits_per_put"] >= 1  # a lone caller's every write waited for its own fsynced commit
+    assert local["commits_per_put_concurrent"] < 1  # concurrent writes shared commits
+    for key in ("put_per_s", "get_per_s", "transact_per_s", "put_concurrent_per_s", "debit_concurrent_per_s"):
+        assert local[key] > 0, key
+
+
+def test_entity_operations_on_aws_take_one_request_each(report: dict) -> None:
+    aws = report["benchmarks"]["entities_aws"]["results"]
+    for name in ("create", "get", "put_versioned", "put_unconditional", "conflict", "transact_2", "query_10"):
+        assert aws[f"{name}_requests"] == 1, name
+    assert aws["debit_requests"] == 3  # get the account, get the marker, one transaction
+    assert (aws["get_rru"], aws["get_wru"]) == (1, 0)  # strongly consistent, under 4 KB
+    assert (aws["create_wru"], aws["conflict_wru"]) == (1, 1)  # a refused conditional write is billed too
+    assert aws["transact_2_wru"] == 4  # two items, each twice in a transaction
+    assert aws["debit_usd_per_million"] > aws["transact_2_usd_per_million"] > aws["create_usd_per_million"]

@@ -112,7 +112,8 @@ def test_lab_shows_background_widget_updates(tmp_path: Path) -> None:
         shot = lab.screenshot(tmp_path / "background-widget.png", scroll_to=".bg-probe")
 
     expected_order = ["waiting", *(f"step {i}" for i in range(1, 6)), "done"]
-    assert seen[0] == "waiting" and seen[-1] == "done", seen
+    assert seen[0] == "waiting", seen
+    assert seen[-1] == "done", seen
     assert seen == sorted(seen, key=expected_order.index), f"updates rendered out of order: {seen}"
     assert f"[{count}]" in prompt, f"the cell ran again or is still running: prompt {prompt!r}"
     assert shot.stat().st_size > 0
@@ -142,7 +143,8 @@ def test_execution_widget_goes_live_and_send_releases_signal(tmp_path: Path) -> 
         lab.wait_for_text(".eventual-execution .eventual-result", "hello browser")
         shot = lab.screenshot(tmp_path / "execution-widget.png", scroll_to=".eventual-execution")
 
-    assert shot.is_file() and shot.stat().st_size > 0
+    assert shot.is_file()
+    assert shot.stat().st_size > 0
     assert (root / ".eventual" / "browser-demo.db").is_file(), "the local runtime's database is not beside the notebook"
 
 
@@ -177,7 +179,8 @@ def test_cancel_asks_for_confirmation_and_cancels_the_execution(tmp_path: Path) 
         lab.wait_for_text(".eventual-execution .eventual-message", "cancellation of the execution requested")
         shot = lab.screenshot(tmp_path / "cancelled-widget.png", scroll_to=".eventual-execution")
 
-    assert shot.is_file() and shot.stat().st_size > 0
+    assert shot.is_file()
+    assert shot.stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------------- the timeline
@@ -278,7 +281,8 @@ def _timeline_widget(tmp_path: Path, app: str) -> None:
         ]
     ), spans
     assert {"kind": "signal", "label": "Approve received", "outcome": "instant"} in drawn
-    assert tip["display"] != "none" and 'result: "O1"' in tip["text"], tip
+    assert tip["display"] != "none", tip
+    assert 'result: "O1"' in tip["text"], tip
     assert _brightness(light) < 300 < _brightness(dark), (light, dark)  # dark text on light, light on dark
 
 
@@ -353,4 +357,6 @@ def test_a_10000_event_timeline_page_renders_in_chromium_without_the_network(tmp
     assert requested == [page_path.as_uri()], requested
     # every event is in the page (as a text line), the last 1,000 also as table rows; quick calls are drawn as
     # counted runs
-    assert shown["lines"] == 10002 and shown["rows"] == 1000 and 0 < shown["bars"] < 200, shown
+    assert shown["lines"] == 10002, shown
+    assert shown["rows"] == 1000, shown
+    assert 0 < shown["bars"] < 200, shown

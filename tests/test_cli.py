@@ -26,14 +26,8 @@ VERSION = next(
     and isinstance(node.value, ast.Constant)
 )
 
-VERBS = [
-    "serve",
-    "export",
-    "run",
-    "test",
-    "kernel",
-    "deploy",
-    "destroy",
+#: the verbs that talk to a service (--url, --token, --json)
+CLIENT_VERBS = [
     "workflows",
     "start",
     "executions",
@@ -44,7 +38,10 @@ VERBS = [
     "publish",
     "cancel",
     "replay",
+    "entities",
+    "entity",
 ]
+VERBS = ["serve", "export", "run", "test", "kernel", "deploy", "destroy", *CLIENT_VERBS]
 
 # Usage errors of the notebook verbs: exit 2 and a message naming what is wrong, before any kernel
 # starts. tests/test_notebook_runs.py runs real notebooks through them.
@@ -99,10 +96,7 @@ def test_each_verb_has_help(verb: str) -> None:
     assert f"usage: eventual-nb {verb}" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    "verb",
-    ["workflows", "start", "executions", "execution", "history", "logs", "signal", "publish", "cancel", "replay"],
-)
+@pytest.mark.parametrize("verb", CLIENT_VERBS)
 def test_service_client_verbs_take_url(verb: str) -> None:
     proc = cli(verb, "--help")
     assert "--url" in proc.stdout

@@ -468,7 +468,8 @@ def test_executions_rejects_bad_options(server: Server) -> None:
     proc = server.cli("executions", "--next-token", "garbage!", "--json")
     assert proc.returncode == 1
     body = json.loads(proc.stdout)
-    assert body["error"] == "InvalidPageToken" and "invalid next_token 'garbage!'" in body["message"], body
+    assert body["error"] == "InvalidPageToken", body
+    assert "invalid next_token 'garbage!'" in body["message"], body
 
 
 # -- history, logs, execution -------------------------------------------------------------------------
@@ -555,9 +556,12 @@ def test_timeline_draws_what_a_running_execution_waits_on(server: Server) -> Non
     drawn = shown.stdout
     assert drawn.splitlines()[0].startswith(f"{id}  IN_PROGRESS")
     assert "waiting: signal approval" in drawn
-    assert "workflow" in drawn and "signal approval" in drawn and "▒" in drawn
+    assert "workflow" in drawn
+    assert "signal approval" in drawn
+    assert "▒" in drawn
     model = server.json("timeline", id)
-    assert model["status"] == "IN_PROGRESS" and model["waiting"] == ["signal approval"]
+    assert model["status"] == "IN_PROGRESS"
+    assert model["waiting"] == ["signal approval"]
     assert [(span["kind"], span["label"], span["outcome"]) for span in model["spans"]] == [
         ("workflow", "workflow approve", "running"),
         ("signal", "expect approval", "waiting"),
@@ -565,11 +569,13 @@ def test_timeline_draws_what_a_running_execution_waits_on(server: Server) -> Non
     server.ok("signal", id, "approval", "hal")
     server.wait_status(id, "SUCCEEDED")
     done = server.json("timeline", id)
-    assert done["waiting"] == [] and done["now"] is None
+    assert done["waiting"] == []
+    assert done["now"] is None
     notify = next(span for span in done["spans"] if span["kind"] == "activity")
     assert notify["details"]["result"] == f"{order} approved by hal"
     drawn = server.ok("timeline", id).stdout
-    assert "notify: succeeded" in drawn and "waiting:" not in drawn
+    assert "notify: succeeded" in drawn
+    assert "waiting:" not in drawn
 
 
 def test_timeline_html_writes_one_self_contained_page(server: Server, tmp_path: Path) -> None:
@@ -579,17 +585,22 @@ def test_timeline_html_writes_one_self_contained_page(server: Server, tmp_path: 
     said = server.ok("timeline", id, "--html", str(page)).stdout
     assert said.strip() == f"wrote the timeline of {id} (6 events) to {page}"
     text = page.read_text(encoding="utf-8")
-    assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<script" not in text
-    assert "http://" not in text and "https://" not in text
-    assert 'data-label="notify"' in text and "ActivitySucceeded" in text and "notifying ivy" in text
+    assert text.startswith("<!DOCTYPE html>")
+    assert "<svg" in text
+    assert "<script" not in text
+    assert "http://" not in text
+    assert "https://" not in text
+    assert 'data-label="notify"' in text
+    assert "ActivitySucceeded" in text
+    assert "notifying ivy" in text
     assert server.json("timeline", id, "--html", str(page)) == {"execution_id": id, "html": str(page), "events": 6}
 
 
 def test_timeline_errors_say_what_was_wrong(server: Server, tmp_path: Path) -> None:
     missing = server.cli("timeline", "approve/no-such-order")
-    assert (
-        missing.returncode == 1 and "ExecutionNotFound" in missing.stderr and "approve/no-such-order" in missing.stderr
-    )
+    assert missing.returncode == 1
+    assert "ExecutionNotFound" in missing.stderr
+    assert "approve/no-such-order" in missing.stderr
     id = approved(server, unique("te"))
     nowhere = tmp_path / "no-such-dir" / "t.html"
     unwritable = server.cli("timeline", id, "--html", str(nowhere))
@@ -597,7 +608,8 @@ def test_timeline_errors_say_what_was_wrong(server: Server, tmp_path: Path) -> N
     assert f"cannot write the timeline of {id} to {nowhere}" in unwritable.stderr
     assert "Traceback" not in unwritable.stderr + missing.stderr
     usage = server.cli("timeline")
-    assert usage.returncode == 2 and "ID" in usage.stderr
+    assert usage.returncode == 2
+    assert "ID" in usage.stderr
 
 
 # -- signal, publish, cancel --------------------------------------------------------------------------

@@ -112,13 +112,15 @@ def test_a_missed_deadline_is_retried_like_a_failure_then_settles_as_such(kind: 
         core.retry_or_settle(outcome, name="charge", seq=3, attempt=1, now=T0, policy=POLICY), core.RetryAt
     )
     decision = core.retry_or_settle(outcome, name="charge", seq=3, attempt=3, now=T0, policy=POLICY)
-    assert isinstance(decision, core.Settle) and decision.event.type == settled
+    assert isinstance(decision, core.Settle)
+    assert decision.event.type == settled
     assert decision.event.attempts == 3
 
 
 def test_non_retryable_errors_and_unretryable_outcomes_settle_at_once() -> None:
     picky = core.retry_or_settle(failure(error="ValueError"), name="charge", seq=1, attempt=1, now=T0, policy=POLICY)
-    assert isinstance(picky, core.Settle) and picky.event.attempts == 1
+    assert isinstance(picky, core.Settle)
+    assert picky.event.attempts == 1
     named = core.retry_or_settle(
         core.failed_named("ValueError", "by token"), name="charge", seq=1, attempt=1, now=T0, policy=POLICY
     )
@@ -126,12 +128,14 @@ def test_non_retryable_errors_and_unretryable_outcomes_settle_at_once() -> None:
     missing = core.retry_or_settle(
         core.not_served("charge", "worker"), name="charge", seq=1, attempt=1, now=T0, policy=POLICY
     )
-    assert isinstance(missing, core.Settle) and missing.event.error == "ActivityNotFound"  # type: ignore[union-attr]
+    assert isinstance(missing, core.Settle)
+    assert missing.event.error == "ActivityNotFound"
 
 
 def test_success_and_waiting_need_no_policy_but_a_failure_does() -> None:
     done = core.retry_or_settle(core.succeeded(41), name="charge", seq=2, attempt=2, now=T0, policy=None)
-    assert isinstance(done, core.Settle) and (done.event.result, done.event.attempts) == (41, 2)  # type: ignore[union-attr]
+    assert isinstance(done, core.Settle)
+    assert (done.event.result, done.event.attempts) == (41, 2)
     assert isinstance(
         core.retry_or_settle(core.waiting(print), name="charge", seq=2, attempt=1, now=T0, policy=None), core.AwaitToken
     )
@@ -148,7 +152,8 @@ def test_the_core_writes_the_note_of_a_retried_and_of_a_waiting_attempt() -> Non
         "charge", 3, 1, "ConnectionError", "down", T0 + timedelta(seconds=2), timedelta(seconds=2)
     )
     read = read_note(T0, "charge", retry.note)
-    assert read is not None and (read.kind, read.seq, read.attempt, read.error, read.message, read.due) == (
+    assert read is not None
+    assert (read.kind, read.seq, read.attempt, read.error, read.message, read.due) == (
         "retry",
         3,
         1,
@@ -160,12 +165,14 @@ def test_the_core_writes_the_note_of_a_retried_and_of_a_waiting_attempt() -> Non
     assert isinstance(waiting, core.AwaitToken)
     assert waiting.note == async_note("charge", 4, 2)
     read = read_note(T0, "charge", waiting.note)
-    assert read is not None and (read.kind, read.seq, read.attempt) == ("async", 4, 2)
+    assert read is not None
+    assert (read.kind, read.seq, read.attempt) == ("async", 4, 2)
     # a timeout that is retried says so
     expired = core.retry_or_settle(
         core.expired(core.Outcome.TIMED_OUT, 1, OPTIONS), name="charge", seq=3, attempt=1, now=T0, policy=POLICY
     )
-    assert isinstance(expired, core.RetryAt) and "failed: Timeout: attempt 1 exceeded its timeout" in expired.note
+    assert isinstance(expired, core.RetryAt)
+    assert "failed: Timeout: attempt 1 exceeded its timeout" in expired.note
 
 
 def test_which_deadline_an_attempt_missed() -> None:
@@ -176,7 +183,8 @@ def test_which_deadline_an_attempt_missed() -> None:
         core.Outcome.HEARTBEAT_MISSED
     )
     beaten = core.heartbeat_at(deadlines, OPTIONS, T0 + timedelta(seconds=28))
-    assert beaten.heartbeat == T0 + timedelta(seconds=33) and beaten.next == beaten.deadline
+    assert beaten.heartbeat == T0 + timedelta(seconds=33)
+    assert beaten.next == beaten.deadline
     # both passed: the one that passed first counts
     assert core.missed_deadline(beaten.deadline, beaten.heartbeat, T0 + timedelta(seconds=40)) is core.Outcome.TIMED_OUT
     assert core.missed_deadline(30.0, 29.0, 40.0) is core.Outcome.HEARTBEAT_MISSED  # seconds work the same

@@ -15,13 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 import eventual_nb as ev
+from tests.server_support import wait_until_serving
 
 FIXTURE = Path(__file__).parent / "fixtures" / "crash_service.py"
 EXECUTIONS = 50
@@ -46,18 +45,8 @@ def _start_server(port: int, db: Path, effects: Path, log: Path) -> subprocess.P
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/_eventual/health", timeout=0.5).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"server did not come up:\n{log.read_text()}")
+    wait_until_serving(process, f"http://127.0.0.1:{port}", log)
+    return process
 
 
 @pytest.mark.timeout(300)
@@ -78,7 +67,8 @@ async def test_sigkill_three_times_loses_nothing_and_invents_nothing(tmp_path: P
         for fraction in (0.1, 0.4, 0.7):
             # kill while work is certainly in flight: after a random share of the side effects happened
             threshold = int(total * chaos.uniform(fraction, fraction + 0.2))
-            while _ends(effects) < threshold:
+            # the server process writes the side effects: a file to poll, no event to await
+            while _ends(effects) < threshold:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             server.send_signal(signal.SIGKILL)
             server.wait()

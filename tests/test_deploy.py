@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from eventual_nb.runtime.aws.schedules import scheduler_name
 from tests import aws_support
 from tests.aws_support import REGION, require_local, reset_moto
 from tests.test_handlers_bundle import NOT_ON_LAMBDA, http_event, lambda_python
@@ -124,9 +124,9 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def moto(moto_endpoint: str) -> Iterator[str]:
+def moto(moto_endpoint: str) -> str:
     reset_moto(moto_endpoint)
-    yield moto_endpoint
+    return moto_endpoint
 
 
 # ---------------------------------------------------------------------------------------- the container
@@ -253,7 +253,25 @@ def test_an_exported_service_deploys_runs_a_workflow_and_is_destroyed(
     variables = function_environment(moto, STACK)
     assert len(variables["EVENTUAL_SIGNING_KEY"]) >= 32
     assert variables["EVENTUAL_SERVICE"] == "deploy-sample"
-    client(moto, "scheduler").get_schedule_group(Name=f"{STACK}-timers")
+    scheduler = client(moto, "scheduler")
+    scheduler.get_schedule_group(Name=f"{STACK}-timers")
+    # the notebook's `%%workflow --schedule` is an EventBridge schedule, made in the emulator from the template
+    nightly = scheduler.get_schedule(Name=scheduler_name("nightly"), GroupName=f"{STACK}-timers")
+    assert (nightly["ScheduleExpression"], nightly["ScheduleExpressionTimezone"], nightly["State"]) == (
+        "cron(0 6 * * ? *)",
+        "Europe/Paris",
+        "ENABLED",
+    )
+    forwarder = next(
+        item["PhysicalResourceId"]
+        for item in cloudformation.describe_stack_resources(StackName=STACK)["StackResources"]
+        if item.get("LogicalResourceId") == "ScheduleForwarderFunction"
+    )
+    assert nightly["Target"]["Arn"].endswith(f":function:{forwarder}")
+    assert json.loads(nightly["Target"]["Input"]) == {
+        "eventual_schedule": "nightly",
+        "scheduled_time": "<aws.scheduler.scheduled-time>",
+    }
 
     # the deployed code runs: start through the API, the harness drives the functions, read it back
     start = http_event(
@@ -268,7 +286,8 @@ def test_an_exported_service_deploys_runs_a_workflow_and_is_destroyed(
     assert ran["python"] == [3, 12]
     assert ran["started"]["statusCode"] == 202, ran["started"]
     assert body_of(ran["started"]) == {"execution_id": "welcome/ada"}
-    assert "orchestrator" in ran["invocations"] and "activity" in ran["invocations"], ran["invocations"]
+    assert "orchestrator" in ran["invocations"], ran["invocations"]
+    assert "activity" in ran["invocations"], ran["invocations"]
     assert ran["execution"]["statusCode"] == 200, ran["execution"]
     execution = body_of(ran["execution"])
     assert execution["status"] == "SUCCEEDED", execution
@@ -341,8 +360,10 @@ def test_a_bad_stack_name_is_refused_before_anything_is_created(export_dir: Path
     for name, says in (("1stack", "is not a CloudFormation stack name"), ("s" * 60, "at most")):
         proc = deploy_cli(export_dir, moto, stack=name)
         assert proc.returncode == 1, proc.stderr
-        assert says in proc.stderr and "Traceback" not in proc.stderr
-    assert stack_names(moto) == [] and bucket_names(moto) == []
+        assert says in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert stack_names(moto) == []
+    assert bucket_names(moto) == []
 
 
 def test_an_export_without_its_zip_says_how_to_build_it(export_dir: Path, moto: str, tmp_path: Path) -> None:
@@ -365,7 +386,8 @@ def test_an_export_without_its_zip_says_how_to_build_it(export_dir: Path, moto: 
     proc = deploy_cli(tmp_path / "nowhere", moto)
     assert proc.returncode == 1
     assert "is not a directory" in proc.stderr
-    assert stack_names(moto) == [] and bucket_names(moto) == []
+    assert stack_names(moto) == []
+    assert bucket_names(moto) == []
 
 
 def test_missing_region_or_credentials_are_clear_errors(export_dir: Path, moto: str) -> None:
@@ -385,7 +407,8 @@ def test_missing_region_or_credentials_are_clear_errors(export_dir: Path, moto: 
         assert proc.returncode == 1, argv
         assert "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in proc.stderr
         assert "Traceback" not in proc.stderr
-    assert stack_names(moto) == [] and bucket_names(moto) == []
+    assert stack_names(moto) == []
+    assert bucket_names(moto) == []
 
 
 def test_a_stack_operation_that_fails_exits_1_with_the_reason(export_dir: Path, moto: str, tmp_path: Path) -> None:
@@ -407,7 +430,8 @@ def test_a_stack_operation_that_fails_exits_1_with_the_reason(export_dir: Path, 
 
     proc = deploy_cli(export_dir, "http://127.0.0.1:1")
     assert proc.returncode == 1
-    assert "cannot reach AWS" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot reach AWS" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def previous_layout_export(export_dir: Path, into: Path) -> Path:
@@ -434,7 +458,8 @@ async def test_a_stack_deployed_with_the_previous_history_layout_is_refused_with
     proc = deploy_cli(export_dir, moto, "--json")
     assert proc.returncode == 1, proc.stderr
     assert f"stack '{STACK}' was deployed with an earlier layout (one item per history event" in proc.stderr
-    assert "redeploy the service with this version" in proc.stderr and "eventual-nb destroy" in proc.stderr
+    assert "redeploy the service with this version" in proc.stderr
+    assert "eventual-nb destroy" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout)["error"] == "DeployError"
     assert "EVENTUAL_HISTORY_LAYOUT" not in function_environment(moto, STACK)  # nothing was changed

@@ -91,7 +91,8 @@ def test_durations_longer_than_100_years_are_refused_naming_value_and_limit(long
     with pytest.raises(ev.EventualError) as info:
         ev.parse_duration(long, what="sleep duration")  # type: ignore[arg-type]
     message = str(info.value)
-    assert "sleep duration" in message and "100 years (36525 days)" in message, message
+    assert "sleep duration" in message, message
+    assert "100 years (36525 days)" in message, message
     shown = repr(long) if not isinstance(long, timedelta) else durations.format_duration(long)
     assert shown[:50] in message, message
 
@@ -104,7 +105,8 @@ def test_the_longest_duration_is_accepted() -> None:
 def test_nan_and_infinite_durations_are_not_finite_rather_than_negative(value: object) -> None:
     with pytest.raises(ev.EventualError) as info:
         ev.parse_duration(value, what="timeout")  # type: ignore[arg-type]
-    assert "finite" in str(info.value) and "negative" not in str(info.value), str(info.value)
+    assert "finite" in str(info.value), str(info.value)
+    assert "negative" not in str(info.value), str(info.value)
 
 
 def test_a_deadline_past_the_latest_storable_one_is_refused_naming_it() -> None:
@@ -114,7 +116,8 @@ def test_a_deadline_past_the_latest_storable_one_is_refused_naming_it() -> None:
         durations.deadline_after(late, "3650d", what="expect timeout")
     message = str(info.value)
     assert "expect timeout '3650d'" in message
-    assert "9990-01-01T00:00:00+00:00 + 3650d" in message and "9999-01-01T00:00:00+00:00" in message, message
+    assert "9990-01-01T00:00:00+00:00 + 3650d" in message, message
+    assert "9999-01-01T00:00:00+00:00" in message, message
     naive = datetime(9990, 1, 1)
     with pytest.raises(ev.EventualError, match="falls after 9999-01-01T00:00:00"):
         durations.deadline_after(naive, "3650d")
@@ -141,7 +144,8 @@ def test_duration_fields_of_http_bodies_follow_the_same_rule() -> None:
         with pytest.raises(ValidationError) as info:
             Body.model_validate_json(text)
         (error,) = info.value.errors()
-        assert error["loc"] == ("timeout",) and expected in error["msg"], (text, error)
+        assert error["loc"] == ("timeout",), (text, error)
+        assert expected in error["msg"], (text, error)
 
 
 # ------------------------------------------------------------------------------------------ retries
@@ -225,7 +229,8 @@ def test_errors_round_trip_through_json(error: ev.EventualError) -> None:
 def test_unknown_error_name_becomes_plain_eventual_error() -> None:
     rebuilt = error_from_json({"error": "SomethingNew", "message": "hello"})
     assert type(rebuilt) is ev.EventualError
-    assert "SomethingNew" in str(rebuilt) and "hello" in str(rebuilt)
+    assert "SomethingNew" in str(rebuilt)
+    assert "hello" in str(rebuilt)
 
 
 def test_a_user_error_class_does_not_replace_the_one_the_client_rebuilds() -> None:
@@ -238,7 +243,8 @@ def test_a_user_error_class_does_not_replace_the_one_the_client_rebuilds() -> No
         pass
 
     rebuilt = error_from_json({"error": "Timeout", "message": "too slow"})
-    assert type(rebuilt) is ev.Timeout and rebuilt.message == "too slow"
+    assert type(rebuilt) is ev.Timeout
+    assert rebuilt.message == "too slow"
     assert type(error_from_json({"error": "InvalidDuration", "message": "x"})) is durations.InvalidDuration
 
     # and the user's own classes are not rebuilt at all: they come back as a plain EventualError naming them
@@ -246,7 +252,8 @@ def test_a_user_error_class_does_not_replace_the_one_the_client_rebuilds() -> No
         pass
 
     mine = error_from_json(Overdrawn("no money").to_json())
-    assert type(mine) is ev.EventualError and str(mine) == "Overdrawn: no money"
+    assert type(mine) is ev.EventualError
+    assert str(mine) == "Overdrawn: no money"
 
 
 def test_timeout_hierarchy() -> None:

@@ -709,7 +709,8 @@ def test_a_name_only_an_unexported_cell_defines_is_refused(tmp_path: Path) -> No
         ],
     )
     assert_located(error, 0, "fee", 3)  # inside a comprehension
-    assert "name 'RATE'" in error.message and "define or import it in an exported cell" in error.message
+    assert "name 'RATE'" in error.message
+    assert "define or import it in an exported cell" in error.message
     assert "Also undefined: 'OFFSET' (cell index 1 (id 'helper'), line 2)" in error.message
 
     notebook = write_notebook(
@@ -802,12 +803,14 @@ def test_cli_export(orders: Path, tmp_path: Path) -> None:
     (other / "README").write_text("not an export")
     proc = cli("export", str(orders), "-o", str(other), "--json")
     assert proc.returncode == 1
-    assert "error: ExportError:" in proc.stderr and "--force" in proc.stderr
+    assert "error: ExportError:" in proc.stderr
+    assert "--force" in proc.stderr
     assert json.loads(proc.stdout)["error"] == "ExportError"
     assert "Traceback" not in proc.stderr
     proc = cli("export", str(orders), "-o", str(other), "--force")
     assert proc.returncode == 0, proc.stderr
-    assert (other / "README").is_file() and (other / "eventual.json").is_file()
+    assert (other / "README").is_file()
+    assert (other / "eventual.json").is_file()
 
     broken = write_notebook(tmp_path / "broken.ipynb", [C("%%workflow\nasync def w(:\n    pass", "bad")])
     proc = cli("export", str(broken), "-o", str(tmp_path / "never"), "--json")

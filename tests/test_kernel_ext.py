@@ -134,9 +134,12 @@ def test_a_notebook_using_every_magic_and_verb(tmp_path: Path) -> None:
     ):
         assert event_type in history
     timeline = html_of(c[16])
-    assert "<svg" in timeline and "History" in timeline and "Logs" in timeline
+    assert "<svg" in timeline
+    assert "History" in timeline
+    assert "Logs" in timeline
     bars = {(item.kind, item.label, item.outcome) for item in svg_support.bars(timeline)}
-    assert ("activity", "double", "succeeded") in bars and ("workflow", "workflow order", "succeeded") in bars, bars
+    assert ("activity", "double", "succeeded") in bars, bars
+    assert ("workflow", "workflow order", "succeeded") in bars, bars
     assert "doubling 21" in timeline  # the logs
     assert "[double] doubling 21" in text_of(c[17])
     assert "stopped the server and the runtime" in text_of(c[18])
@@ -204,7 +207,8 @@ def test_the_inline_flag_defines_an_inline_activity_or_says_why_it_cannot(tmp_pa
     c = nb.cells
     assert "activity 'quick'" in text_of(c[1])
     assert text_of(c[2]).strip() == "True 5.0"
-    assert error_of(c[3]) is not None and "at most 50 s fit" in error_of(c[3])["evalue"]
+    assert error_of(c[3]) is not None
+    assert "at most 50 s fit" in error_of(c[3])["evalue"]
     assert text_of(c[5]).strip() == "False None"  # `slow` is the cell's plain function, not an activity
 
 
@@ -223,10 +227,12 @@ def test_workflow_code_reading_the_clock_or_randomness_is_warned_about_under_the
     c = nb.cells
     stamped, rolled = text_of(c[1], "stderr"), text_of(c[2], "stderr")
     assert "UserWarning: workflow 'stamped' calls datetime.now() at " in stamped, stamped
-    assert "use ev.now() instead" in stamped and "return datetime.now().isoformat()" in stamped, stamped
+    assert "use ev.now() instead" in stamped, stamped
+    assert "return datetime.now().isoformat()" in stamped, stamped
     assert re.search(r"\.py:3: UserWarning", stamped), stamped  # the magic's line 1 is `%%workflow`
     assert "UserWarning: workflow 'rolled' calls random.randint() at " in rolled, rolled
-    assert "use ev.random() instead" in rolled and re.search(r"\.py:4: UserWarning", rolled), rolled
+    assert "use ev.random() instead" in rolled, rolled
+    assert re.search(r"\.py:4: UserWarning", rolled), rolled
     assert "Warning" not in text_of(c[3], "stderr")
     assert all(error_of(cell) is None for cell in c)
 
@@ -241,13 +247,16 @@ def test_an_exception_in_a_magic_body_points_at_the_notebook_cell_and_line(tmp_p
         tmp_path,
     )
     error = error_of(nb.cells[1])
-    assert error is not None and error.ename == "ValueError" and error.evalue == "boom in the body"
+    assert error is not None
+    assert error.ename == "ValueError"
+    assert error.evalue == "boom in the body"
     traceback = plain("\n".join(error.traceback))
     assert re.search(r"Cell In\[2\], line 5", traceback), traceback
     assert "raise ValueError('boom in the body')" in traceback
     assert "kernel_ext" not in traceback  # the extension's frames are hidden
     syntax = error_of(nb.cells[2])
-    assert syntax is not None and syntax.ename == "SyntaxError"
+    assert syntax is not None
+    assert syntax.ename == "SyntaxError"
     assert "line 3" in plain("\n".join(syntax.traceback))
 
 
@@ -312,7 +321,8 @@ def test_the_eventual_kernelspec_loads_the_extension_at_start(tmp_path: Path) ->
     prefix = tmp_path / "prefix"
     installed = install_kernelspec(prefix=prefix)
     spec = json.loads((installed / "kernel.json").read_text())
-    assert spec["display_name"] == "Eventual (Python 3)" and "--ext" in spec["argv"]
+    assert spec["display_name"] == "Eventual (Python 3)"
+    assert "--ext" in spec["argv"]
     assert installed.name == "eventual"
     nb = run_notebook(
         ["%eventual service from-kernelspec\nprint(type(ev.current_runtime()).__name__)"],
@@ -427,7 +437,8 @@ def test_handles_and_widgets_follow_a_rerun_of_runtime_local_and_say_plainly_whe
         "try:\n    await h.result()\nexcept ev.EventualError as exc:\n    print(type(exc).__name__, exc)"
     )
     assert "belongs to the runtime replaced by `%eventual runtime test`" in said, said
-    assert "Traceback" not in said and "not running" not in said, said
+    assert "Traceback" not in said, said
+    assert "not running" not in said, said
     session.execute("%eventual runtime local")  # back on the same database: the handle follows again
     assert session.run("print((await h.status()).status.value)").strip() == "SUCCEEDED"
 
@@ -459,7 +470,8 @@ def test_the_getting_started_notebook_runs_on_the_eventual_kernel(tmp_path: Path
         assert "Error" not in text_of(cell, "stderr"), (cell.source, text_of(cell, "stderr"))
     assert any("Hello, Ada! (approved by a cell)" in text for text in outputs), outputs
     served = [text for text in outputs if "serving http://127.0.0.1:" in text]
-    assert served and "'execution_id': 'greet/" in served[0], outputs  # the route answered over HTTP
+    assert served, outputs
+    assert "'execution_id': 'greet/" in served[0], outputs  # the route answered over HTTP
     assert (work / ".eventual" / "greetings.db").exists()
     manifest = json.loads((tmp_path / "build" / "greetings" / "eventual.json").read_text())
     assert manifest["name"] == "greetings"
@@ -485,7 +497,8 @@ def test_executions_progress_while_a_cell_blocks(session: KernelSession) -> None
         and m["content"]["data"].get("state", {}).get("value", "").count("ActivitySucceeded") == 3
     ]
     woke = [m for m in session.snapshot() if m["msg_type"] == "stream" and "woke" in m["content"].get("text", "")]
-    assert finished and woke
+    assert finished
+    assert woke
     assert finished[0]["header"]["date"] < woke[0]["header"]["date"], "the timeline moved while the cell slept"
 
 

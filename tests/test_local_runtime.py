@@ -621,7 +621,8 @@ async def test_activity_success_is_one_scheduled_and_one_succeeded(rig: Rig) -> 
     seq = first(history, "ActivityScheduled").seq
     assert by_seq(history, seq) == ["ActivityScheduled", "ActivitySucceeded"]
     assert first(history, "ActivitySucceeded").attempts == 1
-    assert types_of(history)[0] == "WorkflowStarted" and types_of(history)[-1] == "WorkflowSucceeded"
+    assert types_of(history)[0] == "WorkflowStarted"
+    assert types_of(history)[-1] == "WorkflowSucceeded"
 
 
 async def test_retries_with_backoff_record_attempts_once(rig: Rig) -> None:
@@ -653,6 +654,70 @@ async def test_an_inline_activity_retries_and_times_out_like_any_other(rig: Rig)
     assert first(history, "ActivitySucceeded").attempts == 3
     assert by_seq(history, slow_seq) == ["ActivityScheduled", "ActivityTimedOut"]
     assert INLINE_KEYS[handle.id] == [f"{handle.id}/{flaky_seq}"] * 3
+
+
+#: the payloads below are over the AWS limits (`eventual_nb.runtime.core.limits`): 350 KB of input, 250 KB else
+BIG_INPUT = 360_000
+BIG_PAYLOAD = 300_000
+lr_bulk = ev.signal("lr_bulk")
+
+
+class LrBulky(ev.Event):
+    pad: str
+
+
+@ev.activity
+async def lr_bulky(size: int) -> str:
+    return "x" * size
+
+
+@ev.workflow
+async def lr_payloads(request: dict[str, Any]) -> dict[str, Any]:
+    """A signal's payload, then an activity's result, either of which may be too large for AWS."""
+    payload = await lr_bulk.expect()
+    try:
+        result = await lr_bulky(request["size"])
+    except ev.ActivityFailed as exc:
+        return {"signal": len(payload), "failed": exc.error, "message": exc.message}
+    return {"signal": len(payload), "result": len(result)}
+
+
+async def test_payloads_too_large_for_aws_are_refused_there_and_warned_about_elsewhere(rig: Rig) -> None:
+    """On AWS a workflow input, a signal payload and an event over their service's limit are refused on the call
+    (`PayloadTooLarge`, nothing recorded), and an activity result over it fails the call, never retried, naming
+    the limit and the way out. The TestEnvironment and the LocalRuntime accept them all and write a warning in
+    the execution's logs, so a notebook that passes locally does not fail only after deploy."""
+    big = {"pad": "y" * BIG_INPUT, "size": BIG_PAYLOAD}
+    if rig.kind == "aws":
+        with pytest.raises(ev.PayloadTooLarge, match=r"the input of execution .* 358,400 bytes"):
+            await lr_payloads.start(big, name="too-big")
+        with pytest.raises(ev.ExecutionNotFound):
+            await rig.rt.get_execution("lr_payloads/too-big")  # nothing was recorded
+        with pytest.raises(ev.PayloadTooLarge, match=r"event 'LrBulky' is 300,\d+ bytes .*EventBridge entry"):
+            await rig.rt.publish_events(LrBulky(pad="e" * BIG_PAYLOAD))
+        handle = await lr_payloads.start({"pad": "", "size": BIG_PAYLOAD})
+        with pytest.raises(ev.PayloadTooLarge, match=r"the payload of signal 'lr_bulk' .* SQS message"):
+            await handle.signal(lr_bulk, "s" * BIG_PAYLOAD)
+        await handle.signal(lr_bulk, "s")
+        outcome = await rig.finish(handle)
+        assert outcome["signal"] == 1
+        assert outcome["failed"] == "PayloadTooLarge"
+        assert "the result of activity 'lr_bulky' (seq 0)" in outcome["message"]
+        assert "holds at most 256,000 bytes" in outcome["message"]
+        assert "make the activity inline" in outcome["message"]
+        (failed,) = [event for event in await handle.history() if event.type == "ActivityFailed"]
+        assert failed.attempts == 1
+        return
+    handle = await lr_payloads.start(big)
+    await handle.signal(lr_bulk, "s" * BIG_PAYLOAD)
+    assert await rig.finish(handle) == {"signal": BIG_PAYLOAD, "result": BIG_PAYLOAD}
+    warnings = [entry.message for entry in await handle.logs() if entry.source == "runtime"]
+    assert [line.split(" is ")[0] for line in warnings] == [
+        f"warning: would not fit on AWS: the input of execution '{handle.id}'",
+        f"warning: would not fit on AWS: the payload of signal 'lr_bulk' to '{handle.id}'",
+        f"warning: would not fit on AWS: the result of activity 'lr_bulky' (seq 0) of '{handle.id}'",
+    ]
+    assert all('see "Service limits" in the README' in line for line in warnings)
 
 
 async def test_running_out_of_attempts_reports_the_last_error(rig: Rig) -> None:
@@ -910,7 +975,8 @@ async def test_a_start_timeout_too_long_to_store_is_refused_and_records_nothing(
     ]:
         with pytest.raises(ev.EventualError) as info:
             await lr_sleepy_child.start(timeout=timeout)
-        assert named in str(info.value) and "timeout" in str(info.value), str(info.value)
+        assert named in str(info.value), str(info.value)
+        assert "timeout" in str(info.value), str(info.value)
     page = await rig.rt.list_executions(workflow=lr_sleepy_child.name)
     assert page.executions == []
 
@@ -1062,7 +1128,8 @@ async def test_child_success_and_caught_child_failure(rig: Rig) -> None:
     )
     assert (failed_child.status, failed_child.error) == (ev.ExecutionStatus.FAILED, "ValueError")
     history = await handle.history()
-    assert "ChildWorkflowSucceeded" in types_of(history) and "ChildWorkflowFailed" in types_of(history)
+    assert "ChildWorkflowSucceeded" in types_of(history)
+    assert "ChildWorkflowFailed" in types_of(history)
 
 
 async def test_uncaught_child_failure_fails_the_parent(rig: Rig) -> None:
@@ -1138,7 +1205,8 @@ async def test_cancel_runs_durable_compensation_then_ends_cancelled(rig: Rig) ->
     kinds = types_of(history)
     cancel_at = kinds.index("CancelRequested")
     released = [i for i, e in enumerate(history) if e.type == "ActivityScheduled" and e.name == "lr_release_seat"]
-    assert len(released) == 1 and released[0] > cancel_at
+    assert len(released) == 1
+    assert released[0] > cancel_at
     assert by_seq(history, history[released[0]].seq) == ["ActivityScheduled", "ActivitySucceeded"]
     assert kinds[-1] == "WorkflowCancelled"
     assert "TimerCompleted" not in kinds
@@ -1152,11 +1220,13 @@ async def test_cancel_runs_durable_compensation_then_ends_cancelled(rig: Rig) ->
 async def test_idempotent_start(rig: Rig) -> None:
     waiting = await lr_wait_approval.start(name="once")
     again = await lr_wait_approval.start(name="once")
-    assert again.already_running and again.id == waiting.id == "lr_wait_approval/once"
+    assert again.already_running
+    assert again.id == waiting.id == "lr_wait_approval/once"
     first_run = await lr_double.start(3, name="same")
     assert await rig.finish(first_run) == 6
     after = await lr_double.start(3, name="same")
-    assert after.already_running and after.id == first_run.id
+    assert after.already_running
+    assert after.id == first_run.id
     with pytest.raises(ev.ExecutionAlreadyExists) as info:
         await lr_double.start(4, name="same")
     assert "lr_double/same" in str(info.value)
@@ -1276,16 +1346,20 @@ async def test_get_execution_fields(rig: Rig) -> None:
         "lr_wait_approval",
         ev.ExecutionStatus.IN_PROGRESS,
     )
-    assert running.result is None and running.end_time is None and running.parent is None
+    assert running.result is None
+    assert running.end_time is None
+    assert running.parent is None
     assert before <= running.start_time <= after
     await handle.signal(lr_approval, {"ok": True})
     assert await rig.finish(handle) == {"type": "Approval", "ok": True}
     done = await rig.rt.get_execution(handle.id)
     assert done.status == ev.ExecutionStatus.SUCCEEDED
     assert done.result == {"type": "Approval", "ok": True}
-    assert done.error is None and done.message is None
+    assert done.error is None
+    assert done.message is None
     assert done.start_time == running.start_time
-    assert done.end_time is not None and done.end_time >= done.start_time
+    assert done.end_time is not None
+    assert done.end_time >= done.start_time
     assert await handle.status() == done
 
     failed = await rig.rt.start_execution(lr_broken, None)
@@ -1417,7 +1491,8 @@ async def test_restart_continues_a_sleeping_execution_from_its_history(tmp_path:
     async with local_runtime(path) as rt:
         assert (await rt.get_execution(handle.id)).status == ev.ExecutionStatus.IN_PROGRESS
         result = await rt.wait_for_execution(handle.id, WAIT)
-        assert result.status == ev.ExecutionStatus.SUCCEEDED and result.result == 50
+        assert result.status == ev.ExecutionStatus.SUCCEEDED
+        assert result.result == 50
         assert rt.replays == 1  # rebuilt once from history, then kept in memory
         history = await rt.get_execution_history(handle.id)
         assert types_of(history) == [
@@ -1431,7 +1506,8 @@ async def test_restart_continues_a_sleeping_execution_from_its_history(tmp_path:
             "WorkflowSucceeded",
         ]
         assert_each_step_once(history)
-    assert ATTEMPTS[f"a:{handle.id}"] == 1 and ATTEMPTS[f"b:{handle.id}"] == 1
+    assert ATTEMPTS[f"a:{handle.id}"] == 1
+    assert ATTEMPTS[f"b:{handle.id}"] == 1
 
 
 async def _has(rt: Any, execution_id: str, event_type: str) -> bool:
@@ -1661,7 +1737,8 @@ async def test_changed_code_blocks_the_execution_until_a_compatible_definition_r
         assert isinstance(rt.blocked()[handle.id], ev.DeterminismError)
         assert (await rt.get_execution(handle.id)).status == ev.ExecutionStatus.IN_PROGRESS
         logs = [entry for entry in await rt.get_execution_logs(handle.id) if entry.source == "runtime"]
-        assert len(logs) == 1 and "cannot continue" in logs[0].message
+        assert len(logs) == 1
+        assert "cannot continue" in logs[0].message
 
         @ev.workflow(name="lr_changing")
         async def lr_changing_v3() -> str:

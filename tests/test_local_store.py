@@ -98,7 +98,8 @@ async def test_a_new_database_has_the_current_schema_version(tmp_path: Path) -> 
     assert user_version(path) == SCHEMA_VERSION
     [(execution_id, key, payload)] = timer_rows(path)
     assert (execution_id, key) == ("naps/fresh", "0")
-    assert payload is not None and '"type":"TimerCompleted"' in payload
+    assert payload is not None
+    assert '"type":"TimerCompleted"' in payload
     async with ev.LocalRuntime(path, service=SERVICE):  # opening it again changes nothing
         assert user_version(path) == SCHEMA_VERSION
 
@@ -113,7 +114,8 @@ async def test_a_database_of_a_later_release_is_refused_and_left_alone(tmp_path:
         async with ev.LocalRuntime(path, service=SERVICE):
             pass
     message = str(info.value)
-    assert str(path) in message and f"schema version {SCHEMA_VERSION + 1}" in message
+    assert str(path) in message
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
     assert f"versions up to {SCHEMA_VERSION}" in message
     assert user_version(path) == SCHEMA_VERSION + 1
     with contextlib.closing(sqlite3.connect(path)) as connection:  # nor did it keep the file locked

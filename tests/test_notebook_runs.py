@@ -75,13 +75,15 @@ def test_a_failing_cell_fails_the_run_and_is_reported_with_index_source_and_trac
     assert failure.get("message") == "AssertionError: overdrawn: -50"
     assert failure.text is not None
     assert failure.text.startswith("cell 5, In [5]: AssertionError: overdrawn: -50")
-    assert BROKEN_CELL_SOURCE in failure.text and "Cell In[5], line 2" in failure.text
+    assert BROKEN_CELL_SOURCE in failure.text
+    assert "Cell In[5], line 2" in failure.text
     assert cases["tests/fixtures/notebooks/passing.ipynb"].find("failure") is None
     root = ET.parse(junit).getroot()
     assert (root.get("tests"), root.get("failures")) == ("2", "1")
 
     # The executed notebooks went to --output-dir, the inputs are untouched and no database landed beside them.
-    assert (tmp_path / "broken.ipynb").is_file() and (tmp_path / "passing.ipynb").is_file()
+    assert (tmp_path / "broken.ipynb").is_file()
+    assert (tmp_path / "passing.ipynb").is_file()
     assert not (FIXTURES / ".eventual").exists()
 
 
@@ -142,14 +144,17 @@ def test_usage_errors_and_timeouts_name_their_cell(tmp_path: Path) -> None:
     assert "0 passed, 2 failed" in out
     assert "cell 1, In [2]: CellExecutionError: UsageError:" in out
     assert "%eventual runtime nowhere" in out
-    assert "cell 2" in out and "CellTimeoutError: A cell timed out" in out
+    assert "cell 2" in out
+    assert "CellTimeoutError: A cell timed out" in out
     assert "time.sleep(60)" in out
 
     cases = {Path(file).name: case for file, case in junit_cases(junit).items()}
     bad = cases["bad_magic.ipynb"].find("failure")
-    assert bad is not None and (bad.get("message") or "").startswith("CellExecutionError: UsageError:")
+    assert bad is not None
+    assert (bad.get("message") or "").startswith("CellExecutionError: UsageError:")
     slow = cases["slow.ipynb"].find("failure")
-    assert slow is not None and slow.get("type") == "CellTimeoutError"
+    assert slow is not None
+    assert slow.get("type") == "CellTimeoutError"
 
 
 def test_parameter_values_parse_as_papermills_command_line() -> None:
@@ -240,7 +245,8 @@ def test_binder_environment_from_scratch_runs_getting_started(tmp_path: Path) ->
     binder = ROOT / "binder"
     assert (binder / "runtime.txt").read_text().strip() == "python-3.12"
     requirements = (binder / "requirements.txt").read_text()
-    assert "ipykernel>=7.4" in requirements and "ipywidgets>=8.1.9" in requirements
+    assert "ipykernel>=7.4" in requirements
+    assert "ipywidgets>=8.1.9" in requirements
 
     repo = repository_copy(tmp_path / "repo")
     home = tmp_path / "home"

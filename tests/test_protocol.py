@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -156,7 +157,8 @@ async def test_start_execution_by_object_and_by_name() -> None:
 async def test_start_execution_without_name_or_input() -> None:
     async with make_env() as env:
         handle = await env.start_execution("broken")
-        assert handle.id.startswith("broken/") and len(handle.id) > len("broken/")
+        assert handle.id.startswith("broken/")
+        assert len(handle.id) > len("broken/")
         with pytest.raises(ev.ExecutionFailed) as info:
             await handle.result()
         assert (info.value.error, info.value.message) == ("LookupError", "nothing here")
@@ -231,14 +233,17 @@ async def test_get_execution_fields() -> None:
         assert running.status == ev.ExecutionStatus.IN_PROGRESS
         assert (running.id, running.workflow) == ("greet/fields", "greet")
         assert running.input == {"name": "ada", "excited": False}
-        assert running.result is None and running.end_time is None and running.parent is None
+        assert running.result is None
+        assert running.end_time is None
+        assert running.parent is None
         assert running.start_time == T0
         await env.advance("5m")
         await handle.result()
         done = await env.get_execution(handle.id)
         assert done.status == ev.ExecutionStatus.SUCCEEDED
         assert done.result == "HELLO ADA"
-        assert done.error is None and done.message is None
+        assert done.error is None
+        assert done.message is None
         assert done.end_time == T0  # advance() ran what was due now before moving the clock
         assert await handle.status() == done
 
@@ -328,7 +333,8 @@ async def test_get_execution_history_is_the_whole_history_oldest_first() -> None
             "ActivitySucceeded",
             "WorkflowSucceeded",
         ]
-        assert history[0].workflow == "greet" and history[0].seq is None
+        assert history[0].workflow == "greet"
+        assert history[0].seq is None
         assert (history[1].seq, history[1].name, history[1].input) == (0, "shout", {"text": "hello h"})
         assert history[2].result == "HELLO H"
         assert [e.timestamp for e in history] == sorted(e.timestamp for e in history)
@@ -438,13 +444,15 @@ async def test_send_activity_success_and_heartbeat() -> None:
         assert len(TOKENS) == 1
         token = TOKENS[0]
         beat = await env.send_activity_heartbeat(token)
-        assert isinstance(beat, ev.HeartbeatResponse) and beat.cancelled is False
+        assert isinstance(beat, ev.HeartbeatResponse)
+        assert beat.cancelled is False
         await env.advance("3h")
         await env.send_activity_success(token, "shipped")
         assert await handle.result() == {"result": "shipped"}
         history = await handle.history()
         done = [e for e in history if e.type == "ActivitySucceeded"]
-        assert len(done) == 1 and done[0].result == "shipped"
+        assert len(done) == 1
+        assert done[0].result == "shipped"
         assert done[0].timestamp == T0 + timedelta(hours=3)
         # the token is spent
         with pytest.raises(ev.EventualError):
@@ -504,6 +512,29 @@ async def test_unknown_execution_ids_raise_execution_not_found(call: Any) -> Non
         assert info.value.execution_id == "greet/nope"
 
 
+# ------------------------------------------------------------------------------------------ the declaration
+
+
+def _implementations() -> list[type]:
+    from eventual_nb.aws import AwsRuntime
+    from eventual_nb.client import ServiceClient
+
+    return [ev.testing.TestEnvironment, ev.LocalRuntime, AwsRuntime, ServiceClient]
+
+
+@pytest.mark.parametrize("implementation", _implementations(), ids=lambda cls: cls.__name__)
+def test_every_runtime_and_the_client_declare_the_one_protocol(implementation: type) -> None:
+    """Each names `ServiceClientProtocol` as a base (what makes mypy check its signatures against the one
+    declaration) and defines every method of it: none falls through to the protocol's bodiless stub."""
+    protocol = runtime_base.ServiceClientProtocol
+    assert protocol in implementation.__mro__
+    methods = [name for name, member in vars(protocol).items() if inspect.iscoroutinefunction(member)]
+    assert "wait_for_execution" in methods  # what `ExecutionHandle.result()` calls on every runtime and client
+    assert set(methods) <= set(runtime_base.HOME_LOOP_METHODS)
+    for name in methods:
+        assert getattr(implementation, name) is not getattr(protocol, name), f"{implementation.__name__}.{name}"
+
+
 # ------------------------------------------------------------------------------------------ which runtime
 
 
@@ -538,7 +569,8 @@ async def test_starting_without_a_runtime_says_how_to_set_one() -> None:
             await greet.start(Greeting(name="nobody"))
         text = str(info.value)
         assert "no runtime" in text
-        assert "async with" in text and "TestEnvironment" in text
+        assert "async with" in text
+        assert "TestEnvironment" in text
         with pytest.raises(ev.EventualError, match="async with"):
             await greet(Greeting(name="nobody"))
     finally:

@@ -137,11 +137,14 @@ async def test_removed_call_in_a_history_cut_midway_is_a_determinism_error() -> 
     execution_id, history = await recorded_pipeline()
     cut = [event for event in history if not (event.seq == 3 and event.type != "ActivityScheduled")]
     cut = [event for event in cut if event.type != "WorkflowSucceeded"]
-    assert cut[-1].type == "ActivityScheduled" and cut[-1].name == "step_c"
+    assert cut[-1].type == "ActivityScheduled"
+    assert cut[-1].name == "step_c"
     with pytest.raises(ev.DeterminismError) as info:
         ev.testing.replay(v2_call_removed, cut, execution_id=execution_id)
     text = str(info.value)
-    assert execution_id in text and "seq 3" in text and "activity 'step_c'" in text
+    assert execution_id in text
+    assert "seq 3" in text
+    assert "activity 'step_c'" in text
 
 
 async def test_timer_replaced_by_activity_is_a_determinism_error() -> None:
@@ -190,8 +193,10 @@ async def test_redefined_workflow_diverges_on_a_cold_replay_in_the_environment()
         with pytest.raises(ev.DeterminismError) as info:
             await handle.result()
         text = str(info.value)
-        assert "evolving/in-flight" in text and "seq 0" in text
-        assert "step_a" in text and "step_c" in text
+        assert "evolving/in-flight" in text
+        assert "seq 0" in text
+        assert "step_a" in text
+        assert "step_c" in text
         assert (await handle.status()).status == ev.ExecutionStatus.IN_PROGRESS
         assert evolving_v2.name == "evolving"
 
@@ -275,7 +280,8 @@ async def test_replay_of_history_cut_midway_returns_the_next_commands() -> None:
     _, history = await recorded_pipeline()
     # up to step_b's result: the code's next durable call is the one-hour timer
     cut = history[: next(i for i, e in enumerate(history) if e.type == "ActivitySucceeded" and e.seq == 1) + 1]
-    assert [e.type for e in cut][-1] == "ActivitySucceeded" and cut[-1].seq == 1
+    assert [e.type for e in cut][-1] == "ActivitySucceeded"
+    assert cut[-1].seq == 1
     commands = ev.testing.replay(pipeline, cut)
     assert len(commands) == 1
     assert isinstance(commands[0], StartTimer)
@@ -374,4 +380,5 @@ async def test_workflow_code_cannot_swallow_a_determinism_error() -> None:
     with pytest.raises(ev.DeterminismError) as info:
         ev.testing.replay(catches_everything, history, execution_id=execution_id)
     assert info.value.seq == 1
-    assert "activity 'step_b'" in str(info.value) and "activity 'step_c'" in str(info.value)
+    assert "activity 'step_b'" in str(info.value)
+    assert "activity 'step_c'" in str(info.value)

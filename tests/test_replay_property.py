@@ -86,46 +86,14 @@ async def _run(node: list[Any], path: str, ctx: _Ctx) -> list[str]:
     if kind == "act":
         tag = f"{ctx.execution_id}|{path}{'!' if node[1] else ''}"
         out = [await _act(tag, ctx)]
-    elif kind == "waitfor":
-        try:
-            out = [await asyncio.wait_for(_act(f"{ctx.execution_id}|{path}", ctx), node[1])]
-        except TimeoutError:
-            out = [f"WT@{ev.now().isoformat()}"]
-    elif kind == "sleep":
-        if node[2]:
-            await asyncio.sleep(node[1])
-        else:
-            await ev.sleep(node[1])
-        out = [f"Z@{ev.now().isoformat()}"]
-    elif kind == "expect":
-        index, timeout = node[1], node[2]
-        try:
-            payload = await SIGNALS[index].expect(timeout=timeout)
-        except ev.Timeout:
-            payload = "timeout"
-        out = [f"S{index}:{payload}@{ev.now().isoformat()}"]
-    elif kind == "cond":
-        wanted, timeout = node[1], node[2]
-        ok = await ev.condition(lambda: ctx.counter >= wanted, timeout=timeout)
-        out = [f"C{wanted}:{ok}@{ctx.counter}"]
+    elif kind in ("waitfor", "sleep", "expect", "cond"):
+        out = [await _wait(node, path, ctx)]
     elif kind == "seq":
         out = []
         for i, sub in enumerate(node[1]):
             out.extend(await _run(sub, f"{path}.{i}", ctx))
     elif kind == "par":
-        mode, subs = node[1], node[2]
-        branches = [_run(sub, f"{path}.{i}", ctx) for i, sub in enumerate(subs)]
-        if mode == "gather":
-            parts = await asyncio.gather(*branches)
-        elif mode == "all":
-            parts = await ev.all(*branches)
-        elif mode == "taskgroup":
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(branch) for branch in branches]
-            parts = [task.result() for task in tasks]
-        else:
-            parts = [await ev.race(*branches)]
-        out = [item for part in parts for item in part]
+        out = await _par(node, path, ctx)
     elif kind == "child":
         try:
             out = [f"W[{','.join(await prop_interpret(node[1]))}]"]
@@ -135,6 +103,49 @@ async def _run(node: list[Any], path: str, ctx: _Ctx) -> list[str]:
         raise ValueError(f"unknown node {node!r}")
     print(f"{path} {kind} -> {out}")
     return out
+
+
+async def _wait(node: list[Any], path: str, ctx: _Ctx) -> str:
+    """The nodes that wait: an activity under `asyncio.wait_for`, a sleep, a signal's `expect`, a condition."""
+    kind = node[0]
+    if kind == "waitfor":
+        try:
+            return await asyncio.wait_for(_act(f"{ctx.execution_id}|{path}", ctx), node[1])
+        except TimeoutError:
+            return f"WT@{ev.now().isoformat()}"
+    if kind == "sleep":
+        if node[2]:
+            await asyncio.sleep(node[1])
+        else:
+            await ev.sleep(node[1])
+        return f"Z@{ev.now().isoformat()}"
+    if kind == "expect":
+        index, timeout = node[1], node[2]
+        try:
+            payload = await SIGNALS[index].expect(timeout=timeout)
+        except ev.Timeout:
+            payload = "timeout"
+        return f"S{index}:{payload}@{ev.now().isoformat()}"
+    wanted, timeout = node[1], node[2]
+    ok = await ev.condition(lambda: ctx.counter >= wanted, timeout=timeout)
+    return f"C{wanted}:{ok}@{ctx.counter}"
+
+
+async def _par(node: list[Any], path: str, ctx: _Ctx) -> list[str]:
+    """Branches run concurrently by `asyncio.gather`, `ev.all`, a TaskGroup or `ev.race`."""
+    mode, subs = node[1], node[2]
+    branches = [_run(sub, f"{path}.{i}", ctx) for i, sub in enumerate(subs)]
+    if mode == "gather":
+        parts = await asyncio.gather(*branches)
+    elif mode == "all":
+        parts = await ev.all(*branches)
+    elif mode == "taskgroup":
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(branch) for branch in branches]
+        parts = [task.result() for task in tasks]
+    else:
+        parts = [await ev.race(*branches)]
+    return [item for part in parts for item in part]
 
 
 @ev.workflow

@@ -1,5 +1,5 @@
 """Schedules, first phase: `@ev.schedule` (definition, checks, registration) and the storage-free rules every
-runtime will share (eventual_nb/runtime/schedule_rules.py): fire times on cron lines and intervals across
+runtime will share (eventual_nb/runtime/core/schedules.py): fire times on cron lines and intervals across
 daylight-saving changes and year boundaries, catch-up, overlap, pause/resume, trigger and deliveries.
 
 Expected instants are written out by hand from the zones' rules (Paris: CET +1 / CEST +2, changes on
@@ -24,7 +24,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import eventual_nb as ev
-from eventual_nb.runtime.schedule_rules import (
+from eventual_nb.runtime.core.schedules import (
     EPOCH,
     LATE_FIRE_GRACE,
     MAX_CATCHUP,
@@ -280,7 +280,8 @@ def test_the_zone_database_comes_from_tzdata_where_the_system_has_none(tmp_path:
     assert found["tzdata"].returncode == 0, found["tzdata"].stderr
     assert found["tzdata"].stdout.strip() == "next 2025-07-01 07:00:00+00:00"
     assert found["block"].returncode == 0, found["block"].stderr
-    assert "no IANA time zone database" in found["block"].stdout and "pip install tzdata" in found["block"].stdout
+    assert "no IANA time zone database" in found["block"].stdout
+    assert "pip install tzdata" in found["block"].stdout
 
 
 def test_longest_name_and_the_cron_grammar_users_write() -> None:
@@ -416,7 +417,8 @@ def simulate(
         )
         state = decision.state
         for start in decision.starts:
-            assert start.input == start.fire_time and start.workflow == schedule.workflow
+            assert start.input == start.fire_time
+            assert start.workflow == schedule.workflow
             started.append(start.execution_name)
             state = state.started(f"{start.workflow}/{start.execution_name}")
         assert decision.wake_at is None or decision.wake_at > wake
@@ -439,7 +441,9 @@ def test_a_week_of_weekday_reports_starts_the_expected_executions() -> None:
     assert state.last_fire == Z(2025, 4, 1, 7)
     assert state.last_execution_id == "morning_report/morning_report-20250401T070000Z"
     info = schedule_info(report, state)
-    assert info.next_fire == Z(2025, 4, 2, 7) and info.paused is False and info.skipped == 0
+    assert info.next_fire == Z(2025, 4, 2, 7)
+    assert info.paused is False
+    assert info.skipped == 0
     assert isinstance(info, ev.ScheduleInfo)
 
 
@@ -448,7 +452,8 @@ def test_a_new_schedule_has_no_missed_fires() -> None:
     hourly = cron("0 * * * *", catchup="all")
     state = ScheduleState.new(Z(2025, 1, 1, 10))
     decision = decide_due(hourly, state, Z(2025, 1, 1, 10), previous_in_progress=False, catching_up=True)
-    assert decision.starts == () and decision.wake_at == Z(2025, 1, 1, 11)
+    assert decision.starts == ()
+    assert decision.wake_at == Z(2025, 1, 1, 11)
     assert decide_due(hourly, state, Z(2025, 1, 1, 10, 59), previous_in_progress=False).starts == ()
 
 
@@ -480,7 +485,8 @@ def test_a_fire_just_before_a_restart_was_missed_too() -> None:
     hourly = cron("0 * * * *", catchup="none")
     state = ScheduleState.new(Z(2025, 1, 1, 12, 30))
     restart = decide_due(hourly, state, Z(2025, 1, 1, 13, 0, 30), previous_in_progress=False, catching_up=True)
-    assert restart.starts == () and restart.state.handled_until == Z(2025, 1, 1, 13, 0, 30)
+    assert restart.starts == ()
+    assert restart.state.handled_until == Z(2025, 1, 1, 13, 0, 30)
     running = decide_due(hourly, state, Z(2025, 1, 1, 13, 0, 30), previous_in_progress=False)
     assert [start.execution_name for start in running.starts] == ["job-20250101T130000Z"]
 
@@ -519,7 +525,8 @@ def test_overlap_skip_counts_the_fires_it_skips_and_allow_starts_them() -> None:
     skipping = cron("0 * * * *")
     started, after = simulate(skipping, state, Z(2025, 1, 1, 12, 30), running={"job-20250101T100000Z"})
     assert started == ["job-20250101T100000Z"]
-    assert after.skipped == 2 and after.last_fire == Z(2025, 1, 1, 10)
+    assert after.skipped == 2
+    assert after.last_fire == Z(2025, 1, 1, 10)
     assert schedule_info(skipping, after).skipped == 2
     allowing = cron("0 * * * *", overlap="allow")
     started, after = simulate(allowing, state, Z(2025, 1, 1, 12, 30), running={"job-20250101T100000Z"})
@@ -533,7 +540,8 @@ def test_catch_up_fires_do_not_skip_each_other_but_a_running_previous_skips_them
     free = decide_due(hourly, state, Z(2025, 1, 1, 12, 30), previous_in_progress=False, catching_up=True)
     assert len(free.starts) == 3
     busy = decide_due(hourly, state, Z(2025, 1, 1, 12, 30), previous_in_progress=True, catching_up=True)
-    assert busy.starts == () and busy.skipped == (Z(2025, 1, 1, 10), Z(2025, 1, 1, 11), Z(2025, 1, 1, 12))
+    assert busy.starts == ()
+    assert busy.skipped == (Z(2025, 1, 1, 10), Z(2025, 1, 1, 11), Z(2025, 1, 1, 12))
     assert busy.state.skipped == 3
 
 
@@ -542,9 +550,11 @@ def test_pause_and_resume_never_catch_up_the_paused_span() -> None:
     state = ScheduleState.new(Z(2025, 1, 1, 9, 30))
     started, state = simulate(hourly, state, Z(2025, 1, 1, 10, 30))
     paused = pause(state)
-    assert schedule_info(hourly, paused).next_fire is None and schedule_info(hourly, paused).paused
+    assert schedule_info(hourly, paused).next_fire is None
+    assert schedule_info(hourly, paused).paused
     while_paused = decide_due(hourly, paused, Z(2025, 1, 1, 13, 30), previous_in_progress=False)
-    assert while_paused.starts == () and while_paused.wake_at is None
+    assert while_paused.starts == ()
+    assert while_paused.wake_at is None
     resumed = resume(paused, Z(2025, 1, 1, 13, 30))
     assert resume(resumed, Z(2025, 1, 1, 14)) == resumed  # resuming a running schedule changes nothing
     assert schedule_info(hourly, resumed).next_fire == Z(2025, 1, 1, 14)
@@ -561,7 +571,9 @@ def test_trigger_starts_one_now_even_paused_and_twice_in_a_second_is_one_fire() 
     first = decide_trigger(daily, state, now)
     [start] = first.starts
     assert (start.execution_name, start.input) == ("job-20250101T150405Z", Z(2025, 1, 1, 15, 4, 5))
-    assert first.state.paused and first.state.last_fire == Z(2025, 1, 1, 15, 4, 5) and first.wake_at is None
+    assert first.state.paused
+    assert first.state.last_fire == Z(2025, 1, 1, 15, 4, 5)
+    assert first.wake_at is None
     second = decide_trigger(daily, first.state, now + timedelta(milliseconds=300))
     assert second.starts[0].execution_name == start.execution_name  # the runtime answers already_running
 
@@ -582,7 +594,8 @@ def test_deliveries_from_outside_start_each_fire_once() -> None:
     )
     assert decide_delivery(daily, pause(first.state), Z(2025, 1, 2, 8), previous_in_progress=False).starts == ()
     busy = decide_delivery(daily, first.state, Z(2025, 1, 2, 8), previous_in_progress=True)
-    assert busy.starts == () and busy.state.skipped == 1
+    assert busy.starts == ()
+    assert busy.state.skipped == 1
 
 
 def test_state_is_json_for_any_store() -> None:
@@ -594,7 +607,9 @@ def test_state_is_json_for_any_store() -> None:
     assert ScheduleState.model_validate(json.loads(stored)) == state
     info = schedule_info(every("15m"), state)
     assert ev.ScheduleInfo.model_validate_json(info.model_dump_json()) == info
-    assert info.every == timedelta(minutes=15) and info.cron is None and info.timezone == "UTC"
+    assert info.every == timedelta(minutes=15)
+    assert info.cron is None
+    assert info.timezone == "UTC"
 
 
 def test_the_rules_refuse_naive_datetimes() -> None:
@@ -736,7 +751,8 @@ def test_decisions_never_start_a_fire_twice_early_or_while_paused(
             running = True
 
     assert all(fire > start for fire in started)  # never before the runtime first saw it
-    assert len(set(started)) == len(started) and started == sorted(started)  # each fire at most once, in order
+    assert len(set(started)) == len(started)
+    assert started == sorted(started)
     assert not [fire for fire in started for begin, end in paused_spans if begin < fire <= end]
     assert state.skipped == skipped
     if overlap == "allow":

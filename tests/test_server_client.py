@@ -210,17 +210,21 @@ async def test_start_result_status_history_and_logs_round_trip(client: ServiceCl
     assert execution.status is ev.ExecutionStatus.SUCCEEDED
     assert execution.input == {"source": "a", "target": "b", "amount": 21}
     assert execution.result == {"source": "a", "target": "b", "doubled": 42}
-    assert execution.end_time is not None and execution.end_time >= execution.start_time
+    assert execution.end_time is not None
+    assert execution.end_time >= execution.start_time
     assert (await handle.status()) == execution
 
     history = await client.get_execution_history(handle.id)
     types = [event.type for event in history]
-    assert types[0] == "WorkflowStarted" and types[-1] == "WorkflowSucceeded"
-    assert "ActivityScheduled" in types and "ActivitySucceeded" in types
+    assert types[0] == "WorkflowStarted"
+    assert types[-1] == "WorkflowSucceeded"
+    assert "ActivityScheduled" in types
+    assert "ActivitySucceeded" in types
     scheduled = next(event for event in history if event.type == "ActivityScheduled")
     assert scheduled.name == "sc_double"
     succeeded = next(event for event in history if event.type == "ActivitySucceeded")
-    assert succeeded.result == 42 and succeeded.seq == scheduled.seq
+    assert succeeded.result == 42
+    assert succeeded.seq == scheduled.seq
     assert [event.model_dump() for event in await handle.history()] == [event.model_dump() for event in history]
 
     logs = await client.get_execution_logs(handle.id)
@@ -233,7 +237,8 @@ async def test_start_result_status_history_and_logs_round_trip(client: ServiceCl
 async def test_repeated_start_is_already_running_and_a_different_input_conflicts(client: ServiceClient) -> None:
     first = await client.start_execution("sc_transfer", {"source": "a", "target": "b", "amount": 1}, name="same")
     again = await client.start_execution("sc_transfer", {"source": "a", "target": "b", "amount": 1}, name="same")
-    assert again.id == first.id and again.already_running is True
+    assert again.id == first.id
+    assert again.already_running is True
     with pytest.raises(ev.ExecutionAlreadyExists) as caught:
         await client.start_execution("sc_transfer", {"source": "a", "target": "b", "amount": 2}, name="same")
     assert caught.value.execution_id == "sc_transfer/same"
@@ -307,7 +312,8 @@ async def test_waits_say_what_an_execution_waits_on_which_history_does_not_recor
     handle = await client.start_execution(sc_waits_approval, name="waiting")
     waits = await client.get_execution_waits(handle.id)
     started = (await handle.history())[0].timestamp
-    assert waits.execution_id == handle.id and waits.now >= started
+    assert waits.execution_id == handle.id
+    assert waits.now >= started
     assert [(wait.kind, wait.name, wait.since) for wait in waits.waits] == [("signal", "sc_approval", started)]
     await handle.signal(sc_approval, Approval(ok=True))
     assert await handle.result(timeout=10) is True
@@ -358,7 +364,8 @@ async def test_async_activity_heartbeat_and_success_through_the_client(client: S
     handle = await client.start_execution(sc_uses_external, key)
     token = await wait_for_token(client, handle, key)
     beat = await client.send_activity_heartbeat(token)
-    assert isinstance(beat, ev.HeartbeatResponse) and beat.cancelled is False
+    assert isinstance(beat, ev.HeartbeatResponse)
+    assert beat.cancelled is False
     await client.send_activity_success(token, "finished elsewhere")
     assert await handle.result(timeout=10) == "finished elsewhere"
     assert (await client.send_activity_heartbeat(token)).cancelled is True
@@ -440,7 +447,8 @@ async def test_unknown_workflow_and_invalid_input_round_trip(client: ServiceClie
     with pytest.raises(ev.InputValidationError) as invalid:
         await client.start_execution(sc_transfer, {"source": "a", "amount": -1})
     locations = {tuple(error["loc"]) for error in invalid.value.errors}
-    assert ("target",) in locations and ("amount",) in locations
+    assert ("target",) in locations
+    assert ("amount",) in locations
     assert "sc_transfer" in invalid.value.message
 
     with pytest.raises(ev.InputValidationError, match="invalid execution name"):
@@ -583,7 +591,8 @@ async def test_unknown_internal_routes_and_methods_are_4xx_in_the_eventual_shape
     async with httpx.AsyncClient(base_url=server.url) as http:
         answer = await http.get("/_eventual/nothing-here")
         assert answer.status_code == 404
-        assert answer.json()["error"] == "HttpError" and "/_eventual/nothing-here" in answer.json()["message"]
+        assert answer.json()["error"] == "HttpError"
+        assert "/_eventual/nothing-here" in answer.json()["message"]
         answer = await http.delete("/_eventual/executions")
         assert answer.status_code == 405
         assert answer.json()["error"] == "HttpError"
@@ -739,6 +748,12 @@ _ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/_eventual/activities/failure", _token_bodies),
     ("POST", "/_eventual/activities/heartbeat", _token_bodies),
     ("GET", "/_eventual/dead-letters", None),
+    ("GET", "/_eventual/schedules", None),
+    ("POST", "/_eventual/schedules/{id}/pause", None),
+    ("POST", "/_eventual/schedules/{id}/resume", None),
+    ("POST", "/_eventual/schedules/{id}/trigger", None),
+    ("GET", "/_eventual/entities", None),
+    ("GET", "/_eventual/entities/{id}/entry", None),
     ("GET", "/_eventual/openapi.json", None),
     ("GET", "/_eventual/{id}", None),
     ("POST", "/transfers", _transfers | st.fixed_dictionaries({"source": _json, "target": _json, "amount": _json})),
@@ -752,7 +767,8 @@ _query_values = st.one_of(
 )
 _queries = st.lists(
     st.tuples(
-        st.sampled_from(["timeout", "max_results", "status", "sort", "workflow", "next_token"]) | st.text(max_size=6),
+        st.sampled_from(["timeout", "max_results", "status", "sort", "workflow", "next_token", "key"])
+        | st.text(max_size=6),
         _query_values,
     ),
     max_size=4,
@@ -804,7 +820,8 @@ def test_fuzz_internal_and_service_routes_never_answer_5xx(
     assert answer.status_code < 500, (method, path, query, value, answer.status_code, answer.text)
     if answer.status_code >= 400 and path.startswith("/_eventual"):
         error = answer.json()
-        assert isinstance(error.get("error"), str) and error.get("message"), error
+        assert isinstance(error.get("error"), str), error
+        assert error.get("message"), error
 
 
 @pytest.fixture

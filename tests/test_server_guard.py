@@ -107,7 +107,8 @@ async def test_page_tokens_no_listing_issued_are_400_naming_next_token(
             page = (await http.get("/_eventual/executions", params={"next_token": token, "max_results": 2})).json()
             assert page == first, token
         second = await http.get("/_eventual/executions", params={"next_token": "2", "max_results": 2})
-        assert second.status_code == 200 and second.json()["executions"]
+        assert second.status_code == 200
+        assert second.json()["executions"]
     with pytest.raises(errors.InvalidPageToken, match="invalid next_token '-50'") as raised:
         await client.list_executions(next_token="-50")
     assert isinstance(raised.value, ev.InputValidationError)  # still a ValueError-like input error
@@ -123,13 +124,16 @@ def test_an_unexpected_exception_answers_an_error_id_and_logs_the_traceback_unde
         answer = httpx.get(f"{guard_server.url}/explode", timeout=10)
     assert answer.status_code == 500
     body = answer.json()
-    assert SECRET not in answer.text and "RuntimeError" not in answer.text, body
+    assert SECRET not in answer.text, body
+    assert "RuntimeError" not in answer.text, body
     error_id = body["error_id"]
-    assert body["error"] == "EventualError" and error_id in body["message"], body
+    assert body["error"] == "EventualError", body
+    assert error_id in body["message"], body
     records = [record for record in caplog.records if error_id in record.getMessage()]
     assert len(records) == 1, [record.getMessage() for record in caplog.records]
     assert "GET /explode" in records[0].getMessage()
-    assert records[0].exc_info is not None and SECRET in str(records[0].exc_info[1])
+    assert records[0].exc_info is not None
+    assert SECRET in str(records[0].exc_info[1])
 
 
 def test_the_lambda_adapter_answers_an_error_id_for_an_app_that_raises(caplog: pytest.LogCaptureFixture) -> None:
@@ -148,7 +152,8 @@ def test_the_lambda_adapter_answers_an_error_id_for_an_app_that_raises(caplog: p
     with caplog.at_level(logging.ERROR, logger="eventual_nb.server"):
         answer = lambda_api.handle_http_event(app, event, None)
     assert answer["statusCode"] == 500
-    assert SECRET not in answer["body"] and "RuntimeError" not in answer["body"], answer
+    assert SECRET not in answer["body"], answer
+    assert "RuntimeError" not in answer["body"], answer
     error_id = json.loads(answer["body"])["error_id"]
     assert any(error_id in record.getMessage() and record.exc_info for record in caplog.records)
 
@@ -172,7 +177,8 @@ def test_a_loopback_server_refuses_other_host_names_with_a_clear_403(guard_serve
     assert answer.status_code == 403
     body = answer.json()
     assert "'rebind.example:80' is not allowed" in body["message"], body
-    assert "DNS rebinding" in body["message"] and "--allow-host rebind.example" in body["message"], body
+    assert "DNS rebinding" in body["message"], body
+    assert "--allow-host rebind.example" in body["message"], body
 
 
 def test_allowed_hosts_adds_names_and_patterns_and_star_allows_any(tmp_path: Path) -> None:
@@ -194,7 +200,8 @@ def test_allowed_hosts_adds_names_and_patterns_and_star_allows_any(tmp_path: Pat
 def test_an_empty_allowed_host_is_refused_without_a_traceback(tmp_path: Path) -> None:
     proc = run_cli("serve", str(FIXTURE), "--allow-host", "", "--port", str(free_port()), "--db", str(tmp_path / "db"))
     assert proc.returncode == 1, proc.stderr
-    assert "allowed host name is empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert "allowed host name is empty" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_eventual_nb_serve_allow_host(tmp_path: Path) -> None:
@@ -203,7 +210,8 @@ def test_eventual_nb_serve_allow_host(tmp_path: Path) -> None:
         assert _status(running.url, "shop.lan:3111") == 200
         assert _status(running.url, "127.0.0.1") == 200
         answer = httpx.get(f"{running.url}/_eventual/health", headers={"Host": "other.lan"})
-        assert answer.status_code == 403 and "--allow-host other.lan" in answer.json()["message"]
+        assert answer.status_code == 403
+        assert "--allow-host other.lan" in answer.json()["message"]
     finally:
         running.stop()
 
@@ -314,7 +322,8 @@ def test_a_body_that_is_not_utf8_is_400_in_the_documented_shape(guard_server: Ru
         )
         assert answer.status_code == 400, answer.text
         body = answer.json()
-        assert body["error"] == "InputValidationError" and "cannot be read" in body["message"], body
+        assert body["error"] == "InputValidationError", body
+        assert "cannot be read" in body["message"], body
 
 
 def test_405_names_every_method_the_path_takes(guard_server: RunningServer) -> None:
@@ -322,4 +331,5 @@ def test_405_names_every_method_the_path_takes(guard_server: RunningServer) -> N
     assert answer.status_code == 405
     assert set(answer.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
     answer = httpx.put(f"{guard_server.url}/echo")
-    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"

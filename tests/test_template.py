@@ -17,8 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
-from cfnlint.api import lint
-from cfnlint.config import ManualArgs
+from pydantic import BaseModel
 
 import eventual_nb as ev
 from exporter.handlers import HANDLERS
@@ -31,6 +30,7 @@ from exporter.template import (
     subscription_logical_id,
     validate_stack_name,
 )
+from tests.aws_support import assert_lint_clean, dumped
 
 # ------------------------------------------------------------------------------------ a real service
 
@@ -47,6 +47,14 @@ class PaymentSettled(ev.Event):
 
 
 approval = ev.signal("approval")
+
+
+class Customer(BaseModel):
+    id: str
+    name: str
+
+
+customers = ev.entity("customers", Customer, key="id")
 
 
 @ev.activity
@@ -116,8 +124,9 @@ def manifest_of(spec: dict[str, Any], *, with_zip: bool = False) -> dict[str, An
 
 def real_manifest() -> dict[str, Any]:
     spec = SERVICE.spec()
-    counts = {key: len(spec[key]) for key in ("workflows", "activities", "signals", "events", "subscriptions")}
-    assert counts == {"workflows": 2, "activities": 2, "signals": 1, "events": 2, "subscriptions": 2}
+    kinds = ("workflows", "activities", "signals", "events", "subscriptions", "entities")
+    counts = {key: len(spec[key]) for key in kinds}
+    assert counts == {"workflows": 2, "activities": 2, "signals": 1, "events": 2, "subscriptions": 2, "entities": 1}
     assert len(spec["routes"]) == 2
     return manifest_of(json.loads(json.dumps(spec)))
 
@@ -170,10 +179,6 @@ def hand_manifest() -> dict[str, Any]:
         ],
     }
     return manifest_of(spec, with_zip=True)
-
-
-def dumped(template: dict[str, Any]) -> str:
-    return json.dumps(template, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def resources_of(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
@@ -242,7 +247,8 @@ def test_resource_names_are_per_stack_and_queue_names_fit_sqs() -> None:
         validate_stack_name("1-starts-with-a-digit")
 
     def with_stack(name: Any) -> str:
-        assert set(name) == {"Fn::Sub"} and isinstance(name["Fn::Sub"], str), name
+        assert set(name) == {"Fn::Sub"}, name
+        assert isinstance(name["Fn::Sub"], str), name
         assert "${AWS::StackName}" in name["Fn::Sub"], name
         return str(name["Fn::Sub"]).replace("${AWS::StackName}", longest_stack)
 
@@ -423,15 +429,6 @@ def test_everything_moto_cannot_create_is_conditioned_on_real() -> None:
 # ------------------------------------------------------------------------------------ cfn-lint (offline)
 
 
-def assert_lint_clean(template: dict[str, Any]) -> None:
-    matches = lint(dumped(template), config=ManualArgs(regions=["us-east-1"]))
-    errors = [match for match in matches if match.rule.severity == "error"]
-    for match in matches:
-        if match.rule.severity != "error":
-            print(f"cfn-lint {match.rule.severity} {match.rule.id} line {match.linenumber}: {match.message}")
-    assert not errors, "\n".join(f"{match.rule.id} line {match.linenumber}: {match.message}" for match in errors)
-
-
 def test_cfn_lint_reports_no_errors() -> None:
     assert_lint_clean(build_template(hand_manifest()))
     assert_lint_clean(build_template(real_manifest()))
@@ -502,7 +499,8 @@ def test_iam_roles_are_least_privilege() -> None:
             for action in actions:
                 assert "*" not in action, (role, action)
                 assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), (role, action)
-            assert isinstance(statement["Resource"], list) and statement["Resource"], (role, statement)
+            assert isinstance(statement["Resource"], list), (role, statement)
+            assert statement["Resource"], (role, statement)
             for resource in statement["Resource"]:
                 named_resources(resource, template)
 
@@ -550,6 +548,37 @@ def test_iam_roles_are_least_privilege() -> None:
         role = mapping["Properties"]["FunctionName"]["Ref"].removesuffix("Function") + "Role"
         for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
             assert grants(template, role, action, queue), (role, action, queue)
+
+
+def test_only_a_service_with_entities_gets_an_entities_table_and_only_entity_code_may_use_it() -> None:
+    """API routes, activities and subscriptions run entity code; the orchestrator runs workflow code, which
+    may not use entities, and the timer functions run none."""
+    without = build_template(hand_manifest())
+    assert "EntitiesTable" not in without["Resources"]
+    assert "EntitiesTableName" not in without["Outputs"]
+    assert all(
+        "EVENTUAL_ENTITIES_TABLE" not in function["Properties"]["Environment"]["Variables"]
+        for function in resources_of(without, "AWS::Lambda::Function").values()
+    )
+
+    manifest = hand_manifest()
+    manifest["service"]["entities"] = [{"name": "accounts", "model": "Account", "key": ["id"], "schema": None}]
+    template = build_template(manifest)
+    assert_lint_clean(template)
+    table = template["Resources"]["EntitiesTable"]["Properties"]
+    assert table["TableName"] == {"Fn::Sub": "${AWS::StackName}-entities"}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert template["Outputs"]["EntitiesTableName"]["Value"] == {"Ref": "EntitiesTable"}
+    for role in ("ApiRole", "ActivityRole", "SubscriptionRole"):
+        for action in ("GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem"):
+            assert grants(template, role, f"dynamodb:{action}", "EntitiesTable"), (role, action)
+        assert not grants(template, role, "dynamodb:Scan", "EntitiesTable")
+    for role in ("OrchestratorRole", "TimerRole", "ScheduleForwarderRole", "SchedulerRole"):
+        for action in ("GetItem", "Query", "PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem"):
+            assert not grants(template, role, f"dynamodb:{action}", "EntitiesTable"), (role, action)
+    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["EVENTUAL_ENTITIES_TABLE"] == {"Ref": "EntitiesTable"}
 
 
 # ------------------------------------------------------------------------------------ moto's CloudFormation
@@ -635,21 +664,28 @@ def test_deploys_into_moto_with_the_emulator_parameter(moto_endpoint: str, deplo
     print("resource types left to the harness:", sorted(left_out))
     assert left_out == REAL_ONLY_TYPES
 
+    entities = client(moto_endpoint, "dynamodb").describe_table(TableName=outputs["EntitiesTableName"])["Table"]
+    assert entities["TableName"] == f"{STACK}-entities"
+    assert [key["AttributeName"] for key in entities["KeySchema"]] == ["pk", "sk"]
+
     sqs = client(moto_endpoint, "sqs")
     workflow = sqs.get_queue_attributes(QueueUrl=outputs["WorkflowQueueUrl"], AttributeNames=["All"])["Attributes"]
-    assert workflow["FifoQueue"] == "true" and workflow["ContentBasedDeduplication"] == "true"
+    assert workflow["FifoQueue"] == "true"
+    assert workflow["ContentBasedDeduplication"] == "true"
     welcome_queue = created[f"{subscription_logical_id('welcome-email')}Queue"]["PhysicalResourceId"]
     welcome = sqs.get_queue_attributes(QueueUrl=welcome_queue, AttributeNames=["All"])["Attributes"]
     assert json.loads(welcome["RedrivePolicy"])["maxReceiveCount"] == 4
 
     functions = client(moto_endpoint, "lambda")
     mappings = functions.list_event_source_mappings()["EventSourceMappings"]
-    assert len(mappings) == 5 and {mapping["State"] for mapping in mappings} == {"Disabled"}
+    assert len(mappings) == 5
+    assert {mapping["State"] for mapping in mappings} == {"Disabled"}
     subscription_function = created["SubscriptionFunction"]["PhysicalResourceId"]
     configuration = functions.get_function_configuration(FunctionName=subscription_function)
     assert (configuration["Runtime"], configuration["Handler"]) == ("python3.12", "handlers.subscription_worker")
     variables = configuration["Environment"]["Variables"]
     assert variables["EVENTUAL_BUS_NAME"] == outputs["BusName"]
+    assert variables["EVENTUAL_ENTITIES_TABLE"] == outputs["EntitiesTableName"]
     assert variables["EVENTUAL_WORKFLOW_QUEUE_URL"] == outputs["WorkflowQueueUrl"]
     queue_arns = {
         name: sqs.get_queue_attributes(

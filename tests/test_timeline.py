@@ -171,7 +171,8 @@ async def test_a_tour_in_progress_shows_attempts_timer_signal_wait_child_and_wha
         await env.tick()
         await env.advance("30 days 1m")  # the timer fired; `expect(timeout=10m)` waits since 30d6s
         timeline = await timeline_of(handle, env)
-        assert timeline.status == "IN_PROGRESS" and timeline.now == env.now
+        assert timeline.status == "IN_PROGRESS"
+        assert timeline.now == env.now
         assert timeline.waiting == ["signal TlApprove, 9 min left"]
         wait = one(timeline, "signal")
         assert (wait.label, wait.outcome, wait.start, wait.end) == (
@@ -187,7 +188,8 @@ async def test_a_tour_in_progress_shows_attempts_timer_signal_wait_child_and_wha
         timeline = await timeline_of(handle, env)
 
     flaky_call = next(span for span in timeline.spans if span.kind == "activity")
-    assert flaky_call.label == "tl_flaky ×3" and flaky_call.outcome == "succeeded"
+    assert flaky_call.label == "tl_flaky ×3"
+    assert flaky_call.outcome == "succeeded"
     parts = [(part.kind, part.label, part.start, part.end, part.outcome) for part in flaky_call.parts]
     assert parts == [
         ("attempt", "attempt 1", at(0), at(0), "failed"),
@@ -196,10 +198,10 @@ async def test_a_tour_in_progress_shows_attempts_timer_signal_wait_child_and_wha
         ("backoff", "backoff before attempt 3", at(2), at(6), "backoff"),
         ("attempt", "attempt 3", at(6), at(6), "succeeded"),
     ]
-    assert flaky_call.parts[0].details["error"] == "ValueError" and "attempt 1 not yet" in str(
-        flaky_call.parts[0].details
-    )
-    assert flaky_call.parts[-1].details["result"] == 6 and flaky_call.parts[-1].details["input"] == {"x": 3}
+    assert flaky_call.parts[0].details["error"] == "ValueError"
+    assert "attempt 1 not yet" in str(flaky_call.parts[0].details)
+    assert flaky_call.parts[-1].details["result"] == 6
+    assert flaky_call.parts[-1].details["input"] == {"x": 3}
 
     timer = one(timeline, "timer")
     assert (timer.start, timer.end, timer.outcome) == (at(6), at(30 * 86400 + 6), "fired")
@@ -269,7 +271,8 @@ async def test_instants_for_published_events_sent_signals_patches_and_a_cancel()
         await target.cancel()
         await env.tick()
         timeline = await timeline_of(target, env)
-    assert timeline.status == "CANCELLED" and one(timeline, "workflow").outcome == "cancelled"
+    assert timeline.status == "CANCELLED"
+    assert one(timeline, "workflow").outcome == "cancelled"
     assert [(i.kind, i.label) for i in timeline.instants] == [
         ("signal", "tl_ping received"),
         ("cancel", "cancel requested"),
@@ -348,7 +351,8 @@ async def test_parallel_calls_take_lanes_of_one_row() -> None:
         assert await handle.result() == [1, 2, 3]
         timeline = await timeline_of(handle, env)
     row = next(row for row in timeline.rows if row.key == "child tl_child_sleeps")
-    assert row.lanes == 3 and sorted(span.lane for span in spans(timeline, "child")) == [0, 1, 2]
+    assert row.lanes == 3
+    assert sorted(span.lane for span in spans(timeline, "child")) == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------ the same model on every runtime
@@ -390,7 +394,8 @@ async def test_a_local_runtime_gives_the_same_timeline_as_a_test_environment(tmp
                     runtime.advance("1s") if isinstance(runtime, ev.testing.TestEnvironment) else asyncio.sleep(0.02)
                 )
             running = await timeline_of(handle, runtime)
-            assert running.waiting[0].startswith("signal TlApprove, ") and running.waiting[0].endswith(" left")
+            assert running.waiting[0].startswith("signal TlApprove, ")
+            assert running.waiting[0].endswith(" left")
             await approve.send(handle, "yes")
             assert await handle.result(timeout=30) == 4
             shapes.append(shape(await timeline_of(handle, runtime)))
@@ -407,7 +412,8 @@ async def test_a_local_runtime_notes_an_attempt_that_waits_for_its_token(tmp_pat
                 break
             await asyncio.sleep(0.01)
         parts = [(part.kind, part.outcome, part.end) for part in one(timeline, "activity").parts]
-        assert parts[0][:2] == ("attempt", "succeeded") and parts[1] == ("async", "waiting", None), parts
+        assert parts[0][:2] == ("attempt", "succeeded"), parts
+        assert parts[1] == ("async", "waiting", None), parts
         assert timeline.waiting == ["activity tl_by_token: completion by token"]
         await handle.cancel()
 
@@ -444,9 +450,11 @@ def test_a_printed_line_is_not_a_note() -> None:
 def test_a_30_day_timer_and_a_40ms_activity_both_read() -> None:
     moments = [at(0), at(0.04), at(0.04 + 30 * 86400), at(0.08 + 30 * 86400)]
     axis = Axis(at(0), moments[-1], moments)
-    assert len(axis.breaks) == 1 and axis.breaks[0][2] == pytest.approx(30 * 86400)
+    assert len(axis.breaks) == 1
+    assert axis.breaks[0][2] == pytest.approx(30 * 86400)
     first, last = axis.x(moments[1]) - axis.x(moments[0]), axis.x(moments[3]) - axis.x(moments[2])
-    assert first > 0.2 and last > 0.2, (first, last)  # each 40 ms takes a fifth of the width or more
+    assert first > 0.2, (first, last)
+    assert last > 0.2, (first, last)  # each 40 ms takes a fifth of the width or more
     assert axis.x(moments[2]) - axis.x(moments[1]) <= 0.31  # the month is a break, not the whole picture
 
 
@@ -457,10 +465,12 @@ def test_the_axis_keeps_order_and_spans_zero_to_one(offsets: list[float], probe:
     axis = Axis(START, end, moments)
     places = [axis.x(moment) for moment in sorted(moments)]
     assert places == sorted(places)
-    assert axis.x(START) == 0.0 and axis.x(end) == (1.0 if end > START else 0.0)
+    assert axis.x(START) == 0.0
+    assert axis.x(end) == (1.0 if end > START else 0.0)
     assert 0.0 <= axis.x(at(probe)) <= 1.0
     for fraction, label in axis.ticks(6):
-        assert 0.0 <= fraction <= 1.0 and (label == "0" or label.startswith("+"))
+        assert 0.0 <= fraction <= 1.0
+        assert label == "0" or label.startswith("+")
 
 
 # ----------------------------------------------------------------------------------------- the pictures
@@ -482,24 +492,30 @@ async def test_the_svg_has_one_bar_per_span_with_its_label_and_details() -> None
     drawn = [(item.kind, item.label, item.outcome) for item in bars(page)]
     expected = [(span.kind, span.label, span.outcome) for span in timeline.all_spans() if not span.parts]
     assert sorted(drawn) == sorted(expected)
-    assert ("attempt", "attempt 3", "succeeded") in drawn and (
+    assert ("attempt", "attempt 3", "succeeded") in drawn
+    assert (
         "backoff",
         "backoff before attempt 2",
         "backoff",
     ) in drawn
-    assert ("timer", "timer", "fired") in drawn and ("child", one(timeline, "child").label, "succeeded") in drawn
+    assert ("timer", "timer", "fired") in drawn
+    assert ("child", one(timeline, "child").label, "succeeded") in drawn
     final = next(item for item in items(page) if item.label == "attempt 3")
-    assert "result: 6" in final.details and 'input: {"x":3}' in final.details
+    assert "result: 6" in final.details
+    assert 'input: {"x":3}' in final.details
     first = next(item for item in items(page) if item.label == "attempt 1")
     assert "error: ValueError: attempt 1 not yet" in first.details
-    assert "waiting:</b> signal tl_ping" in page and 'class="ev-now"' in page
-    assert 'class="ev-axis-break"' in page and "≈ 30d" in page  # the month is drawn as a break
+    assert "waiting:</b> signal tl_ping" in page
+    assert 'class="ev-now"' in page
+    assert 'class="ev-axis-break"' in page
+    assert "≈ 30d" in page
 
 
 async def test_the_page_is_self_contained() -> None:
     async with make_env() as env:
         _, page = await tour_page(env)
-    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<script" not in page
     assert re.search(r"(https?:)?//[a-z0-9]", page) is None, "the page names an external URL"
     assert re.search(r"\b(src|href)=", page) is None
     for event_type in ("WorkflowStarted", "ActivitySucceeded", "TimerCompleted", "SignalReceived"):
@@ -525,7 +541,8 @@ def test_calls_too_close_together_are_drawn_as_one_bar_that_counts_them() -> Non
     svg = render_svg(build_timeline(dense_history(2001)))
     drawn = bars(svg)
     clusters = [item for item in drawn if item.kind == "cluster"]
-    assert clusters and len(drawn) < 200
+    assert clusters
+    assert len(drawn) < 200
     counted = sum(int(item.attrs["data-count"]) for item in clusters)
     assert counted + sum(1 for item in drawn if item.kind == "activity") == 1000
     assert "1000" not in clusters[0].label or clusters[0].label.endswith("activity step")
@@ -533,13 +550,15 @@ def test_calls_too_close_together_are_drawn_as_one_bar_that_counts_them() -> Non
 
 def test_the_sparkline_draws_each_bar_in_its_colour() -> None:
     line = render_sparkline(build_timeline(dense_history(11)))
-    assert line.startswith('<svg class="ev-sparkline"') and line.count("ev-o-succeeded") == 5
+    assert line.startswith('<svg class="ev-sparkline"')
+    assert line.count("ev-o-succeeded") == 5
     assert line.count("ev-o-running ev-k-workflow") == 1
 
 
 def test_an_empty_history_is_an_empty_timeline() -> None:
     timeline = build_timeline([])
-    assert timeline.spans == [] and "<svg" in render_svg(timeline)
+    assert timeline.spans == []
+    assert "<svg" in render_svg(timeline)
 
 
 def test_a_timer_history_alone_shows_it_waiting_until_it_fires() -> None:
@@ -549,4 +568,5 @@ def test_a_timer_history_alone_shows_it_waiting_until_it_fires() -> None:
     ]
     timeline = build_timeline(history, now=at(60))
     timer = one(timeline, "timer")
-    assert (timer.outcome, timer.planned_end) == ("waiting", at(3600)) and timeline.waiting == ["timer, 59 min left"]
+    assert (timer.outcome, timer.planned_end) == ("waiting", at(3600))
+    assert timeline.waiting == ["timer, 59 min left"]

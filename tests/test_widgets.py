@@ -181,7 +181,8 @@ def go_view(host: RuntimeHost) -> ExecutionView:
     view, handle = view_of(host, go_then_publish)
     shown(view, "TimerScheduled", "history")
     waiting = item_of(view, "signal", "expect Go")
-    assert waiting.outcome == "waiting" and "due +1h" in waiting.details, waiting
+    assert waiting.outcome == "waiting", waiting
+    assert "due +1h" in waiting.details, waiting
     assert "waiting: signal Go, 59 min left" in shown(view, "waiting:", "timeline")
     choose(view, "Go")
     view.payload.value = '{"ok": false}'
@@ -217,7 +218,9 @@ def test_cancel_asks_first_and_says_it_cancels_the_execution(host: RuntimeHost) 
     view.refresh()
     assert view.confirmation.layout.display != "none", "Cancel must ask before cancelling"
     question = view.confirm_text.value
-    assert handle.id in question and "cancels the execution" in question and "not send a signal" in question
+    assert handle.id in question
+    assert "cancels the execution" in question
+    assert "not send a signal" in question
     view.keep.click()
     view.refresh()
     assert view.confirmation.layout.display == "none"
@@ -226,7 +229,9 @@ def test_cancel_asks_first_and_says_it_cancels_the_execution(host: RuntimeHost) 
     view.refresh()
     view.confirm.click()
     shown(view, "CANCELLED", "status")
-    assert view.confirmation.layout.display == "none" and view.cancel.disabled and view.send.disabled
+    assert view.confirmation.layout.display == "none"
+    assert view.cancel.disabled
+    assert view.send.disabled
     with pytest.raises(ev.ExecutionCancelled):
         host.call(handle.result(timeout=30))
 
@@ -252,14 +257,17 @@ def test_a_widget_says_whose_execution_it_shows_after_a_switch_and_revives_on_th
     host.use_test()
     said = shown(view, "belongs to")
     assert f"this execution ('{handle.id}') belongs to the runtime replaced by `%eventual runtime test`" in said
-    assert view.send.disabled and view.cancel.disabled
+    assert view.send.disabled
+    assert view.cancel.disabled
     with pytest.raises(ev.EventualError, match="belongs to the runtime replaced by `%eventual runtime test`"):
         host.call(handle.status())
     host.use_local(tmp_path / "widgets.db")
     deadline = time.monotonic() + 30
     while view.send.disabled and time.monotonic() < deadline:
         view.refresh()
-    assert not view.send.disabled and not view.cancel.disabled and view.message.value == ""
+    assert not view.send.disabled
+    assert not view.cancel.disabled
+    assert view.message.value == ""
     view.cancel.click()
     view.refresh()
     view.confirm.click()
@@ -295,7 +303,8 @@ def test_each_row_of_the_executions_table_has_a_sparkline_and_says_what_it_waits
         time.sleep(0.02)
     rows = {row.split("</td>", 1)[0]: row for row in re.findall(r"<tr><td[^>]*>(.*?)</tr>", table.table.value)}
     go_row, note_row = rows[waiting.id], rows[done.id]
-    assert '<svg class="ev-sparkline"' in go_row and "ev-o-waiting" in go_row
+    assert '<svg class="ev-sparkline"' in go_row
+    assert "ev-o-waiting" in go_row
     assert re.search(r"signal Go, (59|60) min left", html.unescape(go_row)), go_row
     assert "ev-o-succeeded ev-k-workflow" in note_row
     assert "class='eventual-waiting'></td>" in note_row  # it ended: it waits on nothing
@@ -310,4 +319,5 @@ def test_a_running_execution_s_timeline_moves_with_the_clock_without_a_commit(ho
     time.sleep(NOW_INTERVAL + 0.3)
     view.refresh()
     assert view.seen_counter == counter  # nothing was committed: nothing was read again
-    assert view.timeline.value != before and 'class="ev-now"' in view.timeline.value
+    assert view.timeline.value != before
+    assert 'class="ev-now"' in view.timeline.value

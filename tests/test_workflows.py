@@ -322,7 +322,8 @@ async def test_default_names_are_unique_and_time_sortable() -> None:
         assert sorted(names) == names
         # a default name is also a valid user-chosen name, so it can be passed back as name= to re-attach
         again = await double.start(0, name=names[0])
-        assert again.already_running and again.id == ids[0]
+        assert again.already_running
+        assert again.id == ids[0]
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -341,7 +342,8 @@ async def test_child_success_and_caught_child_failure() -> None:
         assert env.executions() == ["calls_children/p1", "add_one/~calls_children-p1-0", "reject/~calls_children-p1-1"]
         ok_child = await env.get_execution("add_one/~calls_children-p1-0")
         failed_child = await env.get_execution("reject/~calls_children-p1-1")
-        assert ok_child.status == ev.ExecutionStatus.SUCCEEDED and ok_child.result == 5
+        assert ok_child.status == ev.ExecutionStatus.SUCCEEDED
+        assert ok_child.result == 5
         assert ok_child.parent == "calls_children/p1"
         assert failed_child.status == ev.ExecutionStatus.FAILED
         assert (failed_child.error, failed_child.message) == ("ValueError", "cannot take 5")
@@ -351,7 +353,8 @@ async def test_child_success_and_caught_child_failure() -> None:
             (0, "add_one", "add_one/~calls_children-p1-0"),
             (1, "reject", "reject/~calls_children-p1-1"),
         ]
-        assert "ChildWorkflowSucceeded" in types_of(history) and "ChildWorkflowFailed" in types_of(history)
+        assert "ChildWorkflowSucceeded" in types_of(history)
+        assert "ChildWorkflowFailed" in types_of(history)
 
 
 async def test_uncaught_child_failure_fails_the_parent_with_the_child_error() -> None:
@@ -479,7 +482,8 @@ async def test_cancel_runs_durable_compensation_then_ends_cancelled() -> None:
         assert history[cancel_at].timestamp == T0 + timedelta(hours=1)
         assert history[cancel_at].seq is None
         released = [i for i, e in enumerate(history) if e.type == "ActivityScheduled" and e.name == "release_seat"]
-        assert len(released) == 1 and released[0] > cancel_at
+        assert len(released) == 1
+        assert released[0] > cancel_at
         release_seq = history[released[0]].seq
         assert [e.type for e in history if e.seq == release_seq] == ["ActivityScheduled", "ActivitySucceeded"]
         assert kinds[-1] == "WorkflowCancelled"
@@ -670,7 +674,15 @@ def test_non_async_workflow_is_rejected() -> None:
         ev.workflow(plain)
     with pytest.raises(TypeError, match="async def"):
         ev.workflow(name="plain2")(plain)
-    assert "plain" not in SERVICE.workflows and "plain2" not in SERVICE.workflows
+    assert "plain" not in SERVICE.workflows
+    assert "plain2" not in SERVICE.workflows
+
+
+async def _call_and_await(call: Any) -> None:
+    """Call `call()` and await what it returns if that is a coroutine (helpers raise on call or when awaited)."""
+    value = call()
+    if asyncio.iscoroutine(value):
+        await value
 
 
 @pytest.mark.parametrize(
@@ -687,9 +699,7 @@ def test_non_async_workflow_is_rejected() -> None:
 async def test_workflow_only_helpers_outside_a_workflow_say_so(call: Any) -> None:
     async with make_env():
         with pytest.raises(ev.EventualError, match="inside a workflow"):
-            value = call()
-            if asyncio.iscoroutine(value):
-                await value
+            await _call_and_await(call)
 
 
 async def test_non_json_result_fails_naming_the_workflow() -> None:
@@ -983,7 +993,8 @@ def _import_file(path: Any, name: str) -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -993,7 +1004,7 @@ def test_workflow_code_reading_the_clock_or_randomness_warns_at_decoration(tmp_p
     path = tmp_path / "live_values.py"
     path.write_text(LIVE_VALUES, encoding="utf-8")
     lines = LIVE_VALUES.splitlines()
-    with pytest.warns(UserWarning) as caught:
+    with pytest.warns(UserWarning, match="workflow 'reads_live_values'") as caught:
         _import_file(path, "live_values")
     found = [(w.filename, w.lineno, str(w.message)) for w in caught if "workflow 'reads_live_values'" in str(w.message)]
     expected = [

@@ -13,6 +13,7 @@ raises `DeterminismError` at the first divergence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import math
@@ -164,6 +165,8 @@ class WorkflowExecutor:
         self._history = list(history)
         self._first_step_done = first_step_done
         self._replayed = False
+        #: the last step was the execution's first (it applied WorkflowStarted, which it does not return)
+        self.began = False
 
         self.next_seq = 0
         self.recorded_calls: dict[int, HistoryEvent] = {}
@@ -211,10 +214,12 @@ class WorkflowExecutor:
         """Replay recorded history (first call only), apply `new_events`, return what is new."""
         capture.install()
         self._out = out = StepOutput()
+        self.began = False
         outer = self.loop.enter()
         try:
             if not self._replayed:
                 self._replayed = True
+                self.began = not self._first_step_done
                 self._replay()
             for event in new_events:
                 self._apply(event, live=True)
@@ -357,9 +362,7 @@ class WorkflowExecutor:
             return event.id is None or event.id not in self.seen_signal_ids
         if isinstance(event, CancelRequested):
             return not self.cancel_requested and self.started is not None
-        if isinstance(event, TERMINAL_EVENTS):
-            return True
-        return False
+        return isinstance(event, TERMINAL_EVENTS)
 
     def _dispatch(self, event: HistoryEvent) -> None:
         if isinstance(event, WorkflowStarted):
@@ -516,7 +519,7 @@ class WorkflowExecutor:
         self.loop.run_until_idle()
         for task in self.loop.tasks:
             if task.done() and not task.cancelled():
-                task._log_traceback = False  # type: ignore[attr-defined]
+                task._log_traceback = False
         self.open_children = tuple(
             pending.child_id
             for _, pending in sorted(self.pending.items())
@@ -548,11 +551,9 @@ class WorkflowExecutor:
             self.loop.run_until_idle()
             for task in self.loop.tasks:
                 if not task.done():  # it swallowed the cancellation and waits again
-                    try:
+                    with contextlib.suppress(BaseException):  # a discarded instance has nobody to report to
                         task.get_coro().close()
-                    except BaseException:  # noqa: BLE001 - a discarded instance has nobody to report to
-                        pass
-                task._log_traceback = False  # type: ignore[attr-defined]
+                task._log_traceback = False
         self.loop.tasks = []
         self.pending.clear()
         self.timers.clear()

@@ -1,8 +1,18 @@
 """What every runtime and client shares: the service-client protocol, its shapes, and handles.
 
+The service-client protocol is declared once, `ServiceClientProtocol`, and every implementation names it
+as a base class: `RuntimeBase` (so TestEnvironment, LocalRuntime and AwsRuntime) and `ServiceClient`.
+Subclassing the Protocol explicitly, rather than relying on structural matching, is what makes mypy verify
+each implementation where it is defined: every method it defines is checked against the protocol's
+signature like any override, and a class that leaves a protocol method out is abstract, so mypy refuses
+to instantiate it. Methods a runtime offers beyond the protocol (`rebind_executions`, commit listeners,
+a TestEnvironment's `tick`/`advance`) are not part of it: callers that need them narrow with `isinstance`
+(`RuntimeBase`, `TestEnvironment`).
+
 Which runtime serves a call: `async with runtime:` makes it current for code in the block (a
 ContextVar) and, if none is set, the process-wide default; code outside any block (FastAPI handlers,
-later notebook cells, other threads) uses that default.
+later notebook cells, other threads) uses that default. `current_runtime()` returns it as a
+`ServiceClientProtocol`.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import json
 import logging
 import re
 import threading
@@ -19,15 +30,31 @@ import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+    runtime_checkable,
+)
 
 from pydantic import BaseModel, Field
 
 from eventual_nb import errors
 from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from eventual_nb.activities import Activity
+    from eventual_nb.entities import Entity
+    from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, Start
+    from eventual_nb.runtime.entity_store import EntityStore
     from eventual_nb.service import Service
     from eventual_nb.signals import Signal
     from eventual_nb.workflows import Workflow
@@ -85,6 +112,26 @@ class DeadLetter(BaseModel):
     time: datetime
 
 
+class EntityInfo(BaseModel):
+    """An entity a runtime serves (`list_entities()`): its key fields and, where counting is cheap, its size."""
+
+    name: str
+    service: str | None = None
+    model: str
+    key: list[str]
+    #: entries stored; None where counting would cost a scan (the AWS runtime)
+    count: int | None = None
+
+
+class EntityRecord(BaseModel):
+    """One entry as stored (`get_entity(name, key)`): its value's JSON as written, whatever the model says now."""
+
+    entity: str
+    key: str | list[str]
+    value: Any
+    version: int
+
+
 class ExecutionWaits(BaseModel):
     """What an execution is blocked on now, read by the runtime at `now` on its own clock (a
     TestEnvironment's virtual time), so readers can say "9 min left" on the runtime's terms."""
@@ -101,7 +148,10 @@ class StartResponse(BaseModel):
 
 @runtime_checkable
 class ServiceClientProtocol(Protocol):
-    """Eventual's service client; implemented by every runtime and by `ServiceClient`."""
+    """Eventual's service client; implemented by every runtime (through `RuntimeBase`) and by `ServiceClient`,
+    each naming it as a base class so mypy checks their signatures against these (see the module docstring).
+
+    Its coroutine methods are the ones a runtime runs on its home event loop (`HOME_LOOP_METHODS`)."""
 
     async def list_workflows(self) -> list[WorkflowInfo]: ...
 
@@ -140,24 +190,29 @@ class ServiceClientProtocol(Protocol):
 
     async def list_dead_letters(self) -> list[DeadLetter]: ...
 
+    async def list_schedules(self) -> list[ScheduleInfo]: ...
 
-#: coroutine methods that run on a runtime's home event loop whichever thread or loop calls them
-HOME_LOOP_METHODS = (
-    "list_workflows",
-    "start_execution",
-    "get_execution",
-    "list_executions",
-    "get_execution_history",
-    "get_execution_logs",
-    "get_execution_waits",
-    "send_signal",
-    "publish_events",
-    "cancel_execution",
-    "send_activity_success",
-    "send_activity_failure",
-    "send_activity_heartbeat",
-    "list_dead_letters",
-    "wait_for_execution",
+    async def pause_schedule(self, name: str) -> None: ...
+
+    async def resume_schedule(self, name: str) -> None: ...
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle: ...
+
+    async def list_entities(self) -> list[EntityInfo]: ...
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord: ...
+
+    async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
+        """The execution once it ended (what `ExecutionHandle.result()` waits on); `ev.Timeout` after `timeout`
+        seconds (None: no limit)."""
+        ...
+
+
+#: coroutine methods that run on a runtime's home event loop whichever thread or loop calls them: the
+#: protocol's (read from `ServiceClientProtocol`, so a method added there hops too), then the runtime
+#: controls outside it (`RuntimeBase.rebind_executions`, a TestEnvironment's clock)
+HOME_LOOP_METHODS: tuple[str, ...] = (
+    *(name for name, member in vars(ServiceClientProtocol).items() if inspect.iscoroutinefunction(member)),
     "rebind_executions",
     "tick",
     "advance",
@@ -165,18 +220,25 @@ HOME_LOOP_METHODS = (
 )
 
 
-def _on_home_loop(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
+_R = TypeVar("_R", bound="RuntimeBase")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _on_home_loop(
+    method: Callable[Concatenate[_R, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[_R, _P], Coroutine[Any, Any, _T]]:
     """Run `method` on the runtime's own loop when called from another one (a notebook cell while the
     runtime runs on the kernel's background thread, a widget callback, a server thread); a call made on
     the home loop itself goes straight through."""
 
     @functools.wraps(method)
-    async def on_home_loop(self: RuntimeBase, *args: Any, **kwargs: Any) -> Any:
+    async def on_home_loop(self: _R, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         home = self._home_loop
         if home is not None and asyncio.get_running_loop() is not home:
             if home.is_closed():
                 raise errors.EventualError(f"the {type(self).__name__} was stopped")
-            future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+            future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(
                 method(self, *args, **kwargs), home
             )
             return await asyncio.wrap_future(future)
@@ -192,27 +254,10 @@ def _on_home_loop(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[.
 OFFSET_TOKEN_PATTERN = r"^(0|[1-9][0-9]{0,17})?$"
 
 
-class RuntimeBase:
-    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments.
+class ServedDefinitions:
+    """Which services a runtime serves, and their definitions looked up by name when needed, so definitions
+    added or replaced later (later cells, functions defined inside a test) are the ones used."""
 
-    A runtime is bound to the event loop it was started on (its home loop); the protocol methods in
-    `HOME_LOOP_METHODS` hop there from any other loop or thread, so one runtime can serve a notebook's
-    cells, its widgets and an HTTP server at once."""
-
-    _home_loop: asyncio.AbstractEventLoop | None = None
-    #: what this runtime's `list_executions` page tokens look like (a regular expression), for the server's
-    #: OpenAPI; None for opaque tokens
-    page_token_pattern: ClassVar[str | None] = OFFSET_TOKEN_PATTERN
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in HOME_LOOP_METHODS:
-            method = cls.__dict__.get(name)
-            if method is not None and inspect.iscoroutinefunction(method) and not hasattr(method, "_on_home_loop"):
-                setattr(cls, name, _on_home_loop(method))
-
-    _token: contextvars.Token[Any] | None = None
-    _made_default: bool = False
     #: names of the services served; None serves every service registered in the process
     _served_names: list[str] | None = None
 
@@ -261,10 +306,79 @@ class RuntimeBase:
         definition = self.workflow_definition(name)
         return definition, definition.validate_input(_NO_INPUT if input is None else input)
 
+    def fire_start(self, start: Start, now: datetime) -> tuple[Workflow[Any], Any, str]:
+        """What a schedule's `Start` (a fire or a trigger) starts: the served workflow, its input (the fire
+        time, as JSON) and the execution id `<workflow>/<schedule>-<YYYYMMDDTHHMMSSZ>`, the same for every
+        start of that fire, so a fire started twice starts one execution."""
+        from eventual_nb.runtime import core
+
+        definition, raw_input = self.start_definition(start.workflow, start.input)
+        return definition, raw_input, core.execution_id_for(definition.name, start.execution_name, now)
+
+    def served_schedules(self) -> list[Schedule]:
+        """The schedules of the served services, by name (a later cell's `@ev.schedule` is seen at once)."""
+        found: dict[str, Schedule] = {}
+        for service in self.served_services():
+            for name, schedule in service.schedules.items():
+                found.setdefault(name, schedule)
+        return [found[name] for name in sorted(found)]
+
+    def schedule_definition(self, name: str) -> Schedule:
+        """The served schedule `name`; `ScheduleNotFound` (404) naming the ones there are otherwise."""
+        if not isinstance(name, str):
+            raise errors.ScheduleNotFound(f"expected a schedule name, got {name!r}")
+        for schedule in self.served_schedules():
+            if schedule.name == name:
+                return schedule
+        known = ", ".join(f"'{schedule.name}'" for schedule in self.served_schedules()) or "none"
+        raise errors.ScheduleNotFound(
+            f"no schedule named '{name}' is served by this {type(self).__name__} (schedules: {known})", schedule=name
+        )
+
     def activity_definition(self, name: str) -> Activity[Any, Any] | None:
         from eventual_nb.activities import find_activity
 
         return find_activity(name, self.served_services())
+
+    def aws_result_warning(self, outcome: Any, name: str, seq: int, execution_id: str) -> str | None:
+        """The warning the LocalRuntime and the TestEnvironment log when an attempt's result would not fit on
+        AWS (`core.limits.result_warning`; an inline activity's result has no such limit)."""
+        from eventual_nb.runtime.core.limits import result_warning
+
+        definition = self.activity_definition(name)
+        inline = definition is not None and definition.inline
+        return result_warning(outcome, name, seq, execution_id, inline=inline)
+
+    @classmethod
+    def of(cls, services: list[Any]) -> ServedDefinitions:
+        """The lookups over `services` alone (services or their names), for code that serves them without
+        being a runtime (the AWS schedule forwarder)."""
+        lookup = ServedDefinitions()
+        lookup._serve(None, services)
+        return lookup
+
+
+class RuntimeBase(ServedDefinitions, ServiceClientProtocol):
+    """Shared behaviour of runtimes: being current, which definitions they serve, listing arguments.
+
+    A runtime is bound to the event loop it was started on (its home loop); the protocol methods in
+    `HOME_LOOP_METHODS` hop there from any other loop or thread, so one runtime can serve a notebook's
+    cells, its widgets and an HTTP server at once."""
+
+    _home_loop: asyncio.AbstractEventLoop | None = None
+    #: what this runtime's `list_executions` page tokens look like (a regular expression), for the server's
+    #: OpenAPI; None for opaque tokens
+    page_token_pattern: ClassVar[str | None] = OFFSET_TOKEN_PATTERN
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in HOME_LOOP_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and inspect.iscoroutinefunction(method) and not hasattr(method, "_on_home_loop"):
+                setattr(cls, name, _on_home_loop(method))
+
+    _token: contextvars.Token[Any] | None = None
+    _made_default: bool = False
 
     async def list_workflows(self) -> list[WorkflowInfo]:
         found: list[WorkflowInfo] = []
@@ -287,17 +401,67 @@ class RuntimeBase:
         """What execution `id` is blocked on now (none once it ended), found by replaying its history with the
         workflow's current definition: the signal `expect`s and conditions it waits on are recorded nowhere
         else. An execution whose code this runtime does not have, or which no longer replays, reports none."""
-        runtime: Any = self  # every runtime implements the protocol's readers
-        execution: Execution = await runtime.get_execution(id)
+        execution = await self.get_execution(id)
         now = self.current_time()
         if execution.status != ExecutionStatus.IN_PROGRESS:
             return ExecutionWaits(execution_id=id, now=now)
-        history: list[HistoryEvent] = await runtime.get_execution_history(id)
+        history = await self.get_execution_history(id)
         try:
             code = self.workflow_definition(execution.workflow).code()
         except errors.EventualError:
             return ExecutionWaits(execution_id=id, now=now)
         return ExecutionWaits(execution_id=id, now=now, waits=replay_waits(code, id, history))
+
+    def entity_definition(self, name: str) -> Entity[Any]:
+        """The served definition of entity `name` (`EntityNotFound`, 404, if no served service defines one)."""
+        for service in self.served_services():
+            found = service.entities.get(name)
+            if found is not None:
+                return found
+        raise errors.EntityNotFound(f"no entity named '{name}' is served by this {type(self).__name__}", entity=name)
+
+    async def list_entities(self) -> list[EntityInfo]:
+        """The served entities, with their number of entries where the store counts them cheaply."""
+        found: list[EntityInfo] = []
+        for service in self.served_services():
+            for entity in service.entities.values():
+                count = await self.entity_store().count(entity.name)
+                found.append(
+                    EntityInfo(
+                        name=entity.name,
+                        service=service.name,
+                        model=entity.model.__name__,
+                        key=list(entity.key_fields),
+                        count=count,
+                    )
+                )
+        return found
+
+    async def get_entity(self, name: str, key: Any) -> EntityRecord:
+        """Entry `key` of entity `name` as stored (for inspection: the value is not read through the model, so an
+        entry the current model refuses can still be looked at). `EntityNotFound` (404) if there is none, also
+        for a key no entry could have (a one-part key for a two-part entity, an empty or too long one)."""
+        entity = self.entity_definition(name)
+        try:
+            where = entity.key(key)
+        except errors.InvalidEntityValue as exc:  # no entry can have such a key: a lookup finds nothing
+            raise errors.EntityNotFound(f"{exc.message}, so it has no such entry", entity=name, key=key) from None
+        stored = await self.entity_store().get(where)
+        if stored is None:
+            raise errors.EntityNotFound(
+                f"entity '{name}' has no entry with key {where.shown!r}", entity=name, key=where.shown
+            )
+        shown = where.shown
+        return EntityRecord(
+            entity=name,
+            key=shown if isinstance(shown, str) else list(shown),
+            value=json.loads(stored.value),
+            version=stored.version,
+        )
+
+    def entity_store(self) -> EntityStore:
+        """Where this runtime keeps entities (`ev.entity`)."""
+        raise errors.EventualError(f"{type(self).__name__} keeps no entities")
 
     async def rebind_executions(self, workflow: str, pinned: dict[str, Any]) -> None:
         """After workflow `workflow` was redefined: executions in `pinned` (id -> `WorkflowCode`) keep
@@ -366,20 +530,38 @@ class RuntimeBase:
             self._made_default = False
 
 
-_current_runtime: contextvars.ContextVar[Any] = contextvars.ContextVar("eventual_runtime", default=None)
-_default_runtime: Any = None
+_current_runtime: contextvars.ContextVar[ServiceClientProtocol | None] = contextvars.ContextVar(
+    "eventual_runtime", default=None
+)
+_default_runtime: ServiceClientProtocol | None = None
 _default_lock = threading.Lock()
 
 
-def set_default_runtime(runtime: Any) -> None:
+def set_default_runtime(runtime: ServiceClientProtocol | None) -> None:
     """Make `runtime` the process-wide default (what `eventual-nb serve` and `%eventual runtime` do)."""
     global _default_runtime
     with _default_lock:
         _default_runtime = runtime
 
 
-def current_runtime(required: bool = True) -> Any:
-    """The runtime for this code: the innermost `async with runtime:`, else the process-wide default."""
+async def running_on(runtime: ServiceClientProtocol, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` with `runtime` as the current runtime (for this task and those it starts; the process-wide
+    default is left alone): how the AWS functions give a runtime to the activities and handlers they run."""
+    _current_runtime.set(runtime)
+    return await work
+
+
+@overload
+def current_runtime(required: Literal[True] = True) -> ServiceClientProtocol: ...
+
+
+@overload
+def current_runtime(required: bool) -> ServiceClientProtocol | None: ...
+
+
+def current_runtime(required: bool = True) -> ServiceClientProtocol | None:
+    """The runtime for this code: the innermost `async with runtime:`, else the process-wide default; None
+    when there is none and `required` is false (with `required`, `NoRuntime` saying how to set one)."""
     runtime = _current_runtime.get()
     if runtime is None:
         runtime = _default_runtime
@@ -461,33 +643,31 @@ def signal_name_of(signal: Any) -> str:
 HANDOVER_TIMEOUT = 60.0
 
 
-def _is_running(runtime: Any) -> bool:
-    check = getattr(runtime, "is_running", None)
-    return True if check is None else bool(check())  # a client (ServiceClient) has no lifecycle here
+def _is_running(runtime: ServiceClientProtocol) -> bool:
+    """A runtime says whether it still serves calls; a client (ServiceClient) has no lifecycle here: it does."""
+    return not isinstance(runtime, RuntimeBase) or runtime.is_running()
 
 
-def serving_runtime(bound: Any, what: str) -> Any:
+def serving_runtime(bound: ServiceClientProtocol, what: str) -> ServiceClientProtocol:
     """The runtime that serves `what` (a handle's execution, a widget) now, for one bound to `bound`.
 
     `bound` itself while it runs. Once it stopped, the current runtime if that opens the same store (a
     notebook re-running `%eventual runtime local`: handles and widgets follow the new runtime); otherwise
     an `EventualError` saying plainly why the execution cannot be reached. Blocks while a switch started by
     whoever stopped `bound` is still in progress (call it from a thread that is not the runtime's)."""
-    if _is_running(bound):
+    if not isinstance(bound, RuntimeBase) or bound.is_running():
         return bound
-    handover = getattr(bound, "_handover", None)
-    if handover is not None:
-        handover.wait(HANDOVER_TIMEOUT)
+    if bound._handover is not None:
+        bound._handover.wait(HANDOVER_TIMEOUT)
     current = current_runtime(required=False)
     if (
-        current is not None
+        isinstance(current, RuntimeBase)
         and current is not bound
-        and _is_running(current)
-        and callable(getattr(current, "store", None))
+        and current.is_running()
         and current.store() == bound.store()
     ):
         return current
-    reason = getattr(bound, "replaced_because", None) or f"a {type(bound).__name__} that was stopped"
+    reason = bound.replaced_because or f"a {type(bound).__name__} that was stopped"
     raise errors.EventualError(f"{what} belongs to {reason}")
 
 
@@ -497,7 +677,14 @@ class ExecutionHandle:
     A handle whose runtime stopped follows the runtime that replaced it on the same store (a re-run of
     `%eventual runtime local` in a notebook), and otherwise says which runtime it belongs to."""
 
-    def __init__(self, id: str, workflow: str | None = None, *, runtime: Any = None, already_running: bool = False):
+    def __init__(
+        self,
+        id: str,
+        workflow: str | None = None,
+        *,
+        runtime: ServiceClientProtocol | None = None,
+        already_running: bool = False,
+    ):
         self.id = id
         self.workflow = workflow or id.split("/", 1)[0]
         self._runtime = runtime
@@ -514,21 +701,21 @@ class ExecutionHandle:
         return hash(self.id)
 
     @property
-    def runtime(self) -> Any:
+    def runtime(self) -> ServiceClientProtocol:
         return self._runtime if self._runtime is not None else current_runtime()
 
-    async def _serving(self) -> Any:
+    async def _serving(self) -> ServiceClientProtocol:
         """The runtime to call now (`serving_runtime`), remembered so later calls go straight to it."""
         bound = self._runtime
         if bound is None:
             return current_runtime()
         if not _is_running(bound):
             # waits for a switch in progress on a worker thread: the switching thread may need this loop
-            self._runtime = await asyncio.to_thread(serving_runtime, bound, f"this execution ('{self.id}')")
-        return self._runtime
+            bound = self._runtime = await asyncio.to_thread(serving_runtime, bound, f"this execution ('{self.id}')")
+        return bound
 
     async def status(self) -> Execution:
-        return await (await self._serving()).get_execution(self.id)  # type: ignore[no-any-return]
+        return await (await self._serving()).get_execution(self.id)
 
     async def result(self, timeout: Any = None) -> Any:
         """Wait for the execution to end; return its result or raise why it did not succeed."""
@@ -547,17 +734,17 @@ class ExecutionHandle:
                 continue  # its runtime stopped while waiting: wait on the one that replaced it
             return outcome_of(execution)
 
-    async def signal(self, signal: Signal | str, payload: Any = None, id: str | None = None) -> None:
+    async def signal(self, signal: Signal[Any] | str, payload: Any = None, id: str | None = None) -> None:
         await (await self._serving()).send_signal(self.id, signal, payload, id=id)
 
     async def cancel(self) -> None:
         await (await self._serving()).cancel_execution(self.id)
 
     async def history(self) -> list[HistoryEvent]:
-        return await (await self._serving()).get_execution_history(self.id)  # type: ignore[no-any-return]
+        return await (await self._serving()).get_execution_history(self.id)
 
     async def logs(self) -> list[LogEntry]:
-        return await (await self._serving()).get_execution_logs(self.id)  # type: ignore[no-any-return]
+        return await (await self._serving()).get_execution_logs(self.id)
 
 
 def outcome_of(execution: Execution) -> Any:

@@ -2,8 +2,14 @@
 execution core (`eventual_nb.runtime.core`), which decides what every step, attempt and delivery means.
 
 Time never passes on its own: only `tick`, `advance`, `tick_until` and `result()` move it. Work that is
-due (workflow steps, activity attempts, timers, retries, signal deliveries, subscription deliveries)
-sits in one queue ordered by due time and arrival, so a test run is deterministic.
+due (workflow steps, activity attempts, timers, retries, signal deliveries, subscription deliveries,
+schedule fires) sits in one queue ordered by due time and arrival, so a test run is deterministic.
+
+Schedules (`@ev.schedule`) fire in virtual time: `await env.advance("7d")` stops at every fire on the way
+and starts its execution then, with the fire time as input. The environment first sees a schedule when it
+starts (or, for one defined later, at the next `tick`), so no fire before that is started. A schedule
+fire alone does not count as progress for `result()`: an execution that only a future fire could wake is
+reported `Stuck` rather than waited for through years of fires; move the clock with `advance` instead.
 """
 
 from __future__ import annotations
@@ -54,7 +60,10 @@ from eventual_nb.runtime.core import (
     Publish,
     StartAttempt,
     StartChild,
+    schedules,
 )
+from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, ScheduleState
+from eventual_nb.runtime.entity_memory import MemoryEntityStore
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.serde import input_hash, to_json
 from eventual_nb.service import Service
@@ -218,6 +227,8 @@ class _Work:
     run: Callable[[], Awaitable[None]] = field(compare=False)
     what: str = field(compare=False, default="")
     cancelled: bool = field(compare=False, default=False)
+    #: a schedule fire: run when time passes it, but never a reason for `result()` to move time (see above)
+    background: bool = field(compare=False, default=False)
 
 
 class _TestSubscriber:
@@ -276,6 +287,12 @@ class TestEnvironment(RuntimeBase):
         self.replays = 0
         #: executions that keep running on an earlier definition of their workflow (`rebind_executions`)
         self._pinned: dict[str, Any] = {}
+        #: each schedule's state (`core.schedules`), kept while the environment lives
+        self._schedule_states: dict[str, ScheduleState] = {}
+        #: the served schedules as last seen, with the queued work of their next fire
+        self._schedule_work: dict[str, tuple[Schedule, _Work | None]] = {}
+        self._schedules_seen: tuple[int, int] | None = None
+        self._entities = MemoryEntityStore()
 
     # -- context -------------------------------------------------------------------------------------
 
@@ -283,10 +300,15 @@ class TestEnvironment(RuntimeBase):
         capture.install()
         self._home_loop = asyncio.get_running_loop()
         self.enter_current()
+        self._sync_schedules()
         return self
 
     def is_running(self) -> bool:
         return self._home_loop is not None
+
+    def entity_store(self) -> MemoryEntityStore:
+        """This environment's entities (`ev.entity`), in memory: each environment starts with none."""
+        return self._entities
 
     async def __aexit__(self, *exc_info: Any) -> None:
         self.exit_current()
@@ -308,8 +330,10 @@ class TestEnvironment(RuntimeBase):
 
     # -- the queue -----------------------------------------------------------------------------------
 
-    def _schedule(self, due: datetime, run: Callable[[], Awaitable[None]], what: str) -> _Work:
-        work = _Work(due=max(due, self._now), order=next(self._order), run=run, what=what)
+    def _schedule(
+        self, due: datetime, run: Callable[[], Awaitable[None]], what: str, *, background: bool = False
+    ) -> _Work:
+        work = _Work(due=max(due, self._now), order=next(self._order), run=run, what=what, background=background)
         heapq.heappush(self._queue, work)
         self._version += 1
         return work
@@ -319,8 +343,13 @@ class TestEnvironment(RuntimeBase):
             heapq.heappop(self._queue)
         return self._queue[0].due if self._queue else None
 
+    def _next_foreground_due(self) -> datetime | None:
+        """The next due work that is not a schedule fire (what `result()` may move time for)."""
+        return min((work.due for work in self._queue if not work.cancelled and not work.background), default=None)
+
     async def tick(self) -> None:
         """Run everything due now, and everything that becomes due now in turn; the clock stays."""
+        self._sync_schedules()
         while True:
             due = self._next_due()
             if due is None or due > self._now:
@@ -379,19 +408,20 @@ class TestEnvironment(RuntimeBase):
             if state.blocked is not None and not state.step_scheduled:
                 raise state.blocked
             due = self._next_due()
-            if due is None or due > deadline:
+            foreground = self._next_foreground_due()
+            if foreground is None or foreground > deadline:
                 if await self._test_loop_progress():
                     continue
-                if due is None:
+                if foreground is None:
                     raise Stuck(self._stuck_message(state))
-                self._now = deadline
-                await self.tick()
+                await self._advance_to(deadline)  # schedule fires on the way run at their own times
                 if state.status != ExecutionStatus.IN_PROGRESS:
                     return state.execution()
                 raise errors.Timeout(
                     f"execution '{id}' did not finish within {format_duration(deadline - state.start_time)} "
                     "of virtual time"
                 )
+            assert due is not None  # at most the foreground work's due
             self._now = due
 
     def _stuck_message(self, state: _ExecutionState) -> str:
@@ -768,6 +798,9 @@ class TestEnvironment(RuntimeBase):
         match decision:
             case core.Settle(event=event):
                 activity.status = "done"
+                warning = self.aws_result_warning(outcome, activity.name, activity.seq, activity.execution_id)
+                if warning is not None:
+                    self._log_for(activity.execution_id, "runtime")(warning)
                 self._activities.pop((activity.execution_id, activity.seq), None)  # its token is no longer pending
                 state = self._executions.get(activity.execution_id)
                 if state is not None:
@@ -911,6 +944,93 @@ class TestEnvironment(RuntimeBase):
         return list(self._dead_letters)
 
     # -- introspection for tests ---------------------------------------------------------------------
+
+    # -- schedules -----------------------------------------------------------------------------------
+
+    def _sync_schedules(self) -> None:
+        """See schedules defined, replaced or removed since the last look (cheap when none changed): a new
+        one starts its state now, so it has no missed fires; each has its next fire queued."""
+        from eventual_nb import service as registry
+
+        seen = (registry.schedule_generation, registry.generation)
+        if seen == self._schedules_seen:
+            return
+        self._schedules_seen = seen
+        served = {schedule.name: schedule for schedule in self.served_schedules()}
+        for name, (known, work) in list(self._schedule_work.items()):
+            if served.get(name) != known:  # removed, or defined again with other options
+                if work is not None:
+                    work.cancelled = True
+                del self._schedule_work[name]
+        for name, schedule in served.items():
+            if name not in self._schedule_work:
+                self._schedule_states.setdefault(name, ScheduleState.new(self._now))
+                self._arm_schedule(schedule)
+
+    def _arm_schedule(self, schedule: Schedule) -> None:
+        """Queue the schedule's next fire (replacing the one queued), or nothing while paused."""
+        known = self._schedule_work.get(schedule.name)
+        if known is not None and known[1] is not None:
+            known[1].cancelled = True
+        due = schedules.wake_at(schedule, self._schedule_states[schedule.name])
+        work = None
+        if due is not None:
+            work = self._schedule(
+                due, functools.partial(self._fire_schedule, schedule.name), f"schedule {schedule.name}", background=True
+            )
+        self._schedule_work[schedule.name] = (schedule, work)
+
+    async def _fire_schedule(self, name: str) -> None:
+        known = self._schedule_work.get(name)
+        if known is None:
+            return
+        schedule = known[0]
+        state = self._schedule_states[name]
+        running = schedules.previous_running(state, self._status_of)
+        decision = schedules.decide_due(schedule, state, self._now, previous_in_progress=running)
+        self._schedule_states[name] = self._start_fires(decision)
+        self._arm_schedule(schedule)
+
+    def _start_fires(self, decision: schedules.Decision) -> ScheduleState:
+        """Start what a schedule decision says; the state to keep, with the last execution started."""
+        state = decision.state
+        for start in decision.starts:
+            state = state.started(self._start_fire(start).id)
+        return state
+
+    def _start_fire(self, start: schedules.Start) -> ExecutionHandle:
+        definition, raw_input, execution_id = self.fire_start(start, self._now)
+        return self._start(definition, raw_input, execution_id, None, Lineage.of(definition))
+
+    def _schedule_state(self, name: str) -> tuple[Schedule, ScheduleState]:
+        schedule = self.schedule_definition(name)
+        self._sync_schedules()
+        return schedule, self._schedule_states[name]
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        self._sync_schedules()
+        return [
+            schedules.schedule_info(schedule, self._schedule_states[schedule.name])
+            for schedule in self.served_schedules()
+        ]
+
+    async def pause_schedule(self, name: str) -> None:
+        schedule, state = self._schedule_state(name)
+        self._schedule_states[name] = schedules.pause(state)
+        self._arm_schedule(schedule)
+
+    async def resume_schedule(self, name: str) -> None:
+        schedule, state = self._schedule_state(name)
+        self._schedule_states[name] = schedules.resume(state, self._now)
+        self._arm_schedule(schedule)
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle:
+        schedule, state = self._schedule_state(name)
+        decision = schedules.decide_trigger(schedule, state, self._now)
+        (start,) = decision.starts
+        handle = self._start_fire(start)
+        self._schedule_states[name] = decision.state.started(handle.id)
+        return handle
 
     def executions(self) -> list[str]:
         """Ids of every execution this environment has started, oldest first."""

@@ -302,6 +302,25 @@ def build_timeline(
 
 
 def _apply(builder: _Builder, event: HistoryEvent, workflow: Span) -> None:
+    """Add what one history event shows: a call opened or closed, an instant, or the workflow's end."""
+    if isinstance(event, (ActivityScheduled, TimerScheduled, ChildWorkflowScheduled)):
+        _open_call(builder, event)
+    elif isinstance(event, (*ACTIVITY_RESULTS, TimerCompleted, ChildWorkflowSucceeded, ChildWorkflowFailed)):
+        _close_call(builder, event)
+    elif isinstance(event, SignalReceived):
+        _signal_received(builder, event)
+    elif isinstance(event, (SignalSent, EventsPublished, PatchMarker, CancelRequested)):
+        _add_instant(builder, event)
+    elif isinstance(event, TERMINAL_EVENTS) and workflow.end is None:
+        workflow.end = event.timestamp
+        workflow.outcome = _outcome_of(event)
+        if isinstance(event, WorkflowSucceeded):
+            workflow.details["result"] = event.result
+        workflow.details.update(_failure(event))
+
+
+def _open_call(builder: _Builder, event: ActivityScheduled | TimerScheduled | ChildWorkflowScheduled) -> None:
+    """The span of a call the workflow made: an activity, a timer (a sleep or an `expect`'s timeout), a child."""
     if isinstance(event, ActivityScheduled):
         details: dict[str, Any] = {"input": event.input}
         builder.call(
@@ -317,12 +336,6 @@ def _apply(builder: _Builder, event: HistoryEvent, workflow: Span) -> None:
                 details=details,
             )
         )
-    elif isinstance(event, ACTIVITY_RESULTS):
-        result: dict[str, Any] = {"attempts": event.attempts}
-        if isinstance(event, ActivitySucceeded):
-            result["result"] = event.result
-        result.update(_failure(event))
-        builder.close(event.seq, event.timestamp, _outcome_of(event), result)
     elif isinstance(event, TimerScheduled):
         # a timer is either a sleep or the timeout of a signal's `expect`, drawn as that signal's wait
         name = event.signal_timeout
@@ -335,37 +348,7 @@ def _apply(builder: _Builder, event: HistoryEvent, workflow: Span) -> None:
         if name is not None:
             builder.signal_timers.setdefault(name, []).append(span)
         builder.call(span)
-    elif isinstance(event, TimerCompleted):
-        fired = builder.close(event.seq, event.timestamp, "fired", {})
-        if fired is not None and fired.kind == "signal":
-            fired.outcome = "timed_out"
-            fired.details["outcome"] = "timed out: no signal before the timeout"
-            expecting = builder.signal_timers.get(fired.row.removeprefix("signal "), [])
-            if fired in expecting:
-                expecting.remove(fired)
-    elif isinstance(event, SignalReceived):
-        row = f"signal {event.signal}"
-        details = {"payload": event.payload}
-        if event.id is not None:
-            details["id"] = event.id
-        builder.add_instant("signal", row, f"{event.signal} received", event.timestamp, details)
-        timed = builder.signal_timers.get(event.signal)
-        if timed:
-            builder.close(timed.pop(0).seq, event.timestamp, "received", {"payload": event.payload})
-    elif isinstance(event, SignalSent):
-        builder.add_instant(
-            "sent",
-            "signals sent",
-            f"{event.signal} → {event.target}",
-            event.timestamp,
-            {"seq": event.seq, "target": event.target, "payload": event.payload},
-        )
-    elif isinstance(event, EventsPublished):
-        names = ", ".join(str(item.get("name", "?")) for item in event.events)
-        builder.add_instant(
-            "events", "events published", names, event.timestamp, {"seq": event.seq, "events": event.events}
-        )
-    elif isinstance(event, ChildWorkflowScheduled):
+    else:
         builder.call(
             Span(
                 f"s{event.seq}",
@@ -379,19 +362,60 @@ def _apply(builder: _Builder, event: HistoryEvent, workflow: Span) -> None:
                 details={"child": event.child_id, "input": event.input},
             )
         )
+
+
+def _close_call(builder: _Builder, event: HistoryEvent) -> None:
+    """End the span of the call `event` answers: an activity's or a child's result, a timer that fired."""
+    if isinstance(event, ACTIVITY_RESULTS):
+        result: dict[str, Any] = {"attempts": event.attempts}
+        if isinstance(event, ActivitySucceeded):
+            result["result"] = event.result
+        result.update(_failure(event))
+        builder.close(event.seq, event.timestamp, _outcome_of(event), result)
+    elif isinstance(event, TimerCompleted):
+        fired = builder.close(event.seq, event.timestamp, "fired", {})
+        if fired is not None and fired.kind == "signal":
+            fired.outcome = "timed_out"
+            fired.details["outcome"] = "timed out: no signal before the timeout"
+            expecting = builder.signal_timers.get(fired.row.removeprefix("signal "), [])
+            if fired in expecting:
+                expecting.remove(fired)
     elif isinstance(event, (ChildWorkflowSucceeded, ChildWorkflowFailed)):
         details = {"result": event.result} if isinstance(event, ChildWorkflowSucceeded) else _failure(event)
         builder.close(event.seq, event.timestamp, _outcome_of(event), details)
+
+
+def _signal_received(builder: _Builder, event: SignalReceived) -> None:
+    """A signal's instant on its row; it also answers the oldest `expect` with a timeout waiting for it."""
+    row = f"signal {event.signal}"
+    details = {"payload": event.payload}
+    if event.id is not None:
+        details["id"] = event.id
+    builder.add_instant("signal", row, f"{event.signal} received", event.timestamp, details)
+    timed = builder.signal_timers.get(event.signal)
+    if timed:
+        builder.close(timed.pop(0).seq, event.timestamp, "received", {"payload": event.payload})
+
+
+def _add_instant(builder: _Builder, event: SignalSent | EventsPublished | PatchMarker | CancelRequested) -> None:
+    """The instants that end nothing: a signal sent, events published, a patch marker, a cancel request."""
+    if isinstance(event, SignalSent):
+        builder.add_instant(
+            "sent",
+            "signals sent",
+            f"{event.signal} → {event.target}",
+            event.timestamp,
+            {"seq": event.seq, "target": event.target, "payload": event.payload},
+        )
+    elif isinstance(event, EventsPublished):
+        names = ", ".join(str(item.get("name", "?")) for item in event.events)
+        builder.add_instant(
+            "events", "events published", names, event.timestamp, {"seq": event.seq, "events": event.events}
+        )
     elif isinstance(event, PatchMarker):
         builder.add_instant("patch", "workflow", f"patch {event.patch_id}", event.timestamp, {"patch": event.patch_id})
-    elif isinstance(event, CancelRequested):
+    else:
         builder.add_instant("cancel", "workflow", "cancel requested", event.timestamp, {})
-    elif isinstance(event, TERMINAL_EVENTS) and workflow.end is None:
-        workflow.end = event.timestamp
-        workflow.outcome = _outcome_of(event)
-        if isinstance(event, WorkflowSucceeded):
-            workflow.details["result"] = event.result
-        workflow.details.update(_failure(event))
 
 
 def _finish_open(builder: _Builder, terminal: HistoryEvent | None, waits: list[Wait] | None) -> None:

@@ -384,10 +384,15 @@ def _runs(bars: list[tuple[float, float, float | None, Span]]) -> list[list[tupl
     for bar in bars:
         left, right, _, _ = bar
         narrow = right - left <= MIN_BAR + 0.01
-        if runs and narrow and len(runs[-1]) and runs[-1][-1][1] - runs[-1][-1][0] <= MIN_BAR + 0.01:
-            if left - runs[-1][-1][1] < 1.0:
-                runs[-1].append(bar)
-                continue
+        if (
+            runs
+            and narrow
+            and len(runs[-1])
+            and runs[-1][-1][1] - runs[-1][-1][0] <= MIN_BAR + 0.01
+            and left - runs[-1][-1][1] < 1.0
+        ):
+            runs[-1].append(bar)
+            continue
         runs.append([bar])
     return runs
 

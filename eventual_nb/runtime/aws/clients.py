@@ -28,6 +28,7 @@ the wrappers take already-built clients and `AwsClients.from_environment` import
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -76,6 +77,8 @@ HISTORY_LAYOUT_VARIABLE = "EVENTUAL_HISTORY_LAYOUT"
 #: the layout this code reads and writes: one DynamoDB item per turn (`stores.py`). Stacks deployed before
 #: it existed stored one item per event and a history head, and carry no layout at all.
 HISTORY_LAYOUT = "turns-1"
+#: the service's entities table (`ev.entity`); a stack of a service without entities has none
+ENTITIES_TABLE_VARIABLE = "EVENTUAL_ENTITIES_TABLE"
 
 #: what SQS allows in a MessageGroupId / MessageDeduplicationId: 1-128 printable ASCII, no space
 _SQS_ID = re.compile(r"[!-~]{1,128}")
@@ -284,7 +287,8 @@ class TimerClient:
         at = utc(due)
         if at.microsecond:
             at = at.replace(microsecond=0) + timedelta(seconds=1)
-        try:
+        # a conflict: already scheduled, this is a re-dispatch of the same timer
+        with contextlib.suppress(scheduler.exceptions.ConflictException):
             scheduler.create_schedule(
                 Name=schedule_name(execution_id, key),
                 GroupName=group,
@@ -301,18 +305,14 @@ class TimerClient:
                 },
                 Description=f"timer {key} of {execution_id}"[:512],
             )
-        except scheduler.exceptions.ConflictException:
-            pass  # already scheduled: this is a re-dispatch of the same timer
         return "scheduler"
 
     def cancel(self, execution_id: str, key: str) -> None:
         """Delete the timer's schedule if it has one; a timer on the SQS queue cannot be recalled."""
         if self.scheduler is None or not self.group:
             return
-        try:
+        with contextlib.suppress(self.scheduler.exceptions.ResourceNotFoundException):
             self.scheduler.delete_schedule(Name=schedule_name(execution_id, key), GroupName=self.group)
-        except self.scheduler.exceptions.ResourceNotFoundException:
-            pass
 
     def requeue(self, body: Mapping[str, Any], now: datetime) -> None:
         """Put a timer body on the timer queue for the rest of its wait (at most one hop)."""
@@ -481,10 +481,9 @@ class ExecutionLogs:
         try:
             reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
         except self.logs.exceptions.ResourceNotFoundException:
-            try:
+            # another writer may have created it in between
+            with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
                 self.logs.create_log_stream(logGroupName=self.group, logStreamName=stream)
-            except self.logs.exceptions.ResourceAlreadyExistsException:
-                pass  # another writer created it in between
             reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
         rejected = reply.get("rejectedLogEventsInfo")
         if rejected:
@@ -501,6 +500,7 @@ class AwsSettings:
     service: str = ""
     executions_table: str = ""
     history_table: str = ""
+    entities_table: str = ""
     workflow_queue_url: str = ""
     activity_queue_url: str = ""
     timer_queue_url: str = ""
@@ -527,6 +527,7 @@ class AwsSettings:
             service=source.get(SERVICE_VARIABLE, ""),
             executions_table=source.get(EXECUTIONS_TABLE_VARIABLE, ""),
             history_table=source.get(HISTORY_TABLE_VARIABLE, ""),
+            entities_table=source.get(ENTITIES_TABLE_VARIABLE, ""),
             workflow_queue_url=source.get(WORKFLOW_QUEUE_VARIABLE, ""),
             activity_queue_url=source.get(ACTIVITY_QUEUE_VARIABLE, ""),
             timer_queue_url=source.get(TIMER_QUEUE_VARIABLE, ""),
@@ -614,7 +615,7 @@ class AwsClients:
             kwargs = dict(session_or_kwargs or {})
 
             def factory(service: str) -> Any:
-                return boto3.client(service, **kwargs)  # type: ignore[call-overload]
+                return boto3.client(service, **kwargs)
 
         else:
             session = session_or_kwargs

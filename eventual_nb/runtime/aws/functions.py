@@ -25,9 +25,11 @@ from datetime import datetime
 from typing import Any
 
 from eventual_nb import errors
+from eventual_nb.aws import AwsRuntime
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, AwsSettings
 from eventual_nb.runtime.aws.orchestrator import Orchestrator
-from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore
+from eventual_nb.runtime.aws.schedules import ScheduleKeeper
+from eventual_nb.runtime.aws.stores import ExecutionStore, HistoryStore, ScheduleStore
 from eventual_nb.runtime.aws.workers import (
     ActivityWorker,
     Handler,
@@ -35,6 +37,7 @@ from eventual_nb.runtime.aws.workers import (
     schedule_forwarder,
     timer_handler,
 )
+from eventual_nb.runtime.base import ServedDefinitions
 from eventual_nb.service import Service, all_services, get_service
 
 __all__ = [
@@ -94,13 +97,21 @@ class StackFunctions:
             ExecutionStore(dynamodb, settings.executions_table),
             HistoryStore(dynamodb, settings.history_table),
         )
-        self.orchestrator = Orchestrator(self.stores, clients, self.services, clock=clients.clock)
+        # what activities and subscription handlers see as the current runtime: this stack, over these clients
+        self.runtime = AwsRuntime(services=[*self.services], signing_key=signing_key, clients=clients)
+        self.orchestrator = Orchestrator(self.stores, clients, self.services, clock=clients.clock, runtime=self.runtime)
         self.activity_worker = ActivityWorker(
-            self.stores, clients, self.services, signing_key=signing_key, environ=environ
+            self.stores, clients, self.services, signing_key=signing_key, environ=environ, runtime=self.runtime
         )
-        self.subscription_worker = SubscriptionWorker(clients, self.services)
+        self.subscription_worker = SubscriptionWorker(clients, self.services, runtime=self.runtime)
         self.timer = timer_handler(clients)
-        self.schedule_forwarder = schedule_forwarder(clients)
+        self.schedules = ScheduleKeeper(
+            self.stores[0],
+            ScheduleStore(dynamodb, settings.executions_table),
+            clients,
+            ServedDefinitions.of(self.services),
+        )
+        self.schedule_forwarder = schedule_forwarder(clients, self.schedules)
 
     def handlers(self) -> dict[str, Handler]:
         """Function key (`orchestrator`, `activity`, `subscription`, `timer`, `schedule`) → handler."""

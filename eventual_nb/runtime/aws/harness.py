@@ -12,10 +12,16 @@ deployed disabled in the emulator (`Emulator=true`), and schedules never fire. T
   batch; a malformed or unknown `itemIdentifier` fails it too, as on Lambda. On the FIFO queue, once a
   message of a group failed, later messages of that group in the batch count as failed even if the
   handler did not list them, so a group's order survives a failure.
-* EventBridge Scheduler: `fire_due_schedules` lists the one-time `at()` schedules of the group and, for
-  each whose time has come by the harness's clock, delivers its input to its target — an SQS queue
-  (`send_message`) or a Lambda function (the `schedule` handler, called with the parsed input) — and
-  deletes it (`ActionAfterCompletion=DELETE`).
+* EventBridge Scheduler: `fire_due_schedules` lists the schedules of the group. A one-time `at()` schedule
+  whose time has come by the harness's clock is delivered to its target — an SQS queue (`send_message`)
+  or a Lambda function (the `schedule` handler, called with the parsed input) — and deleted
+  (`ActionAfterCompletion=DELETE`). A recurring `cron()`/`rate()` schedule is delivered once per fire
+  between the harness's last look and its clock, oldest first, with `<aws.scheduler.scheduled-time>` in
+  its input replaced by the fire's time, as Scheduler does. Like Scheduler, a DISABLED schedule skips
+  the fires of its disabled span, and a `rate()` counts from when the schedule was first seen (here: by
+  the harness's clock). Cron expressions are read in AWS's 6-field form (`?`, days of the week 1-7 from
+  Sunday, a year field of `*`) in `ScheduleExpressionTimezone`: a local time skipped by a daylight-saving
+  change does not fire, one that happens twice fires once.
 
 Handlers are keyed by the template's function keys: `orchestrator`, `activity`, `timer`, `subscription`,
 `schedule`; each is `handler(event, context) -> dict | None`, exactly what the generated `handlers.py`
@@ -31,6 +37,7 @@ hops in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +53,10 @@ from zoneinfo import ZoneInfo
 from eventual_nb import errors
 from eventual_nb.runtime.aws.clients import AwsClients, utc
 from eventual_nb.runtime.aws.functions import ENTRY_POINTS, process_functions
+from eventual_nb.runtime.aws.schedules import SCHEDULED_TIME, group_schedule_names
+from eventual_nb.runtime.clock import ManualClock
+
+__all__ = ["Harness", "HarnessNotIdle", "LambdaContext", "ManualClock", "RunReport", "harness_for", "recurring_fires"]
 
 LOGGER = logging.getLogger("eventual_nb.aws.harness")
 
@@ -65,30 +76,13 @@ DEFAULT_ACCOUNT = "123456789012"
 ENVELOPE_KEYS = ("version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail")
 
 _AT = re.compile(r"at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)")
+_CRON = re.compile(r"cron\((.+)\)")
+_RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)")
+_RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 
 
 class HarnessNotIdle(errors.EventualError):
     """Work was still being done after `max_rounds` rounds (a message that fails forever, a busy loop)."""
-
-
-class ManualClock:
-    """A clock that moves only when told: `clock()` reads it, `advance(...)` moves it forward."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = utc(start or datetime.now(UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta | float) -> datetime:
-        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
-        if step < timedelta(0):
-            raise errors.EventualError(f"a clock only moves forward, not by {step}")
-        self.now += step
-        return self.now
-
-    def set(self, moment: datetime) -> datetime:
-        return self.advance(utc(moment) - self.now)
 
 
 @dataclass
@@ -176,6 +170,8 @@ class Harness:
             clients.settings.subscription_queues if subscription_queues is None else subscription_queues
         )
         self._queues: list[_Queue] | None = None
+        #: recurring schedule name -> (when the harness first saw it, fires up to this instant are done)
+        self._recurring: dict[str, tuple[datetime, datetime]] = {}
 
     # ----------------------------------------------------------------------------------- queues
 
@@ -412,16 +408,11 @@ class Harness:
         scheduler = self.clients.client("scheduler")
         now = utc(self.clock())
         fired: list[str] = []
-        arguments: dict[str, Any] = {"GroupName": group}
-        names: list[str] = []
-        while True:
-            page = scheduler.list_schedules(**arguments)
-            names.extend(item["Name"] for item in page.get("Schedules", []) if item.get("GroupName") == group)
-            if not page.get("NextToken"):
-                break
-            arguments["NextToken"] = page["NextToken"]
-        for name in sorted(names):
+        for name in group_schedule_names(scheduler, group):
             schedule = scheduler.get_schedule(Name=name, GroupName=group)
+            if _is_recurring(schedule):
+                fired.extend(self._fire_recurring(schedule, now, report))
+                continue
             due = self._at(schedule)
             if schedule.get("State") == "DISABLED" or due is None or due > now:
                 continue
@@ -435,13 +426,39 @@ class Harness:
                 continue
             # ActionAfterCompletion=DELETE (what TimerClient sets); a one-time schedule without it would
             # stay, spent, on AWS: the harness removes it either way rather than remember what it fired
-            try:
+            # not found: the forwarder (or a cancel) deleted it already
+            with contextlib.suppress(scheduler.exceptions.ResourceNotFoundException):
                 scheduler.delete_schedule(Name=name, GroupName=group)
-            except scheduler.exceptions.ResourceNotFoundException:
-                pass  # the forwarder (or a cancel) deleted it already
             fired.append(name)
             if report is not None:
                 report.fired_schedules.append(name)
+        return fired
+
+    def _fire_recurring(self, schedule: Mapping[str, Any], now: datetime, report: RunReport | None) -> list[str]:
+        """Deliver the fires of a `cron()`/`rate()` schedule since the last look, oldest first; a failed
+        delivery stops there and is tried again next round (Scheduler retries)."""
+        name = str(schedule["Name"])
+        first_seen, done = self._recurring.setdefault(name, (now, now))
+        if schedule.get("State") == "DISABLED":
+            self._recurring[name] = (first_seen, now)  # Scheduler skips what falls in a disabled span
+            return []
+        fired: list[str] = []
+        for fire in recurring_fires(schedule, first_seen, done, now):
+            target = dict(schedule["Target"])
+            stamp = fire.strftime("%Y-%m-%dT%H:%M:%SZ")
+            target["Input"] = str(target.get("Input", "{}")).replace(SCHEDULED_TIME, stamp)
+            try:
+                self._deliver(target)
+            except Exception as caught:
+                LOGGER.exception("recurring schedule %s could not deliver its fire of %s", name, stamp)
+                if report is not None:
+                    report.invocations.append(Invocation(SCHEDULE, name, [], [name], caught))
+                self._recurring[name] = (first_seen, fire - timedelta(microseconds=1))
+                return fired
+            fired.append(f"{name}@{stamp}")
+            if report is not None:
+                report.fired_schedules.append(fired[-1])
+        self._recurring[name] = (first_seen, now)
         return fired
 
     @staticmethod
@@ -466,6 +483,48 @@ class Harness:
             handler(json.loads(text), self.context(SCHEDULE))
             return
         raise errors.EventualError(f"the harness cannot deliver a schedule to {arn}")
+
+
+def _is_recurring(schedule: Mapping[str, Any]) -> bool:
+    return str(schedule.get("ScheduleExpression", "")).startswith(("cron(", "rate("))
+
+
+def recurring_fires(
+    schedule: Mapping[str, Any], first_seen: datetime, after: datetime, until: datetime
+) -> list[datetime]:
+    """The fires of a recurring Scheduler schedule in `(after, until]` (aware UTC), oldest first.
+
+    `rate(N unit)` fires every N units from `first_seen`; `cron(...)` as AWS reads its 6 fields in
+    `ScheduleExpressionTimezone` (see the module docstring). Refuses what the harness cannot read."""
+    from eventual_nb.runtime.core.schedules import define_schedule
+
+    expression = str(schedule.get("ScheduleExpression", ""))
+    rate = _RATE.fullmatch(expression)
+    if rate is not None:
+        step = timedelta(seconds=int(rate.group(1)) * _RATE_UNITS[rate.group(2).rstrip("s")])
+        first = (after - first_seen) // step + 1
+        last = (until - first_seen) // step
+        return [first_seen + k * step for k in range(max(first, 1), last + 1)]
+    cron = _CRON.fullmatch(expression)
+    if cron is None:
+        raise errors.EventualError(f"the harness cannot read the schedule expression {expression!r}")
+    fields = cron.group(1).split()
+    if len(fields) != 6 or fields[5] != "*":
+        raise errors.EventualError(
+            f"the harness reads 6-field cron() expressions with a year of '*', not {expression!r}"
+        )
+    minute, hour, day_of_month, month, day_of_week = fields[:5]
+    line = " ".join([minute, hour, day_of_month.replace("?", "*"), month, _cron_weekdays(day_of_week)])
+    zone = str(schedule.get("ScheduleExpressionTimezone") or "UTC")
+    walker = define_schedule(name="harness", workflow="harness", cron=line, timezone=zone)
+    return walker.fires(after, until)
+
+
+def _cron_weekdays(field: str) -> str:
+    """AWS's day-of-week field (1-7 from Sunday, `?`) in cron's numbering (0-6 from Sunday, `*`)."""
+    if field == "?":
+        return "*"
+    return re.sub(r"(?<![#\d])([1-7])", lambda match: str(int(match.group(1)) - 1), field)
 
 
 def harness_for(handlers: Any, clock: Callable[[], datetime] | None = None, **options: Any) -> Harness:

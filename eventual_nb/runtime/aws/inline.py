@@ -40,8 +40,8 @@ from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.runtime import core
 from eventual_nb.runtime.activity_runner import attempt_info, run_attempt
 from eventual_nb.runtime.aws.clients import utc
-from eventual_nb.runtime.aws.workers import SyncLoop, watch_attempt, watched
-from eventual_nb.runtime.base import HeartbeatResponse
+from eventual_nb.runtime.aws.workers import SyncLoop, lambda_seconds_left, watch_attempt, watched
+from eventual_nb.runtime.base import HeartbeatResponse, running_on
 from eventual_nb.runtime.core import AttemptOutcome, Outcome, StartAttempt, wire
 from eventual_nb.runtime.core.limits import INLINE_SAFETY, MAX_INLINE_TIMEOUT
 from eventual_nb.service import Service
@@ -85,8 +85,17 @@ async def _no_heartbeat(details: Any) -> HeartbeatResponse:
 class InlineRunner:
     """Runs the inline attempts of one orchestrator (one per container, like its executor cache)."""
 
-    def __init__(self, services: Sequence[Service], dispatch: InlineDispatch, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        services: Sequence[Service],
+        dispatch: InlineDispatch,
+        clock: Callable[[], datetime],
+        *,
+        runtime: Any = None,
+    ) -> None:
+        """`runtime`: the runtime current while an attempt runs (entities, starts and events from the activity)."""
         self.services = list(services)
+        self.runtime = runtime
         self.dispatch = dispatch
         self.clock = clock
         self._loop = SyncLoop()
@@ -104,7 +113,7 @@ class InlineRunner:
         """Run `starts` (concurrently, when one turn started several) within the invocation's time; returns
         the events that settle their calls, in order, for the execution's next turn. `handed_off`: those a
         previous invocation handed to this one (run now, whatever time is left)."""
-        left = _seconds_left(context)
+        left = lambda_seconds_left(context, INLINE_SAFETY.total_seconds())
         runnable: list[StartAttempt] = []
         for start in starts:
             needed = (start.options.timeout or MAX_INLINE_TIMEOUT).total_seconds()
@@ -115,7 +124,7 @@ class InlineRunner:
                 runnable.append(start)
         if not runnable:
             return []
-        outcomes = self._loop.run(self._attempts(runnable, left))
+        outcomes = self._loop.run(running_on(self.runtime, self._attempts(runnable, left)))
         self.ran += len(runnable)
         settled: list[HistoryEvent] = []
         for start, (outcome, logs) in zip(runnable, outcomes, strict=True):
@@ -179,14 +188,6 @@ class InlineRunner:
 
 def _with_timeout(options: core.ActivityOptions) -> core.ActivityOptions:
     return replace(options, timeout=MAX_INLINE_TIMEOUT)
-
-
-def _seconds_left(context: Any) -> float | None:
-    """Seconds this invocation can still give an attempt (None outside Lambda: no bound but the attempt's own)."""
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if remaining is None:
-        return None
-    return max(0.0, remaining() / 1000 - INLINE_SAFETY.total_seconds())
 
 
 __all__ = ["HANDED_OFF", "InlineDispatch", "InlineRunner", "retry_key"]

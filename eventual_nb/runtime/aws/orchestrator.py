@@ -233,13 +233,15 @@ class Orchestrator:
         *,
         max_cached: int = DEFAULT_MAX_CACHED,
         clock: Callable[[], datetime] | None = None,
+        runtime: Any = None,
     ) -> None:
-        """`clock` stamps the outcomes of inline attempts (the harness passes its manual clock)."""
+        """`clock` stamps the outcomes of inline attempts (the harness passes its manual clock); `runtime` is
+        the runtime current while an inline activity runs (as for `ActivityWorker`)."""
         self.executions, self.history = stores
         self.dispatch = dispatch
         self.services = list(services)
         self.max_cached = max_cached
-        self.inline = InlineRunner(self.services, dispatch, clock or (lambda: datetime.now(UTC)))
+        self.inline = InlineRunner(self.services, dispatch, clock or (lambda: datetime.now(UTC)), runtime=runtime)
         #: the inline attempts the turn being carried out started (run after its commit), and the invocation's
         #: Lambda context (its remaining time bounds them)
         self._inline: list[StartAttempt] = []

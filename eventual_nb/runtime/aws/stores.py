@@ -27,6 +27,11 @@ Executions table, one partition per execution::
     pk="exec#<id>"  sk="claim#<seq:010d>#<attempt:04d>" an activity attempt was claimed
     pk="exec#<id>"  sk="signal#<signal id>"            a signal id was delivered
 
+and one item per schedule (its state: `ScheduleState` as JSON, with a version for
+compare-and-swap; `ScheduleStore`)::
+
+    pk="schedule#<name>"  sk="schedule"  state=<JSON>  version=<n>
+
 The record's status is written when it changes, never per turn: IN_PROGRESS by `create`, the terminal
 status by `finish` (the core's `Finish` action, which the orchestrator carries out right after the
 commit of the turn that ended the execution, and again from that turn's pending actions if it died
@@ -86,6 +91,7 @@ from eventual_nb.engine.history import HISTORY_ADAPTER, HistoryEvent
 from eventual_nb.runtime import core
 from eventual_nb.runtime.aws.clients import EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE
 from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, invalid_page_token, listing_offset
+from eventual_nb.runtime.core.schedules import ScheduleState
 from eventual_nb.serde import compact_json, input_hash
 
 if TYPE_CHECKING:
@@ -1000,3 +1006,45 @@ def _to_execution(row: dict[str, Any]) -> Execution:
         end_time=None if end_time is None else datetime.fromisoformat(end_time),
         parent=row.get("parent"),
     )
+
+
+# ------------------------------------------------------------------------------------------- schedules
+
+_SCHEDULE_SK = "schedule"
+
+
+class ScheduleStore:
+    """Each schedule's state as one item of the executions table, changed only by compare-and-swap on its
+    `version`, so the forwarder's deliveries, pauses and triggers from anywhere never overwrite each other."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self.client = client
+        self.table = table
+
+    @staticmethod
+    def _key(name: str) -> dict[str, dict[str, Any]]:
+        return to_attributes({"pk": f"schedule#{name}", "sk": _SCHEDULE_SK})
+
+    def get(self, name: str) -> tuple[ScheduleState | None, int]:
+        """(state, version) of schedule `name`; (None, 0) when none was stored yet. Strongly consistent."""
+        item = self.client.get_item(TableName=self.table, Key=self._key(name), ConsistentRead=True).get("Item")
+        if item is None:
+            return None, 0
+        row = from_attributes(item)
+        return ScheduleState.model_validate_json(row["state"]), int(row["version"])
+
+    def put(self, name: str, state: ScheduleState, version: int) -> bool:
+        """Store `state` as version `version + 1` if the stored one is still `version` (0: none yet); False when
+        another writer got there first (read again and decide again)."""
+        item = {"pk": f"schedule#{name}", "sk": _SCHEDULE_SK, "state": state.model_dump_json(), "version": version + 1}
+        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        if version:
+            condition = {
+                "ConditionExpression": "version = :version",
+                "ExpressionAttributeValues": to_attributes({":version": version}),
+            }
+        try:
+            self.client.put_item(TableName=self.table, Item=to_attributes(item), **condition)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True

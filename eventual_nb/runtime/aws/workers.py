@@ -11,8 +11,9 @@ container), and each speaks only the wire format of `clients.py`:
   rules with EventBridge envelopes.
 * `timer_handler(clients)` — the timer queue: forwards a due timer's event to the workflow queue, or
   sends it back for the rest of its wait.
-* `schedule_forwarder(clients)` — the target of the Scheduler's `at()` schedules (timers further away
-  than 900 s): puts the timer body back on the timer queue, which relays it when due.
+* `schedule_forwarder(clients, keeper)` — the target of the Scheduler's `at()` schedules (timers further
+  away than 900 s): puts the timer body back on the timer queue, which relays it when due; and of the
+  recurring schedules of `@ev.schedule`: starts the fire's execution (`schedules.ScheduleKeeper`).
 
 Whether the execution still runs is read before an attempt starts (eventually consistent: a best-effort
 check, since the execution may end right after it), except for the first delivery of a first attempt sent
@@ -86,9 +87,10 @@ from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.runtime import core
 from eventual_nb.runtime.activity_runner import attempt_info, run_attempt, run_delivery
 from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, event_to_dict, utc
+from eventual_nb.runtime.aws.schedules import ScheduleKeeper, read_fire
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
-from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse
-from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, wire
+from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse, running_on
+from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, limits, wire
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE, TokenSigner, environment_signing_key
 from eventual_nb.serde import to_json
 from eventual_nb.service import Service
@@ -186,10 +188,14 @@ class ActivityWorker:
         *,
         signing_key: bytes | None = None,
         environ: Mapping[str, str] | None = None,
+        runtime: Any = None,
     ) -> None:
+        """`runtime`: the runtime current while an activity runs (`StackFunctions` gives an `AwsRuntime` over
+        the same clients), so its entities, starts and events reach this stack."""
         self.executions = stores[0] if isinstance(stores, tuple) else stores
         self.clients = clients
         self.services = list(services)
+        self.runtime = runtime
         if signing_key is None:
             signing_key = environment_signing_key(environ)
         self._signer = TokenSigner(signing_key) if signing_key else None
@@ -242,7 +248,7 @@ class ActivityWorker:
         # the claim keeps the attempt (its retry policy): a completion by token while it runs decides with it
         if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context), message=message):
             return AttemptReport("duplicate")
-        outcome, watch, logs = self._loop.run(self._attempt(start, context))
+        outcome, watch, logs = self._loop.run(running_on(self.runtime, self._attempt(start, context)))
         _write_logs(self.clients, execution_id, logs)
         if outcome.kind is Outcome.WAITING:
             report = self._wait_for_token(start, outcome, now)
@@ -335,7 +341,7 @@ class ActivityWorker:
         """Run the attempt under its watchdog; returns (outcome, watch, log lines)."""
         execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name
         loop = asyncio.get_running_loop()
-        watch = watch_attempt(start.options, loop.time(), _lambda_seconds_left(context))
+        watch = watch_attempt(start.options, loop.time(), lambda_seconds_left(context))
         logs: list[LogEntry] = []
 
         def token() -> str:
@@ -450,6 +456,7 @@ def report_outcome(
     or the next attempt's message after its backoff (`details`: heartbeat details the attempt reported, for
     the next one). Shared by the worker and by completion by token (`AwsRuntime`)."""
     now = utc(clients.clock())
+    outcome = limits.fitting_result(outcome, start.name, start.seq, start.execution_id)
     decision = core.retry_or_settle(
         outcome, name=start.name, seq=start.seq, attempt=start.attempt, now=now, policy=start.options.retry
     )
@@ -494,12 +501,14 @@ def _claim_lease(context: Any) -> timedelta:
     return timedelta(milliseconds=max(0, remaining()))
 
 
-def _lambda_seconds_left(context: Any) -> float | None:
-    """Seconds the attempt may use before the Lambda's limit (less the margin), if running in Lambda."""
+def lambda_seconds_left(context: Any, safety: float = LAMBDA_SAFETY_SECONDS) -> float | None:
+    """Seconds an attempt may use before the Lambda's limit, less `safety` (kept to report or commit what it
+    returned), if running in Lambda (None outside it: no bound but the attempt's own)."""
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
         return None
-    return max(0.0, remaining() / 1000 - LAMBDA_SAFETY_SECONDS)
+    seconds: float = remaining() / 1000  # Lambda's context answers in milliseconds (an int)
+    return max(0.0, seconds - safety)
 
 
 # ------------------------------------------------------------------------------------------- timers
@@ -522,20 +531,30 @@ def timer_handler(clients: AwsClients) -> Handler:
     return handle
 
 
-def schedule_forwarder(clients: AwsClients) -> Handler:
-    """The Scheduler's target: the event is the timer body; it goes back to the timer queue, which relays it.
+def schedule_forwarder(clients: AwsClients, keeper: ScheduleKeeper | None = None) -> Handler:
+    """The Scheduler's target, for two kinds of schedules:
 
-    Why not relay directly: one path (the timer function) decides "due or not", so the Scheduler's
-    whole-second `at()` rounding and its clock can never forward a timer early."""
+    * a long timer's one-time `at()` schedule: the event is the timer body; it goes back to the timer
+      queue, which relays it. Why not relay directly: one path (the timer function) decides "due or not",
+      so the Scheduler's whole-second `at()` rounding and its clock can never forward a timer early;
+    * a `@ev.schedule`'s recurring schedule: the event names the schedule and the fire's scheduled time
+      (`schedules.read_fire`); `keeper` starts its execution as the execution core decides (a repeated
+      delivery starts nothing new). An exception makes Scheduler retry the delivery."""
 
     def handle(event: dict[str, Any], context: Any = None) -> None:
         body = json.loads(event) if isinstance(event, str) else event
+        fire = read_fire(body)
+        if fire is not None:
+            if keeper is None:
+                raise errors.EventualError(f"the schedule forwarder got a fire of {fire[0]!r} but serves no schedules")
+            keeper.deliver(*fire)
+            return
         if (
             not isinstance(body, dict)
             or not {"execution_id", "due"} <= set(body)
             or not {"event", "attempt"} & set(body)
         ):
-            raise errors.EventualError(f"the schedule forwarder got {body!r}, not a timer body")
+            raise errors.EventualError(f"the schedule forwarder got {body!r}, not a timer body nor a schedule fire")
         clients.timers.requeue(body, clients.clock())
 
     return handle
@@ -559,9 +578,11 @@ class SubscriptionWorker:
     then acknowledges the delivery. The redrive policy stays as the safety net for a worker that dies
     mid-delivery. Not done: handler output goes to the function's own log, not to an execution log."""
 
-    def __init__(self, clients: AwsClients, services: Sequence[Service]) -> None:
+    def __init__(self, clients: AwsClients, services: Sequence[Service], *, runtime: Any = None) -> None:
+        """`runtime`: the runtime current while a handler runs (as for `ActivityWorker`)."""
         self.clients = clients
         self.services = list(services)
+        self.runtime = runtime
         self._loop = SyncLoop()
         self._dead_letter_urls: dict[str, str | None] = {}
 
@@ -651,7 +672,7 @@ class SubscriptionWorker:
         subscription = self.subscription_for(str(record.get("eventSourceARN", "")))
         envelope = json.loads(record["body"])
         item = {"name": str(envelope["detail-type"]), "event": envelope["detail"]}
-        error = self._loop.run(run_delivery(subscription, item, None))
+        error = self._loop.run(running_on(self.runtime, run_delivery(subscription, item, None)))
         if error is not None:
             raise error
 

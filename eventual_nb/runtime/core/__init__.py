@@ -28,6 +28,9 @@ Decisions (what the core answers)
   `Settle(event)`, or `AwaitToken`. A `RetryAt` or `AwaitToken` carries the `note` the runtime logs for
   the attempt (the line `eventual_nb.attempts` writes and the timeline reads).
 * **After a failed delivery** (`after_delivery`): `RetryDeliveryAt(due, attempt)` or a `DeadLetter`.
+* **Schedule fires** (`core.schedules`: `decide_due`, `decide_delivery`, `decide_trigger`, `pause`,
+  `resume`): the executions to start (named after their fire), the fires skipped, the schedule's new state
+  and when to ask again.
 
 Actions (what goes out)
 -----------------------

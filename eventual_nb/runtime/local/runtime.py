@@ -12,12 +12,22 @@ effects (activity and subscription code) run only after the commit and report ba
 round, so a crash at any moment loses nothing and invents nothing; activities are at-least-once.
 
 Timers wake the scheduler at the next due time (no polling); it also wakes whenever work arrives.
+
+Schedules (`@ev.schedule`) are rows of the `schedules` table: each one's state (`core.schedules`) and the
+time of its next fire, which wakes the scheduler like a timer. A due schedule is decided by the core
+(`decide_due`) in the round's transaction, so the executions a fire starts and the state saying the fire
+was handled commit together: a fire is started once, whatever crashes. The first round after a start
+catches up the fires missed while no runtime ran, as each schedule's `catchup` says.
+
+The clock: `datetime.now(UTC)`, or the `clock=` given (tests: `ev.testing.ManualClock`, which wakes the
+runtime each time it moves, so a test runs a week of fires or a restart after missed ones without waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import functools
 import json
@@ -29,9 +39,10 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from eventual_nb import errors
+from eventual_nb import service as registry
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import StepOutput, WorkflowCode, WorkflowExecutor
 from eventual_nb.engine.history import HistoryEvent, LogEntry, SignalReceived
@@ -65,8 +76,11 @@ from eventual_nb.runtime.core import (
     Publish,
     StartAttempt,
     StartChild,
+    schedules,
     wire,
 )
+from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, ScheduleState
+from eventual_nb.runtime.local.entities import LocalEntityStore
 from eventual_nb.runtime.local.store import ActivityRow, Database, StepRow, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
 from eventual_nb.serde import input_hash, to_json
@@ -75,6 +89,7 @@ from eventual_nb.signals import encode_payload
 from eventual_nb.workflows import Workflow
 
 LOGGER = logging.getLogger("eventual_nb.runtime")
+T = TypeVar("T")
 
 #: rounds of workflow steps folded into one transaction before committing
 MAX_ROUNDS_PER_COMMIT = 20
@@ -133,10 +148,17 @@ def _dt(moment: float) -> datetime:
     return datetime.fromtimestamp(moment, UTC)
 
 
+def _schedule_generations() -> tuple[int, int]:
+    """What changes when a schedule or a service is defined (compared with what the runtime last synced)."""
+    return registry.schedule_generation, registry.generation
+
+
 @dataclass
 class _Request:
     apply: Callable[[float], Any]
     future: asyncio.Future[Any]
+    #: only reads: a round that did nothing else commits nothing new (no `commits`, no commit listeners)
+    read_only: bool = False
 
 
 @dataclass
@@ -145,6 +167,8 @@ class _Attempt:
     seq: int
     attempt: int
     outcome: AttemptOutcome
+    #: the activity's name (for the warning about a result too large for AWS)
+    name: str
 
 
 @dataclass
@@ -184,7 +208,7 @@ class _Round:
     """What one transaction did, for the work that must wait until it is committed."""
 
     #: the round's clock (what it records is stamped with it)
-    moment: datetime = field(default_factory=lambda: datetime.now(UTC))
+    moment: datetime = field(default_factory=lambda: datetime.now(UTC))  # (each round sets its clock's)
     start_attempts: list[_Start] = field(default_factory=list)
     start_deliveries: list[int] = field(default_factory=list)
     async_callbacks: list[tuple[Callable[[str], Any], str]] = field(default_factory=list)
@@ -206,8 +230,12 @@ class LocalRuntime(RuntimeBase):
         service: Service | str | None = None,
         services: list[Service | str] | None = None,
         max_cached_executions: int = 10_000,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`clock`: what the runtime reads as now (aware datetimes; default `datetime.now(UTC)`), for tests. A
+        clock with a `watch(callback)` method (`ev.testing.ManualClock`) wakes the runtime when it moves."""
         self.path = os.fspath(path)
+        self._clock = clock
         self.durability = durability
         self._serve(service, services)
         self._max_cached = max_cached_executions
@@ -238,10 +266,17 @@ class LocalRuntime(RuntimeBase):
         self._running_tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = _Round()
-        #: statistics for benchmarks: transactions committed, workflow steps, from-scratch replays
+        #: statistics for benchmarks: transactions committed, workflow steps, from-scratch replays, times the
+        #: scheduler woke from waiting, and of those the times it found nothing to do
         self.commits = 0
         self.steps = 0
         self.replays = 0
+        self.wakeups = 0
+        self.idle_wakeups = 0
+        #: (schedule generation, service generation) last synced into the schedules table (`_sync_schedules`)
+        self._schedules_seen: tuple[int, int] | None = None
+        #: the first round after a start catches up the fires missed while no runtime ran
+        self._catching_up = True
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -278,17 +313,25 @@ class LocalRuntime(RuntimeBase):
             raise
         self._loop = self._home_loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._catching_up = True
+        self._schedules_seen = None
+        registry.watch_schedules(self.clock_moved)  # a schedule defined later is seen at once
+        watch = getattr(self._clock, "watch", None)
+        if callable(watch):
+            watch(self.clock_moved)
         self._scheduler = asyncio.create_task(self._run(), name=f"LocalRuntime {self.path}")
 
     async def stop(self) -> None:
         if self._scheduler is None:
             return
         self._scheduler.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._scheduler
-        except asyncio.CancelledError:
-            pass
         self._scheduler = None
+        registry.unwatch_schedules(self.clock_moved)
+        unwatch = getattr(self._clock, "unwatch", None)
+        if callable(unwatch):
+            unwatch(self.clock_moved)
         for task in list(self._running_tasks):
             task.cancel()
         if self._running_tasks:
@@ -320,7 +363,7 @@ class LocalRuntime(RuntimeBase):
 
     def _recover(self) -> None:
         """Work left 'running' by a crashed process runs again; executions with news get a step."""
-        self._database.requeue_running(time.time())
+        self._database.requeue_running(self._time())
         self._earliest_due = -math.inf
         self._ready = set()
         self._recover_ready()
@@ -331,6 +374,24 @@ class LocalRuntime(RuntimeBase):
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
         return self._db
 
+    def entity_store(self) -> LocalEntityStore:
+        """The entities (`ev.entity`), in tables of this runtime's database (runtime/local/entities.py)."""
+        return LocalEntityStore(self)
+
+    async def _write(self, change: Callable[[Database], T]) -> T:
+        """Run `change` in a savepoint of the next round's transaction; its result once that committed."""
+        result: T = await self._submit(lambda now: change(self._database))
+        return result
+
+    async def _read(self, read: Callable[[Database], T]) -> T:
+        """Run `read` on this runtime's loop between two rounds (the connection is used from its thread alone),
+        so it sees committed state only."""
+        if self._scheduler is None or self._loop is None:
+            raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
+        if asyncio.get_running_loop() is not self._loop:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._read(read), self._loop))
+        return read(self._database)
+
     # --------------------------------------------------------------------------------------- definitions
 
     # ------------------------------------------------------------------------------------------ scheduler
@@ -339,23 +400,28 @@ class LocalRuntime(RuntimeBase):
         if self._wake is not None:
             self._wake.set()
 
-    async def _submit(self, apply: Callable[[float], Any]) -> Any:
-        """Run `apply` inside the next transaction; return its result once that transaction committed."""
+    async def _submit(self, apply: Callable[[float], Any], *, read_only: bool = False) -> Any:
+        """Run `apply` inside the next transaction; return its result once that transaction committed.
+        `read_only`: `apply` only reads (in a round, so it sees what the round stored before it)."""
         if self._scheduler is None or self._loop is None:
             raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
         if asyncio.get_running_loop() is not self._loop:
             # called from another thread's loop (a notebook cell while the runtime runs on its own thread)
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._submit(apply), self._loop))
+            return await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._submit(apply, read_only=read_only), self._loop)
+            )
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.append(_Request(apply, future))
+        self._requests.append(_Request(apply, future, read_only))
         self._wake_up()
         return await future
 
     async def _run(self) -> None:
         assert self._wake is not None
+        woke = False
         while True:
             self._wake.clear()
-            if self._has_work(time.time()):
+            if self._has_work(self._time()):
+                woke = False
                 try:
                     self._round()
                 except Exception as exc:  # noqa: BLE001 - keep serving; the round was rolled back
@@ -364,12 +430,16 @@ class LocalRuntime(RuntimeBase):
                     continue
                 await asyncio.sleep(0)  # let the activities, requests and waiters it released run
                 continue
-            delay = None if self._earliest_due == math.inf else max(0.0, self._earliest_due - time.time())
+            if woke:
+                self.idle_wakeups += 1  # woken (or timed out) with nothing to do
+            delay = None if self._earliest_due == math.inf else max(0.0, self._earliest_due - self._time())
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            self.wakeups += 1
+            woke = True
 
     def _has_work(self, now: float) -> bool:
         return bool(
@@ -379,6 +449,7 @@ class LocalRuntime(RuntimeBase):
             or self._pending_logs
             or (self._ready and not self._ready <= self._blocked.keys())
             or now >= self._earliest_due
+            or self._schedules_seen != _schedule_generations()
         )
 
     def _note_due(self, due: float | None) -> None:
@@ -396,9 +467,22 @@ class LocalRuntime(RuntimeBase):
         due = self._database.next_due()
         return math.inf if due is None else due
 
+    def _time(self) -> float:
+        """Now, in seconds since the epoch, on the runtime's clock."""
+        return time.time() if self._clock is None else self._clock().timestamp()
+
+    def current_time(self) -> datetime:
+        return datetime.now(UTC) if self._clock is None else self._clock().astimezone(UTC)
+
+    def clock_moved(self) -> None:
+        """Wake the scheduler to act on what became due (any thread): a watched clock calls it when it moves."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_up)
+
     def _round(self) -> bool:
         database = self._database
-        now = time.time()
+        now = self._time()
         work = _Round(moment=_dt(now))
         requests, self._requests = self._requests, []
         attempts, self._attempts = self._attempts, []
@@ -407,6 +491,8 @@ class LocalRuntime(RuntimeBase):
         self._work = work
         database.begin()
         try:
+            if self._schedules_seen != _schedule_generations():
+                self._sync_schedules()  # before the requests, so pausing or listing a new schedule finds its row
             if logs:
                 database.add_log_rows(logs)
             results = self._apply_requests(requests, now)
@@ -416,6 +502,7 @@ class LocalRuntime(RuntimeBase):
                 self._settle_delivery(delivery, now)
             self._work_through(now)
             database.commit()
+            self._catching_up = False
         except BaseException:
             database.rollback()
             self._undo(work)
@@ -423,9 +510,12 @@ class LocalRuntime(RuntimeBase):
             self._attempts = attempts + self._attempts
             self._deliveries_done = deliveries + self._deliveries_done
             raise
-        self.commits += 1
-        if self._commit_listeners:
-            self._notify_commit()
+        only_reads = bool(requests) and all(request.read_only for request in requests)
+        if not (only_reads and not (attempts or deliveries or logs or work.did_work)):
+            # (a round of reads only, such as `list_schedules`, changed nothing a reader would refresh for)
+            self.commits += 1
+            if self._commit_listeners:
+                self._notify_commit()
         for request, value, error in results:
             if request.future.done():
                 continue
@@ -459,6 +549,7 @@ class LocalRuntime(RuntimeBase):
             self._due_timers(now)
             self._due_activities(now)
             self._due_deliveries(now)
+            self._due_schedules(now)
         for _ in range(MAX_ROUNDS_PER_COMMIT):
             ready = self._ready - set(self._blocked)
             if not ready:
@@ -478,6 +569,7 @@ class LocalRuntime(RuntimeBase):
         """After a rolled-back round: forget what it changed in memory; storage says what is ready."""
         self._fresh.clear()
         self._earliest_due = -math.inf
+        self._schedules_seen = None
         for execution_id in work.stepped + work.created:
             cached = self._executors.pop(execution_id, None)
             if cached is not None:
@@ -671,9 +763,12 @@ class LocalRuntime(RuntimeBase):
 
     def _deliver(self, target: str, event: HistoryEvent) -> None:
         """An event for another execution (or from outside); a signal id it has seen is dropped here."""
-        if isinstance(event, SignalReceived) and event.id is not None:
-            if not self._database.remember_signal(target, event.id):
-                return
+        if (
+            isinstance(event, SignalReceived)
+            and event.id is not None
+            and not self._database.remember_signal(target, event.id)
+        ):
+            return
         self._enqueue(target, event)
 
     def _start_child(self, action: StartChild, now: float) -> None:
@@ -765,7 +860,7 @@ class LocalRuntime(RuntimeBase):
                 missed = core.missed_deadline(row.deadline, row.heartbeat_deadline, now)
                 if missed is not None:
                     outcome = core.expired(missed, row.attempt, self._options_of(row.options))
-                    self._decide(_Attempt(row.execution_id, row.seq, row.attempt, outcome), row)
+                    self._decide(_Attempt(row.execution_id, row.seq, row.attempt, outcome, row.name), row)
 
     def _start_next_attempt(self, row: ActivityRow) -> None:
         """A retry whose backoff is over: its next attempt runs once this transaction committed."""
@@ -786,6 +881,7 @@ class LocalRuntime(RuntimeBase):
                     outcome, name="", seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
                 )
                 assert isinstance(decision, core.Settle)
+                self._warn_result(attempt)
                 self._enqueue(attempt.execution_id, decision.event)
             return  # otherwise a late result of an attempt that timed out, was retried, or whose execution ended
         row = self._database.activity(attempt.execution_id, attempt.seq)
@@ -807,6 +903,7 @@ class LocalRuntime(RuntimeBase):
         )
         match decision:
             case core.Settle(event=event):
+                self._warn_result(attempt)
                 database.delete_activity(*key)
                 self._enqueue(attempt.execution_id, event)
             case core.RetryAt(due=due, note=note):
@@ -822,9 +919,17 @@ class LocalRuntime(RuntimeBase):
                 database.await_token(*key, heartbeat_deadline, next_due)
                 self._note_attempt(row, note)
                 self._note_due(next_due)
-                assert attempt.outcome.callback is not None and self._signer is not None
+                assert attempt.outcome.callback is not None
+                assert self._signer is not None
                 token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
                 self._work.async_callbacks.append((attempt.outcome.callback, token))
+
+    def _warn_result(self, attempt: _Attempt) -> None:
+        """Log, in the round that records it, that the attempt's result would not fit on AWS (if so)."""
+        warning = self.aws_result_warning(attempt.outcome, attempt.name, attempt.seq, attempt.execution_id)
+        if warning is not None:
+            entry = LogEntry(time=self._work.moment, message=warning, source="runtime")
+            self._database.add_logs(attempt.execution_id, [entry])
 
     def _note_attempt(self, row: ActivityRow, note: str) -> None:
         """Log the core's note of an attempt that did not end its call, in the transaction that records it."""
@@ -843,7 +948,7 @@ class LocalRuntime(RuntimeBase):
         else:
 
             def log_line(line: str) -> None:
-                self._pending_logs.append((execution_id, datetime.now(UTC).isoformat(), line, name))
+                self._pending_logs.append((execution_id, self.current_time().isoformat(), line, name))
 
             try:
                 outcome = await run_attempt(
@@ -857,7 +962,7 @@ class LocalRuntime(RuntimeBase):
                 raise
             except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
                 outcome = core.failed(exc)
-        self._attempts.append(_Attempt(execution_id, seq, attempt, outcome))
+        self._attempts.append(_Attempt(execution_id, seq, attempt, outcome, name))
         self._wake_up()
 
     async def _call_async_callback(self, callback: Callable[[str], Any], token: str) -> None:
@@ -933,7 +1038,7 @@ class LocalRuntime(RuntimeBase):
         else:
 
             def log_line(line: str) -> None:
-                self._pending_logs.append((f"subscription:{name}", datetime.now(UTC).isoformat(), line, name))
+                self._pending_logs.append((f"subscription:{name}", self.current_time().isoformat(), line, name))
 
             error = await run_delivery(subscription, item, log_line)
         self._deliveries_done.append(_Delivery(delivery_id, name, item, attempt, error))
@@ -955,6 +1060,111 @@ class LocalRuntime(RuntimeBase):
         else:
             self._database.dead_letter(delivery.id, decision)
 
+    # ------------------------------------------------------------------------------------------ schedules
+
+    def _sync_schedules(self) -> None:
+        """Inside the round's transaction: a served schedule without a row gets one (its state starts now: a
+        new schedule has no missed fires); every row's `due` is its next fire if it is served, NULL if not (a
+        removed schedule keeps its state and sleeps)."""
+        database, moment = self._database, self._work.moment
+        served = {schedule.name: schedule for schedule in self.served_schedules()}
+        stored = database.schedule_dues()
+        for name, schedule in served.items():
+            known = database.schedule_state(name) if name in stored else None
+            state = ScheduleState.new(moment) if known is None else known
+            due = schedules.wake_at(schedule, state)
+            if known is None:
+                database.save_schedule(name, state, due)
+            elif _timestamp(due) != stored[name]:  # defined again with another cron line or interval
+                database.set_schedule_due(name, due)
+            self._note_due(_timestamp(due))
+        for name, stored_due in stored.items():
+            if name not in served and stored_due is not None:
+                database.set_schedule_due(name, None)
+        self._schedules_seen = _schedule_generations()
+        self._work.did_work = True
+
+    def _due_schedules(self, now: float) -> None:
+        database = self._database
+        for name, state in database.due_schedules(now):
+            schedule = self._served_schedule(name)
+            if schedule is None:
+                database.set_schedule_due(name, None)
+                continue
+            running = schedules.previous_running(state, database.status_of)
+            decision = schedules.decide_due(
+                schedule, state, _dt(now), previous_in_progress=running, catching_up=self._catching_up
+            )
+            self._save_fires(schedule, decision)
+
+    def _served_schedule(self, name: str) -> Schedule | None:
+        try:
+            return self.schedule_definition(name)
+        except errors.ScheduleNotFound:
+            return None
+
+    def _save_fires(self, schedule: Schedule, decision: schedules.Decision) -> tuple[str, bool] | None:
+        """Start what a schedule decision says and store its state, in the round's transaction; the last
+        start's (execution id, already started)."""
+        state, started = decision.state, None
+        for start in decision.starts:
+            definition, raw_input, execution_id = self.fire_start(start, self._work.moment)
+            limit = core.timeout_limit(None, definition.timeout)
+            started = self._create(
+                definition, raw_input, execution_id, limit, Lineage.of(definition), self._work.moment
+            )
+            state = state.started(started[0])
+        due = schedules.wake_at(schedule, state)
+        self._database.save_schedule(schedule.name, state, due)
+        self._note_due(_timestamp(due))
+        self._work.did_work = True
+        return started
+
+    def _stored_schedule(self, name: str) -> ScheduleState:
+        state = self._database.schedule_state(name)
+        return ScheduleState.new(self._work.moment) if state is None else state
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        def read(now: float) -> list[ScheduleInfo]:
+            states = self._database.schedule_states()
+            return [
+                schedules.schedule_info(schedule, states.get(schedule.name) or ScheduleState.new(self._work.moment))
+                for schedule in self.served_schedules()
+            ]
+
+        # in a round, after the schedules defined since the last one are stored
+        return await self._submit(read, read_only=True)  # type: ignore[no-any-return]
+
+    async def pause_schedule(self, name: str) -> None:
+        schedule = self.schedule_definition(name)
+
+        def apply(now: float) -> None:
+            state = schedules.pause(self._stored_schedule(name))
+            self._save_fires(schedule, schedules.store_only(state))
+
+        await self._submit(apply)
+
+    async def resume_schedule(self, name: str) -> None:
+        schedule = self.schedule_definition(name)
+
+        def apply(now: float) -> None:
+            state = schedules.resume(self._stored_schedule(name), self._work.moment)
+            self._save_fires(schedule, schedules.store_only(state))
+
+        await self._submit(apply)
+
+    async def trigger_schedule(self, name: str) -> ExecutionHandle:
+        schedule = self.schedule_definition(name)
+
+        def apply(now: float) -> tuple[str, bool] | None:
+            return self._save_fires(
+                schedule, schedules.decide_trigger(schedule, self._stored_schedule(name), self._work.moment)
+            )
+
+        started = await self._submit(apply)
+        execution_id, already = started
+        return ExecutionHandle(execution_id, schedule.workflow, runtime=self, already_running=already)
+
     # ------------------------------------------------------------------------------ the client protocol
 
     def _execution(self, execution_id: str) -> Execution:
@@ -967,7 +1177,7 @@ class LocalRuntime(RuntimeBase):
         self, workflow: Any, input: Any = None, name: str | None = None, timeout: Any = None
     ) -> ExecutionHandle:
         definition, raw_input = self.start_definition(workflow, input)
-        wanted = core.execution_id_for(definition.name, name, datetime.now(UTC))
+        wanted = core.execution_id_for(definition.name, name, self.current_time())
         limit = core.timeout_limit(timeout, definition.timeout)
         lineage = Lineage.of(definition)
         execution_id, already = await self._submit(
@@ -1041,7 +1251,7 @@ class LocalRuntime(RuntimeBase):
     async def _complete_by_token(self, token: str, row: ActivityRow, outcome: AttemptOutcome) -> None:
         def apply(now: float) -> None:
             self._pending(token)  # still pending when the round applies it
-            self._settle_attempt(_Attempt(row.execution_id, row.seq, row.attempt, outcome), now)
+            self._settle_attempt(_Attempt(row.execution_id, row.seq, row.attempt, outcome, row.name), now)
 
         await self._submit(apply)
 

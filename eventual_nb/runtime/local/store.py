@@ -42,6 +42,8 @@ from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent, LogEntry, Ti
 from eventual_nb.errors import EventualError
 from eventual_nb.runtime import core
 from eventual_nb.runtime.base import DeadLetter, Execution, ExecutionStatus
+from eventual_nb.runtime.core.schedules import ScheduleState
+from eventual_nb.runtime.entity_store import EntityKey, StoredEntry, Write
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -134,6 +136,27 @@ def _timers_hold_their_event(connection: sqlite3.Connection) -> None:
         )
 
 
+def _entities_table(connection: sqlite3.Connection) -> None:
+    """Version 3: the entries of `ev.entity`, one row each (`sort` is '' for one-part keys), in key order."""
+    connection.execute(
+        """CREATE TABLE IF NOT EXISTS entities(
+            entity TEXT NOT NULL, partition TEXT NOT NULL, sort TEXT NOT NULL,
+            version INTEGER NOT NULL, value TEXT NOT NULL,
+            PRIMARY KEY(entity, partition, sort)
+        ) WITHOUT ROWID"""
+    )
+
+
+def _schedules_table(connection: sqlite3.Connection) -> None:
+    """Version 4: each schedule's state (`core.schedules.ScheduleState` as JSON: paused, the fires handled,
+    the last fire and execution, the skipped count) and `due`, when its next fire is (NULL while paused, or
+    while no runtime serves it), which wakes the scheduler as a timer's does."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schedules(name TEXT PRIMARY KEY, state TEXT NOT NULL, due REAL) WITHOUT ROWID"
+    )
+    connection.execute("CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules(due) WHERE due IS NOT NULL")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -145,6 +168,8 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables of release 0.1", _create_v1),
     Migration(2, "timers hold the event they deliver", _timers_hold_their_event),
+    Migration(3, "entities", _entities_table),
+    Migration(4, "schedules keep their state", _schedules_table),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -302,7 +327,8 @@ class Database:
                 "Linux or macOS (on Windows: in WSL), or use ev.testing.TestEnvironment"
             ) from None
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")  # held open (and locked) for the runtime's lifetime
+        # held open (and locked) for the runtime's lifetime, closed by `close()`: no `with` block fits
+        handle = open(lock_path, "a+")  # noqa: SIM115
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -392,9 +418,39 @@ class Database:
         row = self.connection.execute(
             "SELECT MIN(due) AS due FROM (SELECT MIN(due) AS due FROM timers "
             "UNION ALL SELECT MIN(due) FROM activities WHERE due IS NOT NULL "
-            "UNION ALL SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL)"
+            "UNION ALL SELECT MIN(due) FROM deliveries WHERE due IS NOT NULL "
+            "UNION ALL SELECT MIN(due) FROM schedules WHERE due IS NOT NULL)"
         ).fetchone()
         return None if row["due"] is None else float(row["due"])
+
+    # -- schedules -----------------------------------------------------------------------------------
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        """Every stored schedule state by name (those of schedules no longer served included)."""
+        rows = self.connection.execute("SELECT name, state FROM schedules")
+        return {row["name"]: ScheduleState.model_validate_json(row["state"]) for row in rows}
+
+    def schedule_state(self, name: str) -> ScheduleState | None:
+        row = self.connection.execute("SELECT state FROM schedules WHERE name = ?", (name,)).fetchone()
+        return None if row is None else ScheduleState.model_validate_json(row["state"])
+
+    def save_schedule(self, name: str, state: ScheduleState, due: datetime | None) -> None:
+        self.connection.execute(
+            "INSERT OR REPLACE INTO schedules(name, state, due) VALUES (?, ?, ?)",
+            (name, state.model_dump_json(), None if due is None else due.timestamp()),
+        )
+
+    def schedule_dues(self) -> dict[str, float | None]:
+        return {row["name"]: row["due"] for row in self.connection.execute("SELECT name, due FROM schedules")}
+
+    def set_schedule_due(self, name: str, due: datetime | None) -> None:
+        self.connection.execute(
+            "UPDATE schedules SET due = ? WHERE name = ?", (None if due is None else due.timestamp(), name)
+        )
+
+    def due_schedules(self, now: float) -> list[tuple[str, ScheduleState]]:
+        rows = self.connection.execute("SELECT name, state FROM schedules WHERE due <= ? ORDER BY due, name", (now,))
+        return [(row["name"], ScheduleState.model_validate_json(row["state"])) for row in rows]
 
     # -- executions ----------------------------------------------------------------------------------
 
@@ -708,6 +764,54 @@ class Database:
             )
             for row in rows
         ]
+
+    # -- entities ------------------------------------------------------------------------------------
+
+    def entity(self, key: EntityKey) -> StoredEntry | None:
+        row = self.connection.execute(
+            "SELECT version, value FROM entities WHERE entity = ? AND partition = ? AND sort = ?",
+            (key.entity, key.partition, key.sort),
+        ).fetchone()
+        return None if row is None else StoredEntry(row["value"], row["version"])
+
+    def entity_version(self, key: EntityKey) -> int:
+        """The entry's version, 0 if there is none."""
+        entry = self.entity(key)
+        return 0 if entry is None else entry.version
+
+    def entity_page(
+        self, entity: str, partition: str, prefix: str | None, after: str | None, limit: int
+    ) -> list[tuple[str, StoredEntry]]:
+        """Up to `limit` entries of a partition in sort-key order, after `after`, whose sort key starts with
+        `prefix`: those are contiguous from the first sort key >= `prefix`, so the scan stops at the first
+        that does not (no LIKE, whose case folding and wildcards would need escaping)."""
+        rows = self.connection.execute(
+            "SELECT sort, version, value FROM entities WHERE entity = ? AND partition = ? AND sort >= ? AND sort > ? "
+            "ORDER BY sort LIMIT ?",
+            (entity, partition, prefix or "", after if after is not None else "", limit),
+        )
+        found: list[tuple[str, StoredEntry]] = []
+        for row in rows:
+            if prefix and not row["sort"].startswith(prefix):
+                break
+            found.append((row["sort"], StoredEntry(row["value"], row["version"])))
+        return found
+
+    def entity_count(self, entity: str) -> int:
+        row = self.connection.execute("SELECT COUNT(*) AS entries FROM entities WHERE entity = ?", (entity,))
+        return int(row.fetchone()["entries"])
+
+    def write_entities(self, writes: Sequence[Write], versions: Sequence[int | None]) -> None:
+        """Store each put at its new version and remove each deleted entry (checks write nothing)."""
+        for write, version in zip(writes, versions, strict=True):
+            key = (write.key.entity, write.key.partition, write.key.sort)
+            if write.kind == "put":
+                self.connection.execute(
+                    "INSERT OR REPLACE INTO entities(entity, partition, sort, version, value) VALUES (?, ?, ?, ?, ?)",
+                    (*key, version, write.value),
+                )
+            elif write.kind == "delete":
+                self.connection.execute("DELETE FROM entities WHERE entity = ? AND partition = ? AND sort = ?", key)
 
 
 def _execution(row: sqlite3.Row) -> Execution:

@@ -10,6 +10,8 @@ three runtimes cannot disagree and the rules are tested once, as plain functions
   (`overlap`) and which missed ones are caught up (`catchup`), with the new state and when to ask again;
 * `decide_delivery(...)`: the same for one fire delivered from outside (EventBridge Scheduler on AWS);
 * `decide_trigger`, `pause`, `resume`: the manual operations;
+* `wake_at(schedule, state)`: when to ask again; `previous_running(state, status_of)`: the overlap fact a
+  runtime reads from its storage;
 * `schedule_info(schedule, state)`: the `ScheduleInfo` the protocol's `list_schedules` answers.
 
 The cron library is cronsim (BSD-3-Clause), the one Healthchecks (a cron monitoring service) is built on.
@@ -42,14 +44,16 @@ from __future__ import annotations
 import difflib
 import functools
 import zoneinfo
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from eventual_nb.durations import LATEST_DEADLINE, DurationLike, format_duration, parse_duration
 from eventual_nb.errors import EventualError, InputValidationError
+from eventual_nb.runtime.base import ExecutionStatus
 from eventual_nb.workflows import check_execution_name
 
 Overlap = Literal["skip", "allow"]
@@ -105,6 +109,12 @@ class ScheduleFields(BaseModel):
     timezone: str
     overlap: Overlap
     catchup: Catchup
+
+    def describe(self) -> str:
+        """Short human form: `cron '0 9 * * MON-FRI' (Europe/Paris)` or `every 15m`."""
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f"cron {self.cron!r} ({self.timezone})"
 
 
 class Schedule(ScheduleFields):
@@ -181,12 +191,6 @@ class Schedule(ScheduleFields):
             "catchup": self.catchup,
         }
 
-    def describe(self) -> str:
-        """Short human form: `cron '0 9 * * MON-FRI' (Europe/Paris)` or `every 15m`."""
-        if self.every is not None:
-            return f"every {format_duration(self.every)}"
-        return f"cron {self.cron!r} ({self.timezone})"
-
 
 def define_schedule(
     *,
@@ -237,6 +241,20 @@ def define_schedule(
         timezone=zone_name,
         overlap=overlap,  # type: ignore[arg-type]  # checked above (and by pydantic)
         catchup=catchup,  # type: ignore[arg-type]
+    )
+
+
+def schedule_from_spec(spec: Mapping[str, Any]) -> Schedule:
+    """The schedule a manifest entry (`Schedule.spec()`, in `eventual.json`) describes, checked again."""
+    every = spec.get("every_seconds")
+    return define_schedule(
+        name=spec["name"],
+        workflow=spec["workflow"],
+        cron=spec.get("cron"),
+        every=None if every is None else timedelta(seconds=every),
+        timezone=spec.get("timezone", "UTC"),
+        overlap=spec.get("overlap", "skip"),
+        catchup=spec.get("catchup", "latest"),
     )
 
 
@@ -355,18 +373,34 @@ def decide_due(
     return _start_or_skip(schedule, handled, chosen, previous_in_progress)
 
 
+def delivered_fire(schedule: Schedule, scheduled_time: datetime) -> datetime:
+    """The fire a delivery from outside stands for: its scheduled time for a cron line; for an interval, the
+    latest whole multiple at or before it (EventBridge Scheduler's `rate()` ticks from when the schedule was
+    created, one interval apart, so each tick stands for a distinct fire)."""
+    _check_aware(scheduled_time, "scheduled_time")
+    moment = scheduled_time.astimezone(UTC)
+    if schedule.every is not None:
+        return EPOCH + ((moment - EPOCH) // schedule.every) * schedule.every
+    return moment
+
+
 def decide_delivery(
-    schedule: Schedule, state: ScheduleState, fire_time: datetime, *, previous_in_progress: bool
+    schedule: Schedule, state: ScheduleState | None, scheduled_time: datetime, *, previous_in_progress: bool
 ) -> Decision:
-    """What to start for one fire delivered from outside at its scheduled `fire_time` (EventBridge Scheduler's
-    `<aws.scheduler.scheduled-time>`): nothing when paused, when the time is not a fire of the schedule, or
-    when it was already handled (a repeated delivery, a fire from before the schedule was first seen or
-    from a paused span); else start or skip it as `overlap` says."""
-    _check_aware(fire_time, "fire_time")
-    fire_time = fire_time.astimezone(UTC)
+    """What to start for one fire delivered from outside at its scheduled time (EventBridge Scheduler's
+    `<aws.scheduler.scheduled-time>`, read through `delivered_fire`): nothing when paused, when the time is
+    not a fire of the schedule, or when it was already handled (a repeated delivery, a fire from before the
+    schedule was first seen or from a paused span); else start or skip it as `overlap` says.
+
+    `state` None: the runtime keeps no state for the schedule yet. The delivery itself shows the schedule
+    existed before this fire (a scheduler delivers only fires after it created the schedule), so the fire
+    is new, not missed: the state starts just before it."""
+    fire_time = delivered_fire(schedule, scheduled_time)
+    if state is None:
+        state = ScheduleState.new(fire_time - timedelta(microseconds=1))
     due = schedule.fires(fire_time - timedelta(microseconds=1), fire_time)
     if state.paused or not due or fire_time <= state.handled_until:
-        return Decision(starts=(), skipped=(), state=state, wake_at=_wake_at(schedule, state))
+        return Decision(starts=(), skipped=(), state=state, wake_at=wake_at(schedule, state))
     handled = state.model_copy(update={"handled_until": fire_time})
     return _start_or_skip(schedule, handled, due, previous_in_progress)
 
@@ -378,8 +412,13 @@ def decide_trigger(schedule: Schedule, state: ScheduleState, now: datetime) -> D
     fire_time = now.astimezone(UTC).replace(microsecond=0)
     new_state = state.model_copy(update={"last_fire": fire_time})
     return Decision(
-        starts=(_start(schedule, fire_time),), skipped=(), state=new_state, wake_at=_wake_at(schedule, new_state)
+        starts=(_start(schedule, fire_time),), skipped=(), state=new_state, wake_at=wake_at(schedule, new_state)
     )
+
+
+def store_only(state: ScheduleState) -> Decision:
+    """A decision that starts nothing and stores `state` (what `pause` and `resume` give)."""
+    return Decision(starts=(), skipped=(), state=state, wake_at=None)
 
 
 def pause(state: ScheduleState) -> ScheduleState:
@@ -415,7 +454,7 @@ def schedule_info(schedule: Schedule, state: ScheduleState) -> ScheduleInfo:
     return ScheduleInfo(
         **schedule.model_dump(),
         paused=state.paused,
-        next_fire=_wake_at(schedule, state),
+        next_fire=wake_at(schedule, state),
         last_fire=state.last_fire,
         last_execution_id=state.last_execution_id,
         skipped=state.skipped,
@@ -430,11 +469,11 @@ def _start_or_skip(
 ) -> Decision:
     if fires and schedule.overlap == "skip" and previous_in_progress:
         state = state.model_copy(update={"skipped": state.skipped + len(fires)})
-        return Decision(starts=(), skipped=tuple(fires), state=state, wake_at=_wake_at(schedule, state))
+        return Decision(starts=(), skipped=tuple(fires), state=state, wake_at=wake_at(schedule, state))
     if fires:
         state = state.model_copy(update={"last_fire": fires[-1]})
     starts = tuple(_start(schedule, fire) for fire in fires)
-    return Decision(starts=starts, skipped=(), state=state, wake_at=_wake_at(schedule, state))
+    return Decision(starts=starts, skipped=(), state=state, wake_at=wake_at(schedule, state))
 
 
 def _start(schedule: Schedule, fire_time: datetime) -> Start:
@@ -447,8 +486,18 @@ def _start(schedule: Schedule, fire_time: datetime) -> Start:
     )
 
 
-def _wake_at(schedule: Schedule, state: ScheduleState) -> datetime | None:
+def wake_at(schedule: Schedule, state: ScheduleState) -> datetime | None:
+    """When a runtime holding `state` must next call `decide_due`: the first fire not yet handled (None while
+    paused, or when the schedule never fires again)."""
     return None if state.paused else schedule.next_fire(state.handled_until)
+
+
+def previous_running(state: ScheduleState, status_of: Callable[[str], ExecutionStatus | None]) -> bool:
+    """Whether the schedule's previous execution is still IN_PROGRESS (`decide_due`'s `previous_in_progress`),
+    asking the runtime's storage with `status_of(execution_id)` (None for an execution it does not have)."""
+    if state.last_execution_id is None:
+        return False
+    return status_of(state.last_execution_id) == ExecutionStatus.IN_PROGRESS
 
 
 def _check_aware(value: datetime, what: str) -> None:
