@@ -152,6 +152,7 @@ class Activity(Generic[P, R]):
         heartbeat_timeout: DurationLike | None = None,
         retry: RetryPolicy | None = None,
         service: Service | None = None,
+        inline: bool = False,
     ) -> None:
         if not callable(function):
             raise TypeError(f"@ev.activity must decorate a function, got {function!r}")
@@ -167,6 +168,10 @@ class Activity(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(function)
         self.shape = CallShape(function, what=f"activity '{self.name}'")
         self.service = service
+        #: run inside the AWS orchestrator's invocation (no activity queue); no effect on the other runtimes
+        self.inline = bool(inline)
+        if self.inline:
+            _check_inline(self)
         functools.update_wrapper(self, function)
 
     def __repr__(self) -> str:
@@ -218,6 +223,8 @@ class Activity(Generic[P, R]):
             )
         if retry is not _UNSET:
             variant.retry = retry or RetryPolicy()
+        if variant.inline:
+            _check_inline(variant)
         return variant
 
     def spec(self) -> dict[str, Any]:
@@ -229,6 +236,7 @@ class Activity(Generic[P, R]):
             else self.heartbeat_timeout.total_seconds(),
             "retry": self.retry.model_dump(mode="json"),
             "parameters": list(self.shape.signature.parameters),
+            "inline": self.inline,
         }
 
 
@@ -247,6 +255,7 @@ def activity(
     timeout: DurationLike | None = None,
     heartbeat_timeout: DurationLike | None = None,
     retry: RetryPolicy | None = None,
+    inline: bool = False,
 ) -> Callable[[Callable[P, Any]], Activity[P, Any]]: ...
 
 
@@ -258,8 +267,16 @@ def activity(
     timeout: DurationLike | None = None,
     heartbeat_timeout: DurationLike | None = None,
     retry: RetryPolicy | None = None,
+    inline: bool = False,
 ) -> Any:
-    """Register an activity in the current service: `@ev.activity` or `@ev.activity(timeout="30s", ...)`."""
+    """Register an activity in the current service: `@ev.activity` or `@ev.activity(timeout="30s", ...)`.
+
+    `inline=True` marks a short activity that the AWS runtime runs inside the orchestrator's own
+    invocation, right after the turn that scheduled it is committed (no activity queue, no claim row, no
+    second Lambda), with the same retries, timeout, idempotency key and at-least-once rule; its timeout
+    must fit the orchestrator's time limit (`core.limits.MAX_INLINE_TIMEOUT`, 50 s), and it may neither
+    heartbeat nor complete by token (`ev.async_result`). Refused here, at decoration, otherwise. On the
+    other runtimes `inline` changes nothing."""
 
     def register(target: Callable[..., Any]) -> Activity[Any, Any]:
         service = current_service()
@@ -270,6 +287,7 @@ def activity(
             heartbeat_timeout=heartbeat_timeout,
             retry=retry,
             service=service,
+            inline=inline,
         )
         service.activities[definition.name] = definition
         return definition
@@ -277,6 +295,36 @@ def activity(
     if function is not None:
         return register(function)
     return register
+
+
+#: what an inline activity may not call (it runs inside the orchestrator: nothing outside watches it)
+_NOT_INLINE = ("heartbeat", "heartbeat_sync", "async_result")
+
+
+def _names(code: Any) -> set[str]:
+    """Global and attribute names a function's code reads, its nested functions' included."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if inspect.iscode(constant):
+            names |= _names(constant)
+    return names
+
+
+def _check_inline(definition: Activity[Any, Any]) -> None:
+    """Refuse, at decoration, an inline activity that could not run inline (see `activity`)."""
+    from eventual_nb.runtime.core.limits import inline_problem  # the core imports this module
+
+    problem = inline_problem(definition.name, definition.timeout, definition.heartbeat_timeout)
+    code = getattr(inspect.unwrap(definition.function), "__code__", None)
+    calls = sorted(_names(code) & set(_NOT_INLINE)) if code is not None else []
+    if problem is None and calls:
+        problem = (
+            f"inline activity '{definition.name}' calls ev.{calls[0]}(): an inline activity runs inside the "
+            "orchestrator's invocation and can neither heartbeat nor complete by token (make it a queued "
+            "activity, without inline=True)"
+        )
+    if problem is not None:
+        raise errors.EventualError(problem)
 
 
 def find_activity(name: str, services: list[Service] | None = None) -> Activity[Any, Any] | None:

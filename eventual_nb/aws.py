@@ -51,6 +51,7 @@ from eventual_nb.runtime.aws.clients import (
     BUS_VARIABLE,
     ENTITIES_TABLE_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_LAYOUT_VARIABLE,
     HISTORY_TABLE_VARIABLE,
     LOG_GROUP_VARIABLE,
     SCHEDULE_GROUP_VARIABLE,
@@ -82,7 +83,7 @@ from eventual_nb.runtime.base import (
     execution_id_of,
     signal_name_of,
 )
-from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, schedules, wire
+from eventual_nb.runtime.core import AttemptOutcome, StartAttempt, limits, schedules, wire
 from eventual_nb.runtime.core.schedules import ScheduleInfo, ScheduleState
 from eventual_nb.runtime.tokens import TokenSigner
 from eventual_nb.service import Service
@@ -97,6 +98,7 @@ STACK_OUTPUTS = {
     "ExecutionsTableName": EXECUTIONS_TABLE_VARIABLE,
     "EntitiesTableName": ENTITIES_TABLE_VARIABLE,
     "HistoryTableName": HISTORY_TABLE_VARIABLE,
+    "HistoryLayout": HISTORY_LAYOUT_VARIABLE,
     "WorkflowQueueUrl": WORKFLOW_QUEUE_VARIABLE,
     "ActivityQueueUrl": ACTIVITY_QUEUE_VARIABLE,
     "TimerQueueUrl": TIMER_QUEUE_VARIABLE,
@@ -223,6 +225,7 @@ class AwsRuntime(RuntimeBase):
                     "functions), or run inside one of those functions"
                 )
             settings = AwsSettings.from_environment(environment)
+            settings.check_layout(self.stack)
             built: dict[str, Any] = {}
             for name in ("dynamodb", "sqs", "events", "logs"):
                 built[name] = self.client(name)
@@ -309,6 +312,7 @@ class AwsRuntime(RuntimeBase):
         definition, raw_input = self.start_definition(workflow, input)
         now = self.clock()
         execution_id = core.execution_id_for(definition.name, name, now)
+        limits.refuse_too_large(limits.WORKFLOW_INPUT, raw_input, f"execution '{execution_id}'")
         limit = core.timeout_limit(timeout, None)  # only an explicit one rides on the record
         if limit is not None:  # refused here, where the caller hears of it, not in the orchestrator's turn
             deadline_after(now, limit, what="timeout")
@@ -425,6 +429,7 @@ class AwsRuntime(RuntimeBase):
         execution_id = execution_id_of(execution)
         name = signal_name_of(signal)
         encoded = encode_payload(signal, payload, self.served_services())
+        limits.refuse_too_large(limits.SIGNAL_PAYLOAD, encoded, f"signal '{name}' to '{execution_id}'")
 
         def send() -> None:
             status = self.executions.get(execution_id).status
@@ -438,6 +443,8 @@ class AwsRuntime(RuntimeBase):
         items = [(envelope(event), source_of(event)) for event in events]
         if not items:
             return
+        for item, _ in items:
+            limits.refuse_too_large(limits.EVENT, item, f"event '{item['name']}'")
 
         def publish() -> None:
             clients = self.clients
@@ -506,6 +513,9 @@ class AwsRuntime(RuntimeBase):
         def complete() -> None:
             start = _claimed_attempt(self._pending(execution_id, seq, attempt), execution_id, seq, attempt)
             encoded = token_result(self.activity_definition(start.name), start.name, result)
+            limits.refuse_too_large(
+                limits.ACTIVITY_RESULT, encoded, f"activity '{start.name}' (seq {seq}) of '{execution_id}'"
+            )
             self._settle(execution_id, seq, attempt, core.succeeded(encoded))
 
         await self._call(complete)

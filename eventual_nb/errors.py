@@ -299,6 +299,14 @@ class NoRuntime(EventualError, RuntimeError):
     """Something needed a runtime and none was set."""
 
 
+class PayloadTooLarge(EventualError, ValueError):
+    """A payload (a workflow's input, a signal's payload, an event, an activity's result) larger than the AWS
+    service that carries it accepts (the README's "Service limits"); refused on the call that sent it, before
+    anything was recorded. The LocalRuntime and the TestEnvironment accept it and warn in the execution's logs."""
+
+    status_code = 413
+
+
 def error_type_name(error: BaseException) -> str:
     """The name reported for an exception escaping user code (activities keep the original)."""
     if isinstance(error, ActivityFailed):

@@ -115,6 +115,11 @@ def _parser(magic: str) -> _Parser:
         add("--heartbeat-timeout", type=duration, help="longest gap between heartbeats")
         add("--retries", type=retries, help="retries after a failed attempt (max_attempts = N + 1)")
         add("--name", help="activity name (default: the function's name)")
+        add(
+            "--inline",
+            action="store_true",
+            help="on AWS, run it inside the orchestrator's invocation (a short activity: no queue, no second Lambda)",
+        )
     elif magic == "api":
         add("method", type=str.upper, choices=HTTP_METHODS, help="HTTP method")
         add("path", help="route path, e.g. /carts/{cart_id}")

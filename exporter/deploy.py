@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from eventual_nb.errors import EventualError
+from eventual_nb.runtime.aws.clients import HISTORY_LAYOUT_VARIABLE, AwsSettings
 from exporter.template import SIGNING_KEY_PARAMETER, validate_stack_name
 
 __all__ = [
@@ -325,6 +326,7 @@ def _deploy(
     if current is None or current["StackStatus"] in _CREATABLE:
         change_set_type = "CREATE"
     elif current["StackStatus"] in _UPDATABLE:
+        _check_layout(aws, stack)
         change_set_type = "UPDATE"
     elif current["StackStatus"] == "ROLLBACK_COMPLETE":
         raise DeployError(
@@ -402,6 +404,26 @@ def _deploy(
         emulator=emulator,
         outputs=_outputs(aws, final, emulator),
     )
+
+
+def _check_layout(aws: _Aws, stack: str) -> None:
+    """Refuse to update a stack whose history table holds another layout than this version writes: its
+    executions in flight could not continue (`AwsSettings.check_layout` says the same at run time).
+
+    Read from the deployed template (the layout its functions are given), which CloudFormation keeps for
+    every stack (moto reports no outputs for a stack created through a change set)."""
+    body = aws.cloudformation.get_template(StackName=stack, TemplateStage="Original")["TemplateBody"]
+    template = json.loads(body) if isinstance(body, str) else body
+    layouts = {
+        str(resource.get("Properties", {}).get("Environment", {}).get("Variables", {}).get(HISTORY_LAYOUT_VARIABLE, ""))
+        for resource in template.get("Resources", {}).values()
+        if isinstance(resource, dict) and resource.get("Type") == "AWS::Lambda::Function"
+    }
+    try:
+        for layout in sorted(layouts) or [""]:
+            AwsSettings(history_layout=layout).check_layout(stack)
+    except EventualError as exc:
+        raise DeployError(str(exc), stack=stack) from None
 
 
 def _unchanged(aws: _Aws, stack: str, bucket: str, export: _Export, emulator: bool, report: Progress) -> DeployResult:

@@ -531,6 +531,8 @@ class _Reader:
             _option(options, "timeout", args.timeout)
             _option(options, "heartbeat_timeout", args.heartbeat_timeout)
             _retry(options, args.retries)
+            if args.inline:
+                options.append("inline=True")
             return _call("@ev.activity", options, bare=True), ("activity", args.name or function)
         if magic == "api":
             options.append(_literal(args.path))

@@ -37,6 +37,8 @@ from eventual_nb.runtime.aws.clients import (
     BUS_VARIABLE,
     ENTITIES_TABLE_VARIABLE,
     EXECUTIONS_TABLE_VARIABLE,
+    HISTORY_LAYOUT,
+    HISTORY_LAYOUT_VARIABLE,
     HISTORY_TABLE_VARIABLE,
     LOG_GROUP_VARIABLE,
     SCHEDULE_GROUP_VARIABLE,
@@ -49,6 +51,7 @@ from eventual_nb.runtime.aws.clients import (
 )
 from eventual_nb.runtime.aws.schedules import recurring_schedule
 from eventual_nb.runtime.aws.stores import LISTING_INDEXES, LISTING_SORT_KEY
+from eventual_nb.runtime.core.limits import ORCHESTRATOR_TIMEOUT
 from eventual_nb.runtime.core.schedules import Schedule, schedule_from_spec
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE
 
@@ -102,9 +105,16 @@ class _Function:
 
 
 # API Gateway gives up on an integration after 29 s, so a longer API timeout would only hide failures.
-# Activities run user code for as long as Lambda allows; the orchestrator only replays and dispatches.
+# Activities run user code for as long as Lambda allows; the orchestrator replays, dispatches and runs inline
+# activities, whose timeouts are checked against its limit at decoration (core.limits.ORCHESTRATOR_TIMEOUT).
 _API = _Function("api", "Api", 29, 512, "HTTP API (service routes and /_eventual/ internal routes)")
-_ORCHESTRATOR = _Function("orchestrator", "Orchestrator", 60, 512, "workflow turns from the FIFO workflow queue")
+_ORCHESTRATOR = _Function(
+    "orchestrator",
+    "Orchestrator",
+    int(ORCHESTRATOR_TIMEOUT.total_seconds()),
+    512,
+    "workflow turns from the FIFO workflow queue",
+)
 _ACTIVITY = _Function("activity", "Activity", 900, 1024, "activity attempts from the activity queue")
 _SUBSCRIPTION = _Function("subscription", "Subscription", 300, 512, "subscription deliveries from their queues")
 _TIMER = _Function("timer", "Timer", 60, 256, "due timers from the timer queue")
@@ -340,9 +350,9 @@ class _Builder:
 
     @staticmethod
     def listing_indexes(properties: dict[str, Any]) -> None:
-        """The sparse, sharded indexes `ExecutionStore.list` reads (eventual_nb/runtime/aws/stores.py): by
-        workflow, by status, by workflow and status, and all executions, each sorted by start time. Their
-        partition keys carry a shard number, so listing never funnels every execution into one partition."""
+        """The sparse, sharded indexes `ExecutionStore.list` reads (eventual_nb/runtime/aws/stores.py): by status,
+        and by workflow and status (ended executions), each sorted by start time. Their partition keys carry a
+        shard number, so listing never funnels every execution into one partition."""
         for attribute in [*LISTING_INDEXES.values(), LISTING_SORT_KEY]:
             properties["AttributeDefinitions"].append({"AttributeName": attribute, "AttributeType": "S"})
         properties["GlobalSecondaryIndexes"] = [
@@ -507,6 +517,8 @@ class _Builder:
             SERVICE_VARIABLE: self.service_name,
             EXECUTIONS_TABLE_VARIABLE: _ref("ExecutionsTable"),
             HISTORY_TABLE_VARIABLE: _ref("HistoryTable"),
+            # what the history table holds; the runtime refuses a stack of another layout (clients.py)
+            HISTORY_LAYOUT_VARIABLE: HISTORY_LAYOUT,
             WORKFLOW_QUEUE_VARIABLE: _ref("WorkflowQueue"),
             ACTIVITY_QUEUE_VARIABLE: _ref("ActivityQueue"),
             TIMER_QUEUE_VARIABLE: _ref("TimerQueue"),
@@ -779,6 +791,7 @@ class _Builder:
         output("TimerQueueUrl", _ref("TimerQueue"), "queue of timers due within 15 minutes")
         output("ExecutionsTableName", _ref("ExecutionsTable"), "DynamoDB table of execution records")
         output("HistoryTableName", _ref("HistoryTable"), "DynamoDB table of execution histories")
+        output("HistoryLayout", HISTORY_LAYOUT, "how the history table stores histories (one item per turn)")
         if self.has_entities:
             output("EntitiesTableName", _ref("EntitiesTable"), "DynamoDB table of the service's entities")
         output("ExecutionLogGroupName", _ref("ExecutionLogGroup"), "log group with one stream per execution")

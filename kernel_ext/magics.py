@@ -179,6 +179,7 @@ class EventualMagics(Magics):
             timeout=args.timeout,
             heartbeat_timeout=args.heartbeat_timeout,
             retry=_retry_policy(args.retries),
+            inline=args.inline,
         )(self.user_ns[target])
         self.user_ns[target] = definition
         _say(f"activity '{definition.name}' in service '{current_service().name}'")

@@ -924,3 +924,55 @@ async def test_concurrent_activities_in_gather_each_get_their_own_seq() -> None:
         seqs = [event.seq for event in history if event.type == "ActivityScheduled"]
         assert len(set(seqs)) == 4
         assert sorted(seen) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------ inline
+
+
+def test_inline_activities_that_could_not_run_inline_are_refused_at_decoration() -> None:
+    """An inline activity runs inside the AWS orchestrator's invocation (60 s): its timeout must fit in it
+    (50 s, 10 s kept to commit), and nothing outside can watch it, so it may neither heartbeat nor complete by
+    token. Each is refused where it is declared, with the way out."""
+    service = ev.Service("tests-activities-inline")  # decorators below register into it
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"timeout": "2m"}, r"timeout of 120 s.*time limit is 60 s: at most 50 s fit \(make it a queued"),
+        ({"heartbeat_timeout": "5s"}, "cannot have a heartbeat_timeout"),
+    ]
+    for options, says in cases:
+        with pytest.raises(ev.EventualError, match=says):
+
+            @ev.activity(inline=True, **options)
+            async def too_long() -> None: ...
+
+    with pytest.raises(ev.EventualError, match=r"calls ev.heartbeat\(\).*can neither heartbeat"):
+
+        @ev.activity(inline=True)
+        async def beats() -> None:
+            await ev.heartbeat()
+
+    with pytest.raises(ev.EventualError, match=r"calls ev.async_result\(\)"):
+
+        @ev.activity(inline=True, timeout="5s")
+        def defers() -> Any:
+            def later() -> Any:  # found in nested functions too
+                return ev.async_result(print)
+
+            return later()
+
+    @ev.activity(inline=True, timeout="50s", retry=RETRY_3)
+    async def fits(x: int) -> int:
+        return x
+
+    assert fits.inline
+    assert fits.spec()["inline"] is True
+    with pytest.raises(ev.EventualError, match="timeout of 51 s"):
+        fits.options(timeout="51s")
+    assert fits.options(timeout="1s").inline
+    assert set(service.activities) == {"fits"}  # nothing refused was registered
+
+    @ev.activity(heartbeat_timeout="5s")  # not inline: all of it allowed
+    async def beating() -> None:
+        await ev.heartbeat()
+
+    assert not beating.inline
+    assert beating.spec()["inline"] is False

@@ -228,6 +228,25 @@ def test_activity_messages(clients: AwsClients) -> None:
         clients.activity_queue.send(message, delay_seconds=901)
 
 
+def test_first_attempts_go_out_in_batches_of_ten(clients: AwsClients) -> None:
+    sqs = clients.client("sqs")
+    calls: list[str] = []
+    sqs.meta.events.register("before-call.sqs.*", lambda model, **_: calls.append(model.name))
+    messages = [
+        {"execution_id": f"order/o-{index}", "seq": index, "attempt": 1, "name": "charge", "input": {"n": index}}
+        for index in range(23)
+    ]
+    clients.send_activities(messages)
+    assert calls == ["SendMessageBatch", "SendMessageBatch", "SendMessageBatch"]
+    received = receive_all(sqs, clients.settings.activity_queue_url)
+    assert sorted((json.loads(item["Body"]) for item in received), key=lambda m: m["seq"]) == messages
+    calls.clear()
+    clients.send_activities(messages[:1])  # one alone is a plain send
+    assert calls == ["SendMessage"]
+    with pytest.raises(ev.EventualError, match="lacks"):
+        clients.send_activities([{"execution_id": "order/o-1"}])
+
+
 # ------------------------------------------------------------------------------------------------ timers
 
 
@@ -319,16 +338,32 @@ def test_bus_delivers_through_the_templates_rules_with_the_convention(clients: A
 # -------------------------------------------------------------------------------------------------- logs
 
 
-def test_execution_logs_one_stream_per_execution(clients: AwsClients) -> None:
+def test_execution_logs_one_stream_per_execution(clients: AwsClients, moto_endpoint: str, stack: Stack) -> None:
     first = [
         LogEntry(time=NOW, message="charging ☕", source="charge"),
         LogEntry(time=NOW - timedelta(days=30), message="replayed line", source="workflow"),
     ]
+    logs = clients.client("logs")
+    calls: list[str] = []
+    logs.meta.events.register("before-call.logs.*", lambda model, **_: calls.append(model.name))
     clients.write_logs("order/o-1", first)
+    # the stream is created once per execution: on the first write, which found it missing
+    assert calls == ["PutLogEvents", "CreateLogStream", "PutLogEvents"]
+    calls.clear()
     clients.write_logs("order/o-1", [{"time": NOW, "message": "done", "source": "workflow"}])  # stream exists
+    assert calls == ["PutLogEvents"]
+    other = AwsClients.from_environment(client_kwargs(moto_endpoint), environ=stack.environment)
+    other_calls: list[str] = []
+    other.client("logs").meta.events.register("before-call.logs.*", lambda model, **_: other_calls.append(model.name))
+    other.write_logs("order/o-1", [LogEntry(time=NOW, message="from another container", source="workflow")])
+    assert other_calls == ["PutLogEvents"]  # another container does not create it again
     clients.write_logs("order/a:b", [LogEntry(time=NOW, message="odd id", source="workflow")])
     clients.write_logs("order/o-3", [])
-    assert clients.logs.read("order/o-1") == [*first, LogEntry(time=NOW, message="done", source="workflow")]
+    assert clients.logs.read("order/o-1") == [
+        *first,
+        LogEntry(time=NOW, message="done", source="workflow"),
+        LogEntry(time=NOW, message="from another container", source="workflow"),
+    ]
     assert [entry.message for entry in clients.logs.read("order/a:b")] == ["odd id"]
     assert clients.logs.read("order/o-3") == []
     streams = clients.client("logs").describe_log_streams(logGroupName=clients.settings.execution_log_group)

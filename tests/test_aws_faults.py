@@ -8,8 +8,8 @@ functions (`StackFunctions`) driven by the harness over real SQS queues, and thr
   message is redelivered to another container, which completes the same turn first (either before the
   stale one read history, or between its read and its conditional commit);
 * a crash between the history commit and the dispatch — a real "container" process running the
-  functions is killed with SIGKILL right after its `TransactWriteItems` returned, before it sent what the
-  turn decided; its message reappears after the visibility timeout and another container carries on.
+  functions is killed with SIGKILL right after its turn's conditional `PutItem` returned, before it sent
+  what the turn decided; its message reappears after the visibility timeout and another container carries on.
 
 Each run must end with every step in history exactly once, each activity's code run exactly once (the
 activities append to a ledger file, across processes), and the execution completed with the right result.
@@ -194,12 +194,15 @@ async def test_a_stale_orchestrator_invocation_after_its_visibility_timeout(
     stale = Container(moto_endpoint, stack, visibility_timeout=1)
     other = Container(moto_endpoint, stack)
     dynamodb = stale.functions.clients.client("dynamodb")
-    hook = "before-call.dynamodb.Query" if expires == "before-read" else "before-call.dynamodb.TransactWriteItems"
+    history_table = stack.environment["EVENTUAL_HISTORY_TABLE"]
+    if expires == "before-read":
+        stale.functions.orchestrator.max_cached = 0  # a warm container reads nothing: this one is cold
+    hook = "before-parameter-build.dynamodb." + ("Query" if expires == "before-read" else "PutItem")
     stalled: list[RunReport] = []
 
-    def stall(**_: Any) -> None:
+    def stall(params: dict[str, Any], **_: Any) -> None:
         # once, during the turn that handles the first activity's result (history already holds it scheduled)
-        if stalled or not ledger.exists():
+        if stalled or not ledger.exists() or params.get("TableName") != history_table:
             return
         time.sleep(1.5)  # the message's visibility timeout (1 s) expires: SQS hands it to another container
         report = RunReport()
@@ -240,14 +243,21 @@ function_timeout, visibility_timeout = float(sys.argv[5]), int(sys.argv[6])
 functions = StackFunctions([fault_service.SERVICE], environ=environment, client_kwargs=kwargs, timer_hop_seconds=1)
 commits = 0
 
-def die_after_commit(**_):
+def note_commit(params, context, **_):
+    # a turn's commit: the conditional put of a turn item into the history table
+    context["commit"] = params.get("TableName") == environment["EVENTUAL_HISTORY_TABLE"] and "ConditionExpression" in params
+
+def die_after_commit(context, **_):
     global commits
+    if not context.get("commit"):
+        return
     commits += 1
     if commits == crash_at:  # the history is committed; nothing the turn decided has been sent yet
         print(json.dumps({"killed_after_commit": commits}), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
-functions.clients.client("dynamodb").meta.events.register("after-call.dynamodb.TransactWriteItems", die_after_commit)
+functions.clients.client("dynamodb").meta.events.register("before-parameter-build.dynamodb.PutItem", note_commit)
+functions.clients.client("dynamodb").meta.events.register("after-call.dynamodb.PutItem", die_after_commit)
 Harness(
     functions.clients,
     functions.handlers(),
@@ -352,3 +362,57 @@ async def run_with_a_killed_container(
         execution_id = await drive_order(runtime, run, ledger)
         await check_completed(runtime, execution_id, ledger, charges)
     return crashes
+
+
+async def test_a_container_killed_inside_an_inline_activity_runs_it_again(
+    moto_endpoint: str, stack: Stack, tmp_path: Path
+) -> None:
+    """The orchestrator's container dies (SIGKILL) inside an inline activity, after its side effect: the turn
+    that scheduled it is committed, its result is not. The message of that turn comes back after the
+    visibility timeout; a fresh container's cold turn re-runs the last turn's pending actions, the inline
+    attempt among them: the activity ran twice (at least once), its step is recorded once."""
+    ledger = tmp_path / "ledger.txt"
+    marker = tmp_path / "killed-in-pack"
+    script = tmp_path / "container.py"
+    script.write_text(CONTAINER)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("EVENTUAL_")}
+    environment.update({"PYTHONDONTWRITEBYTECODE": "1", fault_service.KILL_IN_PACK: str(marker)})
+    async with runtime_for(moto_endpoint, stack) as runtime:
+        order = fault_service.Order(ledger=str(ledger), item="lamp")
+        handle = await fault_service.parcel.start(order, name="parcel-1")
+        killed = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                str(script),
+                str(ROOT),
+                json.dumps(stack.environment),
+                json.dumps(client_kwargs(moto_endpoint)),
+                "0",  # no crash after a commit: the crash is inside the activity
+                "12",
+                "1",  # the visibility timeout: the message comes back a second after the crash
+            ],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+            check=False,
+        )
+        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout, killed.stderr[-2000:])
+        assert marker.read_text() == "killed\n"
+        assert (await runtime.get_execution(handle.id)).status == ExecutionStatus.IN_PROGRESS
+        survivor = Container(moto_endpoint, stack)
+        survivor.run()
+        execution = await runtime.get_execution(handle.id)
+        assert (execution.status, execution.result) == (ExecutionStatus.SUCCEEDED, "packed reserved lamp")
+        history = await runtime.get_execution_history(handle.id)
+    assert [event.type for event in history] == [
+        "WorkflowStarted",
+        "ActivityScheduled",
+        "ActivitySucceeded",
+        "ActivityScheduled",
+        "ActivitySucceeded",
+        "WorkflowSucceeded",
+    ]
+    assert ledger.read_text().splitlines() == ["reserve lamp", "pack reserved lamp", "pack reserved lamp"]
+    assert survivor.functions.orchestrator.stats.inline_attempts == 1

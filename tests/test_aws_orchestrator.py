@@ -94,9 +94,11 @@ class RecordingDispatch:
     def start_child(self, execution_id: str) -> None:
         self.inbox.append({"type": "start", "execution_id": execution_id})
 
-    def send_activity(self, message: dict[str, Any]) -> None:
-        self.activities.append(message)
-        self.sent_activities.append((message["execution_id"], message["seq"], message["attempt"]))
+    def send_activities(self, messages: list[dict[str, Any]]) -> None:
+        self.activities.extend(messages)
+        self.sent_activities.extend(
+            (message["execution_id"], message["seq"], message["attempt"]) for message in messages
+        )
 
     def schedule_timer(self, execution_id: str, key: str, due: datetime, event: dict[str, Any]) -> None:
         self.timers[(execution_id, key)] = (due, event)
@@ -118,11 +120,11 @@ class CrashingDispatch(RecordingDispatch):
         super().__init__()
         self.crash_seq: int | None = seq
 
-    def send_activity(self, message: dict[str, Any]) -> None:
-        if message["seq"] == self.crash_seq:
+    def send_activities(self, messages: list[dict[str, Any]]) -> None:
+        if any(message["seq"] == self.crash_seq for message in messages):
             self.crash_seq = None
             raise ConnectionError("the container died between the commit and the dispatch")
-        super().send_activity(message)
+        super().send_activities(messages)
 
 
 _message_ids = itertools.count(1)
@@ -297,15 +299,15 @@ async def test_a_stale_turn_loses_the_race_and_fails_with_the_rest_of_its_group(
     other = Orchestrator(stores_for(aws_client(moto_endpoint, "dynamodb")), other_dispatch, [SERVICE])
     raced: list[list[dict[str, Any]]] = []
 
-    def race(**_: Any) -> None:
-        if not raced:
+    def race(params: dict[str, Any], **_: Any) -> None:
+        if not raced and params["TableName"] == stores[1].table:  # right before the stale turn's commit
             raced.append(Driver(other, other_dispatch).deliver([first]))
 
-    dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", race)
+    dynamodb.meta.events.register("before-parameter-build.dynamodb.PutItem", race)
     try:
         failed = driver.deliver([first, second])
     finally:
-        dynamodb.meta.events.unregister("before-call.dynamodb.TransactWriteItems", race)
+        dynamodb.meta.events.unregister("before-parameter-build.dynamodb.PutItem", race)
     assert raced == [[]]
     assert failed == [first, second]
     assert stale.stats.conflicts == 1

@@ -24,18 +24,17 @@ from eventual_nb.engine.history import (
     HistoryEvent,
     SignalReceived,
     TimerScheduled,
-    WorkflowFailed,
     WorkflowStarted,
     WorkflowSucceeded,
 )
+from eventual_nb.runtime.aws import stores
 from eventual_nb.runtime.aws.stores import (
     LISTING_INDEXES,
-    MAX_TRANSACTION_ITEMS,
     SHARDS,
     TIMEOUT_ATTRIBUTE,
     ExecutionStore,
     HistoryConflict,
-    HistoryHead,
+    HistoryRead,
     HistoryStore,
     from_attributes,
     shard_of,
@@ -137,14 +136,13 @@ def test_table_names_come_from_the_stack_environment() -> None:
 # ------------------------------------------------------------------------------------------ history
 
 
-def test_append_and_read_round_trip_real_events(history: HistoryStore, dynamodb: Any) -> None:
+def test_commit_and_read_round_trip_real_events(history: HistoryStore, dynamodb: Any) -> None:
     events = story()
     execution_id = "order/o-1"
-    assert history.length(execution_id) == 0
     assert history.read(execution_id) == []
-    assert history.append(execution_id, 0, events[:2]) == 2
-    assert history.append(execution_id, 2, events[2:]) == 6
-    assert history.length(execution_id) == 6
+    assert history.read_turns(execution_id) == HistoryRead(queries=1)
+    history.commit(execution_id, 1, 0, events[:2], [{"action": "StartAttempt", "seq": 0}])
+    history.commit(execution_id, 2, 2, events[2:], [{"action": "Finish"}])
     assert history.read(execution_id) == events
     assert history.read(execution_id, after=4) == events[4:]
     assert history.read(execution_id, after=6) == []
@@ -156,83 +154,76 @@ def test_append_and_read_round_trip_real_events(history: HistoryStore, dynamodb:
         "SignalReceived",
         "WorkflowSucceeded",
     ]
-    # the stored layout the brief fixes: one item per event, zero-padded index, plus the head
-    item = dynamodb.get_item(
-        TableName=history.table, Key={"pk": {"S": "exec#order/o-1"}, "sk": {"S": "ev#0000000002"}}
-    )["Item"]
-    assert json.loads(item["event"]["S"])["type"] == "ActivitySucceeded"
-    head = dynamodb.get_item(TableName=history.table, Key={"pk": {"S": "exec#order/o-1"}, "sk": {"S": "head"}})
-    assert head["Item"]["length"] == {"N": "6"}
+    found = history.read_turns(execution_id)
+    assert (found.turn, found.length, found.pending, found.queries) == (2, 6, [{"action": "Finish"}], 1)
+    # a warm reader asks only for what follows the turn it has: turn 2, with its actions
+    newer = history.read_turns(execution_id, after_turn=1, length=2)
+    assert (newer.events, newer.turn, newer.length, newer.pending) == (events[2:], 2, 6, [{"action": "Finish"}])
+    nothing = history.read_turns(execution_id, after_turn=2, length=6)
+    assert (nothing.events, nothing.turn, nothing.length, nothing.pending) == ([], 2, 6, [])
+    # the stored layout: one item per turn (zero-padded number), its events and actions in one JSON body
+    items = dynamodb.query(
+        TableName=history.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": "exec#order/o-1"}},
+    )["Items"]
+    assert [item["sk"]["S"] for item in items] == ["turn#0000000001", "turn#0000000002"]
+    second = items[1]
+    assert (second["first"], second["count"]) == ({"N": "2"}, {"N": "4"})
+    body = json.loads(second["body"]["S"])
+    assert body["events"][0]["type"] == "ActivitySucceeded"
+    assert body["pending"] == [{"action": "Finish"}]
     # another execution's history is separate
     assert history.read("order/o-2") == []
 
 
-def test_read_follows_query_pages(history: HistoryStore, dynamodb: Any) -> None:
-    """More than one 1 MB query page: read() must paginate and keep the order."""
+def test_read_turns_follows_query_pages_and_counts_them(history: HistoryStore, dynamodb: Any) -> None:
+    """More than one 1 MB query page: the read pages, keeps the order and says how many requests it took
+    (the orchestrator's `history_queries`)."""
     big = [
         ActivitySucceeded(seq=index, timestamp=T0, result="x" * 150_000 + str(index), attempts=1) for index in range(9)
     ]
-    history.append("big/one", 0, big[:5])
-    history.append("big/one", 5, big[5:])
+    for turn, (first, last) in enumerate([(0, 2), (2, 4), (4, 6), (6, 8), (8, 9)], start=1):
+        history.commit("big/two", turn, first, big[first:last], [{"turn": turn}])
     counter = CallCounter(dynamodb)
-    assert history.read("big/one") == big
-    assert counter.calls.count("Query") >= 2
-    assert history.read("big/one", after=7) == big[7:]
-
-
-def test_read_with_head_follows_query_pages_and_counts_them(history: HistoryStore, dynamodb: Any) -> None:
-    """The orchestrator's read (events and head in one query) pages like `read` and says how many requests
-    it took (the orchestrator's `history_queries`)."""
-    big = [
-        ActivitySucceeded(seq=index, timestamp=T0, result="x" * 150_000 + str(index), attempts=1) for index in range(9)
-    ]
-    history.append("big/two", 0, big[:5])
-    history.append("big/two", 5, big[5:], pending=[{"kind": "cancel_timer", "key": "3"}])
-    counter = CallCounter(dynamodb)
-    found = history.read_with_head("big/two")
+    found = history.read_turns("big/two")
     assert found.events == big
-    assert found.head == HistoryHead(length=9, pending=[{"kind": "cancel_timer", "key": "3"}])
+    assert (found.turn, found.length, found.pending) == (5, 9, [{"turn": 5}])
     assert found.queries == counter.calls.count("Query") >= 2
     assert counter.calls == ["Query"] * found.queries
-    tail = history.read_with_head("big/two", after=8)
-    assert (tail.events, tail.head.length, tail.queries) == (big[8:], 9, 1)
-    empty = history.read_with_head("big/none")
-    assert (empty.events, empty.head, empty.queries) == ([], HistoryHead(length=0, pending=[]), 1)
+    tail = history.read_turns("big/two", after_turn=4, length=8)
+    assert (tail.events, tail.length, tail.queries) == (big[8:], 9, 1)
+    assert history.read("big/two", after=7) == big[7:]
 
 
-def test_a_stale_writer_gets_history_conflict_and_writes_nothing(history: HistoryStore) -> None:
+def test_a_second_writer_of_a_turn_gets_history_conflict_and_writes_nothing(history: HistoryStore) -> None:
     execution_id = "order/race"
     started, *rest = story()
-    history.append(execution_id, 0, [started])
+    history.commit(execution_id, 1, 0, [started])
     winner = [rest[0]]
     loser = [TimerScheduled(seq=0, timestamp=T0, until=T0 + timedelta(minutes=5))]
-    assert history.append(execution_id, 1, winner) == 2
+    history.commit(execution_id, 2, 1, winner)
     with pytest.raises(HistoryConflict) as caught:
-        history.append(execution_id, 1, loser)
-    assert caught.value.execution_id == execution_id
-    assert caught.value.expected_length == 1
-    assert "ConditionalCheckFailed" in caught.value.reasons
+        history.commit(execution_id, 2, 1, loser, [{"action": "ArmTimer"}])
+    assert (caught.value.execution_id, caught.value.turn) == (execution_id, 2)
     assert isinstance(caught.value, ev.EventualError)
-    # a writer that believes the history is empty conflicts too (the head exists)
+    # a writer that believes the history is empty conflicts too (turn 1 exists)
     with pytest.raises(HistoryConflict):
-        history.append(execution_id, 0, [started])
-    assert history.read(execution_id) == [started, *winner]
-    assert history.length(execution_id) == 2
+        history.commit(execution_id, 1, 0, [started])
+    found = history.read_turns(execution_id)
+    assert (found.events, found.turn, found.pending) == ([started, *winner], 2, [])
 
 
-def test_two_writers_that_read_the_same_length_exactly_one_wins(
+def test_two_writers_that_read_the_same_turn_exactly_one_wins(
     history: HistoryStore, moto_endpoint: str, tables: dict[str, str]
 ) -> None:
-    """Two orchestrator invocations (own clients) read the same head, then both commit.
-
-    Deliberately sequential after the reads: moto's TransactWriteItems is not atomic under concurrent
-    requests (it snapshots and restores whole tables), so racing threads would test moto, not the store."""
+    """Two orchestrator invocations (own clients) read the same history, then both commit the next turn."""
     execution_id = "order/two-writers"
-    history.append(execution_id, 0, story()[:1])
+    history.commit(execution_id, 1, 0, story()[:1])
     other = HistoryStore(aws_client(moto_endpoint, "dynamodb"), tables["HistoryTable"])
     writers = {"first": history, "second": other}
-    seen = {name: store.length(execution_id) for name, store in writers.items()}
-    assert seen == {"first": 1, "second": 1}
+    seen = {name: store.read_turns(execution_id) for name, store in writers.items()}
+    assert {name: (read.turn, read.length) for name, read in seen.items()} == {"first": (1, 1), "second": (1, 1)}
     outcomes = {}
     for name, store in writers.items():
         turn = [
@@ -240,60 +231,82 @@ def test_two_writers_that_read_the_same_length_exactly_one_wins(
             TimerScheduled(seq=1, timestamp=T0, until=T0),
         ]
         try:
-            store.append(execution_id, seen[name], turn)
+            store.commit(execution_id, seen[name].turn + 1, seen[name].length, turn)
         except HistoryConflict as conflict:
-            outcomes[name] = f"conflict at {conflict.expected_length}"
+            outcomes[name] = f"conflict at turn {conflict.turn}"
         else:
             outcomes[name] = "won"
-    assert outcomes == {"first": "won", "second": "conflict at 1"}
+    assert outcomes == {"first": "won", "second": "conflict at turn 2"}
     stored = history.read(execution_id)
     assert [getattr(event, "name", None) for event in stored] == [None, "by-first", None]
     assert other.read(execution_id) == stored
-    assert other.length(execution_id) == 3
 
 
-def test_more_than_100_items_are_refused_before_calling_aws(history: HistoryStore, dynamodb: Any) -> None:
+def history_items(dynamodb: Any, table: str, execution_id: str) -> list[dict[str, Any]]:
+    pages = dynamodb.get_paginator("query").paginate(
+        TableName=table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"exec#{execution_id}"}},
+        ProjectionExpression="sk",
+    )
+    return [item for page in pages for item in page["Items"]]
+
+
+def test_a_turn_over_400_kb_is_split_over_items_and_still_commits_once(
+    history: HistoryStore, dynamodb: Any, moto_endpoint: str, tables: dict[str, str]
+) -> None:
+    """A huge activity result (1.5 MB, beyond DynamoDB's 400 KB item) is stored over several items: the
+    parts first, under a key of their own, then the turn's conditional put, the one commit point. A second
+    writer of the same turn loses as with one item, and its parts are gone."""
+    execution_id = "order/huge"
+    history.commit(execution_id, 1, 0, story()[:2])
+    huge = ActivitySucceeded(seq=0, timestamp=T0, result="é" + "y" * 1_500_000 + "☕", attempts=1)
     counter = CallCounter(dynamodb)
-    too_many = [TimerScheduled(seq=index, timestamp=T0, until=T0) for index in range(MAX_TRANSACTION_ITEMS)]
-    with pytest.raises(ev.EventualError, match=r"101 transaction items .* not split"):
-        history.append("order/many", 0, too_many)  # 100 events + the head
-    extra = ExecutionStore(dynamodb, "whatever").finish_item("order/many", "order", ExecutionStatus.SUCCEEDED, T0)
-    with pytest.raises(ev.EventualError, match="101 transaction items"):
-        history.append("order/many", 0, too_many[:99], extra_items=[extra])
-    assert counter.calls == []
-    assert history.length("order/many") == 0
-    # exactly at the limit is one transaction
-    counter.calls.clear()
-    assert history.append("order/many", 0, too_many[:99]) == 99
-    assert counter.calls == ["TransactWriteItems"]
-    assert history.read("order/many") == too_many[:99]
+    history.commit(execution_id, 2, 2, [huge], [{"action": "Finish"}])
+    assert counter.calls == ["PutItem"] * 4  # 3 parts, then the turn itself
+    keys = [item["sk"]["S"] for item in history_items(dynamodb, history.table, execution_id)]
+    assert keys[:2] == ["turn#0000000001", "turn#0000000002"]
+    assert len(keys) == 5
+    assert all(key.startswith("turn#0000000002#") for key in keys[2:])
+    found = history.read_turns(execution_id)
+    assert found.events == [*story()[:2], huge]
+    assert (found.turn, found.length, found.pending) == (2, 3, [{"action": "Finish"}])
+
+    other = HistoryStore(aws_client(moto_endpoint, "dynamodb"), tables["HistoryTable"])
+    late = ActivitySucceeded(seq=0, timestamp=T0, result="z" * 900_000, attempts=2)
+    with pytest.raises(HistoryConflict):
+        other.commit(execution_id, 2, 2, [late])
+    assert [item["sk"]["S"] for item in history_items(dynamodb, history.table, execution_id)] == keys
+    # a part a crashed loser left behind (never named by a committed turn) is skipped by readers
+    dynamodb.put_item(
+        TableName=history.table,
+        Item={"pk": {"S": f"exec#{execution_id}"}, "sk": {"S": "turn#0000000002#deadbeef#001"}, "body": {"S": "xx"}},
+    )
+    assert history.read_turns(execution_id).events == found.events
 
 
-def test_an_item_over_400_kb_is_refused_naming_execution_and_index(history: HistoryStore, dynamodb: Any) -> None:
-    history.append("order/large", 0, story()[:3])
+def test_a_turn_too_large_even_for_its_parts_is_refused_before_calling_aws(
+    history: HistoryStore, dynamodb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stores, "MAX_TURN_PARTS", 2)
     counter = CallCounter(dynamodb)
-    huge = ActivitySucceeded(seq=1, timestamp=T0, result="y" * 400_000)
-    with pytest.raises(ev.EventualError, match=r"history event 4 of execution 'order/large' is \d+ bytes") as caught:
-        history.append("order/large", 3, [TimerScheduled(seq=2, timestamp=T0, until=T0), huge])
+    huge = ActivitySucceeded(seq=1, timestamp=T0, result="y" * 900_000)
+    with pytest.raises(ev.EventualError, match=r"turn 4 of execution 'order/large' is \d+ bytes") as caught:
+        history.commit("order/large", 4, 3, [huge])
     assert not isinstance(caught.value, HistoryConflict)
     assert counter.calls == []
-    assert history.length("order/large") == 3
 
 
-def test_empty_append_is_a_no_op_and_extra_items_alone_are_guarded_by_the_head(
-    history: HistoryStore, executions: ExecutionStore, dynamodb: Any
-) -> None:
-    counter = CallCounter(dynamodb)
-    assert history.append("order/none", 0, []) == 0
-    assert counter.calls == []
-    executions.create("order/guarded", "order", {"a": 1}, T0)
-    history.append("order/guarded", 0, story()[:1])
-    finish = executions.finish_item("order/guarded", "order", ExecutionStatus.CANCELLED, T0)
-    with pytest.raises(HistoryConflict):  # the history moved on: the record update must not apply
-        history.append("order/guarded", 0, [], extra_items=[finish])
-    assert executions.get("order/guarded").status == ExecutionStatus.IN_PROGRESS
-    assert history.append("order/guarded", 1, [], extra_items=[finish]) == 1
-    assert executions.get("order/guarded").status == ExecutionStatus.CANCELLED
+def test_a_history_whose_turns_do_not_follow_each_other_is_reported(history: HistoryStore, dynamodb: Any) -> None:
+    history.commit("order/gap", 1, 0, story()[:1])
+    history.commit("order/gap", 3, 1, story()[1:2])
+    with pytest.raises(ev.EventualError, match=r"turn 3 .* does not follow turn 1"):
+        history.read("order/gap")
+    dynamodb.put_item(
+        TableName=history.table, Item={"pk": {"S": "exec#order/odd"}, "sk": {"S": "turn#x"}, "body": {"S": "{}"}}
+    )
+    with pytest.raises(ev.EventualError, match="not a turn"):
+        history.read("order/odd")
 
 
 # --------------------------------------------------------------------------------------- executions
@@ -341,7 +354,7 @@ def test_items_keep_their_stored_types_and_come_back_as_python_values(
             ["pk", "sk", "id", "workflow", "status", "input", "input_hash", "start_time", "gsisk", "parent", "service"],
             "S",
         ),
-        **dict.fromkeys(["gsi1pk", "gsi2pk", "gsi3pk", "gsi4pk"], "S"),
+        "gsi1pk": "S",  # a running execution is in ByStatus only
         "parent_seq": "N",
         TIMEOUT_ATTRIBUTE: "N",
     }
@@ -369,10 +382,20 @@ def test_items_keep_their_stored_types_and_come_back_as_python_values(
     }
     assert float(claim["lease_until"]["N"]) > T0.timestamp()
 
-    history.append(execution_id, 0, story()[:1], pending=[{"kind": "timer", "due": "2025-03-01T12:00:00+00:00"}])
-    head = dynamodb.get_item(TableName=history.table, Key={"pk": {"S": f"exec#{execution_id}"}, "sk": {"S": "head"}})
-    assert head["Item"]["length"] == {"N": "1"}
-    assert json.loads(head["Item"]["pending"]["S"]) == [{"kind": "timer", "due": "2025-03-01T12:00:00+00:00"}]
+    history.commit(execution_id, 1, 0, story()[:1], [{"kind": "timer", "due": "2025-03-01T12:00:00+00:00"}])
+    turn = dynamodb.get_item(
+        TableName=history.table, Key={"pk": {"S": f"exec#{execution_id}"}, "sk": {"S": "turn#0000000001"}}
+    )["Item"]
+    assert {name: next(iter(value)) for name, value in turn.items()} == {
+        "pk": "S",
+        "sk": "S",
+        "first": "N",
+        "count": "N",
+        "body": "S",
+    }
+    assert (turn["first"], turn["count"]) == ({"N": "0"}, {"N": "1"})
+    body = json.loads(turn["body"]["S"])
+    assert body["pending"] == [{"kind": "timer", "due": "2025-03-01T12:00:00+00:00"}]
 
 
 def test_the_item_codec_keeps_ints_floats_and_refuses_nan() -> None:
@@ -404,29 +427,25 @@ def test_json_attributes_refuse_nan_before_any_request(executions: ExecutionStor
     with pytest.raises(NotJsonable):
         executions.wait_for_token("order/nan", 0, 1, {"input": [float("inf")]}, T0)
     with pytest.raises(NotJsonable):
-        executions.finish_item("order/nan", "order", ExecutionStatus.SUCCEEDED, T0, result=float("nan"))
+        executions.finish("order/nan", "order", ExecutionStatus.SUCCEEDED, T0, result=float("nan"))
+    with pytest.raises(NotJsonable):
+        HistoryStore(dynamodb, "whatever").commit("order/nan", 1, 0, [], [{"amount": float("nan")}])
     assert counter.calls == []
 
 
-def test_finish_through_extra_items_moves_status_and_listing(history: HistoryStore, executions: ExecutionStore) -> None:
+def test_finish_moves_status_and_listing_once(history: HistoryStore, executions: ExecutionStore) -> None:
+    """The record's status is written when it changes: `finish` (the core's Finish, carried out after the
+    commit of the turn that ended the execution) moves it, once; carrying it out again changes nothing."""
     for name in ("ok", "bad"):
         executions.create(f"order/{name}", "order", {"name": name}, T0 + timedelta(seconds=len(name)))
-        history.append(f"order/{name}", 0, story()[:1])
     end = T0 + timedelta(minutes=3)
-    succeeded = WorkflowSucceeded(timestamp=end, result={"total": 3})
-    finish = executions.finish_item("order/ok", "order", ExecutionStatus.SUCCEEDED, end, result={"total": 3})
-    assert history.append("order/ok", 1, [succeeded], extra_items=[finish]) == 2
-    failed = WorkflowFailed(timestamp=end, error="ValueError", message="no stock")
-    finish_bad = executions.finish_item(
-        "order/bad", "order", ExecutionStatus.FAILED, end, error="ValueError", message="no stock"
-    )
-    history.append("order/bad", 1, [failed], extra_items=[finish_bad])
+    assert executions.finish("order/ok", "order", ExecutionStatus.SUCCEEDED, end, result={"total": 3})
+    assert executions.finish("order/bad", "order", ExecutionStatus.FAILED, end, error="ValueError", message="no stock")
 
     ok = executions.get("order/ok")
     assert (ok.status, ok.result, ok.end_time, ok.error) == (ExecutionStatus.SUCCEEDED, {"total": 3}, end, None)
     bad = executions.get("order/bad")
     assert (bad.status, bad.error, bad.message, bad.result) == (ExecutionStatus.FAILED, "ValueError", "no stock", None)
-    assert history.read("order/ok")[-1] == succeeded
 
     def ids(**kwargs: Any) -> list[str]:
         return [execution.id for execution in executions.list(**kwargs).executions]
@@ -438,16 +457,13 @@ def test_finish_through_extra_items_moves_status_and_listing(history: HistorySto
         "order/ok",
         "order/bad",
     ]
+    assert ids(workflow="order") == ids() == ["order/ok", "order/bad"]
 
-    # a stale orchestrator ending it again loses: the record and the history stay as they are
-    again = executions.finish_item("order/ok", "order", ExecutionStatus.FAILED, end, error="Late")
-    with pytest.raises(HistoryConflict) as caught:
-        history.append("order/ok", 2, [failed], extra_items=[again])
-    assert caught.value.reasons[-1] == "ConditionalCheckFailed"
-    assert executions.get("order/ok").status == ExecutionStatus.SUCCEEDED
-    assert history.length("order/ok") == 2
+    # a stale orchestrator ending it again (or a cold turn re-sending the Finish) changes nothing
+    assert not executions.finish("order/ok", "order", ExecutionStatus.FAILED, end, error="Late")
+    assert executions.get("order/ok") == ok
     with pytest.raises(ev.EventualError, match="terminal status"):
-        executions.finish_item("order/ok", "order", ExecutionStatus.IN_PROGRESS, end)
+        executions.finish("order/ok", "order", ExecutionStatus.IN_PROGRESS, end)
 
 
 def test_listing_across_shards_with_pagination(history: HistoryStore, executions: ExecutionStore) -> None:
@@ -465,11 +481,9 @@ def test_listing_across_shards_with_pagination(history: HistoryStore, executions
     assert len({shard_of(execution_id) for execution_id, _, _ in specs}) == SHARDS
     for index, (execution_id, workflow, _) in enumerate(sorted(specs)):
         if index % 4 == 0:
-            finish = executions.finish_item(execution_id, workflow, ExecutionStatus.SUCCEEDED, T0, result=index)
-            history.append(execution_id, 0, story()[:1], extra_items=[finish])
+            executions.finish(execution_id, workflow, ExecutionStatus.SUCCEEDED, T0, result=index)
         elif index % 4 == 1:
-            finish = executions.finish_item(execution_id, workflow, ExecutionStatus.FAILED, T0, error="E")
-            history.append(execution_id, 0, story()[:1], extra_items=[finish])
+            executions.finish(execution_id, workflow, ExecutionStatus.FAILED, T0, error="E")
     created = [executions.get(execution_id) for execution_id, _, _ in specs]
 
     def expected(workflow: str | None, statuses: list[ExecutionStatus] | None, sort: str) -> list[str]:
@@ -515,6 +529,39 @@ def test_listing_across_shards_with_pagination(history: HistoryStore, executions
     page = executions.list(max_results=100)
     assert page.next_token is None
     assert page.executions == sorted(created, key=lambda execution: (execution.start_time, execution.id))
+
+
+@pytest.mark.parametrize("sort", ["asc", "desc"])
+def test_executions_that_end_between_pages_are_listed_once(executions: ExecutionStore, sort: str) -> None:
+    """Ending moves an execution's index items to its new status's partitions; the next page asks every
+    partition for what follows the page's last start time, so nothing is skipped or listed twice."""
+    ids = [f"order/e-{number:02d}" for number in range(12)]
+    for number, execution_id in enumerate(ids):
+        executions.create(execution_id, "order", None, T0 + timedelta(seconds=number))
+    expected = ids if sort == "asc" else ids[::-1]
+    for workflow in (None, "order"):
+        for execution_id in ids:  # back to running: a fresh start for each listing
+            executions.client.update_item(
+                TableName=executions.table,
+                Key=to_attributes({"pk": f"exec#{execution_id}", "sk": "exec"}),
+                UpdateExpression="SET #status = :running, gsi1pk = :key REMOVE gsi2pk",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_attributes(
+                    {":running": "IN_PROGRESS", ":key": f"st#IN_PROGRESS#{shard_of(execution_id)}"}
+                ),
+            )
+        seen: list[str] = []
+        token: str | None = None
+        for page_number in range(10):
+            page = executions.list(workflow, None, token, max_results=3, sort=sort)
+            seen.extend(execution.id for execution in page.executions)
+            # between pages: one listed and one not yet listed execution end
+            for execution_id in (expected[page_number * 3], expected[min(11, page_number * 3 + 4)]):
+                executions.finish(execution_id, "order", ExecutionStatus.SUCCEEDED, T0)
+            if page.next_token is None:
+                break
+            token = page.next_token
+        assert seen == expected, (workflow, sort)
 
 
 def test_listing_rejects_bad_arguments_and_foreign_tokens(executions: ExecutionStore) -> None:

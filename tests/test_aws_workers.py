@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -389,3 +390,37 @@ def test_an_async_attempt_without_a_signing_key_fails_and_its_callback_never_run
     assert len(TOKENS) == 1  # only the rig's worker handed out a token (attempt 1)
     assert rig.stores[0].pending_claim(execution_id, 0, 2) is None  # settled, not waiting
     assert rig.stores[0].pending_claim(execution_id, 0, 1) is not None  # attempt 1 still waits
+
+
+def test_only_a_fresh_first_delivery_of_a_first_attempt_skips_the_status_read(rig: Rig) -> None:
+    """The execution's status is read before an attempt runs, except for the first delivery of a first attempt
+    sent a moment ago (the turn that sent it just committed): that read would cost every step a request."""
+    execution_id = rig.start("once", "cy")
+    run(rig)
+    assert rig.stores[0].get(execution_id).status == ExecutionStatus.SUCCEEDED
+    reads: list[str] = []
+    rig.clients.client("dynamodb").meta.events.register(
+        "before-call.dynamodb.GetItem", lambda model, **_: reads.append(model.name)
+    )
+    now_ms = int(time.time() * 1000)
+
+    def record(seq: int, attempt: int, sent_ms: int, received: int) -> dict[str, Any]:
+        message = {
+            "execution_id": execution_id,
+            "seq": seq,
+            "attempt": attempt,
+            "name": "greet",
+            "input": {"name": "cy"},
+        }
+        attributes = {"SentTimestamp": str(sent_ms), "ApproximateReceiveCount": str(received)}
+        return {"messageId": f"m-{seq}-{attempt}", "body": json.dumps(message), "attributes": attributes}
+
+    rig.activities.reports.clear()
+    for stale in (record(7, 1, now_ms, 2), record(8, 1, now_ms - 10_000, 1), record(9, 2, now_ms, 1)):
+        assert rig.activities.handle_batch({"Records": [stale]}) == {"batchItemFailures": []}
+    assert [report.action for report in rig.activities.reports] == ["ended"] * 3
+    assert reads == ["GetItem"] * 3
+    reads.clear()
+    assert rig.activities.handle_batch({"Records": [record(10, 1, now_ms, 1)]}) == {"batchItemFailures": []}
+    assert rig.activities.reports[-1].action == "ran"
+    assert reads == []

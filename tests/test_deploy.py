@@ -432,3 +432,54 @@ def test_a_stack_operation_that_fails_exits_1_with_the_reason(export_dir: Path, 
     assert proc.returncode == 1
     assert "cannot reach AWS" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def previous_layout_export(export_dir: Path, into: Path) -> Path:
+    """The export as the previous version wrote it: a template whose stack records no history layout (it
+    stored one item per history event and a head)."""
+    into.mkdir()
+    for name in ("eventual.json", "lambda.zip"):
+        (into / name).write_bytes((export_dir / name).read_bytes())
+    template = json.loads((export_dir / "template.json").read_text())
+    del template["Outputs"]["HistoryLayout"]
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Lambda::Function":
+            del resource["Properties"]["Environment"]["Variables"]["EVENTUAL_HISTORY_LAYOUT"]
+    (into / "template.json").write_text(json.dumps(template))
+    return into
+
+
+async def test_a_stack_deployed_with_the_previous_history_layout_is_refused_with_how_to_redeploy(
+    export_dir: Path, moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = deploy_cli(previous_layout_export(export_dir, tmp_path / "old"), moto)
+    assert old.returncode == 0, old.stderr
+
+    proc = deploy_cli(export_dir, moto, "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert f"stack '{STACK}' was deployed with an earlier layout (one item per history event" in proc.stderr
+    assert "redeploy the service with this version" in proc.stderr
+    assert "eventual-nb destroy" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["error"] == "DeployError"
+    assert "EVENTUAL_HISTORY_LAYOUT" not in function_environment(moto, STACK)  # nothing was changed
+
+    from eventual_nb.aws import AwsRuntime
+    from eventual_nb.errors import EventualError
+
+    for name, value in aws_environment().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    runtime = AwsRuntime(stack=STACK, region=REGION, endpoint_url=require_local(moto))
+    with pytest.raises(EventualError, match=f"stack '{STACK}' was deployed with an earlier layout.*redeploy"):
+        await runtime.get_execution("anything/x")
+
+    # deployed again (destroyed, then created by this version), the stack is accepted
+    assert (
+        cli("destroy", "--stack", STACK, "--endpoint-url", moto, "--region", REGION, env=aws_environment()).returncode
+        == 0
+    )
+    fresh = deploy_cli(export_dir, moto)
+    assert fresh.returncode == 0, fresh.stderr
+    with pytest.raises(EventualError, match="no execution"):
+        await AwsRuntime(stack=STACK, region=REGION, endpoint_url=require_local(moto)).get_execution("anything/x")

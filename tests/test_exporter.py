@@ -482,6 +482,21 @@ def test_magic_lines_split_as_a_shell_splits_them(tmp_path: Path) -> None:
     assert "%%workflow: No closing quotation" in error.message
 
 
+def test_the_inline_flag_is_exported_as_the_decorators_option(tmp_path: Path) -> None:
+    exported = read_service(
+        write_notebook(
+            tmp_path / "inline.ipynb",
+            [
+                C("%%activity --inline --timeout 5s\nasync def quick(x: int) -> int:\n    return x", "quick"),
+                C("%%activity --timeout 5s\nasync def queued(x: int) -> int:\n    return x", "queued"),
+                WORKFLOW,
+            ],
+        )
+    )
+    assert '@ev.activity(timeout="5s", inline=True)\nasync def quick(' in exported.source
+    assert '@ev.activity(timeout="5s")\nasync def queued(' in exported.source
+
+
 def test_notebook_without_service_cells(tmp_path: Path) -> None:
     error = _export_error(
         tmp_path,

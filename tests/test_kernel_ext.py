@@ -190,6 +190,28 @@ def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path) -> None:
     assert "--heartbeat-timeout HEARTBEAT_TIMEOUT" in text_of(c[11])  # `%%activity?` lists the flags
 
 
+def test_the_inline_flag_defines_an_inline_activity_or_says_why_it_cannot(tmp_path: Path) -> None:
+    """`%%activity --inline` (the grammar the exporter reads too): an activity the AWS orchestrator runs in its
+    own invocation; one that could not run there is refused as the decorator refuses it."""
+    nb = run_notebook(
+        [
+            "%load_ext eventual_nb",
+            "%%activity --inline --timeout 5s\nasync def quick(x: int) -> int:\n    return x + 1",
+            "print(quick.inline, quick.timeout.total_seconds())",
+            "%%activity --inline --timeout 2m\nasync def slow(x: int) -> int:\n    return x",
+            "%%activity --timeout 2m\nasync def queued(x: int) -> int:\n    return x",
+            "print(queued.inline, getattr(slow, 'inline', None))",
+        ],
+        tmp_path,
+    )
+    c = nb.cells
+    assert "activity 'quick'" in text_of(c[1])
+    assert text_of(c[2]).strip() == "True 5.0"
+    assert error_of(c[3]) is not None
+    assert "at most 50 s fit" in error_of(c[3])["evalue"]
+    assert text_of(c[5]).strip() == "False None"  # `slow` is the cell's plain function, not an activity
+
+
 def test_workflow_code_reading_the_clock_or_randomness_is_warned_about_under_the_cell(tmp_path: Path) -> None:
     """The warning `@ev.workflow` gives at decoration reaches the notebook (stderr under the cell), for the
     cell magic and the decorator alike, pointing at the line in the cell."""

@@ -237,6 +237,37 @@ async def lr_flaky(fail_times: int) -> str:
     return f"ok after {info.attempt}"
 
 
+#: idempotency keys the inline activity saw, per execution
+INLINE_KEYS: dict[str, list[str]] = {}
+
+
+@ev.activity(inline=True, timeout="2s", retry=ev.RetryPolicy(max_attempts=3, initial_interval="0.05s", backoff=2.0))
+async def lr_inline_flaky(fail_times: int) -> str:
+    info = ev.activity_info()
+    ATTEMPTS[info.execution_id] += 1
+    INLINE_KEYS.setdefault(info.execution_id, []).append(info.idempotency_key)
+    if info.attempt <= fail_times:
+        raise ConnectionError(f"attempt {info.attempt} failed")
+    return f"inline ok after {info.attempt}"
+
+
+@ev.activity(inline=True, timeout="0.2s")
+async def lr_inline_slow() -> str:
+    await asyncio.sleep(1)
+    return "late"
+
+
+@ev.workflow
+async def lr_inline(fail_times: int) -> Any:
+    """Inline activities: on AWS they run inside the orchestrator; elsewhere `inline` changes nothing."""
+    first = await lr_inline_flaky(fail_times)
+    try:
+        await lr_inline_slow()
+    except ev.Timeout as exc:
+        return {"first": first, "timeout": type(exc).__name__}
+    return {"first": first, "timeout": None}
+
+
 @ev.activity(retry=ev.RetryPolicy(max_attempts=5, initial_interval="0.05s", non_retryable=(ValueError,)))
 async def lr_picky() -> str:
     ATTEMPTS[ev.activity_info().execution_id] += 1
@@ -607,6 +638,86 @@ async def test_retries_with_backoff_record_attempts_once(rig: Rig) -> None:
     succeeded = first(history, "ActivitySucceeded")
     assert succeeded.attempts == 3
     assert succeeded.timestamp - scheduled.timestamp >= timedelta(seconds=0.149)
+
+
+async def test_an_inline_activity_retries_and_times_out_like_any_other(rig: Rig) -> None:
+    """The same history, result and idempotency key on every runtime: on AWS the attempts run inside the
+    orchestrator (retries wait as timers), on the others `inline` has no visible effect."""
+    ATTEMPTS.clear()
+    rig.hangs(lr_inline_slow, "timeout")
+    handle = await lr_inline.start(2)
+    assert await rig.finish(handle) == {"first": "inline ok after 3", "timeout": "Timeout"}
+    assert ATTEMPTS[handle.id] == 3
+    history = await handle.history()
+    flaky_seq, slow_seq = [event.seq for event in history if event.type == "ActivityScheduled"]
+    assert by_seq(history, flaky_seq) == ["ActivityScheduled", "ActivitySucceeded"]
+    assert first(history, "ActivitySucceeded").attempts == 3
+    assert by_seq(history, slow_seq) == ["ActivityScheduled", "ActivityTimedOut"]
+    assert INLINE_KEYS[handle.id] == [f"{handle.id}/{flaky_seq}"] * 3
+
+
+#: the payloads below are over the AWS limits (`eventual_nb.runtime.core.limits`): 350 KB of input, 250 KB else
+BIG_INPUT = 360_000
+BIG_PAYLOAD = 300_000
+lr_bulk = ev.signal("lr_bulk")
+
+
+class LrBulky(ev.Event):
+    pad: str
+
+
+@ev.activity
+async def lr_bulky(size: int) -> str:
+    return "x" * size
+
+
+@ev.workflow
+async def lr_payloads(request: dict[str, Any]) -> dict[str, Any]:
+    """A signal's payload, then an activity's result, either of which may be too large for AWS."""
+    payload = await lr_bulk.expect()
+    try:
+        result = await lr_bulky(request["size"])
+    except ev.ActivityFailed as exc:
+        return {"signal": len(payload), "failed": exc.error, "message": exc.message}
+    return {"signal": len(payload), "result": len(result)}
+
+
+async def test_payloads_too_large_for_aws_are_refused_there_and_warned_about_elsewhere(rig: Rig) -> None:
+    """On AWS a workflow input, a signal payload and an event over their service's limit are refused on the call
+    (`PayloadTooLarge`, nothing recorded), and an activity result over it fails the call, never retried, naming
+    the limit and the way out. The TestEnvironment and the LocalRuntime accept them all and write a warning in
+    the execution's logs, so a notebook that passes locally does not fail only after deploy."""
+    big = {"pad": "y" * BIG_INPUT, "size": BIG_PAYLOAD}
+    if rig.kind == "aws":
+        with pytest.raises(ev.PayloadTooLarge, match=r"the input of execution .* 358,400 bytes"):
+            await lr_payloads.start(big, name="too-big")
+        with pytest.raises(ev.ExecutionNotFound):
+            await rig.rt.get_execution("lr_payloads/too-big")  # nothing was recorded
+        with pytest.raises(ev.PayloadTooLarge, match=r"event 'LrBulky' is 300,\d+ bytes .*EventBridge entry"):
+            await rig.rt.publish_events(LrBulky(pad="e" * BIG_PAYLOAD))
+        handle = await lr_payloads.start({"pad": "", "size": BIG_PAYLOAD})
+        with pytest.raises(ev.PayloadTooLarge, match=r"the payload of signal 'lr_bulk' .* SQS message"):
+            await handle.signal(lr_bulk, "s" * BIG_PAYLOAD)
+        await handle.signal(lr_bulk, "s")
+        outcome = await rig.finish(handle)
+        assert outcome["signal"] == 1
+        assert outcome["failed"] == "PayloadTooLarge"
+        assert "the result of activity 'lr_bulky' (seq 0)" in outcome["message"]
+        assert "holds at most 256,000 bytes" in outcome["message"]
+        assert "make the activity inline" in outcome["message"]
+        (failed,) = [event for event in await handle.history() if event.type == "ActivityFailed"]
+        assert failed.attempts == 1
+        return
+    handle = await lr_payloads.start(big)
+    await handle.signal(lr_bulk, "s" * BIG_PAYLOAD)
+    assert await rig.finish(handle) == {"signal": BIG_PAYLOAD, "result": BIG_PAYLOAD}
+    warnings = [entry.message for entry in await handle.logs() if entry.source == "runtime"]
+    assert [line.split(" is ")[0] for line in warnings] == [
+        f"warning: would not fit on AWS: the input of execution '{handle.id}'",
+        f"warning: would not fit on AWS: the payload of signal 'lr_bulk' to '{handle.id}'",
+        f"warning: would not fit on AWS: the result of activity 'lr_bulky' (seq 0) of '{handle.id}'",
+    ]
+    assert all('see "Service limits" in the README' in line for line in warnings)
 
 
 async def test_running_out_of_attempts_reports_the_last_error(rig: Rig) -> None:

@@ -165,6 +165,8 @@ class WorkflowExecutor:
         self._history = list(history)
         self._first_step_done = first_step_done
         self._replayed = False
+        #: the last step was the execution's first (it applied WorkflowStarted, which it does not return)
+        self.began = False
 
         self.next_seq = 0
         self.recorded_calls: dict[int, HistoryEvent] = {}
@@ -212,10 +214,12 @@ class WorkflowExecutor:
         """Replay recorded history (first call only), apply `new_events`, return what is new."""
         capture.install()
         self._out = out = StepOutput()
+        self.began = False
         outer = self.loop.enter()
         try:
             if not self._replayed:
                 self._replayed = True
+                self.began = not self._first_step_done
                 self._replay()
             for event in new_events:
                 self._apply(event, live=True)

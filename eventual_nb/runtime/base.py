@@ -340,6 +340,15 @@ class ServedDefinitions:
 
         return find_activity(name, self.served_services())
 
+    def aws_result_warning(self, outcome: Any, name: str, seq: int, execution_id: str) -> str | None:
+        """The warning the LocalRuntime and the TestEnvironment log when an attempt's result would not fit on
+        AWS (`core.limits.result_warning`; an inline activity's result has no such limit)."""
+        from eventual_nb.runtime.core.limits import result_warning
+
+        definition = self.activity_definition(name)
+        inline = definition is not None and definition.inline
+        return result_warning(outcome, name, seq, execution_id, inline=inline)
+
     @classmethod
     def of(cls, services: list[Any]) -> ServedDefinitions:
         """The lookups over `services` alone (services or their names), for code that serves them without

@@ -798,6 +798,9 @@ class TestEnvironment(RuntimeBase):
         match decision:
             case core.Settle(event=event):
                 activity.status = "done"
+                warning = self.aws_result_warning(outcome, activity.name, activity.seq, activity.execution_id)
+                if warning is not None:
+                    self._log_for(activity.execution_id, "runtime")(warning)
                 self._activities.pop((activity.execution_id, activity.seq), None)  # its token is no longer pending
                 state = self._executions.get(activity.execution_id)
                 if state is not None:

@@ -5,10 +5,13 @@ subscription worker) talks to the others only through the JSON bodies built here
 in one place:
 
 * workflow FIFO queue, `MessageGroupId` derived from the execution id (`group_id`):
-  `{"type": "start", "execution_id": ID}` and `{"type": "event", "execution_id": ID, "event": {...}}`;
+  `{"type": "start", "execution_id": ID}`, `{"type": "event", "execution_id": ID, "event": {...}}` and
+  `{"type": "attempt", "execution_id": ID, "attempt": {...}}` (an inline activity's attempt for the
+  orchestrator to run: a retry after its backoff, or one its last invocation had no time left for);
 * activity queue (standard): `{"execution_id", "seq", "attempt", "name", "input", "options"}`;
 * timer queue (standard, because FIFO queues reject per-message `DelaySeconds`):
-  `{"execution_id": ID, "due": ISO 8601 UTC, "event": {...}}`; a timer further away than
+  `{"execution_id": ID, "due": ISO 8601 UTC, "event": {...}}` (or `"attempt": {...}` instead of
+  `"event"`: an inline activity's retry, relayed as an attempt message); a timer further away than
   `SCHEDULER_THRESHOLD_SECONDS` is an EventBridge Scheduler `at()` schedule whose input is the same body;
 * bus: `put_events` entries with `Source` = service name, `DetailType` = event name, `Detail` = event JSON.
 
@@ -19,7 +22,7 @@ duplicates (SQS dedup lasts five minutes, and moto forgets it once a message is 
 
 Nothing here imports boto3 at import time (the generated `handlers.py` stays cheap on a cold start):
 the wrappers take already-built clients and `AwsClients.from_environment` imports boto3 when called.
-`AwsClients` also offers the orchestrator's `Dispatch` methods (`send_workflow_event`, `send_activity`,
+`AwsClients` also offers the orchestrator's `Dispatch` methods (`send_workflow_event`, `send_activities`,
 `schedule_timer`, `cancel_timer`, `publish`, `write_logs`, `start_child`).
 """
 
@@ -42,6 +45,9 @@ from eventual_nb.serde import canonical_json
 
 #: SQS's largest `DelaySeconds`; a timer further away than this goes to EventBridge Scheduler
 MAX_SQS_DELAY_SECONDS = 900
+#: SQS's limits of one `SendMessageBatch` call: entries, and the total of their bodies
+MAX_SQS_BATCH_ENTRIES = 10
+MAX_SQS_BATCH_BYTES = 256 * 1024
 SCHEDULER_THRESHOLD_SECONDS = MAX_SQS_DELAY_SECONDS
 #: EventBridge's limit of entries per `put_events` call
 MAX_PUT_EVENTS_ENTRIES = 10
@@ -66,6 +72,11 @@ SUBSCRIPTION_QUEUES_VARIABLE = "EVENTUAL_SUBSCRIPTION_QUEUES"
 SERVICE_VARIABLE = "EVENTUAL_SERVICE"
 EXECUTIONS_TABLE_VARIABLE = "EVENTUAL_EXECUTIONS_TABLE"
 HISTORY_TABLE_VARIABLE = "EVENTUAL_HISTORY_TABLE"
+#: the history layout a stack was deployed with (the template sets it on every function and as an output)
+HISTORY_LAYOUT_VARIABLE = "EVENTUAL_HISTORY_LAYOUT"
+#: the layout this code reads and writes: one DynamoDB item per turn (`stores.py`). Stacks deployed before
+#: it existed stored one item per event and a history head, and carry no layout at all.
+HISTORY_LAYOUT = "turns-1"
 #: the service's entities table (`ev.entity`); a stack of a service without entities has none
 ENTITIES_TABLE_VARIABLE = "EVENTUAL_ENTITIES_TABLE"
 
@@ -160,6 +171,11 @@ class WorkflowQueue:
         body = {"type": "event", "execution_id": execution_id, "event": dict(event)}
         self._send(execution_id, body, event_dedup_id(execution_id, event))
 
+    def send_attempt(self, execution_id: str, attempt: Mapping[str, Any]) -> None:
+        """An inline activity's attempt (its activity message), for the orchestrator to run."""
+        body = {"type": "attempt", "execution_id": execution_id, "attempt": dict(attempt)}
+        self._send(execution_id, body, _sha256(f"{execution_id}:attempt:{canonical_json(dict(attempt))}")[:64])
+
     def _send(self, execution_id: str, body: dict[str, Any], dedup_id: str) -> None:
         self.sqs.send_message(
             QueueUrl=self.url,
@@ -186,6 +202,32 @@ class ActivityQueue:
         self.sqs.send_message(
             QueueUrl=self.url, MessageBody=json.dumps(dict(message), ensure_ascii=False), DelaySeconds=delay_seconds
         )
+
+    def send_batch(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """First attempts, in `SendMessageBatch` calls of at most 10 messages and 256 KB (one request, and one
+        billed request per 64 KB of it, instead of one per message). Raises `EventualError` naming the
+        messages SQS refused (those it accepted are on the queue: a repeat is dropped by the claim row)."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for message in messages:
+            missing = {"execution_id", "seq", "attempt", "name"} - set(message)
+            if missing:
+                raise errors.EventualError(f"activity message lacks {sorted(missing)}: {dict(message)!r}")
+            body = json.dumps(dict(message), ensure_ascii=False)
+            length = len(body.encode("utf-8"))
+            if batch and (len(batch) == MAX_SQS_BATCH_ENTRIES or size + length > MAX_SQS_BATCH_BYTES):
+                self._send_entries(batch)
+                batch, size = [], 0
+            batch.append({"Id": str(len(batch)), "MessageBody": body})
+            size += length
+        if batch:
+            self._send_entries(batch)
+
+    def _send_entries(self, entries: list[dict[str, Any]]) -> None:
+        if len(entries) == 1:  # a batch of one costs the same and says less when it fails
+            self.sqs.send_message(QueueUrl=self.url, MessageBody=entries[0]["MessageBody"])
+            return
+        _check_sqs_reply(self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries), "sending activity attempts")
 
 
 class TimerClient:
@@ -224,15 +266,19 @@ class TimerClient:
         self.hop_seconds = hop_seconds
 
     @staticmethod
-    def body(execution_id: str, due: datetime, event: Mapping[str, Any]) -> dict[str, Any]:
-        return {"execution_id": execution_id, "due": utc(due).isoformat(), "event": dict(event)}
+    def body(execution_id: str, due: datetime, event: Mapping[str, Any], kind: str = "event") -> dict[str, Any]:
+        """A timer body; `kind` "attempt" carries an inline activity's attempt message instead of an event."""
+        return {"execution_id": execution_id, "due": utc(due).isoformat(), kind: dict(event)}
 
-    def schedule(self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any], now: datetime) -> str:
+    def schedule(
+        self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any], now: datetime, kind: str = "event"
+    ) -> str:
         """Arrange for `event` to reach the execution's workflow queue at `due`; returns `"sqs"` or `"scheduler"`.
 
         `key` names the timer within its execution (e.g. its seq, or "timeout"); only the Scheduler path
-        uses it, as the schedule's name, which makes a repeated schedule a no-op."""
-        body = self.body(execution_id, due, event)
+        uses it, as the schedule's name, which makes a repeated schedule a no-op. `kind` "attempt": `event`
+        is an inline activity's attempt message (a retry after its backoff)."""
+        body = self.body(execution_id, due, event, kind)
         if (utc(due) - utc(now)).total_seconds() <= SCHEDULER_THRESHOLD_SECONDS:
             self.requeue(body, now)
             return "sqs"
@@ -281,7 +327,10 @@ class TimerClient:
         """The timer function's job: forward a due timer's event, or hop again. True when forwarded."""
         due = datetime.fromisoformat(str(body["due"]))
         if utc(due) <= utc(now):
-            workflow_queue.send_event(str(body["execution_id"]), body["event"])
+            if "attempt" in body:
+                workflow_queue.send_attempt(str(body["execution_id"]), body["attempt"])
+            else:
+                workflow_queue.send_event(str(body["execution_id"]), body["event"])
             return True
         self.requeue(body, now)
         return False
@@ -370,8 +419,6 @@ class ExecutionLogs:
         if not items:
             return 0
         stream = log_stream_name(execution_id)
-        with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
-            self.logs.create_log_stream(logGroupName=self.group, logStreamName=stream)
         stamp = int(utc(self.clock()).timestamp() * 1000)
         batch: list[dict[str, Any]] = []
         size = 0
@@ -429,7 +476,15 @@ class ExecutionLogs:
             return LogEntry(time=moment, message=str(event.get("message", "")), source="")
 
     def _put(self, stream: str, batch: list[dict[str, Any]]) -> None:
-        reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
+        """Put one batch; the stream is created when the put finds it missing, so an execution's stream is
+        created once (by its first write), not on every write of every container."""
+        try:
+            reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
+        except self.logs.exceptions.ResourceNotFoundException:
+            # another writer may have created it in between
+            with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
+                self.logs.create_log_stream(logGroupName=self.group, logStreamName=stream)
+            reply = self.logs.put_log_events(logGroupName=self.group, logStreamName=stream, logEvents=batch)
         rejected = reply.get("rejectedLogEventsInfo")
         if rejected:
             raise errors.EventualError(f"CloudWatch Logs rejected log events of stream {stream!r}: {rejected}")
@@ -456,6 +511,7 @@ class AwsSettings:
     schedule_target_arn: str = ""
     #: subscription queue ARN → subscription name (the subscription function's map)
     subscription_queues: dict[str, str] = field(default_factory=dict)
+    history_layout: str = ""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
@@ -481,6 +537,28 @@ class AwsSettings:
             scheduler_role_arn=source.get(SCHEDULER_ROLE_VARIABLE, ""),
             schedule_target_arn=source.get(SCHEDULE_TARGET_VARIABLE, ""),
             subscription_queues={str(arn): str(name) for arn, name in queues.items()},
+            history_layout=source.get(HISTORY_LAYOUT_VARIABLE, ""),
+        )
+
+    def check_layout(self, stack: str | None = None) -> None:
+        """Refuse a stack whose tables hold another history layout than this code's (`HISTORY_LAYOUT`).
+
+        Not migrated: an execution in flight on the old layout cannot continue on the new one (its history
+        items are of another shape), so the stack is redeployed by this version; see the README, "Upgrading
+        a deployed stack"."""
+        if self.history_layout == HISTORY_LAYOUT:
+            return
+        which = f"stack {stack!r}" if stack else "this stack"
+        found = (
+            f"history layout {self.history_layout!r}"
+            if self.history_layout
+            else "an earlier layout (one item per history event, and a history head)"
+        )
+        raise errors.EventualError(
+            f"{which} was deployed with {found}, but this eventual-nb stores history as {HISTORY_LAYOUT!r} "
+            "(one DynamoDB item per turn): redeploy the service with this version (let the executions in "
+            "flight finish first, then `eventual-nb destroy` and `eventual-nb deploy`, or deploy it under a "
+            "new stack name)"
         )
 
     def require(self, *names: str) -> None:
@@ -611,8 +689,17 @@ class AwsClients:
     def send_activity(self, message: Mapping[str, Any]) -> None:
         self.activity_queue.send(message)
 
+    def send_activities(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        self.activity_queue.send_batch(messages)
+
     def schedule_timer(self, execution_id: str, key: str, due: datetime, event: Mapping[str, Any]) -> None:
         self.timers.schedule(execution_id, key, due, event, self.clock())
+
+    def send_attempt(self, execution_id: str, attempt: Mapping[str, Any]) -> None:
+        self.workflow_queue.send_attempt(execution_id, attempt)
+
+    def schedule_attempt(self, execution_id: str, key: str, due: datetime, attempt: Mapping[str, Any]) -> None:
+        self.timers.schedule(execution_id, key, due, attempt, self.clock(), kind="attempt")
 
     def cancel_timer(self, execution_id: str, key: str) -> None:
         self.timers.cancel(execution_id, key)

@@ -91,14 +91,15 @@ class StackFunctions:
         self.clients = clients
         settings = clients.settings
         settings.require(*REQUIRED_SETTINGS)
+        settings.check_layout()
         dynamodb = clients.client("dynamodb")
         self.stores = (
             ExecutionStore(dynamodb, settings.executions_table),
             HistoryStore(dynamodb, settings.history_table),
         )
-        self.orchestrator = Orchestrator(self.stores, clients, self.services)
         # what activities and subscription handlers see as the current runtime: this stack, over these clients
         self.runtime = AwsRuntime(services=[*self.services], signing_key=signing_key, clients=clients)
+        self.orchestrator = Orchestrator(self.stores, clients, self.services, clock=clients.clock, runtime=self.runtime)
         self.activity_worker = ActivityWorker(
             self.stores, clients, self.services, signing_key=signing_key, environ=environ, runtime=self.runtime
         )

@@ -2,16 +2,24 @@
 
 Both tables are the ones `exporter/template.py` declares (`pk`/`sk` strings, PAY_PER_REQUEST); the
 executions table also carries the listing indexes below. The stores take a boto3 DynamoDB *client*
-(not a resource) so that items built here can go straight into a `TransactWriteItems` call, which is
-how the orchestrator commits a turn: new history events, the history head's
-compare-and-swap and any execution-record update in ONE transaction, before any command is dispatched.
+(not a resource).
 
-Layout
+Layout (`HISTORY_LAYOUT`; a stack records the layout it was deployed with, see `check_layout`)
 ------
-History table, one partition per execution::
+History table, one partition per execution, one item per turn (the layout of Temporal's history
+batches)::
 
-    pk="exec#<id>"  sk="ev#<index:010d>"  event=<the event's JSON text>
-    pk="exec#<id>"  sk="head"             length=<number of events>
+    pk="exec#<id>"  sk="turn#<n:010d>"                       turn n: first=<index of its first event>,
+                                                               count=<events>, body=<JSON text>
+    pk="exec#<id>"  sk="turn#<n:010d>#<part id>#<i:03d>"     part i of a turn too large for one item
+
+A turn's `body` is `{"events": [...], "pending": [...]}`: the history events the turn added and the
+actions it decided (`eventual_nb.runtime.core.wire`), the transactional outbox the orchestrator carries
+out after the commit. A turn is committed by ONE `PutItem` with `attribute_not_exists(sk)`: turn numbers
+are consecutive, so the condition is the compare-and-set that a second writer of the same turn (a
+duplicate or stale invocation) fails. A turn above DynamoDB's 400 KB item limit keeps its first chunk on
+the main item, which names its other parts (`parts`, `part_id`); the parts are written first under a key
+no other commit uses, so the main item's conditional put stays the only commit point.
 
 Executions table, one partition per execution::
 
@@ -24,24 +32,37 @@ compare-and-swap; `ScheduleStore`)::
 
     pk="schedule#<name>"  sk="schedule"  state=<JSON>  version=<n>
 
+The record's status is written when it changes, never per turn: IN_PROGRESS by `create`, the terminal
+status by `finish` (the core's `Finish` action, which the orchestrator carries out right after the
+commit of the turn that ended the execution, and again from that turn's pending actions if it died
+in between; `finish` is conditional on IN_PROGRESS, so a repeat changes nothing).
+
 Listing never puts every execution in one partition: each record carries sharded index keys
-(shard = a stable hash of the id modulo `SHARDS`) for four sparse global secondary indexes, all sorted
-by `gsisk = "<start time, UTC ISO, fixed width>#<id>"`:
+(shard = a stable hash of the id modulo `SHARDS`) for two sparse global secondary indexes, both sorted
+by `gsisk = "<start time, UTC ISO, fixed width>#<id>"` and projecting the whole record:
 
-    gsi1pk = "wf#<workflow>#<shard>"                 index `ByWorkflow`
-    gsi2pk = "st#<status>#<shard>"                   index `ByStatus`
-    gsi3pk = "all#<shard>"                           index `ByStart`
-    gsi4pk = "wfst#<workflow>#<status>#<shard>"      index `ByWorkflowStatus`
+    gsi1pk = "st#<status>#<shard>"                   index `ByStatus`           (every execution)
+    gsi2pk = "wfst#<workflow>#<status>#<shard>"      index `ByWorkflowStatus`   (ended executions only)
 
-A listing queries every shard (of every requested status) and merges them lazily in `gsisk` order; its
-page token is base64 JSON of the last `gsisk` consumed per partition, so a page costs about
-`max_results` items of reads plus one small query per partition, never a scan.
+A listing reads, for each requested status (all four when none is asked for), every shard of
+`ByStatus`, or, for one workflow, of `ByWorkflowStatus`; running executions of one workflow are read
+from `ByStatus`'s IN_PROGRESS partitions, filtered by workflow (executions in flight are few; ended
+ones are many, and have a partition per workflow). The partitions are merged lazily in `gsisk` order,
+and a page token is the last `gsisk` of the page (base64 JSON): the next page asks every partition for
+what follows it, so an execution that ends between two pages (its index items move to its new status's
+partitions) is listed exactly once. A page costs about `max_results` items of reads plus one small
+query per partition, never a scan.
+
+Why these two and no more: an index item costs a write when it is created, and its key (which holds
+the status) moves when the execution ends (a delete and a put). Per execution the record and its index
+items cost 6 write units: the record put and its `ByStatus` item when it starts; when it ends, the
+record update, the `ByStatus` move and the new `ByWorkflowStatus` item.
 
 Items go through boto3's `TypeSerializer`/`TypeDeserializer` (`to_attributes`, `from_attributes`),
 never hand-written `{"S": ...}` maps, and every query that may span pages runs through the client's
-`query` paginator. What the stores hand back are plain Python values (records, claim rows, the history
-head), so the orchestrator and the workers never see DynamoDB's attribute types. JSON attributes
-(`input`, `result`, a claim's `message`, the head's `pending`) are `serde.compact_json` text.
+`query` paginator. What the stores hand back are plain Python values (records, claim rows, turns), so
+the orchestrator and the workers never see DynamoDB's attribute types. JSON attributes (`input`,
+`result`, a claim's `message`, a turn's `body`) are `serde.compact_json` text.
 
 The stores are synchronous (boto3): the Lambda handlers call them directly, an async runtime from a
 worker thread.
@@ -58,14 +79,15 @@ import heapq
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from eventual_nb import errors
-from eventual_nb.engine.history import EVENT_ADAPTER, HistoryEvent
+from eventual_nb.engine.history import HISTORY_ADAPTER, HistoryEvent
 from eventual_nb.runtime import core
 from eventual_nb.runtime.aws.clients import EXECUTIONS_TABLE_VARIABLE, HISTORY_TABLE_VARIABLE
 from eventual_nb.runtime.base import Execution, ExecutionPage, ExecutionStatus, invalid_page_token, listing_offset
@@ -75,63 +97,50 @@ from eventual_nb.serde import compact_json, input_hash
 if TYPE_CHECKING:
     from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-#: DynamoDB's limit of items in one TransactWriteItems call (moto enforces it as well)
-MAX_TRANSACTION_ITEMS = 100
 #: DynamoDB's 400 KB item limit, counted conservatively (AWS's real cut-off is a little above 409,600
-#: bytes); checked here so a too-large event fails with its execution and index instead of a bare
-#: ValidationException
+#: bytes); checked here so a too-large item fails with its execution instead of a bare ValidationException
 MAX_ITEM_BYTES = 400_000
-#: DynamoDB's limit on the total size of one transaction
-MAX_TRANSACTION_BYTES = 4_000_000
+#: a turn above MAX_ITEM_BYTES is stored in parts of at most this much of its body (room left for the keys)
+MAX_TURN_PART_BYTES = MAX_ITEM_BYTES - 2_000
+#: the most items one turn is split over (about 25 MB: more than any payload a Lambda invocation carries)
+MAX_TURN_PARTS = 64
 #: shards per listing key: spreads the listing indexes' writes over partitions; a listing reads them all
 SHARDS = 8
 
-#: the listing indexes: name -> partition-key attribute (all share the sort key `gsisk`)
-INDEX_BY_WORKFLOW = "ByWorkflow"
+#: the listing indexes: name -> partition-key attribute (both share the sort key `gsisk`)
 INDEX_BY_STATUS = "ByStatus"
-INDEX_BY_START = "ByStart"
 INDEX_BY_WORKFLOW_STATUS = "ByWorkflowStatus"
 LISTING_INDEXES: dict[str, str] = {
-    INDEX_BY_WORKFLOW: "gsi1pk",
-    INDEX_BY_STATUS: "gsi2pk",
-    INDEX_BY_START: "gsi3pk",
-    INDEX_BY_WORKFLOW_STATUS: "gsi4pk",
+    INDEX_BY_STATUS: "gsi1pk",
+    INDEX_BY_WORKFLOW_STATUS: "gsi2pk",
 }
 LISTING_SORT_KEY = "gsisk"
 
 _RECORD_SK = "exec"
-_HEAD_SK = "head"
 #: record attribute holding an explicit workflow timeout in seconds (`set_timeout`)
 TIMEOUT_ATTRIBUTE = "timeout_seconds"
-_EVENT_PREFIX = "ev#"
-_INDEX_WIDTH = 10
-_LAST_EVENT_SK = _EVENT_PREFIX + "9" * _INDEX_WIDTH
+_TURN_PREFIX = "turn#"
+_TURN_WIDTH = 10
 LOGGER = logging.getLogger("eventual_nb.aws.stores")
 #: an activity claim's lease when the worker cannot tell how long it may run: Lambda's longest timeout
 DEFAULT_CLAIM_LEASE = timedelta(minutes=15)
 #: signal ids longer than this are stored by their hash (a sort key holds at most 1024 bytes)
 _MAX_SIGNAL_KEY_BYTES = 512
-#: transaction cancellation codes that mean "another writer got there first": retry on fresh state
-CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
 
 
 class HistoryConflict(errors.EventualError):
-    """Another writer changed the history (or an item the same commit guarded) since it was read.
+    """Another writer committed the same turn of an execution first.
 
     The orchestrator fails the message, so SQS redelivers it and the turn replays on fresh state;
-    nothing of the losing commit was written (the transaction is all-or-nothing)."""
+    nothing of the losing commit is visible (its turn item was never written)."""
 
     status_code = 409
-    fields = ("execution_id", "expected_length", "reasons")
+    fields = ("execution_id", "turn")
 
-    def __init__(
-        self, message: str, *, execution_id: str, expected_length: int, reasons: builtins.list[str] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, execution_id: str, turn: int) -> None:
         super().__init__(message)
         self.execution_id = execution_id
-        self.expected_length = expected_length
-        #: DynamoDB's cancellation code per transaction item, in the order they were sent
-        self.reasons = reasons or []
+        self.turn = turn
 
 
 def table_names_from_environment(environ: dict[str, str] | None = None) -> tuple[str, str]:
@@ -147,10 +156,6 @@ def table_names_from_environment(environ: dict[str, str] | None = None) -> tuple
 
 def execution_pk(execution_id: str) -> str:
     return f"exec#{execution_id}"
-
-
-def event_sk(index: int) -> str:
-    return f"{_EVENT_PREFIX}{index:0{_INDEX_WIDTH}d}"
 
 
 def shard_of(execution_id: str) -> int:
@@ -269,288 +274,234 @@ def item_size(item: dict[str, dict[str, Any]]) -> int:
     return sum(len(name.encode("utf-8")) + attribute_size(value) for name, value in item.items())
 
 
-def transact_item_size(transact_item: dict[str, Any]) -> int:
-    """The most a TransactItem can make its item weigh, as far as the request shows: a Put's whole item;
-    for an Update, its key and the values it writes (the rest of the stored item is unknown here)."""
-    (operation, body), *_ = transact_item.items()
-    if operation == "Put":
-        return item_size(body["Item"])
-    size = item_size(body.get("Key", {}))
-    size += sum(attribute_size(value) for value in body.get("ExpressionAttributeValues", {}).values())
-    return size
-
-
 # ------------------------------------------------------------------------------------------- history
 
 
 @dataclass
-class HistoryHead:
-    """The history head as Python values: the committed length and the last turn's dispatch actions."""
-
-    #: number of committed events (0 before the first append)
-    length: int = 0
-    #: the last committed turn's actions (`append(pending=...)`), [] when none are stored
-    pending: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
-
-
-@dataclass
 class HistoryRead:
-    """What `HistoryStore.read_with_head` found, and how many query requests (pages) it took."""
+    """What `HistoryStore.read_turns` found: the events of the turns it read, where history stands after
+    them, and how many query requests (pages) it took."""
 
     events: builtins.list[HistoryEvent] = field(default_factory=builtins.list)
-    head: HistoryHead = field(default_factory=HistoryHead)
+    #: the last committed turn's number (0: no turn committed yet)
+    turn: int = 0
+    #: committed events up to and including that turn
+    length: int = 0
+    #: that turn's actions (`commit(pending=...)`), [] when none were stored or no turn was read
+    pending: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
     queries: int = 0
 
 
+@dataclass
+class _TurnItem:
+    """One turn's items as read: the main item's values and the bodies of its parts."""
+
+    number: int
+    first: int
+    count: int
+    parts: int
+    part_id: str
+    chunks: builtins.list[str]
+
+
 class HistoryStore:
-    """An execution's history: one item per event, appended only through a conditional transaction."""
+    """An execution's history: one item per turn, each committed by one conditional `PutItem`."""
 
     def __init__(self, client: Any, table: str) -> None:
         self.client = client
         self.table = table
 
+    # ----------------------------------------------------------------------------------- reading
+
     def read(self, execution_id: str, after: int = 0) -> builtins.list[HistoryEvent]:
-        """Events `after`, `after + 1`, ... to the end (a warm orchestrator reads only what it has not
-        replayed yet). Strongly consistent, so a turn never replays a history older than its last commit."""
-        return self._read(
-            execution_id,
-            after,
-            "sk BETWEEN :first AND :last",
-            {":last": _LAST_EVENT_SK},
-            ProjectionExpression="sk, #event",
-            ExpressionAttributeNames={"#event": "event"},
-        ).events
-
-    def read_with_head(self, execution_id: str, after: int = 0) -> HistoryRead:
-        """Events `after`, ... and the head in ONE strongly consistent query (`sk` sorts `ev#...` before
-        `head`): what an orchestrator turn needs, in one request while the history fits one page."""
-        return self._read(execution_id, after, "sk >= :first", {})
-
-    def _read(
-        self, execution_id: str, after: int, condition: str, values: dict[str, Any], **request: Any
-    ) -> HistoryRead:
+        """Events `after`, `after + 1`, ... to the end (strongly consistent)."""
         if after < 0:
             raise errors.EventualError(f"history index must be >= 0, got {after}")
-        found = HistoryRead()
+        return self.read_turns(execution_id).events[after:]
+
+    def read_turns(self, execution_id: str, after_turn: int = 0, length: int = 0) -> HistoryRead:
+        """The turns after `after_turn` (whose history then held `length` events), in ONE strongly consistent
+        query while they fit a page: their events in order, and the last turn's number, length and pending
+        actions (those of turn `after_turn` are not known to this read: `pending` is [] when nothing is newer).
+
+        Raises `EventualError` when the turns do not follow each other (an edited table)."""
+        if after_turn < 0 or length < 0:
+            raise errors.EventualError(f"turn and length must be >= 0, got {after_turn} and {length}")
+        found = HistoryRead(turn=after_turn, length=length)
         pages = self.client.get_paginator("query").paginate(
             TableName=self.table,
             ConsistentRead=True,
-            KeyConditionExpression=f"pk = :pk AND {condition}",
+            KeyConditionExpression="pk = :pk AND sk >= :first",
             ExpressionAttributeValues=to_attributes(
-                {":pk": execution_pk(execution_id), ":first": event_sk(after), **values}
+                {":pk": execution_pk(execution_id), ":first": turn_sk(after_turn + 1)}
             ),
-            **request,
         )
+        current: _TurnItem | None = None
         for page in pages:
             found.queries += 1
             for item in page.get("Items", []):
                 row = from_attributes(item)
-                sort_key = row["sk"]
-                if sort_key == _HEAD_SK:
-                    found.head = _head(row)
-                    continue
-                if not sort_key.startswith(_EVENT_PREFIX):
-                    continue
-                index = after + len(found.events)
-                if sort_key != event_sk(index):
-                    # the transaction writes events and head together, so a gap means the table was edited
-                    raise errors.EventualError(
-                        f"history of execution '{execution_id}' has no event {index} (found {sort_key!r})"
+                number, part = _parse_turn_sk(row["sk"])
+                if part is None:
+                    if current is not None:
+                        self._take(execution_id, current, found)
+                    current = _TurnItem(
+                        number,
+                        int(row["first"]),
+                        int(row["count"]),
+                        int(row.get("parts", 1)),
+                        str(row.get("part_id", "")),
+                        [row["body"]],
                     )
-                found.events.append(EVENT_ADAPTER.validate_json(row["event"]))
+                elif current is not None and current.number == number and part[0] == current.part_id:
+                    current.chunks.append(row["body"])
+                # else: a part of a commit that lost its race (never referenced): skipped
+        if current is not None:
+            self._take(execution_id, current, found)
         return found
 
-    def length(self, execution_id: str) -> int:
-        """Number of committed events (the head's `length`; 0 before the first append)."""
-        response = self.client.get_item(
-            TableName=self.table,
-            Key=self._head_key(execution_id),
-            ConsistentRead=True,
-            ProjectionExpression="#length",
-            ExpressionAttributeNames={"#length": "length"},
-        )
-        return _head(from_attributes(response.get("Item") or {})).length
-
     @staticmethod
-    def _head_key(execution_id: str) -> dict[str, dict[str, Any]]:
-        return to_attributes({"pk": execution_pk(execution_id), "sk": _HEAD_SK})
-
-    def append_items(
-        self,
-        execution_id: str,
-        expected_length: int,
-        events: Sequence[HistoryEvent],
-        pending: Sequence[dict[str, Any]] | None = None,
-    ) -> builtins.list[dict[str, Any]]:
-        """The TransactItems that append `events` after `expected_length` events: a Put per event that
-        refuses to overwrite, and the head's compare-and-swap (a ConditionCheck when nothing on the head
-        changes, so extra items can still be guarded by the history being unchanged).
-
-        `pending` (the orchestrator's dispatch actions of this turn) is stored on the head, or removed
-        from it when empty; None leaves it as it is."""
-        if expected_length < 0:
-            raise errors.EventualError(f"expected history length must be >= 0, got {expected_length}")
-        pk = execution_pk(execution_id)
-        items: builtins.list[dict[str, Any]] = []
-        for offset, event in enumerate(events):
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": to_attributes(
-                            {"pk": pk, "sk": event_sk(expected_length + offset), "event": event.model_dump_json()}
-                        ),
-                        "ConditionExpression": "attribute_not_exists(sk)",
-                    }
-                }
-            )
-        # a head that does not exist yet stands for length 0
-        head: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": self._head_key(execution_id),
-            "ConditionExpression": "attribute_not_exists(sk)" if expected_length == 0 else "#length = :expected",
-        }
-        names: dict[str, str] = {}
-        values: dict[str, Any] = {}
-        if expected_length:
-            names["#length"] = "length"
-            values[":expected"] = expected_length
-        if not events and pending is None:
-            items.append({"ConditionCheck": {**head, **_expression_parts(names, values)}})
-            return items
-        names["#length"] = "length"
-        values[":length"] = expected_length + len(events)
-        expression = "SET #length = :length"
-        if pending is not None:
-            names["#pending"] = "pending"
-            if pending:
-                expression += ", #pending = :pending"
-                values[":pending"] = compact_json(builtins.list(pending))
-            else:
-                expression += " REMOVE #pending"
-        head["UpdateExpression"] = expression
-        items.append({"Update": {**head, **_expression_parts(names, values)}})
-        return items
-
-    def append(
-        self,
-        execution_id: str,
-        expected_length: int,
-        events: Sequence[HistoryEvent],
-        extra_items: Iterable[dict[str, Any]] = (),
-        *,
-        pending: Sequence[dict[str, Any]] | None = None,
-    ) -> int:
-        """Commit `events` at indexes `expected_length`, ... together with `extra_items` (TransactItems the
-        orchestrator built, e.g. `ExecutionStore.finish_item`) and the head's `pending` actions (see
-        `append_items`) in ONE `TransactWriteItems`; returns the new length.
-
-        Never split: a turn's events and the record changes that go with them commit together or not at
-        all, so a commit that does not fit in one transaction is refused (before calling AWS) rather than
-        chunked. Raises `HistoryConflict` when another writer moved the head first (or an extra item's
-        condition failed): nothing was written, and the caller retries on fresh state.
-
-        No `ClientRequestToken` is sent: if botocore retries a transaction that did commit, the retry
-        fails its conditions and surfaces as `HistoryConflict`, which is safe because the caller then
-        re-reads the history and finds its own events there.
-        """
-        extras = builtins.list(extra_items)
-        if not events and not extras and pending is None:
-            return expected_length
-        items = self.append_items(execution_id, expected_length, events, pending) + extras
-        self._check_limits(execution_id, expected_length, items, len(events))
-        try:
-            self.client.transact_write_items(TransactItems=items)
-        except self.client.exceptions.TransactionCanceledException as exc:
-            reasons = [str(reason.get("Code", "None")) for reason in exc.response.get("CancellationReasons", [])]
-            if any(code in CONFLICT_CODES for code in reasons):
-                raise HistoryConflict(
-                    f"history of execution '{execution_id}' changed since it had {expected_length} events "
-                    f"(another writer committed first; cancellation reasons: {', '.join(reasons)})",
-                    execution_id=execution_id,
-                    expected_length=expected_length,
-                    reasons=reasons,
-                ) from exc
+    def _take(execution_id: str, turn: _TurnItem, found: HistoryRead) -> None:
+        """Add a complete turn to `found`, checking it follows the previous one."""
+        where = f"history of execution '{execution_id}'"
+        if turn.number != found.turn + 1 or turn.first != found.length:
             raise errors.EventualError(
-                f"appending to the history of execution '{execution_id}' was cancelled by DynamoDB "
-                f"(reasons: {', '.join(reasons) or 'none given'}): {exc}"
-            ) from exc
-        return expected_length + len(events)
+                f"{where}: turn {turn.number} (events from {turn.first}) does not follow turn {found.turn} "
+                f"({found.length} events); the table was edited"
+            )
+        if len(turn.chunks) != turn.parts:
+            raise errors.EventualError(f"{where}: turn {turn.number} has {len(turn.chunks)} of its {turn.parts} parts")
+        body = json.loads("".join(turn.chunks))
+        events = HISTORY_ADAPTER.validate_python(body["events"])
+        if len(events) != turn.count:
+            raise errors.EventualError(f"{where}: turn {turn.number} holds {len(events)} events, not {turn.count}")
+        found.events.extend(events)
+        found.turn = turn.number
+        found.length = turn.first + turn.count
+        found.pending = builtins.list(body.get("pending") or [])
 
-    @staticmethod
-    def _check_limits(
-        execution_id: str, expected_length: int, items: builtins.list[dict[str, Any]], event_count: int
+    # ----------------------------------------------------------------------------------- writing
+
+    def commit(
+        self,
+        execution_id: str,
+        turn: int,
+        first: int,
+        events: Sequence[HistoryEvent],
+        pending: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        if len(items) > MAX_TRANSACTION_ITEMS:
-            raise errors.EventualError(
-                f"commit for execution '{execution_id}' needs {len(items)} transaction items ({event_count} events, "
-                f"the history head and {len(items) - event_count - 1} other items); DynamoDB allows "
-                f"{MAX_TRANSACTION_ITEMS} and the commit must stay atomic, so it is not split"
-            )
-        total = 0
-        for position, transact_item in enumerate(items):
-            size = transact_item_size(transact_item)
-            total += size
-            if size <= MAX_ITEM_BYTES:
-                continue
-            if position < event_count:
+        """Commit turn `turn`: `events` (history indexes `first`, ...) and the turn's `pending` actions, with
+        ONE conditional `PutItem` that refuses to overwrite the turn: the compare-and-set that makes a
+        second writer of the same turn (a duplicate or stale invocation) fail with `HistoryConflict`.
+
+        A turn whose item would exceed DynamoDB's 400 KB is split: its parts are written first, under a
+        key only this commit uses, and the conditional put of the turn's main item (which names them) is
+        still the one commit point, so readers see all of the turn or none of it. The parts of a commit
+        that lost its race are deleted (best effort; a reader skips any it finds).
+
+        No `ClientRequestToken` exists for PutItem: if botocore retries a put that did commit, the retry
+        fails its condition and surfaces as `HistoryConflict`, which is safe because the caller then reads
+        the history and finds its own turn there."""
+        if turn < 1 or first < 0:
+            raise errors.EventualError(f"turn must be >= 1 and first >= 0, got turn {turn}, first {first}")
+        body = _turn_body(events, pending)
+        base = {"pk": execution_pk(execution_id), "sk": turn_sk(turn), "first": first, "count": len(events)}
+        item = to_attributes({**base, "body": body})
+        parts: builtins.list[dict[str, dict[str, Any]]] = []
+        if item_size(item) > MAX_ITEM_BYTES:
+            chunks = _chunks(body, MAX_TURN_PART_BYTES)
+            if len(chunks) > MAX_TURN_PARTS:
                 raise errors.EventualError(
-                    f"history event {expected_length + position} of execution '{execution_id}' is {size} bytes; "
-                    f"a DynamoDB item holds at most {MAX_ITEM_BYTES} (keep large payloads out of workflow history)"
+                    f"turn {turn} of execution '{execution_id}' is {len(body.encode('utf-8'))} bytes; a turn is "
+                    f"stored in at most {MAX_TURN_PARTS} items of {MAX_TURN_PART_BYTES} bytes (keep large payloads "
+                    "out of workflow history)"
                 )
-            raise errors.EventualError(
-                f"an item committed with the history of execution '{execution_id}' (transaction item {position}) "
-                f"is {size} bytes; a DynamoDB item holds at most {MAX_ITEM_BYTES}"
-            )
-        if total > MAX_TRANSACTION_BYTES:
-            raise errors.EventualError(
-                f"commit for execution '{execution_id}' is {total} bytes; a DynamoDB transaction holds at most "
-                f"{MAX_TRANSACTION_BYTES}"
-            )
+            part_id = secrets.token_hex(4)
+            item = to_attributes({**base, "body": chunks[0], "parts": len(chunks), "part_id": part_id})
+            parts = [
+                to_attributes({"pk": base["pk"], "sk": f"{turn_sk(turn)}#{part_id}#{index:03d}", "body": chunk})
+                for index, chunk in enumerate(chunks[1:], start=1)
+            ]
+            for part in parts:
+                self.client.put_item(TableName=self.table, Item=part)
+        try:
+            self.client.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(sk)")
+        except self.client.exceptions.ConditionalCheckFailedException as exc:
+            self._forget(parts)
+            raise HistoryConflict(
+                f"turn {turn} of execution '{execution_id}' was committed by another writer first",
+                execution_id=execution_id,
+                turn=turn,
+            ) from exc
+
+    def _forget(self, parts: Sequence[dict[str, dict[str, Any]]]) -> None:
+        for part in parts:
+            try:
+                self.client.delete_item(TableName=self.table, Key={"pk": part["pk"], "sk": part["sk"]})
+            except Exception:  # noqa: BLE001 - an orphan part is skipped by readers; the conflict matters
+                LOGGER.warning("could not delete part %s of a turn that lost its race", part["sk"])
+
+
+def turn_sk(turn: int) -> str:
+    return f"{_TURN_PREFIX}{turn:0{_TURN_WIDTH}d}"
+
+
+def _parse_turn_sk(sort_key: str) -> tuple[int, tuple[str, int] | None]:
+    """(turn number, None) of a turn's main item; (turn number, (part id, part index)) of one of its parts."""
+    fields = sort_key.split("#")
+    try:
+        if fields[0] + "#" != _TURN_PREFIX or len(fields) not in (2, 4):
+            raise ValueError(sort_key)
+        number = int(fields[1])
+        return number, None if len(fields) == 2 else (fields[2], int(fields[3]))
+    except ValueError:
+        raise errors.EventualError(f"history item {sort_key!r} is not a turn (a stack of another layout?)") from None
+
+
+def _turn_body(events: Sequence[HistoryEvent], pending: Sequence[Mapping[str, Any]]) -> str:
+    """A turn's JSON text: `{"events": [...], "pending": [...]}` (serde.compact_json refuses NaN)."""
+    return compact_json({"events": HISTORY_ADAPTER.dump_python(builtins.list(events), mode="json"), "pending": pending})
+
+
+def _chunks(text: str, limit: int) -> builtins.list[str]:
+    """`text` cut into pieces of at most `limit` UTF-8 bytes, never inside a character."""
+    encoded = text.encode("utf-8")
+    pieces: builtins.list[str] = []
+    start = 0
+    while start < len(encoded):
+        end = min(len(encoded), start + limit)
+        while end < len(encoded) and (encoded[end] & 0xC0) == 0x80:  # a continuation byte: back off
+            end -= 1
+        pieces.append(encoded[start:end].decode("utf-8"))
+        start = end
+    return pieces or [""]
 
 
 # ---------------------------------------------------------------------------------------- executions
 
 
-def _head(row: Mapping[str, Any]) -> HistoryHead:
-    """The head item's Python values as a `HistoryHead` (an absent head, `{}`, is length 0)."""
-    pending = json.loads(row["pending"]) if "pending" in row else []
-    return HistoryHead(length=int(row.get("length", 0)), pending=pending)
-
-
-def _expression_parts(names: dict[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The expression attribute maps of a request (`values` as Python values), left out when empty
-    (DynamoDB refuses empty maps)."""
-    parts: dict[str, Any] = {}
-    if names:
-        parts["ExpressionAttributeNames"] = names
-    if values:
-        parts["ExpressionAttributeValues"] = to_attributes(values)
-    return parts
-
-
 def _listing_keys(execution_id: str, workflow: str, status: ExecutionStatus) -> dict[str, str]:
+    """The record's index keys for `status`: `ByStatus` always, `ByWorkflowStatus` once it ended."""
     shard = shard_of(execution_id)
-    return {
-        "gsi1pk": f"wf#{workflow}#{shard}",
-        "gsi2pk": f"st#{status.value}#{shard}",
-        "gsi3pk": f"all#{shard}",
-        "gsi4pk": f"wfst#{workflow}#{status.value}#{shard}",
-    }
+    keys = {LISTING_INDEXES[INDEX_BY_STATUS]: f"st#{status.value}#{shard}"}
+    if status != ExecutionStatus.IN_PROGRESS:
+        keys[LISTING_INDEXES[INDEX_BY_WORKFLOW_STATUS]] = f"wfst#{workflow}#{status.value}#{shard}"
+    return keys
 
 
 class _Partition:
-    """One index partition of a listing, read lazily in pages as the merge consumes it."""
+    """One index partition of a listing (with a filter on the workflow, for running executions of one),
+    read lazily in pages as the merge consumes it."""
 
-    def __init__(self, index: str, key: str, cursor: str | None) -> None:
+    def __init__(self, index: str, key: str, workflow: str | None = None) -> None:
         self.index = index
         self.key = key
-        #: `gsisk` of the last item handed to the page (None: from the start)
-        self.cursor = cursor
+        #: only records of this workflow (a `ByStatus` partition read for one workflow)
+        self.workflow = workflow
         self.buffer: builtins.list[dict[str, Any]] = []
         self.position = 0
-        #: the `gsisk` the next query starts after (the last item fetched, consumed or not)
-        self.fetched_up_to = cursor
+        #: the `gsisk` the next query starts after (the page's cursor, then the last item fetched)
+        self.fetched_up_to: str | None = None
         self.exhausted = False
 
     def peek(self) -> dict[str, Any] | None:
@@ -637,6 +588,18 @@ class ExecutionStore:
         decoded; times are the stored ISO text."""
         return self._record(execution_id)
 
+    def status(self, execution_id: str, *, consistent: bool = True) -> ExecutionStatus | None:
+        """The record's status, None if there is no record. `consistent=False` reads at half the cost and may
+        be a moment old (a record just created may not be found yet: ask again consistently then)."""
+        item: dict[str, Any] | None = self.client.get_item(
+            TableName=self.table,
+            Key=self._record_key(execution_id),
+            ConsistentRead=consistent,
+            ProjectionExpression="#status",
+            ExpressionAttributeNames={"#status": "status"},
+        ).get("Item")
+        return None if item is None else ExecutionStatus(from_attributes(item)["status"])
+
     def get(self, execution_id: str) -> Execution:
         row = self._record(execution_id)
         if row is None:
@@ -654,7 +617,7 @@ class ExecutionStore:
             ExpressionAttributeValues=to_attributes({":timeout": float(seconds)}),
         )
 
-    def finish_item(
+    def finish(
         self,
         execution_id: str,
         workflow: str,
@@ -664,25 +627,24 @@ class ExecutionStore:
         result: Any = None,
         error: str | None = None,
         message: str | None = None,
-    ) -> dict[str, Any]:
-        """The TransactItem (for `HistoryStore.append(extra_items=...)`) that ends an execution, so the
-        terminal event and the record's status commit together. It moves the record to the status's
-        listing partitions and only applies to a record still IN_PROGRESS: ending an execution twice (a
-        stale orchestrator) cancels that transaction as a `HistoryConflict`.
+    ) -> bool:
+        """End the record (the core's `Finish`, carried out after the commit of the turn that ended the
+        execution): its status, end time, result or error, and its listing keys move to the status's
+        partitions. Only a record still IN_PROGRESS changes, so carrying the action out again (a cold
+        turn re-sending its last turn's actions) is harmless: True if this call ended it.
 
         `workflow` is needed to rebuild the workflow+status index key (an update cannot read the record)."""
         status = ExecutionStatus(status)
         if status == ExecutionStatus.IN_PROGRESS:
-            raise errors.EventualError(f"finish_item needs a terminal status, got {status.value}")
+            raise errors.EventualError(f"finish needs a terminal status, got {status.value}")
         keys = _listing_keys(execution_id, workflow, status)
         values: dict[str, Any] = {
             ":status": status.value,
             ":running": ExecutionStatus.IN_PROGRESS.value,
             ":end": sort_time(end_time),
-            ":gsi2pk": keys["gsi2pk"],
-            ":gsi4pk": keys["gsi4pk"],
+            **{f":{name}": value for name, value in keys.items()},
         }
-        assignments = ["#status = :status", "end_time = :end", "gsi2pk = :gsi2pk", "gsi4pk = :gsi4pk"]
+        assignments = ["#status = :status", "end_time = :end", *(f"{name} = :{name}" for name in keys)]
         removals = []
         for name, value in (
             ("result", None if status != ExecutionStatus.SUCCEEDED else compact_json(result)),
@@ -697,21 +659,23 @@ class ExecutionStore:
         expression = "SET " + ", ".join(assignments)
         if removals:
             expression += " REMOVE " + ", ".join(removals)
-        return {
-            "Update": {
-                "TableName": self.table,
-                "Key": self._record_key(execution_id),
-                "UpdateExpression": expression,
-                "ConditionExpression": "#status = :running",
-                "ExpressionAttributeNames": {
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._record_key(execution_id),
+                UpdateExpression=expression,
+                ConditionExpression="#status = :running",
+                ExpressionAttributeNames={
                     "#status": "status",
                     "#result": "result",
                     "#error": "error",
                     "#message": "message",
                 },
-                "ExpressionAttributeValues": to_attributes(values),
-            }
-        }
+                ExpressionAttributeValues=to_attributes(values),
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     # ------------------------------------------------------------------------------ once-only rows
 
@@ -892,15 +856,12 @@ class ExecutionStore:
         listing_offset(sort, max_results, None)  # checks sort and max_results
         wanted = sorted({ExecutionStatus(status).value for status in statuses}) if statuses else []
         query = {"workflow": workflow, "statuses": wanted, "sort": sort}
-        cursors, done = _decode_token(next_token, query)
-        partitions = [
-            _Partition(index, key, cursors.get(key))
-            for index, key in _partition_keys(workflow, wanted)
-            if key not in done
-        ]
+        cursor = _decode_token(next_token, query)
+        partitions = _partitions(workflow, wanted)
         descending = sort == "desc"
-        first_limit = -(-(max_results + 1) // max(1, len(partitions))) + 1
+        first_limit = -(-(max_results + 1) // len(partitions)) + 1
         for partition in partitions:
+            partition.fetched_up_to = cursor
             self._fetch(partition, first_limit, descending)
         # a heap of (ordering key, partition number); desc inverts the text so the smallest pops first
         heap: builtins.list[tuple[Any, int]] = []
@@ -908,69 +869,52 @@ class ExecutionStore:
             head = partition.peek()
             if head is not None:
                 heapq.heappush(heap, (_order(head, descending), number))
-        taken: builtins.list[tuple[_Partition, dict[str, Any]]] = []
-        while heap:  # up to one item more than a page, to know whether there is a next page
+        taken: builtins.list[dict[str, Any]] = []
+        while heap and len(taken) <= max_results:  # one item more than a page: is there a next page?
             _, number = heapq.heappop(heap)
             partition = partitions[number]
-            item = partition.buffer[partition.position]
+            taken.append(partition.buffer[partition.position])
             partition.position += 1
-            taken.append((partition, item))
-            if len(taken) > max_results:
-                partition.position -= 1  # only a look-ahead: it stays for the next page
-                break
             if partition.peek() is None and not partition.exhausted:
                 self._fetch(partition, max(1, max_results + 1 - len(taken)), descending)
             head = partition.peek()
             if head is not None:
                 heapq.heappush(heap, (_order(head, descending), number))
-        page = taken[:max_results]
+        page = [_to_execution(item) for item in taken[:max_results]]
         if len(taken) <= max_results:
-            return ExecutionPage(executions=[_to_execution(item) for _, item in page])
-        for partition, item in page:
-            partition.cursor = item[LISTING_SORT_KEY]
-        new_cursors = dict(cursors)
-        new_done = set(done)
-        for partition in partitions:
-            if partition.cursor is not None:
-                new_cursors[partition.key] = partition.cursor
-            if partition.exhausted and partition.peek() is None:
-                new_done.add(partition.key)
-                new_cursors.pop(partition.key, None)
-        token = _encode_token(query, new_cursors, new_done)
-        return ExecutionPage(executions=[_to_execution(item) for _, item in page], next_token=token)
+            return ExecutionPage(executions=page)
+        return ExecutionPage(executions=page, next_token=_encode_token(query, taken[max_results - 1][LISTING_SORT_KEY]))
 
     def _fetch(self, partition: _Partition, limit: int, descending: bool) -> None:
         """Replace the partition's consumed buffer with its next `limit` items (fewer at its end).
 
-        One query page normally; the paginator goes on only past pages that came back empty, and stops
-        (is not iterated further) once a page brought items."""
+        One query page normally; the paginator goes on only past pages that came back empty (a filtered
+        partition's may), and stops (is not iterated further) once a page brought items."""
         attribute = LISTING_INDEXES[partition.index]
+        condition = "#partition = :partition"
+        values: dict[str, Any] = {":partition": partition.key}
+        if partition.fetched_up_to is not None:  # what follows the page's cursor, or the last item fetched
+            condition += f" AND {LISTING_SORT_KEY} {'<' if descending else '>'} :after"
+            values[":after"] = partition.fetched_up_to
         request: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": partition.index,
-            "KeyConditionExpression": "#partition = :partition",
+            "KeyConditionExpression": condition,
             "ExpressionAttributeNames": {"#partition": attribute},
-            "ExpressionAttributeValues": to_attributes({":partition": partition.key}),
             "ScanIndexForward": not descending,
             "Limit": limit,
         }
-        if partition.fetched_up_to is not None:
-            # where the last page ended: the index's key of the last item fetched (its gsisk holds the id)
-            execution_id = partition.fetched_up_to.split("#", 1)[1]
-            request["ExclusiveStartKey"] = to_attributes(
-                {
-                    attribute: partition.key,
-                    LISTING_SORT_KEY: partition.fetched_up_to,
-                    "pk": execution_pk(execution_id),
-                    "sk": _RECORD_SK,
-                }
-            )
+        if partition.workflow is not None:
+            request["FilterExpression"] = "#workflow = :workflow"
+            request["ExpressionAttributeNames"]["#workflow"] = "workflow"
+            values[":workflow"] = partition.workflow
+        request["ExpressionAttributeValues"] = to_attributes(values)
         remaining = partition.buffer[partition.position :]
         for page in self._pages(request):
             items = [_record_row(item) for item in page.get("Items", [])]
             remaining.extend(items)
-            if items:
-                partition.fetched_up_to = items[-1][LISTING_SORT_KEY]
+            if page.get("LastEvaluatedKey"):
+                partition.fetched_up_to = from_attributes(page["LastEvaluatedKey"])[LISTING_SORT_KEY]
             if not page.get("LastEvaluatedKey"):
                 partition.exhausted = True
                 break
@@ -985,18 +929,17 @@ class ExecutionStore:
         return pages
 
 
-def _partition_keys(workflow: str | None, statuses: builtins.list[str]) -> builtins.list[tuple[str, str]]:
-    """(index, partition key) pairs a listing reads: every shard of every requested status."""
-    shards = range(SHARDS)
-    if workflow is not None and statuses:
-        return [
-            (INDEX_BY_WORKFLOW_STATUS, f"wfst#{workflow}#{status}#{shard}") for status in statuses for shard in shards
-        ]
-    if workflow is not None:
-        return [(INDEX_BY_WORKFLOW, f"wf#{workflow}#{shard}") for shard in shards]
-    if statuses:
-        return [(INDEX_BY_STATUS, f"st#{status}#{shard}") for status in statuses for shard in shards]
-    return [(INDEX_BY_START, f"all#{shard}") for shard in shards]
+def _partitions(workflow: str | None, statuses: builtins.list[str]) -> builtins.list[_Partition]:
+    """The index partitions a listing reads: every shard of every requested status (all when none is)."""
+    found: builtins.list[_Partition] = []
+    for status in statuses or [status.value for status in ExecutionStatus]:
+        for shard in range(SHARDS):
+            if workflow is None or status == ExecutionStatus.IN_PROGRESS.value:
+                # running executions of one workflow: ByWorkflowStatus holds ended ones only
+                found.append(_Partition(INDEX_BY_STATUS, f"st#{status}#{shard}", workflow))
+            else:
+                found.append(_Partition(INDEX_BY_WORKFLOW_STATUS, f"wfst#{workflow}#{status}#{shard}"))
+    return found
 
 
 class _Descending(str):
@@ -1022,21 +965,20 @@ def _order(row: dict[str, Any], descending: bool) -> str:
     return _Descending(key) if descending else key
 
 
-def _encode_token(query: dict[str, Any], cursors: dict[str, str], done: set[str]) -> str:
-    body = {"v": 1, "q": query, "c": cursors, "d": sorted(done)}
+def _encode_token(query: dict[str, Any], cursor: str) -> str:
+    body = {"v": 2, "q": query, "c": cursor}
     return base64.urlsafe_b64encode(compact_json(body).encode("utf-8")).decode("ascii")
 
 
-def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
-    """Per-partition cursors and finished partitions from a page token made by the same query."""
+def _decode_token(token: str | None, query: dict[str, Any]) -> str | None:
+    """The cursor (the last `gsisk` of the previous page) of a page token made by the same query."""
     if not token:
-        return {}, set()
+        return None
     try:
         body = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        if not isinstance(body, dict) or body.get("v") != 1:
+        if not isinstance(body, dict) or body.get("v") != 2:
             raise ValueError("unknown token version")
-        cursors = {str(key): str(value) for key, value in body["c"].items()}
-        done = {str(key) for key in body["d"]}
+        cursor = body["c"]
         made_by = body["q"]
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError):
         raise invalid_page_token(token) from None
@@ -1044,9 +986,9 @@ def _decode_token(token: str | None, query: dict[str, Any]) -> tuple[dict[str, s
         raise invalid_page_token(
             token, "it belongs to another listing (different workflow, statuses or sort); pass the same arguments"
         )
-    if any("#" not in cursor for cursor in cursors.values()):
+    if not isinstance(cursor, str) or "#" not in cursor:
         raise invalid_page_token(token)
-    return cursors, done
+    return cursor
 
 
 def _to_execution(row: dict[str, Any]) -> Execution:

@@ -15,6 +15,12 @@ container), and each speaks only the wire format of `clients.py`:
   away than 900 s): puts the timer body back on the timer queue, which relays it when due; and of the
   recurring schedules of `@ev.schedule`: starts the fire's execution (`schedules.ScheduleKeeper`).
 
+Whether the execution still runs is read before an attempt starts (eventually consistent: a best-effort
+check, since the execution may end right after it), except for the first delivery of a first attempt sent
+less than `FRESH_SECONDS` ago: the turn that sent it committed a moment before, and the check would cost
+a read and its latency on every step to narrow a window of milliseconds. Retries, redeliveries and
+attempts that waited in the queue are checked.
+
 Activity attempts: one runner at a time, never lost
 -----------------------------------------------------
 SQS delivers at least once, so the worker first takes the attempt's claim row
@@ -84,7 +90,7 @@ from eventual_nb.runtime.aws.clients import MAX_SQS_DELAY_SECONDS, AwsClients, e
 from eventual_nb.runtime.aws.schedules import ScheduleKeeper, read_fire
 from eventual_nb.runtime.aws.stores import DEFAULT_CLAIM_LEASE, ExecutionStore, HistoryStore
 from eventual_nb.runtime.base import DeadLetter, ExecutionStatus, HeartbeatResponse, running_on
-from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, wire
+from eventual_nb.runtime.core import ActivityOptions, AttemptOutcome, Outcome, StartAttempt, limits, wire
 from eventual_nb.runtime.tokens import SIGNING_KEY_VARIABLE, TokenSigner, environment_signing_key
 from eventual_nb.serde import to_json
 from eventual_nb.service import Service
@@ -95,6 +101,9 @@ LOGGER = logging.getLogger("eventual_nb.aws.workers")
 LAMBDA_SAFETY_SECONDS = 10.0
 #: a heartbeat asks DynamoDB whether the execution ended at most this often
 HEARTBEAT_CHECK_SECONDS = 30.0
+#: a first attempt delivered for the first time within this long of being sent runs without reading its
+#: execution's status first (the turn that sent it committed a moment ago)
+FRESH_SECONDS = 2.0
 #: SQS's largest visibility timeout (12 h): the longest backoff a failed subscription delivery can get
 MAX_VISIBILITY_SECONDS = 43_200
 #: message attributes of a delivery the subscription worker dead-lettered (AwsRuntime.list_dead_letters reads them)
@@ -110,7 +119,7 @@ def _batch_failures(ids: Sequence[str]) -> dict[str, list[dict[str, str]]]:
     return {"batchItemFailures": [{"itemIdentifier": identifier} for identifier in ids]}
 
 
-class _Loop:
+class SyncLoop:
     """One event loop per worker, reused across invocations (a warm container keeps it).
 
     If the caller's thread already runs a loop (an async test driving the handlers directly), the
@@ -151,6 +160,8 @@ class _Watch:
     stopped: bool = False
     #: the attempt asked for its token: its outcome must be settled on the claim row (the token may win)
     token_issued: bool = False
+    #: seconds kept before the Lambda's own limit (said in the timeout's message)
+    safety: float = LAMBDA_SAFETY_SECONDS
 
 
 @dataclass
@@ -188,7 +199,7 @@ class ActivityWorker:
         if signing_key is None:
             signing_key = environment_signing_key(environ)
         self._signer = TokenSigner(signing_key) if signing_key else None
-        self._loop = _Loop()
+        self._loop = SyncLoop()
         self.reports: list[AttemptReport] = []
         self.keep_reports = False
 
@@ -205,7 +216,7 @@ class ActivityWorker:
                 message = json.loads(record["body"])
                 if not isinstance(message, dict):
                     raise ValueError("an activity message must be a JSON object")
-                report = self.handle_message(message, context)
+                report = self.handle_message(message, context, fresh=_fresh(record, message))
                 if self.keep_reports:
                     self.reports.append(report)
             except Exception:  # one bad message must not fail the others
@@ -213,7 +224,9 @@ class ActivityWorker:
                 failed.append(str(record["messageId"]))
         return _batch_failures(failed)
 
-    def handle_message(self, message: dict[str, Any], context: Any = None) -> AttemptReport:
+    def handle_message(self, message: dict[str, Any], context: Any = None, *, fresh: bool = False) -> AttemptReport:
+        """Run (or check, defer, drop) one attempt. `fresh`: the first delivery of a first attempt sent a moment
+        ago (`FRESH_SECONDS`), whose execution is not read first (see the module docstring)."""
         execution_id, seq, attempt = str(message["execution_id"]), int(message["seq"]), int(message["attempt"])
         if message.get("check"):
             return self._check_waiting(execution_id, seq, attempt)
@@ -223,13 +236,14 @@ class ActivityWorker:
             delay = _delay(utc(datetime.fromisoformat(str(not_before))), now)
             self.clients.activity_queue.send(message, delay_seconds=delay)
             return AttemptReport("deferred", retry_delay=delay)
-        try:
-            status = self.executions.get(execution_id).status
-        except errors.ExecutionNotFound:
-            LOGGER.warning("dropping activity %s of unknown execution %s", seq, execution_id)
-            return AttemptReport("unknown")
-        if status != ExecutionStatus.IN_PROGRESS:
-            return AttemptReport("ended")
+        if not fresh:
+            # a best-effort check (the execution may end right after it): eventually consistent, at half the cost
+            status = self.executions.status(execution_id, consistent=False) or self.executions.status(execution_id)
+            if status is None:
+                LOGGER.warning("dropping activity %s of unknown execution %s", seq, execution_id)
+                return AttemptReport("unknown")
+            if status != ExecutionStatus.IN_PROGRESS:
+                return AttemptReport("ended")
         start = wire.attempt_from_message(message)
         # the claim keeps the attempt (its retry policy): a completion by token while it runs decides with it
         if not self.executions.claim(execution_id, seq, attempt, _claim_lease(context), message=message):
@@ -327,7 +341,7 @@ class ActivityWorker:
         """Run the attempt under its watchdog; returns (outcome, watch, log lines)."""
         execution_id, seq, attempt, name = start.execution_id, start.seq, start.attempt, start.name
         loop = asyncio.get_running_loop()
-        watch = _watch(start.options, loop.time(), _lambda_seconds_left(context))
+        watch = watch_attempt(start.options, loop.time(), lambda_seconds_left(context))
         logs: list[LogEntry] = []
 
         def token() -> str:
@@ -353,22 +367,7 @@ class ActivityWorker:
             return core.not_served(name, "worker"), watch, logs
         info = attempt_info(execution_id, name, seq, attempt, token, start.heartbeat_details)
         task = asyncio.ensure_future(run_attempt(definition, start.input, info, heartbeat, log_line))
-        while True:
-            waits = [d - loop.time() for d in (watch.deadline, watch.heartbeat_deadline) if d is not None]
-            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(waits)) if waits else None)
-            if done:
-                try:
-                    return task.result(), watch, logs
-                except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
-                    return core.failed(exc), watch, logs
-            missed = core.missed_deadline(watch.deadline, watch.heartbeat_deadline, loop.time())
-            if missed is not None:
-                watch.stopped = True
-                task.cancel()  # a plain `def` keeps running in its thread: it cannot be stopped, only abandoned
-                await asyncio.wait({task}, timeout=1.0)
-                stopped_by_lambda = missed is Outcome.TIMED_OUT and watch.deadline_is_lambda
-                reason = _LAMBDA_LIMIT.format(attempt=attempt) if stopped_by_lambda else None
-                return core.expired(missed, attempt, start.options, message=reason), watch, logs
+        return await watched(task, watch, start, "activity"), watch, logs
 
     def _ended(self, execution_id: str) -> bool:
         try:
@@ -379,12 +378,40 @@ class ActivityWorker:
 
 #: why an attempt stopped by the Lambda's own time limit timed out
 _LAMBDA_LIMIT = (
-    f"attempt {{attempt}} ran out of the activity function's time limit (stopped {LAMBDA_SAFETY_SECONDS:g}s "
-    "before it, to report the timeout)"
+    "attempt {attempt} ran out of the {function} function's time limit (stopped {safety:g}s before it, to "
+    "report the timeout)"
 )
 
 
-def _watch(options: ActivityOptions, start: float, lambda_limit: float | None) -> _Watch:
+async def watched(
+    task: asyncio.Future[AttemptOutcome], watch: _Watch, start: StartAttempt, function: str
+) -> AttemptOutcome:
+    """Wait for a running attempt under its watchdog (`watch`'s deadlines: its timeout or the invocation's end,
+    and its heartbeat timeout); an attempt past a deadline is stopped and expires (`core.expired`). `function`
+    names the Lambda function whose time limit the attempt may run out of ("activity", "orchestrator")."""
+    loop = asyncio.get_running_loop()
+    while True:
+        waits = [d - loop.time() for d in (watch.deadline, watch.heartbeat_deadline) if d is not None]
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, min(waits)) if waits else None)
+        if done:
+            try:
+                return task.result()
+            except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
+                return core.failed(exc)
+        missed = core.missed_deadline(watch.deadline, watch.heartbeat_deadline, loop.time())
+        if missed is not None:
+            watch.stopped = True
+            task.cancel()  # a plain `def` keeps running in its thread: it cannot be stopped, only abandoned
+            await asyncio.wait({task}, timeout=1.0)
+            reason = None
+            if missed is Outcome.TIMED_OUT and watch.deadline_is_lambda:
+                reason = _LAMBDA_LIMIT.format(attempt=start.attempt, function=function, safety=watch.safety)
+            return core.expired(missed, start.attempt, start.options, message=reason)
+
+
+def watch_attempt(
+    options: ActivityOptions, start: float, lambda_limit: float | None, safety: float = LAMBDA_SAFETY_SECONDS
+) -> _Watch:
     """The deadlines of an attempt starting at `start` (loop seconds): its timeout or, sooner, the Lambda's."""
     timeout, heartbeat_timeout = options.timeout, options.heartbeat_timeout
     deadline = None if timeout is None else start + timeout.total_seconds()
@@ -398,6 +425,7 @@ def _watch(options: ActivityOptions, start: float, lambda_limit: float | None) -
         heartbeat_timeout=heartbeat,
         heartbeat_deadline=None if heartbeat is None else start + heartbeat,
         last_check=time.monotonic(),
+        safety=safety,
     )
 
 
@@ -428,6 +456,7 @@ def report_outcome(
     or the next attempt's message after its backoff (`details`: heartbeat details the attempt reported, for
     the next one). Shared by the worker and by completion by token (`AwsRuntime`)."""
     now = utc(clients.clock())
+    outcome = limits.fitting_result(outcome, start.name, start.seq, start.execution_id)
     decision = core.retry_or_settle(
         outcome, name=start.name, seq=start.seq, attempt=start.attempt, now=now, policy=start.options.retry
     )
@@ -448,6 +477,18 @@ def report_outcome(
     raise errors.EventualError(f"activity {start.seq} of '{start.execution_id}' waits for its token: nothing to report")
 
 
+def _fresh(record: Mapping[str, Any], message: Mapping[str, Any]) -> bool:
+    """Whether an activity record is the first delivery of a first attempt, sent less than `FRESH_SECONDS` ago
+    (SQS's `SentTimestamp` against this machine's clock; both are NTP time on AWS)."""
+    attributes = record.get("attributes") or {}
+    try:
+        sent = int(attributes["SentTimestamp"]) / 1000
+        received = int(attributes["ApproximateReceiveCount"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return message.get("attempt") == 1 and received == 1 and 0 <= time.time() - sent < FRESH_SECONDS
+
+
 def _delay(until: datetime, now: datetime) -> int:
     return max(0, min(MAX_SQS_DELAY_SECONDS, math.ceil((until - now).total_seconds())))
 
@@ -460,13 +501,14 @@ def _claim_lease(context: Any) -> timedelta:
     return timedelta(milliseconds=max(0, remaining()))
 
 
-def _lambda_seconds_left(context: Any) -> float | None:
-    """Seconds the attempt may use before the Lambda's limit (less the margin), if running in Lambda."""
+def lambda_seconds_left(context: Any, safety: float = LAMBDA_SAFETY_SECONDS) -> float | None:
+    """Seconds an attempt may use before the Lambda's limit, less `safety` (kept to report or commit what it
+    returned), if running in Lambda (None outside it: no bound but the attempt's own)."""
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
         return None
     seconds: float = remaining() / 1000  # Lambda's context answers in milliseconds (an int)
-    return max(0.0, seconds - LAMBDA_SAFETY_SECONDS)
+    return max(0.0, seconds - safety)
 
 
 # ------------------------------------------------------------------------------------------- timers
@@ -507,7 +549,11 @@ def schedule_forwarder(clients: AwsClients, keeper: ScheduleKeeper | None = None
                 raise errors.EventualError(f"the schedule forwarder got a fire of {fire[0]!r} but serves no schedules")
             keeper.deliver(*fire)
             return
-        if not isinstance(body, dict) or not {"execution_id", "due", "event"} <= set(body):
+        if (
+            not isinstance(body, dict)
+            or not {"execution_id", "due"} <= set(body)
+            or not {"event", "attempt"} & set(body)
+        ):
             raise errors.EventualError(f"the schedule forwarder got {body!r}, not a timer body nor a schedule fire")
         clients.timers.requeue(body, clients.clock())
 
@@ -537,7 +583,7 @@ class SubscriptionWorker:
         self.clients = clients
         self.services = list(services)
         self.runtime = runtime
-        self._loop = _Loop()
+        self._loop = SyncLoop()
         self._dead_letter_urls: dict[str, str | None] = {}
 
     def handle_batch(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:

@@ -34,6 +34,7 @@ from eventual_nb.engine.history import (
     WorkflowSucceeded,
 )
 from eventual_nb.runtime.base import ExecutionStatus
+from eventual_nb.runtime.core import limits
 from eventual_nb.runtime.core.actions import (
     TIMEOUT_TIMER_KEY,
     Action,
@@ -172,7 +173,8 @@ def turn(
     that building the turn again gives equal actions (AWS de-duplicates deliveries by content).
     `status_of` is asked about the target of each signal the workflow sends: a signal to an execution that
     does not exist or has ended is not delivered, and the sender's log says so (a child this turn starts
-    counts as running: its start is carried out before the signal)."""
+    counts as running: its start is carried out before the signal). The turn's logs end with a warning for
+    each payload it records or sends that would not fit on AWS (`limits.turn_warnings`)."""
     logs = output.logs
     actions: list[Action] = []
     execution_id = executor.execution_id
@@ -194,6 +196,11 @@ def turn(
     terminal = executor.terminal if executor.ended else None
     if terminal is not None:
         actions.extend(_ending(execution_id, terminal, executor.open_children, lineage, now))
+    started = [executor.started] if executor.began and executor.started is not None else []
+    warnings = limits.turn_warnings(execution_id, [*started, *output.events], actions)
+    if warnings:
+        when = now if now is not None else executor.now
+        logs = [*logs, *(LogEntry(time=when, message=line, source="runtime") for line in warnings)]
     return Turn(logs, actions)
 
 

@@ -167,6 +167,8 @@ class _Attempt:
     seq: int
     attempt: int
     outcome: AttemptOutcome
+    #: the activity's name (for the warning about a result too large for AWS)
+    name: str
 
 
 @dataclass
@@ -858,7 +860,7 @@ class LocalRuntime(RuntimeBase):
                 missed = core.missed_deadline(row.deadline, row.heartbeat_deadline, now)
                 if missed is not None:
                     outcome = core.expired(missed, row.attempt, self._options_of(row.options))
-                    self._decide(_Attempt(row.execution_id, row.seq, row.attempt, outcome), row)
+                    self._decide(_Attempt(row.execution_id, row.seq, row.attempt, outcome, row.name), row)
 
     def _start_next_attempt(self, row: ActivityRow) -> None:
         """A retry whose backoff is over: its next attempt runs once this transaction committed."""
@@ -879,6 +881,7 @@ class LocalRuntime(RuntimeBase):
                     outcome, name="", seq=attempt.seq, attempt=attempt.attempt, now=self._work.moment, policy=None
                 )
                 assert isinstance(decision, core.Settle)
+                self._warn_result(attempt)
                 self._enqueue(attempt.execution_id, decision.event)
             return  # otherwise a late result of an attempt that timed out, was retried, or whose execution ended
         row = self._database.activity(attempt.execution_id, attempt.seq)
@@ -900,6 +903,7 @@ class LocalRuntime(RuntimeBase):
         )
         match decision:
             case core.Settle(event=event):
+                self._warn_result(attempt)
                 database.delete_activity(*key)
                 self._enqueue(attempt.execution_id, event)
             case core.RetryAt(due=due, note=note):
@@ -919,6 +923,13 @@ class LocalRuntime(RuntimeBase):
                 assert self._signer is not None
                 token = self._signer.sign(attempt.execution_id, attempt.seq, attempt.attempt)
                 self._work.async_callbacks.append((attempt.outcome.callback, token))
+
+    def _warn_result(self, attempt: _Attempt) -> None:
+        """Log, in the round that records it, that the attempt's result would not fit on AWS (if so)."""
+        warning = self.aws_result_warning(attempt.outcome, attempt.name, attempt.seq, attempt.execution_id)
+        if warning is not None:
+            entry = LogEntry(time=self._work.moment, message=warning, source="runtime")
+            self._database.add_logs(attempt.execution_id, [entry])
 
     def _note_attempt(self, row: ActivityRow, note: str) -> None:
         """Log the core's note of an attempt that did not end its call, in the transaction that records it."""
@@ -951,7 +962,7 @@ class LocalRuntime(RuntimeBase):
                 raise
             except Exception as exc:  # noqa: BLE001 - the runner reports user failures; this is a last resort
                 outcome = core.failed(exc)
-        self._attempts.append(_Attempt(execution_id, seq, attempt, outcome))
+        self._attempts.append(_Attempt(execution_id, seq, attempt, outcome, name))
         self._wake_up()
 
     async def _call_async_callback(self, callback: Callable[[str], Any], token: str) -> None:
@@ -1240,7 +1251,7 @@ class LocalRuntime(RuntimeBase):
     async def _complete_by_token(self, token: str, row: ActivityRow, outcome: AttemptOutcome) -> None:
         def apply(now: float) -> None:
             self._pending(token)  # still pending when the round applies it
-            self._settle_attempt(_Attempt(row.execution_id, row.seq, row.attempt, outcome), now)
+            self._settle_attempt(_Attempt(row.execution_id, row.seq, row.attempt, outcome, row.name), now)
 
         await self._submit(apply)
 

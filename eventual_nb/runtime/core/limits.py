@@ -1,0 +1,182 @@
+"""The limits a service meets once deployed on AWS, decided once for the three runtimes.
+
+The AWS runtime refuses what would not fit (a clear error on the call that hit the limit); the
+LocalRuntime and the TestEnvironment accept it and write a warning into the execution's logs, so a
+notebook that passes locally does not fail only after deploy. Both read the rules here: a payload's
+size is the bytes of its JSON (`payload_bytes`), measured against the `PayloadLimit` of the path it
+takes on AWS (SQS and EventBridge: 256 KB, less room for the envelope; the execution's DynamoDB
+record: 400 KB, less room for the rest of the record). The README's "Service limits" lists them all.
+
+Inline activities (`@ev.activity(inline=True)`) run inside the orchestrator function's invocation, so
+their timeout must fit its time limit: `ORCHESTRATOR_TIMEOUT` (the template's `Timeout` of the
+orchestrator function) less `INLINE_SAFETY` (kept to commit what the attempt returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from eventual_nb import errors
+from eventual_nb.engine.history import HistoryEvent, SignalReceived, WorkflowStarted, WorkflowSucceeded
+from eventual_nb.runtime.core.actions import Action, Deliver, Publish, StartAttempt, StartChild
+from eventual_nb.runtime.core.attempts import AttemptOutcome, Outcome, failed
+from eventual_nb.serde import compact_json
+
+#: the orchestrator function's time limit (exporter/template.py deploys it with this `Timeout`)
+ORCHESTRATOR_TIMEOUT = timedelta(seconds=60)
+#: what an invocation keeps after an inline attempt: committing its result and sending the next turn's actions
+INLINE_SAFETY = timedelta(seconds=10)
+#: the longest timeout an inline activity may have; also the time an inline activity without one may take
+MAX_INLINE_TIMEOUT = ORCHESTRATOR_TIMEOUT - INLINE_SAFETY
+
+
+def inline_problem(name: str, timeout: timedelta | None, heartbeat_timeout: timedelta | None) -> str | None:
+    """Why the options of activity `name` cannot be inline, or None when they can."""
+    if heartbeat_timeout is not None:
+        return (
+            f"inline activity '{name}' cannot have a heartbeat_timeout: it runs inside the orchestrator's "
+            "invocation, which nothing outside can watch (drop heartbeat_timeout, or make it a queued activity)"
+        )
+    if timeout is not None and timeout > MAX_INLINE_TIMEOUT:
+        return (
+            f"inline activity '{name}' has a timeout of {timeout.total_seconds():g} s, but an inline activity runs "
+            f"inside the orchestrator function, whose time limit is {ORCHESTRATOR_TIMEOUT.total_seconds():g} s: "
+            f"at most {MAX_INLINE_TIMEOUT.total_seconds():g} s fit (make it a queued activity, without inline=True, "
+            "to run for up to 15 minutes)"
+        )
+    return None
+
+
+# ------------------------------------------------------------------------------------------- payloads
+
+#: SQS's and EventBridge's largest message / entry (256 KiB)
+SQS_MESSAGE_BYTES = 256 * 1024
+#: room kept in an SQS message for its envelope (type, execution id, seq, timestamps, options)
+ENVELOPE_BYTES = 6 * 1024
+#: DynamoDB's largest item (400 KB)
+DYNAMODB_ITEM_BYTES = 400 * 1024
+#: what the execution's record keeps beside its input or result (ids, times, listing keys)
+RECORD_ROOM_BYTES = 50 * 1024
+
+
+@dataclass(frozen=True)
+class PayloadLimit:
+    """The largest payload one path accepts on AWS, with what carries it and the way out."""
+
+    #: what the payload is, e.g. "the result of activity 'fetch'" is made from "result", "activity"
+    what: str
+    #: bytes of its JSON (UTF-8, as sent)
+    limit: int
+    #: the AWS service and resource that carries it
+    carrier: str
+    #: what to do instead
+    way_out: str
+
+
+_KEEP_ELSEWHERE = "keep the data in an entity (ev.entity) or an S3 object and pass its key"
+WORKFLOW_INPUT = PayloadLimit(
+    "input",
+    DYNAMODB_ITEM_BYTES - RECORD_ROOM_BYTES,
+    "the execution's DynamoDB record (400 KB an item)",
+    _KEEP_ELSEWHERE,
+)
+WORKFLOW_RESULT = PayloadLimit(
+    "result",
+    DYNAMODB_ITEM_BYTES - RECORD_ROOM_BYTES,
+    "the execution's DynamoDB record (400 KB an item)",
+    "return a key to the data kept in an entity (ev.entity) or an S3 object",
+)
+SIGNAL_PAYLOAD = PayloadLimit(
+    "payload", SQS_MESSAGE_BYTES - ENVELOPE_BYTES, "an SQS message on the workflow queue (256 KB)", _KEEP_ELSEWHERE
+)
+ACTIVITY_INPUT = PayloadLimit(
+    "input", SQS_MESSAGE_BYTES - ENVELOPE_BYTES, "an SQS message on the activity queue (256 KB)", _KEEP_ELSEWHERE
+)
+ACTIVITY_RESULT = PayloadLimit(
+    "result",
+    SQS_MESSAGE_BYTES - ENVELOPE_BYTES,
+    "an SQS message on the workflow queue (256 KB)",
+    "return a key to the data kept in an entity (ev.entity) or an S3 object, or make the activity inline "
+    "(inline=True: its result is committed straight into the history, split over items when large)",
+)
+EVENT = PayloadLimit(
+    "event", SQS_MESSAGE_BYTES - ENVELOPE_BYTES, "an EventBridge entry (256 KB)", _KEEP_ELSEWHERE + " in the event"
+)
+
+
+def payload_bytes(value: Any) -> int:
+    """Bytes of `value`'s JSON as the AWS runtime sends it (UTF-8, no spaces)."""
+    return len(compact_json(value).encode("utf-8"))
+
+
+def too_large(limit: PayloadLimit, value: Any, of: str) -> str | None:
+    """Why `value` (the `limit.what` of `of`, e.g. "signal 'approve' to 'order/1'") cannot travel on AWS, or
+    None when it fits. The message names the limit, where it comes from and the way out."""
+    size = payload_bytes(value)
+    if size <= limit.limit:
+        return None
+    what = of if limit is EVENT else f"the {limit.what} of {of}"
+    return (
+        f"{what} is {size:,} bytes of JSON; on AWS it travels in {limit.carrier}, which holds at most "
+        f'{limit.limit:,} bytes of it (see "Service limits" in the README): {limit.way_out}'
+    )
+
+
+def refuse_too_large(limit: PayloadLimit, value: Any, of: str) -> None:
+    """What the AWS runtime does with a payload that does not fit: `PayloadTooLarge` on the call."""
+    problem = too_large(limit, value, of)
+    if problem is not None:
+        raise errors.PayloadTooLarge(problem)
+
+
+def aws_warning(limit: PayloadLimit, value: Any, of: str) -> str | None:
+    """What the LocalRuntime and the TestEnvironment write in the execution's logs instead of refusing."""
+    problem = too_large(limit, value, of)
+    return None if problem is None else f"warning: would not fit on AWS: {problem}"
+
+
+def fitting_result(outcome: AttemptOutcome, name: str, seq: int, execution_id: str) -> AttemptOutcome:
+    """What the AWS activity function makes of an attempt's outcome: a result too large for the workflow queue
+    fails the call, never retried (the same result would come back), with the reason and the way out."""
+    if outcome.kind is not Outcome.SUCCEEDED:
+        return outcome
+    problem = too_large(ACTIVITY_RESULT, outcome.result, f"activity '{name}' (seq {seq}) of '{execution_id}'")
+    return outcome if problem is None else failed(errors.PayloadTooLarge(problem), retryable=False)
+
+
+def result_warning(outcome: AttemptOutcome, name: str, seq: int, execution_id: str, *, inline: bool) -> str | None:
+    """The LocalRuntime's and the TestEnvironment's warning about a result `fitting_result` would refuse (an
+    inline activity's result is committed into the history, not sent: it has no such limit)."""
+    if inline or outcome.kind is not Outcome.SUCCEEDED:
+        return None
+    return aws_warning(ACTIVITY_RESULT, outcome.result, f"activity '{name}' (seq {seq}) of '{execution_id}'")
+
+
+def turn_warnings(execution_id: str, events: Sequence[HistoryEvent], actions: Sequence[Action]) -> list[str]:
+    """Warnings about the payloads a turn records or sends that would not fit on AWS: the workflow's input and
+    result, the signals it receives and sends, the inputs of the activities and children it starts, the events
+    it publishes. Written on every runtime (on AWS the calls that bring a payload in refuse it first, so what
+    remains is what the workflow itself sends)."""
+    checks: list[tuple[PayloadLimit, Any, str]] = []
+    for event in events:
+        if isinstance(event, WorkflowStarted):
+            checks.append((WORKFLOW_INPUT, event.input, f"execution '{execution_id}'"))
+        elif isinstance(event, WorkflowSucceeded):
+            checks.append((WORKFLOW_RESULT, event.result, f"execution '{execution_id}'"))
+        elif isinstance(event, SignalReceived):
+            checks.append((SIGNAL_PAYLOAD, event.payload, f"signal '{event.signal}' to '{execution_id}'"))
+    for action in actions:
+        if isinstance(action, StartAttempt):
+            checks.append((ACTIVITY_INPUT, action.input, f"activity '{action.name}' (seq {action.seq})"))
+        elif isinstance(action, StartChild):
+            checks.append((WORKFLOW_INPUT, action.input, f"child execution '{action.child_id}'"))
+        elif isinstance(action, Deliver) and isinstance(action.event, SignalReceived):
+            signal = action.event
+            checks.append((SIGNAL_PAYLOAD, signal.payload, f"signal '{signal.signal}' to '{action.target}'"))
+        elif isinstance(action, Publish):
+            for item in action.envelopes:
+                checks.append((EVENT, item, f"event '{item.get('name')}' published by '{execution_id}'"))
+    return [warning for limit, value, of in checks if (warning := aws_warning(limit, value, of)) is not None]
