@@ -11,14 +11,17 @@
         await ev.sleep("1 day")
         return receipt
 
-The SDK imports without Jupyter, FastAPI or boto3; `ev.aws` loads boto3 only when it is used.
+The SDK imports without Jupyter, FastAPI or boto3; `ev.aws` loads boto3 only when it is used. What only
+running needs (`ev.testing`, `ev.LocalRuntime`, `ev.ServiceClient`, the history types) is imported on first
+use (`_LAZY`), so `import eventual_nb` loads the decorators and pydantic and little else; `python -m
+benchmarks --only import_time` measures it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from eventual_nb import testing
 from eventual_nb._version import __version__ as __version__
 from eventual_nb.activities import (
     Activity,
@@ -29,10 +32,8 @@ from eventual_nb.activities import (
     heartbeat,
     heartbeat_sync,
 )
-from eventual_nb.client import ServiceClient
 from eventual_nb.combinators import all, all_settled, any, race
 from eventual_nb.durations import parse_duration
-from eventual_nb.engine.history import HistoryEvent, LogEntry
 from eventual_nb.entities import Entity, Entry, EntryPage, entity, transact
 from eventual_nb.errors import (
     ActivityFailed,
@@ -67,8 +68,6 @@ from eventual_nb.runtime.base import (
     current_runtime,
     set_default_runtime,
 )
-from eventual_nb.runtime.core.schedules import ScheduleInfo
-from eventual_nb.runtime.local import LocalRuntime
 from eventual_nb.schedules import schedule
 from eventual_nb.service import Service, current_service
 from eventual_nb.signals import Signal, signal, signal_model
@@ -85,6 +84,24 @@ from eventual_nb.workflows import (
     workflow,
     workflow_info,
 )
+
+if TYPE_CHECKING:
+    from eventual_nb import testing as testing
+    from eventual_nb.client import ServiceClient as ServiceClient
+    from eventual_nb.engine.history import HistoryEvent as HistoryEvent
+    from eventual_nb.engine.history import LogEntry as LogEntry
+    from eventual_nb.runtime.core.schedules import ScheduleInfo as ScheduleInfo
+    from eventual_nb.runtime.local import LocalRuntime as LocalRuntime
+
+#: public names imported on first use: name -> module that defines it (a module for `testing`)
+_LAZY = {
+    "testing": "eventual_nb.testing",
+    "ServiceClient": "eventual_nb.client",
+    "HistoryEvent": "eventual_nb.engine.history",
+    "LogEntry": "eventual_nb.engine.history",
+    "ScheduleInfo": "eventual_nb.runtime.core.schedules",
+    "LocalRuntime": "eventual_nb.runtime.local",
+}
 
 __all__ = [
     "Activity",
@@ -164,10 +181,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`ev.aws` (the AWS runtime) is imported on first use, so `import eventual_nb` never loads boto3."""
+    """The names of `_LAZY` and `ev.aws` (the AWS runtime) are imported on first use, so `import eventual_nb`
+    never loads boto3, SQLite or the engine."""
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__.endswith(f".{name}") else getattr(module, name)
+        globals()[name] = value
+        return value
     if name == "aws":
-        import importlib
-
         try:
             return importlib.import_module("eventual_nb.aws")
         except ModuleNotFoundError as exc:

@@ -4,7 +4,7 @@ Python 3.12 on x86_64.
 Layout (everything at the zip's root, as Lambda imports it): `handlers.py`, the exported package,
 `eventual_nb/` (the SDK only: the notebook extension and the exporter do not run on Lambda) with a small
 `eventual_nb-<version>.dist-info`, and the dependencies the functions import (`LAMBDA_DEPENDENCIES`: pydantic,
-fastapi, and cronsim and tzdata for schedules, with everything they require) unpacked from manylinux wheels. The rest of the core install is for the command
+fastapi, msgspec for the engine's history events, and cronsim and tzdata for schedules, with everything they require) unpacked from manylinux wheels. The rest of the core install is for the command
 line, the local server and `ServiceClient` (rich, uvicorn, httpx and what they pull in: pygments,
 markdown-it-py, click, h11, httpcore, certifi) and stays out: nothing on the Lambda path imports them at
 module level. boto3 and botocore are left out because every Lambda Python runtime ships them.
@@ -58,7 +58,7 @@ TARGET_ENVIRONMENT: dict[str, str] = {
 PROVIDED_BY_LAMBDA = frozenset({"boto3", "botocore"})
 #: eventual-nb's own dependencies that the functions import: the SDK's models (pydantic) and the API
 #: function's app (fastapi); each comes with what it requires
-LAMBDA_DEPENDENCIES = frozenset({"pydantic", "fastapi", "cronsim", "tzdata"})
+LAMBDA_DEPENDENCIES = frozenset({"pydantic", "fastapi", "cronsim", "tzdata", "msgspec"})
 #: Lambda's limit for a zip uploaded directly
 SIZE_LIMIT = 50 * 1024 * 1024
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)

@@ -357,3 +357,17 @@ def test_entity_operations_on_aws_take_one_request_each(report: dict) -> None:
     assert (aws["create_wru"], aws["conflict_wru"]) == (1, 1)  # a refused conditional write is billed too
     assert aws["transact_2_wru"] == 4  # two items, each twice in a transaction
     assert aws["debit_usd_per_million"] > aws["transact_2_usd_per_million"] > aws["create_usd_per_million"]
+
+
+def test_the_step_profiler_runs_the_workflow_and_prints_its_top_frames() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_step", "--runs", "3", "--steps", "2", "--top", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "3 runs × 2 steps on LocalRuntime" in completed.stdout
+    assert "µs per step" in completed.stdout
+    assert "ncalls" in completed.stdout

@@ -43,10 +43,11 @@ from typing import (
     runtime_checkable,
 )
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from eventual_nb import errors
 from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
+from eventual_nb.shapes import Shape
 
 T = TypeVar("T")
 
@@ -67,7 +68,7 @@ class ExecutionStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-class Execution(BaseModel):
+class Execution(Shape):
     """The state of one execution as every runtime and the HTTP API report it."""
 
     id: str
@@ -82,7 +83,7 @@ class Execution(BaseModel):
     parent: str | None = None
 
 
-class WorkflowInfo(BaseModel):
+class WorkflowInfo(Shape):
     """A workflow a runtime serves (`list_workflows()`)."""
 
     name: str
@@ -90,18 +91,18 @@ class WorkflowInfo(BaseModel):
     timeout_seconds: float | None = None
 
 
-class ExecutionPage(BaseModel):
+class ExecutionPage(Shape):
     executions: list[Execution]
     next_token: str | None = None
 
 
-class HeartbeatResponse(BaseModel):
+class HeartbeatResponse(Shape):
     """Answer to a heartbeat: `cancelled` tells a long activity to stop (its execution ended or it timed out)."""
 
     cancelled: bool = False
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(Shape):
     """A subscription delivery that used up its retries; kept, never silently dropped."""
 
     event: dict[str, Any]
@@ -112,7 +113,7 @@ class DeadLetter(BaseModel):
     time: datetime
 
 
-class EntityInfo(BaseModel):
+class EntityInfo(Shape):
     """An entity a runtime serves (`list_entities()`): its key fields and, where counting is cheap, its size."""
 
     name: str
@@ -123,7 +124,7 @@ class EntityInfo(BaseModel):
     count: int | None = None
 
 
-class EntityRecord(BaseModel):
+class EntityRecord(Shape):
     """One entry as stored (`get_entity(name, key)`): its value's JSON as written, whatever the model says now."""
 
     entity: str
@@ -132,7 +133,7 @@ class EntityRecord(BaseModel):
     version: int
 
 
-class ExecutionWaits(BaseModel):
+class ExecutionWaits(Shape):
     """What an execution is blocked on now, read by the runtime at `now` on its own clock (a
     TestEnvironment's virtual time), so readers can say "9 min left" on the runtime's terms."""
 
@@ -141,7 +142,7 @@ class ExecutionWaits(BaseModel):
     waits: list[Wait] = Field(default_factory=list)
 
 
-class StartResponse(BaseModel):
+class StartResponse(Shape):
     execution_id: str
     already_running: bool = False
 
@@ -765,5 +766,5 @@ def outcome_of(execution: Execution) -> Any:
     raise errors.EventualError(f"execution '{execution.id}' is still {execution.status}")
 
 
-class Timestamped(BaseModel):
+class Timestamped(Shape):
     time: datetime = Field(default_factory=lambda: datetime.now().astimezone())

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from eventual_nb import errors
 from eventual_nb.durations import DurationLike, deadline_after, format_duration, optional_duration
 from eventual_nb.engine.executor import StepOutput, WorkflowExecutor
@@ -325,7 +327,7 @@ def timer_fired(fires: HistoryEvent, now: datetime | None) -> HistoryEvent:
     relay needs to de-duplicate by content)."""
     if now is None or now == fires.timestamp:
         return fires
-    return fires.model_copy(update={"timestamp": now})
+    return msgspec.structs.replace(fires, timestamp=now)
 
 
 def blocked_note(error: BaseException) -> str:

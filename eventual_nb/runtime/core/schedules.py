@@ -49,11 +49,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from eventual_nb.durations import LATEST_DEADLINE, DurationLike, format_duration, parse_duration
 from eventual_nb.errors import EventualError, InputValidationError
 from eventual_nb.runtime.base import ExecutionStatus
+from eventual_nb.shapes import Shape
 from eventual_nb.workflows import check_execution_name
 
 Overlap = Literal["skip", "allow"]
@@ -96,7 +97,7 @@ class InvalidSchedule(EventualError, ValueError):
 # -------------------------------------------------------------------------------------- the definition
 
 
-class ScheduleFields(BaseModel):
+class ScheduleFields(Shape):
     """What defines a schedule: shared by the definition (`Schedule`) and what the protocol shows (`ScheduleInfo`)."""
 
     name: str
@@ -281,7 +282,7 @@ def execution_name(schedule: str, fire_time: datetime) -> str:
 # -------------------------------------------------------------------------------------- the state
 
 
-class ScheduleState(BaseModel):
+class ScheduleState(Shape):
     """What a runtime stores per schedule (JSON through `model_dump(mode="json")`).
 
     `handled_until`: every fire at or before this instant has been dealt with — started, skipped,

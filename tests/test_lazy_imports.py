@@ -1,0 +1,62 @@
+"""`import eventual_nb` loads the decorators, not what only running needs (DESIGN: the SDK imports without
+Jupyter, FastAPI or boto3; here also without SQLite, the test runtime or the HTTP client), and every public
+name still resolves on first use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, sys
+import eventual_nb as ev
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in {
+    "sqlite3", "httpx", "fastapi", "uvicorn", "rich", "boto3", "eventual_nb"})
+print(json.dumps(loaded))
+"""
+
+
+def loaded_by_import() -> list[str]:
+    completed = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(completed.stdout)
+
+
+def test_importing_the_sdk_loads_no_runtime_database_client_or_server() -> None:
+    loaded = loaded_by_import()
+    for module in ("sqlite3", "httpx", "fastapi", "uvicorn", "rich", "boto3"):
+        assert module not in loaded
+    for module in (
+        "eventual_nb.testing",
+        "eventual_nb.runtime.local",
+        "eventual_nb.client",
+        "eventual_nb.runtime.testing",
+    ):
+        assert module not in loaded
+
+
+def test_every_public_name_resolves_and_lazy_ones_are_the_defining_objects() -> None:
+    import eventual_nb as ev
+    from eventual_nb import testing
+    from eventual_nb.client import ServiceClient
+    from eventual_nb.engine.history import HistoryEvent, LogEntry
+    from eventual_nb.runtime.core.schedules import ScheduleInfo
+    from eventual_nb.runtime.local import LocalRuntime
+
+    for name in ev.__all__:
+        assert getattr(ev, name) is not None, name
+    assert ev.testing is testing
+    assert ev.ServiceClient is ServiceClient
+    assert ev.LocalRuntime is LocalRuntime
+    assert ev.ScheduleInfo is ScheduleInfo
+    assert ev.LogEntry is LogEntry
+    assert ev.HistoryEvent == HistoryEvent
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import eventual_nb as ev
+
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        ev.NoSuchThing  # noqa: B018
