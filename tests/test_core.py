@@ -189,3 +189,26 @@ def test_which_deadline_an_attempt_missed() -> None:
     assert core.missed_deadline(beaten.deadline, beaten.heartbeat, T0 + timedelta(seconds=40)) is core.Outcome.TIMED_OUT
     assert core.missed_deadline(30.0, 29.0, 40.0) is core.Outcome.HEARTBEAT_MISSED  # seconds work the same
     assert core.attempt_deadlines(core.ActivityOptions(), T0) is core.NO_DEADLINES
+
+
+def test_sends_too_large_for_aws_fail_their_call_or_are_dropped_with_the_reason() -> None:
+    """`limits.refuse_sends`: what the AWS orchestrator does with a turn's oversized sends (the behavioural
+    test in test_local_runtime drives an activity input, an event and a result through a deployed stack)."""
+    from eventual_nb.engine.history import ChildWorkflowFailed, SignalReceived
+    from eventual_nb.runtime.core import limits
+    from eventual_nb.runtime.core.actions import Deliver, Publish, StartChild
+
+    big = "x" * (limits.SQS_MESSAGE_BYTES + 1)
+    child = StartChild("p/1", 3, "child", "child/1", "x" * limits.DYNAMODB_ITEM_BYTES, None, T0)
+    signal = Deliver("other/1", SignalReceived(timestamp=T0, signal="go", payload=big, id="s"))
+    small_signal = Deliver("other/1", SignalReceived(timestamp=T0, signal="go", payload="ok", id="t"))
+    publish = Publish([{"name": "Big", "event": {"pad": big}}, {"name": "Small", "event": {}}], "svc")
+    kept, lines = limits.refuse_sends("p/1", [child, signal, small_signal, publish], T0)
+    assert kept[0] == Deliver("p/1", kept[0].event)  # the child's call fails in the parent
+    assert isinstance(kept[0].event, ChildWorkflowFailed)
+    assert (kept[0].event.seq, kept[0].event.error) == (3, "PayloadTooLarge")
+    assert kept[1:] == [small_signal, Publish([{"name": "Small", "event": {}}], "svc")]
+    assert [line.split(":")[0] for line in lines] == ["refused on AWS", "not sent on AWS", "not published on AWS"]
+    assert "child execution 'child/1'" in lines[0]
+    assert "signal 'go' to 'other/1'" in lines[1]
+    assert "event 'Big'" in lines[2]

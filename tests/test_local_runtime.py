@@ -720,6 +720,55 @@ async def test_payloads_too_large_for_aws_are_refused_there_and_warned_about_els
     assert all('see "Service limits" in the README' in line for line in warnings)
 
 
+@ev.activity
+async def lr_measure(data: dict[str, Any]) -> int:
+    return len(data["pad"])
+
+
+@ev.workflow
+async def lr_sends(size: int) -> dict[str, Any]:
+    """What the workflow itself sends may be too large for AWS: an event it publishes, an activity's input, its
+    result."""
+    await ev.publish(LrBulky(pad="e" * size))
+    try:
+        measured: Any = await lr_measure({"pad": "i" * size})
+    except ev.ActivityFailed as exc:
+        measured = exc.error
+    return {"measured": measured, "pad": "r" * BIG_INPUT}
+
+
+async def test_what_the_workflow_sends_too_large_for_aws_fails_the_call_there_and_is_warned_about_elsewhere(
+    rig: Rig,
+) -> None:
+    """On AWS nothing too large is handed to SQS, EventBridge or the execution's record, where it would be
+    refused after the turn was committed and retried until it ended in a dead-letter queue: the activity call
+    fails with `PayloadTooLarge`, the event is not published and the log says why, and the execution ends
+    FAILED with `PayloadTooLarge` for its result. Elsewhere all of it goes through with a warning each."""
+    handle = await lr_sends.start(BIG_PAYLOAD)
+    if rig.kind == "aws":
+        with pytest.raises(ev.ExecutionFailed) as info:
+            await rig.finish(handle)
+        assert info.value.error == "PayloadTooLarge"
+        assert f"the result of execution '{handle.id}' is" in info.value.message
+        history = await handle.history()
+        (failed,) = [event for event in history if event.type == "ActivityFailed"]
+        assert failed.error == "PayloadTooLarge"
+        assert "the input of activity 'lr_measure'" in failed.message
+        lines = [entry.message for entry in await handle.logs() if entry.source == "runtime"]
+        assert any(line.startswith("not published on AWS: event 'LrBulky'") for line in lines)
+        assert any(line.startswith(f"refused on AWS: the result of execution '{handle.id}'") for line in lines)
+        return
+    assert (await rig.finish(handle))["measured"] == BIG_PAYLOAD
+    warnings = [entry.message for entry in await handle.logs() if entry.source == "runtime"]
+    assert sorted(line.split(" is ")[0] for line in warnings) == sorted(
+        [
+            f"warning: would not fit on AWS: event 'LrBulky' published by '{handle.id}'",
+            "warning: would not fit on AWS: the input of activity 'lr_measure' (seq 1)",
+            f"warning: would not fit on AWS: the result of execution '{handle.id}'",
+        ]
+    )
+
+
 async def test_running_out_of_attempts_reports_the_last_error(rig: Rig) -> None:
     ATTEMPTS.clear()
     handle = await lr_retrying.start(10)

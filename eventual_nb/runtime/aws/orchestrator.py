@@ -382,7 +382,9 @@ class Orchestrator:
         executor, started = step.executor, step.started
         expected = progress.length
         progress.observe(step.events)
-        turn = core.turn(executor, step.output, step.lineage, now=None, status_of=self._status_of)
+        turn = core.turn(
+            executor, step.output, step.lineage, now=None, status_of=self._status_of, refuse_oversized=True
+        )
         actions: list[core.Action] = list(turn.actions)
         if step.begun is not None and step.begun.timeout is not None:
             actions.append(step.begun.timeout)

@@ -167,6 +167,7 @@ def turn(
     *,
     now: datetime | None,
     status_of: StatusLookup,
+    refuse_oversized: bool = False,
 ) -> Turn:
     """The turn of `output`, the step `executor` just made.
 
@@ -176,7 +177,9 @@ def turn(
     `status_of` is asked about the target of each signal the workflow sends: a signal to an execution that
     does not exist or has ended is not delivered, and the sender's log says so (a child this turn starts
     counts as running: its start is carried out before the signal). The turn's logs end with a warning for
-    each payload it records or sends that would not fit on AWS (`limits.turn_warnings`)."""
+    each payload it records or sends that would not fit on AWS (`limits.turn_warnings`); with
+    `refuse_oversized` (the AWS runtime) what the turn sends that would not fit is refused instead
+    (`limits.refuse_sends`: the call that hit the limit fails)."""
     logs = output.logs
     actions: list[Action] = []
     execution_id = executor.execution_id
@@ -199,9 +202,12 @@ def turn(
     if terminal is not None:
         actions.extend(_ending(execution_id, terminal, executor.open_children, lineage, now))
     started = [executor.started] if executor.began and executor.started is not None else []
-    warnings = limits.turn_warnings(execution_id, [*started, *output.events], actions)
+    when = now if now is not None else executor.now
+    refused: list[str] = []
+    if refuse_oversized:
+        actions, refused = limits.refuse_sends(execution_id, actions, when)
+    warnings = [*refused, *limits.turn_warnings(execution_id, [*started, *output.events], actions)]
     if warnings:
-        when = now if now is not None else executor.now
         logs = [*logs, *(LogEntry(time=when, message=line, source="runtime") for line in warnings)]
     return Turn(logs, actions)
 

@@ -15,13 +15,21 @@ orchestrator function) less `INLINE_SAFETY` (kept to commit what the attempt ret
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventual_nb import errors
-from eventual_nb.engine.history import HistoryEvent, SignalReceived, WorkflowStarted, WorkflowSucceeded
-from eventual_nb.runtime.core.actions import Action, Deliver, Publish, StartAttempt, StartChild
+from eventual_nb.engine.history import (
+    ActivityFailed,
+    ChildWorkflowFailed,
+    HistoryEvent,
+    SignalReceived,
+    WorkflowStarted,
+    WorkflowSucceeded,
+)
+from eventual_nb.runtime.base import ExecutionStatus
+from eventual_nb.runtime.core.actions import Action, Deliver, Finish, Publish, StartAttempt, StartChild
 from eventual_nb.runtime.core.attempts import AttemptOutcome, Outcome, failed
 from eventual_nb.serde import compact_json
 
@@ -180,3 +188,61 @@ def turn_warnings(execution_id: str, events: Sequence[HistoryEvent], actions: Se
             for item in action.envelopes:
                 checks.append((EVENT, item, f"event '{item.get('name')}' published by '{execution_id}'"))
     return [warning for limit, value, of in checks if (warning := aws_warning(limit, value, of)) is not None]
+
+
+def refuse_sends(execution_id: str, actions: Sequence[Action], when: datetime) -> tuple[list[Action], list[str]]:
+    """What the AWS runtime does with what a turn sends that would not fit: the call that hit the limit fails,
+    nothing is sent to be refused and retried later. Returns the actions to carry out and a log line for each
+    refusal.
+
+    * an activity's input: the call fails (`ActivityFailed` with `PayloadTooLarge`, delivered to the execution:
+      never retried, the same input would come again);
+    * a child's input: the call fails the same way (`ChildWorkflowFailed`);
+    * a signal the workflow sends, an event it publishes: not sent, and its log says why (sending them does not
+      wait for an answer, so there is no call to fail);
+    * the workflow's result: the execution ends FAILED with `PayloadTooLarge` (its record could not hold it)."""
+    kept: list[Action] = []
+    lines: list[str] = []
+    error = errors.PayloadTooLarge.__name__
+    for action in actions:
+        if isinstance(action, StartAttempt):
+            problem = too_large(ACTIVITY_INPUT, action.input, f"activity '{action.name}' (seq {action.seq})")
+            if problem is not None:
+                failure = ActivityFailed(seq=action.seq, timestamp=when, error=error, message=problem)
+                kept.append(Deliver(execution_id, failure))
+                lines.append(f"refused on AWS: {problem}")
+                continue
+        elif isinstance(action, StartChild):
+            problem = too_large(WORKFLOW_INPUT, action.input, f"child execution '{action.child_id}'")
+            if problem is not None:
+                kept.append(
+                    Deliver(
+                        execution_id, ChildWorkflowFailed(seq=action.seq, timestamp=when, error=error, message=problem)
+                    )
+                )
+                lines.append(f"refused on AWS: {problem}")
+                continue
+        elif isinstance(action, Deliver) and isinstance(action.event, SignalReceived):
+            signal = action.event
+            problem = too_large(SIGNAL_PAYLOAD, signal.payload, f"signal '{signal.signal}' to '{action.target}'")
+            if problem is not None:
+                lines.append(f"not sent on AWS: {problem}")
+                continue
+        elif isinstance(action, Publish):
+            envelopes = []
+            for item in action.envelopes:
+                problem = too_large(EVENT, item, f"event '{item.get('name')}' published by '{execution_id}'")
+                if problem is None:
+                    envelopes.append(item)
+                else:
+                    lines.append(f"not published on AWS: {problem}")
+            if not envelopes:
+                continue
+            action = replace(action, envelopes=envelopes)
+        elif isinstance(action, Finish) and action.status == ExecutionStatus.SUCCEEDED:
+            problem = too_large(WORKFLOW_RESULT, action.result, f"execution '{execution_id}'")
+            if problem is not None:
+                action = replace(action, status=ExecutionStatus.FAILED, result=None, error=error, message=problem)
+                lines.append(f"refused on AWS: {problem}")
+        kept.append(action)
+    return kept, lines
