@@ -346,9 +346,11 @@ class ServedDefinitions:
         AWS (`core.limits.result_warning`; an inline activity's result has no such limit)."""
         from eventual_nb.runtime.core.limits import result_warning
 
+        warning = result_warning(outcome, name, seq, execution_id, inline=False)
+        if warning is None:
+            return None  # the usual case, decided without looking the activity up (this runs on every attempt)
         definition = self.activity_definition(name)
-        inline = definition is not None and definition.inline
-        return result_warning(outcome, name, seq, execution_id, inline=inline)
+        return None if definition is not None and definition.inline else warning
 
     @classmethod
     def of(cls, services: list[Any]) -> ServedDefinitions:
