@@ -1,4 +1,4 @@
-"""`python -m benchmarks.profile_step [--runs N] [--steps S] [--top K] [--sort tottime|cumtime]`: where the CPU
+"""`python -m benchmarks.profile_step [--runs N] [--steps S] [--top K] [--sort tottime|cumtime|ncalls]`: where the CPU
 of a step goes.
 
 Runs the `local_latency` workflow (one execution of S no-op activity steps, on a LocalRuntime with
@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="activity steps per execution (default 10)")
     parser.add_argument("--top", type=int, default=30, help="frames to print (default 30)")
     parser.add_argument(
-        "--sort", choices=["tottime", "cumtime"], default="tottime", help="order of the frames (default tottime)"
+        "--sort",
+        choices=["tottime", "cumtime", "ncalls"],
+        default="tottime",
+        help="order of the frames: own time, time with callees, or calls (default tottime)",
     )
     args = parser.parse_args(argv)
     asyncio.run(profile(args.runs, args.steps, args.top, args.sort))
