@@ -9,7 +9,9 @@ the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ex
 then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`),
 then the execution timeline's build and draw times by history length (`benchmarks.timeline`), then entity
 operations per second on the LocalRuntime and requests and cost per entity operation on AWS
-(`benchmarks.entities`).
+(`benchmarks.entities`), then how the LocalRuntime's costs grow with the work it holds, each at three
+sizes (`benchmarks.scale`: executions in flight, stored executions listed by workflow and status, a long
+history replayed, a burst of starts through `eventual-nb serve`, and new work beside 100,000 waiting).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 import sys
 from typing import Any
 
-from benchmarks import aws, engine, entities, kernel, local, schedules, timeline
+from benchmarks import aws, engine, entities, kernel, local, scale, schedules, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -40,6 +42,7 @@ NAMES = [
     *aws.BENCHMARKS,
     *timeline.BENCHMARKS,
     *entities.BENCHMARKS,
+    *scale.BENCHMARKS,
 ]
 
 
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_results = run(aws)
         timeline_results = run(timeline)
         entity_results = run(entities)
+        scale_results = run(scale)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -118,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         table.title = f"{result.title} (no peer; absolute numbers)"
         console.print(table)
         print_notes(console, [result])
+    for comparison in scale_results:
+        table = render_comparisons([comparison])
+        table.title = f"scale: {comparison.title} (one column per size)"
+        console.print(table)
+        print_notes(console, [comparison])
     if args.json:
         write_json(
             args.json,
@@ -131,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 *aws_results,
                 *timeline_results,
                 *entity_results,
+                *scale_results,
             ],
         )
         console.print(f"results written to {args.json}")

@@ -204,6 +204,9 @@ class EngineRun:
     history_events: int
     replays: int
     replayed_events: int
+    #: the run's history and execution id (what a replay of it needs)
+    history: list[HistoryEvent]
+    execution_id: str
 
 
 def drive_engine(steps: int, *, always_replay: bool = False) -> EngineRun:
@@ -239,7 +242,7 @@ def drive_engine(steps: int, *, always_replay: bool = False) -> EngineRun:
     terminal = executor.terminal
     if not isinstance(terminal, WorkflowSucceeded) or terminal.result != expected_sum(steps):
         raise RuntimeError(f"engine run of {steps} steps ended with {terminal!r}")
-    return EngineRun(step_count, len(history), replays, replayed_events)
+    return EngineRun(step_count, len(history), replays, replayed_events, history, execution_id)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -359,27 +359,47 @@ async def _two_step_batches(runtime: ev.LocalRuntime, batch: int, batches: int) 
     return times
 
 
+async def _start_sleepers(runtime: ev.LocalRuntime, count: int, chunk: int = 5_000) -> list[str]:
+    """Start `count` executions waiting on a one-hour timer; their ids, once each has set its timer.
+
+    Ids, not handles: strings are not tracked by the garbage collector, so holding 100,000 of them does not
+    slow the work measured beside them (a server does not hold a handle per execution it started)."""
+    steps = runtime.steps
+    sleepers: list[str] = []
+    for first in range(0, count, chunk):
+        handles = await asyncio.gather(*(bench_waits_an_hour.start() for _ in range(min(chunk, count - first))))
+        sleepers += [handle.id for handle in handles]
+    # every sleeper has taken its first step (its timer is set): the runtime counts steps, it has no event
+    while runtime.steps - steps < count:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    return sleepers
+
+
 async def local_in_flight(params: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """`waiting` is one count or a rising list of counts: the batches run beside each in turn (one runtime,
+    sleepers added up to the next count), so `levels` holds [count, batch times, executors cached] per count."""
     waiting, batch, batches = params["waiting"], params["batch"], params["batches"]
+    counts = waiting if isinstance(waiting, list) else [waiting]
+    _check(counts == sorted(counts), f"waiting counts must rise: {counts}")
     for name in ("alone", "beside"):
         (directory / name).mkdir(exist_ok=True)
     async with _runtime(directory / "alone", "full") as runtime:
         _check(await bench_steps(2) == expected_sum(2), "warm-up run returned a wrong result")
         alone = await _two_step_batches(runtime, batch, batches)
+    levels: list[list[Any]] = []
     async with _runtime(directory / "beside", "full") as runtime:
         _check(await bench_steps(2) == expected_sum(2), "warm-up run returned a wrong result")
-        steps = runtime.steps
-        sleepers = await asyncio.gather(*(bench_waits_an_hour.start() for _ in range(waiting)))
-        # every sleeper has taken its first step (its timer is set): the runtime counts steps, it has no event
-        while runtime.steps - steps < waiting:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        replays = runtime.replays
-        beside = await _two_step_batches(runtime, batch, batches)
-        _check(runtime.replays == replays, "executions were replayed from scratch")
-        statuses = {(await runtime.get_execution(handle.id)).status for handle in sleepers[:: max(1, waiting // 50)]}
+        sleepers: list[str] = []
+        for count in counts:
+            sleepers += await _start_sleepers(runtime, count - len(sleepers))
+            replays = runtime.replays
+            times = await _two_step_batches(runtime, batch, batches)
+            _check(runtime.replays == replays, "executions were replayed from scratch")
+            levels.append([count, times, _cached_executors(runtime)])
+        sample = sleepers[:: max(1, len(sleepers) // 50)]
+        statuses = {(await runtime.get_execution(execution_id)).status for execution_id in sample}
         _check(statuses == {ev.ExecutionStatus.IN_PROGRESS}, f"sleepers ended: {statuses}")
-        cached = _cached_executors(runtime)
-    return {"alone": alone, "beside": beside, "cached_executors": cached}
+    return {"alone": alone, "beside": levels[-1][1], "cached_executors": levels[-1][2], "levels": levels}
 
 
 # ---------------------------------------------------------------------------------------- DBOS workers
@@ -536,12 +556,16 @@ WORKERS: dict[str, Callable[[dict[str, Any], Path], Any]] = {
 }
 
 
-def worker_main(argv: list[str]) -> int:
-    """`python -m benchmarks.local worker TASK PARAMS_JSON OUT_PATH`: one measurement in this process."""
-    if len(argv) != 4 or argv[0] != "worker" or argv[1] not in WORKERS:
-        print(f"usage: python -m benchmarks.local worker {{{','.join(WORKERS)}}} PARAMS_JSON OUT_PATH")
+def worker_main(
+    argv: list[str],
+    workers: dict[str, Callable[[dict[str, Any], Path], Any]] = WORKERS,
+    module: str = "benchmarks.local",
+) -> int:
+    """`python -m MODULE worker TASK PARAMS_JSON OUT_PATH`: one measurement (`workers[TASK]`) in this process."""
+    if len(argv) != 4 or argv[0] != "worker" or argv[1] not in workers:
+        print(f"usage: python -m {module} worker {{{','.join(workers)}}} PARAMS_JSON OUT_PATH")
         return 2
-    task, params, out = WORKERS[argv[1]], json.loads(argv[2]), Path(argv[3])
+    task, params, out = workers[argv[1]], json.loads(argv[2]), Path(argv[3])
     directory = out.parent
     value = task(params, directory)
     if asyncio.iscoroutine(value):
@@ -554,10 +578,13 @@ def worker_main(argv: list[str]) -> int:
 
 
 class Workspace:
-    """A temporary directory with one subdirectory (and one Python process) per measurement."""
+    """A temporary directory with one subdirectory (and one Python process) per measurement.
 
-    def __init__(self, sizes: Sizes) -> None:
+    `module` is what runs each measurement (`python -m MODULE worker TASK ...`, its `worker_main`)."""
+
+    def __init__(self, sizes: Any, module: str = "benchmarks.local") -> None:
         self.sizes = sizes
+        self.module = module
         self._temp = tempfile.TemporaryDirectory(prefix="eventual-nb-bench-")
         self.root = Path(self._temp.name)
         self._count = 0
@@ -572,13 +599,14 @@ class Workspace:
     def close(self) -> None:
         self._temp.cleanup()
 
-    def run(self, task: str, params: dict[str, Any]) -> dict[str, Any]:
+    def run(self, task: str, params: dict[str, Any], module: str | None = None) -> dict[str, Any]:
+        """Run `task` of `module` (default: the workspace's) in a new process; what it returned (JSON)."""
         self._count += 1
         directory = self.root / f"{self._count:02d}-{task}"
         directory.mkdir()
         out = directory / "result.json"
         completed = subprocess.run(
-            [sys.executable, "-m", "benchmarks.local", "worker", task, json.dumps(params), str(out)],
+            [sys.executable, "-m", module or self.module, "worker", task, json.dumps(params), str(out)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -852,7 +880,7 @@ def in_flight(sizes: Sizes, workspace: Workspace) -> Comparison:
             {LOCAL: mean(beside_cpu)},
             "/s",
         )
-    comparison.add("cached_executors", "executors cached (the waiting ones)", {LOCAL: found["cached_executors"]})
+    comparison.add("cached_executors", "executors cached (an hour away: none)", {LOCAL: found["cached_executors"]})
     comparison.notes.append(
         "each batch is started at once and awaited; the waiting executions sleep one hour, so they take no "
         "step during the measurement (no replays: checked). CPU time does not stretch when other work shares "

@@ -4,15 +4,18 @@ The benchmarks are not tests of speed (timings are never asserted), but the fact
 on are checked here: every benchmark produced numbers, cached instances never replay from scratch,
 replay-every-step replays once per step, the daily-timer workflow ends exactly N virtual days after
 its start, LocalRuntime group-commits concurrent work, commits once per workflow step, runs in WAL with
-synchronous=FULL, keeps no completed execution in memory and runs batches beside executions waiting on a timer, DBOS is either measured (when it is
-installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), the
+synchronous=FULL, keeps no completed execution in memory and runs batches beside executions waiting on a
+far timer (kept only in the database), DBOS is either measured (when it is installed) or reported as "not installed" without failing the run (CI has only the `dev` extra), the
 kernel extension loads the LocalRuntime in a real kernel whose execution widgets show each result, the
 schedules benchmark ran every fire once and its scheduler never woke to find nothing due, and
 the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consistent with the turns the
 orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
 per step when cold. The entity benchmarks commit every lone write on its own and group concurrent ones
 on the LocalRuntime, and on AWS make one DynamoDB request per operation (the tutorial's debit three),
-a transaction of two writes costing 4 write units.
+a transaction of two writes costing 4 write units. The scale benchmarks report each figure at three sizes:
+executions waiting on timers and signals never wake the scheduler while nothing is due and their timers
+never fire early, a filtered listing is read in index order (no sort of the matching rows), and new work
+ran beside every level of waiting executions.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ AWS = {"aws", "aws_timer_signal"}
 TIMELINE = {"timeline"}
 SCHEDULES = {"local_schedules"}
 ENTITIES = {"entities_local", "entities_aws"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | SCHEDULES | ENTITIES
+#: {size column: {metric: value}}, one column per size
+SCALE = {"scale_waiting", "scale_listing", "scale_history", "scale_http", "scale_work_while_waiting"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | SCHEDULES | ENTITIES | SCALE
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
@@ -76,8 +81,9 @@ def test_every_benchmark_reports_numbers(report: dict) -> None:
     for key, bench in report["benchmarks"].items():
         assert bench["results"], f"{key} reported nothing"
         # engine benchmarks report one system's numbers; comparisons report {system: {metric: value}}
-        per_system = bench["results"] if key in COMPARED else {COMPARED.get(key, "engine"): bench["results"]}
-        assert per_system.get(COMPARED.get(key, "engine")), f"{key} has no numbers of its main system"
+        main = next(iter(bench["systems"])) if key in SCALE else COMPARED.get(key, "engine")
+        per_system = bench["results"] if key in COMPARED or key in SCALE else {main: bench["results"]}
+        assert per_system.get(main), f"{key} has no numbers of its main system"
         for system, values in per_system.items():
             for name, value in values.items():
                 assert _is_number(value), f"{key}.{system}.{name} is not a number: {value!r}"
@@ -179,7 +185,7 @@ def test_local_in_flight_ran_every_batch_beside_the_waiting_executions(report: d
     assert local["alone_per_second"] > 0
     assert local["beside_per_second"] > 0
     assert local["slowdown"] > 0
-    assert 0 < local["cached_executors"] <= bench["params"]["waiting"]
+    assert local["cached_executors"] == 0  # sleepers an hour away are not kept: replayed when their timer fires
 
 
 def test_kernel_benchmarks_load_the_runtime_and_see_every_widget_update(report: dict) -> None:
@@ -371,3 +377,59 @@ def test_the_step_profiler_runs_the_workflow_and_prints_its_top_frames() -> None
     assert "3 runs × 2 steps on LocalRuntime" in completed.stdout
     assert "µs per step" in completed.stdout
     assert "ncalls" in completed.stdout
+
+
+def _columns(bench: dict, sizes: list[int]) -> list[dict]:
+    """The results of a scale benchmark, one dict per size (in order), each size measured."""
+    assert len(sizes) == 3, "a curve has three sizes"
+    assert list(bench["systems"]) == [f"n{size}" for size in sizes]
+    return [bench["results"][f"n{size}"] for size in sizes]
+
+
+def test_scale_waiting_executions_sleep_until_due_and_no_timer_fires_early(report: dict) -> None:
+    """With every timer ahead, the scheduler did not wake once in the idle window (no polling), whatever the
+    number in flight; each timer fired at or after its deadline (the benchmark checks every one)."""
+    bench = report["benchmarks"]["scale_waiting"]
+    for size, found in zip(bench["params"]["executions"], _columns(bench, bench["params"]["executions"]), strict=True):
+        assert found["idle_wakeups"] == 0, size
+        assert 0 <= found["late_p50_ms"] <= found["late_p99_ms"] <= found["late_max_ms"], size
+        assert found["rss_mb"] > 0
+        assert 0 < found["cached_executors"] <= size
+
+
+def test_scale_listing_reads_a_status_in_index_order(report: dict) -> None:
+    """Listing by workflow and one status (either order) walks the index in the order of the page: no sort of
+    every matching row, so the page costs the same however many are stored (the benchmark fails outright
+    when a listing scans the table instead of searching an index)."""
+    bench = report["benchmarks"]["scale_listing"]
+    for found in _columns(bench, bench["params"]["executions"]):
+        assert found["one_status_sorts"] == 0
+        assert found["newest_first_sorts"] == 0
+        for name in ("one_status", "two_statuses", "newest_first", "workflow_only"):
+            assert found[f"{name}_p50_ms"] > 0
+        assert found["created_per_second"] > 0
+    assert all(plan.startswith("SEARCH executions USING") for plan in bench["info"].values())
+
+
+def test_scale_history_and_http_report_each_size(report: dict) -> None:
+    history = report["benchmarks"]["scale_history"]
+    for found in _columns(history, history["params"]["events"]):
+        assert found["replay_seconds"] > 0
+        assert found["us_per_event"] > 0
+        assert found["history_mb"] > 0
+    burst = report["benchmarks"]["scale_http"]
+    for found in _columns(burst, burst["params"]["burst"]):
+        assert found["starts_per_second"] > 0
+        assert 0 < found["ack_p50_ms"] <= found["ack_p99_ms"]
+
+
+def test_scale_work_ran_beside_every_level_of_waiting_executions(report: dict) -> None:
+    bench = report["benchmarks"]["scale_work_while_waiting"]
+    levels = bench["params"]["waiting"]
+    assert levels[0] == 0
+    columns = _columns(bench, levels)
+    assert columns[0]["cpu_ratio"] == pytest.approx(1.0)
+    for size, found in zip(levels[1:], columns[1:], strict=True):
+        assert found["per_cpu_second"] > 0
+        assert found["cpu_ratio"] == pytest.approx(columns[0]["per_cpu_second"] / found["per_cpu_second"])
+        assert found["cached_executors"] == 0, size  # an hour away: replayed when due, not kept

@@ -1800,3 +1800,27 @@ async def test_changed_code_blocks_the_execution_until_a_compatible_definition_r
         assert (finished.status, finished.result) == (ev.ExecutionStatus.SUCCEEDED, "old")
         assert rt.blocked() == {}
         assert await replay_divergences(rt) == []
+
+
+@ev.workflow
+async def lr_sleeps_for(seconds: int) -> str:
+    await ev.sleep(timedelta(seconds=seconds))
+    return f"slept {seconds} s"
+
+
+async def test_an_execution_asleep_on_a_far_timer_is_not_kept_in_memory(tmp_path: Path) -> None:
+    """An instance waiting on nothing but a timer over a minute away is dropped after its step and replayed from
+    its history when the timer fires; a nearer timer keeps its instance cached. (Thousands of cached sleepers
+    slowed every unrelated step through the garbage collector: `benchmarks.scale`'s work while work waits.)"""
+    clock = ev.testing.ManualClock(datetime(2025, 1, 6, 9, tzinfo=UTC))
+    async with local_runtime(tmp_path / "state.db", clock=clock) as rt:
+        far = await lr_sleeps_for.start(3600, name="far")
+        near = await lr_sleeps_for.start(30, name="near")
+        for handle in (far, near):
+            await wait_for(lambda h=handle: _has(rt, h.id, "TimerScheduled"), "the timer")
+        assert set(rt._executors) == {near.id}
+        clock.advance("1h")
+        assert await far.result(timeout=WAIT) == "slept 3600 s"
+        assert await near.result(timeout=WAIT) == "slept 30 s"
+        assert rt.replays == 1  # the far sleeper, rebuilt once from its history
+        assert len(rt._executors) == 0

@@ -93,6 +93,8 @@ T = TypeVar("T")
 
 #: rounds of workflow steps folded into one transaction before committing
 MAX_ROUNDS_PER_COMMIT = 20
+#: an instance waiting on nothing but timers due further away than this is not cached (`_waits_only_on_far_timers`)
+FAR_TIMER = timedelta(minutes=1)
 
 
 class _Resumed:
@@ -707,11 +709,25 @@ class LocalRuntime(RuntimeBase):
         if executor.ended:
             executor.close()
             self._pinned.pop(execution_id, None)
+        elif self._waits_only_on_far_timers(executor, turn.actions):
+            executor.close()  # replayed from its history when its timer fires
         else:
             self._executors[execution_id] = cached
             while len(self._executors) > self._max_cached:
                 _, evicted = self._executors.popitem(last=False)
                 evicted.executor.close()
+
+    def _waits_only_on_far_timers(self, executor: WorkflowExecutor, actions: list[core.Action]) -> bool:
+        """Whether a step that armed a timer left the execution waiting on timers alone, each at least
+        `FAR_TIMER` away: such an instance is not kept. Thousands of cached instances asleep for hours cost
+        every unrelated step through the garbage collector, which walks them all (two-step executions ran
+        1.5× slower per CPU-second beside 10,000 sleeping an hour; `benchmarks.scale`), while replaying one
+        short history when its timer fires costs about a step."""
+        if not any(isinstance(action, ArmTimer) for action in actions):
+            return False
+        horizon = self._work.moment + FAR_TIMER
+        waits = executor.open_waits()
+        return bool(waits) and all(wait.kind == "timer" and wait.until and wait.until > horizon for wait in waits)
 
     def _block(self, execution_id: str, error: errors.EventualError, now: float) -> None:
         """The execution cannot step (changed code, missing definition): it waits, IN_PROGRESS, with a note."""
