@@ -591,7 +591,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         environment_signing_key()  # the runtime reads it at start, inside the server: refuse a bad one here
         _check_database(db)
-        runtime = ev.LocalRuntime(path=str(db), services=[*services])
+        bus = _check_bus(Path(args.bus) if args.bus else None, db)
+        runtime = ev.LocalRuntime(path=str(db), services=[*services], bus=bus)
         wide = args.host not in LOOPBACK_HOSTS  # clients name the machine however they reach it
         app = create_app(runtime, services, token=token, allowed_hosts=["*"] if wide else args.allow_host)
     except ev.EventualError as exc:
@@ -599,7 +600,7 @@ def serve(args: argparse.Namespace) -> int:
     names = ", ".join(service.name for service in services)
 
     def ready(url: str) -> None:
-        print(f"serving {names} on {url} (db {db})", file=sys.stderr, flush=True)
+        print(f"serving {names} on {url} (db {db}, event bus {bus})", file=sys.stderr, flush=True)
 
     try:
         serve_app(app, args.host, args.port, on_ready=ready)  # blocks until SIGINT/SIGTERM
@@ -622,6 +623,16 @@ def _check_database(db: Any) -> None:
         Database(db).close()
     except (OSError, sqlite3.Error) as exc:
         raise errors.EventualError(f"cannot open the database {db}: {type(exc).__name__}: {exc}") from None
+
+
+def _check_bus(bus: Any, db: Any) -> Any:
+    """The event bus to serve with (`--bus`, else `bus.db` beside the database), opened and closed once
+    here for the same reason as the database."""
+    from eventual_nb.runtime.local.bus import Bus, default_bus_path
+
+    path = bus if bus is not None else default_bus_path(db)
+    Bus(path).close()
+    return path
 
 
 # -- export -------------------------------------------------------------------------------------------
@@ -966,6 +977,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", "serve a service over HTTP with the local runtime", plain, serve)
     p.add_argument("target", metavar="TARGET", help="a .py file, a module, an exported package dir or a notebook")
     p.add_argument("--db", metavar="PATH", help="SQLite database of the local runtime (default .eventual/<service>.db)")
+    p.add_argument(
+        "--bus",
+        metavar="PATH",
+        help="event bus shared with the services other processes serve (default bus.db beside the database, so "
+        "services served from one directory exchange events)",
+    )
     p.add_argument(
         "--host",
         default=DEFAULT_HOST,
