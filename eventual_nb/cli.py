@@ -498,6 +498,32 @@ async def _publish(client: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+#: how much of an event's fields the `events` table shows
+PREVIEW_CHARS = 60
+
+
+async def _events(client: Any, args: argparse.Namespace, out: Output) -> int:
+    from eventual_nb import errors
+    from eventual_nb.runtime.base import check_max_results
+
+    try:
+        check_max_results(args.max_results)
+    except errors.InputValidationError as exc:
+        raise UsageError(f"--max-results: {exc.message}") from None
+    events = await client.list_events(max_results=args.max_results, source=args.source, name=args.name)
+    if out.as_json:
+        out.json(events)
+        return 0
+    rows = []
+    for event in events:
+        payload = _cell(event.event)
+        if len(payload) > PREVIEW_CHARS:
+            payload = payload[: PREVIEW_CHARS - 1] + "…"
+        rows.append([event.time, event.source, event.name, payload])
+    out.table(f"{len(rows)} event(s), newest first", ["time", "source", "name", "payload"], rows)
+    return 0
+
+
 async def _cancel(client: Any, args: argparse.Namespace, out: Output) -> int:
     await client.cancel_execution(args.id)
     if out.as_json:
@@ -1168,6 +1194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("publish", "publish an event", client, client_verb(_publish))
     p.add_argument("event", metavar="EVENT", help="event name")
     p.add_argument("payload", nargs="?", metavar="PAYLOAD", help="the event's fields as a JSON object")
+
+    p = add(
+        "events",
+        "list the recent events on the event bus (a local server's: every service's there), newest first",
+        client,
+        client_verb(_events),
+    )
+    p.add_argument("--source", metavar="SERVICE", help="only the events this service published")
+    p.add_argument("--name", metavar="EVENT", help="only events of this name")
+    p.add_argument("--max-results", type=int, default=20, metavar="N", help="how many (default 20, at most 1000)")
 
     return parser
 

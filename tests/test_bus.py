@@ -31,6 +31,7 @@ from eventual_nb.runtime import core
 from eventual_nb.runtime.local import buslink
 from eventual_nb.runtime.local.bus import Bus, Outgoing
 from eventual_nb.runtime.local.store import Database
+from tests.server_support import run_server
 
 #: how long a test waits for a delivery before failing (real seconds)
 WAIT = 20
@@ -44,6 +45,10 @@ class BusTransferred(ev.Event):
 
 #: (subscription, transfer id) of every delivery, in this process
 RECEIVED: list[tuple[str, str]] = []
+
+
+class BusRefused(ev.Event):
+    id: str
 
 
 @ev.workflow
@@ -69,6 +74,16 @@ def bus_notify(event: Any) -> None:
 def bus_notes_own(event: Any) -> None:
     """Subscribes to its own service's `BusTransferred`: the bank's never reach it."""
     RECEIVED.append(("own", event.id if isinstance(event, BusTransferred) else event["id"]))
+
+
+@ev.subscription(
+    "BusRefused",
+    source="tests-bus-bank",
+    name="bus-refuse",
+    retry=ev.RetryPolicy(max_attempts=2, initial_interval="0.01s"),
+)
+def bus_refuse(event: Any) -> None:
+    raise ValueError(f"refusing {event['id'] if isinstance(event, dict) else event.id}")
 
 
 def received(prefix: str) -> Counter[tuple[str, str]]:
@@ -253,6 +268,63 @@ def test_a_runtime_serving_the_source_service_does_not_take_its_events_from_the_
     assert core.bus_subscriptions_for([NOTES, BANK], "BusTransferred", BANK.name) == []
     assert core.bus_subscriptions_for([NOTES], "BusTransferred", None) == []
     assert core.bus_subscriptions_for([NOTES], "Other", BANK.name) == []
+
+
+async def test_a_delivery_from_the_bus_that_keeps_failing_is_a_dead_letter_of_its_subscription(tmp_path: Path) -> None:
+    async with (
+        ev.LocalRuntime(tmp_path / "notes.db", service=NOTES) as notes,
+        ev.LocalRuntime(tmp_path / "bank.db", service=BANK) as bank,
+    ):
+        await bank.publish_events(BusRefused(id="refused-1"))
+        deadline = time.monotonic() + WAIT
+        while not (letters := await notes.list_dead_letters()):
+            assert time.monotonic() < deadline, "no dead letter"
+            await asyncio.sleep(0.02)
+        [letter] = letters
+        assert (letter.subscription, letter.event["event"], letter.attempts) == ("bus-refuse", {"id": "refused-1"}, 2)
+        assert (letter.error, letter.message) == ("ValueError", "refusing refused-1")
+        assert await bank.list_dead_letters() == []
+
+
+async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, waited for in a thread: the runtime answering it runs on this test's loop."""
+    command = [sys.executable, "-m", "eventual_nb.cli", *args]
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_the_events_verb_lists_the_buss_recent_events(tmp_path: Path) -> None:
+    """`eventual-nb events` against a server over the notifications runtime shows what the bank published."""
+    async with (
+        ev.LocalRuntime(tmp_path / "notes.db", service=NOTES) as notes,
+        ev.LocalRuntime(tmp_path / "bank.db", service=BANK) as bank,
+    ):
+        await bank.publish_events(BusTransferred(id="cli-1"), BusTransferred(id="cli-" + "x" * 100))
+        await notes.publish_events({"name": "Noted", "event": {"n": 1}})
+        with run_server(notes, own_runtime=False) as server:
+            listed = await cli("events", "--url", server.url, "--json")
+            assert listed.returncode == 0, listed.stderr
+            rows = json.loads(listed.stdout)
+            assert [(row["source"], row["name"]) for row in rows] == [
+                (NOTES.name, "Noted"),
+                (BANK.name, "BusTransferred"),
+                (BANK.name, "BusTransferred"),
+            ]
+            assert rows[2]["event"] == {"id": "cli-1"}
+            assert rows[0]["time"] > rows[2]["time"]
+
+            only = await cli("events", "--url", server.url, "--json", "--source", BANK.name, "--max-results", "1")
+            assert [row["event"]["id"][:6] for row in json.loads(only.stdout)] == ["cli-xx"]
+
+            table = await cli("events", "--url", server.url)
+            assert table.returncode == 0, table.stderr
+            assert "3 event(s)" in table.stdout
+            assert '{"id": "cli-1"}' in table.stdout
+            assert "x" * 100 not in table.stdout, "a long payload is cut to a preview"
+
+            bad = await cli("events", "--url", server.url, "--max-results", "0")
+            assert bad.returncode == 2, bad.stderr
+            assert "--max-results: max_results must be between 1 and 1000, got 0" in bad.stderr
+            assert "Traceback" not in bad.stderr
 
 
 # ------------------------------------------------------------------------------ two real servers
