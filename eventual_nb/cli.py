@@ -891,6 +891,10 @@ def deploy(args: argparse.Namespace) -> int:
         return _exporter_missing(out, "deploy", exc)
     from eventual_nb import errors
 
+    try:
+        source_buses = _source_bus_options(args.source_bus)
+    except UsageError as exc:
+        return _usage_error(out, str(exc))
     show, status = _stack_progress(out)
     try:
         with status:
@@ -900,6 +904,7 @@ def deploy(args: argparse.Namespace) -> int:
                 region=args.region,
                 endpoint_url=args.endpoint_url,
                 bucket=args.bucket,
+                source_buses=source_buses,
                 progress=show,
             )
     except errors.EventualError as exc:
@@ -911,6 +916,17 @@ def deploy(args: argparse.Namespace) -> int:
     out.line(f"stack {result.stack} {done} in {result.region} ({result.status})")
     out.table("outputs", ["output", "value"], [[key, value] for key, value in sorted(result.outputs.items())])
     return EXIT_OK
+
+
+def _source_bus_options(options: list[str]) -> dict[str, str]:
+    """`--source-bus SERVICE=BUS`, repeatable."""
+    buses: dict[str, str] = {}
+    for option in options:
+        service, equals, bus = option.partition("=")
+        if not (service and equals and bus):
+            raise UsageError(f"--source-bus takes SERVICE=BUS (e.g. bank=bank-prod-bank), got {option!r}")
+        buses[service] = bus
+    return buses
 
 
 def destroy(args: argparse.Namespace) -> int:
@@ -1096,6 +1112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--bucket",
         metavar="BUCKET",
         help="S3 bucket for lambda.zip (default: eventual-nb-code-<account>-<region>, created if missing)",
+    )
+    p.add_argument(
+        "--source-bus",
+        action="append",
+        default=[],
+        metavar="SERVICE=BUS",
+        help="the event bus of another service whose events this one subscribes to (repeatable; default: the bus "
+        "of a stack named after that service, <service>-<service>)",
     )
 
     p = add("destroy", "delete a deployed stack (its tables, queues, functions and logs)", plain, destroy)

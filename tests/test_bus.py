@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,7 +34,15 @@ from eventual_nb.runtime import core
 from eventual_nb.runtime.local import buslink
 from eventual_nb.runtime.local.bus import Bus, Outgoing
 from eventual_nb.runtime.local.store import Database
+from exporter.deploy import DeployError, deploy
+from exporter.template import SOURCE_BUSES_METADATA, build_template, source_bus_parameter, subscription_logical_id
+from tests import aws_support
+from tests.aws_rig import aws_stack_pair
 from tests.server_support import run_server
+
+# the AWS leg's moto server (module-scoped, started only when an "aws" test asks for it) and credentials
+moto_endpoint = aws_support.moto_endpoint
+dummy_credentials = aws_support.dummy_credentials
 
 #: how long a test waits for a delivery before failing (real seconds)
 WAIT = 20
@@ -124,14 +135,12 @@ async def open_pair(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -
         ):
             yield Pair(bank, notes)
     else:
-        from tests.aws_rig import aws_stack_pair
-
         request.getfixturevalue("dummy_credentials")
         async with aws_stack_pair(request.getfixturevalue("moto_endpoint"), BANK, NOTES) as (bank, notes):
             yield Pair(bank, notes)
 
 
-@pytest.fixture(params=["test", "local"])
+@pytest.fixture(params=["test", "local", "aws"])
 async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Pair]:
     async with open_pair(request.param, request, tmp_path) as opened:
         yield opened
@@ -149,6 +158,83 @@ async def test_a_subscription_naming_another_service_receives_its_events(pair: P
         await (pair.tick() if pair.tick is not None else asyncio.sleep(0.02))
     assert received(prefix) == Counter(expected), "each subscription got each event once; bus-notes-own none"
     assert await pair.notes.list_dead_letters() == []
+
+
+# ------------------------------------------------------------------------------ AWS: deploying the two stacks
+
+
+def fake_export(directory: Path, service: ev.Service) -> Path:
+    """What `eventual-nb export --zip` writes, for `service`, with a stand-in lambda.zip (the deploy's checks
+    and CloudFormation read the template and the zip's digest, never run the code)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("handlers.py", "def api(event, context):\n    return {}\n")
+    code = buffer.getvalue()
+    digest = hashlib.sha256(code).hexdigest()
+    subscriptions = [subscription.spec() for subscription in service.subscriptions.values()]
+    manifest = {
+        **aws_support.manifest(service.name, subscriptions),
+        "lambda_zip": {"sha256": digest, "s3_key": f"lambda/{digest}.zip"},
+    }
+    directory.mkdir(parents=True)
+    (directory / "eventual.json").write_text(json.dumps(manifest))
+    (directory / "template.json").write_text(json.dumps(build_template(manifest)))
+    (directory / "lambda.zip").write_bytes(code)
+    return directory
+
+
+def test_the_subscribing_stack_deploys_after_the_source_and_puts_its_rules_on_the_sources_bus(
+    moto_endpoint: str, dummy_credentials: None, tmp_path: Path
+) -> None:
+    aws_support.reset_moto(moto_endpoint)
+    bank, notes = fake_export(tmp_path / "bank", BANK), fake_export(tmp_path / "notes", NOTES)
+    bank_bus = f"{BANK.name}-{BANK.name}"
+    with pytest.raises(DeployError) as early:
+        deploy(notes, NOTES.name, endpoint_url=moto_endpoint, region=aws_support.REGION)
+    assert early.value.message == (
+        f"service {NOTES.name!r} subscribes to events of service {BANK.name!r}, whose event bus {bank_bus!r} does "
+        f"not exist in {aws_support.REGION}: deploy service {BANK.name!r} first as stack {BANK.name!r} "
+        f"(`eventual-nb deploy DIR --stack {BANK.name}`), or name its bus with --source-bus {BANK.name}=BUS"
+    )
+    cloudformation = aws_support.aws_client(moto_endpoint, "cloudformation")
+    assert cloudformation.describe_stacks()["Stacks"] == [], "nothing was created"
+    with pytest.raises(DeployError, match="--source-bus names 'nobody', but service 'tests-bus-notes' subscribes"):
+        deploy(notes, NOTES.name, endpoint_url=moto_endpoint, source_buses={"nobody": "x"})
+
+    deploy(bank, BANK.name, endpoint_url=moto_endpoint)
+    assert deploy(notes, NOTES.name, endpoint_url=moto_endpoint).action == "created"
+    events = aws_support.aws_client(moto_endpoint, "events")
+    rules = {rule["Name"]: rule for rule in events.list_rules(EventBusName=bank_bus)["Rules"]}
+    patterns = [json.loads(rule["EventPattern"]) for name, rule in rules.items() if name.startswith(NOTES.name)]
+    assert sorted(pattern["detail-type"][0] for pattern in patterns) == ["BusRefused", "BusTransferred"]
+    assert all(pattern["source"] == [BANK.name] for pattern in patterns)
+    own = events.list_rules(EventBusName=f"{NOTES.name}-{NOTES.name}")["Rules"]
+    assert [json.loads(rule["EventPattern"])["source"] for rule in own] == [[NOTES.name]], "bus-notes-own"
+
+    # another stack of the bank, named explicitly
+    deploy(bank, "bank-two", endpoint_url=moto_endpoint)
+    deploy(notes, "notes-two", endpoint_url=moto_endpoint, source_buses={BANK.name: f"bank-two-{BANK.name}"})
+    two = events.list_rules(EventBusName=f"bank-two-{BANK.name}")["Rules"]
+    assert len([rule for rule in two if rule["Name"].startswith("notes-two")]) == 2
+
+
+def test_a_subscription_to_another_service_adds_a_bus_parameter_and_no_permission() -> None:
+    template = build_template(aws_support.manifest(NOTES.name, [s.spec() for s in NOTES.subscriptions.values()]))
+    parameter = source_bus_parameter(BANK.name)
+    assert template["Metadata"] == {SOURCE_BUSES_METADATA: {BANK.name: parameter}}
+    assert template["Parameters"][parameter]["Default"] == f"{BANK.name}-{BANK.name}"
+    referring = sorted(
+        logical_id
+        for logical_id, resource in template["Resources"].items()
+        if json.dumps({"Ref": parameter}) in json.dumps(resource)
+    )
+    assert referring == sorted(f"{subscription_logical_id(name)}Rule" for name in ("bus-notify", "bus-refuse")), (
+        "only the rules name the other bus: no function's role gets a permission on it"
+    )
+    assert template["Outputs"]["BusName"]["Export"] == {"Name": {"Fn::Sub": "${AWS::StackName}-BusName"}}
+    alone = build_template(aws_support.manifest(BANK.name, [s.spec() for s in BANK.subscriptions.values()]))
+    assert "Metadata" not in alone
+    assert not any(name.startswith("BusOf") for name in alone["Parameters"])
 
 
 # ------------------------------------------------------------------------------ the local bus

@@ -62,6 +62,9 @@ CASES = {
     "serve with a bus that is not SQLite": Case(
         ["serve", str(SERVICE), "--port", "0", "--bus", "afile"], FAILED, "cannot open the event bus afile"
     ),
+    "deploy with a source bus that is not SERVICE=BUS": Case(
+        ["deploy", "afile", "--stack", "s", "--source-bus", "bank"], USAGE, "--source-bus takes SERVICE=BUS"
+    ),
     "serve a file without definitions": Case(
         ["serve", "noservice.py", "--port", "0"], FAILED, "cannot load noservice.py: it defines no workflow"
     ),
