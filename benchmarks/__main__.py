@@ -9,7 +9,8 @@ the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ex
 then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`),
 then the execution timeline's build and draw times by history length (`benchmarks.timeline`), then entity
 operations per second on the LocalRuntime and requests and cost per entity operation on AWS
-(`benchmarks.entities`).
+(`benchmarks.entities`), then the local event bus between two processes (`benchmarks.bus`: delivery latency
+p50/p99, events per second, the subscriber's CPU while idle).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import sys
 from typing import Any
 
-from benchmarks import aws, engine, entities, kernel, local, timeline
+from benchmarks import aws, bus, engine, entities, kernel, local, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -39,6 +40,7 @@ NAMES = [
     *aws.BENCHMARKS,
     *timeline.BENCHMARKS,
     *entities.BENCHMARKS,
+    *bus.BENCHMARKS,
 ]
 
 
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_results = run(aws)
         timeline_results = run(timeline)
         entity_results = run(entities)
+        bus_results = run(bus)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -111,12 +114,25 @@ def main(argv: list[str] | None = None) -> int:
         table.title = f"{result.title} (no peer; absolute numbers)"
         console.print(table)
         print_notes(console, [result])
+    if bus_results:
+        table = render(bus_results)
+        table.title = "local event bus across processes (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, bus_results)
     if args.json:
         write_json(
             args.json,
             env,
             args.quick,
-            [*results, *comparisons, *kernel_results, *aws_results, *timeline_results, *entity_results],
+            [
+                *results,
+                *comparisons,
+                *kernel_results,
+                *aws_results,
+                *timeline_results,
+                *entity_results,
+                *bus_results,
+            ],
         )
         console.print(f"results written to {args.json}")
     return 0

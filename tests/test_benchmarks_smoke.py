@@ -11,7 +11,8 @@ the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consis
 orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
 per step when cold. The entity benchmarks commit every lone write on its own and group concurrent ones
 on the LocalRuntime, and on AWS make one DynamoDB request per operation (the tutorial's debit three),
-a transaction of two writes costing 4 write units.
+a transaction of two writes costing 4 write units. The bus benchmark delivers every event it publishes
+from one process to the other exactly once.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ KERNEL = {"kernel_load", "widget_latency"}
 AWS = {"aws", "aws_timer_signal"}
 TIMELINE = {"timeline"}
 ENTITIES = {"entities_local", "entities_aws"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | ENTITIES
+BUS = {"bus_local"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | ENTITIES | BUS
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
@@ -337,3 +339,11 @@ def test_entity_operations_on_aws_take_one_request_each(report: dict) -> None:
     assert (aws["create_wru"], aws["conflict_wru"]) == (1, 1)  # a refused conditional write is billed too
     assert aws["transact_2_wru"] == 4  # two items, each twice in a transaction
     assert aws["debit_usd_per_million"] > aws["transact_2_usd_per_million"] > aws["create_usd_per_million"]
+
+
+def test_the_bus_benchmark_delivered_every_event_across_processes(report: dict) -> None:
+    bench = report["benchmarks"]["bus_local"]
+    events = bench["params"]["latency_events"] + bench["params"]["throughput_events"]
+    assert bench["results"]["delivered"] == events  # the benchmark's own check: each once, none lost
+    for key in ("latency_p50_ms", "latency_p99_ms", "events_per_s", "idle_cpu_percent"):
+        assert bench["results"][key] >= 0, key
