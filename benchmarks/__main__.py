@@ -9,9 +9,11 @@ the kernel extension in real ipykernel processes (`benchmarks.kernel`: `%load_ex
 then the AWS runtime's requests and list-price cost per activity step on moto (`benchmarks.aws`, `--only aws`),
 then the execution timeline's build and draw times by history length (`benchmarks.timeline`), then entity
 operations per second on the LocalRuntime and requests and cost per entity operation on AWS
-(`benchmarks.entities`), then how the LocalRuntime's costs grow with the work it holds, each at three
-sizes (`benchmarks.scale`: executions in flight, stored executions listed by workflow and status, a long
-history replayed, a burst of starts through `eventual-nb serve`, and new work beside 100,000 waiting).
+(`benchmarks.entities`), then the local event bus between two processes (`benchmarks.bus`: delivery latency
+p50/p99, events per second, the subscriber's CPU while idle), then how the LocalRuntime's costs grow with the
+work it holds, each at three sizes (`benchmarks.scale`: executions in flight, stored executions listed by
+workflow and status, a long history replayed, a burst of starts through `eventual-nb serve`, and new work
+beside 100,000 waiting).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import argparse
 import sys
 from typing import Any
 
-from benchmarks import aws, engine, entities, kernel, local, scale, schedules, timeline
+from benchmarks import aws, bus, engine, entities, kernel, local, scale, schedules, timeline
 from benchmarks.results import (
     Comparison,
     Result,
@@ -43,6 +45,7 @@ NAMES = [
     *timeline.BENCHMARKS,
     *entities.BENCHMARKS,
     *scale.BENCHMARKS,
+    *bus.BENCHMARKS,
 ]
 
 
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         timeline_results = run(timeline)
         entity_results = run(entities)
         scale_results = run(scale)
+        bus_results = run(bus)
     if results:
         console.print(render(results))
         print_notes(console, results)
@@ -127,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         table.title = f"scale: {comparison.title} (one column per size)"
         console.print(table)
         print_notes(console, [comparison])
+    if bus_results:
+        table = render(bus_results)
+        table.title = "local event bus across processes (no peer; absolute numbers)"
+        console.print(table)
+        print_notes(console, bus_results)
     if args.json:
         write_json(
             args.json,
@@ -141,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 *timeline_results,
                 *entity_results,
                 *scale_results,
+                *bus_results,
             ],
         )
         console.print(f"results written to {args.json}")

@@ -79,7 +79,9 @@ from eventual_nb.runtime.base import (
     ExecutionPage,
     ExecutionStatus,
     HeartbeatResponse,
+    PublishedEvent,
     RuntimeBase,
+    check_max_results,
     execution_id_of,
     signal_name_of,
 )
@@ -543,6 +545,17 @@ class AwsRuntime(RuntimeBase):
             return HeartbeatResponse(cancelled=not alive)
 
         return await self._call(beat)
+
+    async def list_events(
+        self, max_results: int = 100, source: str | None = None, name: str | None = None
+    ) -> list[PublishedEvent]:
+        """Not on AWS: EventBridge keeps no record of a bus's events that could be read back (an archive can
+        only be replayed onto a bus)."""
+        check_max_results(max_results)
+        raise errors.EventualError(
+            "the AWS runtime cannot list events: EventBridge keeps no readable record of the events on a bus; "
+            "subscriptions receive them, and what they could not handle stays listable as dead letters"
+        )
 
     async def list_dead_letters(self) -> list[DeadLetter]:
         """Subscription deliveries that used up their retries, read from each subscription's dead-letter

@@ -498,6 +498,32 @@ async def _publish(client: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+#: how much of an event's fields the `events` table shows
+PREVIEW_CHARS = 60
+
+
+async def _events(client: Any, args: argparse.Namespace, out: Output) -> int:
+    from eventual_nb import errors
+    from eventual_nb.runtime.base import check_max_results
+
+    try:
+        check_max_results(args.max_results)
+    except errors.InputValidationError as exc:
+        raise UsageError(f"--max-results: {exc.message}") from None
+    events = await client.list_events(max_results=args.max_results, source=args.source, name=args.name)
+    if out.as_json:
+        out.json(events)
+        return 0
+    rows = []
+    for event in events:
+        payload = _cell(event.event)
+        if len(payload) > PREVIEW_CHARS:
+            payload = payload[: PREVIEW_CHARS - 1] + "…"
+        rows.append([event.time, event.source, event.name, payload])
+    out.table(f"{len(rows)} event(s), newest first", ["time", "source", "name", "payload"], rows)
+    return 0
+
+
 async def _cancel(client: Any, args: argparse.Namespace, out: Output) -> int:
     await client.cancel_execution(args.id)
     if out.as_json:
@@ -644,7 +670,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         environment_signing_key()  # the runtime reads it at start, inside the server: refuse a bad one here
         _check_database(db)
-        runtime = ev.LocalRuntime(path=str(db), services=[*services])
+        bus = _check_bus(Path(args.bus) if args.bus else None, db)
+        runtime = ev.LocalRuntime(path=str(db), services=[*services], bus=bus)
         wide = args.host not in LOOPBACK_HOSTS  # clients name the machine however they reach it
         app = create_app(runtime, services, token=token, allowed_hosts=["*"] if wide else args.allow_host)
     except ev.EventualError as exc:
@@ -652,7 +679,7 @@ def serve(args: argparse.Namespace) -> int:
     names = ", ".join(service.name for service in services)
 
     def ready(url: str) -> None:
-        print(f"serving {names} on {url} (db {db})", file=sys.stderr, flush=True)
+        print(f"serving {names} on {url} (db {db}, event bus {bus})", file=sys.stderr, flush=True)
 
     try:
         serve_app(app, args.host, args.port, on_ready=ready)  # blocks until SIGINT/SIGTERM
@@ -675,6 +702,16 @@ def _check_database(db: Any) -> None:
         Database(db).close()
     except (OSError, sqlite3.Error) as exc:
         raise errors.EventualError(f"cannot open the database {db}: {type(exc).__name__}: {exc}") from None
+
+
+def _check_bus(bus: Any, db: Any) -> Any:
+    """The event bus to serve with (`--bus`, else `bus.db` beside the database), opened and closed once
+    here for the same reason as the database."""
+    from eventual_nb.runtime.local.bus import Bus, default_bus_path
+
+    path = bus if bus is not None else default_bus_path(db)
+    Bus(path).close()
+    return path
 
 
 # -- export -------------------------------------------------------------------------------------------
@@ -907,6 +944,10 @@ def deploy(args: argparse.Namespace) -> int:
         return _exporter_missing(out, "deploy", exc)
     from eventual_nb import errors
 
+    try:
+        source_buses = _source_bus_options(args.source_bus)
+    except UsageError as exc:
+        return _usage_error(out, str(exc))
     show, status = _stack_progress(out)
     try:
         with status:
@@ -916,6 +957,7 @@ def deploy(args: argparse.Namespace) -> int:
                 region=args.region,
                 endpoint_url=args.endpoint_url,
                 bucket=args.bucket,
+                source_buses=source_buses,
                 progress=show,
             )
     except errors.EventualError as exc:
@@ -927,6 +969,17 @@ def deploy(args: argparse.Namespace) -> int:
     out.line(f"stack {result.stack} {done} in {result.region} ({result.status})")
     out.table("outputs", ["output", "value"], [[key, value] for key, value in sorted(result.outputs.items())])
     return EXIT_OK
+
+
+def _source_bus_options(options: list[str]) -> dict[str, str]:
+    """`--source-bus SERVICE=BUS`, repeatable."""
+    buses: dict[str, str] = {}
+    for option in options:
+        service, equals, bus = option.partition("=")
+        if not (service and equals and bus):
+            raise UsageError(f"--source-bus takes SERVICE=BUS (e.g. bank=bank-prod-bank), got {option!r}")
+        buses[service] = bus
+    return buses
 
 
 def destroy(args: argparse.Namespace) -> int:
@@ -1020,6 +1073,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TARGET", help="a .py file, a module, an exported package dir or a notebook")
     p.add_argument("--db", metavar="PATH", help="SQLite database of the local runtime (default .eventual/<service>.db)")
     p.add_argument(
+        "--bus",
+        metavar="PATH",
+        help="event bus shared with the services other processes serve (default bus.db beside the database, so "
+        "services served from one directory exchange events)",
+    )
+    p.add_argument(
         "--host",
         default=DEFAULT_HOST,
         help=f"interface to listen on (default {DEFAULT_HOST}; anything but loopback needs ${TOKEN_ENV})",
@@ -1106,6 +1165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--bucket",
         metavar="BUCKET",
         help="S3 bucket for lambda.zip (default: eventual-nb-code-<account>-<region>, created if missing)",
+    )
+    p.add_argument(
+        "--source-bus",
+        action="append",
+        default=[],
+        metavar="SERVICE=BUS",
+        help="the event bus of another service whose events this one subscribes to (repeatable; default: the bus "
+        "of a stack named after that service, <service>-<service>)",
     )
 
     p = add("destroy", "delete a deployed stack (its tables, queues, functions and logs)", plain, destroy)
@@ -1220,6 +1287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("publish", "publish an event", client, client_verb(_publish))
     p.add_argument("event", metavar="EVENT", help="event name")
     p.add_argument("payload", nargs="?", metavar="PAYLOAD", help="the event's fields as a JSON object")
+
+    p = add(
+        "events",
+        "list the recent events on the event bus (a local server's: every service's there), newest first",
+        client,
+        client_verb(_events),
+    )
+    p.add_argument("--source", metavar="SERVICE", help="only the events this service published")
+    p.add_argument("--name", metavar="EVENT", help="only events of this name")
+    p.add_argument("--max-results", type=int, default=20, metavar="N", help="how many (default 20, at most 1000)")
 
     return parser
 

@@ -36,6 +36,7 @@ from eventual_nb.runtime.base import (
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    PublishedEvent,
     ServiceClientProtocol,
     WorkflowInfo,
     execution_id_of,
@@ -336,6 +337,16 @@ class ServiceClient(ServiceClientProtocol):
             runtime=self,
             already_running=bool(answer.get("already_running", False)),
         )
+
+    async def list_events(
+        self, max_results: int = 100, source: str | None = None, name: str | None = None
+    ) -> list[PublishedEvent]:
+        params: dict[str, str] = {"max_results": str(max_results)}
+        for key, value in (("source", source), ("name", name)):
+            if value is not None:
+                params[key] = value
+        answer = await self._request("GET", "/_eventual/events", params=params)
+        return [PublishedEvent.model_validate(item) for item in answer]
 
     async def list_entities(self) -> list[EntityInfo]:
         answer = await self._request("GET", "/_eventual/entities")

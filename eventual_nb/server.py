@@ -61,6 +61,7 @@ from eventual_nb.runtime.base import (
     ExecutionStatus,
     ExecutionWaits,
     HeartbeatResponse,
+    PublishedEvent,
     ServiceClientProtocol,
     StartResponse,
     WorkflowInfo,
@@ -410,7 +411,8 @@ def _execution_routes(router: APIRouter, runtime: ServiceClientProtocol) -> None
 
 
 def _message_routes(router: APIRouter, runtime: ServiceClientProtocol, served: list[Service]) -> None:
-    """What is sent to executions: signals, events (checked against the served event types), cancellation."""
+    """What is sent to executions: signals, events (checked against the served event types, and listed),
+    cancellation."""
 
     @router.post(
         "/signals",
@@ -442,6 +444,15 @@ def _message_routes(router: APIRouter, runtime: ServiceClientProtocol, served: l
                 ) from None
         await runtime.publish_events(*items)
         return {"published": len(items)}
+
+    @router.get("/events", responses=_answers({400: "this runtime keeps no readable record of its events"}))
+    async def list_events(
+        max_results: Annotated[int, Query(ge=1, le=base.MAX_RESULTS_LIMIT)] = 100,
+        source: Annotated[str | None, Query(description="only events of this service")] = None,
+        name: Annotated[str | None, Query(description="only events of this name")] = None,
+    ) -> list[PublishedEvent]:
+        """The most recent events published (on a LocalRuntime: every runtime's on its bus), newest first."""
+        return list(await runtime.list_events(max_results, source, name))
 
     @router.post(
         "/cancel/{id:path}",

@@ -21,6 +21,11 @@ Choices a user relies on:
   template's NoEcho parameter `SigningKey` stands in: deploy gives it a fresh random secret when the
   stack is created and `UsePreviousValue` on every update, so tokens handed out before a redeploy stay
   valid either way.
+* Other services' buses: a subscription to another service's events puts its rule on that service's
+  bus, a template parameter (exporter/template.py), by default the bus of a stack named after that
+  service; `source_buses={"bank": "bank-prod-bank"}` (`--source-bus bank=bank-prod-bank`) names another.
+  Deploy checks that each such bus exists before creating anything, and otherwise says which stack to
+  deploy first.
 * Emulator mode: with an `endpoint_url` (moto's server, say) the stack is deployed with `Emulator=true`,
   which leaves out what the emulator cannot create (exporter/template.py), and deploy creates the
   EventBridge Scheduler group that the template then skips (destroy deletes it again), and in it the
@@ -52,7 +57,13 @@ from typing import Any
 
 from eventual_nb.errors import EventualError
 from eventual_nb.runtime.aws.clients import HISTORY_LAYOUT_VARIABLE, AwsSettings
-from exporter.template import SIGNING_KEY_PARAMETER, validate_stack_name
+from exporter.template import (
+    SIGNING_KEY_PARAMETER,
+    SOURCE_BUSES_METADATA,
+    default_source_bus,
+    stack_of_bus,
+    validate_stack_name,
+)
 
 __all__ = [
     "DeployError",
@@ -290,24 +301,65 @@ def deploy(
     region: str | None = None,
     endpoint_url: str | None = None,
     bucket: str | None = None,
+    source_buses: dict[str, str] | None = None,
     progress: Progress | None = None,
     poll_seconds: float | None = None,
     wait_seconds: float = WAIT_SECONDS,
 ) -> DeployResult:
     """Deploy the export in `directory` as stack `stack`; answer what was done and the stack's outputs.
 
+    `source_buses`: the event bus of each other service whose events the service subscribes to, by service
+    name (default: the bus of a stack named after that service).
+
     Raises `DeployError` (an `EventualError`) for a bad export, a bad stack name, missing region or
-    credentials (before anything is created) and for a stack operation that failed."""
+    credentials, a missing bus of another service (before anything is created) and for a stack operation
+    that failed."""
     report: Progress = progress or (lambda _item: None)
     validate_stack_name(stack)
     export = _read_export(Path(directory))
+    buses = _source_buses(export, source_buses or {})
     aws = _Aws(region, endpoint_url)
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        return _deploy(aws, export, stack, bucket, report, poll_seconds, wait_seconds)
+        _check_source_buses(aws, export, buses)
+        return _deploy(aws, export, stack, bucket, report, poll_seconds, wait_seconds, buses)
     except (BotoCoreError, ClientError) as exc:
         raise _aws_error(f"deploying stack {stack!r} in {aws.region} failed", exc, stack) from exc
+
+
+def _source_buses(export: _Export, given: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """`{service: (template parameter, bus name)}` for each other service the export subscribes to."""
+    parameters: dict[str, str] = export.template.get("Metadata", {}).get(SOURCE_BUSES_METADATA, {})
+    unknown = sorted(set(given) - set(parameters))
+    if unknown:
+        listens = ", ".join(repr(source) for source in sorted(parameters)) or "no other service"
+        raise DeployError(
+            f"--source-bus names {', '.join(repr(name) for name in unknown)}, but service "
+            f"{export.manifest.get('name')!r} subscribes to events of {listens}"
+        )
+    return {
+        source: (parameter, given.get(source) or default_source_bus(source)) for source, parameter in parameters.items()
+    }
+
+
+def _check_source_buses(aws: _Aws, export: _Export, buses: dict[str, tuple[str, str]]) -> None:
+    """Refuse to deploy subscriptions onto a bus that does not exist (CloudFormation would fail half-way)."""
+    from botocore.exceptions import ClientError
+
+    for source, (_parameter, bus) in sorted(buses.items()):
+        try:
+            aws.client("events").describe_event_bus(Name=bus)
+        except ClientError as exc:
+            if _code(exc) != "ResourceNotFoundException":
+                raise
+            stack = stack_of_bus(bus, source)
+            first = f"deploy service {source!r} first" + (f" as stack {stack!r}" if stack else "")
+            raise DeployError(
+                f"service {export.manifest.get('name')!r} subscribes to events of service {source!r}, whose event "
+                f"bus {bus!r} does not exist in {aws.region}: {first} (`eventual-nb deploy DIR --stack "
+                f"{stack or source}`), or name its bus with --source-bus {source}=BUS"
+            ) from None
 
 
 def _deploy(
@@ -318,6 +370,7 @@ def _deploy(
     report: Progress,
     poll_seconds: float | None,
     wait_seconds: float,
+    buses: dict[str, tuple[str, str]],
 ) -> DeployResult:
     endpoint_url = aws.endpoint_url
     emulator = endpoint_url is not None
@@ -349,6 +402,7 @@ def _deploy(
         {"ParameterKey": "Emulator", "ParameterValue": "true" if emulator else "false"},
         {"ParameterKey": "CodeBucket", "ParameterValue": code_bucket},
         {"ParameterKey": "CodeKey", "ParameterValue": export.code_key},
+        *({"ParameterKey": parameter, "ParameterValue": bus} for parameter, bus in sorted(buses.values())),
     ]
     if emulator and SIGNING_KEY_PARAMETER in export.template.get("Parameters", {}):
         previous = {item["ParameterKey"] for item in (current or {}).get("Parameters", [])}

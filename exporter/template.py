@@ -14,6 +14,11 @@ Conventions the AWS runtime (eventual_nb/runtime/aws/) relies on:
 * Events go onto the bus with `Source` = the publishing service's name, `DetailType` = the event name and
   `Detail` = the event's JSON. Each subscription's rule matches its `source` (default: this service)
   and its event names, and delivers to that subscription's own queue.
+* A subscription to another service's events has its rule on *that* service's bus, whose name is a
+  parameter of this template (`source_bus_parameter`, listed under `Metadata` as `SOURCE_BUSES_METADATA`),
+  by default the bus of a stack named after that service (`default_source_bus`); deploy checks that the bus
+  exists. Every stack exports its bus name as `<stack>-BusName`. The functions need no permission on the
+  other bus: its rule sends to the queue, which the queue's policy allows.
 * Every function gets the same `EVENTUAL_*` environment (table names, queue URLs, bus and log group
   names, the activity-token secret) so one settings reader serves all handlers; the orchestrator also
   gets the Scheduler role and target, the subscription worker a JSON map from queue ARN to subscription
@@ -163,6 +168,36 @@ def validate_stack_name(stack_name: str) -> None:
         )
 
 
+#: where the template lists the other services' buses its subscriptions listen on: `{service: parameter}`
+SOURCE_BUSES_METADATA = "EventualSourceBuses"
+
+
+def bus_name(stack: str, service: str) -> str:
+    """The name of the event bus of service `service` deployed as stack `stack` (the `Bus` resource's)."""
+    return f"{stack}-{_bus_slug(service)}"
+
+
+def default_source_bus(service: str) -> str:
+    """Where a subscription to service `service`'s events looks by default: the bus of a stack named after it."""
+    return bus_name(service, service)
+
+
+def stack_of_bus(bus: str, service: str) -> str | None:
+    """The stack that `bus_name` gave bus `bus` of service `service` (None if the name is not one of those)."""
+    suffix = "-" + _bus_slug(service)
+    return bus[: -len(suffix)] if bus.endswith(suffix) and len(bus) > len(suffix) else None
+
+
+def source_bus_parameter(service: str) -> str:
+    """`BusOf<CamelCase service><hash>`: the template parameter naming service `service`'s bus."""
+    camel = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", service) if part)
+    return f"BusOf{camel[:48]}{_name_hash(service).upper()}"
+
+
+def _bus_slug(service: str) -> str:
+    return _slug(service, "A-Za-z0-9._-", _BUS_SLUG_LENGTH)
+
+
 def subscription_logical_id(name: str) -> str:
     """`Subscription<CamelCase name><hash>`: readable, alphanumeric, and stable for a given name.
 
@@ -259,6 +294,10 @@ class _Builder:
             (schedule_from_spec(spec) for spec in schedules), key=lambda item: item.name
         )
         self.has_entities = bool(manifest.get("service", {}).get("entities"))
+        #: the other services whose events subscriptions here receive (their buses are parameters)
+        self.sources = sorted(
+            {item["source"] for item in self.subscriptions if item.get("source") not in (None, self.service_name)}
+        )
         self.resources: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
 
@@ -291,8 +330,10 @@ class _Builder:
         if lambda_zip:
             code_key["Default"] = lambda_zip["s3_key"]
         version = self.manifest.get("eventual_nb_version", "unknown")
+        metadata = {"Metadata": {SOURCE_BUSES_METADATA: {s: source_bus_parameter(s) for s in self.sources}}}
         return {
             "AWSTemplateFormatVersion": "2010-09-09",
+            **(metadata if self.sources else {}),
             "Description": f"eventual-nb service {self.service_name!r} (exported with eventual-nb {version})"[:1024],
             "Parameters": {
                 "Emulator": {
@@ -313,6 +354,15 @@ class _Builder:
                     "Default": "",
                     "Description": "with Emulator=true only: the secret that signs activity tokens "
                     "(EVENTUAL_SIGNING_KEY); on AWS the stack generates a Secrets Manager secret instead",
+                },
+                **{
+                    source_bus_parameter(source): {
+                        "Type": "String",
+                        "Default": default_source_bus(source),
+                        "Description": f"EventBridge bus of service {source!r}, where this service's subscriptions "
+                        f"to its events put their rules (default: that of a stack named {source!r})"[:4000],
+                    }
+                    for source in self.sources
                 },
             },
             "Conditions": {REAL: {"Fn::Equals": [{"Ref": "Emulator"}, "false"]}},
@@ -410,8 +460,7 @@ class _Builder:
     # ----------------------------------------------------------------------------- bus, subscriptions
 
     def bus_and_subscriptions(self) -> None:
-        bus_suffix = "-" + _slug(self.service_name, "A-Za-z0-9._-", _BUS_SLUG_LENGTH)
-        self.add("Bus", "AWS::Events::EventBus", {"Name": _stack_named(bus_suffix)})
+        self.add("Bus", "AWS::Events::EventBus", {"Name": _stack_named("-" + _bus_slug(self.service_name))})
         for subscription in self.subscriptions:
             name = subscription["name"]
             stem = subscription_logical_id(name)
@@ -423,8 +472,7 @@ class _Builder:
                 "AWS::Events::Rule",
                 {
                     "Description": f"delivers {', '.join(subscription['events'])} to subscription {name!r}"[:512],
-                    # GetAtt Bus.Name rather than Ref: both work on AWS, and moto fails on the Ref.
-                    "EventBusName": {"Fn::GetAtt": ["Bus", "Name"]},
+                    "EventBusName": self.bus_of(subscription.get("source") or self.service_name),
                     "EventPattern": {
                         "source": [subscription.get("source") or self.service_name],
                         "detail-type": sorted(set(subscription["events"])),
@@ -453,6 +501,13 @@ class _Builder:
                 },
                 Condition=REAL,
             )
+
+    def bus_of(self, source: str) -> dict[str, Any]:
+        """The bus that service `source` publishes on: this stack's, or the parameter naming another's."""
+        if source == self.service_name:
+            # GetAtt Bus.Name rather than Ref: both work on AWS, and moto fails on the Ref.
+            return {"Fn::GetAtt": ["Bus", "Name"]}
+        return _ref(source_bus_parameter(source))
 
     # ------------------------------------------------------------------------------------------- logs
 
@@ -786,6 +841,7 @@ class _Builder:
             REAL,
         )
         output("BusName", {"Fn::GetAtt": ["Bus", "Name"]}, "EventBridge bus the service publishes to")
+        self.outputs["BusName"]["Export"] = {"Name": _stack_named("-BusName")}
         output("WorkflowQueueUrl", _ref("WorkflowQueue"), "FIFO queue of workflow turns")
         output("ActivityQueueUrl", _ref("ActivityQueue"), "queue of activity attempts")
         output("TimerQueueUrl", _ref("TimerQueue"), "queue of timers due within 15 minutes")

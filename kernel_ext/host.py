@@ -92,25 +92,35 @@ class RuntimeHost:
             if runtime is None:
                 runtime = self.use_local(None, command=command)
             elif self.kind == "local" and self.service_name != service and self._uses_default_path:
-                runtime = self.use_local(None, command=command)  # `%eventual service other`: its own database
+                # `%eventual service other`: its own database, on the same bus
+                runtime = self.use_local(None, bus=self.bus, command=command)
             return runtime
 
     _uses_default_path = True
+    #: the event bus the local runtime was given (`--bus`), None for the default beside its database
+    bus: Path | None = None
 
     def use_local(
-        self, path: str | Path | None, durability: str = "full", *, command: str | None = None
+        self,
+        path: str | Path | None,
+        durability: str = "full",
+        *,
+        bus: str | Path | None = None,
+        command: str | None = None,
     ) -> ev.LocalRuntime:
-        """Switch to a LocalRuntime on `path` (default `.eventual/<service>.db`). `command` is what the user
-        ran, for handles of the runtime this replaces (see `_replacing`)."""
+        """Switch to a LocalRuntime on `path` (default `.eventual/<service>.db`) sharing the event bus `bus`
+        (default `bus.db` beside the database: other notebooks and `eventual-nb serve` processes in this
+        directory). `command` is what the user ran, for handles of the runtime this replaces (see `_replacing`)."""
         with self._lock:
             service = current_service().name
             with self._replacing(command or "%eventual runtime local"):
                 self._uses_default_path = path is None
                 database = Path(path).resolve() if path is not None else self.default_path(service)
-                runtime = ev.LocalRuntime(database, durability=durability, service=service)
+                bus_path = Path(bus).resolve() if bus is not None else None
+                runtime = ev.LocalRuntime(database, durability=durability, service=service, bus=bus_path)
                 self.call(runtime.start())
                 self._activate(runtime, "local", service)
-                self.path, self.durability = database, durability
+                self.path, self.durability, self.bus = database, durability, bus_path
             return runtime
 
     def use_test(

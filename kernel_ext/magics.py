@@ -301,6 +301,7 @@ class EventualMagics(Magics):
         parser.add_argument("kind", choices=["local", "test", "aws"])
         parser.add_argument("--path", help="database file (local; default .eventual/<service>.db)")
         parser.add_argument("--durability", choices=["full", "normal", "off"], default="full")
+        parser.add_argument("--bus", help="event bus file shared with other services (local; default .eventual/bus.db)")
         parser.add_argument("--start", help="virtual start time, ISO 8601 (test)")
         parser.add_argument("--stack", help="CloudFormation stack deployed with `eventual-nb deploy` (aws)")
         parser.add_argument("--region", help="AWS region of the stack (aws; default: boto3's)")
@@ -321,8 +322,8 @@ class EventualMagics(Magics):
             _say(f"AwsRuntime on stack {args.stack} in {runtime.region}{where} (service '{self.host.service_name}')")
             return
         if args.kind == "local":
-            self.host.use_local(args.path, args.durability, command=command)
-            _say(f"LocalRuntime on {self.host.path} (durability {args.durability})")
+            local = self.host.use_local(args.path, args.durability, bus=args.bus, command=command)
+            _say(f"LocalRuntime on {self.host.path} (durability {args.durability}, event bus {local.bus_path})")
         else:
             start = None
             if args.start:
@@ -556,7 +557,7 @@ VERBS = (
 )
 VERBS_HELP = """%eventual VERB
   service NAME                          use (create) service NAME; its database is .eventual/NAME.db
-  runtime local [--path P] [--durability full|normal|off]
+  runtime local [--path P] [--durability full|normal|off] [--bus B]
   runtime test [--start ISO]            virtual clock (see `advance`)
   runtime aws --stack NAME [--region R] [--endpoint-url URL]
                                         a deployed stack (eventual-nb deploy); its functions run the code

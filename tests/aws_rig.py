@@ -87,12 +87,32 @@ async def aws_stack_runtime(
     (an `ev.testing.ManualClock` for tests of schedules); real time by default."""
     require_local(endpoint)
     reset_moto(endpoint)
+    async with _stack(endpoint, "suite", service, clock=clock) as stack:
+        yield stack
+
+
+@contextlib.asynccontextmanager
+async def aws_stack_pair(
+    endpoint: str, source: ev.Service, subscriber: ev.Service
+) -> AsyncIterator[tuple[AwsRuntime, AwsRuntime]]:
+    """Two stacks in a fresh moto: `source` deployed as a stack named after it (so the subscriber's template
+    finds its bus by the default of its parameter), then `subscriber`; each driven by its own harness."""
+    require_local(endpoint)
+    reset_moto(endpoint)
+    async with _stack(endpoint, source.name, source) as first, _stack(endpoint, subscriber.name, subscriber) as second:
+        yield first.runtime, second.runtime
+
+
+@contextlib.asynccontextmanager
+async def _stack(
+    endpoint: str, name: str, service: ev.Service, *, clock: Callable[[], datetime] | None = None
+) -> AsyncIterator[AwsStack]:
     subscriptions = [subscription.spec() for subscription in service.subscriptions.values()]
     schedules = [schedule.spec() for schedule in service.schedules.values()]
     entities = [entity.spec() for entity in service.entities.values()]
     stack = deploy_stack(
         endpoint,
-        stack="suite",
+        stack=name,
         service=service.name,
         subscriptions=subscriptions,
         schedules=schedules,

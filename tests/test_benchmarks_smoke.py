@@ -12,7 +12,8 @@ the AWS benchmark (moto on 127.0.0.1, in its own process) counts requests consis
 orchestrator took: one commit per turn, one activity invocation per step, no replay when warm and one
 per step when cold. The entity benchmarks commit every lone write on its own and group concurrent ones
 on the LocalRuntime, and on AWS make one DynamoDB request per operation (the tutorial's debit three),
-a transaction of two writes costing 4 write units. The scale benchmarks report each figure at three sizes:
+a transaction of two writes costing 4 write units. The bus benchmark delivers every event it publishes
+from one process to the other exactly once. The scale benchmarks report each figure at three sizes:
 executions waiting on timers and signals never wake the scheduler while nothing is due and their timers
 never fire early, a filtered listing is read in index order (no sort of the matching rows), and new work
 ran beside every level of waiting executions.
@@ -44,7 +45,8 @@ SCHEDULES = {"local_schedules"}
 ENTITIES = {"entities_local", "entities_aws"}
 #: {size column: {metric: value}}, one column per size
 SCALE = {"scale_waiting", "scale_listing", "scale_history", "scale_http", "scale_work_while_waiting"}
-EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | SCHEDULES | ENTITIES | SCALE
+BUS = {"bus_local"}
+EXPECTED = ENGINE | LOCAL | KERNEL | AWS | TIMELINE | SCHEDULES | ENTITIES | SCALE | BUS
 #: benchmarks that report {system: {metric: value}}, and the system every run must have measured
 COMPARED = {**{key: "local" for key in LOCAL}, "aws": "warm"}
 
@@ -433,3 +435,11 @@ def test_scale_work_ran_beside_every_level_of_waiting_executions(report: dict) -
         assert found["per_cpu_second"] > 0
         assert found["cpu_ratio"] == pytest.approx(columns[0]["per_cpu_second"] / found["per_cpu_second"])
         assert found["cached_executors"] == 0, size  # an hour away: replayed when due, not kept
+
+
+def test_the_bus_benchmark_delivered_every_event_across_processes(report: dict) -> None:
+    bench = report["benchmarks"]["bus_local"]
+    events = bench["params"]["latency_events"] + bench["params"]["throughput_events"]
+    assert bench["results"]["delivered"] == events  # the benchmark's own check: each once, none lost
+    for key in ("latency_p50_ms", "latency_p99_ms", "events_per_s", "idle_cpu_percent"):
+        assert bench["results"][key] >= 0, key

@@ -40,6 +40,7 @@ CLIENT_VERBS = [
     "replay",
     "entities",
     "entity",
+    "events",
 ]
 VERBS = ["serve", "export", "run", "test", "kernel", "deploy", "destroy", *CLIENT_VERBS]
 
@@ -111,6 +112,7 @@ def test_service_client_verbs_take_url(verb: str) -> None:
         ("start", ["--name", "--timeout", "--follow"]),
         ("executions", ["--workflow", "--status", "--max-results", "--next-token", "--desc"]),
         ("signal", ["--id"]),
+        ("events", ["--source", "--name", "--max-results"]),
         ("replay", ["--target"]),
         ("deploy", ["--stack", "--region", "--endpoint-url", "--bucket", "--json"]),
         ("destroy", ["--stack", "--region", "--endpoint-url", "--json"]),

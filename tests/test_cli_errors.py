@@ -54,6 +54,17 @@ CASES = {
         {"EVENTUAL_SIGNING_KEY": "short"},
     ),
     "serve on a port in use": Case(["serve", str(SERVICE), "--port", "{busy}"], FAILED, "Address already in use"),
+    "serve with a bus under a file": Case(
+        ["serve", str(SERVICE), "--port", "0", "--bus", "afile/bus.db"],
+        FAILED,
+        "cannot open the event bus afile/bus.db",
+    ),
+    "serve with a bus that is not SQLite": Case(
+        ["serve", str(SERVICE), "--port", "0", "--bus", "afile"], FAILED, "cannot open the event bus afile"
+    ),
+    "deploy with a source bus that is not SERVICE=BUS": Case(
+        ["deploy", "afile", "--stack", "s", "--source-bus", "bank"], USAGE, "--source-bus takes SERVICE=BUS"
+    ),
     "serve a file without definitions": Case(
         ["serve", "noservice.py", "--port", "0"], FAILED, "cannot load noservice.py: it defines no workflow"
     ),

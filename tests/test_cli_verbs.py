@@ -851,7 +851,7 @@ def test_serve_keeps_state_across_restarts(tmp_path: Path) -> None:
         assert "Traceback" not in clash.stderr
     finally:
         log = first.stop()
-    assert f"serving cli-service on {first.url} (db {db})" in log
+    assert f"serving cli-service on {first.url} (db {db}, event bus {tmp_path / 'bus.db'})" in log
     assert db.exists()
 
     second = start_server(FIXTURE, db)

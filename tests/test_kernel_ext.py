@@ -40,7 +40,7 @@ KITCHEN_SINK = [
     # 1
     "%eventual service kitchen-sink",
     # 2
-    "%eventual runtime local --path state/kitchen.db",
+    "%eventual runtime local --path state/kitchen.db --bus shared/bus.db",
     # 3
     "%%event\nclass OrderPlaced(ev.Event):\n    order_id: str",
     # 4
@@ -108,6 +108,8 @@ def test_a_notebook_using_every_magic_and_verb(tmp_path: Path) -> None:
         assert error_of(c[index]) is None, (index, c[index].source, error_of(c[index]))
     assert "service 'kitchen-sink'" in text_of(c[1])
     assert (tmp_path / "state" / "kitchen.db").exists()
+    assert f"event bus {tmp_path / 'shared' / 'bus.db'}" in text_of(c[2])
+    assert (tmp_path / "shared" / "bus.db").exists(), "the event published in cell 11 went onto the given bus"
     assert "event(s) OrderPlaced" in text_of(c[3])
     assert "subscription 'record-orders'" in text_of(c[4])
     assert "signal(s) Approval" in text_of(c[5])

@@ -27,6 +27,7 @@ from exporter.template import (
     MAX_VISIBILITY_TIMEOUT,
     VISIBILITY_FACTOR,
     build_template,
+    default_source_bus,
     subscription_logical_id,
     validate_stack_name,
 )
@@ -625,6 +626,8 @@ def deployed(moto_endpoint: str) -> dict[str, Any]:
     s3 = client(moto_endpoint, "s3")
     s3.create_bucket(Bucket="tmpl-test-code")
     s3.put_object(Bucket="tmpl-test-code", Key="lambda/tiny.zip", Body=buffer.getvalue())
+    # the other service's bus, where "payments audit" puts its rule (deploy checks that it exists)
+    client(moto_endpoint, "events").create_event_bus(Name=default_source_bus("payments"))
     cloudformation = client(moto_endpoint, "cloudformation")
     cloudformation.create_stack(
         StackName=STACK,
@@ -718,24 +721,21 @@ def test_rules_route_events_to_subscription_queues_in_moto(moto_endpoint: str, d
         for name in ("welcome-email", "payments audit")
     }
     events = client(moto_endpoint, "events")
+    own, payments = outputs["BusName"], default_source_bus("payments")
     entries = [
-        ("tmpl-test", "AccountOpened", {"account_id": "a-1"}),  # → welcome-email
-        ("payments", "PaymentSettled", {"payment_id": "p-1", "amount": 5}),  # → payments audit (other source)
-        ("tmpl-test", "PaymentSettled", {"payment_id": "p-2", "amount": 7}),  # our own PaymentSettled: no one
-        ("elsewhere", "AccountOpened", {"account_id": "a-2"}),  # another service's AccountOpened: no one
+        (own, "tmpl-test", "AccountOpened", {"account_id": "a-1"}),  # → welcome-email
+        (payments, "payments", "PaymentSettled", {"payment_id": "p-1", "amount": 5}),  # → payments audit
+        (own, "payments", "PaymentSettled", {"payment_id": "p-3", "amount": 9}),  # not on the payments bus: no one
+        (own, "tmpl-test", "PaymentSettled", {"payment_id": "p-2", "amount": 7}),  # our own PaymentSettled: no one
+        (own, "elsewhere", "AccountOpened", {"account_id": "a-2"}),  # another service's AccountOpened: no one
     ]
     answer = events.put_events(
         Entries=[
-            {
-                "EventBusName": outputs["BusName"],
-                "Source": source,
-                "DetailType": detail_type,
-                "Detail": json.dumps(detail),
-            }
-            for source, detail_type, detail in entries
+            {"EventBusName": bus, "Source": source, "DetailType": detail_type, "Detail": json.dumps(detail)}
+            for bus, source, detail_type, detail in entries
         ]
     )
     assert answer["FailedEntryCount"] == 0
     sqs = client(moto_endpoint, "sqs")
-    assert drain(sqs, queues["welcome-email"]) == [entries[0]]
-    assert drain(sqs, queues["payments audit"]) == [entries[1]]
+    assert drain(sqs, queues["welcome-email"]) == [entries[0][1:]]
+    assert drain(sqs, queues["payments audit"]) == [entries[1][1:]]

@@ -113,6 +113,15 @@ class DeadLetter(Shape):
     time: datetime
 
 
+class PublishedEvent(Shape):
+    """An event as published (`list_events()`): its name, the service it came from, when, and its fields."""
+
+    name: str
+    source: str | None = None
+    time: datetime
+    event: Any = None
+
+
 class EntityInfo(Shape):
     """An entity a runtime serves (`list_entities()`): its key fields and, where counting is cheap, its size."""
 
@@ -198,6 +207,12 @@ class ServiceClientProtocol(Protocol):
     async def resume_schedule(self, name: str) -> None: ...
 
     async def trigger_schedule(self, name: str) -> ExecutionHandle: ...
+    async def list_events(
+        self, max_results: int = 100, source: str | None = None, name: str | None = None
+    ) -> list[PublishedEvent]:
+        """The most recent events published (on a LocalRuntime: on its bus, by every runtime that shares it),
+        newest first; only those of service `source` and named `name`, when given."""
+        ...
 
     async def list_entities(self) -> list[EntityInfo]: ...
 
@@ -610,6 +625,19 @@ def listing_offset(sort: str, max_results: int, next_token: str | None) -> int:
     if re.fullmatch(OFFSET_TOKEN_PATTERN, next_token) is None:
         raise invalid_page_token(next_token)
     return int(next_token or 0)
+
+
+#: the most results one listing call returns
+MAX_RESULTS_LIMIT = 1000
+
+
+def check_max_results(max_results: int) -> None:
+    """A listing's page size: 1 to `MAX_RESULTS_LIMIT` (`InputValidationError`, 422, otherwise)."""
+    if not 1 <= max_results <= MAX_RESULTS_LIMIT:
+        raise errors.InputValidationError(
+            f"max_results must be between 1 and {MAX_RESULTS_LIMIT}, got {max_results}",
+            errors=[{"loc": ["query", "max_results"], "msg": "out of range", "type": "value_error"}],
+        )
 
 
 def invalid_page_token(

@@ -42,7 +42,9 @@ from eventual_nb.runtime.base import (
     ExecutionPage,
     ExecutionStatus,
     HeartbeatResponse,
+    PublishedEvent,
     RuntimeBase,
+    check_max_results,
     execution_id_of,
     listing_offset,
     signal_name_of,
@@ -276,7 +278,7 @@ class TestEnvironment(RuntimeBase):
         self._order = itertools.count()
         self._activities: dict[tuple[str, int], _ActivityState] = {}
         self._mocks: dict[str, MockActivity] = {}
-        self._published: list[tuple[dict[str, Any], str | None]] = []
+        self._published: list[tuple[dict[str, Any], str | None, datetime]] = []
         self._test_subscribers: list[_TestSubscriber] = []
         self._subscriptions_enabled = True
         self._dead_letters: list[DeadLetter] = []
@@ -864,7 +866,7 @@ class TestEnvironment(RuntimeBase):
 
     def _publish(self, envelopes: list[dict[str, Any]], source: str | None) -> None:
         for item in envelopes:
-            self._published.append((item, source))
+            self._published.append((item, source, self._now))
             if self._subscriptions_enabled:
                 for subscription in core.subscriptions_for(self.served_services(), item["name"], source):
                     self._schedule_delivery(subscription, item, 1)
@@ -912,7 +914,7 @@ class TestEnvironment(RuntimeBase):
         name = event_name(event)
         cls = event if isinstance(event, type) else find_event(name)
         found = []
-        for item, _source in self._published:
+        for item, _source, _time in self._published:
             if item["name"] == name:
                 found.append(cls.model_validate(item["event"]) if cls is not None else item["event"])
         return found
@@ -942,6 +944,19 @@ class TestEnvironment(RuntimeBase):
 
     async def list_dead_letters(self) -> list[DeadLetter]:
         return list(self._dead_letters)
+
+    async def list_events(
+        self, max_results: int = 100, source: str | None = None, name: str | None = None
+    ) -> list[PublishedEvent]:
+        """The events published in this environment (virtual time), newest first."""
+        check_max_results(max_results)
+        found: list[PublishedEvent] = []
+        for item, published_by, moment in reversed(self._published):
+            if (source is None or published_by == source) and (name is None or item["name"] == name):
+                found.append(PublishedEvent(name=item["name"], source=published_by, time=moment, event=item["event"]))
+                if len(found) == max_results:
+                    break
+        return found
 
     # -- introspection for tests ---------------------------------------------------------------------
 

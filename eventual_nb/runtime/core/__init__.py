@@ -27,6 +27,8 @@ Decisions (what the core answers)
 * **After an attempt** (`retry_or_settle`): `RetryAt(due, attempt)` per the `RetryPolicy`, or
   `Settle(event)`, or `AwaitToken`. A `RetryAt` or `AwaitToken` carries the `note` the runtime logs for
   the attempt (the line `eventual_nb.attempts` writes and the timeline reads).
+* **Which subscriptions an event reaches** (`subscriptions_for`), and which of them it reaches when another
+  runtime published it over the local bus (`bus_subscriptions_for`: those that name its source).
 * **After a failed delivery** (`after_delivery`): `RetryDeliveryAt(due, attempt)` or a `DeadLetter`.
 * **Schedule fires** (`core.schedules`: `decide_due`, `decide_delivery`, `decide_trigger`, `pause`,
   `resume`): the executions to start (named after their fire), the fires skipped, the schedule's new state
@@ -91,7 +93,12 @@ from eventual_nb.runtime.core.attempts import (
     token_not_pending,
     waiting,
 )
-from eventual_nb.runtime.core.deliveries import RetryDeliveryAt, after_delivery, subscriptions_for
+from eventual_nb.runtime.core.deliveries import (
+    RetryDeliveryAt,
+    after_delivery,
+    bus_subscriptions_for,
+    subscriptions_for,
+)
 from eventual_nb.runtime.core.execution import (
     Begun,
     Lineage,
@@ -144,6 +151,7 @@ __all__ = [
     "attempt_deadlines",
     "begin",
     "blocked_note",
+    "bus_subscriptions_for",
     "cancel_requested",
     "child_not_started",
     "child_result",

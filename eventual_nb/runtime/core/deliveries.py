@@ -25,6 +25,22 @@ def subscriptions_for(services: Iterable[Service], name: str, source: str | None
     ]
 
 
+def bus_subscriptions_for(services: Iterable[Service], name: str, source: str | None) -> list[Subscription]:
+    """The subscriptions of `services` that an event named `name` reaches when another runtime published it
+    as service `source` (over the local bus): those that name that source (`source=`). None when `services`
+    include `source` itself: the runtime that published the event delivered it to that service's subscribers
+    (another runtime serving the same service, a notebook beside `eventual-nb serve`, must not do it twice)."""
+    services = list(services)
+    if source is None or any(service.name == source for service in services):
+        return []
+    return [
+        subscription
+        for service in services
+        for subscription in service.subscriptions.values()
+        if subscription.source == source and subscription.matches(name, source)
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class RetryDeliveryAt:
     """Deliver the event again at `due`, as attempt `attempt`."""

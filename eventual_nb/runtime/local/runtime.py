@@ -21,6 +21,10 @@ catches up the fires missed while no runtime ran, as each schedule's `catchup` s
 
 The clock: `datetime.now(UTC)`, or the `clock=` given (tests: `ev.testing.ManualClock`, which wakes the
 runtime each time it moves, so a test runs a week of fires or a restart after missed ones without waiting).
+Events also go onto the event bus that the LocalRuntimes of one machine share (`bus=`, by default
+`bus.db` beside the database): through an outbox row written in the transaction that publishes them and
+appended to the bus right after it commits; and the events other runtimes published there reach the
+subscriptions here that name their source (`runtime/local/bus.py` has the promises and how they are kept).
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from eventual_nb import errors
 from eventual_nb import service as registry
+from eventual_nb.durations import DurationLike, parse_duration
 from eventual_nb.engine import capture
 from eventual_nb.engine.executor import StepOutput, WorkflowCode, WorkflowExecutor
 from eventual_nb.engine.history import HistoryEvent, LogEntry, SignalReceived
@@ -57,7 +62,9 @@ from eventual_nb.runtime.base import (
     ExecutionPage,
     ExecutionStatus,
     HeartbeatResponse,
+    PublishedEvent,
     RuntimeBase,
+    check_max_results,
     execution_id_of,
     listing_offset,
     signal_name_of,
@@ -80,6 +87,8 @@ from eventual_nb.runtime.core import (
     wire,
 )
 from eventual_nb.runtime.core.schedules import Schedule, ScheduleInfo, ScheduleState
+from eventual_nb.runtime.local.bus import default_bus_path
+from eventual_nb.runtime.local.buslink import BusLink
 from eventual_nb.runtime.local.entities import LocalEntityStore
 from eventual_nb.runtime.local.store import ActivityRow, Database, StepRow, dumps
 from eventual_nb.runtime.tokens import TokenSigner, environment_signing_key
@@ -219,10 +228,17 @@ class _Round:
     created: list[str] = field(default_factory=list)
     ready: set[str] = field(default_factory=set)
     did_work: bool = False
+    #: events went into the outbox: forward them to the bus once committed
+    published: bool = False
 
 
 class LocalRuntime(RuntimeBase):
-    """Durable runtime on SQLite (WAL, `synchronous=FULL` by default, one writer, exclusive lock)."""
+    """Durable runtime on SQLite (WAL, `synchronous=FULL` by default, one writer, exclusive lock).
+
+    `bus`: the event bus file shared with the other LocalRuntimes of this machine (default `bus.db` in the
+    database's directory, so runtimes started in one directory exchange events); `False` for none (events
+    then reach only this runtime's subscriptions). `bus_retention`: how long the bus keeps events (default
+    7 days; a duration such as "2d")."""
 
     def __init__(
         self,
@@ -233,12 +249,17 @@ class LocalRuntime(RuntimeBase):
         services: list[Service | str] | None = None,
         max_cached_executions: int = 10_000,
         clock: Callable[[], datetime] | None = None,
+        bus: str | os.PathLike[str] | Literal[False] | None = None,
+        bus_retention: DurationLike = "7d",
     ) -> None:
         """`clock`: what the runtime reads as now (aware datetimes; default `datetime.now(UTC)`), for tests. A
         clock with a `watch(callback)` method (`ev.testing.ManualClock`) wakes the runtime when it moves."""
         self.path = os.fspath(path)
         self._clock = clock
         self.durability = durability
+        self.bus_path = None if bus is False else os.fspath(bus if bus is not None else default_bus_path(self.path))
+        self.bus_retention = parse_duration(bus_retention, what="bus_retention")
+        self._link: BusLink | None = None
         self._serve(service, services)
         self._max_cached = max_cached_executions
         self._db: Database | None = None
@@ -308,10 +329,11 @@ class LocalRuntime(RuntimeBase):
                     self._db.set_meta("signing_key", stored)
                 secret = bytes.fromhex(stored)
             self._signer = TokenSigner(secret)
+            if self.bus_path is not None:
+                self._link = BusLink.open(self.bus_path, self._db, self.durability, self.bus_retention)
             self._recover()
         except BaseException:  # a failed start must not keep the database (and its lock) open
-            self._db.close()
-            self._db = None
+            self._close_storage()
             raise
         self._loop = self._home_loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -321,6 +343,8 @@ class LocalRuntime(RuntimeBase):
         watch = getattr(self._clock, "watch", None)
         if callable(watch):
             watch(self.clock_moved)
+        if self._link is not None:
+            self._link.listen(self._loop, self._wake_up)
         self._scheduler = asyncio.create_task(self._run(), name=f"LocalRuntime {self.path}")
 
     async def stop(self) -> None:
@@ -351,10 +375,16 @@ class LocalRuntime(RuntimeBase):
             if not request.future.done():
                 request.future.set_exception(errors.EventualError("the LocalRuntime was stopped"))
         self._requests.clear()
+        self._close_storage()
+        self._home_loop = None
+
+    def _close_storage(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
         if self._db is not None:
             self._db.close()
             self._db = None
-        self._home_loop = None
 
     def is_running(self) -> bool:
         return self._scheduler is not None
@@ -422,6 +452,8 @@ class LocalRuntime(RuntimeBase):
         woke = False
         while True:
             self._wake.clear()
+            if self._link is not None:
+                self._link.poll(time.time())  # the bus keeps wall-clock time, whatever clock the runtime reads
             if self._has_work(self._time()):
                 woke = False
                 try:
@@ -434,7 +466,7 @@ class LocalRuntime(RuntimeBase):
                 continue
             if woke:
                 self.idle_wakeups += 1  # woken (or timed out) with nothing to do
-            delay = None if self._earliest_due == math.inf else max(0.0, self._earliest_due - self._time())
+            delay = self._sleep_for()
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -442,6 +474,16 @@ class LocalRuntime(RuntimeBase):
                 pass
             self.wakeups += 1
             woke = True
+
+    def _sleep_for(self) -> float | None:
+        """How long the scheduler may sleep: until the earliest due row on the runtime's clock, or the bus's
+        next look on the wall clock, whichever comes first (None: until woken)."""
+        delays = []
+        if self._earliest_due != math.inf:
+            delays.append(self._earliest_due - self._time())
+        if self._link is not None and (bus_wake := self._link.next_wake()) != math.inf:
+            delays.append(bus_wake - time.time())
+        return max(0.0, min(delays)) if delays else None
 
     def _has_work(self, now: float) -> bool:
         return bool(
@@ -452,6 +494,7 @@ class LocalRuntime(RuntimeBase):
             or (self._ready and not self._ready <= self._blocked.keys())
             or now >= self._earliest_due
             or self._schedules_seen != _schedule_generations()
+            or (self._link is not None and self._link.has_work(time.time()))
         )
 
     def _note_due(self, due: float | None) -> None:
@@ -491,12 +534,15 @@ class LocalRuntime(RuntimeBase):
         deliveries, self._deliveries_done = self._deliveries_done, []
         logs, self._pending_logs = self._pending_logs, []
         self._work = work
+        undo_bus: Callable[[], None] | None = None
         database.begin()
         try:
             if self._schedules_seen != _schedule_generations():
                 self._sync_schedules()  # before the requests, so pausing or listing a new schedule finds its row
             if logs:
                 database.add_log_rows(logs)
+            if self._link is not None:
+                undo_bus = self._take_from_bus(now)
             results = self._apply_requests(requests, now)
             for attempt in attempts:
                 self._settle_attempt(attempt, now)
@@ -507,6 +553,8 @@ class LocalRuntime(RuntimeBase):
             self._catching_up = False
         except BaseException:
             database.rollback()
+            if undo_bus is not None:
+                undo_bus()
             self._undo(work)
             self._requests = requests + self._requests
             self._attempts = attempts + self._attempts
@@ -518,6 +566,8 @@ class LocalRuntime(RuntimeBase):
             self.commits += 1
             if self._commit_listeners:
                 self._notify_commit()
+        if self._link is not None and (work.published or self._link.outbox_pending):
+            self._link.forward(time.time())  # before `publish` returns: its events are on the bus then
         for request, value, error in results:
             if request.future.done():
                 continue
@@ -1023,11 +1073,37 @@ class LocalRuntime(RuntimeBase):
     # ------------------------------------------------------------------------------------------- events
 
     def _publish(self, envelopes: list[dict[str, Any]], source: str | None, now: float) -> None:
+        """Deliveries to this runtime's subscriptions, and outbox rows for the bus, in the current transaction."""
         for item in envelopes:
             for subscription in core.subscriptions_for(self.served_services(), item["name"], source):
-                self._database.add_delivery(subscription.name, dumps(item), source, now)
-                self._note_due(now)
-                self._work.did_work = True
+                self._add_delivery(subscription, item, source, now)
+            if self._link is not None:
+                self._database.add_outbox(self._bus_source(source), item["name"], dumps(item["event"]), now)
+                self._work.published = True
+
+    def _bus_source(self, source: str | None) -> str | None:
+        """The source an event goes onto the bus with: its service's, else (an envelope of no particular
+        service) the first served service's, as the AWS runtime puts them on the bus as its stack's service."""
+        if source is not None:
+            return source
+        services = self.served_services()
+        return services[0].name if services else None
+
+    def _add_delivery(self, subscription: Subscription, item: dict[str, Any], source: str | None, now: float) -> None:
+        self._database.add_delivery(subscription.name, dumps(item), source, now)
+        self._note_due(now)
+        self._work.did_work = True
+
+    def _take_from_bus(self, now: float) -> Callable[[], None]:
+        """Inside the round's transaction: the events other runtimes published become deliveries to the
+        subscriptions here that name their source, and the read position moves past them (see `BusLink.take`)."""
+        assert self._link is not None
+        entries, undo = self._link.take()
+        services = self.served_services()
+        for entry in entries:
+            for subscription in core.bus_subscriptions_for(services, entry.name, entry.source):
+                self._add_delivery(subscription, entry.envelope(), entry.source, now)
+        return undo
 
     def _subscription(self, name: str) -> Subscription | None:
         for service in self.served_services():
@@ -1278,6 +1354,22 @@ class LocalRuntime(RuntimeBase):
 
     async def list_dead_letters(self) -> list[DeadLetter]:
         return self._database.dead_letters()
+
+    async def list_events(
+        self, max_results: int = 100, source: str | None = None, name: str | None = None
+    ) -> list[PublishedEvent]:
+        """The newest events on the bus (every runtime's), newest first."""
+        check_max_results(max_results)
+        link = self._link
+        if link is None:
+            if self._scheduler is None:
+                raise errors.EventualError("the LocalRuntime is not running: use `async with ev.LocalRuntime(...):`")
+            raise errors.EventualError("this LocalRuntime has no event bus (it was started with bus=False)")
+        entries = await self._read(lambda _database: link.bus.recent(max_results, source, name))
+        return [
+            PublishedEvent(name=entry.name, source=entry.source, time=_dt(entry.time), event=entry.envelope()["event"])
+            for entry in entries
+        ]
 
     async def wait_for_execution(self, id: str, timeout: float | None) -> Execution:
         execution = self._execution(id)

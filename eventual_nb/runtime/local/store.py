@@ -44,6 +44,7 @@ from eventual_nb.runtime import core
 from eventual_nb.runtime.base import DeadLetter, Execution, ExecutionStatus
 from eventual_nb.runtime.core.schedules import ScheduleState
 from eventual_nb.runtime.entity_store import EntityKey, StoredEntry, Write
+from eventual_nb.runtime.local.bus import Outgoing
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -157,6 +158,18 @@ def _schedules_table(connection: sqlite3.Connection) -> None:
     connection.execute("CREATE INDEX IF NOT EXISTS schedules_by_due ON schedules(due) WHERE due IS NOT NULL")
 
 
+def _outbox_table(connection: sqlite3.Connection) -> None:
+    """Version 5 (version 4 is the schedules'; this one needs nothing of it): events published here and not
+    yet appended to the shared event bus (`runtime/local/bus.py`); `id` is never reused, so it names the
+    event on the bus together with the runtime's origin id."""
+    connection.execute(
+        """CREATE TABLE IF NOT EXISTS outbox(
+            id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT, name TEXT NOT NULL, payload TEXT NOT NULL,
+            time REAL NOT NULL
+        )"""
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -170,6 +183,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "timers hold the event they deliver", _timers_hold_their_event),
     Migration(3, "entities", _entities_table),
     Migration(4, "schedules keep their state", _schedules_table),
+    Migration(5, "the outbox of events for the shared bus", _outbox_table),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -764,6 +778,24 @@ class Database:
             )
             for row in rows
         ]
+
+    # -- the bus's outbox ----------------------------------------------------------------------------
+
+    def add_outbox(self, source: str | None, name: str, payload: str, time: float) -> None:
+        self.connection.execute(
+            "INSERT INTO outbox(source, name, payload, time) VALUES (?, ?, ?, ?)", (source, name, payload, time)
+        )
+
+    def outbox(self, after: int, limit: int) -> list[Outgoing]:
+        """The oldest `limit` outbox rows after id `after` (events waiting to be appended to the bus)."""
+        rows = self.connection.execute(
+            "SELECT id, source, name, payload, time FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        ).fetchall()
+        return [Outgoing(row["id"], row["source"], row["name"], row["payload"], row["time"]) for row in rows]
+
+    def delete_outbox(self, up_to: int) -> None:
+        """Forget the outbox rows up to id `up_to` (they are on the bus)."""
+        self.connection.execute("DELETE FROM outbox WHERE id <= ?", (up_to,))
 
     # -- entities ------------------------------------------------------------------------------------
 
