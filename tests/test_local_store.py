@@ -175,3 +175,24 @@ def test_eventual_nb_imports_and_runs_where_fcntl_does_not_exist(tmp_path: Path)
     assert lines[0] == "hello windows"
     assert lines[1].startswith("EventualError: LocalRuntime needs POSIX file locks (the fcntl module)")
     assert not (tmp_path / "state.db").exists()
+
+
+@pytest.mark.parametrize(
+    "statuses",
+    [None, [ev.ExecutionStatus.SUCCEEDED], [ev.ExecutionStatus.SUCCEEDED, ev.ExecutionStatus.FAILED]],
+    ids=["no status", "one status", "two statuses"],
+)
+async def test_a_workflows_executions_are_listed_from_an_index_in_start_order(
+    tmp_path: Path, statuses: list | None
+) -> None:
+    """A page of one workflow's executions is read from an index in the order of the page: no sort of every
+    execution of that workflow (which grew with the number stored: 6 ms a page at 100,000)."""
+    statements: list[str] = []
+    async with ev.LocalRuntime(tmp_path / "state.db") as runtime:
+        runtime._database.connection.set_trace_callback(statements.append)
+        await runtime.list_executions(workflow="report", statuses=statuses, max_results=10)
+        runtime._database.connection.set_trace_callback(None)
+        (listing,) = [statement for statement in statements if "ORDER BY rowid" in statement]
+        plan = [row[3] for row in runtime._database.connection.execute(f"EXPLAIN QUERY PLAN {listing}")]
+    assert any(step.startswith("SEARCH executions USING INDEX") for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
