@@ -197,7 +197,12 @@ class Activity(Generic[P, R]):
             )
         )
         raw = await future
-        return from_json(raw, self.shape.return_annotation, what=f"result of activity '{self.name}'")  # type: ignore[no-any-return]
+        return from_json(raw, self.shape.return_annotation, what=self._result_what)  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def _result_what(self) -> str:
+        """How the result is named in an error (built once: every call reads its result through it)."""
+        return f"result of activity '{self.name}'"
 
     async def run_directly(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> Any:
         """Run the function itself (a plain `def` in a worker thread)."""

@@ -88,6 +88,8 @@ def from_json(data: Any, annotation: Any = Any, *, what: str = "value") -> Any:
     """Rebuild a typed value from JSON, raising `InputValidationError` with pydantic's details."""
     if annotation is Any or annotation is inspect.Parameter.empty:
         return data
+    if annotation is type(data) and annotation in _PLAIN_SCALARS:
+        return data  # an `int` for an `int`: pydantic would return it unchanged (a hot path: every result)
     try:
         return adapter(annotation).validate_python(data)
     except ValidationError as exc:
@@ -161,6 +163,8 @@ class CallShape:
         self.annotations = {name: hints.get(name, Any) for name in self.signature.parameters}
         self.return_annotation = hints.get("return", Any)
         parameters = list(self.signature.parameters.values())
+        #: how each argument is named in an error, built once (every call binds and unbinds them)
+        self._what = {name: f"argument '{name}' of {what}" for name in self.signature.parameters}
         #: names of the parameters when every one is plain positional-or-keyword (the usual case), so a
         #: call made only with positional arguments binds without `inspect` (a hot path: every call)
         self._positional_names: tuple[str, ...] | None = None
@@ -191,7 +195,7 @@ class CallShape:
         return result
 
     def _dump(self, value: Any, annotation: Any, name: str) -> Any:
-        return validate(value, annotation, what=f"argument '{name}' of {self.what}")
+        return validate(value, annotation, what=self._what[name])
 
     def unbind(self, data: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         args: list[Any] = []
@@ -200,7 +204,7 @@ class CallShape:
             if name not in data:
                 continue
             annotation = self.annotations[name]
-            what = f"argument '{name}' of {self.what}"
+            what = self._what[name]
             value = data[name]
             if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
                 args.extend(from_json(item, annotation, what=what) for item in value)

@@ -1824,3 +1824,41 @@ async def test_an_execution_asleep_on_a_far_timer_is_not_kept_in_memory(tmp_path
         assert await near.result(timeout=WAIT) == "slept 30 s"
         assert rt.replays == 1  # the far sleeper, rebuilt once from its history
         assert len(rt._executors) == 0
+
+
+@ev.activity
+async def lr_noop_step(i: int) -> int:
+    return i
+
+
+@ev.workflow
+async def lr_many_noop_steps(steps: int) -> int:
+    total = 0
+    for i in range(steps):
+        total += await lr_noop_step(i)
+    return total
+
+
+async def test_a_chain_of_instant_activities_does_not_starve_the_event_loop(tmp_path: Path) -> None:
+    """No-op activities finish as they start, so each round hands the next one a result at once; the
+    scheduler runs a few such rounds back to back (one trip round the event loop fewer per step) but must
+    still let other tasks of the loop run every few rounds."""
+    turns = 0
+    done = False
+
+    async def other_work() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with local_runtime(tmp_path / "state.db", durability="off") as rt:
+        ticker = asyncio.create_task(other_work())
+        try:
+            assert await lr_many_noop_steps(60) == sum(range(60))
+        finally:
+            done = True
+            await ticker
+        stepped = rt.steps
+    # a trip round the loop at least every (1 + ROUNDS_WITHOUT_YIELD) rounds of the 61 this run took
+    assert turns >= stepped // 5, (turns, stepped)

@@ -108,6 +108,10 @@ class SignalHandlerEntry:
     disposed: bool = False
 
 
+#: the events that answer a durable call (built once: `_accepts` runs for every event)
+_ANSWERS = (*ACTIVITY_RESULTS, *CHILD_RESULTS, TimerCompleted)
+
+
 def _when_to_datetime(when: float) -> datetime:
     return datetime.fromtimestamp(round(when, 6), UTC)
 
@@ -327,7 +331,7 @@ class WorkflowExecutor:
     def _accepts(self, event: HistoryEvent) -> bool:
         if isinstance(event, WorkflowStarted):
             return self.started is None
-        if isinstance(event, (*ACTIVITY_RESULTS, *CHILD_RESULTS, TimerCompleted)):
+        if isinstance(event, _ANSWERS):
             seq = event.seq
             if seq is None:
                 return False

@@ -46,6 +46,7 @@ from typing import (
 from pydantic import Field
 
 from eventual_nb import errors
+from eventual_nb import service as registry
 from eventual_nb.engine.history import HistoryEvent, LogEntry, Wait
 from eventual_nb.shapes import Shape
 
@@ -286,16 +287,18 @@ class ServedDefinitions:
     def served_services(self) -> list[Service]:
         """The served `Service` objects; definitions added or replaced later (later cells) are seen through
         them, and the list itself is rebuilt whenever a new service is created."""
-        from eventual_nb import service as registry
+        return list(self._served())
 
+    def _served(self) -> list[Service]:
+        """`served_services()` without the copy, for lookups that only read it (one per activity attempt)."""
         cached = self._served_cache
         if cached is not None and cached[0] == registry.generation and cached[1] is self._served_names:
-            return list(cached[2])
+            return cached[2]
         services = registry.all_services()
         if self._served_names is not None:
             services = [service for service in services if service.name in self._served_names]
         self._served_cache = (registry.generation, self._served_names, services)
-        return list(services)
+        return services
 
     def workflow_definition(self, name: str) -> Workflow[Any]:
         """The current definition of workflow `name` among the served services."""
@@ -352,9 +355,9 @@ class ServedDefinitions:
         )
 
     def activity_definition(self, name: str) -> Activity[Any, Any] | None:
-        from eventual_nb.activities import find_activity
+        from eventual_nb.activities import find_activity  # (a module: no package import on this hot path)
 
-        return find_activity(name, self.served_services())
+        return find_activity(name, self._served())
 
     def aws_result_warning(self, outcome: Any, name: str, seq: int, execution_id: str) -> str | None:
         """The warning the LocalRuntime and the TestEnvironment log when an attempt's result would not fit on

@@ -130,6 +130,11 @@ def _surely_fits(value: Any, limit: int) -> bool:
     step, and encoding with the json module was a tenth of a step's CPU (`python -m benchmarks.profile_step`).
     msgspec's text differs from the runtime's only in how some floats are written (`1e16` for `1e+16`), a
     quarter of a number's length at most, so anything over half the limit is measured exactly."""
+    kind = type(value)
+    if kind is int or kind is bool or value is None:  # (an int of any size: msgspec measures it or refuses)
+        return kind is not int or -(2**63) <= value < 2**64
+    if kind is str and len(value) * 6 + 2 <= limit // 2:  # 6 bytes of JSON per character at most ("\u0000")
+        return True
     try:
         return len(_SIZER.encode(value)) <= limit // 2
     except (TypeError, ValueError, OverflowError):  # not plain JSON: the exact measure says what it is
@@ -176,8 +181,8 @@ def fitting_result(outcome: AttemptOutcome, name: str, seq: int, execution_id: s
 def result_warning(outcome: AttemptOutcome, name: str, seq: int, execution_id: str, *, inline: bool) -> str | None:
     """The LocalRuntime's and the TestEnvironment's warning about a result `fitting_result` would refuse (an
     inline activity's result is committed into the history, not sent: it has no such limit)."""
-    if inline or outcome.kind is not Outcome.SUCCEEDED:
-        return None
+    if inline or outcome.kind is not Outcome.SUCCEEDED or _surely_fits(outcome.result, ACTIVITY_RESULT.limit):
+        return None  # (decided before the message is built: this runs on every attempt)
     return aws_warning(ACTIVITY_RESULT, outcome.result, f"activity '{name}' (seq {seq}) of '{execution_id}'")
 
 
@@ -186,26 +191,32 @@ def turn_warnings(execution_id: str, events: Sequence[HistoryEvent], actions: Se
     result, the signals it receives and sends, the inputs of the activities and children it starts, the events
     it publishes. Written on every runtime (on AWS the calls that bring a payload in refuse it first, so what
     remains is what the workflow itself sends)."""
-    checks: list[tuple[PayloadLimit, Any, str]] = []
+    # each check names its payload with a format and its arguments, formatted only for a warning: the checks
+    # run on every step and almost every payload fits
+    checks: list[tuple[PayloadLimit, Any, str, tuple[Any, ...]]] = []
     for event in events:
         if isinstance(event, WorkflowStarted):
-            checks.append((WORKFLOW_INPUT, event.input, f"execution '{execution_id}'"))
+            checks.append((WORKFLOW_INPUT, event.input, "execution '{}'", (execution_id,)))
         elif isinstance(event, WorkflowSucceeded):
-            checks.append((WORKFLOW_RESULT, event.result, f"execution '{execution_id}'"))
+            checks.append((WORKFLOW_RESULT, event.result, "execution '{}'", (execution_id,)))
         elif isinstance(event, SignalReceived):
-            checks.append((SIGNAL_PAYLOAD, event.payload, f"signal '{event.signal}' to '{execution_id}'"))
+            checks.append((SIGNAL_PAYLOAD, event.payload, "signal '{}' to '{}'", (event.signal, execution_id)))
     for action in actions:
         if isinstance(action, StartAttempt):
-            checks.append((ACTIVITY_INPUT, action.input, f"activity '{action.name}' (seq {action.seq})"))
+            checks.append((ACTIVITY_INPUT, action.input, "activity '{}' (seq {})", (action.name, action.seq)))
         elif isinstance(action, StartChild):
-            checks.append((WORKFLOW_INPUT, action.input, f"child execution '{action.child_id}'"))
+            checks.append((WORKFLOW_INPUT, action.input, "child execution '{}'", (action.child_id,)))
         elif isinstance(action, Deliver) and isinstance(action.event, SignalReceived):
             signal = action.event
-            checks.append((SIGNAL_PAYLOAD, signal.payload, f"signal '{signal.signal}' to '{action.target}'"))
+            checks.append((SIGNAL_PAYLOAD, signal.payload, "signal '{}' to '{}'", (signal.signal, action.target)))
         elif isinstance(action, Publish):
             for item in action.envelopes:
-                checks.append((EVENT, item, f"event '{item.get('name')}' published by '{execution_id}'"))
-    return [warning for limit, value, of in checks if (warning := aws_warning(limit, value, of)) is not None]
+                checks.append((EVENT, item, "event '{}' published by '{}'", (item.get("name"), execution_id)))
+    return [
+        warning
+        for limit, value, of, names in checks
+        if not _surely_fits(value, limit.limit) and (warning := aws_warning(limit, value, of.format(*names)))
+    ]
 
 
 def refuse_sends(execution_id: str, actions: Sequence[Action], when: datetime) -> tuple[list[Action], list[str]]:

@@ -102,6 +102,10 @@ class BusLink:
         if len(self.incoming) == BATCH:
             self._dirty = True  # more to read after this batch is committed
 
+    def to_take(self) -> bool:
+        """Whether `take` has anything to do (entries read, or forwarded rows to delete): most rounds have not."""
+        return bool(self.incoming) or self.forwarded is not None
+
     def take(self) -> tuple[list[BusEntry], Callable[[], None]]:
         """Inside a round: the entries read that other runtimes published, with the read position moved past
         every entry read and the outbox rows already on the bus deleted, in the round's transaction; and
