@@ -16,6 +16,7 @@ against exactly the queues, bus, rules and log group a deploy creates.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -31,7 +32,7 @@ import pytest
 
 from exporter.deploy import emulate_recurring_schedules
 from exporter.handlers import HANDLERS
-from exporter.template import build_template
+from exporter.template import build_template, default_source_bus
 
 REGION = "us-east-1"
 STACK = "stores-test"
@@ -153,6 +154,16 @@ class Stack:
     resources: dict[str, str]
 
 
+def ensure_source_buses(endpoint: str, service: str, subscriptions: list[dict[str, Any]]) -> None:
+    """The buses of the other services `subscriptions` name as their source, where their rules go: `eventual-nb
+    deploy` wants the source's stack deployed first; a test that deploys only the subscriber stands a bare bus
+    of the default name in for it (left as it is when the source's own stack made it)."""
+    events = aws_client(endpoint, "events")
+    for source in sorted({item["source"] for item in subscriptions if item.get("source") not in (None, service)}):
+        with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
+            events.create_event_bus(Name=default_source_bus(source))
+
+
 def deploy_stack(
     endpoint: str,
     stack: str = "harness-test",
@@ -167,6 +178,7 @@ def deploy_stack(
     The returned environment is the union of every function's variables (the orchestrator's Scheduler
     settings, the subscription function's queue map), i.e. what a process serving all functions sees."""
     template = build_template(manifest(service, subscriptions, schedules, entities))
+    ensure_source_buses(endpoint, service, subscriptions or [])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("handlers.py", "def api(event, context):\n    return {}\n")

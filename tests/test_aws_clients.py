@@ -30,6 +30,7 @@ from eventual_nb.runtime.aws.clients import (
     start_dedup_id,
 )
 from eventual_nb.serde import NotJsonable, canonical_json, compact_json, input_hash, to_json
+from exporter.template import default_source_bus
 from tests import aws_support
 from tests.aws_support import Stack, client_kwargs, deploy_stack, require_local, reset_moto
 
@@ -327,11 +328,22 @@ def test_bus_delivers_through_the_templates_rules_with_the_convention(clients: A
     assert sorted(item["detail"]["n"] for item in received) == list(range(11))
     assert {(item["source"], item["detail-type"]) for item in received} == {("harness-svc", "Paid")}
     assert received[0]["detail"]["note"] == "€"
-    # the partner subscription matches its own source only
+    # the partner subscription's rule is on the partner's bus: its events there reach it, nothing on ours does
     assert receive_all(sqs, subscription_url(clients, "partner-feed")) == []
     clients.publish([{"name": "Paid", "event": {"n": 100}}], "partner")
+    assert receive_all(sqs, subscription_url(clients, "partner-feed")) == []
+    clients.client("events").put_events(
+        Entries=[
+            {
+                "EventBusName": default_source_bus("partner"),
+                "Source": "partner",
+                "DetailType": "Paid",
+                "Detail": json.dumps({"n": 101}),
+            }
+        ]
+    )
     (partner,) = receive_all(sqs, subscription_url(clients, "partner-feed"))
-    assert (json.loads(partner["Body"])["source"], json.loads(partner["Body"])["detail"]) == ("partner", {"n": 100})
+    assert (json.loads(partner["Body"])["source"], json.loads(partner["Body"])["detail"]) == ("partner", {"n": 101})
     assert receive_all(sqs, subscription_url(clients, "audit")) == []
 
 

@@ -270,9 +270,9 @@ def test_missing_dbos_is_reported_not_fatal(tmp_path: Path) -> None:
 def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
     """Every step was billed for requests; the services' parts add up to the total, warm and cold."""
     bench = report["benchmarks"]["aws"]
-    assert set(bench["systems"]) == {"warm", "cold"}
+    assert set(bench["systems"]) == {"warm", "cold", "inline"}
     assert bench["unavailable"] == {}
-    assert bench["targets"]["usd_per_million_steps"] == "≤ $5"
+    assert bench["targets"]["usd_per_million_steps"] == "≤ $5 queued (warm), ≤ $1.5 inline"
     assert set(bench["params"]["memory_mb"]) >= {"orchestrator", "activity", "timer", "schedule"}
     for system in ("warm", "cold"):
         found = bench["results"][system]
@@ -310,6 +310,25 @@ def test_aws_costs_are_counted_and_add_up(report: dict) -> None:
         assert found["activity_measured_ms"] > 0
 
 
+def test_aws_inline_steps_run_in_the_orchestrator_and_add_up(report: dict) -> None:
+    """Inline activities take no activity invocation, no claim and no attempt message: one turn item per step,
+    and sequential steps share orchestrator invocations."""
+    bench = report["benchmarks"]["aws"]
+    found = bench["results"]["inline"]
+    parts = sum(
+        value
+        for key, value in found.items()
+        if key.startswith("usd_")
+        and key not in {"usd_per_million_steps", "usd_per_million_steps_moto_durations", "usd_without_activity_lambda"}
+    )
+    assert found["usd_per_million_steps"] > 0
+    assert parts == pytest.approx(found["usd_per_million_steps"])
+    assert found["activity_invocations_per_step"] == 0
+    assert found["requests_dynamodb.PutItem"] < bench["results"]["warm"]["requests_dynamodb.PutItem"]
+    assert found["orchestrator_invocations_per_step"] < found["turns"]
+    assert found["usd_per_million_steps"] < bench["results"]["warm"]["usd_per_million_steps"]
+
+
 def test_aws_warm_orchestrator_never_replays_and_cold_replays_every_step(report: dict) -> None:
     results = report["benchmarks"]["aws"]["results"]
     assert results["warm"]["replays"] == 0
@@ -330,7 +349,9 @@ def test_aws_timer_signal_execution_uses_the_scheduler_once(report: dict) -> Non
     assert results["requests"] > 0
     assert results["usd_per_million_executions"] > 0
     assert results["usd_scheduler"] == pytest.approx(1.0)  # one invocation at $1 per million
-    assert "logs.PutLogEvents 1" in bench["info"]["requests"]
+    # the log stream is created once, by the first write that finds it missing (which it then writes again)
+    assert "logs.CreateLogStream 1" in bench["info"]["requests"]
+    assert "logs.PutLogEvents 2" in bench["info"]["requests"]
 
 
 def test_local_schedules_ran_every_fire_once_without_idle_wakeups(report: dict) -> None:
