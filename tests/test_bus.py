@@ -490,3 +490,22 @@ async def test_two_servers_in_one_directory_exchange_events_across_sigkills(tmp_
         for process in (bank, subscriber):
             if process.poll() is None:
                 _kill(process)
+
+
+async def test_a_runtime_that_reads_nothing_from_the_bus_never_wakes_to_look_at_it(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The look for lost rings is for runtimes with a subscription to another service's events; one without
+    (the bank here) sleeps until something is due, so an idle runtime with a bus has no idle wake-ups."""
+    monkeypatch.setattr(buslink, "CHECK_SECONDS", 0.1)
+    async with (
+        ev.LocalRuntime(tmp_path / "bank.db", service=BANK) as bank,
+        ev.LocalRuntime(tmp_path / "notes.db", service=NOTES) as notes,
+    ):
+        await asyncio.sleep(0.1)  # both idle
+        bank_wakeups, notes_wakeups = bank.idle_wakeups, notes.idle_wakeups
+        await asyncio.sleep(1.0)
+        assert bank.idle_wakeups == bank_wakeups
+        assert notes.idle_wakeups > notes_wakeups  # the subscriber still looks for rings it may have missed
+        await bank.publish_events(BusTransferred(id="quiet-1"))
+        await eventually(lambda: ("notify", "quiet-1") in RECEIVED, "the delivery")

@@ -97,6 +97,7 @@ from eventual_nb.runtime.core.deliveries import (
     RetryDeliveryAt,
     after_delivery,
     bus_subscriptions_for,
+    reads_the_bus,
     subscriptions_for,
 )
 from eventual_nb.runtime.core.execution import (
@@ -164,6 +165,7 @@ __all__ = [
     "missed_deadline",
     "not_found",
     "not_served",
+    "reads_the_bus",
     "retry_or_settle",
     "service_of",
     "signal_received",

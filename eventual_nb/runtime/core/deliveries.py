@@ -41,6 +41,19 @@ def bus_subscriptions_for(services: Iterable[Service], name: str, source: str | 
     ]
 
 
+def reads_the_bus(services: Iterable[Service]) -> bool:
+    """Whether any of `services` subscribes to events of a service not among them (`source=`): only such a
+    runtime has anything to read from the local bus, so only it looks there now and then for a ring it may
+    have missed; the others sleep until something is due (no idle wake-ups)."""
+    services = list(services)
+    names = {service.name for service in services}
+    return any(
+        subscription.source is not None and subscription.source not in names
+        for service in services
+        for subscription in service.subscriptions.values()
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RetryDeliveryAt:
     """Deliver the event again at `due`, as attempt `attempt`."""

@@ -40,8 +40,9 @@ readers wake within a millisecond or so. A FIFO is created under a temporary nam
 into place, so a writer never finds one without a reader except when its runtime is gone (its process
 died: the kernel closed the pipe); the writer then gets `ENXIO` and deletes it. A FIFO rather than a
 Unix-domain socket, because a socket's path is limited to about 100 bytes, which project directories
-easily exceed. A ring can still be lost (a writer killed between its bus commit and its ring), so readers
-also look at the bus every `CHECK_SECONDS` while idle: one indexed query, which costs no measurable CPU.
+easily exceed. A ring can still be lost (a writer killed between its bus commit and its ring), so a runtime that reads
+the bus (one serving a subscription to another service's events) also looks at it every `CHECK_SECONDS`
+while idle: one indexed query, which costs no measurable CPU; the others never wake to look.
 """
 
 from __future__ import annotations

@@ -489,11 +489,16 @@ class LocalRuntime(RuntimeBase):
 
     def _sleep_for(self) -> float | None:
         """How long the scheduler may sleep: until the earliest due row on the runtime's clock, or the bus's
-        next look on the wall clock, whichever comes first (None: until woken)."""
+        next look on the wall clock (a forward to retry, or a look for lost rings when a subscription here
+        reads the bus), whichever comes first (None: until woken)."""
         delays = []
         if self._earliest_due != math.inf:
             delays.append(self._earliest_due - self._time())
-        if self._link is not None and (bus_wake := self._link.next_wake()) != math.inf:
+        if (
+            self._link is not None
+            and (bus_wake := self._link.next_wake()) != math.inf
+            and (self._link.outbox_pending or core.reads_the_bus(self.served_services()))
+        ):
             delays.append(bus_wake - time.time())
         return max(0.0, min(delays)) if delays else None
 
