@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from eventual_nb import errors
 from eventual_nb.engine.executor import current_executor
@@ -19,7 +19,12 @@ from eventual_nb.service import Service, all_services, current_service
 
 
 class Event(BaseModel):
-    """Base class of events: a pydantic model whose name is the class name (or `__event_name__`)."""
+    """Base class of events: a pydantic model whose name is the class name (or `__event_name__`).
+
+    `defer_build`: an event class is validated when something is published or delivered, so pydantic builds
+    its validator then, not at import (this base class is defined by `import eventual_nb`)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     __event_name__: ClassVar[str | None] = None
     __event_service__: ClassVar[str | None] = None

@@ -17,7 +17,7 @@ from eventual_nb.durations import DurationLike, parse_duration
 class RetryPolicy(BaseModel):
     """`RetryPolicy(max_attempts=3, initial_interval="1s", backoff=2.0, max_interval="5m")`."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, defer_build=True)
 
     max_attempts: int = Field(default=1, ge=1)
     initial_interval: timedelta = timedelta(seconds=1)

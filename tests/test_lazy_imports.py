@@ -60,3 +60,19 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="NoSuchThing"):
         ev.NoSuchThing  # noqa: B018
+
+
+def test_importing_the_sdk_builds_no_pydantic_model() -> None:
+    """pydantic builds a model's validator on first use, not at import (the first build also loads pydantic's
+    plugin machinery: together a tenth of `import eventual_nb`)."""
+    probe = """
+import json, sys
+import eventual_nb as ev
+from eventual_nb.retry import RetryPolicy
+from eventual_nb.runtime.base import Execution
+built = {cls.__name__: cls.__pydantic_complete__ for cls in (ev.Event, RetryPolicy, Execution)}
+print(json.dumps({"built": built, "plugins": "pydantic.plugin._loader" in sys.modules}))
+"""
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    found = json.loads(completed.stdout)
+    assert found == {"built": {"Event": False, "RetryPolicy": False, "Execution": False}, "plugins": False}

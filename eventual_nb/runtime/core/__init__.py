@@ -71,7 +71,6 @@ from eventual_nb.runtime.core.actions import (
     timer_key,
 )
 from eventual_nb.runtime.core.attempts import (
-    DEFAULT_RETRY,
     NO_DEADLINES,
     ActivityOptions,
     AttemptDecision,
@@ -82,6 +81,7 @@ from eventual_nb.runtime.core.attempts import (
     RetryAt,
     Settle,
     attempt_deadlines,
+    default_retry,
     expired,
     failed,
     failed_named,
@@ -123,7 +123,6 @@ from eventual_nb.runtime.core.execution import (
 )
 
 __all__ = [
-    "DEFAULT_RETRY",
     "NO_DEADLINES",
     "TIMEOUT_TIMER_KEY",
     "Action",
@@ -156,6 +155,7 @@ __all__ = [
     "cancel_requested",
     "child_not_started",
     "child_result",
+    "default_retry",
     "execution_id_for",
     "expired",
     "failed",

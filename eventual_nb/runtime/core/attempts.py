@@ -11,6 +11,7 @@ write it. Deadlines are `Deadlines`; `missed_deadline` says which one an attempt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -96,8 +97,11 @@ def waiting(callback: Callable[[str], Any]) -> AttemptOutcome:
 # -------------------------------------------------------------------------------------------- options
 
 
-#: one attempt, as in Eventual: retries are opt-in
-DEFAULT_RETRY = RetryPolicy()
+@functools.cache
+def default_retry() -> RetryPolicy:
+    """One attempt, as in Eventual: retries are opt-in. Built on first use, not at import (`import
+    eventual_nb` builds no pydantic model: `python -m benchmarks --only kernel_load`)."""
+    return RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,7 @@ class ActivityOptions:
 
     timeout: timedelta | None = None
     heartbeat_timeout: timedelta | None = None
-    retry: RetryPolicy = DEFAULT_RETRY
+    retry: RetryPolicy = field(default_factory=default_retry)
 
     @classmethod
     def of(cls, command: ScheduleActivity) -> ActivityOptions:

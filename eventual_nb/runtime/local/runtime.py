@@ -1160,7 +1160,7 @@ class LocalRuntime(RuntimeBase):
             self._database.delete_delivery(delivery.id)
             return
         subscription = self._subscription(delivery.subscription)
-        policy = subscription.retry if subscription is not None else core.DEFAULT_RETRY
+        policy = subscription.retry if subscription is not None else core.default_retry()
         decision = core.after_delivery(
             delivery.subscription, policy, delivery.event, delivery.attempt, delivery.error, self._work.moment
         )
