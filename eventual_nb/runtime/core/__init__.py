@@ -58,69 +58,143 @@ events above. A rule written twice is a defect.
 
 from __future__ import annotations
 
-from eventual_nb.runtime.core.actions import (
-    TIMEOUT_TIMER_KEY,
-    Action,
-    ArmTimer,
-    Deliver,
-    DisarmTimer,
-    Finish,
-    Publish,
-    StartAttempt,
-    StartChild,
-    timer_key,
-)
-from eventual_nb.runtime.core.attempts import (
-    NO_DEADLINES,
-    ActivityOptions,
-    AttemptDecision,
-    AttemptOutcome,
-    AwaitToken,
-    Deadlines,
-    Outcome,
-    RetryAt,
-    Settle,
-    attempt_deadlines,
-    default_retry,
-    expired,
-    failed,
-    failed_named,
-    heartbeat_at,
-    missed_deadline,
-    not_served,
-    retry_or_settle,
-    succeeded,
-    token_not_pending,
-    waiting,
-)
-from eventual_nb.runtime.core.deliveries import (
-    RetryDeliveryAt,
-    after_delivery,
-    bus_subscriptions_for,
-    reads_the_bus,
-    subscriptions_for,
-)
-from eventual_nb.runtime.core.execution import (
-    Begun,
-    Lineage,
-    StatusLookup,
-    Turn,
-    admit,
-    begin,
-    blocked_note,
-    cancel_requested,
-    child_not_started,
-    child_result,
-    execution_id_for,
-    finish,
-    not_found,
-    service_of,
-    signal_received,
-    timed_out,
-    timeout_limit,
-    timer_fired,
-    turn,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eventual_nb.runtime.core.actions import (
+        TIMEOUT_TIMER_KEY,
+        Action,
+        ArmTimer,
+        Deliver,
+        DisarmTimer,
+        Finish,
+        Publish,
+        StartAttempt,
+        StartChild,
+        timer_key,
+    )
+    from eventual_nb.runtime.core.attempts import (
+        NO_DEADLINES,
+        ActivityOptions,
+        AttemptDecision,
+        AttemptOutcome,
+        AwaitToken,
+        Deadlines,
+        Outcome,
+        RetryAt,
+        Settle,
+        attempt_deadlines,
+        default_retry,
+        expired,
+        failed,
+        failed_named,
+        heartbeat_at,
+        missed_deadline,
+        not_served,
+        retry_or_settle,
+        succeeded,
+        token_not_pending,
+        waiting,
+    )
+    from eventual_nb.runtime.core.deliveries import (
+        RetryDeliveryAt,
+        after_delivery,
+        bus_subscriptions_for,
+        reads_the_bus,
+        subscriptions_for,
+    )
+    from eventual_nb.runtime.core.execution import (
+        Begun,
+        Lineage,
+        StatusLookup,
+        Turn,
+        admit,
+        begin,
+        blocked_note,
+        cancel_requested,
+        child_not_started,
+        child_result,
+        execution_id_for,
+        finish,
+        not_found,
+        service_of,
+        signal_received,
+        timed_out,
+        timeout_limit,
+        timer_fired,
+        turn,
+    )
+
+#: the names this package re-exports, by the module that defines them: imported on first use, so code that
+#: needs one module (the `ev.schedule` decorator reads `core.schedules`) does not load the whole core, and
+#: `import eventual_nb` stays short (`python -m benchmarks --only kernel_load`)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "actions": (
+        "TIMEOUT_TIMER_KEY",
+        "Action",
+        "ArmTimer",
+        "Deliver",
+        "DisarmTimer",
+        "Finish",
+        "Publish",
+        "StartAttempt",
+        "StartChild",
+        "timer_key",
+    ),
+    "attempts": (
+        "NO_DEADLINES",
+        "ActivityOptions",
+        "AttemptDecision",
+        "AttemptOutcome",
+        "AwaitToken",
+        "Deadlines",
+        "Outcome",
+        "RetryAt",
+        "Settle",
+        "attempt_deadlines",
+        "default_retry",
+        "expired",
+        "failed",
+        "failed_named",
+        "heartbeat_at",
+        "missed_deadline",
+        "not_served",
+        "retry_or_settle",
+        "succeeded",
+        "token_not_pending",
+        "waiting",
+    ),
+    "deliveries": (
+        "RetryDeliveryAt",
+        "after_delivery",
+        "bus_subscriptions_for",
+        "reads_the_bus",
+        "subscriptions_for",
+    ),
+    "execution": (
+        "Begun",
+        "Lineage",
+        "StatusLookup",
+        "Turn",
+        "admit",
+        "begin",
+        "blocked_note",
+        "cancel_requested",
+        "child_not_started",
+        "child_result",
+        "execution_id_for",
+        "finish",
+        "not_found",
+        "service_of",
+        "signal_received",
+        "timed_out",
+        "timeout_limit",
+        "timer_fired",
+        "turn",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "NO_DEADLINES",
@@ -179,3 +253,12 @@ __all__ = [
     "turn",
     "waiting",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
