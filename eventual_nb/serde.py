@@ -61,9 +61,15 @@ def _new_adapter(annotation: Any) -> TypeAdapter[Any]:
 _PLAIN_SCALARS = (str, int, bool, type(None))
 
 
+def _is_own_json(value: Any, annotation: Any) -> bool:
+    """Whether `value` is a plain scalar under `Any` or its own exact type: then it is its own JSON form and
+    what pydantic would return for it, both ways (an `int` for an `int`; a `bool` for an `int` is not)."""
+    return type(value) in _PLAIN_SCALARS and (annotation is Any or annotation is type(value))
+
+
 def to_json(value: Any, annotation: Any = Any, *, what: str = "value") -> Any:
     """Dump `value` to JSON-able builtins; `what` names it in the error ("result of activity 'x'")."""
-    if type(value) in _PLAIN_SCALARS and (annotation is Any or annotation is type(value)):
+    if _is_own_json(value, annotation):
         return value
     try:
         dumped = adapter(annotation if annotation is not inspect.Parameter.empty else Any).dump_python(
@@ -88,8 +94,8 @@ def from_json(data: Any, annotation: Any = Any, *, what: str = "value") -> Any:
     """Rebuild a typed value from JSON, raising `InputValidationError` with pydantic's details."""
     if annotation is Any or annotation is inspect.Parameter.empty:
         return data
-    if annotation is type(data) and annotation in _PLAIN_SCALARS:
-        return data  # an `int` for an `int`: pydantic would return it unchanged (a hot path: every result)
+    if _is_own_json(data, annotation):
+        return data
     try:
         return adapter(annotation).validate_python(data)
     except ValidationError as exc:
@@ -98,7 +104,7 @@ def from_json(data: Any, annotation: Any = Any, *, what: str = "value") -> Any:
 
 def validate(value: Any, annotation: Any, *, what: str) -> Any:
     """Validate a Python value against its annotation and return its JSON form."""
-    if type(value) in _PLAIN_SCALARS and (annotation is Any or annotation is type(value)):
+    if _is_own_json(value, annotation):
         return value
     if annotation is Any or annotation is inspect.Parameter.empty:
         return to_json(value, Any, what=what)
