@@ -76,3 +76,17 @@ print(json.dumps({"built": built, "plugins": "pydantic.plugin._loader" in sys.mo
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     found = json.loads(completed.stdout)
     assert found == {"built": {"Event": False, "RetryPolicy": False, "Execution": False}, "plugins": False}
+
+
+def test_the_cores_modules_and_names_resolve_on_first_use() -> None:
+    probe = """
+from eventual_nb.runtime import core
+print(core.wire.__name__, core.limits.__name__, core.turn.__module__, core.default_retry().max_attempts)
+"""
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert completed.stdout.split() == [
+        "eventual_nb.runtime.core.wire",
+        "eventual_nb.runtime.core.limits",
+        "eventual_nb.runtime.core.execution",
+        "1",
+    ]
